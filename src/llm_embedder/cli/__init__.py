@@ -1,0 +1,23 @@
+"""The command line: a thin layer over the library. Each module registers its commands on ``app``."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+
+from llm_embedder.cli import basic, demo  # noqa: F401  (registers commands)
+from llm_embedder.cli.app import app
+from llm_embedder.io import DataError
+from llm_embedder.tasks import UnknownTaskError
+
+USER_ERRORS = (DataError, UnknownTaskError, FileNotFoundError, ValueError)
+
+
+def main() -> None:
+    """Console entry point: user errors print one clear line and exit 2, without a traceback."""
+    try:
+        app()
+    except USER_ERRORS as err:
+        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
+        sys.exit(2)

@@ -1,0 +1,101 @@
+"""`tasks` and `encode`: look at the task registry, embed text from a file or stdin."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from llm_embedder.cli.app import app
+from llm_embedder.io import DataError, parse_jsonl_lines
+
+ModelOption = Annotated[str, typer.Option("--model", "-m", help="Sentence-transformers directory or alias (minilm).")]
+TaskFileOption = Annotated[
+    list[Path] | None, typer.Option("--task-file", help="YAML/JSON file of extra tasks to register first.")
+]
+
+
+def register_task_files(task_files: list[Path] | None) -> None:
+    from llm_embedder.tasks import register_tasks_from_file
+
+    for path in task_files or []:
+        register_tasks_from_file(path)
+
+
+@app.command("tasks")
+def tasks_command(task_file: TaskFileOption = None) -> None:
+    """List the registered tasks with their instructions, loss and reward template."""
+    from llm_embedder.tasks import get_task, list_tasks
+
+    register_task_files(task_file)
+    table = Table(title="llm-embedder tasks")
+    for column in ("task", "scenario", "query instruction", "key instruction", "loss"):
+        table.add_column(column)
+    for name in list_tasks():
+        task = get_task(name)
+        table.add_row(name, task.scenario, repr(task.query_instruction), repr(task.key_instruction), task.loss)
+    Console().print(table)
+
+
+def read_texts(source: Path | None, field: str | None) -> list[str]:
+    """Text lines, or one field of JSONL records, from a file or stdin ('-' or no file)."""
+    name = "<stdin>" if source is None or str(source) == "-" else str(source)
+    if name == "<stdin>":
+        lines = sys.stdin.read().splitlines()
+    else:
+        if not Path(name).exists():
+            raise FileNotFoundError(f"input file not found: {name}")
+        lines = Path(name).read_text(encoding="utf-8").splitlines()
+    if field is None and not name.endswith(".jsonl"):
+        return lines
+    field = field or "text"
+    texts = []
+    for line_no, record in parse_jsonl_lines(lines, name):
+        if field not in record:
+            raise DataError(f"{name}:{line_no}: missing field {field!r}")
+        if not isinstance(record[field], str):
+            raise DataError(f"{name}:{line_no}: field {field!r} must be a string")
+        texts.append(record[field])
+    return texts
+
+
+@app.command("encode")
+def encode_command(
+    input: Annotated[Path | None, typer.Argument(help="Text lines or JSONL; '-' or nothing reads stdin.")] = None,
+    task: Annotated[str, typer.Option(help="Task whose instruction is applied.")] = "qa",
+    role: Annotated[str, typer.Option(help="query or key.")] = "query",
+    model: ModelOption = "minilm",
+    field: Annotated[str | None, typer.Option(help="JSONL field holding the text (default 'text').")] = None,
+    out: Annotated[Path | None, typer.Option(help="OUT.npy or OUT.jsonl; JSONL to stdout if absent.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Texts per model batch.")] = 64,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present).")] = None,
+    task_file: TaskFileOption = None,
+) -> None:
+    """Embed texts for a task and role; writes a .npy matrix or JSONL lines with an `embedding` field."""
+    import numpy as np
+
+    from llm_embedder.embedder import Embedder
+    from llm_embedder.tasks import get_task
+
+    register_task_files(task_file)
+    get_task(task).instruction(role)  # fail fast on a bad task or role, before loading the model
+    if out is not None and out.suffix not in (".npy", ".jsonl"):
+        raise ValueError(f"--out must end in .npy or .jsonl, got {out}")
+    texts = read_texts(input, field)
+    embedder = Embedder(model, device=device, batch_size=batch_size)
+    vectors = embedder.encode(texts, task, role)
+    if out is not None and out.suffix == ".npy":
+        np.save(out, vectors)
+    else:
+        handle = out.open("w", encoding="utf-8") if out else sys.stdout
+        for text, vector in zip(texts, vectors, strict=True):
+            handle.write(json.dumps({"text": text, "embedding": [round(float(x), 7) for x in vector]}) + "\n")
+        if out:
+            handle.close()
+    if out is not None:
+        Console(stderr=True).print(f"wrote {len(texts)} x {embedder.dim} vectors to {out}")

@@ -1,0 +1,172 @@
+"""The unified embedder: one sentence-transformers model, a task instruction per query/key role."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from llm_embedder.models import resolve_embedder_path
+from llm_embedder.tasks import Task, get_task, list_tasks, register_task, task_from_dict
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+TASKS_FILE = "llm_embedder_tasks.json"
+PROGRESS_THRESHOLD = 512  # show a progress bar when encoding at least this many texts
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_texts(texts: Sequence[str] | str) -> list[str]:
+    """Validate an encode input: a string or a sequence of strings (a non-string names its index)."""
+    if isinstance(texts, str):
+        return [texts]
+    if not isinstance(texts, Sequence) and not hasattr(texts, "__iter__"):
+        raise TypeError(f"texts must be a string or a list of strings, got {type(texts).__name__}")
+    texts = list(texts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] must be a string, got {type(text).__name__}")
+    return texts
+
+
+class Embedder:
+    """Encode queries and keys of any registered task with its instructions.
+
+    ``model`` is a sentence-transformers directory or a bundled alias (``minilm``). On CUDA the model
+    runs in fp16, on CPU in fp32. ``use_instructions=False`` gives the plain base model (a baseline).
+    """
+
+    def __init__(
+        self,
+        model: str | Path = "minilm",
+        *,
+        device: str | None = None,
+        dtype: str = "auto",
+        query_max_length: int = 256,
+        key_max_length: int = 256,
+        batch_size: int = 64,
+        use_instructions: bool = True,
+        model_kwargs: dict | None = None,
+    ) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        self.path = resolve_embedder_path(model)
+        self.name = str(model)
+        self.device = device or default_device()
+        self.query_max_length = query_max_length
+        self.key_max_length = key_max_length
+        self.batch_size = batch_size
+        self.use_instructions = use_instructions
+        _register_saved_tasks(self.path)
+        self.model: SentenceTransformer = SentenceTransformer(
+            str(self.path), device=self.device, local_files_only=True, **(model_kwargs or {})
+        )
+        if dtype == "auto":
+            dtype = "fp16" if self.device.startswith("cuda") else "fp32"
+        if dtype not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"dtype must be auto, fp32, fp16 or bf16, got {dtype!r}")
+        if dtype == "fp16":
+            self.model.half()
+        elif dtype == "bf16":
+            self.model.bfloat16()
+        self.dtype = dtype
+        self._lock = threading.Lock()
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.get_embedding_dimension())
+
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+    def instruction(self, task: str | Task, role: str) -> str:
+        """The prefix this embedder applies to a text of ``role`` for ``task`` ('' without instructions)."""
+        instruction = get_task(task).instruction(role)
+        return instruction if self.use_instructions else ""
+
+    def encode_queries(
+        self, texts: Sequence[str] | str, task: str | Task = "qa", *, batch_size: int | None = None,
+        show_progress: bool | None = None,
+    ) -> np.ndarray:
+        """L2-normalised float32 vectors of queries, shape (n, dim)."""
+        return self.encode(texts, task, "query", batch_size=batch_size, show_progress=show_progress)
+
+    def encode_keys(
+        self, texts: Sequence[str] | str, task: str | Task = "qa", *, batch_size: int | None = None,
+        show_progress: bool | None = None,
+    ) -> np.ndarray:
+        """L2-normalised float32 vectors of keys (documents, turns, chunks, tools...), shape (n, dim)."""
+        return self.encode(texts, task, "key", batch_size=batch_size, show_progress=show_progress)
+
+    def encode(
+        self, texts: Sequence[str] | str, task: str | Task, role: str, *, batch_size: int | None = None,
+        show_progress: bool | None = None,
+    ) -> np.ndarray:
+        """Encode texts of one role (``query`` or ``key``) with the task's instruction."""
+        texts = check_texts(texts)
+        prompt = self.instruction(task, role)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        if show_progress is None:
+            show_progress = len(texts) >= PROGRESS_THRESHOLD
+        max_length = self.query_max_length if role == "query" else self.key_max_length
+        with self._lock:
+            self.model.max_seq_length = max_length
+            vectors = self.model.encode(
+                texts,
+                prompt=prompt or None,
+                batch_size=batch_size or self.batch_size,
+                show_progress_bar=show_progress,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+            )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        """Number of tokens the model sees for these texts (no instruction, no truncation)."""
+        encoded = self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+        return int(sum(len(ids) for ids in encoded))
+
+    def save(self, path: str | Path) -> Path:
+        """Write a sentence-transformers directory with every task instruction as a named prompt.
+
+        ``SentenceTransformer(path).encode(x, prompt_name="qa.query")`` then equals
+        ``encode_queries(x, task="qa")``.
+        """
+        path = Path(path)
+        prompts = {}
+        for name in list_tasks():
+            task = get_task(name)
+            for role in ("query", "key"):
+                prompts[task.prompt_name(role)] = task.instruction(role)
+        self.model.prompts = prompts
+        self.model.default_prompt_name = None
+        self.model.max_seq_length = max(self.query_max_length, self.key_max_length)
+        self.model.save(str(path))
+        tasks = [get_task(name).to_dict() for name in list_tasks()]
+        (path / TASKS_FILE).write_text(json.dumps({"tasks": tasks}, indent=2), encoding="utf-8")
+        return path
+
+
+def _register_saved_tasks(path: Path) -> None:
+    """Register user tasks saved with a model, so a trained model carries its own instructions."""
+    tasks_file = path / TASKS_FILE
+    if not tasks_file.exists():
+        return
+    for item in json.loads(tasks_file.read_text(encoding="utf-8")).get("tasks", []):
+        task = task_from_dict(item, where=str(tasks_file))
+        try:
+            get_task(task.name)
+        except KeyError:
+            register_task(task)

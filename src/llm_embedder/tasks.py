@@ -1,0 +1,174 @@
+"""The task registry: one source of truth for each task's instructions, training recipe and reward prompt.
+
+The six built-in tasks live in ``resources/tasks.yaml``; users add their own from a YAML/JSON file
+(``register_tasks_from_file``) or in Python (``register_task``). Every stage (encoding, training, reward,
+evaluation, serving) looks tasks up here, so an instruction is applied identically everywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+LOSSES = ("contrastive", "kl_distill", "stable_distill")
+POSITIVE_SELECTIONS = ("first", "random", "teacher", "teacher-pos")
+NEGATIVE_SELECTIONS = ("random", "first", "teacher-", "teacher+")
+ROLES = ("query", "key")
+
+
+class UnknownTaskError(KeyError):
+    """Raised for a task name that is not registered; the message lists the known tasks."""
+
+    def __init__(self, name: str):
+        self.name = name
+        super().__init__(name)
+
+    def __str__(self) -> str:
+        return f"unknown task {self.name!r}; known tasks: {', '.join(list_tasks())}"
+
+
+@dataclass(frozen=True)
+class Task:
+    """A retrieval-augmentation task: how to embed its queries and keys, train on it, and reward it."""
+
+    name: str
+    query_instruction: str
+    key_instruction: str
+    loss: str = "contrastive"
+    select_positive: str = "first"
+    select_negative: str = "random"
+    teacher_temperature: float = 1.0
+    teacher_scores_margin: float | None = None
+    teacher_scores_min: float | None = None
+    max_sample_num: int | None = None
+    reward_template: str = "Knowledge: {key}\n\nQuestion: {query}\n\nAnswer: {answer}"
+    scenario: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip() or "." in self.name:
+            raise ValueError(f"task name must be a non-empty string without dots, got {self.name!r}")
+        for field_name in ("query_instruction", "key_instruction", "reward_template"):
+            if not isinstance(getattr(self, field_name), str):
+                raise ValueError(f"task {self.name!r}: {field_name} must be a string")
+        _check_choice(self.name, "loss", self.loss, LOSSES)
+        _check_choice(self.name, "select_positive", self.select_positive, POSITIVE_SELECTIONS)
+        _check_choice(self.name, "select_negative", self.select_negative, NEGATIVE_SELECTIONS)
+        missing = [f for f in ("{key}", "{query}", "{answer}") if f not in self.reward_template]
+        if missing:
+            raise ValueError(f"task {self.name!r}: reward_template lacks {', '.join(missing)}")
+
+    def instruction(self, role: str) -> str:
+        """The instruction prepended to a text of this role ('query' or 'key')."""
+        if role == "query":
+            return self.query_instruction
+        if role == "key":
+            return self.key_instruction
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+
+    def prompt_name(self, role: str) -> str:
+        """The sentence-transformers prompt name for a role, e.g. ``qa.query``."""
+        self.instruction(role)
+        return f"{self.name}.{role}"
+
+    def instruction_hash(self) -> str:
+        """A short hash of both instructions; stored with an index to detect a mismatched task."""
+        digest = hashlib.sha256((self.query_instruction + "\x00" + self.key_instruction).encode())
+        return digest.hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check_choice(task: str, field_name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"task {task!r}: {field_name} must be one of {choices}, got {value!r}")
+
+
+_REGISTRY: dict[str, Task] = {}
+BUILTIN_TASKS: tuple[str, ...] = ()
+
+
+def register_task(task: Task | None = None, /, *, overwrite: bool = False, **kwargs: Any) -> Task:
+    """Register a task, given as a ``Task`` or as keyword arguments. Returns the registered task."""
+    if task is None:
+        task = task_from_dict(kwargs)
+    if task.name in _REGISTRY and not overwrite and _REGISTRY[task.name] != task:
+        raise ValueError(f"task {task.name!r} is already registered with other settings; pass overwrite=True")
+    _REGISTRY[task.name] = task
+    return task
+
+
+def task_from_dict(data: dict[str, Any], where: str = "task") -> Task:
+    """Build a Task from a mapping, naming unknown or missing fields clearly."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = {f.name for f in fields(Task)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(known)}")
+    for required in ("name", "query_instruction", "key_instruction"):
+        if required not in data:
+            raise ValueError(f"{where}: missing required field {required!r}")
+    try:
+        return Task(**data)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+
+
+def register_tasks_from_file(path: str | Path, *, overwrite: bool = False) -> list[Task]:
+    """Register the tasks defined in a YAML or JSON file (a list, or a mapping with a ``tasks`` list)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"task file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ValueError(f"{path}: cannot parse task file: {err}") from None
+    if isinstance(data, dict) and "tasks" in data:
+        data = data["tasks"]
+    elif isinstance(data, dict) and "name" in data:
+        data = [data]
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a list of tasks or a mapping with a 'tasks' list")
+    tasks = [task_from_dict(item, where=f"{path}: task #{i}") for i, item in enumerate(data)]
+    return [register_task(task, overwrite=overwrite) for task in tasks]
+
+
+def get_task(name: str | Task) -> Task:
+    """Look a task up by name; an unknown name raises UnknownTaskError listing the known tasks."""
+    if isinstance(name, Task):
+        return name
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise UnknownTaskError(str(name)) from None
+
+
+def list_tasks() -> list[str]:
+    """Names of all registered tasks, built-in first."""
+    return list(_REGISTRY)
+
+
+def unregister_task(name: str) -> None:
+    """Remove a user task (built-in tasks cannot be removed)."""
+    if name in BUILTIN_TASKS:
+        raise ValueError(f"cannot unregister built-in task {name!r}")
+    _REGISTRY.pop(name, None)
+
+
+def _load_builtin() -> tuple[str, ...]:
+    text = resources.files("llm_embedder").joinpath("resources/tasks.yaml").read_text(encoding="utf-8")
+    tasks = [task_from_dict(item, where="builtin tasks.yaml") for item in yaml.safe_load(text)["tasks"]]
+    for task in tasks:
+        register_task(task)
+    return tuple(t.name for t in tasks)
+
+
+BUILTIN_TASKS = _load_builtin()
