@@ -16,6 +16,9 @@ USER_ERRORS = (DataError, UnknownTaskError, FileNotFoundError, ValueError)
 
 def main() -> None:
     """Console entry point: user errors print one clear line and exit 2, without a traceback."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight-loading bars on every command are noise
     try:
         app()
     except USER_ERRORS as err:

@@ -1,0 +1,85 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from llm_embedder.cli import app
+from llm_embedder.embedder import Embedder
+
+runner = CliRunner()
+
+
+def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """The CLI as users start it: a real process."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "llm_embedder", *args], input=stdin, capture_output=True, text=True, env=env,
+        timeout=300,
+    )
+
+
+def test_every_command_has_help():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    commands = [c.name for c in app.registered_commands] + [g.name for g in app.registered_groups]
+    assert {"encode", "tasks", "demo"} <= set(commands)
+    for command in commands:
+        sub = runner.invoke(app, [command, "--help"])
+        assert sub.exit_code == 0, command
+        assert "Usage" in sub.output
+
+
+def test_tasks_lists_all_six():
+    result = runner.invoke(app, ["tasks"])
+    assert result.exit_code == 0
+    for name in ("qa", "icl", "chat", "lrlm", "tool", "convsearch"):
+        assert name in result.output
+
+
+def test_encode_lines_to_npy_matches_library(tiny_embedder_dir, tmp_path):
+    source = tmp_path / "texts.txt"
+    source.write_text("first line\nsecond line\n")
+    out = tmp_path / "vectors.npy"
+    result = runner.invoke(
+        app, ["encode", str(source), "--task", "chat", "--role", "key", "--model", str(tiny_embedder_dir),
+              "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    expected = Embedder(tiny_embedder_dir, device="cpu").encode_keys(["first line", "second line"], "chat")
+    np.testing.assert_allclose(np.load(out), expected, atol=1e-6)
+
+
+def test_encode_jsonl_field_from_stdin_to_stdout(tiny_embedder_dir):
+    stdin = json.dumps({"body": "alpha"}) + "\n" + json.dumps({"body": "beta"}) + "\n"
+    result = runner.invoke(app, ["encode", "--field", "body", "--model", str(tiny_embedder_dir)], input=stdin)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    assert [line["text"] for line in lines] == ["alpha", "beta"]
+    assert len(lines[0]["embedding"]) == 32
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "message"),
+    [
+        (["encode", "--task", "nope"], "x\n", "known tasks: qa, icl, chat"),
+        (["encode", "--role", "doc"], "x\n", "role must be one of"),
+        (["encode", "--field", "text"], '{"text": "ok"}\n{"text": \n', "<stdin>:2: malformed JSON"),
+        (["encode", "--field", "text"], '{"text": "ok"}\n{"other": 1}\n', "<stdin>:2: missing field 'text'"),
+        (["encode", "missing-file.txt"], None, "input file not found: missing-file.txt"),
+    ],
+)
+def test_cli_errors_are_one_clear_line(tiny_embedder_dir, args, stdin, message):
+    result = run_cli(*args, "--model", str(tiny_embedder_dir), stdin=stdin)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_model_error_names_aliases(tmp_path):
+    result = run_cli("encode", "--model", str(tmp_path / "absent"), stdin="x\n")
+    assert result.returncode == 2
+    assert "absent" in result.stderr and "minilm" in result.stderr

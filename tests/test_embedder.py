@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+
+from llm_embedder.demo import load_demo_corpus
+from llm_embedder.embedder import Embedder
+from llm_embedder.tasks import UnknownTaskError, get_task, list_tasks, register_task, unregister_task
+
+
+def test_vectors_are_normalised_float32(tiny_embedder):
+    vectors = tiny_embedder.encode_queries(["what is a planet?", "hello there"], task="qa")
+    assert vectors.dtype == np.float32 and vectors.shape == (2, tiny_embedder.dim)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_instruction_changes_the_vector_and_roles_differ(tiny_embedder_dir):
+    with_instructions = Embedder(tiny_embedder_dir, device="cpu")
+    plain = Embedder(tiny_embedder_dir, device="cpu", use_instructions=False)
+    text = ["the same text"]
+    query = with_instructions.encode_queries(text, "qa")
+    key = with_instructions.encode_keys(text, "qa")
+    assert not np.allclose(query, key)
+    assert not np.allclose(query, plain.encode_queries(text, "qa"))
+    expected = plain.model.encode([get_task("qa").query_instruction + text[0]], normalize_embeddings=True)
+    np.testing.assert_allclose(query, expected, atol=1e-6)
+
+
+def test_empty_inputs(tiny_embedder):
+    assert tiny_embedder.encode_keys([], "tool").shape == (0, tiny_embedder.dim)
+    vector = tiny_embedder.encode_keys([""], "tool")
+    assert vector.shape == (1, tiny_embedder.dim) and np.isfinite(vector).all()
+    assert tiny_embedder.encode_queries("a single string", "qa").shape == (1, tiny_embedder.dim)
+
+
+def test_non_string_item_names_its_index(tiny_embedder):
+    with pytest.raises(TypeError, match=r"texts\[2\]"):
+        tiny_embedder.encode_queries(["a", "b", 3], "qa")
+
+
+def test_unknown_task_lists_tasks(tiny_embedder):
+    with pytest.raises(UnknownTaskError, match="convsearch"):
+        tiny_embedder.encode_queries(["a"], "bogus")
+
+
+def test_missing_model_names_path_and_aliases(tmp_path):
+    with pytest.raises(FileNotFoundError, match="minilm") as info:
+        Embedder(tmp_path / "nowhere")
+    assert "nowhere" in str(info.value)
+
+
+def test_truncation_to_max_length(tiny_embedder_dir):
+    short = Embedder(tiny_embedder_dir, device="cpu", query_max_length=16, key_max_length=256)
+    long_text = "word " * 600
+    a = short.encode_queries([long_text], "qa")
+    b = short.encode_queries([long_text + " extra words at the very end"], "qa")
+    np.testing.assert_allclose(a, b, atol=1e-6)  # both cut at 16 tokens
+    c = short.encode_keys(["word " * 10], "qa")
+    d = short.encode_keys(["word " * 10 + " different ending"], "qa")
+    assert not np.allclose(c, d)
+
+
+def test_batching_gives_the_same_vectors(tiny_embedder):
+    texts = [f"text number {i} " * (i % 7 + 1) for i in range(20)]
+    np.testing.assert_allclose(
+        tiny_embedder.encode_keys(texts, "qa", batch_size=3), tiny_embedder.encode_keys(texts, "qa", batch_size=20),
+        atol=1e-5,
+    )
+
+
+def test_saved_prompts_round_trip_through_sentence_transformers(tiny_embedder, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        register_task(name="custom", query_instruction="Custom query: ", key_instruction="Custom key: ")
+        out = tiny_embedder.save(tmp_path / "model")
+        plain = SentenceTransformer(str(out), device="cpu")
+        assert set(plain.prompts) >= {f"{t}.{r}" for t in list_tasks() for r in ("query", "key")}
+        texts = ["a question about planets", ""]
+        for task in list_tasks():
+            ours = tiny_embedder.encode_queries(texts, task)
+            theirs = plain.encode(texts, prompt_name=f"{task}.query", normalize_embeddings=True)
+            np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    finally:
+        unregister_task("custom")
+    # a saved model brings its own user tasks back
+    reloaded = Embedder(out, device="cpu")
+    assert get_task("custom").key_instruction == "Custom key: "
+    assert reloaded.encode_keys(["x"], "custom").shape == (1, reloaded.dim)
+    unregister_task("custom")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("task", list(load_demo_corpus()))
+def test_minilm_ranks_relevant_keys_above_irrelevant(minilm, task):
+    data = load_demo_corpus()[task]
+    scores = minilm.encode_queries(data["queries"], task) @ minilm.encode_keys(data["keys"], task).T
+    for row, relevant, related in zip(scores, data["relevant"], data["related"], strict=True):
+        unrelated = [i for i in range(len(data["keys"])) if i not in relevant and i not in related]
+        assert min(row[i] for i in relevant) > max(row[i] for i in unrelated)
+
+
+@pytest.mark.integration
+def test_minilm_prompts_round_trip(minilm, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    out = minilm.save(tmp_path / "minilm")
+    plain = SentenceTransformer(str(out), device="cpu")
+    texts = load_demo_corpus()["qa"]["keys"]
+    for task in ("qa", "chat", "tool"):
+        for role in ("query", "key"):
+            ours = minilm.encode(texts, task, role)
+            theirs = plain.encode(texts, prompt_name=f"{task}.{role}", normalize_embeddings=True)
+            assert np.abs(ours - theirs).max() < 1e-5

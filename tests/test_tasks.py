@@ -1,0 +1,120 @@
+import json
+
+import pytest
+
+from llm_embedder.tasks import (
+    BUILTIN_TASKS,
+    Task,
+    UnknownTaskError,
+    get_task,
+    list_tasks,
+    register_task,
+    register_tasks_from_file,
+    unregister_task,
+)
+
+EXPECTED = {
+    "qa": ("Represent this query for retrieving relevant documents: ", "Represent this document for retrieval: "),
+    "icl": (
+        "Convert this example into vector to look for useful examples: ",
+        "Convert this example into vector for retrieval: ",
+    ),
+    "chat": (
+        "Embed this dialogue to find useful historical dialogues: ",
+        "Embed this historical dialogue for retrieval: ",
+    ),
+    "lrlm": (
+        "Embed this text chunk for finding useful historical chunks: ",
+        "Embed this historical text chunk for retrieval: ",
+    ),
+    "tool": (
+        "Transform this user request for fetching helpful tool descriptions: ",
+        "Transform this tool description for retrieval: ",
+    ),
+    "convsearch": (
+        "Encode this query and context for searching relevant passages: ",
+        "Encode this passage for retrieval: ",
+    ),
+}
+
+
+def test_builtin_instructions_are_exact():
+    assert BUILTIN_TASKS == tuple(EXPECTED)
+    for name, (query, key) in EXPECTED.items():
+        task = get_task(name)
+        assert task.instruction("query") == query
+        assert task.instruction("key") == key
+
+
+def test_builtin_training_recipes_follow_the_reference_code():
+    assert {n: get_task(n).loss for n in EXPECTED} == {
+        "qa": "stable_distill", "icl": "stable_distill", "chat": "kl_distill", "lrlm": "kl_distill",
+        "tool": "contrastive", "convsearch": "contrastive",
+    }
+    assert get_task("chat").teacher_temperature == 0.1
+    assert get_task("lrlm").teacher_scores_margin == 0.1
+    assert get_task("icl").select_positive == "random"
+    assert get_task("chat").select_positive == "teacher"
+    assert get_task("qa").reward_template == "Knowledge: {key}\n\nQuestion: {query}\n\nAnswer: {answer}"
+    assert get_task("chat").reward_template == "{key}\nSpeaker 1: {query}\nSpeaker 2: {answer}"
+
+
+def test_unknown_task_lists_known_ones():
+    with pytest.raises(UnknownTaskError) as info:
+        get_task("nope")
+    message = str(info.value)
+    assert "nope" in message
+    for name in EXPECTED:
+        assert name in message
+
+
+def test_bad_role_is_an_error():
+    with pytest.raises(ValueError, match="role"):
+        get_task("qa").instruction("document")
+
+
+def test_register_in_python_and_from_yaml_and_json(tmp_path):
+    try:
+        task = register_task(name="legal", query_instruction="Find law for: ", key_instruction="Law text: ")
+        assert get_task("legal") is task and "legal" in list_tasks()
+        yaml_file = tmp_path / "tasks.yaml"
+        yaml_file.write_text(
+            "tasks:\n  - name: medical\n    query_instruction: 'Q: '\n    key_instruction: 'D: '\n"
+            "    loss: kl_distill\n    teacher_temperature: 0.5\n"
+        )
+        (med,) = register_tasks_from_file(yaml_file)
+        assert med.loss == "kl_distill" and med.teacher_temperature == 0.5
+        json_file = tmp_path / "tasks.json"
+        json_file.write_text(json.dumps([{"name": "code", "query_instruction": "", "key_instruction": ""}]))
+        register_tasks_from_file(json_file)
+        assert get_task("code").query_instruction == ""
+    finally:
+        for name in ("legal", "medical", "code"):
+            unregister_task(name)
+    with pytest.raises(ValueError, match="built-in"):
+        unregister_task("qa")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("tasks:\n  - name: x\n    query_instruction: a\n", "key_instruction"),
+        ("tasks:\n  - name: x\n    query_instruction: a\n    key_instruction: b\n    loss: mse\n", "loss"),
+        ("tasks:\n  - name: x\n    query_instruction: a\n    key_instruction: b\n    colour: red\n", "colour"),
+        ("tasks:\n  - name: x\n    query_instruction: a\n    key_instruction: b\n    reward_template: '{key}'\n",
+         "reward_template"),
+        ("tasks: [unclosed", "cannot parse"),
+    ],
+)
+def test_bad_task_files_name_the_problem(tmp_path, content, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        register_tasks_from_file(path)
+    assert "x" not in list_tasks()
+
+
+def test_reregistering_with_other_settings_needs_overwrite():
+    with pytest.raises(ValueError, match="overwrite"):
+        register_task(Task(name="qa", query_instruction="other: ", key_instruction=""))
+    assert get_task("qa").query_instruction == EXPECTED["qa"][0]
