@@ -1,0 +1,187 @@
+"""The ``VectorIndex`` contract shared by every backend, input checks, and ``open_index`` dispatch.
+
+Contract (every backend, tested by one parametrized suite):
+
+* vectors are L2-normalised by the index on ``add`` and ``search``; scores are inner products (cosine);
+* ids are caller-chosen int64 values, unique within the index (a duplicate is an error, nothing is written);
+* ``search(vectors, k)`` returns ``(scores, ids)`` of shape ``(n, k)``; when fewer than ``k`` items match
+  (``k`` larger than the index, or a filter), the row is **padded** with id ``-1`` and score ``-inf``;
+* searching an empty index raises ``EmptyIndexError``;
+* ``filter`` is a mapping ``{field: value}`` or ``{field: [v1, v2]}`` over the metadata given to ``add``;
+  all fields must match (AND), a list means any of its values (IN).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+PAD_ID = -1
+PAD_SCORE = float("-inf")
+MILVUS_SCHEMES = ("http://", "https://", "tcp://", "grpc://", "unix:")
+
+
+class IndexFormatError(ValueError):
+    """An index file is missing parts, truncated or corrupt."""
+
+
+class EmptyIndexError(ValueError):
+    """A search was run on an index that holds no vectors."""
+
+
+@runtime_checkable
+class VectorIndex(Protocol):
+    """What the retriever and the server need from a vector index."""
+
+    backend: str
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def count(self) -> int: ...
+
+    def add(self, ids: Sequence[int], vectors: np.ndarray, metadata: list[dict] | None = None) -> None: ...
+
+    def search(
+        self, vectors: np.ndarray, k: int, filter: Mapping[str, Any] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def delete(self, ids: Sequence[int]) -> int: ...
+
+    def save(self, path: str | Path | None = None) -> Path: ...
+
+    def close(self) -> None: ...
+
+
+def check_vectors(vectors: Any, dim: int, what: str = "vectors") -> np.ndarray:
+    """A C-contiguous, L2-normalised float32 copy of ``vectors`` (1-D means one row); wrong shapes name dims."""
+    array = np.asarray(vectors, dtype=np.float32)
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D array (n, {dim}), got shape {array.shape}")
+    if array.shape[1] != dim:
+        raise ValueError(f"{what} have dimension {array.shape[1]}, but the index has dimension {dim}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{what} contain NaN or infinite values")
+    array = np.array(array, dtype=np.float32, order="C", copy=True)
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    np.divide(array, norms, out=array, where=norms > 0)
+    return array
+
+
+def check_ids(ids: Sequence[int] | np.ndarray, n: int | None = None) -> np.ndarray:
+    """int64 ids, one per vector, without duplicates inside the batch."""
+    array = np.asarray(ids)
+    if array.ndim != 1:
+        raise ValueError(f"ids must be a 1-D sequence of integers, got shape {array.shape}")
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"ids must be integers, got dtype {array.dtype}")
+    array = array.astype(np.int64)
+    if n is not None and len(array) != n:
+        raise ValueError(f"got {len(array)} ids for {n} vectors")
+    if array.size and array.min() < 0:
+        raise ValueError(f"ids must be >= 0 (-1 marks padding), got {int(array.min())}")
+    unique, counts = np.unique(array, return_counts=True)
+    if (counts > 1).any():
+        raise ValueError(f"duplicate ids in the batch: {unique[counts > 1][:10].tolist()}")
+    return array
+
+
+def check_metadata(metadata: list[dict] | None, n: int) -> list[dict] | None:
+    if metadata is None:
+        return None
+    if len(metadata) != n:
+        raise ValueError(f"got {len(metadata)} metadata records for {n} vectors")
+    for i, item in enumerate(metadata):
+        if not isinstance(item, Mapping):
+            raise ValueError(f"metadata[{i}] must be a dict, got {type(item).__name__}")
+    return [dict(item) for item in metadata]
+
+
+def check_k(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    return int(k)
+
+
+_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+RESERVED_FIELDS = ("id", "vector")
+
+
+def check_filter(filter: Mapping[str, Any] | None) -> dict[str, list[Any]] | None:
+    """Normalise a filter to ``{field: [allowed values]}``; field names must be identifiers."""
+    if filter is None:
+        return None
+    if not isinstance(filter, Mapping):
+        raise ValueError(f"filter must be a mapping {{field: value or [values]}}, got {type(filter).__name__}")
+    out = {}
+    for field, value in filter.items():
+        if not isinstance(field, str) or not _FIELD.match(field) or field in RESERVED_FIELDS:
+            raise ValueError(f"filter field {field!r} must be an identifier other than {RESERVED_FIELDS}")
+        values = list(value) if isinstance(value, list | tuple | set) else [value]
+        for v in values:
+            if not isinstance(v, str | int | float | bool):
+                raise ValueError(f"filter value for {field!r} must be str, int, float or bool, got {v!r}")
+        out[field] = values
+    return out
+
+
+def matches(metadata: Mapping[str, Any], filter: dict[str, list[Any]]) -> bool:
+    return all(metadata.get(field) in values for field, values in filter.items())
+
+
+def pad_results(rows: list[list[tuple[float, int]]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lists of (score, id) per query -> (scores, ids) arrays of shape (n, k), padded with -inf / -1."""
+    scores = np.full((len(rows), k), PAD_SCORE, dtype=np.float32)
+    ids = np.full((len(rows), k), PAD_ID, dtype=np.int64)
+    for i, row in enumerate(rows):
+        for j, (score, id_) in enumerate(row[:k]):
+            scores[i, j] = score
+            ids[i, j] = id_
+    return scores, ids
+
+
+def is_milvus_uri(uri_or_path: str | Path) -> bool:
+    text = str(uri_or_path)
+    return text.startswith(MILVUS_SCHEMES) or text.endswith(".db") or text.endswith(".milvus.json")
+
+
+def open_index(uri_or_path: str | Path, dim: int | None = None, factory: str = "Flat", **kwargs: Any) -> VectorIndex:
+    """Open an existing index or create an empty one, picking the backend from the URI or path.
+
+    * ``http://host:19530`` (or another Milvus URI), a ``*.db`` path (Milvus Lite) or a saved
+      ``*.milvus.json`` descriptor -> :class:`MilvusIndex`;
+    * anything else is a FAISS file: loaded when it exists, otherwise a new ``factory`` index of ``dim``
+      that ``save()`` writes to that path.
+
+    ``dim`` is required to create an index and checked against an existing one.
+    """
+    from llm_embedder.index.faiss_index import FaissIndex
+
+    if is_milvus_uri(uri_or_path):
+        from llm_embedder.index.milvus_index import MilvusIndex
+
+        if str(uri_or_path).endswith(".milvus.json"):
+            index: VectorIndex = MilvusIndex.load(uri_or_path)
+        else:
+            index = MilvusIndex(uri_or_path, dim, **kwargs)
+    else:
+        path = Path(uri_or_path)
+        if path.is_dir():
+            raise ValueError(f"{path} is a directory; pass the index file (e.g. {path / 'index.faiss'})")
+        if path.exists():
+            index = FaissIndex.load(path)
+        else:
+            if dim is None:
+                raise ValueError(f"{path} does not exist; pass dim to create a new index")
+            index = FaissIndex(dim, factory, path=path, **kwargs)
+    if dim is not None and index.dim != dim:
+        index.close()
+        raise ValueError(f"index {uri_or_path} has dimension {index.dim}, expected {dim}")
+    return index

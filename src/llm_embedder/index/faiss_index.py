@@ -1,0 +1,262 @@
+"""FAISS in-process index: any factory string, inner product on normalised vectors, atomic saves.
+
+The FAISS index is wrapped in ``IndexIDMap2`` so caller ids work (and ``delete`` where the inner index
+supports removal: Flat, IVF*; not HNSW). Metadata for filtering lives in a ``<path>.meta.json`` sidecar,
+written only when there is metadata. Saving writes temporary files in the target folder and renames them
+over the old ones (``os.replace``), so a crash mid-save leaves the previous index readable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from llm_embedder.index.base import (
+    PAD_ID,
+    PAD_SCORE,
+    EmptyIndexError,
+    IndexFormatError,
+    check_filter,
+    check_ids,
+    check_k,
+    check_metadata,
+    check_vectors,
+    matches,
+)
+
+DEFAULT_NPROBE = 16
+DEFAULT_EF_SEARCH = 64
+
+
+def _ids_checksum(ids: np.ndarray) -> str:
+    """A cheap fingerprint of the id set, stored in the sidecar to detect an index/sidecar mismatch."""
+    ids = np.sort(ids.astype(np.int64))
+    return f"{len(ids)}:{int(ids.sum()) & 0xFFFFFFFFFFFF}:{int(np.bitwise_xor.reduce(ids * 2654435761)) if len(ids) else 0}"
+
+
+class FaissIndex:
+    """A FAISS index behind the ``VectorIndex`` contract (see ``llm_embedder.index.base``)."""
+
+    backend = "faiss"
+
+    def __init__(self, dim: int, factory: str = "Flat", *, path: str | Path | None = None) -> None:
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        try:
+            inner = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as err:
+            raise ValueError(f"invalid FAISS factory string {factory!r}: {str(err).splitlines()[-1]}") from None
+        self.factory = factory
+        self.path = Path(path) if path is not None else None
+        self.index = inner if "IDMap" in factory else faiss.IndexIDMap2(inner)
+        self.metadata: dict[int, dict] = {}
+        self._max_id = -1
+        self._tune()
+
+    # -- properties -------------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    @property
+    def count(self) -> int:
+        return int(self.index.ntotal)
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def is_trained(self) -> bool:
+        return bool(self.index.is_trained)
+
+    def ids(self) -> np.ndarray:
+        """All ids in the index (int64)."""
+        if hasattr(self.index, "id_map"):
+            return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        return np.arange(self.count, dtype=np.int64)
+
+    def _inner(self):
+        return faiss.downcast_index(self.index.index) if hasattr(self.index, "index") else self.index
+
+    def _tune(self) -> None:
+        """Search-time defaults that keep ANN recall reasonable (IVF nprobe, HNSW efSearch)."""
+        inner = self._inner()
+        ivf = faiss.try_extract_index_ivf(inner)
+        if ivf is not None:
+            ivf.nprobe = min(ivf.nlist, max(ivf.nprobe, DEFAULT_NPROBE))
+        if hasattr(inner, "hnsw"):
+            inner.hnsw.efSearch = max(inner.hnsw.efSearch, DEFAULT_EF_SEARCH)
+
+    # -- writing ----------------------------------------------------------------------------------
+    def train(self, vectors: np.ndarray) -> None:
+        """Train IVF/PQ quantisers on a sample; a factory that needs more points says how many."""
+        if self.is_trained:
+            return
+        sample = check_vectors(vectors, self.dim, "training vectors")
+        try:
+            self.index.train(sample)
+        except RuntimeError as err:
+            raise ValueError(
+                f"FAISS factory {self.factory!r} could not be trained on {len(sample)} vectors "
+                f"({str(err).splitlines()[-1].strip()}); give more vectors or a smaller factory (e.g. Flat)"
+            ) from None
+
+    def add(self, ids: Sequence[int], vectors: np.ndarray, metadata: list[dict] | None = None) -> None:
+        """Add vectors under caller ids; all checks run before anything is written."""
+        array = check_vectors(vectors, self.dim)
+        id_array = check_ids(ids, len(array))
+        records = check_metadata(metadata, len(array))
+        if not len(array):
+            return
+        if id_array.min() <= self._max_id:  # only non-increasing ids can collide
+            existing = np.intersect1d(id_array, self.ids())
+            if existing.size:
+                raise ValueError(f"ids already in the index: {existing[:10].tolist()}")
+        if not self.is_trained:
+            self.train(array)
+        self.index.add_with_ids(array, id_array)
+        self._max_id = max(self._max_id, int(id_array.max()))
+        if records is not None:
+            for id_, record in zip(id_array.tolist(), records, strict=True):
+                if record:
+                    self.metadata[id_] = record
+
+    def delete(self, ids: Sequence[int]) -> int:
+        """Remove ids (unknown ids are ignored); returns how many were removed."""
+        id_array = np.unique(np.asarray(ids, dtype=np.int64))
+        if not id_array.size:
+            return 0
+        try:
+            removed = int(self.index.remove_ids(faiss.IDSelectorBatch(id_array)))
+        except RuntimeError:
+            raise ValueError(
+                f"the FAISS factory {self.factory!r} does not support delete; use Flat or IVF, or rebuild"
+            ) from None
+        for id_ in id_array.tolist():
+            self.metadata.pop(id_, None)
+        return removed
+
+    # -- reading ----------------------------------------------------------------------------------
+    def search(
+        self, vectors: np.ndarray, k: int, filter: Mapping[str, Any] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, ids), shape (n, k), padded with -inf / -1 when fewer than k items match."""
+        queries = check_vectors(vectors, self.dim, "query vectors")
+        k = check_k(k)
+        conditions = check_filter(filter)
+        if self.count == 0:
+            raise EmptyIndexError("the index is empty: add vectors before searching")
+        params = None
+        if conditions is not None:
+            allowed = np.array([i for i, m in self.metadata.items() if matches(m, conditions)], dtype=np.int64)
+            if not allowed.size:
+                return (np.full((len(queries), k), PAD_SCORE, np.float32), np.full((len(queries), k), PAD_ID, np.int64))
+            params = self._search_params(faiss.IDSelectorBatch(allowed))
+        scores, ids = self.index.search(queries, k, params=params) if params else self.index.search(queries, k)
+        scores = scores.astype(np.float32)
+        scores[ids < 0] = PAD_SCORE
+        return scores, ids.astype(np.int64)
+
+    def _search_params(self, selector):
+        inner = self._inner()
+        ivf = faiss.try_extract_index_ivf(inner)
+        if ivf is not None:
+            return faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)
+        if hasattr(inner, "hnsw"):
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=inner.hnsw.efSearch)
+        return faiss.SearchParameters(sel=selector)
+
+    # -- persistence ------------------------------------------------------------------------------
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write the index (and its metadata sidecar) atomically; returns the index path."""
+        path = Path(path) if path is not None else self.path
+        if path is None:
+            raise ValueError("no path: pass save(path) or create the index with path=")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sidecar = Path(f"{path}.meta.json")
+        temps: list[str] = []
+        try:
+            index_tmp = _temp_name(path)
+            temps.append(index_tmp)
+            faiss.write_index(self.index, index_tmp)
+            _fsync(index_tmp)
+            sidecar_tmp = None
+            if self.metadata:
+                sidecar_tmp = _temp_name(sidecar)
+                temps.append(sidecar_tmp)
+                payload = {
+                    "factory": self.factory,
+                    "ids_checksum": _ids_checksum(self.ids()),
+                    "metadata": {str(k): v for k, v in self.metadata.items()},
+                }
+                with open(sidecar_tmp, "w", encoding="utf-8") as handle:
+                    json.dump(payload, handle, ensure_ascii=False)
+                _fsync(sidecar_tmp)
+            if sidecar_tmp:
+                os.replace(sidecar_tmp, sidecar)
+            elif sidecar.exists():
+                sidecar.unlink()
+            os.replace(index_tmp, path)
+        finally:
+            for tmp in temps:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        self.path = path
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> FaissIndex:
+        """Read an index written by ``save``; a missing, truncated or corrupt file is an IndexFormatError."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"FAISS index file not found: {path}")
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as err:
+            raise IndexFormatError(
+                f"{path}: not a readable FAISS index (truncated or corrupt?): {str(err).splitlines()[-1].strip()}"
+            ) from None
+        self = cls.__new__(cls)
+        self.index = index
+        self.path = path
+        self.factory = "?"
+        self.metadata = {}
+        sidecar = Path(f"{path}.meta.json")
+        if sidecar.exists():
+            try:
+                payload = json.loads(sidecar.read_text(encoding="utf-8"))
+                self.factory = payload.get("factory", "?")
+                self.metadata = {int(k): v for k, v in payload["metadata"].items()}
+                checksum = payload["ids_checksum"]
+            except (json.JSONDecodeError, KeyError, ValueError, AttributeError) as err:
+                raise IndexFormatError(f"{sidecar}: corrupt metadata sidecar: {err}") from None
+            if checksum != _ids_checksum(self.ids()):
+                raise IndexFormatError(f"{sidecar}: metadata does not match the ids in {path}")
+        ids = self.ids()
+        self._max_id = int(ids.max()) if ids.size else -1
+        self._tune()
+        return self
+
+    def close(self) -> None:
+        """Nothing to release (kept for parity with the Milvus backend)."""
+
+    def __repr__(self) -> str:
+        return f"FaissIndex(dim={self.dim}, factory={self.factory!r}, count={self.count})"
+
+
+def _temp_name(path: Path) -> str:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return tmp
+
+
+def _fsync(path: str) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())

@@ -1,0 +1,222 @@
+"""Milvus backend: the same ``VectorIndex`` calls on Milvus Lite (a ``*.db`` path) or a cluster (a URI).
+
+Milvus persists every insert and delete itself; ``save(path)`` writes a small JSON descriptor (URI,
+collection, dim) atomically, and ``load(descriptor)`` reconnects. A Lite database inside the descriptor's
+folder is stored relative to it, so an index folder can be moved. Metadata keys become dynamic fields,
+so filters run inside Milvus. Requires the ``milvus`` extra (``pip install 'llm-embedder[milvus]'``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llm_embedder.index.base import (
+    MILVUS_SCHEMES,
+    EmptyIndexError,
+    IndexFormatError,
+    check_filter,
+    check_ids,
+    check_k,
+    check_metadata,
+    check_vectors,
+    pad_results,
+)
+from llm_embedder.io import atomic_write
+
+MAX_LIMIT = 16384  # Milvus caps topk
+BATCH = 1000  # rows per insert / ids per lookup
+DEFAULT_COLLECTION = "llm_embedder"
+
+
+def _milvus():
+    try:
+        from pymilvus import DataType, MilvusClient, MilvusException
+    except ImportError:
+        raise ImportError("the Milvus backend needs `pip install 'llm-embedder[milvus]'` (pymilvus, milvus-lite)") from None
+    return MilvusClient, DataType, MilvusException
+
+
+def _index_params(factory: str) -> tuple[str, dict]:
+    """Map a FAISS-style factory string to a Milvus index type (Flat, HNSW<M>, IVF<n>,...; else AUTOINDEX)."""
+    if factory.strip().lower() == "flat":
+        return "FLAT", {}
+    if m := re.fullmatch(r"HNSW(\d+)(,.*)?", factory.strip()):
+        return "HNSW", {"M": int(m.group(1)), "efConstruction": 200}
+    if m := re.fullmatch(r"IVF(\d+)(,.*)?", factory.strip()):
+        return "IVF_FLAT", {"nlist": int(m.group(1))}
+    return "AUTOINDEX", {}
+
+
+class MilvusIndex:
+    """A Milvus collection behind the ``VectorIndex`` contract (see ``llm_embedder.index.base``)."""
+
+    backend = "milvus"
+
+    def __init__(
+        self, uri: str | Path, dim: int | None = None, *, collection: str = DEFAULT_COLLECTION,
+        factory: str = "Flat", token: str = "",
+    ) -> None:
+        MilvusClient, DataType, MilvusException = _milvus()
+        self._error = MilvusException
+        self.uri = str(uri)
+        self.collection = collection
+        self.factory = factory
+        if not self.uri.startswith(MILVUS_SCHEMES):
+            Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
+        self.client = MilvusClient(self.uri, token=token) if token else MilvusClient(self.uri)
+        if self.client.has_collection(collection):
+            fields = self.client.describe_collection(collection)["fields"]
+            vector = next((f for f in fields if f["name"] == "vector"), None)
+            if vector is None:
+                raise IndexFormatError(f"{self.uri}: collection {collection!r} has no 'vector' field")
+            self._dim = int(vector["params"]["dim"])
+            if dim is not None and dim != self._dim:
+                raise ValueError(f"Milvus collection {collection!r} has dimension {self._dim}, expected {dim}")
+        else:
+            if not isinstance(dim, int) or dim < 1:
+                raise ValueError(f"a new Milvus collection needs a positive integer dim, got {dim!r}")
+            self._dim = dim
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=True)
+            schema.add_field("id", DataType.INT64, is_primary=True)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+            params = self.client.prepare_index_params()
+            index_type, build = _index_params(factory)
+            params.add_index(field_name="vector", index_type=index_type, metric_type="IP", params=build)
+            self._call(self.client.create_collection, collection, schema=schema, index_params=params)
+
+    def _call(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except self._error as err:
+            raise ValueError(f"Milvus ({self.uri}): {getattr(err, 'message', err)}") from None
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def count(self) -> int:
+        rows = self._call(self.client.query, self.collection, filter="", output_fields=["count(*)"])
+        return int(rows[0]["count(*)"])
+
+    def __len__(self) -> int:
+        return self.count
+
+    def _existing(self, ids: np.ndarray) -> list[int]:
+        found: list[int] = []
+        for start in range(0, len(ids), BATCH):
+            chunk = ids[start : start + BATCH].tolist()
+            rows = self._call(self.client.query, self.collection, filter=f"id in {chunk}", output_fields=["id"])
+            found.extend(int(r["id"]) for r in rows)
+        return sorted(found)
+
+    def add(self, ids: Sequence[int], vectors: np.ndarray, metadata: list[dict] | None = None) -> None:
+        """Insert vectors under caller ids; duplicates (in the batch or the collection) are refused first."""
+        array = check_vectors(vectors, self.dim)
+        id_array = check_ids(ids, len(array))
+        records = check_metadata(metadata, len(array))
+        if not len(array):
+            return
+        for i, record in enumerate(records or []):
+            bad = [key for key in record if key in ("id", "vector")]
+            if bad:
+                raise ValueError(f"metadata[{i}] uses reserved field(s) {bad}")
+        existing = self._existing(id_array)
+        if existing:
+            raise ValueError(f"ids already in the index: {existing[:10]}")
+        for start in range(0, len(array), BATCH):
+            rows = []
+            for j in range(start, min(start + BATCH, len(array))):
+                row = dict(records[j]) if records else {}
+                row["id"] = int(id_array[j])
+                row["vector"] = array[j].tolist()
+                rows.append(row)
+            self._call(self.client.insert, self.collection, rows)
+
+    def delete(self, ids: Sequence[int]) -> int:
+        """Remove ids (unknown ids are ignored); returns how many were removed."""
+        id_array = np.unique(np.asarray(ids, dtype=np.int64))
+        if not id_array.size:
+            return 0
+        present = self._existing(id_array)
+        if present:
+            self._call(self.client.delete, self.collection, ids=present)
+        return len(present)
+
+    def search(
+        self, vectors: np.ndarray, k: int, filter: Mapping[str, Any] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, ids), shape (n, k), padded with -inf / -1 when fewer than k items match."""
+        queries = check_vectors(vectors, self.dim, "query vectors")
+        k = check_k(k)
+        conditions = check_filter(filter)
+        count = self.count
+        if count == 0:
+            raise EmptyIndexError("the index is empty: add vectors before searching")
+        expr = ""
+        if conditions:
+            expr = " and ".join(
+                f"{field} in {json.dumps(values)}" if len(values) > 1 else f"{field} == {json.dumps(values[0])}"
+                for field, values in conditions.items()
+            )
+        limit = min(k, count, MAX_LIMIT)
+        result = self._call(
+            self.client.search, self.collection, data=queries.tolist(), limit=limit, filter=expr,
+            output_fields=["id"], search_params={"metric_type": "IP"},
+        )
+        rows = [[(float(hit["distance"]), int(hit["id"])) for hit in hits] for hits in result]
+        return pad_results(rows, k)
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write a JSON descriptor (``*.milvus.json``) that ``load`` reconnects from; data is already durable."""
+        if path is None:
+            raise ValueError("pass the descriptor path, e.g. DIR/index.milvus.json")
+        path = Path(path)
+        uri = self.uri
+        if not uri.startswith(MILVUS_SCHEMES):
+            db = Path(uri).resolve()
+            if db.parent == path.parent.resolve():
+                uri = db.name
+        descriptor = {"backend": "milvus", "uri": uri, "collection": self.collection, "dim": self.dim,
+                      "factory": self.factory}
+        with atomic_write(path) as handle:
+            json.dump(descriptor, handle, indent=2)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> MilvusIndex:
+        """Reconnect from a descriptor written by ``save``; a corrupt descriptor or missing DB is an error."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Milvus index descriptor not found: {path}")
+        try:
+            descriptor = json.loads(path.read_text(encoding="utf-8"))
+            uri, collection, dim = descriptor["uri"], descriptor["collection"], int(descriptor["dim"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise IndexFormatError(f"{path}: corrupt Milvus index descriptor: {err}") from None
+        if not str(uri).startswith(MILVUS_SCHEMES):
+            db = Path(uri) if Path(uri).is_absolute() else path.parent / uri
+            if not db.exists():
+                raise IndexFormatError(f"{path}: the Milvus Lite database {db} is missing")
+            uri = str(db)
+        index = cls(uri, None, collection=collection, factory=descriptor.get("factory", "Flat"))
+        if index.dim != dim:
+            index.close()
+            raise IndexFormatError(f"{path}: descriptor says dim {dim}, collection has {index.dim}")
+        return index
+
+    def close(self) -> None:
+        """Close the client connection (Milvus Lite releases its database folder)."""
+        try:
+            self.client.close()
+        except Exception:  # noqa: BLE001 - closing twice or a dead server must not mask the real error
+            pass
+
+    def __repr__(self) -> str:
+        return f"MilvusIndex(uri={self.uri!r}, collection={self.collection!r}, dim={self.dim})"

@@ -1,0 +1,170 @@
+"""One contract for every VectorIndex backend: FAISS in-process and Milvus Lite (for real)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llm_embedder.index import EmptyIndexError, FaissIndex, IndexFormatError, MilvusIndex, open_index
+
+DIM = 8
+
+
+def unit(rows: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(size=(rows, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(params=["faiss", "milvus"])
+def backend(request) -> str:
+    return request.param
+
+
+def make(backend: str, tmp_path: Path, dim: int = DIM):
+    if backend == "faiss":
+        return open_index(tmp_path / "index.faiss", dim)
+    return open_index(tmp_path / "index.db", dim)
+
+
+def save_path(backend: str, tmp_path: Path) -> Path:
+    return tmp_path / ("saved.faiss" if backend == "faiss" else "index.milvus.json")
+
+
+def load(backend: str, path: Path):
+    return FaissIndex.load(path) if backend == "faiss" else MilvusIndex.load(path)
+
+
+def test_open_index_dispatch(tmp_path: Path) -> None:
+    assert isinstance(open_index(tmp_path / "a.faiss", DIM), FaissIndex)
+    index = open_index(tmp_path / "a.db", DIM)
+    assert isinstance(index, MilvusIndex) and index.dim == DIM
+    index.close()
+
+
+def test_add_search_count(backend: str, tmp_path: Path) -> None:
+    index = make(backend, tmp_path)
+    vectors = unit(20)
+    index.add(list(range(100, 120)), vectors * 3.0)  # not normalised: the index normalises
+    assert index.count == 20 and index.dim == DIM
+    scores, ids = index.search(vectors[:3], k=5)
+    assert scores.shape == (3, 5) and ids.shape == (3, 5)
+    assert scores.dtype == np.float32 and ids.dtype == np.int64
+    assert ids[:, 0].tolist() == [100, 101, 102]
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+    exact = np.argsort(-(vectors[:3] @ vectors.T), axis=1)[:, :5] + 100
+    assert ids.tolist() == exact.tolist()
+    index.close()
+
+
+def test_k_larger_than_index_pads(backend: str, tmp_path: Path) -> None:
+    index = make(backend, tmp_path)
+    index.add([1, 2, 3], unit(3))
+    scores, ids = index.search(unit(3)[0], k=10)
+    assert ids.shape == (1, 10)
+    assert sorted(ids[0, :3].tolist()) == [1, 2, 3]
+    assert (ids[0, 3:] == -1).all() and np.isneginf(scores[0, 3:]).all()
+    index.close()
+
+
+def test_filter(backend: str, tmp_path: Path) -> None:
+    index = make(backend, tmp_path)
+    meta = [{"lang": "en" if i % 2 else "fr", "n": i} for i in range(10)]
+    index.add(range(10), unit(10), meta)
+    _, ids = index.search(unit(10)[0], k=10, filter={"lang": "en"})
+    got = [i for i in ids[0].tolist() if i >= 0]
+    assert sorted(got) == [1, 3, 5, 7, 9]
+    _, ids = index.search(unit(10)[0], k=3, filter={"n": [2, 4]})
+    assert sorted(i for i in ids[0].tolist() if i >= 0) == [2, 4] and ids[0, 2] == -1
+    _, ids = index.search(unit(10)[0], k=3, filter={"lang": "de"})
+    assert (ids == -1).all()
+    with pytest.raises(ValueError, match="identifier"):
+        index.search(unit(1), k=1, filter={"bad field": 1})
+    index.close()
+
+
+def test_delete(backend: str, tmp_path: Path) -> None:
+    index = make(backend, tmp_path)
+    vectors = unit(6)
+    index.add(range(6), vectors, [{"g": 1}] * 6)
+    assert index.delete([0, 1, 99]) == 2
+    assert index.count == 4
+    _, ids = index.search(vectors[0], k=6)
+    assert 0 not in ids and 1 not in ids
+    index.add([0], vectors[0])  # a deleted id can be reused
+    assert index.search(vectors[0], k=1)[1][0, 0] == 0
+    index.close()
+
+
+def test_save_load_roundtrip(backend: str, tmp_path: Path) -> None:
+    index = make(backend, tmp_path)
+    vectors = unit(12)
+    index.add(range(12), vectors, [{"tag": f"t{i}"} for i in range(12)])
+    path = index.save(save_path(backend, tmp_path))
+    before = index.search(vectors[:2], k=4)
+    index.close()
+    again = load(backend, path)
+    assert again.count == 12 and again.dim == DIM
+    after = again.search(vectors[:2], k=4)
+    assert after[1].tolist() == before[1].tolist()
+    np.testing.assert_allclose(after[0], before[0], atol=1e-5)
+    assert again.search(vectors[0], k=12, filter={"tag": "t5"})[1][0, 0] == 5
+    again.close()
+
+
+def test_wrong_dimension(backend: str, tmp_path: Path) -> None:
+    index = make(backend, tmp_path)
+    with pytest.raises(ValueError, match=f"dimension 5, but the index has dimension {DIM}"):
+        index.add([1], np.ones((1, 5), np.float32))
+    index.add([1], unit(1))
+    with pytest.raises(ValueError, match="dimension 3"):
+        index.search(np.ones(3, np.float32), k=1)
+    with pytest.raises(ValueError, match="NaN"):
+        index.add([2], np.full((1, DIM), np.nan, np.float32))
+    assert index.count == 1
+    index.close()
+
+
+def test_duplicate_ids_write_nothing(backend: str, tmp_path: Path) -> None:
+    index = make(backend, tmp_path)
+    index.add([1, 2], unit(2))
+    with pytest.raises(ValueError, match="duplicate ids in the batch: \\[5\\]"):
+        index.add([5, 5], unit(2, seed=1))
+    with pytest.raises(ValueError, match="already in the index: \\[2\\]"):
+        index.add([3, 2], unit(2, seed=1))
+    assert index.count == 2
+    _, ids = index.search(unit(2, seed=1), k=3)
+    assert 3 not in ids  # the batch with a duplicate wrote nothing
+    with pytest.raises(ValueError, match="2 ids for 1 vectors"):
+        index.add([7, 8], unit(1))
+    index.close()
+
+
+def test_empty_index_and_bad_k(backend: str, tmp_path: Path) -> None:
+    index = make(backend, tmp_path)
+    assert index.count == 0
+    with pytest.raises(EmptyIndexError, match="empty"):
+        index.search(unit(1), k=3)
+    index.add([1], unit(1))
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="positive integer"):
+            index.search(unit(1), k=bad)
+    index.close()
+
+
+def test_corrupt_and_truncated_files(backend: str, tmp_path: Path) -> None:
+    index = make(backend, tmp_path)
+    index.add(range(5), unit(5))
+    path = index.save(save_path(backend, tmp_path))
+    index.close()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(IndexFormatError, match="corrupt"):
+        load(backend, path)
+    path.write_bytes(b"garbage" * 3)
+    with pytest.raises(IndexFormatError):
+        load(backend, path)
+    with pytest.raises(FileNotFoundError):
+        load(backend, tmp_path / "missing" / path.name)

@@ -1,0 +1,85 @@
+"""FAISS specifics: factory strings, training, unsupported delete, atomic saves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from llm_embedder.index import FaissIndex, IndexFormatError
+
+DIM = 16
+
+
+def unit(rows: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(size=(rows, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF4,Flat", "IVF4,PQ4x4"])
+def test_factories_find_exact_match(factory: str, tmp_path: Path) -> None:
+    index = FaissIndex(DIM, factory)
+    vectors = unit(300)
+    index.add(range(300), vectors)
+    _, ids = index.search(vectors[:10], k=3)
+    hits = sum(int(ids[i, 0] == i) for i in range(10))
+    assert hits >= (7 if "PQ" in factory else 10)
+    again = FaissIndex.load(index.save(tmp_path / "i.faiss"))
+    assert again.search(vectors[:10], k=3)[1].tolist() == ids.tolist()
+
+
+def test_bad_factory_and_too_little_training() -> None:
+    with pytest.raises(ValueError, match="invalid FAISS factory"):
+        FaissIndex(DIM, "NotAnIndex")
+    index = FaissIndex(DIM, "IVF64,Flat")
+    with pytest.raises(ValueError, match="could not be trained on 10 vectors"):
+        index.add(range(10), unit(10))
+    assert index.count == 0
+
+
+def test_hnsw_delete_is_a_clear_error() -> None:
+    index = FaissIndex(DIM, "HNSW32")
+    index.add(range(5), unit(5))
+    with pytest.raises(ValueError, match="does not support delete"):
+        index.delete([1])
+    assert index.count == 5
+
+
+def test_failed_save_keeps_previous_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "index.faiss"
+    index = FaissIndex(DIM)
+    index.add(range(4), unit(4), [{"v": 1}] * 4)
+    index.save(path)
+    original = path.read_bytes()
+    sidecar = Path(f"{path}.meta.json").read_bytes()
+    index.add([10, 11], unit(2, seed=3), [{"v": 2}] * 2)
+
+    def crash(idx, target):  # write half a file, then die like a full disk or a kill would
+        Path(target).write_bytes(b"\x00" * 100)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(faiss, "write_index", crash)
+    with pytest.raises(OSError, match="disk full"):
+        index.save(path)
+    assert path.read_bytes() == original
+    assert Path(f"{path}.meta.json").read_bytes() == sidecar
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.faiss", "index.faiss.meta.json"]  # no temp left
+    monkeypatch.undo()
+    assert FaissIndex.load(path).count == 4
+
+
+def test_sidecar_mismatch_is_detected(tmp_path: Path) -> None:
+    a = FaissIndex(DIM)
+    a.add(range(3), unit(3), [{"x": 1}] * 3)
+    a.save(tmp_path / "a.faiss")
+    b = FaissIndex(DIM)
+    b.add(range(5), unit(5), [{"x": 1}] * 5)
+    b.save(tmp_path / "b.faiss")
+    (tmp_path / "a.faiss.meta.json").write_bytes((tmp_path / "b.faiss.meta.json").read_bytes())
+    with pytest.raises(IndexFormatError, match="does not match"):
+        FaissIndex.load(tmp_path / "a.faiss")
+    (tmp_path / "a.faiss.meta.json").write_text("{not json")
+    with pytest.raises(IndexFormatError, match="corrupt metadata"):
+        FaissIndex.load(tmp_path / "a.faiss")
