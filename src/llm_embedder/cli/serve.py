@@ -1,0 +1,99 @@
+"""`serve`: run the OpenAI-compatible embedding / search / augment HTTP server (uvicorn)."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from llm_embedder.cli.app import app
+from llm_embedder.cli.basic import ModelOption, TaskFileOption, register_task_files
+
+
+def parse_indexes(specs: list[str] | None) -> dict[str, Path]:
+    """``NAME=DIR`` pairs -> {name: dir}; a malformed pair, duplicate name or missing dir is a clear error."""
+    indexes: dict[str, Path] = {}
+    for spec in specs or []:
+        name, sep, directory = spec.partition("=")
+        name, directory = name.strip(), directory.strip()
+        if not sep or not name or not directory:
+            raise ValueError(f"--index must be NAME=DIR, got {spec!r}")
+        if name in indexes:
+            raise ValueError(f"--index {name!r} given twice")
+        path = Path(directory)
+        if not path.is_dir():
+            raise FileNotFoundError(f"--index {name}: directory not found: {path}")
+        indexes[name] = path
+    return indexes
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command("serve")
+def serve_command(
+    model: ModelOption = "minilm",
+    index: Annotated[
+        list[str] | None, typer.Option("--index", help="NAME=DIR of a saved index; repeat for several.")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to bind; loopback unless you mean to expose it.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="LLM_EMBEDDER_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1/* routes."),
+    ] = None,
+    model_name: Annotated[
+        str | None, typer.Option(help="Model id clients send as `model` (default: the --model value's name).")
+    ] = None,
+    max_inputs: Annotated[int, typer.Option(min=1, help="Most texts in one request (413 above).")] = 2048,
+    max_chars: Annotated[int, typer.Option(min=1, help="Most characters in one text (413 above).")] = 16_384,
+    max_batch_tokens: Annotated[int, typer.Option(min=1, help="Token bound of one dynamic model batch.")] = 8192,
+    max_batch_requests: Annotated[
+        int, typer.Option(min=1, help="Requests merged into one model batch; 1 disables dynamic batching.")
+    ] = 256,
+    max_wait_ms: Annotated[
+        float, typer.Option(min=0.0, help="How long a lone request waits for company before it runs.")
+    ] = 5.0,
+    max_k: Annotated[int, typer.Option(min=1, help="Largest k accepted by /v1/search and /v1/augment.")] = 1000,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass inside one batch.")] = 64,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
+    task_file: TaskFileOption = None,
+) -> None:
+    """Serve POST /v1/embeddings (OpenAI-compatible, plus `task` and `role`), /v1/search, /v1/augment,
+    GET /health, /v1/models and Prometheus /metrics, with dynamic batching of concurrent requests."""
+    import uvicorn
+
+    from llm_embedder.embedder import Embedder
+    from llm_embedder.serve import ServeSettings, create_app
+
+    register_task_files(task_file)
+    index_dirs = parse_indexes(index)
+    console = Console(stderr=True)
+    if not is_loopback(host) and not api_key:
+        console.print(f"[bold yellow]warning:[/] binding {host} without --api-key: anyone who can reach it can use it")
+    embedder = Embedder(model, device=device, batch_size=batch_size)
+    retrievers = {}
+    if index_dirs:
+        from llm_embedder.retriever import Retriever
+
+        for name, directory in index_dirs.items():
+            retrievers[name] = Retriever.load(directory, embedder=embedder)
+            console.print(f"index {name}: {directory} (task {retrievers[name].task})")
+    settings = ServeSettings(
+        model_id=model_name or Path(str(model)).name, api_key=api_key, max_inputs=max_inputs, max_chars=max_chars,
+        max_batch_tokens=max_batch_tokens, max_batch_requests=max_batch_requests, max_wait_ms=max_wait_ms,
+        max_k=max_k,
+    )
+    console.print(f"serving model {settings.model_id!r} (dim {embedder.dim}) on http://{host}:{port}")
+    uvicorn.run(create_app(embedder, retrievers, settings), host=host, port=port, log_level=log_level,
+                access_log=log_level == "debug")

@@ -1,0 +1,110 @@
+"""Every error leaves the server in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
+
+Handlers here turn our ``ApiError``, FastAPI's validation errors (a field named in ``param`` and the message),
+Starlette's 404/405 and any unexpected exception into that shape, so clients (the ``openai`` package among
+them) raise their usual typed errors, and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from llm_embedder.serve.batcher import QueueFullError
+
+log = logging.getLogger("llm_embedder.serve")
+
+ERROR_TYPES = {401: "authentication_error", 404: "not_found_error", 413: "invalid_request_error",
+               503: "server_error", 500: "server_error"}
+
+
+class ApiError(Exception):
+    """An error to answer with ``status`` and OpenAI's error body."""
+
+    def __init__(
+        self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+        type: str | None = None, headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type or ERROR_TYPES.get(status, "invalid_request_error")
+        self.headers = headers
+
+
+def error_response(err: ApiError) -> JSONResponse:
+    body = {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
+    return JSONResponse(body, status_code=err.status, headers=err.headers)
+
+
+def _param(loc: tuple[Any, ...]) -> str | None:
+    """``("body", "input", 2)`` -> ``input[2]``."""
+    parts = [p for p in loc if p != "body"]
+    if not parts:
+        return None
+    name = str(parts[0])
+    for part in parts[1:]:
+        name += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return name
+
+
+def validation_error(exc: RequestValidationError) -> ApiError:
+    """The first validation problem, as a 400 naming its field (OpenAI answers 400 to a bad parameter)."""
+    errors = exc.errors()
+    if not errors:
+        return ApiError(400, "invalid request body", code="invalid_request")
+    first = errors[0]
+    kind = first.get("type", "")
+    if kind == "json_invalid":
+        reason = (first.get("ctx") or {}).get("error", first.get("msg", ""))
+        return ApiError(400, f"the request body is not valid JSON: {reason}", code="invalid_json")
+    param = _param(tuple(first.get("loc", ())))
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    if kind == "missing":
+        text = f"missing required field {param!r}" if param else "the request needs a JSON body"
+        return ApiError(400, text, param=param, code="missing_required_parameter")
+    if kind == "extra_forbidden":
+        return ApiError(400, f"unknown field {param!r}", param=param, code="unknown_parameter")
+    if param is None:
+        text = f"the request body must be a JSON object (Content-Type: application/json): {message}"
+    elif message.startswith("["):
+        text = f"{param}{message}"
+    else:
+        text = f"{param}: {message}"
+    if len(errors) > 1:
+        text += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return ApiError(400, text, param=param, code="invalid_value")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register handlers so that no error leaves in any shape but OpenAI's."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(validation_error(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        return error_response(ApiError(exc.status_code, message, code=code, headers=getattr(exc, "headers", None)))
+
+    @app.exception_handler(QueueFullError)
+    async def _busy(request: Request, exc: QueueFullError) -> JSONResponse:
+        return error_response(ApiError(503, f"server overloaded: {exc}", code="overloaded"))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(ApiError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error"))
