@@ -1,0 +1,68 @@
+"""`train` and `mine`: fine-tune the unified embedder on task data; mine hard negatives for a task file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from llm_embedder.cli.app import app
+
+
+@app.command("train")
+def train_command(
+    data: Annotated[list[Path], typer.Option("--data", help="Training JSONL files, or dirs holding <task>/train.jsonl. "
+                                             "Repeat the option; a file given twice is up-weighted.")],
+    out: Annotated[Path, typer.Option("--out", help="Output dir: model, TRAINING_CARD.md, checkpoints/.")],
+    base: Annotated[str | None, typer.Option("--base", help="Base model dir or alias (default minilm).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="train.yaml; keys mirror these options.")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps (default 10000).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Queries per process (default 100).")] = None,
+    group_size: Annotated[int | None, typer.Option("--group-size", help="Keys per query: 1 pos + negs (8).")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate (default 5e-6, the paper's).")] = None,
+    query_max_length: Annotated[int | None, typer.Option("--query-max-length", help="Query tokens (256).")] = None,
+    key_max_length: Annotated[int | None, typer.Option("--key-max-length", help="Key tokens (256).")] = None,
+    save_steps: Annotated[int | None, typer.Option("--save-steps", help="Checkpoint every N steps (1000).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for sampling and selection (42).")] = None,
+    self_paced: Annotated[bool | None, typer.Option("--self-paced/--no-self-paced",
+                                                    help="Per-task lr scaling L_T0/L_T (2024 revision).")] = None,
+    task_file: Annotated[list[Path] | None, typer.Option("--task-file", help="Extra task definitions.")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda if present).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in OUT.")] = False,
+) -> None:
+    """Train one embedder for all tasks: homogeneous batches, each task's loss and instructions (recipe §2).
+
+    Runs under `torchrun --nproc_per_node N -m llm_embedder train ...` for several processes (gloo on CPU).
+    All data is validated before training starts.
+    """
+    from llm_embedder.train.config import TrainConfig
+    from llm_embedder.train.trainer import train
+
+    cfg = TrainConfig.from_sources(
+        config, data=[str(p) for p in data] or None, out=str(out), base=base, max_steps=max_steps,
+        batch_size=batch_size, group_size=group_size, lr=lr, query_max_length=query_max_length,
+        key_max_length=key_max_length, save_steps=save_steps, seed=seed, self_paced=self_paced,
+        task_files=[str(p) for p in task_file] if task_file else None, device=device, resume=resume or None,
+    )
+    result = train(cfg)
+    typer.echo(f"trained model written to {result}")
+
+
+@app.command("mine")
+def mine_command(
+    model: Annotated[str, typer.Option("--model", "-m", help="Embedder dir or alias used to retrieve.")],
+    data: Annotated[Path, typer.Option("--data", help="Task JSONL file (query, pos, task ...).")],
+    corpus: Annotated[Path, typer.Option("--corpus", help="Corpus JSONL ({text} or {title,text} or {contents}).")],
+    out: Annotated[Path, typer.Option("--out", help="Output JSONL with mined `neg`.")],
+    top_k: Annotated[int, typer.Option("--top-k", help="Negatives kept per query (100).")] = 100,
+    filter_answers: Annotated[bool, typer.Option("--filter-answers", help="Drop answer-bearing passages.")] = False,
+    key_template: Annotated[str | None, typer.Option("--key-template", help="e.g. '{title} {text}'.")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="cpu or cuda.")] = None,
+) -> None:
+    """Mine hard negatives with a dense retriever, excluding positives (and optionally answer-bearing passages)."""
+    from llm_embedder.train.mine import mine_negatives
+
+    count = mine_negatives(model, data, corpus, out, top_k=top_k, filter_answers=filter_answers,
+                           key_template=key_template, device=device)
+    typer.echo(f"wrote {count} records with mined negatives to {out}")

@@ -1,0 +1,95 @@
+"""The training card: what was trained on, with which losses and settings, and a loss curve per task."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from llm_embedder.tasks import get_task
+
+CARD_NAME = "TRAINING_CARD.md"
+PLOT_NAME = "loss_curves.png"
+
+
+def read_step_log(path: Path) -> list[dict[str, Any]]:
+    """One record per step (the last one written wins: a resumed run re-does steps after its checkpoint)."""
+    by_step: dict[int, dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                record = json.loads(line)
+                by_step[int(record["step"])] = record
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def plot_loss_curves(records: list[dict[str, Any]], path: Path) -> Path:
+    """One subplot per task: the loss at each step that trained on it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per_task: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for record in records:
+        per_task[record["task"]].append((record["step"], record["loss"]))
+    tasks = sorted(per_task) or ["(no steps)"]
+    fig, axes = plt.subplots(len(tasks), 1, figsize=(7, 2.4 * len(tasks)), squeeze=False)
+    for ax, task in zip(axes[:, 0], tasks, strict=True):
+        points = per_task.get(task, [])
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=2, linewidth=1)
+        ax.set_title(f"{task} ({get_task(task).loss})" if points else task, fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_training_card(out: Path, config, files, batches: dict[str, int], extra: dict[str, Any]) -> Path:
+    """Write ``TRAINING_CARD.md`` and ``loss_curves.png`` into ``out``."""
+    records = read_step_log(out / "logs" / "steps.rank0.jsonl")
+    plot_loss_curves(records, out / PLOT_NAME)
+    per_task: dict[str, list[float]] = defaultdict(list)
+    for record in records:
+        per_task[record["task"]].append(record["loss"])
+    lines = [
+        "# Training card", "",
+        f"Base model: `{config.base}`. Steps: {extra['global_step']} (max {config.max_steps}). "
+        f"Processes: {extra['world_size']}. Wall time: {extra['seconds']:.0f} s."
+        + (f" Resumed from `{extra['resumed_from']}`." if extra.get("resumed_from") else ""), "",
+        "## Data", "",
+        "Every global batch comes from one dataset (one file; a file listed twice counts twice).", "",
+        "| dataset | file | task | records | examples | filtered | truncated | global batches/epoch |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for f in files:
+        lines.append(f"| {f.name} | `{f.path}` | {f.task} | {f.records} | {len(f.examples)} | {f.filtered} | "
+                     f"{f.truncated} | {batches.get(f.name, 0)} |")
+    lines += ["", "## Losses", "", "| task | loss | teacher T | positive | negatives | steps | first loss | "
+              "last loss (mean of last 10) |", "|---|---|---|---|---|---|---|---|"]
+    for name in sorted({f.task for f in files}):
+        task, losses = get_task(name), per_task.get(name, [])
+        teacher_t = task.teacher_temperature if task.loss == "kl_distill" else ("1 (softmax)" if
+                                                                                task.loss == "stable_distill" else "-")
+        first = f"{losses[0]:.4f}" if losses else "-"
+        last = f"{sum(losses[-10:]) / len(losses[-10:]):.4f}" if losses else "-"
+        lines.append(f"| {name} | {task.loss} | {teacher_t} | {task.select_positive} | {task.select_negative} | "
+                     f"{len(losses)} | {first} | {last} |")
+    lines += [
+        "", f"![loss per task]({PLOT_NAME})", "", "## Settings", "",
+        f"lr {config.lr}, warm-up ratio {config.warmup_ratio}, weight decay {config.weight_decay} (AdamW, linear "
+        f"decay), batch {config.batch_size} queries per process, group size {config.group_size} (1 positive + "
+        f"{config.group_size - 1} negatives), τ {config.temperature}, max length {config.query_max_length} (query) / "
+        f"{config.key_max_length} (key), seed {config.seed}, fp16 {config.fp16} (CUDA only), self-paced lr "
+        f"{config.self_paced}.", "",
+        "The task instructions are saved as named prompts (`<task>.query`, `<task>.key`) in "
+        "`config_sentence_transformers.json`.", "",
+    ]
+    path = out / CARD_NAME
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

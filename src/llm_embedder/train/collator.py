@@ -1,0 +1,55 @@
+"""Tokenise a batch of (query, group of keys) examples for the sentence-transformers trainer.
+
+Output keys follow the trainer's convention (``<column>_input_ids`` …), so ``collect_features`` yields
+``[query_features, keys_features]`` to the loss: the B queries, then the B·N keys flattened in group order
+(query b's keys at ``b·N … b·N+N-1``), one forward pass each. ``label`` carries the teacher scores (B, N).
+The task's instructions come from the registry and are passed as sentence-transformers prompts, the same
+path ``Embedder.encode`` uses; query and key max lengths are applied separately.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
+
+from llm_embedder.tasks import get_task
+
+
+@dataclass
+class GroupCollator(SentenceTransformerDataCollator):
+    """Collate ``{"query", "keys", "label"?, "dataset_name"}`` rows; ``dataset_tasks`` maps dataset → task."""
+
+    dataset_tasks: dict[str, str] = field(default_factory=dict)
+    query_max_length: int = 256
+    key_max_length: int = 256
+    use_instructions: bool = True
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        if not features:
+            return {}
+        name = features[0].get("dataset_name")
+        task_name = features[0].get("task") or self.dataset_tasks.get(name)
+        if task_name is None:
+            raise ValueError(f"cannot tell the task of dataset {name!r}")
+        task = get_task(task_name)
+        batch: dict[str, Any] = {}
+        if name is not None:
+            batch["dataset_name"] = name
+        sizes = {len(row["keys"]) for row in features}
+        if len(sizes) != 1:
+            raise ValueError(f"dataset {name!r}: examples in one batch have different group sizes {sorted(sizes)}")
+        columns = {
+            "query": ([row["query"] for row in features], "query", self.query_max_length),
+            "keys": ([key for row in features for key in row["keys"]], "key", self.key_max_length),
+        }
+        for column, (texts, role, max_length) in columns.items():
+            prompt = task.instruction(role) if self.use_instructions else None
+            encoded = self.preprocess_fn(texts, prompt=prompt or None, max_length=max_length)
+            for key, value in encoded.items():
+                batch[f"{column}_{key}"] = value
+        if "label" in features[0]:
+            batch["label"] = torch.tensor([row["label"] for row in features], dtype=torch.float32)
+        return batch

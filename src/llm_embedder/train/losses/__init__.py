@@ -1,0 +1,31 @@
+"""The three training losses of recipe §2.5, each a sentence-transformers loss module.
+
+``loss_for_task(task, model)`` builds the loss a task's registry recipe names.
+"""
+
+from __future__ import annotations
+
+from llm_embedder.tasks import Task, get_task
+from llm_embedder.train.losses.contrastive import ContrastiveLoss, contrastive_loss
+from llm_embedder.train.losses.kl_distill import KLDistillLoss, kl_distill_loss
+from llm_embedder.train.losses.stable_distill import StableDistillLoss, stable_distill_loss
+
+DISTILL_LOSSES = ("kl_distill", "stable_distill")
+
+
+def loss_for_task(task: str | Task, model, temperature: float = 0.01):
+    """The loss module for a task: contrastive, kl_distill (teacher T from the task) or stable_distill."""
+    task = get_task(task)
+    if task.loss == "contrastive":
+        return ContrastiveLoss(model, temperature=temperature)
+    if task.loss == "kl_distill":
+        return KLDistillLoss(model, teacher_temperature=task.teacher_temperature, temperature=temperature)
+    if task.loss == "stable_distill":
+        return StableDistillLoss(model, temperature=temperature)
+    raise ValueError(f"task {task.name!r}: unknown loss {task.loss!r}")
+
+
+__all__ = [
+    "ContrastiveLoss", "KLDistillLoss", "StableDistillLoss", "contrastive_loss", "kl_distill_loss",
+    "stable_distill_loss", "loss_for_task", "DISTILL_LOSSES",
+]

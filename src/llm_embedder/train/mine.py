@@ -1,0 +1,101 @@
+"""Hard-negative mining with a dense retriever (recipe §2.9).
+
+For each record, retrieve the top passages of a corpus with the embedder (the task's instructions applied),
+drop the record's positives (by ``pos_index`` and by exact text) and, with ``filter_answers``, every passage
+that contains one of the record's ``answers`` (case-insensitive), and keep the first ``top_k`` as ``neg``
+(``neg_index`` their corpus rows). Existing ``teacher_scores`` are dropped: they no longer match the candidates.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from llm_embedder.io import DataError, iter_jsonl, write_jsonl
+
+
+def corpus_texts(path: str | Path, key_template: str | None = None) -> list[str]:
+    """Corpus passages: ``key_template`` over each record's fields, or text / title+text / contents."""
+    texts = []
+    for line_no, record in iter_jsonl(path):
+        try:
+            if key_template:
+                text = key_template.format(**record)
+            elif "contents" in record:
+                text = record["contents"]
+            elif "title" in record and "text" in record:
+                text = f"{record['title']} {record['text']}"
+            else:
+                text = record["text"]
+        except KeyError as err:
+            raise DataError(f"{path}:{line_no}:{err.args[0]}: missing corpus field") from None
+        if not isinstance(text, str):
+            raise DataError(f"{path}:{line_no}: corpus text must be a string")
+        texts.append(text.strip())
+    if not texts:
+        raise DataError(f"{path}: empty corpus")
+    return texts
+
+
+def select_negatives(
+    ranked: list[int], texts: list[str], record: dict[str, Any], top_k: int, filter_answers: bool
+) -> list[int]:
+    """The first ``top_k`` ranked corpus rows that are not positives (nor answer-bearing, if asked)."""
+    positive_ids = set(record.get("pos_index") or [])
+    positive_texts = {p.strip() for p in record.get("pos") or []}
+    answers = [a.lower() for a in record.get("answers") or [] if isinstance(a, str) and a.strip()]
+    chosen = []
+    for row in ranked:
+        text = texts[row]
+        if row in positive_ids or text in positive_texts:
+            continue
+        if filter_answers and any(answer in text.lower() for answer in answers):
+            continue
+        chosen.append(row)
+        if len(chosen) == top_k:
+            break
+    return chosen
+
+
+def mine_negatives(
+    model: str, data: str | Path, corpus: str | Path, out: str | Path, *, top_k: int = 100,
+    filter_answers: bool = False, key_template: str | None = None, device: str | None = None,
+    batch_size: int = 64,
+) -> int:
+    """Write ``out``: each record of ``data`` with mined ``neg``/``neg_index``. Returns the record count."""
+    import faiss
+    import numpy as np
+
+    from llm_embedder.embedder import Embedder
+    from llm_embedder.tasks import get_task
+
+    records = []
+    for line_no, record in iter_jsonl(data):
+        if not isinstance(record.get("query"), str):
+            raise DataError(f"{data}:{line_no}:query: missing query")
+        if not isinstance(record.get("task"), str):
+            raise DataError(f"{data}:{line_no}:task: missing task name")
+        get_task(record["task"])
+        records.append(record)
+    texts = corpus_texts(corpus, key_template)
+    embedder = Embedder(model, device=device, batch_size=batch_size)
+    by_task: dict[str, list[int]] = {}
+    for i, record in enumerate(records):
+        by_task.setdefault(record["task"], []).append(i)
+    results: list[dict[str, Any]] = [dict() for _ in records]
+    depth = min(len(texts), top_k + 50 + max((len(r.get("pos") or []) for r in records), default=0))
+    for task, rows in by_task.items():
+        index = faiss.IndexFlatIP(embedder.dim)
+        index.add(embedder.encode_keys(texts, task, show_progress=len(texts) >= 512))
+        queries = embedder.encode_queries([records[i]["query"] for i in rows], task)
+        _, ranked = index.search(np.ascontiguousarray(queries), depth)
+        for i, hits in zip(rows, ranked, strict=True):
+            record = dict(records[i])
+            chosen = select_negatives([int(h) for h in hits if h >= 0], texts, record, top_k, filter_answers)
+            record.pop("teacher_scores", None)
+            record.pop("history", None)
+            record["neg"] = [texts[j] for j in chosen]
+            record["neg_index"] = chosen
+            results[i] = record
+    write_jsonl(out, results)
+    return len(results)

@@ -1,0 +1,202 @@
+"""Wire the pieces into sentence-transformers' trainer: homogeneous batches, a loss per dataset, logging.
+
+``SentenceTransformerTrainer`` (HF Trainer underneath) does the loop, AdamW + linear warm-up/decay,
+checkpoints, ``resume_from_checkpoint``, DDP under torchrun (gloo on CPU, nccl on CUDA) and fp16 on CUDA.
+We override only: the multi-dataset batch sampler (``sampler.HomogeneousBatchSampler``), the data collator
+(``collator.GroupCollator``: one query column and one flattened key column, so a variable group size needs
+no fixed per-key columns) and ``compute_loss`` (to record each step's dataset, task and loss per rank in
+``OUT/logs/steps.rank<r>.jsonl``). The loss is a dict keyed by dataset name, so the trainer picks each
+batch's loss from the dataset's task recipe in the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from llm_embedder.train.config import TrainConfig
+from llm_embedder.train.examples import TrainingFile, load_training_files
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+LOG_DIR = "logs"
+
+
+def distributed_env() -> tuple[int, int]:
+    """(rank, world size) from the torchrun environment, before the process group exists."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def check_batches(files: list[TrainingFile], batch_size: int, world_size: int) -> dict[str, int]:
+    """Global batches per epoch for each dataset; a run with none at all is an error."""
+    global_size = batch_size * world_size
+    batches = {f.name: len(f.examples) // global_size for f in files}
+    for f in files:
+        if batches[f.name] == 0:
+            log.warning("%s: %d examples < one global batch of %d; it will not be trained on",
+                        f.path, len(f.examples), global_size)
+    if not any(batches.values()):
+        raise ValueError(
+            f"no dataset has a full global batch of {global_size} examples "
+            f"(batch size {batch_size} x {world_size} processes); lower --batch-size"
+        )
+    return batches
+
+
+def _make_trainer_class():
+    from sentence_transformers import SentenceTransformerTrainer
+
+    from llm_embedder.train.sampler import HomogeneousBatchSampler
+
+    class LLMEmbedderTrainer(SentenceTransformerTrainer):
+        """SentenceTransformerTrainer with homogeneous batches and a per-rank step log."""
+
+        step_log_dir: Path | None = None
+        dataset_tasks: dict[str, str] = {}
+
+        def get_multi_dataset_batch_sampler(self, dataset, batch_samplers, generator=None, seed=0):
+            return HomogeneousBatchSampler(
+                dataset, batch_samplers, generator=generator, seed=seed,
+                per_device_batch_size=self.args.per_device_train_batch_size, world_size=self.args.world_size,
+            )
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            name = inputs.get("dataset_name")
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss = result[0] if isinstance(result, tuple) else result
+            if model.training and self.step_log_dir is not None:
+                self.current_task = self.dataset_tasks.get(name)
+                self.current_loss = float(loss.detach())
+                record = {
+                    "step": self.state.global_step + 1, "rank": self.args.process_index, "dataset": name,
+                    "task": self.current_task, "loss": self.current_loss,
+                }
+                path = self.step_log_dir / f"steps.rank{self.args.process_index}.jsonl"
+                with path.open("a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(record) + "\n")
+            return result
+
+    return LLMEmbedderTrainer
+
+
+def build_trainer(config: TrainConfig, files: list[TrainingFile]):
+    """The configured trainer (model loaded, datasets built); ``train()`` not yet called."""
+    import torch
+    from datasets import Dataset, DatasetDict
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments
+
+    from llm_embedder.models import resolve_embedder_path
+    from llm_embedder.train.collator import GroupCollator
+    from llm_embedder.train.losses import loss_for_task
+
+    out = Path(config.out)
+    world_size = distributed_env()[1]
+    cuda = torch.cuda.is_available() and (config.device or "cuda").startswith("cuda")
+    device = config.device or ("cuda" if cuda else "cpu")
+    model = SentenceTransformer(str(resolve_embedder_path(config.base)), device=device, local_files_only=True)
+    train_dataset = DatasetDict({f.name: Dataset.from_list(f.examples) for f in files if f.examples})
+    losses = {f.name: loss_for_task(f.task, model, config.temperature) for f in files if f.name in train_dataset}
+    dataset_tasks = {f.name: f.task for f in files}
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(out / CHECKPOINT_DIR),
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=config.lr,
+        warmup_steps=config.warmup_ratio,  # a float < 1 is a ratio of max_steps (transformers v5)
+        weight_decay=config.weight_decay,
+        lr_scheduler_type="linear",
+        fp16=bool(config.fp16 and cuda),
+        use_cpu=not cuda,
+        **({"gradient_checkpointing": True} if config.gradient_checkpointing else {}),
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        logging_steps=config.logging_steps,
+        seed=config.seed,
+        data_seed=config.seed,
+        dataloader_drop_last=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        report_to="none",
+        ddp_backend=None if cuda or world_size == 1 else "gloo",
+        disable_tqdm=False,
+    )
+    collator = GroupCollator(
+        preprocess_fn=model.preprocess, dataset_tasks=dataset_tasks,
+        query_max_length=config.query_max_length, key_max_length=config.key_max_length,
+    )
+    callbacks = []
+    if config.self_paced:
+        from llm_embedder.train.self_paced import SelfPacedLRCallback
+
+        callbacks.append(SelfPacedLRCallback(interval=config.self_paced_interval))
+    trainer_class = _make_trainer_class()
+    trainer = trainer_class(
+        model=model, args=args, train_dataset=train_dataset, loss=losses, data_collator=collator,
+        callbacks=callbacks,
+    )
+    trainer.dataset_tasks = dataset_tasks
+    trainer.step_log_dir = out / LOG_DIR
+    for callback in callbacks:
+        callback.trainer = trainer
+    return trainer
+
+
+def latest_checkpoint(out: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = out / CHECKPOINT_DIR
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def train(config: TrainConfig) -> Path:
+    """Validate all data, train, and write the model (with prompts), TRAINING_CARD.md and loss_curves.png."""
+    from llm_embedder.tasks import register_tasks_from_file
+
+    if not config.data:
+        raise ValueError("no training data given (--data FILE_OR_DIR ...)")
+    if not config.out:
+        raise ValueError("no output directory given (--out runs/NAME)")
+    out = Path(config.out)
+    for task_file in config.task_files:
+        register_tasks_from_file(task_file)
+    rank, world_size = distributed_env()
+    files = load_training_files(config.data, config.group_size, config.seed)  # all validation happens here
+    batches = check_batches(files, config.batch_size, world_size)
+    resume_from = latest_checkpoint(out) if config.resume else None
+    if not config.resume and latest_checkpoint(out) is not None:
+        raise ValueError(f"{out} already holds checkpoints; pass --resume to continue, or choose another --out")
+    (out / LOG_DIR).mkdir(parents=True, exist_ok=True)
+    if config.resume and resume_from is None:
+        log.warning("--resume: no checkpoint in %s, starting from scratch", out / CHECKPOINT_DIR)
+    started = time.time()
+    trainer = build_trainer(config, files)
+    trainer.train(resume_from_checkpoint=resume_from)
+    if trainer.is_world_process_zero():
+        save_outputs(trainer, config, files, batches, world_size, time.time() - started, resume_from)
+    if trainer.args.world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return out
+
+
+def save_outputs(trainer, config: TrainConfig, files, batches: dict[str, int], world_size: int,
+                 seconds: float, resumed_from: str | None) -> None:
+    """Model with every task's prompts (via ``Embedder.save``), the training card and loss curves."""
+    from llm_embedder.embedder import Embedder
+    from llm_embedder.train.card import write_training_card
+
+    out = Path(config.out)
+    trainer.model.save(str(out))
+    Embedder(out, device="cpu", query_max_length=config.query_max_length,
+             key_max_length=config.key_max_length).save(out)
+    config.save(out / "train_config.json")
+    extra: dict[str, Any] = {"world_size": world_size, "seconds": seconds, "resumed_from": resumed_from,
+                             "global_step": trainer.state.global_step}
+    write_training_card(out, config, files, batches, extra)
