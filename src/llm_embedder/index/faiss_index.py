@@ -38,7 +38,8 @@ DEFAULT_EF_SEARCH = 64
 def _ids_checksum(ids: np.ndarray) -> str:
     """A cheap fingerprint of the id set, stored in the sidecar to detect an index/sidecar mismatch."""
     ids = np.sort(ids.astype(np.int64))
-    return f"{len(ids)}:{int(ids.sum()) & 0xFFFFFFFFFFFF}:{int(np.bitwise_xor.reduce(ids * 2654435761)) if len(ids) else 0}"
+    mixed = int(np.bitwise_xor.reduce(ids * 2654435761)) if len(ids) else 0
+    return f"{len(ids)}:{int(ids.sum()) & 0xFFFFFFFFFFFF}:{mixed}"
 
 
 class FaissIndex:

@@ -38,7 +38,9 @@ def _milvus():
     try:
         from pymilvus import DataType, MilvusClient, MilvusException
     except ImportError:
-        raise ImportError("the Milvus backend needs `pip install 'llm-embedder[milvus]'` (pymilvus, milvus-lite)") from None
+        raise ImportError(
+            "the Milvus backend needs `pip install 'llm-embedder[milvus]'` (pymilvus, milvus-lite)"
+        ) from None
     return MilvusClient, DataType, MilvusException
 
 

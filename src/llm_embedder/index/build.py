@@ -1,0 +1,245 @@
+"""Streaming corpus encoding into a resumable float32 memmap, then an index, with metadata.
+
+Layout of an index directory::
+
+    docs.jsonl          the documents, line i = id i (``text`` is what was embedded)
+    docs.offsets        int64 byte offset of each line of docs.jsonl (random access, flat memory)
+    embeddings.memmap   float32 (count, dim) key vectors
+    progress.json       how far the build got (rows encoded); lets a re-run continue
+    index.faiss         or index.db + index.milvus.json for Milvus
+    meta.json           model, model path, task, instruction hash, dim, count, factory, backend (written last)
+
+Peak memory does not grow with the corpus: records are streamed, one batch of texts is in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llm_embedder.io import DataError, atomic_write, iter_jsonl
+
+META_FILE = "meta.json"
+PROGRESS_FILE = "progress.json"
+DOCS_FILE = "docs.jsonl"
+OFFSETS_FILE = "docs.offsets"
+EMBEDDINGS_FILE = "embeddings.memmap"
+FAISS_FILE = "index.faiss"
+MILVUS_DB = "index.db"
+MILVUS_FILE = "index.milvus.json"
+ADD_CHUNK = 65536
+TRAIN_SAMPLE = 100_000
+
+
+def instruction_hash(embedder: Any, task: str) -> str:
+    """Hash of the instructions this embedder actually applies for ``task`` (empty without instructions)."""
+    text = embedder.instruction(task, "query") + "\x00" + embedder.instruction(task, "key")
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def compose_text(record: dict, field: str, template: str | None, where: str) -> str:
+    """The text to embed: ``template.format(**record)`` or ``record[field]``; errors name file:line:field."""
+    if template:
+        try:
+            text = template.format(**{k: ("" if v is None else v) for k, v in record.items()})
+        except KeyError as err:
+            raise DataError(f"{where}: missing field {err.args[0]!r} used by the template {template!r}") from None
+        return text.strip()
+    if field not in record:
+        raise DataError(f"{where}: missing field {field!r}")
+    if not isinstance(record[field], str):
+        raise DataError(f"{where}: field {field!r} must be a string, got {type(record[field]).__name__}")
+    return record[field]
+
+
+def iter_records(corpus: str | Path | Iterable[str | dict]) -> Iterator[tuple[str, dict]]:
+    """(location, record) from a JSONL path or an iterable of strings / dicts."""
+    if isinstance(corpus, str | Path):
+        for line_no, record in iter_jsonl(corpus):
+            yield f"{corpus}:{line_no}", record
+        return
+    for i, item in enumerate(corpus):
+        if isinstance(item, str):
+            yield f"documents[{i}]", {"text": item}
+        elif isinstance(item, dict):
+            yield f"documents[{i}]", item
+        else:
+            raise DataError(f"documents[{i}]: expected a string or a dict, got {type(item).__name__}")
+
+
+def corpus_fingerprint(corpus: Any) -> dict | None:
+    if isinstance(corpus, str | Path):
+        stat = Path(corpus).stat()
+        return {"path": str(Path(corpus).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return None
+
+
+def write_docs(corpus: Any, out_dir: Path, field: str, template: str | None) -> int:
+    """Stream records into docs.jsonl + docs.offsets (via temp files); returns the document count."""
+    docs_tmp, offsets_tmp = out_dir / (DOCS_FILE + ".tmp"), out_dir / (OFFSETS_FILE + ".tmp")
+    count, offset = 0, 0
+    with docs_tmp.open("wb") as docs, offsets_tmp.open("wb") as offsets:
+        for where, record in iter_records(corpus):
+            doc = dict(record)
+            doc["text"] = compose_text(record, field, template, where)
+            line = (json.dumps(doc, ensure_ascii=False) + "\n").encode("utf-8")
+            docs.write(line)
+            offsets.write(np.int64(offset).tobytes())
+            offset += len(line)
+            count += 1
+    os.replace(offsets_tmp, out_dir / OFFSETS_FILE)
+    os.replace(docs_tmp, out_dir / DOCS_FILE)
+    return count
+
+
+def read_progress(out_dir: Path) -> dict | None:
+    path = out_dir / PROGRESS_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None  # a torn progress file: start over rather than trust it
+
+
+def write_progress(out_dir: Path, state: dict) -> None:
+    with atomic_write(out_dir / PROGRESS_FILE) as handle:
+        json.dump(state, handle, indent=2)
+
+
+def _progress_bar(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        disable=not enabled,
+    )
+
+
+def encode_rows(embedder: Any, task: str, out_dir: Path, state: dict, batch_size: int, progress: bool) -> None:
+    """Encode docs.jsonl rows [rows_done, count) into the memmap, recording progress after each batch."""
+    count, dim = state["count"], state["settings"]["dim"]
+    path = out_dir / EMBEDDINGS_FILE
+    if count == 0:
+        path.write_bytes(b"")
+        return
+    mode = "r+" if path.exists() and path.stat().st_size == count * dim * 4 else "w+"
+    if mode == "w+":
+        state["rows_done"] = 0
+    memmap = np.memmap(path, dtype=np.float32, mode=mode, shape=(count, dim))
+    start = state["rows_done"]
+    offsets = np.fromfile(out_dir / OFFSETS_FILE, dtype=np.int64)
+    with (out_dir / DOCS_FILE).open("rb") as docs, _progress_bar(progress) as bar:
+        job = bar.add_task(f"encoding {task} keys", total=count, completed=start)
+        if start < count:
+            docs.seek(int(offsets[start]))
+        while start < count:
+            end = min(start + batch_size, count)
+            texts = [json.loads(docs.readline())["text"] for _ in range(start, end)]
+            memmap[start:end] = embedder.encode_keys(texts, task, batch_size=batch_size, show_progress=False)
+            memmap.flush()
+            state["rows_done"] = start = end
+            write_progress(out_dir, state)
+            bar.update(job, completed=end)
+    del memmap
+
+
+def build_vector_index(
+    out_dir: Path, state: dict, backend: str, factory: str, filter_fields: tuple[str, ...], seed: int = 0
+) -> str:
+    """Build the FAISS / Milvus index from the memmap, in chunks; returns the index file name."""
+    from llm_embedder.index.faiss_index import FaissIndex
+
+    count, dim = state["count"], state["settings"]["dim"]
+    memmap = np.memmap(out_dir / EMBEDDINGS_FILE, dtype=np.float32, mode="r", shape=(count, dim)) if count else None
+    if backend == "milvus":
+        from llm_embedder.index.milvus_index import MilvusIndex
+
+        shutil.rmtree(out_dir / MILVUS_DB, ignore_errors=True)  # derived data: rebuilt from the memmap
+        index: Any = MilvusIndex(out_dir / MILVUS_DB, dim, factory=factory)
+        name = MILVUS_FILE
+    elif backend == "faiss":
+        index = FaissIndex(dim, factory)
+        name = FAISS_FILE
+        if count and not index.is_trained:
+            rng = np.random.default_rng(seed)
+            rows = np.sort(rng.choice(count, size=min(count, TRAIN_SAMPLE), replace=False))
+            index.train(np.asarray(memmap[rows]))
+    else:
+        raise ValueError(f"backend must be faiss or milvus, got {backend!r}")
+    docs = (out_dir / DOCS_FILE).open("rb") if filter_fields else None
+    try:
+        for lo in range(0, count, ADD_CHUNK):
+            hi = min(lo + ADD_CHUNK, count)
+            metadata = None
+            if docs is not None:
+                records = [json.loads(docs.readline()) for _ in range(lo, hi)]
+                metadata = [{f: r[f] for f in filter_fields if f in r} for r in records]
+            index.add(np.arange(lo, hi), np.asarray(memmap[lo:hi]), metadata)
+        index.save(out_dir / name)
+    finally:
+        if docs is not None:
+            docs.close()
+        index.close()
+    return name
+
+
+def build_index(
+    corpus: str | Path | Iterable[str | dict],
+    out_dir: str | Path,
+    embedder: Any,
+    task: str,
+    *,
+    factory: str = "Flat",
+    backend: str = "faiss",
+    field: str = "text",
+    template: str | None = None,
+    batch_size: int = 256,
+    filter_fields: Iterable[str] = (),
+    progress: bool = True,
+) -> dict:
+    """Encode a corpus for ``task`` into ``out_dir`` and index it; re-running continues an interrupted build.
+
+    Returns the metadata written to meta.json. A directory holding a build with other settings (model,
+    task, instructions, corpus, factory) is refused rather than mixed.
+    """
+    from llm_embedder.tasks import get_task
+
+    get_task(task)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "model": embedder.name, "model_path": str(Path(embedder.path).resolve()), "task": task,
+        "instruction_hash": instruction_hash(embedder, task), "dim": int(embedder.dim), "factory": factory,
+        "backend": backend, "field": field, "template": template, "filter_fields": list(filter_fields),
+    }
+    fingerprint = corpus_fingerprint(corpus)
+    state = read_progress(out_dir)
+    if state is not None and (state.get("settings") != settings or state.get("corpus") != fingerprint):
+        old = state.get("settings", {})
+        diff = [k for k in settings if old.get(k) != settings[k]] or ["corpus"]
+        raise ValueError(
+            f"{out_dir} holds a build with different {', '.join(diff)}; use another --out or delete it"
+        )
+    if state is not None and state.get("done") and (out_dir / META_FILE).exists():
+        return json.loads((out_dir / META_FILE).read_text(encoding="utf-8"))
+    if state is None or not state.get("docs_done"):
+        (out_dir / META_FILE).unlink(missing_ok=True)
+        count = write_docs(corpus, out_dir, field, template)
+        state = {"settings": settings, "corpus": fingerprint, "docs_done": True, "count": count, "rows_done": 0}
+        write_progress(out_dir, state)
+    encode_rows(embedder, task, out_dir, state, batch_size, progress)
+    index_file = build_vector_index(out_dir, state, backend, factory, tuple(filter_fields))
+    meta = {**settings, "count": state["count"], "index_file": index_file}
+    with atomic_write(out_dir / META_FILE) as handle:
+        json.dump(meta, handle, indent=2)
+    state["done"] = True
+    write_progress(out_dir, state)
+    return meta

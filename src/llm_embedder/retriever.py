@@ -1,0 +1,236 @@
+"""``Retriever``: texts in, top-k documents with scores out, for any task (embedder + index + documents)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llm_embedder.index.base import IndexFormatError, VectorIndex
+from llm_embedder.index.build import (
+    DOCS_FILE,
+    FAISS_FILE,
+    META_FILE,
+    MILVUS_FILE,
+    OFFSETS_FILE,
+    build_index,
+    instruction_hash,
+    iter_records,
+)
+from llm_embedder.io import atomic_write
+
+
+@dataclass
+class Hit:
+    """One retrieved document: its index id, similarity score, text and the rest of its record."""
+
+    id: int
+    score: float
+    text: str
+    metadata: dict = field(default_factory=dict)
+
+
+class DocStore:
+    """Documents by id: in memory, or docs.jsonl + an int64 offsets file (random access, flat memory)."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.directory = directory
+        self._docs: list[dict] = []
+        self._offsets = np.zeros(0, dtype=np.int64)
+        if directory is not None:
+            self._offsets = np.fromfile(directory / OFFSETS_FILE, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._offsets) if self.directory is not None else len(self._docs)
+
+    def get(self, ids: Iterable[int]) -> list[dict]:
+        if self.directory is None:
+            return [self._docs[i] for i in ids]
+        out = []
+        with (self.directory / DOCS_FILE).open("rb") as handle:
+            for i in ids:
+                handle.seek(int(self._offsets[i]))
+                out.append(json.loads(handle.readline()))
+        return out
+
+    def append(self, docs: list[dict]) -> None:
+        if self.directory is None:
+            self._docs.extend(docs)
+            return
+        path = self.directory / DOCS_FILE
+        offset = path.stat().st_size
+        new = []
+        with path.open("ab") as handle:
+            for doc in docs:
+                line = (json.dumps(doc, ensure_ascii=False) + "\n").encode("utf-8")
+                handle.write(line)
+                new.append(offset)
+                offset += len(line)
+        with (self.directory / OFFSETS_FILE).open("ab") as handle:
+            handle.write(np.asarray(new, dtype=np.int64).tobytes())
+        self._offsets = np.concatenate([self._offsets, np.asarray(new, dtype=np.int64)])
+
+
+def _scalar_fields(doc: Mapping[str, Any]) -> dict:
+    return {k: v for k, v in doc.items() if k not in ("text", "id") and isinstance(v, str | int | float | bool)}
+
+
+def normalise_documents(documents: Sequence[str | dict]) -> list[dict]:
+    docs = []
+    for where, record in iter_records(documents):
+        if not isinstance(record.get("text"), str):
+            raise ValueError(f"{where}: a document needs a string 'text' field")
+        docs.append(dict(record))
+    return docs
+
+
+class Retriever:
+    """Search documents for one task with an embedder and a vector index.
+
+    Build in memory (``out_dir=None``) or into an index directory (see ``llm_embedder.index.build``);
+    ``load`` reopens a directory and refuses an embedder whose model or instructions differ from the index's.
+    """
+
+    def __init__(
+        self, embedder: Any, task: str, index: VectorIndex, docs: DocStore, out_dir: Path | None = None,
+        meta: dict | None = None,
+    ) -> None:
+        self.embedder = embedder
+        self.task = task
+        self.index = index
+        self.docs = docs
+        self.out_dir = out_dir
+        self.meta = meta or {}
+
+    def __len__(self) -> int:
+        return self.index.count
+
+    @classmethod
+    def build(
+        cls, embedder: Any, task: str, documents: Sequence[str | dict] = (), out_dir: str | Path | None = None,
+        factory: str = "Flat", backend: str = "faiss", batch_size: int = 64,
+    ) -> Retriever:
+        """Encode ``documents`` (strings or dicts with ``text``) for ``task`` and index them."""
+        from llm_embedder.index.faiss_index import FaissIndex
+        from llm_embedder.tasks import get_task
+
+        get_task(task)
+        docs = normalise_documents(documents)
+        if out_dir is not None:
+            fields = sorted({k for d in docs for k in _scalar_fields(d)})
+            build_index(docs, out_dir, embedder, task, factory=factory, backend=backend, batch_size=batch_size,
+                        filter_fields=fields, progress=False)
+            return cls.load(out_dir, embedder)
+        if backend != "faiss":
+            raise ValueError("an in-memory Retriever uses FAISS; pass out_dir for Milvus")
+        meta = {"model": embedder.name, "task": task, "instruction_hash": instruction_hash(embedder, task),
+                "dim": int(embedder.dim), "factory": factory, "backend": "faiss", "count": 0}
+        retriever = cls(embedder, task, FaissIndex(int(embedder.dim), factory), DocStore(), None, meta)
+        retriever.add(docs)
+        return retriever
+
+    @classmethod
+    def load(cls, index_dir: str | Path, embedder: Any = None) -> Retriever:
+        """Reopen an index directory; ``embedder=None`` loads the model named in its meta.json."""
+        from llm_embedder.index.faiss_index import FaissIndex
+
+        index_dir = Path(index_dir)
+        meta_path = index_dir / META_FILE
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{index_dir} is not a finished index directory (no {META_FILE})")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            task, dim = meta["task"], int(meta["dim"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise IndexFormatError(f"{meta_path}: corrupt index metadata: {err}") from None
+        if embedder is None:
+            from llm_embedder.embedder import Embedder
+
+            model = meta.get("model_path") if Path(meta.get("model_path", "")).is_dir() else meta["model"]
+            embedder = Embedder(model)
+        check_compatible(meta, embedder, index_dir)
+        if meta.get("backend", "faiss") == "milvus":
+            from llm_embedder.index.milvus_index import MilvusIndex
+
+            index: VectorIndex = MilvusIndex.load(index_dir / MILVUS_FILE)
+        else:
+            index = FaissIndex.load(index_dir / FAISS_FILE)
+        if index.dim != dim:
+            raise IndexFormatError(f"{index_dir}: index has dimension {index.dim}, meta.json says {dim}")
+        docs = DocStore(index_dir)
+        if len(docs) != meta.get("count", len(docs)):
+            raise IndexFormatError(
+                f"{index_dir}: {DOCS_FILE} has {len(docs)} documents, meta.json says {meta['count']}"
+            )
+        return cls(embedder, task, index, docs, index_dir, meta)
+
+    def search(
+        self, queries: str | Sequence[str], k: int = 10, filter: Mapping[str, Any] | None = None
+    ) -> list[list[Hit]]:
+        """Top-k hits per query (fewer when the index holds fewer matching documents)."""
+        texts = [queries] if isinstance(queries, str) else list(queries)
+        vectors = self.embedder.encode_queries(texts, self.task)
+        scores, ids = self.index.search(vectors, k, filter=filter)
+        results = []
+        for row_scores, row_ids in zip(scores, ids, strict=True):
+            keep = [(float(s), int(i)) for s, i in zip(row_scores, row_ids, strict=True) if i >= 0]
+            docs = self.docs.get(i for _, i in keep)
+            results.append([
+                Hit(id=i, score=s, text=doc["text"], metadata={k2: v for k2, v in doc.items() if k2 != "text"})
+                for (s, i), doc in zip(keep, docs, strict=True)
+            ])
+        return results
+
+    def add(self, documents: Sequence[str | dict]) -> list[int]:
+        """Encode and index more documents; returns their ids (saved at once for an index directory)."""
+        docs = normalise_documents(documents)
+        if not docs:
+            return []
+        start = len(self.docs)
+        ids = list(range(start, start + len(docs)))
+        vectors = self.embedder.encode_keys([d["text"] for d in docs], self.task)
+        if self.out_dir is not None:
+            fields = self.meta.get("filter_fields", [])
+            metadata = [{f: d[f] for f in fields if f in d} for d in docs] if fields else None
+        else:
+            metadata = [_scalar_fields(d) for d in docs]
+        self.index.add(ids, vectors, metadata)
+        self.docs.append(docs)
+        self.meta["count"] = len(self.docs)
+        if self.out_dir is not None:
+            self.index.save(self.out_dir / (MILVUS_FILE if self.index.backend == "milvus" else FAISS_FILE))
+            with atomic_write(self.out_dir / META_FILE) as handle:
+                json.dump(self.meta, handle, indent=2)
+        return ids
+
+    def delete(self, ids: Sequence[int]) -> int:
+        """Remove documents from the index (their text stays in docs.jsonl); returns how many were removed."""
+        removed = self.index.delete(ids)
+        if self.out_dir is not None:
+            self.index.save(self.out_dir / (MILVUS_FILE if self.index.backend == "milvus" else FAISS_FILE))
+        return removed
+
+    def close(self) -> None:
+        self.index.close()
+
+
+def check_compatible(meta: dict, embedder: Any, where: Path | str) -> None:
+    """Refuse an embedder whose model, dimension or task instructions differ from the index's (say which)."""
+    problems = []
+    same_path = str(Path(embedder.path).resolve()) == meta.get("model_path")
+    if not same_path and str(embedder.name) != meta.get("model"):
+        problems.append(f"model: index was built with {meta.get('model')!r}, the embedder is {embedder.name!r}")
+    if int(embedder.dim) != int(meta["dim"]):
+        problems.append(f"dimension: index has {meta['dim']}, the embedder gives {embedder.dim}")
+    expected = instruction_hash(embedder, meta["task"])
+    if expected != meta.get("instruction_hash"):
+        problems.append(
+            f"task instructions: the index was encoded for task {meta['task']!r} with instruction hash "
+            f"{meta.get('instruction_hash')}, the embedder's instructions for it hash to {expected}"
+        )
+    if problems:
+        raise ValueError(f"{where}: embedder does not match the index ({'; '.join(problems)})")

@@ -1,0 +1,104 @@
+"""Streaming corpus encoding: memmap, resume after an interruption, metadata, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llm_embedder.index import FaissIndex
+from llm_embedder.index.build import build_index
+from llm_embedder.io import DataError
+
+
+def write_corpus(path: Path, n: int) -> Path:
+    with path.open("w") as handle:
+        for i in range(n):
+            record = {"id": f"d{i}", "title": f"T{i}", "text": f"document number {i} about topic {i % 7}"}
+            handle.write(json.dumps(record) + "\n")
+    return path
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_build_writes_layout_and_meta(tiny_embedder, tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "c.jsonl", 23)
+    meta = build_index(corpus, tmp_path / "idx", tiny_embedder, "qa", template="{title} {text}", batch_size=8,
+                       progress=False)
+    out = tmp_path / "idx"
+    assert meta["count"] == 23 and meta["dim"] == tiny_embedder.dim and meta["task"] == "qa"
+    assert meta["instruction_hash"] == __import__("llm_embedder.tasks").tasks.get_task("qa").instruction_hash()
+    assert json.loads((out / "meta.json").read_text()) == meta
+    vectors = np.memmap(out / "embeddings.memmap", dtype=np.float32, mode="r", shape=(23, tiny_embedder.dim))
+    docs = [json.loads(line) for line in (out / "docs.jsonl").read_text().splitlines()]
+    assert docs[5]["text"] == "T5 document number 5 about topic 5" and docs[5]["id"] == "d5"
+    np.testing.assert_allclose(vectors[5], tiny_embedder.encode_keys(docs[5]["text"], "qa")[0], atol=1e-5)
+    index = FaissIndex.load(out / "index.faiss")
+    assert index.count == 23 and index.search(vectors[5], k=1)[1][0, 0] == 5
+
+
+def test_interrupted_build_resumes(tiny_embedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    corpus = write_corpus(tmp_path / "c.jsonl", 40)
+    reference = build_index(corpus, tmp_path / "ref", tiny_embedder, "qa", batch_size=8, progress=False)
+    assert reference["count"] == 40
+    calls: list[int] = []
+    kill_at = [3]
+    original = tiny_embedder.encode_keys
+
+    def flaky(texts, task, **kw):
+        calls.append(len(texts))
+        if len(calls) == kill_at[0]:
+            raise Interrupt("killed")
+        return original(texts, task, **kw)
+
+    monkeypatch.setattr(tiny_embedder, "encode_keys", flaky)
+    with pytest.raises(Interrupt):
+        build_index(corpus, tmp_path / "idx", tiny_embedder, "qa", batch_size=8, progress=False)
+    progress = json.loads((tmp_path / "idx" / "progress.json").read_text())
+    assert progress["rows_done"] == 16 and not (tmp_path / "idx" / "meta.json").exists()
+    calls.clear()
+    kill_at[0] = 0
+    build_index(corpus, tmp_path / "idx", tiny_embedder, "qa", batch_size=8, progress=False)
+    assert calls == [8, 8, 8]  # only the 24 rows not yet encoded
+    a = np.fromfile(tmp_path / "idx" / "embeddings.memmap", dtype=np.float32)
+    b = np.fromfile(tmp_path / "ref" / "embeddings.memmap", dtype=np.float32)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    calls.clear()
+    build_index(corpus, tmp_path / "idx", tiny_embedder, "qa", batch_size=8, progress=False)
+    assert calls == []  # finished: nothing to redo
+
+
+def test_build_refuses_other_settings(tiny_embedder, tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "c.jsonl", 5)
+    build_index(corpus, tmp_path / "idx", tiny_embedder, "qa", progress=False)
+    with pytest.raises(ValueError, match="different task, instruction_hash"):
+        build_index(corpus, tmp_path / "idx", tiny_embedder, "chat", progress=False)
+
+
+def test_bad_corpus_names_file_line_field(tiny_embedder, tmp_path: Path) -> None:
+    corpus = tmp_path / "bad.jsonl"
+    corpus.write_text('{"text": "ok"}\n{"title": "no text"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: missing field 'text'"):
+        build_index(corpus, tmp_path / "idx", tiny_embedder, "qa", progress=False)
+    corpus.write_text('{"text": "ok"}\n{"text": 3}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: field 'text' must be a string"):
+        build_index(corpus, tmp_path / "idx2", tiny_embedder, "qa", progress=False)
+    with pytest.raises(DataError, match=r"bad.jsonl:1: missing field 'title'"):
+        build_index(corpus, tmp_path / "idx3", tiny_embedder, "qa", template="{title} {text}", progress=False)
+
+
+def test_milvus_backend_build(tiny_embedder, tmp_path: Path) -> None:
+    from llm_embedder.retriever import Retriever
+
+    corpus = write_corpus(tmp_path / "c.jsonl", 12)
+    meta = build_index(corpus, tmp_path / "idx", tiny_embedder, "qa", backend="milvus", progress=False,
+                       filter_fields=["title"])
+    assert meta["backend"] == "milvus" and (tmp_path / "idx" / "index.milvus.json").exists()
+    retriever = Retriever.load(tmp_path / "idx", tiny_embedder)
+    hits = retriever.search("document number 3 about topic 3", k=3, filter={"title": "T3"})[0]
+    assert [h.id for h in hits] == [3] and hits[0].metadata["id"] == "d3"
+    retriever.close()

@@ -1,0 +1,88 @@
+"""Retriever: build in memory or on disk, search, add, load, mismatch errors; one real-MiniLM check."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llm_embedder.index import EmptyIndexError
+from llm_embedder.retriever import Hit, Retriever
+
+DOCS = [
+    {"text": "The Eiffel Tower is in Paris.", "lang": "en"},
+    {"text": "Mount Fuji is the highest mountain in Japan.", "lang": "en"},
+    {"text": "La tour Eiffel se trouve à Paris.", "lang": "fr"},
+    {"text": "Python is a programming language.", "lang": "en"},
+]
+
+
+def test_in_memory_build_search_add(tiny_embedder) -> None:
+    retriever = Retriever.build(tiny_embedder, "qa", DOCS)
+    assert len(retriever) == 4 and retriever.task == "qa" and retriever.embedder is tiny_embedder
+    results = retriever.search([DOCS[1]["text"], DOCS[3]["text"]], k=2)
+    assert len(results) == 2 and all(len(r) == 2 for r in results)
+    assert isinstance(results[0][0], Hit) and results[0][0].score >= results[0][1].score
+    hits = retriever.search("anything", k=10, filter={"lang": "fr"})[0]
+    assert [h.id for h in hits] == [2] and hits[0].metadata == {"lang": "fr"}
+    assert retriever.add(["A new document.", {"text": "Another one.", "lang": "de"}]) == [4, 5]
+    assert [h.text for h in retriever.search("x", k=10, filter={"lang": "de"})[0]] == ["Another one."]
+    with pytest.raises(ValueError, match=r"documents\[0\]: a document needs a string 'text'"):
+        retriever.add([{"title": "no text"}])
+
+
+def test_empty_retriever(tiny_embedder) -> None:
+    retriever = Retriever.build(tiny_embedder, "chat", [])
+    with pytest.raises(EmptyIndexError):
+        retriever.search("hello")
+    retriever.add(["hello there"])
+    assert retriever.search("hello")[0][0].text == "hello there"
+
+
+def test_directory_roundtrip_and_add(tiny_embedder, tmp_path: Path) -> None:
+    built = Retriever.build(tiny_embedder, "qa", DOCS, out_dir=tmp_path / "idx")
+    first = built.search(DOCS[0]["text"], k=3)[0]
+    built.add([{"text": "Added later.", "lang": "en"}])
+    again = Retriever.load(tmp_path / "idx", tiny_embedder)
+    assert len(again) == 5 and json.loads((tmp_path / "idx" / "meta.json").read_text())["count"] == 5
+    assert [h.id for h in again.search(DOCS[0]["text"], k=3)[0]] == [h.id for h in first]
+    assert again.search("Added later.", k=5, filter={"lang": "en"})[0]
+    assert again.delete([0]) == 1
+    assert 0 not in [h.id for h in Retriever.load(tmp_path / "idx", tiny_embedder).search("x", k=5)[0]]
+
+
+def test_mismatched_embedder_is_refused(tiny_embedder, tmp_path: Path) -> None:
+    from llm_embedder.embedder import Embedder
+
+    Retriever.build(tiny_embedder, "qa", DOCS, out_dir=tmp_path / "idx")
+    meta_path = tmp_path / "idx" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    plain = Embedder(tiny_embedder.path, device="cpu", use_instructions=False)
+    with pytest.raises(ValueError, match="task instructions: the index was encoded for task 'qa'"):
+        Retriever.load(tmp_path / "idx", plain)
+    meta.update(model="other-model", model_path="/nowhere")
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="model: index was built with 'other-model'"):
+        Retriever.load(tmp_path / "idx", tiny_embedder)
+    meta_path.write_text("{broken")
+    with pytest.raises(ValueError, match="corrupt index metadata"):
+        Retriever.load(tmp_path / "idx", tiny_embedder)
+    with pytest.raises(FileNotFoundError, match="not a finished index directory"):
+        Retriever.load(tmp_path / "nothing", tiny_embedder)
+
+
+@pytest.mark.integration
+def test_minilm_finds_the_right_passage(minilm, tmp_path: Path) -> None:
+    docs = [
+        "Paris is the capital and largest city of France.",
+        "The mitochondrion is the powerhouse of the cell.",
+        "Mount Everest is Earth's highest mountain above sea level.",
+        "The Great Barrier Reef is the world's largest coral reef system.",
+        "Python was created by Guido van Rossum and first released in 1991.",
+    ]
+    retriever = Retriever.build(minilm, "qa", docs, out_dir=tmp_path / "idx")
+    queries = ["What is the capital of France?", "Which mountain is the tallest?", "Who created Python?"]
+    tops = [hits[0].id for hits in Retriever.load(tmp_path / "idx").search(queries, k=3)]
+    assert tops == [0, 2, 4]
+    assert retriever.meta["model"] == "minilm"
