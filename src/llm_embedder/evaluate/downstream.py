@@ -1,0 +1,106 @@
+"""The LLM in the loop: how much the retrieved items help the LLM produce the gold output.
+
+Every task's prompt comes from its reward template in the task registry (the same prompt the reward was
+computed with): the retrieved items fill ``{key}``, the query ``{query}``, and the gold answer is scored
+at ``{answer}``. Per task (recipe §3, scaled to a 135M LLM):
+
+- qa, icl: mean log-likelihood of the gold answer per token (higher is better); qa also reports the
+  accuracy of a greedy answer (normalised match) when ``generate`` is on;
+- chat, lrlm: perplexity of the gold continuation, exp(-mean log-likelihood) (lower is better).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from llm_embedder.evaluate.metrics import answer_match
+from llm_embedder.tasks import get_task
+
+
+@dataclass(frozen=True)
+class DownstreamSpec:
+    """How many retrieved items go into the prompt, in which order, and what is reported."""
+
+    items: int
+    metric: str  # "loglik" or "perplexity"
+    most_similar_last: bool = False  # ICL puts the best demonstration next to the query
+    separator: str = "\n"
+    generate: bool = False
+
+
+# Tasks without an entry (tool, convsearch, user tasks) are judged by retrieval metrics only.
+DOWNSTREAM: dict[str, DownstreamSpec] = {
+    "qa": DownstreamSpec(items=3, metric="loglik", generate=True),
+    "icl": DownstreamSpec(items=4, metric="loglik", most_similar_last=True),
+    "chat": DownstreamSpec(items=1, metric="perplexity"),
+    "lrlm": DownstreamSpec(items=2, metric="perplexity", separator=""),
+}
+
+MAIN_METRIC: dict[str, tuple[str, bool]] = {  # task -> (metric name, higher is better)
+    "qa": ("gold_loglik", True),
+    "icl": ("gold_loglik", True),
+    "chat": ("perplexity", False),
+    "lrlm": ("perplexity", False),
+    "tool": ("ndcg@5", True),
+    "convsearch": ("ndcg@3", True),
+}
+
+
+def main_metric(task: str) -> tuple[str, bool]:
+    return MAIN_METRIC.get(task, ("ndcg@10", True))
+
+
+def prompt_prefix(template: str, key: str, query: str) -> str:
+    """The template filled up to where the answer goes."""
+    head = template.split("{answer}", 1)[0]
+    return head.replace("{key}", key).replace("{query}", query)
+
+
+@dataclass
+class DownstreamResult:
+    metrics: dict[str, float]
+    per_query: list[float] = field(default_factory=list)
+
+
+def build_prompts(
+    task: str, queries: Sequence[str], retrieved: Sequence[Sequence[str]], spec: DownstreamSpec
+) -> list[str]:
+    template = get_task(task).reward_template
+    prompts = []
+    for query, items in zip(queries, retrieved, strict=True):
+        items = list(items[: spec.items])
+        if spec.most_similar_last:
+            items.reverse()
+        prompts.append(prompt_prefix(template, spec.separator.join(items), query))
+    return prompts
+
+
+def downstream_metrics(
+    task: str,
+    queries: Sequence[str],
+    answers: Sequence[Sequence[str]],
+    retrieved: Sequence[Sequence[str]],
+    lm,
+    *,
+    generate: bool = True,
+    batch_tokens: int = 4096,
+) -> DownstreamResult | None:
+    """Score the gold answers with the retrieved items in the prompt; None for tasks without an LLM metric."""
+    spec = DOWNSTREAM.get(task)
+    if spec is None:
+        return None
+    prompts = build_prompts(task, queries, retrieved, spec)
+    golds = [a[0] for a in answers]
+    loglik = np.asarray(lm.answer_logprob(prompts, golds, batch_tokens=batch_tokens), dtype=np.float64)
+    if not np.isfinite(loglik).all():
+        raise ValueError(f"task {task}: the LLM returned non-finite log-likelihoods")
+    metrics: dict[str, float] = {"gold_loglik": float(loglik.mean())}
+    if spec.metric == "perplexity":
+        metrics["perplexity"] = float(np.exp(-loglik.mean()))
+    if spec.generate and generate:
+        outputs = lm.generate(prompts, max_new_tokens=16, stop=["\n"], chat=True)
+        metrics["accuracy"] = float(np.mean([answer_match(o, a) for o, a in zip(outputs, answers, strict=True)]))
+    return DownstreamResult(metrics=metrics, per_query=loglik.tolist())

@@ -1,0 +1,135 @@
+"""The retrievers compared in an evaluation: dense (any embedder), BM25, random, recency, none.
+
+Each ranks, per query, either a shared corpus or the query's own candidates (chat history turns,
+earlier lrlm chunks). They share one method: ``rank(task, queries, candidates, k)`` where ``candidates``
+is one list of texts for all queries (a corpus) or one list per query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+Candidates = Sequence[str] | Sequence[Sequence[str]]
+
+
+def is_per_query(candidates: Candidates) -> bool:
+    return len(candidates) > 0 and not isinstance(candidates[0], str)
+
+
+class Ranker(Protocol):
+    name: str
+
+    def rank(self, task: str, queries: Sequence[str], candidates: Candidates, k: int) -> list[list[int]]:
+        """Top-k candidate indices per query, best first."""
+
+
+def top_k(scores: np.ndarray, k: int) -> list[int]:
+    k = min(k, len(scores))
+    if k == 0:
+        return []
+    part = np.argpartition(-scores, k - 1)[:k]
+    return [int(i) for i in part[np.argsort(-scores[part], kind="stable")]]
+
+
+class DenseRanker:
+    """Inner product of an ``Embedder``'s query and key vectors (both carry the task's instructions)."""
+
+    def __init__(self, embedder, name: str | None = None):
+        self.embedder = embedder
+        self.name = name or f"dense:{embedder.name}"
+        self._corpus_cache: dict[tuple[str, int, int], np.ndarray] = {}
+
+    def rank(self, task: str, queries: Sequence[str], candidates: Candidates, k: int) -> list[list[int]]:
+        query_vectors = self.embedder.encode_queries(list(queries), task)
+        if not is_per_query(candidates):
+            keys = self._corpus_vectors(task, candidates)
+            return [top_k(row, k) for row in query_vectors @ keys.T]
+        flat = [text for group in candidates for text in group]
+        key_vectors = self.embedder.encode_keys(flat, task)
+        rankings, start = [], 0
+        for query_vector, group in zip(query_vectors, candidates, strict=True):
+            block = key_vectors[start : start + len(group)]
+            start += len(group)
+            rankings.append(top_k(block @ query_vector, k))
+        return rankings
+
+    def _corpus_vectors(self, task: str, corpus: Sequence[str]) -> np.ndarray:
+        key = (task, id(corpus), len(corpus))
+        if key not in self._corpus_cache:
+            self._corpus_cache[key] = self.embedder.encode_keys(list(corpus), task)
+        return self._corpus_cache[key]
+
+
+class BM25Ranker:
+    """Okapi BM25 from the ``bm25s`` library (k1=0.82, b=0.68 as in the reference evaluation)."""
+
+    name = "bm25"
+
+    def __init__(self, k1: float = 0.82, b: float = 0.68):
+        self.k1, self.b = k1, b
+
+    def _index(self, texts: Sequence[str]):
+        import bm25s
+
+        retriever = bm25s.BM25(k1=self.k1, b=self.b)
+        retriever.index(bm25s.tokenize(list(texts), stopwords="en", show_progress=False), show_progress=False)
+        return retriever
+
+    def _scores(self, retriever, query: str, n_docs: int) -> np.ndarray:
+        import bm25s
+
+        tokens = bm25s.tokenize([query], stopwords="en", show_progress=False, return_ids=False)[0]
+        return np.asarray(retriever.get_scores(tokens), dtype=np.float64)[:n_docs]
+
+    def rank(self, task: str, queries: Sequence[str], candidates: Candidates, k: int) -> list[list[int]]:
+        if not is_per_query(candidates):
+            retriever = self._index(candidates)
+            return [top_k(self._scores(retriever, q, len(candidates)), k) for q in queries]
+        rankings = []
+        for query, group in zip(queries, candidates, strict=True):
+            if not group:
+                rankings.append([])
+                continue
+            retriever = self._index(group)
+            rankings.append(top_k(self._scores(retriever, query, len(group)), k))
+        return rankings
+
+
+class RandomRanker:
+    """Uniformly random candidates (seeded per query, so every run draws the same)."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def rank(self, task: str, queries: Sequence[str], candidates: Candidates, k: int) -> list[list[int]]:
+        rankings = []
+        for i in range(len(queries)):
+            n = len(candidates[i]) if is_per_query(candidates) else len(candidates)
+            rng = np.random.default_rng([self.seed, i])
+            rankings.append([int(j) for j in rng.permutation(n)[:k]])
+        return rankings
+
+
+class RecencyRanker:
+    """The most recent candidates first (per-query candidates are in chronological order)."""
+
+    name = "recency"
+
+    def rank(self, task: str, queries: Sequence[str], candidates: Candidates, k: int) -> list[list[int]]:
+        if not is_per_query(candidates):
+            raise ValueError("recency needs per-query candidates (chat history, earlier chunks), not a corpus")
+        return [list(range(len(group) - 1, -1, -1))[:k] for group in candidates]
+
+
+class NoRetrieval:
+    """Retrieves nothing: the LLM answers from the query alone."""
+
+    name = "none"
+
+    def rank(self, task: str, queries: Sequence[str], candidates: Candidates, k: int) -> list[list[int]]:
+        return [[] for _ in queries]

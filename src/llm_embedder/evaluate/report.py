@@ -1,0 +1,66 @@
+"""Write evaluation results as a markdown table and one PNG bar chart per task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llm_embedder.evaluate.downstream import main_metric
+
+
+def markdown_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
+    """One row per system, one column per task's main metric (arrow says which way is better)."""
+    tasks = list(results)
+    systems: list[str] = []
+    for task in tasks:
+        systems += [s for s in results[task] if s not in systems]
+    header = ["system"] + [f"{t} {main_metric(t)[0]} {'↑' if main_metric(t)[1] else '↓'}" for t in tasks]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for system in systems:
+        cells = [system]
+        for task in tasks:
+            value = results[task].get(system, {}).get(main_metric(task)[0])
+            cells.append("–" if value is None else f"{value:.4f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def detail_table(task: str, metrics: dict[str, dict[str, float]]) -> str:
+    names = sorted({m for values in metrics.values() for m in values})
+    lines = [f"### {task}", "", "| system | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+    for system, values in metrics.items():
+        lines.append(f"| {system} | " + " | ".join(f"{values[m]:.4f}" if m in values else "–" for m in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results: dict[str, dict[str, dict[str, float]]], out_dir: str | Path) -> list[Path]:
+    """results.md (summary + per-task detail) and plots/<task>.png; returns the plot paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    text = "# Evaluation\n\n" + markdown_table(results) + "\n" + "\n".join(
+        detail_table(task, metrics) for task, metrics in results.items()
+    )
+    (out_dir / "results.md").write_text(text, encoding="utf-8")
+    plot_dir = out_dir / "plots"
+    plot_dir.mkdir(exist_ok=True)
+    paths = []
+    for task, metrics in results.items():
+        name, higher = main_metric(task)
+        systems = [s for s in metrics if name in metrics[s]]
+        if not systems:
+            continue
+        values = [metrics[s][name] for s in systems]
+        fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(systems) + 1), 3.2))
+        colours = ["#dd8452" if "unified" in s else "#4c72b0" for s in systems]
+        ax.bar(range(len(systems)), values, color=colours)
+        ax.set_xticks(range(len(systems)), systems, rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"{task}: {name} ({'higher' if higher else 'lower'} is better)")
+        fig.tight_layout()
+        path = plot_dir / f"{task}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths

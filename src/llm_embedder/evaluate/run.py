@@ -1,0 +1,156 @@
+"""Evaluate retrievers on the task suite: retrieval metrics plus the LLM's downstream quality.
+
+Results are cached per (task, system) in ``out/results.json``, so an interrupted run resumes where it
+stopped and adding a system re-uses everything already measured.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.progress import Progress
+
+from llm_embedder.evaluate.downstream import DOWNSTREAM, downstream_metrics
+from llm_embedder.evaluate.metrics import retrieval_metrics
+from llm_embedder.evaluate.rankers import BM25Ranker, NoRetrieval, RandomRanker, Ranker, RecencyRanker
+from llm_embedder.io import DataError, read_jsonl
+
+RESULTS_FILE = "results.json"
+RETRIEVAL_DEPTH = 10
+
+
+@dataclass
+class TaskData:
+    """One task's evaluation split in a uniform shape."""
+
+    task: str
+    queries: list[str]
+    answers: list[list[str]]
+    candidates: list[str] | list[list[str]]  # a shared corpus, or per-query candidates
+    golds: list[list[int]]
+
+    @property
+    def per_query(self) -> bool:
+        return bool(self.candidates) and not isinstance(self.candidates[0], str)
+
+    def texts(self, i: int, ids: Sequence[int]) -> list[str]:
+        pool = self.candidates[i] if self.per_query else self.candidates
+        return [pool[j] for j in ids]
+
+
+def corpus_text(doc: dict[str, Any]) -> str:
+    return doc["text"]
+
+
+def load_task_data(data_dir: str | Path, task: str, split: str = "test", max_queries: int | None = None) -> TaskData:
+    """Read DIR/<task>/<split>.jsonl (and DIR/<task>/corpus.jsonl when the task has a shared corpus)."""
+    task_dir = Path(data_dir) / task
+    path = task_dir / f"{split}.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"no {split} split for task {task!r}: {path} (run `llm-embedder data build`)")
+    records = read_jsonl(path)[:max_queries]
+    corpus_path = task_dir / "corpus.jsonl"
+    corpus = [corpus_text(doc) for doc in read_jsonl(corpus_path)] if corpus_path.exists() else None
+    queries, answers, candidates, golds = [], [], [], []
+    for line_no, record in enumerate(records, start=1):
+        where = f"{path}:{line_no}"
+        if not isinstance(record.get("query"), str):
+            raise DataError(f"{where}: field 'query' must be a string")
+        queries.append(record["query"])
+        answers.append(list(record.get("answers") or []))
+        if "history" in record:
+            candidates.append(record["history"])
+            golds.append(list(record.get("pos_index") or []))
+        elif corpus is not None:
+            gold = list(record.get("pos_index") or [])
+            if any(not 0 <= g < len(corpus) for g in gold):
+                raise DataError(f"{where}: field 'pos_index' points outside {corpus_path} ({len(corpus)} docs)")
+            golds.append(gold)
+        else:
+            pos, neg = list(record.get("pos") or []), list(record.get("neg") or [])
+            candidates.append(pos + neg)
+            golds.append(list(record.get("pos_index") or range(len(pos))))
+    if corpus is not None and not candidates:
+        return TaskData(task, queries, answers, corpus, golds)
+    return TaskData(task, queries, answers, candidates, golds)
+
+
+def baseline_rankers(task: str, per_query: bool) -> list[Ranker]:
+    """The retrieval-free and lexical baselines that apply to a task."""
+    rankers: list[Ranker] = [NoRetrieval()] if task in DOWNSTREAM else []
+    rankers += [RandomRanker(), BM25Ranker()]
+    if per_query:
+        rankers.append(RecencyRanker())
+    return rankers
+
+
+def evaluate_system(data: TaskData, ranker: Ranker, lm=None, *, generate: bool = True) -> dict[str, float]:
+    """Retrieval metrics (where gold ids exist) and the downstream LLM metric (where the task has one)."""
+    rankings = ranker.rank(data.task, data.queries, data.candidates, RETRIEVAL_DEPTH)
+    metrics: dict[str, float] = {}
+    if not isinstance(ranker, NoRetrieval):
+        metrics.update(retrieval_metrics(rankings, data.golds))
+    if lm is not None and data.task in DOWNSTREAM:
+        if any(not a for a in data.answers):
+            raise DataError(f"task {data.task}: every test record needs 'answers' for the LLM metric")
+        retrieved = [data.texts(i, ids) for i, ids in enumerate(rankings)]
+        result = downstream_metrics(data.task, data.queries, data.answers, retrieved, lm, generate=generate)
+        metrics.update(result.metrics)
+    return metrics
+
+
+def load_results(out_dir: Path) -> dict[str, dict[str, dict[str, float]]]:
+    path = out_dir / RESULTS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def save_results(out_dir: Path, results: dict) -> None:
+    from llm_embedder.io import atomic_write
+
+    with atomic_write(out_dir / RESULTS_FILE) as handle:
+        json.dump(results, handle, indent=2, sort_keys=True)
+
+
+def run_evaluation(
+    data_dir: str | Path,
+    tasks: Sequence[str],
+    systems: dict[str, Callable[[str], Ranker]],
+    out_dir: str | Path,
+    *,
+    lm=None,
+    baselines: bool = True,
+    split: str = "test",
+    max_queries: int | None = None,
+    max_llm_queries: int | None = None,
+    generate: bool = True,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Evaluate every system (name -> factory(task) -> Ranker) and the baselines on each task; resumable."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = load_results(out_dir)
+    with Progress() as progress:
+        bar = progress.add_task("evaluating", total=len(tasks))
+        for task in tasks:
+            data = load_task_data(data_dir, task, split, max_queries)
+            llm_data = load_task_data(data_dir, task, split, max_llm_queries) if max_llm_queries else data
+            rankers = [(r.name, lambda r=r: r) for r in baseline_rankers(task, data.per_query)] if baselines else []
+            rankers += [(name, lambda f=factory, t=task: f(t)) for name, factory in systems.items()]
+            for name, make in rankers:
+                if name in results.get(task, {}):
+                    continue
+                progress.update(bar, description=f"{task}: {name}")
+                ranker = make()
+                metrics = evaluate_system(data, ranker, None)
+                if lm is not None and task in DOWNSTREAM:
+                    metrics.update(
+                        {k: v for k, v in evaluate_system(llm_data, ranker, lm, generate=generate).items()
+                         if k not in metrics}
+                    )
+                results.setdefault(task, {})[name] = metrics
+                save_results(out_dir, results)
+            progress.advance(bar)
+    return results

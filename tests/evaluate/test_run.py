@@ -1,0 +1,93 @@
+import json
+
+import numpy as np
+import pytest
+
+from llm_embedder.evaluate import DenseRanker, run_evaluation, write_report
+from llm_embedder.evaluate.rankers import BM25Ranker, RecencyRanker
+from llm_embedder.evaluate.run import load_task_data
+from llm_embedder.io import DataError
+
+
+class ContainsAnswerLM:
+    """A transparent stand-in LLM: the answer is likely exactly when the prompt contains it."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def answer_logprob(self, prompts, answers, batch_tokens=0):
+        self.calls += 1
+        return np.array([-0.5 if a in p else -4.0 for p, a in zip(prompts, answers, strict=True)])
+
+    def generate(self, prompts, max_new_tokens=16, stop=None, chat=True):
+        return [p.split("Knowledge: ")[-1][:40] for p in prompts]
+
+
+def write_jsonl(path, records):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+@pytest.fixture
+def suite(tmp_path):
+    corpus = [
+        {"id": 0, "text": "Jupiter is the largest planet."},
+        {"id": 1, "text": "Paris is the capital of France."},
+        {"id": 2, "text": "The Nile is a long river in Africa."},
+    ]
+    write_jsonl(tmp_path / "qa" / "corpus.jsonl", corpus)
+    write_jsonl(tmp_path / "qa" / "test.jsonl", [
+        {"query": "which is the largest planet", "answers": ["Jupiter"], "pos_index": [0], "task": "qa", "query_id": 0},
+        {"query": "capital of France", "answers": ["Paris"], "pos_index": [1], "task": "qa", "query_id": 1},
+    ])
+    history = ["Speaker 1: I love cats.\nSpeaker 2: Nice.", "Speaker 1: My car is red.\nSpeaker 2: Cool."]
+    write_jsonl(tmp_path / "chat" / "test.jsonl", [
+        {"query": "What colour is my car?", "answers": ["red"], "history": history, "pos_index": [1],
+         "task": "chat", "query_id": 0},
+    ])
+    return tmp_path
+
+
+def test_load_task_data_shapes(suite):
+    qa = load_task_data(suite, "qa")
+    assert not qa.per_query and len(qa.candidates) == 3 and qa.golds == [[0], [1]]
+    chat = load_task_data(suite, "chat")
+    assert chat.per_query and chat.golds == [[1]]
+
+
+def test_bad_gold_index_names_file_and_line(suite):
+    write_jsonl(suite / "qa" / "test.jsonl", [{"query": "q", "pos_index": [7], "answers": ["a"]}])
+    with pytest.raises(DataError, match=r"test.jsonl:1: field 'pos_index'"):
+        load_task_data(suite, "qa")
+
+
+def test_missing_split_is_a_clear_error(suite):
+    with pytest.raises(FileNotFoundError, match="no test split for task 'tool'"):
+        load_task_data(suite, "tool")
+
+
+def test_lexical_and_recency_rankers(suite):
+    qa = load_task_data(suite, "qa")
+    assert BM25Ranker().rank("qa", qa.queries, qa.candidates, 2)[0][0] == 0
+    chat = load_task_data(suite, "chat")
+    assert RecencyRanker().rank("chat", chat.queries, chat.candidates, 5) == [[1, 0]]
+
+
+def test_run_evaluation_resumes_and_reports(suite, tiny_embedder, tmp_path):
+    lm = ContainsAnswerLM()
+    out = tmp_path / "eval"
+    systems = {"tiny": lambda task: DenseRanker(tiny_embedder)}
+    results = run_evaluation(suite, ["qa", "chat"], systems, out, lm=lm)
+    assert set(results["qa"]) == {"none", "random", "bm25", "tiny"}
+    assert "recency" in results["chat"]
+    # BM25 finds the passage holding the answer, so the LLM metric must beat no retrieval
+    assert results["qa"]["bm25"]["gold_loglik"] > results["qa"]["none"]["gold_loglik"]
+    assert results["qa"]["bm25"]["ndcg@1"] == 1.0
+    assert results["chat"]["recency"]["perplexity"] == pytest.approx(np.exp(0.5))
+    calls = lm.calls
+    again = run_evaluation(suite, ["qa", "chat"], systems, out, lm=lm)
+    assert again == results and lm.calls == calls  # everything came from results.json
+    plots = write_report(results, out)
+    assert {p.name for p in plots} == {"qa.png", "chat.png"}
+    table = (out / "results.md").read_text()
+    assert "| bm25 |" in table and "perplexity" in table
