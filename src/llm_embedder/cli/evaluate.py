@@ -1,0 +1,91 @@
+"""`evaluate`: retrieval metrics and the LLM's downstream quality for models and baselines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from llm_embedder.cli.app import app
+
+
+def parse_model_specs(specs: list[str]) -> dict[str, str]:
+    """``NAME=PATH`` or ``PATH`` (named after the path); a ``{task}`` in PATH means one model per task."""
+    models = {}
+    for spec in specs:
+        name, _, path = spec.partition("=") if "=" in spec else (Path(spec).name or spec, "", spec)
+        if not name or not path:
+            raise ValueError(f"--model expects NAME=PATH or PATH, got {spec!r}")
+        if name in models:
+            raise ValueError(f"--model name {name!r} given twice")
+        models[name] = path
+    return models
+
+
+def dense_systems(models: dict[str, str], base: str | None, device: str | None) -> dict:
+    """name -> factory(task) -> DenseRanker; embedders are loaded once per path."""
+    from llm_embedder.embedder import Embedder
+    from llm_embedder.evaluate import DenseRanker
+
+    cache: dict[tuple[str, bool], Embedder] = {}
+
+    def ranker(path: str, instructions: bool = True):
+        def make(task: str) -> DenseRanker:
+            resolved = path.replace("{task}", task)
+            if (resolved, instructions) not in cache:
+                cache[(resolved, instructions)] = Embedder(resolved, device=device, use_instructions=instructions)
+            return DenseRanker(cache[(resolved, instructions)])
+
+        return make
+
+    systems = {}
+    if base:
+        systems["base (no instructions)"] = ranker(base, instructions=False)
+        systems["base (instructions)"] = ranker(base)
+    systems.update({name: ranker(path) for name, path in models.items()})
+    return systems
+
+
+@app.command("evaluate")
+def evaluate_command(
+    data: Annotated[Path, typer.Option(help="Task-suite directory (DIR/<task>/test.jsonl, corpus.jsonl).")],
+    model: Annotated[list[str] | None, typer.Option(help="NAME=PATH of an embedder (repeatable).")] = None,
+    base: Annotated[str | None, typer.Option(help="Base embedder evaluated with and without instructions.")] = "minilm",
+    tasks: Annotated[list[str] | None, typer.Option("--task", help="Tasks to evaluate (default: all in DIR).")] = None,
+    llm: Annotated[str | None, typer.Option(help="LLM for downstream metrics: smollm2, a HF dir, none.")] = "smollm2",
+    out: Annotated[Path, typer.Option(help="Run directory for results.json, results.md, plots/.")] = Path("runs/eval"),
+    split: Annotated[str, typer.Option(help="Split to evaluate (tune on dev, report test).")] = "test",
+    max_queries: Annotated[int | None, typer.Option(help="Evaluate at most this many queries per task.")] = None,
+    max_llm_queries: Annotated[int | None, typer.Option(help="At most this many queries per task to the LLM.")] = None,
+    baselines: Annotated[bool, typer.Option(help="Include none/random/recency/BM25 baselines.")] = True,
+    generate: Annotated[bool, typer.Option(help="Also measure greedy-answer accuracy (qa; slower).")] = True,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if present).")] = None,
+) -> None:
+    """Evaluate embedders and baselines on the task suite; writes JSON, a markdown table and PNG plots."""
+    from rich.console import Console
+
+    from llm_embedder.evaluate import run_evaluation, write_report
+    from llm_embedder.tasks import get_task
+
+    if not data.is_dir():
+        raise FileNotFoundError(f"data directory not found: {data}")
+    task_names = tasks or sorted(p.name for p in data.iterdir() if (p / f"{split}.jsonl").exists())
+    if not task_names:
+        raise FileNotFoundError(f"no <task>/{split}.jsonl under {data}")
+    for name in task_names:
+        get_task(name)
+    systems = dense_systems(parse_model_specs(model or []), base, device)
+    lm = None
+    if llm and llm != "none":
+        from llm_embedder.llm import CausalLM
+
+        lm = CausalLM(llm, device=device)
+    results = run_evaluation(
+        data, task_names, systems, out, lm=lm, baselines=baselines, split=split, max_queries=max_queries,
+        max_llm_queries=max_llm_queries, generate=generate,
+    )
+    plots = write_report(results, out)
+    console = Console()
+    console.print((out / "results.md").read_text(encoding="utf-8").split("###")[0])
+    console.print(f"results: {out / 'results.json'}, {out / 'results.md'}; plots: " + ", ".join(map(str, plots)))
