@@ -1,0 +1,103 @@
+"""`data build` and `data check`: build the offline task suite, validate task data files."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from llm_embedder.cli.app import app
+
+data_app = typer.Typer(
+    help="Build the offline six-task suite from installed packages, and validate task data files.",
+    no_args_is_help=True,
+)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("build")
+def build_command(
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output folder: <task>/{train,dev,test,corpus}.jsonl.")
+    ] = Path("data/suite"),
+    size: Annotated[str, typer.Option(help="small (~200/50/100 records per task, < 1 min) or full (all sources).")] = (
+        "small"
+    ),
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives byte-identical files.")] = 0,
+    task: Annotated[
+        list[str] | None, typer.Option("--task", "-t", help="Build only this task (repeatable); default: all six.")
+    ] = None,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Rebuild every task even if an earlier build finished it.")
+    ] = False,
+) -> None:
+    """Build train/dev/test (and corpus) JSONL for qa, icl, chat, lrlm, tool and convsearch, plus a data card.
+
+    An interrupted build resumes: tasks already finished with the same size and seed are kept.
+    """
+    from llm_embedder.data.suite import build_suite
+
+    console = Console()
+    start = time.perf_counter()
+
+    def progress(name: str, status: str) -> None:
+        console.print(f"[bold]{name}[/]: {status}  [dim]({time.perf_counter() - start:.1f} s)[/]", highlight=False)
+
+    with console.status("building the task suite..."):
+        manifest = build_suite(out, size=size, seed=seed, tasks=task, resume=not fresh, progress=progress)
+    table = Table(title=f"task suite in {out} (size={size}, seed={seed})")
+    for column in ("task", "train", "dev", "test", "corpus"):
+        table.add_column(column, justify="right" if column != "task" else "left")
+    for name, entry in manifest["tasks"].items():
+        counts = entry["counts"]
+        table.add_row(name, *(f"{counts[k]:,}" if k in counts else "-" for k in ("train", "dev", "test", "corpus")))
+    console.print(table)
+    console.print(f"data card: {out / 'DATA_CARD.md'}; manifest: {out / 'manifest.json'}; "
+                  f"{time.perf_counter() - start:.1f} s", highlight=False)
+
+
+@data_app.command("check")
+def check_command(
+    files: Annotated[
+        list[Path], typer.Argument(help="Task data JSONL files (a corpus*.jsonl is checked as a corpus).")
+    ],
+    corpus: Annotated[
+        Path | None, typer.Option(help="Corpus for the index range check (default: a corpus.jsonl next to each file).")
+    ] = None,
+) -> None:
+    """Validate task data files: print file:line:field for each problem and exit 1, else a per-task summary."""
+    from llm_embedder.data.validate import corpus_size_of, is_corpus_path, summarise, validate_file
+    from llm_embedder.io import read_jsonl
+
+    console = Console()
+    corpus_size = corpus_size_of(corpus) if corpus is not None else None
+    table = Table(title="valid task data")
+    for column in ("file", "task", "records", "avg pos", "avg neg", "avg history", "teacher scores"):
+        table.add_column(column, overflow="fold")
+    n_problems = 0
+    for path in files:
+        if not path.exists():
+            raise FileNotFoundError(f"file not found: {path}")
+        problems = validate_file(path, corpus_size)
+        for problem in problems:
+            console.print(str(problem), highlight=False, markup=False)
+        n_problems += len(problems)
+        if problems:
+            continue
+        if is_corpus_path(path):
+            table.add_row(str(path), "(corpus)", f"{corpus_size_of(path):,}", "", "", "", "")
+            continue
+        for name, stats in summarise(read_jsonl(path)).items():
+            table.add_row(
+                str(path), name, f"{stats['records']:,}", f"{stats['avg_pos']:.2f}", f"{stats['avg_neg']:.2f}",
+                f"{stats['avg_history']:.2f}", stats["has_scores"],
+            )
+    if table.row_count:
+        console.print(table)
+    if n_problems:
+        Console(stderr=True).print(f"[bold red]{n_problems} problem(s) found[/]")
+        raise typer.Exit(1)

@@ -1,0 +1,231 @@
+"""Schema validation of task data: every problem is reported as file:line:field, never silently skipped.
+
+Every command that reads task data calls ``check_file``/``check_records``; ``llm-embedder data check`` shows
+the problems of many files at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llm_embedder.io import DataError, iter_jsonl
+from llm_embedder.tasks import UnknownTaskError, get_task
+
+STR_LISTS = ("pos", "neg", "answers", "history")
+INT_LISTS = ("pos_index", "neg_index")
+SCORE_FIELDS = ("teacher_scores",)
+MAX_LISTED = 50
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem in a data file."""
+
+    source: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}:{self.field}: {self.message}"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def validate_record(record: dict[str, Any], source: str, line: int, corpus_size: int | None = None) -> list[Problem]:
+    """Problems of one record (query_id uniqueness is checked by ``validate_records``)."""
+    problems: list[Problem] = []
+
+    def bad(field: str, message: str) -> None:
+        problems.append(Problem(source, line, field, message))
+
+    query = record.get("query")
+    if "query" not in record:
+        bad("query", "missing field")
+    elif not isinstance(query, str):
+        bad("query", f"must be a string, got {type(query).__name__}")
+    elif not query.strip():
+        bad("query", "empty query")
+
+    task = record.get("task")
+    if "task" not in record:
+        bad("task", "missing field")
+    elif not isinstance(task, str):
+        bad("task", f"must be a string, got {type(task).__name__}")
+    else:
+        try:
+            get_task(task)
+        except UnknownTaskError as err:
+            bad("task", str(err))
+
+    if "query_id" not in record:
+        bad("query_id", "missing field")
+    elif not _is_int(record["query_id"]):
+        bad("query_id", f"must be an integer, got {type(record['query_id']).__name__}")
+
+    chat = "history" in record
+    if not chat:
+        for field in ("pos", "neg"):
+            if field not in record:
+                bad(field, "missing field (or give `history` for chat records)")
+    for field in STR_LISTS:
+        value = record.get(field)
+        if value is None:
+            continue
+        if not isinstance(value, list):
+            bad(field, f"must be a list of strings, got {type(value).__name__}")
+        elif any(not isinstance(item, str) for item in value):
+            where = next(i for i, item in enumerate(value) if not isinstance(item, str))
+            bad(field, f"item {where} must be a string, got {type(value[where]).__name__}")
+
+    def length(field: str) -> int | None:
+        value = record.get(field)
+        return len(value) if isinstance(value, list) else None
+
+    n_pos, n_neg, n_hist = length("pos"), length("neg"), length("history")
+    for field in INT_LISTS:
+        value = record.get(field)
+        if value is None:
+            continue
+        if not isinstance(value, list) or any(not _is_int(i) for i in value):
+            bad(field, "must be a list of integers")
+            continue
+        # where the indices point: history (chat), the candidates (no corpus, no labelled positive), or the corpus
+        if chat:
+            limit, what = n_hist, "history"
+        elif corpus_size is not None:
+            limit, what = corpus_size, "corpus"
+        elif field == "pos_index" and n_pos == 0:
+            limit, what = n_neg, "neg"
+        else:
+            limit, what = None, "corpus"
+        for i in value:
+            if i < 0 or (limit is not None and i >= limit):
+                size = "" if limit is None else f" of size {limit}"
+                bad(field, f"index {i} out of {what} range{size}")
+                break
+    if not chat and record.get("pos_index") is not None and n_pos and length("pos_index") not in (None, n_pos):
+        bad("pos_index", f"has {length('pos_index')} ids for {n_pos} positives")
+    if not chat and record.get("neg_index") is not None and n_neg is not None and length("neg_index") != n_neg:
+        bad("neg_index", f"has {length('neg_index')} ids for {n_neg} negatives")
+
+    for field in SCORE_FIELDS:
+        scores = record.get(field)
+        if scores is None:
+            continue
+        if not isinstance(scores, list) or any(not _is_number(s) for s in scores):
+            bad(field, "must be a list of numbers")
+            continue
+        expected = n_hist if chat else (n_pos or 0) + (n_neg or 0)
+        if len(scores) != expected:
+            what = "len(history)" if chat else "len(pos)+len(neg)"
+            bad(field, f"has {len(scores)} scores, expected {what} = {expected}")
+        if any(not math.isfinite(s) for s in scores):
+            bad(field, "contains NaN or infinite scores")
+    return problems
+
+
+def validate_records(
+    records: Iterable[tuple[int, dict[str, Any]] | dict[str, Any]], source: str, corpus_size: int | None = None
+) -> list[Problem]:
+    """Problems of many records: each record's own, plus duplicate query_ids. Records may be (line, record)."""
+    problems: list[Problem] = []
+    seen: dict[int, int] = {}
+    for position, item in enumerate(records, start=1):
+        line, record = item if isinstance(item, tuple) else (position, item)
+        problems += validate_record(record, source, line, corpus_size)
+        query_id = record.get("query_id")
+        if _is_int(query_id):
+            if query_id in seen:
+                message = f"duplicate query_id {query_id} (first on line {seen[query_id]})"
+                problems.append(Problem(source, line, "query_id", message))
+            else:
+                seen[query_id] = line
+    return problems
+
+
+def corpus_size_of(path: str | Path) -> int:
+    """Number of entries of a corpus.jsonl (non-blank lines)."""
+    with Path(path).open(encoding="utf-8") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+def validate_corpus_file(path: str | Path) -> list[Problem]:
+    """A corpus: each line has ``text`` (string), and ``id`` equals its position when present."""
+    problems: list[Problem] = []
+    for position, (line, record) in enumerate(iter_jsonl(path)):
+        if not isinstance(record.get("text"), str):
+            problems.append(Problem(str(path), line, "text", "missing or not a string"))
+        if "id" in record and record["id"] != position:
+            problems.append(Problem(str(path), line, "id", f"expected {position} (= line order), got {record['id']!r}"))
+        if "title" in record and not isinstance(record["title"], str):
+            problems.append(Problem(str(path), line, "title", "must be a string"))
+    return problems
+
+
+def is_corpus_path(path: str | Path) -> bool:
+    return Path(path).name.startswith("corpus")
+
+
+def validate_file(path: str | Path, corpus_size: int | None = None) -> list[Problem]:
+    """Problems of a task data file (or of a corpus file). A sibling corpus.jsonl sets the index range."""
+    path = Path(path)
+    if is_corpus_path(path):
+        return validate_corpus_file(path)
+    if corpus_size is None and (path.parent / "corpus.jsonl").exists():
+        corpus_size = corpus_size_of(path.parent / "corpus.jsonl")
+    try:
+        return validate_records(iter_jsonl(path), str(path), corpus_size)
+    except DataError as err:  # malformed JSON: report it like any other problem
+        return [Problem(str(path), 0, "json", str(err))]
+
+
+def raise_problems(problems: list[Problem], what: str) -> None:
+    """Raise one DataError listing the problems (at most MAX_LISTED)."""
+    if problems:
+        listed = "\n".join(str(p) for p in problems[:MAX_LISTED])
+        more = f"\n... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        raise DataError(f"{len(problems)} problem(s) in {what}:\n{listed}{more}")
+
+
+def check_file(path: str | Path, corpus_size: int | None = None) -> None:
+    """Raise DataError listing every problem of a data file; return quietly when it is valid."""
+    raise_problems(validate_file(path, corpus_size), str(path))
+
+
+def check_records(records: list[dict[str, Any]], source: str, corpus_size: int | None = None) -> None:
+    """Raise DataError listing every problem of in-memory records."""
+    raise_problems(validate_records(records, source, corpus_size), source)
+
+
+def summarise(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per task: records, average positives/negatives (or history turns), and whether teacher scores exist."""
+    stats: dict[str, dict[str, Any]] = {}
+    for record in records:
+        entry = stats.setdefault(record.get("task", "?"), {"records": 0, "pos": 0, "neg": 0, "history": 0, "scored": 0})
+        entry["records"] += 1
+        entry["pos"] += len(record.get("pos") or [])
+        entry["neg"] += len(record.get("neg") or [])
+        entry["history"] += len(record.get("history") or [])
+        entry["scored"] += "teacher_scores" in record
+    summary = {}
+    for task, entry in stats.items():
+        n = entry["records"]
+        summary[task] = {
+            "records": n,
+            "avg_pos": entry["pos"] / n,
+            "avg_neg": entry["neg"] / n,
+            "avg_history": entry["history"] / n,
+            "has_scores": {n: "all", 0: "none"}.get(entry["scored"], f"{entry['scored']}/{n}"),
+        }
+    return summary
