@@ -1,0 +1,115 @@
+"""End-to-end training on tiny fixtures (one process): outputs, resume with optimizer state, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from llm_embedder.train import trainer as trainer_module
+from llm_embedder.train.card import read_step_log
+from llm_embedder.train.config import TrainConfig, read_config_file
+
+SMALL = dict(max_steps=4, batch_size=2, group_size=3, lr=1e-3, save_steps=2, logging_steps=1,
+             query_max_length=32, key_max_length=32)
+
+
+class StopAt(TrainerCallback):
+    """Simulate a run killed after its step-2 checkpoint, in the middle of step 3's aftermath."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+            control.should_save = False
+        return control
+
+
+def run(out: Path, data: Path, base: Path, **extra) -> Path:
+    return trainer_module.train(TrainConfig(data=[str(data)], out=str(out), base=str(base), **{**SMALL, **extra}))
+
+
+def optimizer_state(checkpoint: Path) -> dict:
+    return torch.load(checkpoint / "optimizer.pt", weights_only=False)["state"]
+
+
+def test_train_outputs_and_resume(tmp_path: Path, data_dir: Path, tiny_embedder_dir: Path, monkeypatch) -> None:
+    full = run(tmp_path / "full", data_dir, tiny_embedder_dir)
+
+    # outputs: a sentence-transformers dir with every task's prompts, the card, the curves, checkpoints
+    st_config = json.loads((full / "config_sentence_transformers.json").read_text())
+    assert st_config["prompts"]["qa.query"] == "Represent this query for retrieving relevant documents: "
+    assert st_config["prompts"]["chat.key"] == "Embed this historical dialogue for retrieval: "
+    card = (full / "TRAINING_CARD.md").read_text()
+    assert "stable_distill" in card and "kl_distill" in card and "contrastive" in card
+    assert (full / "loss_curves.png").stat().st_size > 1000
+    assert (full / "checkpoints" / "checkpoint-4").is_dir()
+    from llm_embedder.embedder import Embedder
+
+    vectors = Embedder(full, device="cpu").encode_queries(["a question"], "qa")
+    assert vectors.shape == (1, 32)
+    steps = read_step_log(full / "logs" / "steps.rank0.jsonl")
+    assert [s["step"] for s in steps] == [1, 2, 3, 4] and all(s["loss"] > 0 for s in steps)
+
+    # interrupted after the step-2 checkpoint (step 3 ran but was not saved), then resumed
+    original = trainer_module.build_trainer
+
+    def with_stop(config, files):
+        built = original(config, files)
+        built.add_callback(StopAt(3))
+        return built
+
+    monkeypatch.setattr(trainer_module, "build_trainer", with_stop)
+    part = run(tmp_path / "part", data_dir, tiny_embedder_dir)
+    monkeypatch.setattr(trainer_module, "build_trainer", original)
+    assert trainer_module.latest_checkpoint(part).endswith("checkpoint-2")
+    with pytest.raises(ValueError, match="--resume"):
+        run(part, data_dir, tiny_embedder_dir)
+    run(part, data_dir, tiny_embedder_dir, resume=True)
+
+    state = json.loads((part / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    resumed = read_step_log(part / "logs" / "steps.rank0.jsonl")
+    assert [s["task"] for s in resumed] == [s["task"] for s in steps]
+    for a, b in zip(resumed, steps, strict=True):  # same batches, same weights, same optimizer moments
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
+    full_opt, part_opt = (optimizer_state(p / "checkpoints" / "checkpoint-4") for p in (full, part))
+    assert full_opt.keys() == part_opt.keys()
+    for key in full_opt:
+        assert int(full_opt[key]["step"]) == int(part_opt[key]["step"]) == 4
+        torch.testing.assert_close(full_opt[key]["exp_avg_sq"], part_opt[key]["exp_avg_sq"], rtol=1e-4, atol=1e-9)
+    assert "Resumed from" in (part / "TRAINING_CARD.md").read_text()
+
+
+def test_bad_input_fails_before_training(tmp_path: Path, data_dir: Path, tiny_embedder_dir: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"query": "q", "task": "qa", "pos": ["p"], "neg": ["n"]}) + "\n")
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "llm_embedder", "train", "--data", str(data_dir), "--data", str(bad),
+         "--out", str(out), "--base", str(tiny_embedder_dir), "--max-steps", "1", "--batch-size", "2"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert f"{bad}:1:teacher_scores" in result.stderr.replace("\n", "")
+    assert not out.exists()  # nothing started
+
+
+def test_config_file_mirrors_cli_options(tmp_path: Path) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_text("max-steps: 7\nbatch_size: 3\nlr: 1.0e-4\ndata: some/dir\n")
+    config = TrainConfig.from_sources(path, out="o", batch_size=5, lr=None)
+    assert (config.max_steps, config.batch_size, config.lr, config.data) == (7, 5, 1e-4, ["some/dir"])
+    assert TrainConfig().lr == 5e-6 and TrainConfig().group_size == 8
+    path.write_text("learning_rate: 1\n")
+    with pytest.raises(ValueError, match="unknown option 'learning_rate'"):
+        read_config_file(path)
+    with pytest.raises(ValueError, match="group_size"):
+        TrainConfig(group_size=1)
