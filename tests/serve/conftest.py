@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -43,6 +44,16 @@ class Server:
         response = httpx.get(f"{self.url}/metrics", timeout=30)
         response.raise_for_status()
         return response.text
+
+    @staticmethod
+    def metric(text: str, name: str, **labels: str) -> float:
+        """The sum of the samples of ``name`` carrying ``labels`` in a Prometheus exposition (0 when absent)."""
+        total = 0.0
+        for line in text.splitlines():
+            match = re.match(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", line)
+            if match and all(f'{k}="{v}"' in (match.group(1) or "") for k, v in labels.items()):
+                total += float(match.group(2))
+        return total
 
 
 @contextmanager
@@ -87,3 +98,9 @@ def tiny_server(tiny_embedder_dir: Path, tmp_path_factory: pytest.TempPathFactor
     with run_server(tiny_embedder_dir, log_path, "--max-inputs", "8", "--max-chars", "200",
                     "--max-wait-ms", "20") as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def start_server():
+    """``start_server(model, log_path, *args, api_key=...)``: a context manager running another real server."""
+    return run_server

@@ -233,9 +233,12 @@ def build_router() -> APIRouter:
         task = body.task or retriever.task
         check_texts([body.query], state.settings, "query")
         hits = (await search_hits(state, retriever, [body.query], body.k, body.filter))[0]
-        prompt = await asyncio.to_thread(
-            augment, task, body.query, [h.text for h in hits], budget_tokens=body.budget_tokens
-        )
+        try:
+            prompt = await asyncio.to_thread(
+                augment, task, body.query, [h.text for h in hits], budget_tokens=body.budget_tokens
+            )
+        except ValueError as err:  # e.g. the query alone is over the budget
+            raise ApiError(400, str(err), param="budget_tokens", code="invalid_value") from None
         return JSONResponse({"object": "augmentation", "index": name, "task": task, "model": state.settings.model_id,
                              "prompt": prompt, "hits": [hit_dict(h) for h in hits]})
 

@@ -1,0 +1,109 @@
+"""POST /v1/search and /v1/augment on the real server over a saved index: same hits as the Retriever in process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+DOCS = [
+    {"text": "Paris is the capital and largest city of France.", "lang": "en"},
+    {"text": "Berlin is the capital of Germany.", "lang": "en"},
+    {"text": "Madrid es la capital de España.", "lang": "es"},
+    {"text": "The Eiffel Tower is a wrought-iron lattice tower in Paris.", "lang": "en"},
+    {"text": "Photosynthesis converts light energy into chemical energy.", "lang": "en"},
+    {"text": "Roma è la capitale d'Italia.", "lang": "it"},
+]
+
+
+@pytest.fixture(scope="module")
+def index_dir(tiny_embedder, tmp_path_factory):
+    from llm_embedder.retriever import Retriever
+
+    out = tmp_path_factory.mktemp("serve_index") / "docs"
+    Retriever.build(tiny_embedder, "qa", DOCS, out_dir=out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def search_server(start_server, tiny_embedder_dir, index_dir, tmp_path_factory) -> Iterator:
+    log_path = tmp_path_factory.mktemp("serve_search") / "server.log"
+    with start_server(tiny_embedder_dir, log_path, "--index", f"docs={index_dir}", "--max-k", "50",
+                      api_key=None) as server:
+        yield server
+
+
+def post(server, path: str, body: dict) -> httpx.Response:
+    return httpx.post(f"{server.url}{path}", json=body, timeout=60)
+
+
+def test_health_lists_the_index(search_server) -> None:
+    assert httpx.get(f"{search_server.url}/health", timeout=30).json()["indexes"] == {"docs": "qa"}
+
+
+def test_search_matches_the_retriever(search_server, tiny_embedder, index_dir) -> None:
+    from llm_embedder.retriever import Retriever
+
+    queries = ["capital of France", "how do plants make energy"]
+    response = post(search_server, "/v1/search", {"index": "docs", "query": queries, "k": 3})
+    assert response.status_code == 200, response.text
+    payload = response.json()
+    assert payload["index"] == "docs" and payload["task"] == "qa" and len(payload["data"]) == 2
+    expected = Retriever.load(index_dir, embedder=tiny_embedder).search(queries, k=3)
+    for result, hits, query in zip(payload["data"], expected, queries, strict=True):
+        assert result["query"] == query
+        assert [h["id"] for h in result["hits"]] == [h.id for h in hits]
+        assert [h["text"] for h in result["hits"]] == [h.text for h in hits]
+        assert [h["score"] for h in result["hits"]] == pytest.approx([h.score for h in hits], abs=1e-5)
+        assert all(set(h) == {"id", "score", "text", "metadata"} for h in result["hits"])
+
+
+def test_search_single_query_and_filter(search_server) -> None:
+    payload = post(search_server, "/v1/search", {"index": "docs", "query": "capital", "k": 10,
+                                                 "filter": {"lang": "en"}}).json()
+    hits = payload["data"][0]["hits"]
+    assert len(hits) == 4
+    assert all(h["metadata"]["lang"] == "en" for h in hits)
+
+
+@pytest.mark.parametrize(("body", "status", "param"), [
+    ({"index": "nope", "query": "x"}, 404, "index"),
+    ({"index": "docs", "query": "x", "k": 51}, 400, "k"),
+    ({"index": "docs", "query": "x", "k": 0}, 400, "k"),
+    ({"index": "docs", "query": []}, 400, "query"),
+    ({"index": "docs", "query": "x", "filter": {"bad field": 1}}, 400, "filter"),
+    ({"index": "docs", "query": "x", "extra": 1}, 400, "extra"),
+    ({"query": "x"}, 400, "index"),
+])
+def test_bad_search_requests(search_server, body, status, param) -> None:
+    response = post(search_server, "/v1/search", body)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["param"] == param
+    assert post(search_server, "/v1/search", {"index": "docs", "query": "still up"}).status_code == 200
+
+
+def test_augment_builds_the_prompt_from_the_hits(search_server, tiny_embedder, index_dir) -> None:
+    from llm_embedder.augment import augment
+    from llm_embedder.retriever import Retriever
+
+    query = "What is the capital of France?"
+    for body in ({"index": "docs", "query": query, "k": 2, "budget_tokens": 512},
+                 {"task": "qa", "query": query, "k": 2, "budget_tokens": 512}):
+        response = post(search_server, "/v1/augment", body)
+        assert response.status_code == 200, response.text
+        payload = response.json()
+        hits = Retriever.load(index_dir, embedder=tiny_embedder).search(query, k=2)[0]
+        assert [h["id"] for h in payload["hits"]] == [h.id for h in hits]
+        assert payload["prompt"] == augment("qa", query, [h.text for h in hits], budget_tokens=512)
+        assert query in payload["prompt"] and payload["task"] == "qa" and payload["index"] == "docs"
+
+
+def test_bad_augment_requests(search_server) -> None:
+    no_index = post(search_server, "/v1/augment", {"task": "chat", "query": "x"})
+    assert no_index.status_code == 404 and no_index.json()["error"]["param"] == "task"
+    unknown = post(search_server, "/v1/augment", {"task": "nope", "query": "x"})
+    assert unknown.status_code == 400 and "known tasks" in unknown.json()["error"]["message"]
+    over = post(search_server, "/v1/augment", {"index": "docs", "query": "word " * 500, "budget_tokens": 5})
+    assert over.status_code == 400 and over.json()["error"]["param"] == "budget_tokens"
+    assert post(search_server, "/v1/augment", {"index": "docs", "query": "ok"}).status_code == 200
