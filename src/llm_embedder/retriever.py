@@ -18,6 +18,7 @@ from llm_embedder.index.build import (
     MILVUS_FILE,
     OFFSETS_FILE,
     build_index,
+    filterable,
     instruction_hash,
     iter_records,
 )
@@ -75,10 +76,6 @@ class DocStore:
         self._offsets = np.concatenate([self._offsets, np.asarray(new, dtype=np.int64)])
 
 
-def _scalar_fields(doc: Mapping[str, Any]) -> dict:
-    return {k: v for k, v in doc.items() if k not in ("text", "id") and isinstance(v, str | int | float | bool)}
-
-
 def normalise_documents(documents: Sequence[str | dict]) -> list[dict]:
     docs = []
     for where, record in iter_records(documents):
@@ -121,9 +118,8 @@ class Retriever:
         get_task(task)
         docs = normalise_documents(documents)
         if out_dir is not None:
-            fields = sorted({k for d in docs for k in _scalar_fields(d)})
             build_index(docs, out_dir, embedder, task, factory=factory, backend=backend, batch_size=batch_size,
-                        filter_fields=fields, progress=False)
+                        filter_fields=["*"], progress=False)
             return cls.load(out_dir, embedder)
         if backend != "faiss":
             raise ValueError("an in-memory Retriever uses FAISS; pass out_dir for Milvus")
@@ -193,11 +189,8 @@ class Retriever:
         start = len(self.docs)
         ids = list(range(start, start + len(docs)))
         vectors = self.embedder.encode_keys([d["text"] for d in docs], self.task)
-        if self.out_dir is not None:
-            fields = self.meta.get("filter_fields", [])
-            metadata = [{f: d[f] for f in fields if f in d} for d in docs] if fields else None
-        else:
-            metadata = [_scalar_fields(d) for d in docs]
+        fields = self.meta.get("filter_fields", []) if self.out_dir is not None else ["*"]
+        metadata = [filterable(d, fields) for d in docs] if fields else None
         self.index.add(ids, vectors, metadata)
         self.docs.append(docs)
         self.meta["count"] = len(self.docs)

@@ -99,6 +99,14 @@ def write_docs(corpus: Any, out_dir: Path, field: str, template: str | None) -> 
     return count
 
 
+def filterable(doc: dict, fields: Iterable[str]) -> dict:
+    """The fields of a document stored in the index for filtering (``"*"``: every scalar field)."""
+    fields = tuple(fields)
+    if "*" in fields:
+        fields = tuple(k for k in doc if k not in ("text", "id"))
+    return {f: doc[f] for f in fields if f in doc and isinstance(doc[f], str | int | float | bool)}
+
+
 def read_progress(out_dir: Path) -> dict | None:
     path = out_dir / PROGRESS_FILE
     if not path.exists():
@@ -181,7 +189,7 @@ def build_vector_index(
             metadata = None
             if docs is not None:
                 records = [json.loads(docs.readline()) for _ in range(lo, hi)]
-                metadata = [{f: r[f] for f in filter_fields if f in r} for r in records]
+                metadata = [filterable(r, filter_fields) for r in records]
             index.add(np.arange(lo, hi), np.asarray(memmap[lo:hi]), metadata)
         index.save(out_dir / name)
     finally:
@@ -206,6 +214,9 @@ def build_index(
     progress: bool = True,
 ) -> dict:
     """Encode a corpus for ``task`` into ``out_dir`` and index it; re-running continues an interrupted build.
+
+    ``filter_fields`` names the document fields stored in the index for ``search(filter=...)`` (``"*"``:
+    all scalar fields; keep it small for big corpora, FAISS holds them in memory).
 
     Returns the metadata written to meta.json. A directory holding a build with other settings (model,
     task, instructions, corpus, factory) is refused rather than mixed.

@@ -1,0 +1,78 @@
+"""``ChunkMemory`` (task ``lrlm``): cut long text into LM-token chunks, retrieve earlier chunks for the current one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llm_embedder.augment.prompt import augment
+from llm_embedder.augment.stores import _Store
+from llm_embedder.retriever import Hit
+
+
+def chunk_text(text: str, tokenizer: Any, chunk_tokens: int) -> list[str]:
+    """Split ``text`` into pieces of ``chunk_tokens`` tokens each (the last may be shorter).
+
+    With a fast tokenizer the pieces are slices of the original text (lossless: they concatenate back to
+    it); otherwise the token ids are decoded.
+    """
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be positive, got {chunk_tokens}")
+    if not text:
+        return []
+    if getattr(tokenizer, "is_fast", False):
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        if not offsets:
+            return [text]
+        starts = [0] + [offsets[i][0] for i in range(chunk_tokens, len(offsets), chunk_tokens)]
+        ends = starts[1:] + [len(text)]
+        return [text[a:b] for a, b in zip(starts, ends, strict=True) if text[a:b]]
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return [tokenizer.decode(ids[i : i + chunk_tokens]) for i in range(0, len(ids), chunk_tokens)]
+
+
+class ChunkMemory(_Store):
+    """Long-text memory: ``add_text`` cuts a text into ``chunk_tokens``-token chunks (with ``tokenizer``, the
+    LM's; default the embedder's) and ``retrieve`` finds the earlier chunks most useful for the current text.
+    """
+
+    task = "lrlm"
+
+    def __init__(self, embedder: Any, tokenizer: Any = None, chunk_tokens: int = 128, **kwargs: Any) -> None:
+        super().__init__(embedder, **kwargs)
+        self.tokenizer = tokenizer if tokenizer is not None else embedder.tokenizer
+        self.chunk_tokens = chunk_tokens
+        self.chunks: list[str] = []
+
+    def add_text(self, text: str, source: str = "") -> list[int]:
+        """Chunk and store a text (appended after earlier ones); returns the chunks' positions."""
+        pieces = chunk_text(text, self.tokenizer, self.chunk_tokens)
+        start = len(self.chunks)
+        docs = [{"text": piece, "position": start + i, "source": source} for i, piece in enumerate(pieces)]
+        self.retriever.add(docs)
+        self.chunks.extend(pieces)
+        return list(range(start, start + len(pieces)))
+
+    def retrieve(self, query: str, k: int = 8, before: int | None = None, continuation: bool = False) -> list[Hit]:
+        """The ``k`` best chunks for ``query`` (only positions < ``before`` when given), best first.
+
+        ``continuation=True`` appends each chunk's following chunk to its text, as in the paper's setup.
+        """
+        limit = min(len(self.chunks), k if before is None else k + max(0, len(self.chunks) - before))
+        hits = self._search(query, max(limit, 1)) if limit else []
+        if before is not None:
+            hits = [h for h in hits if h.metadata["position"] < before]
+        hits = hits[:k]
+        if continuation:
+            for hit in hits:
+                nxt = hit.metadata["position"] + 1
+                if nxt < len(self.chunks) and (before is None or nxt < before):
+                    hit.text += self.chunks[nxt]
+        return hits
+
+    def prompt(
+        self, query: str, k: int = 8, budget_tokens: int = 2048, tokenizer: Any = None, before: int | None = None
+    ) -> str:
+        """Retrieved chunks in document order, concatenated before ``query`` (the current text)."""
+        hits = self.retrieve(query, k, before=before)
+        return augment(self.task, query, hits, budget_tokens, tokenizer or self.tokenizer,
+                       positions=[h.metadata["position"] for h in hits])

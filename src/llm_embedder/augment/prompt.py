@@ -1,0 +1,142 @@
+"""Prompt assembly: retrieved items + the query -> the LLM prompt for a task, within a token budget.
+
+Per-task layouts are data (``LAYOUTS``), following the paper's evaluation prompts (recipe §3):
+qa ``Knowledge: k1\\nk2\\n\\nQuestion: q\\nAnswer:``; icl demonstrations most-similar-last, then the query;
+chat the retrieved turn(s) before ``Speaker 1: q\\nSpeaker 2:``; lrlm earlier chunks in document order,
+concatenated before the current text; tool the tool descriptions before the request; convsearch
+``Knowledge: ...\\n\\nContext and Question: q\\nAnswer:``. A task without a layout (a user-registered one)
+uses ``GENERIC``; ``register_layout`` adds or replaces one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+ORDERS = ("ranked", "reversed", "sequential")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a task's prompt is laid out: ``header + sep.join(items) + footer + query.format(query=...)``.
+
+    ``order``: ``ranked`` keeps the retrieval order (best first), ``reversed`` puts the best item last
+    (next to the query), ``sequential`` sorts by the items' positions in their source (when given).
+    Without items the prompt is just the query part.
+    """
+
+    query: str = "{query}"
+    header: str = ""
+    separator: str = "\n"
+    footer: str = "\n\n"
+    order: str = "ranked"
+
+    def __post_init__(self) -> None:
+        if "{query}" not in self.query:
+            raise ValueError(f"layout query template must contain {{query}}, got {self.query!r}")
+        if self.order not in ORDERS:
+            raise ValueError(f"layout order must be one of {ORDERS}, got {self.order!r}")
+
+    def render(self, query: str, items: Sequence[str]) -> str:
+        body = self.query.replace("{query}", query)
+        if not items:
+            return body
+        return self.header + self.separator.join(items) + self.footer + body
+
+
+GENERIC = Layout(header="Knowledge: ", query="Question: {query}\nAnswer:")
+LAYOUTS: dict[str, Layout] = {
+    "qa": Layout(header="Knowledge: ", separator="\n", footer="\n\n", query="Question: {query}\nAnswer:"),
+    "icl": Layout(separator="\n", footer="\n", query="{query}\n", order="reversed"),
+    "chat": Layout(separator="\n", footer="\n", query="Speaker 1: {query}\nSpeaker 2:"),
+    "lrlm": Layout(separator="", footer="", query="{query}", order="sequential"),
+    "tool": Layout(header="Available tools:\n", separator="\n", footer="\n\n", query="Request: {query}\nTool call:"),
+    "convsearch": Layout(
+        header="Knowledge: ", separator="\n", footer="\n\n", query="Context and Question: {query}\nAnswer:"
+    ),
+}
+
+
+def register_layout(task: str, layout: Layout | dict[str, Any], *, overwrite: bool = True) -> Layout:
+    """Add (or replace) the prompt layout of a task, e.g. for a user-registered task."""
+    if isinstance(layout, dict):
+        layout = Layout(**layout)
+    if task in LAYOUTS and not overwrite:
+        raise ValueError(f"task {task!r} already has a layout; pass overwrite=True")
+    LAYOUTS[task] = layout
+    return layout
+
+
+def get_layout(task: str) -> Layout:
+    """The layout of ``task``, or the generic knowledge layout for a task without one."""
+    return LAYOUTS.get(task, GENERIC)
+
+
+_APPROX = re.compile(r"\w+|[^\w\s]")
+
+
+def token_counter(tokenizer: Any = None) -> Callable[[str], int]:
+    """A function text -> token count: a HF tokenizer, an object with ``count_tokens`` (``CausalLM``),
+    a callable returning a count or ids, or ``None`` for an approximation (words and punctuation marks)."""
+    if tokenizer is None:
+        return lambda text: len(_APPROX.findall(text))
+    if hasattr(tokenizer, "count_tokens"):
+        return lambda text: int(tokenizer.count_tokens([text])[0])
+    if hasattr(tokenizer, "encode"):
+        return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
+    if callable(tokenizer):
+        def count(text: str) -> int:
+            out = tokenizer(text)
+            return out if isinstance(out, int) else len(out)
+        return count
+    raise TypeError(f"tokenizer must be a tokenizer, a CausalLM or a callable, got {type(tokenizer).__name__}")
+
+
+def _text(item: Any) -> str:
+    text = item if isinstance(item, str) else getattr(item, "text", None)
+    if not isinstance(text, str):
+        raise TypeError(f"retrieved items must be strings (or hits with .text), got {type(item).__name__}")
+    return text
+
+
+def augment(
+    task: str,
+    query: str,
+    retrieved: Sequence[Any],
+    budget_tokens: int = 1024,
+    tokenizer: Any = None,
+    positions: Sequence[int] | None = None,
+) -> str:
+    """The LLM prompt for ``task`` with the retrieved items (best first), at most ``budget_tokens`` long.
+
+    The lowest-ranked items are dropped first until the prompt fits. ``positions`` (one per item) lets a
+    ``sequential`` layout (lrlm) restore document order. Pass the target LLM's tokenizer for exact
+    counts; without one the count is approximate. A query that alone exceeds the budget is an error.
+    """
+    if not isinstance(query, str):
+        raise TypeError(f"query must be a string, got {type(query).__name__}")
+    if budget_tokens < 1:
+        raise ValueError(f"budget_tokens must be positive, got {budget_tokens}")
+    items = [_text(item) for item in retrieved]
+    if positions is not None and len(positions) != len(items):
+        raise ValueError(f"got {len(positions)} positions for {len(items)} retrieved items")
+    layout = get_layout(task)
+    count = token_counter(tokenizer)
+
+    def render(n: int) -> str:
+        kept = list(range(n))
+        if layout.order == "reversed":
+            kept.reverse()
+        elif layout.order == "sequential" and positions is not None:
+            kept.sort(key=lambda i: positions[i])
+        return layout.render(query, [items[i] for i in kept])
+
+    base = count(render(0))
+    if base > budget_tokens:
+        raise ValueError(f"the query alone takes {base} tokens, over the budget of {budget_tokens}")
+    n = len(items)
+    while n > 0 and count(render(n)) > budget_tokens:
+        n -= 1
+    return render(n)

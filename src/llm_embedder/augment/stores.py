@@ -1,0 +1,164 @@
+"""Stores for the paper's scenarios, each a small class over ``Retriever``: knowledge (qa), conversation
+memory (chat), in-context examples (icl) and conversational search (convsearch).
+
+Every store has ``prompt(...)``, which retrieves and calls ``augment`` with the task's layout.
+An empty store retrieves nothing (no error): an application starts with empty memories.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from llm_embedder.augment.prompt import augment
+from llm_embedder.retriever import Hit, Retriever
+
+
+class _Store:
+    """Shared plumbing: a Retriever for one task, searched only when it holds something."""
+
+    task = "qa"
+
+    def __init__(self, embedder: Any, *, index_dir: str | Path | None = None, factory: str = "Flat") -> None:
+        self.embedder = embedder
+        if index_dir is not None and (Path(index_dir) / "meta.json").exists():
+            self.retriever = Retriever.load(index_dir, embedder)
+        else:
+            self.retriever = Retriever.build(embedder, self.task, [], out_dir=index_dir, factory=factory)
+
+    def __len__(self) -> int:
+        return len(self.retriever)
+
+    def _search(self, query: str, k: int, filter: Mapping[str, Any] | None = None) -> list[Hit]:
+        if len(self.retriever) == 0:
+            return []
+        return self.retriever.search(query, k=k, filter=filter)[0]
+
+
+class KnowledgeBase(_Store):
+    """Documents to look facts up in (task ``qa``); the prompt starts with ``Knowledge: ...``."""
+
+    task = "qa"
+
+    def __init__(self, embedder: Any, documents: Sequence[str | dict] = (), **kwargs: Any) -> None:
+        super().__init__(embedder, **kwargs)
+        self.add(documents)
+
+    def add(self, documents: Sequence[str | dict]) -> list[int]:
+        """Add documents (strings, or dicts with ``text`` and optional filterable fields)."""
+        return self.retriever.add(documents)
+
+    def search(self, query: str, k: int = 3, filter: Mapping[str, Any] | None = None) -> list[Hit]:
+        return self._search(query, k, filter)
+
+    def prompt(self, query: str, k: int = 3, budget_tokens: int = 1024, tokenizer: Any = None) -> str:
+        return augment(self.task, query, self.search(query, k), budget_tokens, tokenizer)
+
+
+class ConversationMemory(_Store):
+    """Past turns of a conversation (task ``chat``): add turns as they happen, retrieve the relevant ones.
+
+    Falls back to recency (the most recent turns) when the memory holds ``k`` turns or fewer, or when no
+    turn scores at least ``min_score``.
+    """
+
+    task = "chat"
+
+    def __init__(self, embedder: Any, *, min_score: float = 0.5, **kwargs: Any) -> None:
+        super().__init__(embedder, **kwargs)
+        self.min_score = min_score
+        self.turns: list[str] = []
+
+    def add_turn(self, user: str, assistant: str) -> int:
+        """Remember one exchange; returns its turn number."""
+        text = f"Speaker 1: {user}\nSpeaker 2: {assistant}"
+        turn = len(self.turns)
+        self.retriever.add([{"text": text, "turn": turn}])
+        self.turns.append(text)
+        return turn
+
+    def recent(self, n: int = 1) -> list[Hit]:
+        """The last ``n`` turns, oldest first (score NaN: chosen by recency)."""
+        first = max(0, len(self.turns) - n)
+        return [Hit(id=i, score=math.nan, text=self.turns[i], metadata={"turn": i, "recency": True})
+                for i in range(first, len(self.turns))]
+
+    def retrieve(self, query: str, k: int = 1) -> list[Hit]:
+        """The ``k`` most relevant past turns, or the ``k`` most recent when nothing is relevant enough."""
+        if len(self.turns) <= k:
+            return self.recent(k)
+        relevant = [hit for hit in self._search(query, k) if hit.score >= self.min_score]
+        return relevant or self.recent(k)
+
+    def prompt(self, query: str, k: int = 1, budget_tokens: int = 1024, tokenizer: Any = None) -> str:
+        return augment(self.task, query, self.retrieve(query, k), budget_tokens, tokenizer)
+
+
+class ExampleBank(_Store):
+    """Demonstrations for in-context learning (task ``icl``); formatted ``{input}\\n{output}`` by default."""
+
+    task = "icl"
+
+    def __init__(
+        self, embedder: Any, examples: Sequence[str | dict] = (), *, template: str = "{input}\n{output}",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(embedder, **kwargs)
+        self.template = template
+        self.add(examples)
+
+    def add(self, examples: Sequence[str | dict]) -> list[int]:
+        """Add examples: ready strings, or dicts formatted with ``template`` (or having ``text``)."""
+        docs = []
+        for i, example in enumerate(examples):
+            if isinstance(example, dict) and "text" not in example:
+                try:
+                    example = {**example, "text": self.template.format(**example)}
+                except KeyError as err:
+                    raise ValueError(f"examples[{i}]: missing field {err.args[0]!r} for {self.template!r}") from None
+            docs.append(example)
+        return self.retriever.add(docs)
+
+    def retrieve(self, query: str, k: int = 8) -> list[Hit]:
+        return self._search(query, k)
+
+    def prompt(self, query: str, k: int = 8, budget_tokens: int = 1024, tokenizer: Any = None) -> str:
+        """Demonstrations most-similar-last, then the query (lowest-ranked dropped first to fit)."""
+        return augment(self.task, query, self.retrieve(query, k), budget_tokens, tokenizer)
+
+
+class ConversationalSearch(_Store):
+    """Search passages with the whole conversation as the query (task ``convsearch``).
+
+    The query is the previous questions and answers joined by spaces, the current question last.
+    """
+
+    task = "convsearch"
+
+    def __init__(self, embedder: Any, documents: Sequence[str | dict] = (), **kwargs: Any) -> None:
+        super().__init__(embedder, **kwargs)
+        self.history: list[str] = []
+        self.retriever.add(documents)
+
+    def add(self, documents: Sequence[str | dict]) -> list[int]:
+        return self.retriever.add(documents)
+
+    def add_turn(self, question: str, answer: str | None = None) -> None:
+        """Record a finished exchange (the answer is optional)."""
+        self.history.append(question)
+        if answer:
+            self.history.append(answer)
+
+    def reset(self) -> None:
+        self.history.clear()
+
+    def query_for(self, question: str) -> str:
+        return " ".join([*self.history, question])
+
+    def search(self, question: str, k: int = 3) -> list[Hit]:
+        return self._search(self.query_for(question), k)
+
+    def prompt(self, question: str, k: int = 3, budget_tokens: int = 1024, tokenizer: Any = None) -> str:
+        return augment(self.task, self.query_for(question), self.search(question, k), budget_tokens, tokenizer)

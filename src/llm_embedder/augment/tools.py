@@ -1,0 +1,150 @@
+"""``ToolBox`` (task ``tool``): register functions from JSON schema or Python callables, retrieve the ones a
+request needs, verbalised as ``name: description. Parameters: ...``."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from llm_embedder.augment.prompt import augment
+from llm_embedder.augment.stores import _Store
+
+_PY_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean", list: "array", dict: "object"}
+_PY_NAMES = {t.__name__: name for t, name in _PY_TYPES.items()}
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: str = "any"
+    description: str = ""
+    required: bool = True
+
+
+@dataclass
+class Tool:
+    """A tool the LLM can call: its description, parameters and (for registered callables) the function."""
+
+    name: str
+    description: str
+    parameters: list[Param] = field(default_factory=list)
+    fn: Callable[..., Any] | None = None
+
+    def verbalise(self) -> str:
+        """``name: description. Parameters: p (type, required): text; ...`` — the key text that is embedded."""
+        description = self.description.strip().rstrip(".")
+        params = "; ".join(
+            f"{p.name} ({p.type}, {'required' if p.required else 'optional'})" + (f": {p.description}" if
+                                                                                   p.description else "")
+            for p in self.parameters
+        )
+        return f"{self.name}: {description}. Parameters: {params or 'none'}."
+
+    def __call__(self, **kwargs: Any) -> Any:
+        if self.fn is None:
+            raise ValueError(f"tool {self.name!r} was registered from a schema and has no Python function")
+        return self.fn(**kwargs)
+
+
+def tool_from_callable(fn: Callable[..., Any], name: str | None = None, description: str | None = None) -> Tool:
+    """Name, first docstring paragraph and signature (annotations, defaults) of a Python function."""
+    doc = inspect.getdoc(fn) or ""
+    summary = description or doc.split("\n\n")[0].replace("\n", " ").strip()
+    arg_docs = _arg_docs(doc)
+    try:
+        signature = inspect.signature(fn, eval_str=True)
+    except (NameError, TypeError):  # an annotation that cannot be resolved: keep it as text
+        signature = inspect.signature(fn)
+    params = []
+    for p in signature.parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        annotation = p.annotation
+        type_name = _PY_TYPES.get(annotation, getattr(annotation, "__name__", str(annotation)))
+        type_name = _PY_NAMES.get(type_name, type_name)
+        if annotation is inspect.Parameter.empty:
+            type_name = "any"
+        params.append(Param(p.name, type_name, arg_docs.get(p.name, ""), p.default is inspect.Parameter.empty))
+    return Tool(name or fn.__name__, summary or (name or fn.__name__), params, fn)
+
+
+def _arg_docs(doc: str) -> dict[str, str]:
+    """Parameter descriptions from ``name: text`` / ``name (type): text`` lines of a docstring."""
+    out = {}
+    for line in doc.splitlines():
+        line = line.strip()
+        if ":" in line and not line.startswith(("Returns", "Raises")):
+            head, text = line.split(":", 1)
+            head = head.split("(")[0].strip()
+            if head.isidentifier():
+                out[head] = text.strip()
+    return out
+
+
+def tool_from_schema(schema: Mapping[str, Any], where: str = "schema") -> Tool:
+    """A tool from an OpenAI-style / BFCL function schema (``{"type": "function", "function": {...}}`` or the
+    inner ``{"name", "description", "parameters": {"properties", "required"}}``)."""
+    if not isinstance(schema, Mapping):
+        raise ValueError(f"{where}: a tool schema must be a mapping, got {type(schema).__name__}")
+    if "function" in schema and isinstance(schema["function"], Mapping):
+        schema = schema["function"]
+    name = schema.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{where}: missing field 'name'")
+    parameters = schema.get("parameters") or {}
+    if not isinstance(parameters, Mapping):
+        raise ValueError(f"{where}: field 'parameters' must be an object")
+    properties = parameters.get("properties") or {}
+    required = set(parameters.get("required") or [])
+    params = [
+        Param(p, str(spec.get("type", "any")) if isinstance(spec, Mapping) else "any",
+              str(spec.get("description", "")) if isinstance(spec, Mapping) else "", p in required)
+        for p, spec in properties.items()
+    ]
+    return Tool(name, str(schema.get("description") or name), params)
+
+
+class ToolBox(_Store):
+    """Tools to offer an LLM; ``retrieve(request)`` returns the few a request needs."""
+
+    task = "tool"
+
+    def __init__(self, embedder: Any, tools: Sequence[Any] = (), **kwargs: Any) -> None:
+        super().__init__(embedder, **kwargs)
+        self.tools: dict[str, Tool] = {}
+        self._by_id: list[str] = []
+        for tool in tools:
+            self.register(tool)
+
+    def register(self, tool: Callable[..., Any] | Mapping[str, Any] | Tool, name: str | None = None,
+                 description: str | None = None) -> Tool:
+        """Register a Python callable, a JSON schema (dict) or a ``Tool``; names must be unique."""
+        if isinstance(tool, Tool):
+            entry = tool
+        elif isinstance(tool, Mapping):
+            entry = tool_from_schema(tool, where=f"tool #{len(self._by_id)}")
+        elif callable(tool):
+            entry = tool_from_callable(tool, name, description)
+        else:
+            raise TypeError(f"cannot register {type(tool).__name__} as a tool: pass a callable or a JSON schema")
+        if entry.name in self.tools:
+            raise ValueError(f"a tool named {entry.name!r} is already registered")
+        self.retriever.add([{"text": entry.verbalise(), "name": entry.name}])
+        self.tools[entry.name] = entry
+        self._by_id.append(entry.name)
+        return entry
+
+    def retrieve(self, request: str, k: int = 3) -> list[Tool]:
+        """The ``k`` tools most useful for ``request``, best first."""
+        return [self.tools[hit.metadata["name"]] for hit in self._search(request, k)]
+
+    def call(self, name: str, **kwargs: Any) -> Any:
+        if name not in self.tools:
+            raise KeyError(f"unknown tool {name!r}; registered: {', '.join(self.tools)}")
+        return self.tools[name](**kwargs)
+
+    def prompt(self, request: str, k: int = 3, budget_tokens: int = 1024, tokenizer: Any = None) -> str:
+        return augment(self.task, request, [t.verbalise() for t in self.retrieve(request, k)], budget_tokens,
+                       tokenizer)

@@ -1,0 +1,77 @@
+"""augment(): per-task layouts from recipe §3, budget handling, user layouts."""
+
+from __future__ import annotations
+
+import pytest
+
+from llm_embedder.augment import Layout, augment, register_layout
+from llm_embedder.augment.prompt import LAYOUTS, token_counter
+
+
+def test_qa_knowledge_prefix() -> None:
+    prompt = augment("qa", "Who wrote Hamlet?", ["Shakespeare wrote Hamlet.", "Hamlet is a play."])
+    assert prompt == "Knowledge: Shakespeare wrote Hamlet.\nHamlet is a play.\n\nQuestion: Who wrote Hamlet?\nAnswer:"
+
+
+def test_icl_demonstrations_most_similar_last() -> None:
+    prompt = augment("icl", "2+2=", ["1+1=\n2", "3+3=\n6"])
+    assert prompt == "3+3=\n6\n1+1=\n2\n2+2=\n"
+
+
+def test_chat_history_turn() -> None:
+    prompt = augment("chat", "Do you like cats?", ["Speaker 1: I have a cat.\nSpeaker 2: Nice!"])
+    assert prompt == "Speaker 1: I have a cat.\nSpeaker 2: Nice!\nSpeaker 1: Do you like cats?\nSpeaker 2:"
+
+
+def test_lrlm_chunks_in_document_order() -> None:
+    prompt = augment("lrlm", "NOW", ["c3 ", "c1 ", "c2 "], positions=[3, 1, 2])
+    assert prompt == "c1 c2 c3 NOW"
+
+
+def test_tool_and_convsearch_layouts() -> None:
+    assert augment("tool", "weather in Paris", ["get_weather: Weather. Parameters: city (string, required)."]) == (
+        "Available tools:\nget_weather: Weather. Parameters: city (string, required).\n\n"
+        "Request: weather in Paris\nTool call:"
+    )
+    assert augment("convsearch", "hi what is X", ["X is Y."]) == (
+        "Knowledge: X is Y.\n\nContext and Question: hi what is X\nAnswer:"
+    )
+
+
+def test_no_items_gives_query_only_and_generic_fallback() -> None:
+    assert augment("qa", "q?", []) == "Question: q?\nAnswer:"
+    assert augment("my_task", "q?", ["k"]) == "Knowledge: k\n\nQuestion: q?\nAnswer:"
+
+
+def test_budget_drops_lowest_ranked_first() -> None:
+    items = ["alpha beta gamma", "delta epsilon", "zeta eta theta iota kappa"]
+    full = augment("qa", "q", items, budget_tokens=1000)
+    n = token_counter()(full)
+    assert augment("qa", "q", items, budget_tokens=n) == full
+    cut = augment("qa", "q", items, budget_tokens=n - 1)
+    assert cut == "Knowledge: alpha beta gamma\ndelta epsilon\n\nQuestion: q\nAnswer:"
+    assert augment("icl", "q", items, budget_tokens=token_counter()("alpha beta gamma\nq\n")) == "alpha beta gamma\nq\n"
+    with pytest.raises(ValueError, match="query alone takes"):
+        augment("qa", "a very long question " * 10, items, budget_tokens=5)
+
+
+def test_real_tokenizer_counts(tiny_embedder) -> None:
+    tok = tiny_embedder.tokenizer
+    items = ["one two three four five"] * 4
+    prompt = augment("qa", "q", items, budget_tokens=20, tokenizer=tok)
+    kept = prompt.count("one two")
+    assert 0 < kept < 4 and len(tok.encode(prompt, add_special_tokens=False)) <= 20
+    one_more = augment("qa", "q", items[: kept + 1], budget_tokens=10_000, tokenizer=tok)
+    assert len(tok.encode(one_more, add_special_tokens=False)) > 20
+
+
+def test_register_layout_for_user_task() -> None:
+    register_layout("recipes", {"header": "Recipes:\n", "query": "Cook: {query}\n", "separator": "\n---\n"})
+    try:
+        assert augment("recipes", "soup", ["a", "b"]) == "Recipes:\na\n---\nb\n\nCook: soup\n"
+    finally:
+        LAYOUTS.pop("recipes")
+    with pytest.raises(ValueError, match="must contain"):
+        Layout(query="no placeholder")
+    with pytest.raises(TypeError, match="retrieved items must be strings"):
+        augment("qa", "q", [3])

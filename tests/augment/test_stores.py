@@ -1,0 +1,164 @@
+"""The scenario stores over Retriever: knowledge, conversation memory, chunks, examples, tools, conv. search."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from llm_embedder.augment import (
+    ChunkMemory,
+    ConversationalSearch,
+    ConversationMemory,
+    ExampleBank,
+    KnowledgeBase,
+    ToolBox,
+    chunk_text,
+)
+
+
+def ranked(embedder, task: str, query: str, texts: list[str]) -> list[int]:
+    """The expected ranking, computed directly from the embedder (the tiny model is random)."""
+    scores = embedder.encode_queries(query, task) @ embedder.encode_keys(texts, task).T
+    return [int(i) for i in (-scores[0]).argsort()]
+
+
+FACTS = ["Paris is the capital of France.", "Water boils at 100 degrees Celsius.", "Cats are mammals."]
+
+
+def test_knowledge_base(tiny_embedder, tmp_path: Path) -> None:
+    kb = KnowledgeBase(tiny_embedder, FACTS, index_dir=tmp_path / "kb")
+    best = FACTS[ranked(tiny_embedder, "qa", "capital?", FACTS)[0]]
+    assert len(kb) == 3 and kb.search("capital?", k=1)[0].text == best
+    assert kb.prompt("capital?", k=1) == f"Knowledge: {best}\n\nQuestion: capital?\nAnswer:"
+    kb.add([{"text": "Dogs bark.", "kind": "animal"}])
+    reopened = KnowledgeBase(tiny_embedder, index_dir=tmp_path / "kb")
+    assert len(reopened) == 4
+    assert [h.text for h in reopened.search("x", k=4, filter={"kind": "animal"})] == ["Dogs bark."]
+
+
+def test_conversation_memory_relevance_and_recency(tiny_embedder) -> None:
+    memory = ConversationMemory(tiny_embedder, min_score=-1.0)
+    assert memory.retrieve("hi") == [] and memory.prompt("hi") == "Speaker 1: hi\nSpeaker 2:"
+    memory.add_turn("I have a cat named Tom.", "Lovely!")
+    only = memory.retrieve("anything")
+    assert len(only) == 1 and math.isnan(only[0].score) and only[0].metadata["recency"]  # too few turns
+    memory.add_turn("I work as a nurse.", "Busy job.")
+    memory.add_turn("My favourite food is pizza.", "Yum.")
+    hits = memory.retrieve("cat", k=1)
+    assert hits[0].metadata["turn"] == ranked(tiny_embedder, "chat", "cat", memory.turns)[0]
+    assert not math.isnan(hits[0].score) and "recency" not in hits[0].metadata
+    memory.min_score = 2.0  # nothing can be relevant enough -> recency
+    assert [h.metadata["turn"] for h in memory.retrieve("cat", k=2)] == [1, 2]
+    prompt = memory.prompt("cat", k=1)
+    assert prompt == "Speaker 1: My favourite food is pizza.\nSpeaker 2: Yum.\nSpeaker 1: cat\nSpeaker 2:"
+
+
+def test_chunk_text_is_lossless_and_token_sized(tiny_embedder) -> None:
+    tok = tiny_embedder.tokenizer
+    text = " ".join(f"Sentence {i} talks about topic {i % 5}." for i in range(40))
+    chunks = chunk_text(text, tok, 16)
+    assert "".join(chunks) == text and len(chunks) > 3
+    assert all(len(tok.encode(c, add_special_tokens=False)) <= 16 for c in chunks)
+    with pytest.raises(ValueError, match="positive"):
+        chunk_text(text, tok, 0)
+
+
+def test_chunk_memory_retrieves_earlier_chunks(tiny_embedder) -> None:
+    memory = ChunkMemory(tiny_embedder, chunk_tokens=8)
+    positions = memory.add_text(" ".join(f"word{i}" for i in range(60)), source="doc")
+    assert positions == list(range(len(memory.chunks))) and len(positions) > 4
+    hits = memory.retrieve("word3", k=3, before=4)
+    expected = [p for p in ranked(tiny_embedder, "lrlm", "word3", memory.chunks) if p < 4][:3]
+    assert [h.metadata["position"] for h in hits] == expected
+    top = ranked(tiny_embedder, "lrlm", "word3", memory.chunks)[0]
+    with_next = memory.retrieve("word3", k=1, continuation=True)[0]
+    following = memory.chunks[top + 1] if top + 1 < len(memory.chunks) else ""
+    assert with_next.text == memory.chunks[top] + following
+    prompt = memory.prompt("NOW", k=3, before=4)
+    kept = sorted(h.metadata["position"] for h in memory.retrieve("NOW", k=3, before=4))
+    assert prompt == "".join(memory.chunks[p] for p in kept) + "NOW"
+
+
+def test_example_bank(tiny_embedder) -> None:
+    bank = ExampleBank(tiny_embedder, [{"input": "2+2", "output": "4"}, {"input": "3+5", "output": "8"}, "free text"])
+    assert len(bank) == 3
+    texts = ["2+2\n4", "3+5\n8", "free text"]
+    order = ranked(tiny_embedder, "icl", "1+1", texts)
+    assert bank.retrieve("1+1", k=1)[0].text == texts[order[0]]
+    prompt = bank.prompt("1+1", k=2)
+    assert prompt == f"{texts[order[1]]}\n{texts[order[0]]}\n1+1\n"  # most similar right before the query
+    with pytest.raises(ValueError, match=r"examples\[0\]: missing field 'output'"):
+        bank.add([{"input": "no output"}])
+
+
+def get_weather(city: str, unit: str = "celsius") -> str:
+    """Current weather for a city.
+
+    city: name of the city
+    unit: celsius or fahrenheit
+    """
+    return f"sunny in {city} ({unit})"
+
+
+def test_toolbox_register_verbalise_retrieve_call(tiny_embedder) -> None:
+    box = ToolBox(tiny_embedder)
+    tool = box.register(get_weather)
+    assert tool.verbalise() == (
+        "get_weather: Current weather for a city. Parameters: city (string, required): name of the city; "
+        "unit (string, optional): celsius or fahrenheit."
+    )
+    schema = {"type": "function", "function": {
+        "name": "send_email", "description": "Send an email.",
+        "parameters": {"type": "object", "properties": {"to": {"type": "string", "description": "recipient"}},
+                       "required": ["to"]}}}
+    expected = "send_email: Send an email. Parameters: to (string, required): recipient."
+    assert box.register(schema).verbalise() == expected
+    assert box.register({"name": "noop", "description": "Do nothing"}).verbalise() == (
+        "noop: Do nothing. Parameters: none."
+    )
+    keys = [t.verbalise() for t in box.tools.values()]
+    assert [t.name for t in box.retrieve("rain?", k=3)] == [list(box.tools)[i] for i in ranked(
+        tiny_embedder, "tool", "rain?", keys)]
+    assert box.call("get_weather", city="Oslo") == "sunny in Oslo (celsius)"
+    with pytest.raises(ValueError, match="no Python function"):
+        box.call("send_email", to="x")
+    with pytest.raises(ValueError, match="already registered"):
+        box.register(get_weather)
+    with pytest.raises(ValueError, match="missing field 'name'"):
+        box.register({"description": "nameless"})
+    assert box.prompt("weather", k=3).startswith("Available tools:\n")
+
+
+def test_conversational_search_uses_the_whole_conversation(tiny_embedder) -> None:
+    docs = ["Q1 A1 Q2", "unrelated passage", "Q2"]
+    search = ConversationalSearch(tiny_embedder, docs)
+    assert search.query_for("Q2") == "Q2"
+    search.add_turn("Q1", "A1")
+    assert search.query_for("Q2") == "Q1 A1 Q2"
+    best = docs[ranked(tiny_embedder, "convsearch", "Q1 A1 Q2", docs)[0]]
+    assert search.search("Q2", k=1)[0].text == best
+    assert search.prompt("Q2", k=1) == f"Knowledge: {best}\n\nContext and Question: Q1 A1 Q2\nAnswer:"
+    search.reset()
+    assert search.search("Q2", k=1)[0].text == docs[ranked(tiny_embedder, "convsearch", "Q2", docs)[0]]
+
+
+@pytest.mark.integration
+def test_real_minilm_picks_tools_and_memories(minilm) -> None:
+    def convert_currency(amount: float, source: str, target: str) -> float:
+        """Convert an amount of money from one currency to another."""
+        return amount
+
+    def set_alarm(time: str) -> str:
+        """Set an alarm clock for a given time."""
+        return time
+
+    box = ToolBox(minilm, [get_weather, convert_currency, set_alarm])
+    assert box.retrieve("Will it rain in London tomorrow?", k=1)[0].name == "get_weather"
+    assert box.retrieve("How many euros is 20 dollars?", k=1)[0].name == "convert_currency"
+    memory = ConversationMemory(minilm)
+    memory.add_turn("My dog is called Rex.", "What a nice name.")
+    memory.add_turn("I live in Lisbon.", "Beautiful city.")
+    memory.add_turn("I am learning to play the piano.", "Great hobby.")
+    assert memory.retrieve("What is my dog's name?", k=1)[0].metadata["turn"] == 0
