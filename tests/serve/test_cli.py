@@ -1,0 +1,44 @@
+"""`llm-embedder serve` argument handling (no server started here)."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from llm_embedder.cli import app
+from llm_embedder.cli.serve import is_loopback, parse_indexes
+from llm_embedder.serve.security import bearer_token, key_matches
+
+
+def test_parse_indexes(tmp_path) -> None:
+    (tmp_path / "a").mkdir()
+    assert parse_indexes([f"docs={tmp_path / 'a'}"]) == {"docs": tmp_path / "a"}
+    assert parse_indexes(None) == {}
+    with pytest.raises(ValueError, match="NAME=DIR"):
+        parse_indexes(["docs"])
+    with pytest.raises(ValueError, match="twice"):
+        parse_indexes([f"d={tmp_path / 'a'}", f"d={tmp_path / 'a'}"])
+    with pytest.raises(FileNotFoundError, match="missing"):
+        parse_indexes([f"d={tmp_path / 'missing'}"])
+
+
+def test_loopback_detection() -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4") and not is_loopback("example.com")
+
+
+def test_bearer_key_check() -> None:
+    assert bearer_token("Bearer abc") == "abc" and bearer_token("bearer  abc ") == "abc"
+    assert bearer_token("Basic abc") is None and bearer_token(None) is None and bearer_token("Bearer ") is None
+    assert key_matches(None, None) and key_matches("", "anything")
+    assert key_matches("s3cret", "Bearer s3cret")
+    assert not key_matches("s3cret", "Bearer s3cre") and not key_matches("s3cret", None)
+
+
+def test_serve_help_lists_the_flags() -> None:
+    result = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for flag in ("--model", "--index", "--host", "--port", "--api-key", "--max-inputs", "--max-chars",
+                 "--max-batch-tokens", "--max-batch-requests", "--max-wait-ms"):
+        assert flag in result.output
+    assert "127.0.0.1" in result.output
