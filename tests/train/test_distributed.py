@@ -30,6 +30,7 @@ def test_torchrun_two_ranks_same_task_every_step(tmp_path: Path, data_dir: Path,
         "--data", str(data_dir), "--data", str(data_dir / "tool" / "train.jsonl"), "--out", str(out),
         "--base", str(tiny_embedder_dir), "--max-steps", "5", "--batch-size", "2", "--group-size", "3",
         "--lr", "1e-3", "--save-steps", "5", "--query-max-length", "32", "--key-max-length", "32",
+        "--self-paced",  # its per-task loss average is all-reduced, so both ranks scale the lr alike
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=400, env=env)
@@ -43,6 +44,7 @@ def test_torchrun_two_ranks_same_task_every_step(tmp_path: Path, data_dir: Path,
         assert a["dataset"] == b["dataset"] and a["task"] == b["task"]
         if a["task"] in ("qa", "tool"):  # gathered losses: every rank computes the same global loss
             assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
-    assert "Processes: 2" in (out / "TRAINING_CARD.md").read_text()
+    card = (out / "TRAINING_CARD.md").read_text()
+    assert "Processes: 2" in card and "self-paced lr True" in card
     prompts = json.loads((out / "config_sentence_transformers.json").read_text())["prompts"]
     assert prompts["tool.query"] == "Transform this user request for fetching helpful tool descriptions: "
