@@ -84,7 +84,7 @@ def check_command(
             raise FileNotFoundError(f"file not found: {path}")
         problems = validate_file(path, corpus_size)
         for problem in problems:
-            console.print(str(problem), highlight=False, markup=False)
+            console.print(str(problem), highlight=False, markup=False, soft_wrap=True)
         n_problems += len(problems)
         if problems:
             continue

@@ -1,0 +1,111 @@
+"""The real small build: layout, validity, disjoint splits, determinism, resume (one shared build)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llm_embedder.data.chat import GREETINGS, SMALL_TALK, turn
+from llm_embedder.data.suite import TASKS, build_suite, positive_texts
+from llm_embedder.data.validate import validate_file
+from llm_embedder.io import read_jsonl
+
+pytestmark = pytest.mark.integration
+CORPUS_TASKS = {"qa", "icl", "tool", "convsearch"}
+
+
+def test_layout_counts_and_build_time(small_suite) -> None:
+    out, manifest, seconds = small_suite
+    print(f"small build: {seconds:.1f} s")
+    assert seconds < 90  # the issue asks for under a minute on 2 cores; leave slack for a busy machine
+    assert (out / "DATA_CARD.md").exists() and json.loads((out / "manifest.json").read_text()) == manifest
+    assert manifest["complete"] and manifest["size"] == "small" and manifest["seed"] == 0
+    assert "bfcl-eval" in manifest["sources"]
+    for task in TASKS:
+        assert sorted(p.name for p in (out / task).iterdir()) == sorted(
+            ["train.jsonl", "dev.jsonl", "test.jsonl"] + (["corpus.jsonl"] if task in CORPUS_TASKS else [])
+        )
+        counts = manifest["tasks"][task]["counts"]
+        assert counts["train"] == 200 and counts["dev"] == 50 and counts["test"] == 100, (task, counts)
+    card = (out / "DATA_CARD.md").read_text()
+    for task in TASKS:
+        assert f"## {task}" in card
+    assert "CC BY-SA 4.0" in card and "constructed" in card.lower()
+
+
+def test_every_file_validates(small_suite) -> None:
+    out, _, _ = small_suite
+    for path in sorted(out.glob("*/*.jsonl")):
+        assert validate_file(path) == [], path
+
+
+def test_record_contract(small_suite) -> None:
+    out, _, _ = small_suite
+    for task in TASKS:
+        corpus = read_jsonl(out / task / "corpus.jsonl") if task in CORPUS_TASKS else None
+        if corpus is not None:
+            assert [c["id"] for c in corpus] == list(range(len(corpus)))
+        for split in ("train", "dev", "test"):
+            for record in read_jsonl(out / task / f"{split}.jsonl"):
+                assert record["task"] == task and record["answers"] and all(record["answers"])
+                assert "teacher_scores" not in record
+                if task == "chat":
+                    filler = {turn(*pair) for pair in SMALL_TALK + GREETINGS}
+                    assert record["pos_index"] and not filler & {record["history"][i] for i in record["pos_index"]}
+                    continue
+                if split == "train":
+                    assert len(record["neg"]) >= 1
+                    if task != "lrlm":
+                        assert len(record["neg"]) >= 7 or task == "tool"
+                if task == "lrlm":
+                    assert record["pos"] == [] and record["query"] and len(record["neg"]) <= 64
+                    continue
+                assert record["pos_index"], (task, split)
+                keys = {"qa": "{title} {text}", "convsearch": "{title} {text}", "tool": "{text}", "icl": "{text}"}
+                for i, text in zip(record["pos_index"], record["pos"], strict=True):
+                    assert keys[task].format(**{"title": "", **corpus[i]}).strip() == text
+
+
+def test_splits_are_disjoint(small_suite) -> None:
+    out, _, _ = small_suite
+    for task in TASKS:
+        splits = {s: read_jsonl(out / task / f"{s}.jsonl") for s in ("train", "dev", "test")}
+        queries = {s: {r["query"].casefold() for r in rs} for s, rs in splits.items()}
+        positives = {s: {p for r in rs for p in positive_texts(r)} for s, rs in splits.items()}
+        for earlier, later in (("test", "train"), ("test", "dev"), ("dev", "train")):
+            assert not queries[earlier] & queries[later], (task, earlier, later)
+            assert not positives[earlier] & positives[later], (task, earlier, later)
+        if task in CORPUS_TASKS:
+            test_ids = {i for r in splits["test"] for i in r["pos_index"]}
+            train_ids = {i for r in splits["train"] for i in r["pos_index"] + r["neg_index"]}
+            assert not test_ids & train_ids, task
+
+
+def test_same_seed_same_bytes_other_seed_differs(small_suite, tmp_path: Path) -> None:
+    out, _, _ = small_suite
+    tasks = ["qa", "chat", "tool"]
+    again = tmp_path / "again"
+    build_suite(again, size="small", seed=0, tasks=tasks)
+    for task in tasks:
+        for path in sorted((out / task).iterdir()):
+            assert (again / task / path.name).read_bytes() == path.read_bytes(), path
+    other = tmp_path / "other"
+    build_suite(other, size="small", seed=1, tasks=["chat", "tool"])
+    for task in ("chat", "tool"):
+        assert (other / task / "test.jsonl").read_bytes() != (out / task / "test.jsonl").read_bytes()
+
+
+def test_resume_keeps_finished_tasks(small_suite) -> None:
+    out, _, _ = small_suite
+    before = (out / "tool" / "train.jsonl").stat().st_mtime_ns
+    seen = []
+    build_suite(out, size="small", seed=0, tasks=list(TASKS), progress=lambda t, s: seen.append((t, s)))
+    assert all(status.startswith("kept") for _, status in seen) and len(seen) == len(TASKS)
+    assert (out / "tool" / "train.jsonl").stat().st_mtime_ns == before
+
+
+def test_unknown_task_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="buildable tasks"):
+        build_suite(tmp_path, tasks=["nope"])

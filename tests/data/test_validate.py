@@ -1,0 +1,104 @@
+"""The validator reports each kind of problem as file:line:field; valid files pass."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from llm_embedder.data.validate import check_file, validate_file, validate_records
+from llm_embedder.io import DataError
+
+
+def good(query_id: int = 0, **extra) -> dict:
+    record = {"query": "q?", "task": "qa", "query_id": query_id, "pos": ["p"], "neg": ["n1", "n2"],
+              "answers": ["a"], "pos_index": [0], "neg_index": [1, 2]}
+    record.update(extra)
+    return record
+
+
+def write(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def fields(problems) -> list[tuple[int, str]]:
+    return [(p.line, p.field) for p in problems]
+
+
+def test_valid_records_pass(tmp_path: Path) -> None:
+    chat = {"query": "q", "task": "chat", "query_id": 1, "history": ["t0", "t1"], "pos_index": [1],
+            "teacher_scores": [0.1, 0.9], "answers": ["r"]}
+    path = write(tmp_path / "ok.jsonl", [good(0, teacher_scores=[1.0, 0.5, 0.2]), chat])
+    assert validate_file(path, corpus_size=3) == []
+    check_file(path, corpus_size=3)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"query": None}, "query"),  # removed below
+        ({"query": 5}, "query"),
+        ({"query": "   "}, "query"),
+        ({"pos": "p"}, "pos"),
+        ({"neg": ["ok", 3]}, "neg"),
+        ({"task": "nope"}, "task"),
+        ({"query_id": "7"}, "query_id"),
+        ({"teacher_scores": [1.0, 2.0]}, "teacher_scores"),
+        ({"teacher_scores": [1.0, math.nan, 0.0]}, "teacher_scores"),
+        ({"teacher_scores": [1.0, math.inf, 0.0]}, "teacher_scores"),
+        ({"pos_index": [5]}, "pos_index"),
+        ({"neg_index": [-1, 0]}, "neg_index"),
+        ({"answers": "a"}, "answers"),
+    ],
+)
+def test_each_problem_is_reported_with_line_and_field(tmp_path: Path, change: dict, field: str) -> None:
+    bad = {**good(1), **change}
+    if change == {"query": None}:
+        del bad["query"]
+    path = write(tmp_path / "bad.jsonl", [good(0), bad])
+    problems = validate_file(path, corpus_size=3)
+    assert (2, field) in fields(problems), problems
+    assert all(p.line == 2 for p in problems)
+    with pytest.raises(DataError, match=rf"bad\.jsonl:2:{field}"):
+        check_file(path, corpus_size=3)
+
+
+def test_nan_in_file_and_duplicate_query_id_and_chat_ranges(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_text(
+        json.dumps(good(0)) + "\n" + json.dumps(good(0)) + "\n"
+        + '{"query": "q", "task": "chat", "query_id": 2, "history": ["a"], "pos_index": [1], '
+        '"teacher_scores": [NaN]}\n',
+        encoding="utf-8",
+    )
+    problems = validate_file(path)
+    assert (2, "query_id") in fields(problems)
+    assert (3, "pos_index") in fields(problems)
+    assert (3, "teacher_scores") in fields(problems)
+    assert "x.jsonl:2:query_id: duplicate query_id 0" in str(problems[0])
+
+
+def test_missing_pos_neg_and_sibling_corpus_range(tmp_path: Path) -> None:
+    folder = tmp_path / "qa"
+    folder.mkdir()
+    write(folder / "corpus.jsonl", [{"id": 0, "text": "a"}, {"id": 1, "text": "b"}])
+    record = good(0)
+    del record["neg"], record["neg_index"]
+    path = write(folder / "test.jsonl", [record, good(1, pos_index=[2], neg_index=[0, 1])])
+    assert fields(validate_file(path)) == [(1, "neg"), (2, "pos_index")]
+
+
+def test_records_without_file_and_corpus_file(tmp_path: Path) -> None:
+    assert fields(validate_records([good(0), good(1, query="")], "mem")) == [(2, "query")]
+    corpus = write(tmp_path / "corpus.jsonl", [{"id": 0, "text": "a"}, {"id": 5, "text": "b"}, {"id": 2}])
+    assert fields(validate_file(corpus)) == [(2, "id"), (3, "text")]
+
+
+def test_malformed_json_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "broken.jsonl"
+    path.write_text(json.dumps(good(0)) + "\n{not json\n", encoding="utf-8")
+    problems = validate_file(path)
+    assert len(problems) == 1 and "broken.jsonl:2" in str(problems[0])
