@@ -12,9 +12,11 @@ from llm_embedder.cli.app import app
 
 @app.command("train")
 def train_command(
-    data: Annotated[list[Path], typer.Option("--data", help="Training JSONL files, or dirs holding <task>/train.jsonl. "
-                                             "Repeat the option; a file given twice is up-weighted.")],
-    out: Annotated[Path, typer.Option("--out", help="Output dir: model, TRAINING_CARD.md, checkpoints/.")],
+    files: Annotated[list[Path] | None, typer.Argument(help="More training files/dirs (so `--data A B C` works).",
+                                                       show_default=False)] = None,
+    data: Annotated[list[Path] | None, typer.Option("--data", help="Training JSONL files, or dirs holding "
+                                                    "<task>/train.jsonl. A file given twice is up-weighted.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output dir: model, card, checkpoints/.")] = None,
     base: Annotated[str | None, typer.Option("--base", help="Base model dir or alias (default minilm).")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="train.yaml; keys mirror these options.")] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps (default 10000).")] = None,
@@ -40,7 +42,8 @@ def train_command(
     from llm_embedder.train.trainer import train
 
     cfg = TrainConfig.from_sources(
-        config, data=[str(p) for p in data] or None, out=str(out), base=base, max_steps=max_steps,
+        config, data=[str(p) for p in [*(data or []), *(files or [])]] or None, out=str(out) if out else None,
+        base=base, max_steps=max_steps,
         batch_size=batch_size, group_size=group_size, lr=lr, query_max_length=query_max_length,
         key_max_length=key_max_length, save_steps=save_steps, seed=seed, self_paced=self_paced,
         task_files=[str(p) for p in task_file] if task_file else None, device=device, resume=resume or None,
