@@ -1,0 +1,152 @@
+"""`index`, `search` and `augment`: build a resumable index from a corpus, query it, build LLM prompts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from llm_embedder.cli.app import app
+from llm_embedder.cli.basic import ModelOption, TaskFileOption, register_task_files
+
+IndexOption = Annotated[Path, typer.Option("--index", "-i", help="Index directory written by `llm-embedder index`.")]
+
+
+@app.command("index")
+def index_command(
+    task: Annotated[str, typer.Option(help="Task whose key instruction encodes the corpus (qa, tool, ...).")],
+    corpus: Annotated[Path, typer.Option(help="Corpus JSONL: one object per line with 'text' (and 'id', 'title').")],
+    out: Annotated[Path, typer.Option(help="Index directory (re-running the same command resumes).")],
+    model: ModelOption = "minilm",
+    factory: Annotated[str, typer.Option(help="FAISS factory string: Flat, HNSW32, IVF1024,PQ32 ...")] = "Flat",
+    backend: Annotated[str, typer.Option(help="faiss (in-process) or milvus (a Milvus Lite file in OUT).")] = "faiss",
+    field: Annotated[str, typer.Option(help="JSONL field holding the text.")] = "text",
+    template: Annotated[
+        str | None, typer.Option(help="Compose the text from fields, e.g. '{title} {text}' (overrides --field).")
+    ] = None,
+    filter_field: Annotated[
+        list[str] | None, typer.Option("--filter-field", help="Field stored in the index for --filter (repeat).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Texts per encoding batch (progress is saved after each).")] = 256,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda ... (default: cuda if present).")] = None,
+    task_file: TaskFileOption = None,
+) -> None:
+    """Encode a corpus with a task's key instruction into a memmap and index it (FAISS or Milvus).
+
+    Streams the corpus (memory stays flat), shows progress and resumes after an interruption. OUT gets
+    embeddings.memmap, docs.jsonl, the index file and meta.json (model, task, instruction hash, dim, count).
+    """
+    from llm_embedder.embedder import Embedder
+    from llm_embedder.index.build import build_index
+    from llm_embedder.tasks import get_task
+
+    register_task_files(task_file)
+    get_task(task)
+    if not corpus.exists():
+        raise FileNotFoundError(f"corpus not found: {corpus}")
+    embedder = Embedder(model, device=device, batch_size=batch_size)
+    meta = build_index(corpus, out, embedder, task, factory=factory, backend=backend, field=field,
+                       template=template, batch_size=batch_size, filter_fields=filter_field or ())
+    Console(stderr=True).print(
+        f"indexed {meta['count']} documents for task {task} ({meta['dim']}-d, {backend} {factory}) in {out}"
+    )
+
+
+def parse_filter(filters: list[str] | None) -> dict | None:
+    """``field=value`` options -> a filter mapping (repeating a field means any of the values)."""
+    if not filters:
+        return None
+    out: dict[str, list] = {}
+    for item in filters:
+        if "=" not in item:
+            raise ValueError(f"--filter must look like field=value, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        out.setdefault(key.strip(), []).append(parsed)
+    return out
+
+
+FilterOption = Annotated[list[str] | None, typer.Option("--filter", help="field=value (repeatable).")]
+
+
+def open_retriever(index: Path, model: str | None, task: str | None):
+    from llm_embedder.embedder import Embedder
+    from llm_embedder.retriever import Retriever
+
+    meta_path = index / "meta.json"
+    built_for = json.loads(meta_path.read_text(encoding="utf-8")).get("task") if meta_path.exists() else None
+    if task is not None and built_for is not None and task != built_for:  # fail before loading any model
+        raise ValueError(f"{index} was built for task {built_for!r}, not {task!r}; build an index for {task!r}")
+    return Retriever.load(index, Embedder(model) if model else None)
+
+
+@app.command("search")
+def search_command(
+    queries: Annotated[list[str], typer.Argument(help="One or more query texts.")],
+    index: IndexOption,
+    k: Annotated[int, typer.Option("-k", help="Hits per query.")] = 10,
+    model: Annotated[str | None, typer.Option(help="Embedder (default: the one named in the index).")] = None,
+    task: Annotated[
+        str | None, typer.Option(help="Expected task (an error if the index was built for another).")
+    ] = None,
+    filter: FilterOption = None,
+    json_out: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+) -> None:
+    """Top-k documents with scores for each query, from an index directory."""
+    from rich.table import Table
+
+    retriever = open_retriever(index, model, task)
+    results = retriever.search(queries, k=k, filter=parse_filter(filter))
+    console = Console()
+    for query, hits in zip(queries, results, strict=True):
+        if json_out:
+            rows = [{"id": h.id, "score": round(h.score, 6), "text": h.text, "metadata": h.metadata} for h in hits]
+            print(json.dumps({"query": query, "hits": rows}, ensure_ascii=False))
+            continue
+        table = Table(title=f"{retriever.task}: {query}", title_justify="left")
+        for column in ("rank", "score", "id", "text"):
+            table.add_column(column)
+        for rank, h in enumerate(hits, start=1):
+            table.add_row(str(rank), f"{h.score:.4f}", str(h.id), h.text[:200])
+        console.print(table)
+    retriever.close()
+
+
+@app.command("augment")
+def augment_command(
+    query: Annotated[str, typer.Argument(help="The user query (for convsearch: the conversation so far).")],
+    task: Annotated[str, typer.Option(help="Prompt layout / retrieval task.")] = "qa",
+    index: Annotated[Path | None, typer.Option("--index", "-i", help="Retrieve the items from this index.")] = None,
+    item: Annotated[list[str] | None, typer.Option("--item", help="A retrieved item, best first (repeat).")] = None,
+    k: Annotated[int, typer.Option("-k", help="Items to retrieve with --index.")] = 3,
+    budget: Annotated[int, typer.Option(help="Token budget of the whole prompt.")] = 1024,
+    tokenizer: Annotated[
+        str | None, typer.Option(help="Count tokens with this LM (a HF directory or 'smollm2'); default approximate.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Embedder for --index (default: the index's).")] = None,
+) -> None:
+    """Print the LLM prompt for a query with retrieved items laid out as the task expects (recipe §3)."""
+    from llm_embedder.augment import augment
+
+    items = list(item or [])
+    if index is not None:
+        retriever = open_retriever(index, model, task)
+        items += [h.text for h in retriever.search(query, k=k)[0]]
+        retriever.close()
+    counter = None
+    if tokenizer:
+        from transformers import AutoTokenizer
+
+        path = tokenizer
+        if tokenizer == "smollm2":
+            from llm_embedder.llm.loading import resolve_llm_path
+
+            path = str(resolve_llm_path(tokenizer))
+        counter = AutoTokenizer.from_pretrained(path)
+    print(augment(task, query, items, budget_tokens=budget, tokenizer=counter))

@@ -1,0 +1,63 @@
+"""`llm-embedder index / search / augment` on a tiny model (in-process) plus one real-process error check."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from llm_embedder.cli import app
+
+runner = CliRunner()
+
+
+def write_corpus(path: Path) -> Path:
+    rows = [{"id": f"d{i}", "title": f"Title {i}", "text": f"text of document {i}", "lang": "en" if i % 2 else "fr"}
+            for i in range(9)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_index_search_augment(tiny_embedder_dir: Path, tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus.jsonl")
+    out = tmp_path / "idx"
+    args = ["index", "--task", "qa", "--corpus", str(corpus), "--out", str(out), "--model", str(tiny_embedder_dir),
+            "--template", "{title} {text}", "--batch-size", "4", "--filter-field", "lang"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["count"] == 9 and meta["task"] == "qa" and meta["backend"] == "faiss"
+    assert {"embeddings.memmap", "index.faiss", "docs.jsonl", "meta.json"} <= {p.name for p in out.iterdir()}
+    assert runner.invoke(app, args).exit_code == 0  # re-running a finished build is a no-op
+
+    result = runner.invoke(app, ["search", "text of document 3", "--index", str(out), "-k", "4", "--json",
+                                 "--filter", "lang=en"])
+    assert result.exit_code == 0, result.output
+    line = json.loads(result.stdout)
+    assert len(line["hits"]) == 4 and all(h["metadata"]["lang"] == "en" for h in line["hits"])
+    assert all(h["text"].startswith("Title ") for h in line["hits"])
+
+    result = runner.invoke(app, ["augment", "Which document?", "--task", "qa", "--index", str(out), "-k", "2"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("Knowledge: Title ") and result.stdout.endswith("Answer:\n")
+    result = runner.invoke(app, ["augment", "hi", "--task", "chat", "--item", "Speaker 1: a\nSpeaker 2: b"])
+    assert result.stdout == "Speaker 1: a\nSpeaker 2: b\nSpeaker 1: hi\nSpeaker 2:\n"
+
+
+def test_search_with_another_task_is_a_clear_error(tiny_embedder_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "idx"
+    corpus = write_corpus(tmp_path / "corpus.jsonl")
+    assert runner.invoke(app, ["index", "--task", "qa", "--corpus", str(corpus), "--out", str(out), "--model",
+                               str(tiny_embedder_dir)]).exit_code == 0
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "llm_embedder", "search", "q", "--index", str(out), "--task", "tool"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 2
+    message = " ".join(proc.stderr.split())
+    assert "was built for task 'qa', not 'tool'" in message and "Traceback" not in message
