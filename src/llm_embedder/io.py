@@ -50,6 +50,12 @@ def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 class atomic_write:  # noqa: N801 - used as a context manager like open()
     """``with atomic_write(path) as f:`` writes to a temp file and renames it over ``path`` on success."""
 
@@ -60,6 +66,7 @@ class atomic_write:  # noqa: N801 - used as a context manager like open()
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.chmod(self.tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         encoding = None if "b" in self.mode else "utf-8"
         self.handle = os.fdopen(fd, self.mode, encoding=encoding)
         return self.handle
