@@ -37,3 +37,16 @@ def test_lr_scaled_for_the_step_then_restored() -> None:
     cb.on_optimizer_step(None, state, None, optimizer=optimizer)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1)
     assert [task for _, task, _ in cb.scales] == ["qa", "qa"]
+
+
+def test_state_saved_with_checkpoint_and_restored(tmp_path) -> None:
+    cb = SelfPacedLRCallback(momentum=0.0)
+    cb.scale_for("qa", 2.0)
+    cb.scale_for("qa", 1.0)
+    (tmp_path / "checkpoint-3").mkdir()
+    cb.on_save(SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(global_step=3, is_world_process_zero=True),
+               None)
+    restored = SelfPacedLRCallback(momentum=0.0)
+    assert restored.load(tmp_path / "checkpoint-3")
+    assert (restored.average, restored.reference) == ({"qa": 1.0}, {"qa": 2.0})
+    assert not SelfPacedLRCallback().load(tmp_path)

@@ -6,12 +6,17 @@ exponential moving average of T's loss and ``L_T0`` is that average as checkpoin
 gets a smaller step, one whose loss fell a larger one; the factor is clipped to [min_scale, max_scale]. The
 scaling is applied just before ``optimizer.step()`` and undone after it, so the linear schedule is untouched.
 The loss is averaged over ranks first, so every rank applies the same factor (DDP stays in sync).
-Limitation: the moving averages are not checkpointed; after ``--resume`` they restart from the next steps.
+The averages and references are saved with every checkpoint (``self_paced.json``) and restored on resume.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from transformers import TrainerCallback
+
+STATE_FILE = "self_paced.json"
 
 
 class SelfPacedLRCallback(TrainerCallback):
@@ -56,6 +61,22 @@ class SelfPacedLRCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.interval == 0:
             self.reference = dict(self.average)
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                data = {"average": self.average, "reference": self.reference}
+                (folder / STATE_FILE).write_text(json.dumps(data), encoding="utf-8")
+
+    def load(self, checkpoint: str | Path) -> bool:
+        """Restore the averages saved with a checkpoint; False when it has none (run without --self-paced)."""
+        path = Path(checkpoint) / STATE_FILE
+        if not path.exists():
+            return False
+        data = json.loads(path.read_text(encoding="utf-8"))
+        self.average, self.reference = dict(data["average"]), dict(data["reference"])
+        return True
 
 
 def _mean_over_ranks(value: float) -> float:

@@ -176,6 +176,10 @@ def train(config: TrainConfig) -> Path:
         log.warning("--resume: no checkpoint in %s, starting from scratch", out / CHECKPOINT_DIR)
     started = time.time()
     trainer = build_trainer(config, files)
+    if resume_from is not None:
+        for callback in trainer.callback_handler.callbacks:
+            if hasattr(callback, "load"):
+                callback.load(resume_from)
     trainer.train(resume_from_checkpoint=resume_from)
     if trainer.is_world_process_zero():
         save_outputs(trainer, config, files, batches, world_size, time.time() - started, resume_from)

@@ -25,7 +25,7 @@ def kl_distill_loss(
     grouped = keys.view(batch, -1, dim)
     scores = torch.einsum("bd,bnd->bn", queries, grouped) / temperature
     student = F.log_softmax(scores, dim=-1)
-    teacher = F.softmax(teacher_scores.float() / teacher_temperature, dim=-1)
+    teacher = F.softmax(teacher_scores.to(queries.dtype) / teacher_temperature, dim=-1)
     return F.kl_div(student, teacher, reduction="batchmean")
 
 

@@ -22,7 +22,7 @@ def stable_distill_loss(
     """
     num_queries = queries.shape[0]
     group_size = keys.shape[0] // num_queries
-    weights = F.softmax(teacher_scores.float(), dim=-1)
+    weights = F.softmax(teacher_scores.to(queries.dtype), dim=-1)
     scores = queries @ keys.T / temperature
     rows = torch.arange(num_queries, device=queries.device)
     own_offset = torch.arange(keys.shape[0], device=queries.device)[None, :] - (rows * group_size)[:, None]
