@@ -91,3 +91,17 @@ def test_run_evaluation_resumes_and_reports(suite, tiny_embedder, tmp_path):
     assert {p.name for p in plots} == {"qa.png", "chat.png"}
     table = (out / "results.md").read_text()
     assert "| bm25 |" in table and "perplexity" in table
+
+
+def test_corpus_subsample_keeps_golds_and_remaps(suite):
+    from llm_embedder.evaluate.run import subsample_corpus
+
+    corpus = [f"doc {i}" for i in range(100)]
+    small, golds = subsample_corpus(corpus, [[97], [3, 50]], max_corpus=10)
+    assert len(small) == 10
+    assert [small[g] for g in golds[0]] == ["doc 97"]
+    assert [small[g] for g in golds[1]] == ["doc 3", "doc 50"]
+    assert subsample_corpus(corpus, [[97]], 10) == subsample_corpus(corpus, [[97]], 10)
+    qa = load_task_data(suite, "qa", max_corpus=2)
+    assert len(qa.candidates) == 2 and [qa.candidates[g[0]] for g in qa.golds] == [
+        "Jupiter is the largest planet.", "Paris is the capital of France."]

@@ -58,6 +58,7 @@ def evaluate_command(
     split: Annotated[str, typer.Option(help="Split to evaluate (tune on dev, report test).")] = "test",
     max_queries: Annotated[int | None, typer.Option(help="Evaluate at most this many queries per task.")] = None,
     max_llm_queries: Annotated[int | None, typer.Option(help="At most this many queries per task to the LLM.")] = None,
+    max_corpus: Annotated[int | None, typer.Option(help="Search all gold docs plus a fixed sample, this many.")] = None,
     baselines: Annotated[bool, typer.Option(help="Include none/random/recency/BM25 baselines.")] = True,
     generate: Annotated[bool, typer.Option(help="Also measure greedy-answer accuracy (qa; slower).")] = True,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if present).")] = None,
@@ -83,7 +84,7 @@ def evaluate_command(
         lm = CausalLM(llm, device=device)
     results = run_evaluation(
         data, task_names, systems, out, lm=lm, baselines=baselines, split=split, max_queries=max_queries,
-        max_llm_queries=max_llm_queries, generate=generate,
+        max_llm_queries=max_llm_queries, max_corpus=max_corpus, generate=generate,
     )
     plots = write_report(results, out)
     console = Console()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.progress import Progress
 
 from llm_embedder.evaluate.downstream import DOWNSTREAM, downstream_metrics
@@ -46,8 +47,27 @@ def corpus_text(doc: dict[str, Any]) -> str:
     return doc["text"]
 
 
-def load_task_data(data_dir: str | Path, task: str, split: str = "test", max_queries: int | None = None) -> TaskData:
-    """Read DIR/<task>/<split>.jsonl (and DIR/<task>/corpus.jsonl when the task has a shared corpus)."""
+def subsample_corpus(
+    corpus: list[str], golds: list[list[int]], max_corpus: int, seed: int = 0
+) -> tuple[list[str], list[list[int]]]:
+    """Keep every gold document plus a seeded random sample of the rest, up to ``max_corpus``; remap the ids."""
+    gold_ids = sorted({g for gold in golds for g in gold})
+    rest = np.setdiff1d(np.arange(len(corpus)), gold_ids)
+    extra = np.random.default_rng(seed).choice(rest, size=max(0, min(len(rest), max_corpus - len(gold_ids))),
+                                               replace=False)
+    keep = sorted(set(gold_ids) | {int(i) for i in extra})
+    new_id = {old: new for new, old in enumerate(keep)}
+    return [corpus[i] for i in keep], [[new_id[g] for g in gold] for gold in golds]
+
+
+def load_task_data(
+    data_dir: str | Path, task: str, split: str = "test", max_queries: int | None = None,
+    max_corpus: int | None = None,
+) -> TaskData:
+    """Read DIR/<task>/<split>.jsonl (and DIR/<task>/corpus.jsonl when the task has a shared corpus).
+
+    ``max_corpus`` evaluates against a smaller corpus: all gold documents plus a fixed random sample.
+    """
     task_dir = Path(data_dir) / task
     path = task_dir / f"{split}.jsonl"
     if not path.exists():
@@ -75,6 +95,8 @@ def load_task_data(data_dir: str | Path, task: str, split: str = "test", max_que
             candidates.append(pos + neg)
             golds.append(list(record.get("pos_index") or range(len(pos))))
     if corpus is not None and not candidates:
+        if max_corpus and len(corpus) > max_corpus:
+            corpus, golds = subsample_corpus(corpus, golds, max_corpus)
         return TaskData(task, queries, answers, corpus, golds)
     return TaskData(task, queries, answers, candidates, golds)
 
@@ -126,6 +148,7 @@ def run_evaluation(
     split: str = "test",
     max_queries: int | None = None,
     max_llm_queries: int | None = None,
+    max_corpus: int | None = None,
     generate: bool = True,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Evaluate every system (name -> factory(task) -> Ranker) and the baselines on each task; resumable."""
@@ -135,8 +158,8 @@ def run_evaluation(
     with Progress() as progress:
         bar = progress.add_task("evaluating", total=len(tasks))
         for task in tasks:
-            data = load_task_data(data_dir, task, split, max_queries)
-            llm_data = load_task_data(data_dir, task, split, max_llm_queries) if max_llm_queries else data
+            data = load_task_data(data_dir, task, split, max_queries, max_corpus)
+            llm_data = load_task_data(data_dir, task, split, max_llm_queries, max_corpus) if max_llm_queries else data
             rankers = [(r.name, lambda r=r: r) for r in baseline_rankers(task, data.per_query)] if baselines else []
             rankers += [(name, lambda f=factory, t=task: f(t)) for name, factory in systems.items()]
             for name, make in rankers:
