@@ -44,7 +44,8 @@ class TaskData:
 
 
 def corpus_text(doc: dict[str, Any]) -> str:
-    return doc["text"]
+    """The key text of a corpus document: "{title} {text}" as in the training positives."""
+    return f"{doc['title']} {doc['text']}" if doc.get("title") else doc["text"]
 
 
 def subsample_corpus(
