@@ -66,6 +66,9 @@ def serve_command(
     max_k: Annotated[int, typer.Option(min=1, help="Largest k accepted by /v1/search and /v1/augment.")] = 1000,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass inside one batch.")] = 64,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="CPU threads of the model (torch); 1 suits a busy or shared CPU.")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
     task_file: TaskFileOption = None,
 ) -> None:
@@ -81,6 +84,10 @@ def serve_command(
     console = Console(stderr=True)
     if not is_loopback(host) and not api_key:
         console.print(f"[bold yellow]warning:[/] binding {host} without --api-key: anyone who can reach it can use it")
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     embedder = Embedder(model, device=device, batch_size=batch_size)
     retrievers = {}
     if index_dirs:

@@ -1,0 +1,200 @@
+"""Serving throughput: dynamic batching vs one-request-at-a-time encoding, same model, same load, same run.
+
+Starts `llm-embedder serve` twice on loopback (default flags, and `--max-batch-requests 1`), then drives each
+with N concurrent clients (asyncio + httpx), one text per request, bounded by a request count and a time
+limit. Prints requests/s, p50/p99 latency, errors and the mean batch size the server reports, and the
+throughput ratio last. Exit code 1 if any request failed.
+
+    python benchmarks/bench_serve.py               # MiniLM, 32 clients
+    python benchmarks/bench_serve.py --quick       # under a minute
+    python benchmarks/bench_serve.py --model tiny  # a random 2-layer model (measures the server, not the model)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+MODES = {"batched": [], "one-at-a-time": ["--max-batch-requests", "1"]}
+
+
+@dataclass
+class Result:
+    mode: str
+    requests: int
+    errors: int
+    seconds: float
+    latencies: list[float]
+    mean_batch: float
+
+    @property
+    def throughput(self) -> float:
+        return (self.requests - self.errors) / self.seconds
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q) * 1000) if self.latencies else float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def texts() -> list[str]:
+    """Real short texts (queries and passages of the bundled demo corpus), cycled by the clients."""
+    corpus = json.loads(resources.files("llm_embedder").joinpath("resources/demo_corpus.json").read_text("utf-8"))
+    out: list[str] = []
+    for task in corpus.values():
+        for field in ("queries", "keys"):
+            for item in task.get(field, []):
+                text = item if isinstance(item, str) else item.get("text") or item.get("query") or ""
+                if isinstance(text, str) and text.strip():
+                    out.append(text[:500])
+    return out or [f"sentence number {i} about something" for i in range(100)]
+
+
+def tiny_model_dir(work: Path) -> Path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from conftest import build_tiny_embedder
+
+    return build_tiny_embedder(work / "tiny")
+
+
+def start(model: str, extra: list[str], log: Path, threads: int | None) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "llm_embedder", "serve", "--model", model, "--port", str(port),
+           "--log-level", "warning", "--device", "cpu", *extra]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    with log.open("wb") as handle:
+        process = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=ENV)
+    return process, f"http://127.0.0.1:{port}"
+
+
+def wait_ready(process: subprocess.Popen, url: str, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited with {process.returncode}:\n{log.read_text(errors='replace')}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"server at {url} did not start in {timeout}s:\n{log.read_text(errors='replace')}")
+
+
+def batch_totals(url: str) -> tuple[float, float]:
+    """(requests, batches) summed over the server's batch-size histogram so far."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    values = []
+    for name in ("llm_embedder_batch_requests_sum", "llm_embedder_batch_requests_count"):
+        match = re.search(rf"^{name} (\S+)$", text, re.M)
+        values.append(float(match.group(1)) if match else 0.0)
+    return values[0], values[1]
+
+
+async def load(url: str, model_id: str, pool: list[str], clients: int, requests: int, seconds: float,
+               mode: str) -> Result:
+    latencies: list[float] = []
+    errors = 0
+    issued = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        await asyncio.gather(*(client.get("/health") for _ in range(clients)))  # warm connections
+        for _ in range(2):  # warm the model (first calls are slow)
+            await asyncio.gather(*(client.post("/v1/embeddings", json={"input": t, "model": model_id})
+                                   for t in pool[:clients]))
+        batched_before = batch_totals(url)
+        start = time.perf_counter()
+        deadline = start + seconds
+
+        async def worker() -> None:
+            nonlocal issued, errors
+            while issued < requests and time.perf_counter() < deadline:
+                text = pool[issued % len(pool)]
+                issued += 1
+                t0 = time.perf_counter()
+                try:
+                    response = await client.post("/v1/embeddings", json={"input": text, "model": model_id})
+                    ok = response.status_code == 200 and len(response.json()["data"]) == 1
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    errors += 1
+
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        elapsed = time.perf_counter() - start
+        batched_after = batch_totals(url)
+    merged, batches = (after - before for after, before in zip(batched_after, batched_before, strict=True))
+    return Result(mode, issued, errors, elapsed, latencies, merged / max(batches, 1.0))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="minilm", help="minilm, tiny, or a sentence-transformers directory")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=None, help="requests per mode (default 3000, quick 600)")
+    parser.add_argument("--seconds", type=float, default=None, help="time limit per mode (default 60, quick 12)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per server (serve --threads); 1 suits a busy shared CPU")
+    parser.add_argument("--quick", action="store_true", help="a smaller run, under a minute")
+    args = parser.parse_args()
+    requests = args.requests or (600 if args.quick else 3000)
+    seconds = args.seconds or (12.0 if args.quick else 60.0)
+    pool = texts()
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="bench_serve_") as tmp:
+        work = Path(tmp)
+        model = str(tiny_model_dir(work)) if args.model == "tiny" else args.model
+        model_id = Path(model).name
+        servers = {
+            mode: start(model, extra, work / f"{i}.log", args.threads) for i, (mode, extra) in enumerate(MODES.items())
+        }
+        try:
+            for i, (process, url) in enumerate(servers.values()):
+                wait_ready(process, url, work / f"{i}.log")
+            results = []
+            for mode, (_, url) in servers.items():
+                results.append(asyncio.run(load(url, model_id, pool, args.clients, requests, seconds, mode)))
+        finally:
+            for process, _ in servers.values():
+                process.terminate()
+            for process, _ in servers.values():
+                process.wait(timeout=30)
+    print(f"model {args.model}, {args.clients} concurrent clients, 1 text per request, loopback, "
+          f"{os.cpu_count()} CPUs, torch threads {args.threads or 'default'}; load average before the run "
+          f"{load_before:.1f} (a shared CPU makes figures vary from run to run)")
+    print("batch = mean requests per model batch during the timed run")
+    print(f"{'mode':<15}{'requests':>9}{'errors':>8}{'seconds':>9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
+          f"{'batch':>8}")
+    for r in results:
+        print(f"{r.mode:<15}{r.requests:>9}{r.errors:>8}{r.seconds:>9.1f}{r.throughput:>9.1f}"
+              f"{r.percentile(50):>9.1f}{r.percentile(99):>9.1f}{r.mean_batch:>8.1f}")
+    errors = sum(r.errors for r in results)
+    print(f"errors: {errors}")
+    print(f"throughput ratio, dynamic batching / one-at-a-time: {results[0].throughput / results[1].throughput:.2f}x")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
