@@ -55,3 +55,56 @@ def minilm():
     from llm_embedder.embedder import Embedder
 
     return Embedder("minilm", device="cpu")
+
+
+TINY_LM_CORPUS = [
+    "Knowledge: Paris is the capital of France.\n\nQuestion: What is the capital of France?\n\nAnswer: Paris",
+    "Speaker 1: hello there, how are you?\nSpeaker 2: fine, thanks. The weather is nice today.",
+    "The quick brown fox jumps over the lazy dog. Jupiter is the largest planet in the solar system.",
+    "def add(a, b): return a + b  # tools, calls, requests and answers 0123456789",
+]
+
+
+def build_tiny_causal_lm(out: Path, seed: int = 0, max_positions: int = 256) -> Path:
+    """A random 2-layer Llama with a byte-level BPE tokenizer trained in-process (no downloads, ~1 s)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, processors, trainers
+    from tokenizers.models import BPE
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=True)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(TINY_LM_CORPUS * 4, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=max_positions, tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+    )
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # a larger init spreads the scores, so rank comparisons are meaningful
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.3)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of a tiny random causal LM directory (Llama, 256-token window)."""
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny_lm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_lm_dir: Path):
+    from llm_embedder.llm import CausalLM
+
+    return CausalLM(tiny_lm_dir, device="cpu")

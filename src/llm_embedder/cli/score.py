@@ -1,0 +1,83 @@
+"""`score`: teacher scores (the LLM reward) for every candidate of every record in a JSONL file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from llm_embedder.cli.app import app
+from llm_embedder.cli.basic import TaskFileOption, register_task_files
+
+
+def _init_distributed() -> bool:
+    """Join the torchrun process group (gloo: the job only needs barriers) when launched with WORLD_SIZE > 1."""
+    import datetime as dt
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=dt.timedelta(hours=48))
+        return True
+    return False
+
+
+@app.command("score")
+def score_command(
+    input: Annotated[Path, typer.Argument(help="Task records (JSONL): query, pos/neg or history, answers, task.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output JSONL: the records with teacher_scores.")],
+    llm: Annotated[str, typer.Option(help="Causal LM: a Hugging Face directory or the alias smollm2.")] = "smollm2",
+    batch_tokens: Annotated[
+        int | None, typer.Option(help="Padded tokens per forward pass (default 2048 on CPU, 16384 on CUDA).")
+    ] = None,
+    task: Annotated[str | None, typer.Option(help="Task for records without a 'task' field.")] = None,
+    task_file: TaskFileOption = None,
+    rank_aware: Annotated[
+        int, typer.Option(help="Rank-aware reward from N LLM samples per record (0: likelihood reward).")
+    ] = 0,
+    fast: Annotated[bool, typer.Option(help="CPU fast mode: int8 dynamic quantization (scores approximate).")] = False,
+    key_max_tokens: Annotated[int | None, typer.Option(help="Cut each candidate to this many tokens.")] = None,
+    chunk_pairs: Annotated[int, typer.Option(help="Pairs per resumable chunk (batches never cross a chunk).")] = 256,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Start afresh instead of resuming an existing OUT.")] = False,
+) -> None:
+    """Score every candidate (pos then neg, or each history turn) by the LLM's mean log-prob of the answer.
+
+    The prompt is the task's reward template (see `llm-embedder tasks`). Finished records are appended as
+    they finish; rerunning the same command resumes. Under `torchrun --nproc_per_node N -m llm_embedder
+    score ...` the records are split over the processes and merged in input order. Provenance goes to
+    OUT.meta.json.
+    """
+    import torch
+
+    from llm_embedder.llm import CausalLM
+    from llm_embedder.reward import score_file
+    from llm_embedder.reward.run import dist_info
+
+    register_task_files(task_file)
+    if not input.exists():
+        raise FileNotFoundError(f"input file not found: {input}")
+    distributed = _init_distributed()
+    rank, _ = dist_info()
+    if device is None and distributed and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    try:
+        lm = CausalLM(llm, device=device, quantize="int8" if fast else None)
+        summary = score_file(
+            input, out, lm, batch_tokens=batch_tokens, default_task=task, rank_aware=rank_aware,
+            key_max_tokens=key_max_tokens, chunk_pairs=chunk_pairs, overwrite=overwrite,
+        )
+    finally:
+        if distributed:
+            torch.distributed.destroy_process_group()
+    if rank == 0:
+        done = "already complete" if summary.get("already_complete") else f"{summary['seconds']} s"
+        Console(stderr=True).print(
+            f"scored {summary['scored']} records ({summary['pairs']} candidates) -> {out} [{done}]; "
+            f"skipped {summary['skipped_no_candidates']} without candidates; "
+            f"{summary['truncated_prompts']} prompts truncated on the candidate side",
+            highlight=False,
+        )

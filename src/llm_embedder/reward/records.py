@@ -1,0 +1,145 @@
+"""Turning task records into (prompt, answer) pairs through each task's ``reward_template``.
+
+Candidates are ``pos`` then ``neg`` (or the ``history`` turns, for chat-style records); the prompt is the
+template's text before ``{answer}`` with the candidate as ``{key}``; the answer is the record's first
+``answers`` item (the reference code samples one at random; the first keeps runs reproducible). lrlm needs no
+special case: its template ``{key}\\n{query}{answer}`` puts the candidate chunk, then the query chunk, before
+the target chunk. A prompt that would not fit the LM's window is cut on the candidate (key) side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from llm_embedder.io import DataError
+from llm_embedder.tasks import Task, UnknownTaskError, get_task
+
+
+@dataclass
+class RecordPairs:
+    """The pairs to score for one record (empty ``prompts`` means skipped: no candidates)."""
+
+    line: int
+    task: Task
+    query: str
+    answer: str
+    prompts: list[str] = field(default_factory=list)
+    truncated: int = 0
+
+
+def split_template(template: str) -> str:
+    """The part of a reward template before ``{answer}`` (text after the answer cannot change its score)."""
+    return template.partition("{answer}")[0]
+
+
+def record_candidates(record: dict[str, Any], where: str) -> list[str]:
+    """pos + neg, or the history turns when the record has a non-empty ``history``."""
+    if record.get("history"):
+        names = ["history"]
+    else:
+        names = ["pos", "neg"]
+    candidates: list[str] = []
+    for name in names:
+        value = record.get(name) or []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise DataError(f"{where}: field {name!r} must be a list of strings")
+        candidates.extend(value)
+    return candidates
+
+
+def record_task(record: dict[str, Any], default_task: str | None, where: str) -> Task:
+    name = record.get("task", default_task)
+    if name is None:
+        raise DataError(f"{where}: field 'task' is missing (set it in the record or pass --task)")
+    try:
+        return get_task(name)
+    except UnknownTaskError as err:
+        raise DataError(f"{where}: field 'task': {err}") from None
+
+
+def record_answer(record: dict[str, Any], where: str) -> str:
+    answers = record.get("answers")
+    if isinstance(answers, str):
+        answers = [answers]
+    if not answers:
+        raise DataError(f"{where}: field 'answers' is missing or empty; the reward template scores an answer")
+    if not isinstance(answers, list) or not isinstance(answers[0], str) or not answers[0].strip():
+        raise DataError(f"{where}: field 'answers' must be a list of non-empty strings")
+    return answers[0]
+
+
+class KeyFitter:
+    """Cuts the key so prompt + answer fit ``max_length`` tokens (and the key fits ``key_max_tokens``)."""
+
+    def __init__(self, tokenizer: Any, max_length: int, key_max_tokens: int | None = None):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.key_max_tokens = key_max_tokens
+
+    def count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    def fit(self, prefix: str, key: str, query: str, answer: str) -> tuple[str, bool]:
+        """The prompt with a possibly shortened key, and whether it was shortened."""
+        prompt = prefix.format(key=key, query=query)
+        # every token covers at least one byte, so a short text needs no tokenisation at all
+        if self.key_max_tokens is None and len((prompt + answer).encode()) + 4 <= self.max_length:
+            return prompt, False
+        key_ids = self.tokenizer(key, add_special_tokens=False)["input_ids"]
+        budget = len(key_ids)
+        if self.key_max_tokens is not None:
+            budget = min(budget, self.key_max_tokens)
+        if budget == len(key_ids) and self.count(prompt + answer) <= self.max_length:
+            return prompt, False
+        other = self.count(prefix.format(key="", query=query) + answer)
+        budget = max(0, min(budget, self.max_length - other - 2))
+        while True:
+            short = self.tokenizer.decode(key_ids[:budget])
+            prompt = prefix.format(key=short, query=query)
+            if budget == 0 or self.count(prompt + answer) <= self.max_length:
+                return prompt, True
+            budget = max(0, budget - 8)
+
+
+def build_record_pairs(
+    record: dict[str, Any],
+    line: int,
+    source: str,
+    fitter: KeyFitter,
+    default_task: str | None = None,
+) -> RecordPairs:
+    """Validate one record and build its (prompt, answer) pairs; errors name ``source:line`` and the field."""
+    where = f"{source}:{line}"
+    task = record_task(record, default_task, where)
+    query = record.get("query")
+    if not isinstance(query, str):
+        raise DataError(f"{where}: field 'query' must be a string")
+    candidates = record_candidates(record, where)
+    pairs = RecordPairs(line=line, task=task, query=query, answer="")
+    if not candidates:
+        return pairs
+    pairs.answer = record_answer(record, where)
+    prefix = split_template(task.reward_template)
+    for key in candidates:
+        prompt, cut = fitter.fit(prefix, key, query, pairs.answer)
+        pairs.prompts.append(prompt)
+        pairs.truncated += int(cut)
+    return pairs
+
+
+def build_all(
+    numbered: Sequence[tuple[int, dict[str, Any]]],
+    source: str,
+    fitter: KeyFitter,
+    default_task: str | None = None,
+    on_record: Callable[[], None] | None = None,
+) -> list[RecordPairs]:
+    """``build_record_pairs`` over every (line, record); the whole input is checked before any scoring."""
+    out = []
+    for line, record in numbered:
+        out.append(build_record_pairs(record, line, source, fitter, default_task))
+        if on_record is not None:
+            on_record()
+    return out

@@ -1,0 +1,230 @@
+"""The scoring job over a JSONL file: resumable, shardable over torchrun processes, with provenance.
+
+Design for byte-identical resumes and shards: the scoreable records are cut into *chunks* of about
+``chunk_pairs`` pairs, a pure function of the input and the arguments. Batches never cross a chunk, so
+a record's batch mates (and its float scores) are the same whether the run was resumed or sharded. Chunk k
+goes to rank k % world. Finished records are appended (flushed per record) to OUT, or to
+``OUT.rank<r>-of-<w>.part`` under torchrun; a restart counts the complete lines already there (dropping a
+trailing partial line), recomputes at most the one interrupted chunk and writes only what is missing.
+Under torchrun rank 0 merges the parts in input order after a barrier. Provenance (LLM, template per task,
+reward, settings, dates, package version) lives in the sidecar ``OUT.meta.json``, so records stay
+identical across runs; a restart with other settings is refused unless ``overwrite`` is set.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from llm_embedder import __version__
+from llm_embedder.io import atomic_write, iter_jsonl
+from llm_embedder.reward.records import KeyFitter, RecordPairs, build_all
+from llm_embedder.reward.scorer import ScoreStats, score_pairsets, with_scores
+
+
+def meta_path(out: Path) -> Path:
+    return out.with_name(out.name + ".meta.json")
+
+
+def part_path(out: Path, rank: int, world: int) -> Path:
+    return out if world == 1 else out.with_name(f"{out.name}.rank{rank}-of-{world}.part")
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) of an initialised torch.distributed group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def count_done(path: Path) -> int:
+    """Complete, valid JSON lines at the start of ``path``; anything after them (a partial line) is cut off."""
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    done, good_end, pos = 0, 0, 0
+    while True:
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            break
+        try:
+            json.loads(data[pos:nl])
+        except ValueError:
+            break
+        done, good_end, pos = done + 1, nl + 1, nl + 1
+    if good_end < len(data):
+        with path.open("rb+") as handle:
+            handle.truncate(good_end)
+    return done
+
+
+def make_chunks(pairsets: list[RecordPairs], chunk_pairs: int) -> list[list[int]]:
+    """Indices of scoreable records, cut greedily into chunks of at least ``chunk_pairs`` pairs."""
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    pairs = 0
+    for i, ps in enumerate(pairsets):
+        if not ps.prompts:
+            continue
+        current.append(i)
+        pairs += len(ps.prompts)
+        if pairs >= chunk_pairs:
+            chunks.append(current)
+            current, pairs = [], 0
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def run_settings(in_path: Path, lm: Any, pairsets: list[RecordPairs], **args: Any) -> dict[str, Any]:
+    """What must match for a restart to continue an earlier run."""
+    templates = {ps.task.name: ps.task.reward_template for ps in pairsets if ps.prompts}
+    return {
+        "input": str(in_path),
+        "input_sha256": hashlib.sha256(in_path.read_bytes()).hexdigest(),
+        "llm": lm.name,
+        "llm_path": str(getattr(lm, "path", "")),
+        "dtype": str(getattr(lm, "dtype", "")),
+        "max_length": lm.max_length,
+        "templates": dict(sorted(templates.items())),
+        "reward": f"rank-aware (N={args['rank_aware']})" if args["rank_aware"] else "mean answer log-prob",
+        **args,
+    }
+
+
+def check_previous(out: Path, settings: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
+    """The earlier run's meta if it may be continued; refuses output left by other settings."""
+    meta_file = meta_path(out)
+    if overwrite or not meta_file.exists():
+        if not overwrite and out.exists() and out.stat().st_size:
+            raise ValueError(f"{out} exists without {meta_file.name}; pass --overwrite to replace it")
+        return None
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    old = meta.get("settings", {})
+    diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+    if diff:
+        raise ValueError(
+            f"{out} was started with other settings ({', '.join(diff)}); rerun with the same arguments "
+            "or pass --overwrite"
+        )
+    return meta
+
+
+def score_file(
+    in_path: str | Path,
+    out_path: str | Path,
+    lm: Any,
+    *,
+    batch_tokens: int | None = None,
+    default_task: str | None = None,
+    rank_aware: int = 0,
+    key_max_tokens: int | None = None,
+    chunk_pairs: int = 256,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Write ``teacher_scores`` for every record of IN to OUT (see the module docstring); returns the summary."""
+    from rich.progress import Progress
+
+    in_path, out = Path(in_path), Path(out_path)
+    rank, world = dist_info()
+    numbered = list(iter_jsonl(in_path))
+    fitter = KeyFitter(lm.tokenizer, lm.max_length, key_max_tokens)
+    pairsets = build_all(numbered, str(in_path), fitter, default_task)
+    stats = ScoreStats()
+    stats.add(pairsets)
+    batch_tokens = batch_tokens or lm.batch_tokens
+    settings = run_settings(
+        in_path, lm, pairsets, batch_tokens=batch_tokens, default_task=default_task, rank_aware=rank_aware,
+        key_max_tokens=key_max_tokens, chunk_pairs=chunk_pairs,
+    )
+    previous = check_previous(out, settings, overwrite)
+    chunks = make_chunks(pairsets, chunk_pairs)
+    summary: dict[str, Any] = {**stats.__dict__, "out": str(out), "world": world}
+    if previous and previous.get("complete") and count_done(out) == stats.scored:
+        return {**summary, "already_complete": True, "seconds": 0.0}
+    meta = {
+        "settings": settings,
+        "package": "llm-embedder",
+        "package_version": __version__,
+        "started": (previous or {}).get("started") or dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "complete": False,
+    }
+    if rank == 0:
+        if overwrite:
+            for p in [out, *(part_path(out, r, world) for r in range(world))]:
+                p.unlink(missing_ok=True)
+        with atomic_write(meta_path(out)) as handle:
+            json.dump(meta, handle, indent=2)
+    barrier()
+
+    mine = [chunk for k, chunk in enumerate(chunks) if k % world == rank]
+    part = part_path(out, rank, world)
+    done = count_done(part)
+    total_mine = sum(len(c) for c in mine)
+    if done > total_mine:
+        raise ValueError(f"{part} holds {done} records but this input gives {total_mine}; pass --overwrite")
+    todo_pairs = 0
+    seen = 0
+    for chunk in mine:
+        if seen + len(chunk) > done:
+            todo_pairs += sum(len(pairsets[i].prompts) for i in chunk)
+        seen += len(chunk)
+    start = time.time()
+    with Progress(disable=not show_progress or rank != 0, transient=False) as progress:
+        bar = progress.add_task(f"scoring {in_path.name} (rank {rank}/{world})", total=todo_pairs)
+        seen = 0
+        with part.open("a", encoding="utf-8") as handle:
+            for chunk in mine:
+                if seen + len(chunk) <= done:
+                    seen += len(chunk)
+                    continue
+                scores = score_pairsets(
+                    [pairsets[i] for i in chunk], lm, batch_tokens=batch_tokens, rank_aware=rank_aware,
+                    progress=lambda n: progress.advance(bar, n),
+                )
+                for i, s in zip(chunk, scores, strict=True):
+                    if seen >= done:
+                        handle.write(json.dumps(with_scores(numbered[i][1], s), ensure_ascii=False) + "\n")
+                        handle.flush()
+                    seen += 1
+    barrier()
+    if rank == 0:
+        if world > 1:
+            merge_parts(out, chunks, world)
+        meta.update(
+            complete=True, finished=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), summary=stats.__dict__
+        )
+        with atomic_write(meta_path(out)) as handle:
+            json.dump(meta, handle, indent=2)
+    barrier()
+    return {**summary, "seconds": round(time.time() - start, 2)}
+
+
+def merge_parts(out: Path, chunks: list[list[int]], world: int) -> None:
+    """Interleave the ranks' part files back into input order (chunk k came from rank k % world)."""
+    parts = [part_path(out, r, world).read_text(encoding="utf-8").splitlines(keepends=True) for r in range(world)]
+    cursors = [0] * world
+    with atomic_write(out) as handle:
+        for k, chunk in enumerate(chunks):
+            r = k % world
+            lines = parts[r][cursors[r] : cursors[r] + len(chunk)]
+            if len(lines) != len(chunk):
+                raise RuntimeError(f"{part_path(out, r, world)} is short of chunk {k}; rerun to resume it")
+            handle.writelines(lines)
+            cursors[r] += len(chunk)
+    for r in range(world):
+        part_path(out, r, world).unlink()

@@ -1,0 +1,105 @@
+"""CausalLM on a tiny random Llama: the batched answer-only-head scores equal a per-example full computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from llm_embedder.llm.loading import convert_gguf, resolve_llm_path
+from llm_embedder.llm.model import cut_at_stop
+from llm_embedder.llm.scoring import encode_pairs, full_logits_logprob, plan_batches
+
+PROMPTS = [
+    "Knowledge: Paris is the capital of France.\n\nQuestion: What is the capital of France?\n\nAnswer: ",
+    "Knowledge: the lazy dog.\n\nQuestion: What is the capital of France?\n\nAnswer: ",
+    "Speaker 1: hello",
+    "The quick brown fox jumps over the lazy dog. " * 3,
+    "",
+]
+ANSWERS = ["Paris", "Paris", "\nSpeaker 2: fine, thanks.", "Jupiter is the largest planet", "The weather is nice"]
+
+
+def test_batched_equals_per_example_full_logits(tiny_lm):
+    batched = tiny_lm.answer_logprob(PROMPTS, ANSWERS, batch_tokens=64)  # several length buckets
+    enc = encode_pairs(tiny_lm.tokenizer, PROMPTS, ANSWERS, tiny_lm.max_length)
+    naive = full_logits_logprob(tiny_lm.model, enc, batch_size=1)
+    reference = full_logits_logprob(tiny_lm.model, enc, batch_size=4, padding_side="left")
+    assert batched.dtype == np.float64 and batched.shape == (len(PROMPTS),)
+    np.testing.assert_allclose(batched, naive, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(reference, naive, atol=1e-5, rtol=0)
+    assert np.ptp(batched) > 0.1  # the pairs really score differently
+
+
+def test_answer_tokens_are_exactly_the_answer(tiny_lm):
+    enc = encode_pairs(tiny_lm.tokenizer, PROMPTS[:1], ["Paris"], tiny_lm.max_length)
+    assert tiny_lm.tokenizer.decode(enc.ids[0][enc.starts[0] :]) == " Paris"
+    assert tiny_lm.tokenizer.decode(enc.ids[0][: enc.starts[0]]) == PROMPTS[0].rstrip(" ")
+
+
+def test_plan_batches_respects_the_token_budget():
+    lengths = [5, 40, 12, 40, 3, 7]
+    batches = plan_batches(lengths, 80)
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    for batch in batches:
+        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 80
+
+
+def test_overlong_pair_is_left_truncated_and_counted(tiny_lm):
+    before = tiny_lm.truncated_count
+    long_prompt = "the lazy dog " * 200
+    score = tiny_lm.answer_logprob([long_prompt], ["Paris"])
+    assert tiny_lm.truncated_count == before + 1 and np.isfinite(score[0])
+    enc = encode_pairs(tiny_lm.tokenizer, [long_prompt], ["Paris"], tiny_lm.max_length)
+    assert len(enc.ids[0]) == tiny_lm.max_length == 256
+
+
+def test_empty_answer_is_an_error(tiny_lm):
+    with pytest.raises(ValueError, match="answer #0 is empty"):
+        tiny_lm.answer_logprob(["q"], ["  "])
+
+
+def test_choose_and_perplexity_agree_with_answer_logprob(tiny_lm):
+    options = [" Paris", " Jupiter", " dog"]
+    scores = tiny_lm.answer_logprob([PROMPTS[0]] * 3, options)
+    assert tiny_lm.choose(PROMPTS[0], options) == int(np.argmax(scores))
+    ppl = tiny_lm.perplexity(["Speaker 1:", "Speaker 1:"], [" hello", " fox"])
+    np.testing.assert_allclose(ppl, np.exp(-tiny_lm.answer_logprob(["Speaker 1:"] * 2, [" hello", " fox"])))
+    assert (ppl > 1).all()
+
+
+def test_generate_is_greedy_and_cut_at_stop(tiny_lm):
+    first = tiny_lm.generate(["The quick brown", "Speaker 1: hello"], max_new_tokens=8, chat=False)
+    again = tiny_lm.generate(["The quick brown", "Speaker 1: hello"], max_new_tokens=8, chat=False)
+    assert first == again and all(isinstance(t, str) for t in first)
+    single = tiny_lm.generate(["Speaker 1: hello"], max_new_tokens=8, chat=False)
+    assert single[0] == first[1]  # left padding in a batch does not change the greedy output
+    assert cut_at_stop("a b\nc", ["\n"]) == "a b" and cut_at_stop("abc", None) == "abc"
+
+
+def test_bad_model_path_names_the_aliases(tmp_path):
+    with pytest.raises(FileNotFoundError, match="smollm2"):
+        resolve_llm_path(tmp_path / "nothing")
+
+
+def test_failed_conversion_leaves_no_directory(tmp_path):
+    target = tmp_path / "cache" / "model"
+    with pytest.raises(Exception):  # noqa: B017 - whatever transformers raises for a missing GGUF
+        convert_gguf(tmp_path, "missing.gguf", target)
+    assert not target.exists()
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+@pytest.mark.integration
+def test_smollm2_prefers_the_relevant_passage():
+    from llm_embedder.llm import CausalLM
+
+    lm = CausalLM("smollm2", device="cpu")
+    assert lm.name == "smollm2" and lm.max_length == 8192
+    question = "\n\nQuestion: What is the capital of France?\n\nAnswer: "
+    good, bad = lm.answer_logprob(
+        ["Knowledge: Paris is the capital and largest city of France." + question,
+         "Knowledge: Bananas are a yellow fruit rich in potassium." + question],
+        ["Paris", "Paris"],
+    )
+    assert good > bad + 1.0
+    assert "Paris" in lm.generate(["What is the capital of France?"], max_new_tokens=12)[0]
