@@ -15,12 +15,13 @@ from llm_embedder.train import trainer as trainer_module
 from llm_embedder.train.card import read_step_log
 from llm_embedder.train.config import TrainConfig, read_config_file
 
-SMALL = dict(max_steps=4, batch_size=2, group_size=3, lr=1e-3, save_steps=2, logging_steps=1,
+# 3 datasets x 8 examples / batch 4 = 6 steps per epoch: 9 steps cross into the second epoch
+SMALL = dict(max_steps=9, batch_size=4, group_size=3, lr=1e-3, save_steps=7, logging_steps=1,
              query_max_length=32, key_max_length=32)
 
 
 class StopAt(TrainerCallback):
-    """Simulate a run killed after its step-2 checkpoint, in the middle of step 3's aftermath."""
+    """Simulate a run killed after a checkpoint: stop at ``step`` without saving it."""
 
     def __init__(self, step: int) -> None:
         self.step = step
@@ -50,40 +51,40 @@ def test_train_outputs_and_resume(tmp_path: Path, data_dir: Path, tiny_embedder_
     card = (full / "TRAINING_CARD.md").read_text()
     assert "stable_distill" in card and "kl_distill" in card and "contrastive" in card
     assert (full / "loss_curves.png").stat().st_size > 1000
-    assert (full / "checkpoints" / "checkpoint-4").is_dir()
+    assert (full / "checkpoints" / "checkpoint-9").is_dir()
     from llm_embedder.embedder import Embedder
 
     vectors = Embedder(full, device="cpu").encode_queries(["a question"], "qa")
     assert vectors.shape == (1, 32)
     steps = read_step_log(full / "logs" / "steps.rank0.jsonl")
-    assert [s["step"] for s in steps] == [1, 2, 3, 4] and all(s["loss"] > 0 for s in steps)
+    assert [s["step"] for s in steps] == list(range(1, 10)) and all(s["loss"] > 0 for s in steps)
 
-    # interrupted after the step-2 checkpoint (step 3 ran but was not saved), then resumed
+    # interrupted after the step-7 checkpoint, in epoch 2 (step 8 ran but was not saved), then resumed
     original = trainer_module.build_trainer
 
     def with_stop(config, files):
         built = original(config, files)
-        built.add_callback(StopAt(3))
+        built.add_callback(StopAt(8))
         return built
 
     monkeypatch.setattr(trainer_module, "build_trainer", with_stop)
     part = run(tmp_path / "part", data_dir, tiny_embedder_dir)
     monkeypatch.setattr(trainer_module, "build_trainer", original)
-    assert trainer_module.latest_checkpoint(part).endswith("checkpoint-2")
+    assert trainer_module.latest_checkpoint(part).endswith("checkpoint-7")
     with pytest.raises(ValueError, match="--resume"):
         run(part, data_dir, tiny_embedder_dir)
     run(part, data_dir, tiny_embedder_dir, resume=True)
 
-    state = json.loads((part / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
-    assert state["global_step"] == 4
+    state = json.loads((part / "checkpoints" / "checkpoint-9" / "trainer_state.json").read_text())
+    assert state["global_step"] == 9
     resumed = read_step_log(part / "logs" / "steps.rank0.jsonl")
     assert [s["task"] for s in resumed] == [s["task"] for s in steps]
     for a, b in zip(resumed, steps, strict=True):  # same batches, same weights, same optimizer moments
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
-    full_opt, part_opt = (optimizer_state(p / "checkpoints" / "checkpoint-4") for p in (full, part))
+    full_opt, part_opt = (optimizer_state(p / "checkpoints" / "checkpoint-9") for p in (full, part))
     assert full_opt.keys() == part_opt.keys()
     for key in full_opt:
-        assert int(full_opt[key]["step"]) == int(part_opt[key]["step"]) == 4
+        assert int(full_opt[key]["step"]) == int(part_opt[key]["step"]) == 9
         torch.testing.assert_close(full_opt[key]["exp_avg_sq"], part_opt[key]["exp_avg_sq"], rtol=1e-4, atol=1e-9)
     assert "Resumed from" in (part / "TRAINING_CARD.md").read_text()
 

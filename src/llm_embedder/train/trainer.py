@@ -50,6 +50,7 @@ def check_batches(files: list[TrainingFile], batch_size: int, world_size: int) -
 
 def _make_trainer_class():
     from sentence_transformers import SentenceTransformerTrainer
+    from transformers import TrainerCallback
 
     from llm_embedder.train.sampler import HomogeneousBatchSampler
 
@@ -60,10 +61,11 @@ def _make_trainer_class():
         dataset_tasks: dict[str, str] = {}
 
         def get_multi_dataset_batch_sampler(self, dataset, batch_samplers, generator=None, seed=0):
-            return HomogeneousBatchSampler(
+            self.homogeneous_sampler = HomogeneousBatchSampler(
                 dataset, batch_samplers, generator=generator, seed=seed,
                 per_device_batch_size=self.args.per_device_train_batch_size, world_size=self.args.world_size,
             )
+            return self.homogeneous_sampler
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             name = inputs.get("dataset_name")
@@ -81,6 +83,24 @@ def _make_trainer_class():
                     handle.write(json.dumps(record) + "\n")
             return result
 
+    class EpochSync(TrainerCallback):
+        """Set the sampler's epoch from the global step at each epoch start (also after a resume).
+
+        The HF loop's own ``set_epoch`` does not reach a batch sampler inside accelerate's
+        ``SkipBatchSampler(BatchSamplerShard(...))`` on a multi-process resume; the epoch, hence the batch
+        order, must match the interrupted run's.
+        """
+
+        def __init__(self, trainer) -> None:
+            self.trainer = trainer
+
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            sampler = getattr(self.trainer, "homogeneous_sampler", None)
+            if sampler is not None and len(sampler):
+                steps_per_epoch = len(sampler) // sampler.world_size // args.gradient_accumulation_steps
+                sampler.set_epoch(state.global_step // max(steps_per_epoch, 1))
+
+    LLMEmbedderTrainer.EpochSync = EpochSync
     return LLMEmbedderTrainer
 
 
@@ -140,6 +160,7 @@ def build_trainer(config: TrainConfig, files: list[TrainingFile]):
         model=model, args=args, train_dataset=train_dataset, loss=losses, data_collator=collator,
         callbacks=callbacks,
     )
+    trainer.add_callback(trainer_class.EpochSync(trainer))
     trainer.dataset_tasks = dataset_tasks
     trainer.step_log_dir = out / LOG_DIR
     for callback in callbacks:
