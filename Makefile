@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml requirements-assets.txt
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned: anything unpinned would pull a multi-GB CUDA build
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[milvus,serve,dev]" torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[milvus,serve,dev,onnx]" torch==2.13.0
 	$(BIN)/pip install --quiet --no-deps -r requirements-assets.txt
 	touch $(STAMP)
 
@@ -31,6 +31,9 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks examples
 
 bench: setup
+	# the `bench` extra, without its deps (they would not change torch, but are not needed; see pyproject.toml)
+	$(BIN)/python -c "import importlib.util as u; exit(u.find_spec('FlagEmbedding') is None)" || \
+		$(BIN)/pip install --quiet --no-deps 'flagembedding>=1.4,<1.5'
 	$(BIN)/python benchmarks/run_all.py $(if $(QUICK),--quick,)
 
 clean:

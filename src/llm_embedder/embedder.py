@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 TASKS_FILE = "llm_embedder_tasks.json"
+BACKENDS = ("torch", "onnx", "onnx-int8")
 PROGRESS_THRESHOLD = 512  # show a progress bar when encoding at least this many texts
 
 
@@ -44,6 +45,8 @@ class Embedder:
 
     ``model`` is a sentence-transformers directory or a bundled alias (``minilm``). On CUDA the model
     runs in fp16, on CPU in fp32. ``use_instructions=False`` gives the plain base model (a baseline).
+    ``backend="onnx"`` / ``"onnx-int8"`` runs an ``llm-embedder export`` directory on ONNX Runtime (CPU),
+    with the pooling and prompts stored in the export; ``dtype`` and ``model_kwargs`` apply to torch only.
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class Embedder:
         batch_size: int = 64,
         use_instructions: bool = True,
         model_kwargs: dict | None = None,
+        backend: str = "torch",
     ) -> None:
         from sentence_transformers import SentenceTransformer
 
@@ -68,6 +72,16 @@ class Embedder:
         self.batch_size = batch_size
         self.use_instructions = use_instructions
         _register_saved_tasks(self.path)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        self.backend = backend
+        self._lock = threading.Lock()
+        if backend != "torch":
+            from llm_embedder.onnx_encoder import OnnxEncoder
+
+            self.device, self.dtype = "cpu", "int8" if backend == "onnx-int8" else "fp32"
+            self.model = OnnxEncoder(self.path, precision=self.dtype)  # type: ignore[assignment]
+            return
         self.model: SentenceTransformer = SentenceTransformer(
             str(self.path), device=self.device, local_files_only=True, **(model_kwargs or {})
         )
@@ -80,7 +94,6 @@ class Embedder:
         elif dtype == "bf16":
             self.model.bfloat16()
         self.dtype = dtype
-        self._lock = threading.Lock()
 
     @property
     def dim(self) -> int:
@@ -144,6 +157,8 @@ class Embedder:
         ``SentenceTransformer(path).encode(x, prompt_name="qa.query")`` then equals
         ``encode_queries(x, task="qa")``.
         """
+        if self.backend != "torch":
+            raise ValueError(f"save() needs the torch backend (this one runs {self.backend}); save the source model")
         path = Path(path)
         prompts = {}
         for name in list_tasks():

@@ -1,0 +1,130 @@
+"""Export an embedder to ONNX (fp32, optionally int8 dynamic quantization) for the ``onnx`` backends.
+
+The output directory is the sentence-transformers model copied as is (so it still loads with torch, and
+keeps its prompts, tokenizer and saved task instructions) plus::
+
+    onnx/model.onnx         transformer: (input_ids, attention_mask) -> last_hidden_state, fp32
+    onnx/model_qint8.onnx   the same with int8 weights (per-channel, dynamic activations), if asked
+    onnx/export.json        pooling mode, include_prompt, normalize, max_seq_length, dim, prompts
+
+Pooling and normalisation run in numpy at load time (``llm_embedder.onnx_encoder``), read from
+``export.json``, so the exported model cannot silently switch a CLS model to mean pooling.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+from llm_embedder.models import resolve_embedder_path
+
+ONNX_DIR = "onnx"
+FP32_FILE = "model.onnx"
+INT8_FILE = "model_qint8.onnx"
+EXPORT_FILE = "export.json"
+OPSET = 17
+OUTPUT = "last_hidden_state"
+SUPPORTED_POOLING = ("mean", "cls", "max", "lasttoken")
+
+
+def describe_model(st_model: Any) -> dict:
+    """Pooling, normalisation and limits of a SentenceTransformer (Transformer -> Pooling [-> Normalize])."""
+    modules = list(st_model)
+    transformer = modules[0]
+    if not hasattr(transformer, "auto_model"):
+        raise ValueError(f"ONNX export needs a Transformer as the first module, got {type(transformer).__name__}")
+    pooling = next((m for m in modules if type(m).__name__ == "Pooling"), None)
+    if pooling is None:
+        raise ValueError("ONNX export needs a Pooling module in the sentence-transformers model")
+    names = [type(m).__name__ for m in modules]
+    unsupported = [n for n in names if n not in (type(transformer).__name__, "Pooling", "Normalize")]
+    if unsupported:
+        raise ValueError(f"ONNX export supports Transformer, Pooling, Normalize modules; this model has {unsupported}")
+    mode = pooling.pooling_mode
+    if not isinstance(mode, str) or mode not in SUPPORTED_POOLING:
+        raise ValueError(f"ONNX export supports pooling modes {SUPPORTED_POOLING}, this model uses {mode!r}")
+    return {
+        "pooling": mode,
+        "include_prompt": bool(pooling.include_prompt),
+        "normalize": "Normalize" in names,
+        "max_seq_length": int(st_model.max_seq_length or 512),
+        "dim": int(st_model.get_embedding_dimension()),
+        "prompts": dict(st_model.prompts or {}),
+        "do_lower_case": bool(getattr(transformer, "do_lower_case", False)),
+    }
+
+
+def export_onnx(model: str | Path, out: str | Path, *, quantize: str | None = None, overwrite: bool = False) -> Path:
+    """Write an ONNX export of ``model`` (alias or sentence-transformers dir) to ``out``; returns ``out``.
+
+    ``quantize="int8"`` also writes the int8 model (``Embedder(out, backend="onnx-int8")`` uses it).
+    """
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize must be 'int8' or None, got {quantize!r}")
+    source = resolve_embedder_path(model)
+    out = Path(out)
+    if out.resolve() == source.resolve():
+        raise ValueError(f"--out must differ from the model directory ({source})")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ValueError(f"{out} exists and is not empty; pass --overwrite to replace it")
+        shutil.rmtree(out)
+    st_model = SentenceTransformer(str(source), device="cpu", local_files_only=True)
+    info = describe_model(st_model)
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(ONNX_DIR, "__pycache__"))
+    onnx_dir = tmp / ONNX_DIR
+    onnx_dir.mkdir()
+    wrapper = _HiddenStates(st_model[0].auto_model.float().eval())
+    example = st_model[0].tokenizer(["an example", "a longer example text"], padding=True, return_tensors="pt")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape checks that are constant for BERT-like encoders
+        torch.onnx.export(
+            wrapper, (example["input_ids"], example["attention_mask"]), str(onnx_dir / FP32_FILE),
+            dynamo=False, opset_version=OPSET, input_names=["input_ids", "attention_mask"],
+            output_names=[OUTPUT],
+            dynamic_axes={name: {0: "batch", 1: "tokens"} for name in ("input_ids", "attention_mask", OUTPUT)},
+        )
+    files = {"fp32": FP32_FILE}
+    if quantize == "int8":
+        quantize_int8(onnx_dir / FP32_FILE, onnx_dir / INT8_FILE)
+        files["int8"] = INT8_FILE
+    info["files"] = files
+    (onnx_dir / EXPORT_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
+    tmp.rename(out)  # the export appears only when complete
+    return out
+
+
+def quantize_int8(src: Path, dst: Path) -> Path:
+    """int8 weights, per output channel, dynamic activation scales (MatMul only: keeps cosine > 0.98 on AVX2)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"]
+    )
+    return dst
+
+
+class _HiddenStates:
+    """Built lazily as an nn.Module: calls the HF model with keyword arguments (transformers 5 safe)."""
+
+    def __new__(cls, model: Any):
+        import torch
+
+        class HiddenStates(torch.nn.Module):
+            def __init__(self, inner: Any) -> None:
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, input_ids, attention_mask):
+                return self.inner(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+        return HiddenStates(model)

@@ -1,0 +1,90 @@
+"""ONNX export and the onnx / onnx-int8 Embedder backends, on the tiny random model (seconds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from llm_embedder.cli import app
+from llm_embedder.embedder import Embedder
+from llm_embedder.export import EXPORT_FILE, ONNX_DIR, export_onnx
+
+TEXTS = ["who wrote hamlet", "The quick brown fox jumps over the lazy dog. " * 12, "a", "  padded text  ", "Ünïcödé"]
+
+
+@pytest.fixture(scope="module")
+def saved_dir(tiny_embedder: Embedder, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model saved by Embedder.save: every task instruction is a named prompt."""
+    return tiny_embedder.save(tmp_path_factory.mktemp("saved") / "model")
+
+
+@pytest.fixture(scope="module")
+def exported(saved_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_onnx(saved_dir, tmp_path_factory.mktemp("export") / "onnx_model", quantize="int8")
+
+
+@pytest.mark.parametrize("role", ["query", "key"])
+def test_onnx_fp32_matches_torch(exported: Path, role: str):
+    torch_vecs = Embedder(exported, device="cpu").encode(TEXTS, "qa", role)
+    onnx_vecs = Embedder(exported, backend="onnx").encode(TEXTS, "qa", role)
+    assert onnx_vecs.shape == torch_vecs.shape and onnx_vecs.dtype == np.float32
+    assert np.abs(onnx_vecs - torch_vecs).max() < 1e-4
+
+
+def test_int8_close_to_fp32(exported: Path):
+    fp32 = Embedder(exported, backend="onnx").encode_keys(TEXTS, "qa")
+    int8 = Embedder(exported, backend="onnx-int8").encode_keys(TEXTS, "qa")
+    cosine = (fp32 * int8).sum(axis=1)
+    assert cosine.min() > 0.98
+    assert not np.array_equal(fp32, int8)  # it really is a different (quantized) model
+
+
+def test_export_carries_pooling_and_prompts(saved_dir: Path, exported: Path):
+    info = json.loads((exported / ONNX_DIR / EXPORT_FILE).read_text())
+    saved_prompts = json.loads((saved_dir / "config_sentence_transformers.json").read_text())["prompts"]
+    assert saved_prompts.items() <= info["prompts"].items() and "qa.query" in saved_prompts
+    assert info["pooling"] == "mean" and info["dim"] == 32
+    onnx = Embedder(exported, backend="onnx")
+    torch_model = Embedder(saved_dir, device="cpu").model
+    by_name = onnx.model.encode(TEXTS, prompt_name="qa.query", normalize_embeddings=True)
+    reference = torch_model.encode(TEXTS, prompt_name="qa.query", normalize_embeddings=True)
+    assert np.abs(by_name - reference).max() < 1e-4
+    assert onnx.instruction("qa", "query") == saved_prompts["qa.query"]
+
+
+def test_cls_pooling_is_honoured(tiny_embedder_dir: Path, tmp_path: Path):
+    from sentence_transformers import SentenceTransformer, models
+
+    st = SentenceTransformer(str(tiny_embedder_dir), device="cpu")
+    cls_model = SentenceTransformer(modules=[st[0], models.Pooling(32, pooling_mode="cls")], device="cpu")
+    cls_model.save(str(tmp_path / "cls"))
+    out = export_onnx(tmp_path / "cls", tmp_path / "cls_onnx")
+    torch_vecs = Embedder(out, device="cpu").encode_keys(TEXTS)
+    onnx_vecs = Embedder(out, backend="onnx").encode_keys(TEXTS)
+    assert np.abs(onnx_vecs - torch_vecs).max() < 1e-4
+
+
+def test_missing_export_and_bad_backend_are_clear(tiny_embedder_dir: Path, exported: Path):
+    with pytest.raises(FileNotFoundError, match="llm-embedder export"):
+        Embedder(tiny_embedder_dir, backend="onnx")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        Embedder(tiny_embedder_dir, backend="tensorrt")
+    with pytest.raises(ValueError, match="torch backend"):
+        Embedder(exported, backend="onnx").save(exported.parent / "again")
+
+
+def test_cli_export(tiny_embedder_dir: Path, tmp_path: Path):
+    runner = CliRunner()
+    out = tmp_path / "cli_export"
+    result = runner.invoke(app, ["export", "--model", str(tiny_embedder_dir), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    info = json.loads((out / ONNX_DIR / EXPORT_FILE).read_text())
+    assert info["files"] == {"fp32": "model.onnx"}
+    with pytest.raises(FileNotFoundError, match="--quantize int8"):
+        Embedder(out, backend="onnx-int8")
+    again = runner.invoke(app, ["export", "--model", str(tiny_embedder_dir), "--out", str(out)])
+    assert again.exit_code != 0 and "--overwrite" in str(again.exception)
