@@ -1,0 +1,44 @@
+"""create_app in process with a fake embedder: no-key mode, a model that fails (500, server keeps serving)."""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi.testclient import TestClient
+
+from llm_embedder.serve import ServeSettings, create_app
+
+
+class FakeEmbedder:
+    dim = 4
+
+    def __init__(self) -> None:
+        self.fail = False
+
+    def count_tokens(self, texts: list[str]) -> int:
+        return sum(len(t.split()) + 2 for t in texts)
+
+    def encode(self, texts: list[str], task: str, role: str) -> np.ndarray:
+        if self.fail:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        vectors = np.array([[len(t), 1.0, 2.0, 3.0] for t in texts], dtype=np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_without_key_and_model_failure() -> None:
+    embedder = FakeEmbedder()
+    app = create_app(embedder, {}, ServeSettings(model_id="fake", max_wait_ms=1))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        ok = client.post("/v1/embeddings", json={"input": ["a b", "c"], "model": "fake"})
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["usage"] == {"prompt_tokens": 7, "total_tokens": 7}
+        assert np.allclose(np.linalg.norm([d["embedding"] for d in ok.json()["data"]], axis=1), 1.0)
+        embedder.fail = True
+        failed = client.post("/v1/embeddings", json={"input": "x", "model": "fake"})
+        assert failed.status_code == 500
+        assert failed.json()["error"]["type"] == "server_error"
+        assert "out of memory" in failed.json()["error"]["message"]
+        embedder.fail = False
+        assert client.post("/v1/embeddings", json={"input": "x", "model": "fake"}).status_code == 200
+        metrics = client.get("/metrics").text
+        assert 'llm_embedder_requests_total{route="/v1/embeddings",status="500"} 1.0' in metrics
+        assert client.get("/openapi.json").json()["paths"]["/v1/embeddings"]["post"]["responses"]["413"]
