@@ -121,6 +121,8 @@ def test_toolbox_register_verbalise_retrieve_call(tiny_embedder) -> None:
     keys = [t.verbalise() for t in box.tools.values()]
     assert [t.name for t in box.retrieve("rain?", k=3)] == [list(box.tools)[i] for i in ranked(
         tiny_embedder, "tool", "rain?", keys)]
+    scored = box.retrieve_scored("rain?", k=2)
+    assert [t.name for t, _ in scored] == [t.name for t in box.retrieve("rain?", k=2)] and scored[0][1] >= scored[1][1]
     assert box.call("get_weather", city="Oslo") == "sunny in Oslo (celsius)"
     with pytest.raises(ValueError, match="no Python function"):
         box.call("send_email", to="x")

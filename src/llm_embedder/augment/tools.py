@@ -138,7 +138,11 @@ class ToolBox(_Store):
 
     def retrieve(self, request: str, k: int = 3) -> list[Tool]:
         """The ``k`` tools most useful for ``request``, best first."""
-        return [self.tools[hit.metadata["name"]] for hit in self._search(request, k)]
+        return [tool for tool, _ in self.retrieve_scored(request, k)]
+
+    def retrieve_scored(self, request: str, k: int = 3) -> list[tuple[Tool, float]]:
+        """Like ``retrieve``, with each tool's similarity score (to decide whether to use a tool at all)."""
+        return [(self.tools[hit.metadata["name"]], hit.score) for hit in self._search(request, k)]
 
     def call(self, name: str, **kwargs: Any) -> Any:
         if name not in self.tools:
