@@ -104,7 +104,7 @@ def test_training_lowers_the_loss(tmp_path: Path, tiny_embedder_dir: Path) -> No
 
 def test_bad_input_fails_before_training(tmp_path: Path, data_dir: Path, tiny_embedder_dir: Path) -> None:
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"query": "q", "task": "qa", "pos": ["p"], "neg": ["n"]}) + "\n")
+    bad.write_text(json.dumps({"query": "q", "task": "qa", "pos": ["p"], "neg": ["n"], "query_id": 0}) + "\n")
     out = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "-m", "llm_embedder", "train", "--data", str(data_dir), "--data", str(bad),

@@ -13,8 +13,11 @@ Instructions: the task's query/key instructions (from the registry) are applied 
 ``Embedder.encode``. The tokens are those of ``instruction + text`` (recipe §2.3), and a model whose pooling
 excludes prompt tokens is handled the way sentence-transformers does at inference.
 
-Random choices use an RNG seeded by (seed, file, line), so every rank builds identical examples. Everything
-is validated before training starts: a bad record raises ``DataError`` naming file:line:field.
+Random choices use an RNG seeded by (seed, file, line), so every rank builds identical examples; as in the
+released code (``datasets.map`` once), each record's example is fixed for the whole run. Everything is validated
+before training starts: first the shared schema (``llm_embedder.data.validate``, all problems of a file at once),
+then what training needs (teacher scores for distillation, a negative, one task per file); a bad record raises
+``DataError`` naming file:line:field.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llm_embedder.data.validate import raise_problems, validate_file
 from llm_embedder.io import DataError, iter_jsonl
 from llm_embedder.tasks import Task, UnknownTaskError, get_task
 
@@ -179,6 +183,7 @@ def load_training_file(path: str | Path, index: int, group_size: int = 8, seed: 
     path = Path(path)
     if group_size < 2:
         raise ValueError(f"group size must be at least 2 (1 positive + negatives), got {group_size}")
+    raise_problems(validate_file(path), str(path))
     task: Task | None = None
     examples: list[dict[str, Any]] = []
     records = filtered = 0
