@@ -65,6 +65,9 @@ def test_search_single_query_and_filter(search_server) -> None:
     hits = payload["data"][0]["hits"]
     assert len(hits) == 4
     assert all(h["metadata"]["lang"] == "en" for h in hits)
+    by_task = post(search_server, "/v1/search", {"task": "qa", "query": "capital", "k": 10,
+                                                 "filter": {"lang": "en"}}).json()
+    assert by_task["index"] == "docs" and by_task["data"] == payload["data"]
 
 
 @pytest.mark.parametrize(("body", "status", "param"), [
@@ -75,6 +78,8 @@ def test_search_single_query_and_filter(search_server) -> None:
     ({"index": "docs", "query": "x", "filter": {"bad field": 1}}, 400, "filter"),
     ({"index": "docs", "query": "x", "extra": 1}, 400, "extra"),
     ({"query": "x"}, 400, "index"),
+    ({"task": "chat", "query": "x"}, 404, "task"),
+    ({"task": "nope", "query": "x"}, 400, "task"),
 ])
 def test_bad_search_requests(search_server, body, status, param) -> None:
     response = post(search_server, "/v1/search", body)

@@ -210,7 +210,9 @@ def build_router() -> APIRouter:
     async def search(body: SearchRequest, request: Request) -> Response:
         """Nearest keys of a named index for each query (embedded with the index's task instruction)."""
         state = _state(request)
-        name, retriever = pick_index(state, body.index, None)
+        if body.task is not None:
+            check_task(body.task)
+        name, retriever = pick_index(state, body.index, body.task)
         queries = body.queries()
         check_texts(queries, state.settings, "query")
         results = await search_hits(state, retriever, queries, body.k, body.filter)

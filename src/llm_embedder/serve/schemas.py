@@ -83,7 +83,8 @@ class SearchRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    index: str = Field(description="Index name, as given to --index NAME=DIR (GET /health lists them).")
+    index: str | None = Field(None, description="Index name, as given to --index NAME=DIR (GET /health lists them).")
+    task: str | None = Field(None, description="Task whose index is used when `index` is absent.")
     query: str | list[str] = Field(description="Query text or list of query texts.")
     k: int = Field(10, ge=1, description="Hits per query.")
     filter: dict[str, Any] | None = Field(None, description="Metadata filter, passed to the retriever.")
