@@ -43,7 +43,7 @@ class DocStore:
         self._docs: list[dict] = []
         self._offsets = np.zeros(0, dtype=np.int64)
         if directory is not None:
-            self._offsets = np.fromfile(directory / OFFSETS_FILE, dtype=np.int64)
+            self._offsets = _read_offsets(directory / OFFSETS_FILE)
 
     def __len__(self) -> int:
         return len(self._offsets) if self.directory is not None else len(self._docs)
@@ -73,7 +73,14 @@ class DocStore:
                 offset += len(line)
         with (self.directory / OFFSETS_FILE).open("ab") as handle:
             handle.write(np.asarray(new, dtype=np.int64).tobytes())
-        self._offsets = np.concatenate([self._offsets, np.asarray(new, dtype=np.int64)])
+        self._offsets = _read_offsets(self.directory / OFFSETS_FILE)
+
+
+def _read_offsets(path: Path) -> np.ndarray:
+    """Line offsets, memory-mapped (flat memory for big corpora)."""
+    if path.stat().st_size == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.memmap(path, dtype=np.int64, mode="r")
 
 
 def normalise_documents(documents: Sequence[str | dict]) -> list[dict]:

@@ -143,7 +143,7 @@ def encode_rows(embedder: Any, task: str, out_dir: Path, state: dict, batch_size
         state["rows_done"] = 0
     memmap = np.memmap(path, dtype=np.float32, mode=mode, shape=(count, dim))
     start = state["rows_done"]
-    offsets = np.fromfile(out_dir / OFFSETS_FILE, dtype=np.int64)
+    offsets = np.memmap(out_dir / OFFSETS_FILE, dtype=np.int64, mode="r")
     with (out_dir / DOCS_FILE).open("rb") as docs, _progress_bar(progress) as bar:
         job = bar.add_task(f"encoding {task} keys", total=count, completed=start)
         if start < count:
