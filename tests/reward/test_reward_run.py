@@ -1,0 +1,113 @@
+"""The scoring job: equals score_records, resumes byte-identically, keeps provenance, refuses mismatched restarts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from reward_helpers import KEYS, write_records
+from typer.testing import CliRunner
+
+from llm_embedder.io import DataError
+from llm_embedder.reward import ScoreStats, score_file, score_records
+from llm_embedder.reward.run import count_done
+
+
+class Interrupted(RuntimeError):
+    pass
+
+
+class FailingLM:
+    """Wraps a CausalLM and raises on the n-th scoring call, like a job killed midway."""
+
+    def __init__(self, lm, fail_on_call: int):
+        self._lm, self.calls, self.fail_on_call = lm, 0, fail_on_call
+
+    def __getattr__(self, name):
+        return getattr(self._lm, name)
+
+    def answer_logprob(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise Interrupted("killed")
+        return self._lm.answer_logprob(*args, **kwargs)
+
+
+def test_file_job_matches_score_records_and_records_provenance(tiny_lm, tmp_path):
+    src = write_records(tmp_path / "in.jsonl")
+    out = tmp_path / "out.jsonl"
+    summary = score_file(src, out, tiny_lm, chunk_pairs=8, show_progress=False)
+    records = [json.loads(line) for line in src.read_text().splitlines()]
+    stats = ScoreStats()
+    expected = score_records(records, tiny_lm, stats=stats)
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["query_id"] for r in got] == [r["query_id"] for r in expected]
+    for g, e in zip(got, expected, strict=True):
+        assert g["teacher_scores"] == pytest.approx(e["teacher_scores"], abs=1e-5)
+        assert len(g["teacher_scores"]) == len(e.get("history") or e["pos"] + e["neg"])
+    assert summary["scored"] == 11 and summary["skipped_no_candidates"] == 1 == stats.skipped_no_candidates
+    meta = json.loads((tmp_path / "out.jsonl.meta.json").read_text())
+    assert meta["complete"] and meta["settings"]["llm"] == tiny_lm.name and meta["package_version"]
+    assert meta["settings"]["templates"]["chat"] == "{key}\nSpeaker 1: {query}\nSpeaker 2: {answer}"
+    assert meta["started"] and meta["finished"] and "teacher" not in got[0]
+
+
+def test_interrupted_run_resumes_to_byte_identical_output(tiny_lm, tmp_path):
+    src = write_records(tmp_path / "in.jsonl", n=16)
+    whole = tmp_path / "whole.jsonl"
+    score_file(src, whole, tiny_lm, chunk_pairs=8, show_progress=False)
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(Interrupted):
+        score_file(src, out, FailingLM(tiny_lm, fail_on_call=3), chunk_pairs=8, show_progress=False)
+    partial = out.read_bytes()
+    assert 0 < partial.count(b"\n") < whole.read_bytes().count(b"\n")
+    assert whole.read_bytes().startswith(partial)  # nothing written before the kill is lost or wrong
+    out.write_bytes(partial + b'{"query": "half a li')  # a kill in the middle of a write
+    meta = json.loads((tmp_path / "out.jsonl.meta.json").read_text())
+    assert meta["complete"] is False
+    summary = score_file(src, out, tiny_lm, chunk_pairs=8, show_progress=False)
+    assert out.read_bytes() == whole.read_bytes()
+    assert summary["scored"] == 15
+    again = score_file(src, out, tiny_lm, chunk_pairs=8, show_progress=False)
+    assert again.get("already_complete") and out.read_bytes() == whole.read_bytes()
+
+
+def test_restart_with_other_settings_is_refused(tiny_lm, tmp_path):
+    src = write_records(tmp_path / "in.jsonl", n=4)
+    out = tmp_path / "out.jsonl"
+    score_file(src, out, tiny_lm, chunk_pairs=8, show_progress=False)
+    with pytest.raises(ValueError, match="other settings .*batch_tokens"):
+        score_file(src, out, tiny_lm, batch_tokens=99, chunk_pairs=8, show_progress=False)
+    score_file(src, out, tiny_lm, batch_tokens=99, chunk_pairs=8, show_progress=False, overwrite=True)
+    assert count_done(out) == 4
+
+
+def test_count_done_drops_a_partial_last_line(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"a": 1}\n{"b": 2}\n{"c": ')
+    assert count_done(path) == 2 and path.read_text() == '{"a": 1}\n{"b": 2}\n'
+
+
+def test_cli_scores_a_file_and_reports_bad_input(tiny_lm_dir, tmp_path):
+    from llm_embedder.cli import app
+
+    src = write_records(tmp_path / "in.jsonl", n=4)
+    out = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(app, ["score", str(src), "--out", str(out), "--llm", str(tiny_lm_dir)])
+    assert result.exit_code == 0, result.output
+    assert "scored 4 records" in result.output and count_done(out) == 4
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"task": "qa", "query": "q", "pos": ["p"], "answers": ["a"]}\n{"task": "qa", "query": "q", '
+                   '"pos": ["p"]}\n')
+    result = CliRunner().invoke(app, ["score", str(bad), "--out", str(tmp_path / "o2.jsonl"), "--llm",
+                                      str(tiny_lm_dir)])
+    assert isinstance(result.exception, DataError) and "bad.jsonl:2: field 'answers'" in str(result.exception)
+    assert not (tmp_path / "o2.jsonl").exists()
+
+
+def test_rank_aware_reward_runs_end_to_end(tiny_lm, tmp_path):
+    records = [{"task": "qa", "query": "capital of France?", "pos": [KEYS[0]], "neg": KEYS[1:3], "answers": ["Paris"]}]
+    first = score_records(records, tiny_lm, rank_aware=3)
+    second = score_records(records, tiny_lm, rank_aware=3)
+    assert first == second  # samples are seeded from the prompt
+    assert len(first[0]["teacher_scores"]) == 3 and all(-1 < s < 1 for s in first[0]["teacher_scores"])
