@@ -93,7 +93,7 @@ def run_settings(in_path: Path, lm: Any, pairsets: list[RecordPairs], **args: An
     """What must match for a restart to continue an earlier run."""
     templates = {ps.task.name: ps.task.reward_template for ps in pairsets if ps.prompts}
     return {
-        "input": str(in_path),
+        "input": in_path.name,
         "input_sha256": hashlib.sha256(in_path.read_bytes()).hexdigest(),
         "llm": lm.name,
         "llm_path": str(getattr(lm, "path", "")),
