@@ -103,3 +103,11 @@ def test_smollm2_prefers_the_relevant_passage():
     )
     assert good > bad + 1.0
     assert "Paris" in lm.generate(["What is the capital of France?"], max_new_tokens=12)[0]
+
+
+def test_loading_and_scoring_leave_the_global_grad_mode_alone(tiny_lm):
+    import torch
+
+    tiny_lm.answer_logprob(PROMPTS[:2], ANSWERS[:2])
+    assert torch.is_grad_enabled()  # a training stage may run in the same process (the demo pipeline)
+    assert not any(p.requires_grad for p in tiny_lm.model.parameters())

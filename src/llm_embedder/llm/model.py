@@ -29,7 +29,6 @@ class CausalLM:
         quantize: str | None = None,
         batch_tokens: int | None = None,
     ):
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.path = resolve_llm_path(model)
@@ -51,7 +50,7 @@ class CausalLM:
         self.max_length = int(max_length or window)
         self.batch_tokens = batch_tokens or (16384 if self.device.type == "cuda" else 2048)
         self.truncated_count = 0
-        torch.set_grad_enabled(False)
+        self.model.requires_grad_(False)  # scoring only; never touch the process-wide grad mode
 
     def __repr__(self) -> str:
         return f"CausalLM({self.name!r}, device={self.device}, dtype={self.dtype}, max_length={self.max_length})"
