@@ -141,22 +141,25 @@ def encode_rows(embedder: Any, task: str, out_dir: Path, state: dict, batch_size
     mode = "r+" if path.exists() and path.stat().st_size == count * dim * 4 else "w+"
     if mode == "w+":
         state["rows_done"] = 0
-    memmap = np.memmap(path, dtype=np.float32, mode=mode, shape=(count, dim))
+    if mode == "w+":  # allocate the file; rows are written through a file handle, not a mapping, so the
+        with path.open("wb") as handle:  # written pages sit in the page cache, not in this process's RSS
+            handle.truncate(count * dim * 4)
     start = state["rows_done"]
     offsets = np.memmap(out_dir / OFFSETS_FILE, dtype=np.int64, mode="r")
-    with (out_dir / DOCS_FILE).open("rb") as docs, _progress_bar(progress) as bar:
+    with (out_dir / DOCS_FILE).open("rb") as docs, path.open("r+b") as vectors, _progress_bar(progress) as bar:
         job = bar.add_task(f"encoding {task} keys", total=count, completed=start)
         if start < count:
             docs.seek(int(offsets[start]))
         while start < count:
             end = min(start + batch_size, count)
             texts = [json.loads(docs.readline())["text"] for _ in range(start, end)]
-            memmap[start:end] = embedder.encode_keys(texts, task, batch_size=batch_size, show_progress=False)
-            memmap.flush()
+            batch = embedder.encode_keys(texts, task, batch_size=batch_size, show_progress=False)
+            vectors.seek(start * dim * 4)
+            vectors.write(np.ascontiguousarray(batch, dtype=np.float32).tobytes())
+            vectors.flush()
             state["rows_done"] = start = end
             write_progress(out_dir, state)
             bar.update(job, completed=end)
-    del memmap
 
 
 def build_vector_index(
@@ -190,7 +193,8 @@ def build_vector_index(
             if docs is not None:
                 records = [json.loads(docs.readline()) for _ in range(lo, hi)]
                 metadata = [filterable(r, filter_fields) for r in records]
-            index.add(np.arange(lo, hi), np.asarray(memmap[lo:hi]), metadata)
+            chunk = np.fromfile(out_dir / EMBEDDINGS_FILE, dtype=np.float32, count=(hi - lo) * dim, offset=lo * dim * 4)
+            index.add(np.arange(lo, hi), chunk.reshape(hi - lo, dim), metadata)  # a copy: RSS stays flat
         index.save(out_dir / name)
     finally:
         if docs is not None:

@@ -1,0 +1,106 @@
+"""Peak memory of indexing N short passages through the real streaming path (``llm_embedder.index.build``).
+
+The corpus is streamed from a generator (never a list), encoded batch by batch into the float32 memmap, then
+added to a FAISS index in chunks and saved. Encoding 1M texts with MiniLM on 2 CPU cores would take hours,
+so the embedder is a random sentence-transformers BERT built in-process like tests/conftest.py does, with a
+384-d hidden size (so vectors are 384-d, as MiniLM's) and no transformer layers: tokenization, embedding,
+pooling, normalisation, the memmap and the index are all real, only the per-token FLOPs are missing, and
+those do not change memory. Peak RSS is ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` of a child process
+that does nothing but the build (file pages of the memmap that stay mapped count too).
+
+    python benchmarks/bench_index_memory.py [--n 1000000] [--quick] [--factory Flat] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import machine_info, write_json  # noqa: E402
+
+LIMIT_MB = 2048
+WORDS = ("retrieval augmented language model memory tool search answer question passage dense vector index "
+         "embedding instruction task reward teacher student contrastive distillation chat history").split()
+
+
+def passages(n: int):
+    """A streamed synthetic corpus of short passages (8-16 words), deterministic."""
+    import random
+
+    rng = random.Random(0)
+    for i in range(n):
+        yield {"text": f"passage {i}: " + " ".join(rng.choices(WORDS, k=rng.randint(8, 16)))}
+
+
+def child(n: int, factory: str, work: Path) -> dict:
+    """Runs in the subprocess: build the tiny embedder, index the corpus, report peak RSS."""
+    import resource
+
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from llm_embedder.embedder import Embedder
+    from llm_embedder.index.build import build_index
+    from llm_embedder.models import resolve_embedder_path
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_embedder_path("minilm")))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=384, num_hidden_layers=0, num_attention_heads=1,
+                        intermediate_size=384, max_position_embeddings=512)
+    BertModel(config, add_pooling_layer=False).save_pretrained(work / "hf")
+    tokenizer.save_pretrained(work / "hf")
+    st = SentenceTransformer(modules=[models.Transformer(str(work / "hf"), max_seq_length=64),
+                                      models.Pooling(384, pooling_mode="mean")], device="cpu")
+    st.save(str(work / "st"))
+    embedder = Embedder(work / "st", device="cpu", key_max_length=64)
+    baseline_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    meta = build_index(passages(n), work / "index", embedder, "qa", factory=factory, batch_size=1024, progress=False)
+    seconds = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"n": n, "factory": factory, "count": meta.get("count", n), "dim": embedder.dim, "seconds": round(seconds),
+            "peak_rss_mb": round(peak_mb), "rss_before_build_mb": round(baseline_mb),
+            "index_file_mb": round((work / "index" / "index.faiss").stat().st_size / 2**20)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--quick", action="store_true", help="100k passages")
+    parser.add_argument("--factory", default="Flat", help="FAISS factory of the index that is built")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    n = 100_000 if args.quick else args.n
+    if args.child:
+        print(json.dumps(child(n, args.factory, Path(args.child))))
+        return {}
+    with tempfile.TemporaryDirectory(prefix="bench_index_memory_") as work:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        cmd = [sys.executable, __file__, "--n", str(n), "--factory", args.factory, "--child", work]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise SystemExit(f"index build failed:\n{proc.stderr[-3000:]}")
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["machine"] = machine_info()
+    result["limit_mb"] = LIMIT_MB
+    result["under_limit"] = result["peak_rss_mb"] < LIMIT_MB
+    print(f"index memory: {result['count']} passages -> {args.factory} ({result['dim']}-d) in {result['seconds']}s, "
+          f"peak RSS {result['peak_rss_mb']} MB (before build {result['rss_before_build_mb']} MB; "
+          f"index file {result['index_file_mb']} MB); limit {LIMIT_MB} MB: "
+          f"{'ok' if result['under_limit'] else 'OVER'}")
+    write_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
