@@ -1,0 +1,149 @@
+"""A prepared check for a lent GPU (about 1-2 minutes on an H100): half precision vs fp32 on our own code paths.
+
+1. Training steps/s of a bge-base-shaped encoder (BertConfig 768 hidden, 12 layers, random weights): CLS
+   pooling, the recipe's loss (0.2 * contrastive + stable distillation, ``llm_embedder.train.losses``), AdamW;
+   fp16 autocast with a GradScaler vs fp32.
+2. Reward scores/s of a SmolLM2-135M-shaped LM (LlamaConfig 576 hidden, 30 layers, 9 heads, 3 kv heads,
+   random weights) through ``llm_embedder.llm.scoring.bucketed_logprob``: bf16 vs fp32, plus how far the
+   bf16 scores are from fp32.
+
+Without a CUDA device it prints why and exits 0. ``--cpu-smoke`` runs tiny shapes on the CPU (a code check).
+
+    python benchmarks/gpu_check.py [--json out.json] [--cpu-smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import machine_info, write_json  # noqa: E402
+
+BGE_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+            "vocab_size": 30522, "max_position_embeddings": 512}
+SMOLLM2 = {"hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+           "intermediate_size": 1536, "vocab_size": 49152, "max_position_embeddings": 8192,
+           "tie_word_embeddings": True}
+TINY_BERT = {**BGE_BASE, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+TINY_LLAMA = {**SMOLLM2, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+              "intermediate_size": 64}
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_steps_per_s(device: str, half: bool, shape: dict, queries: int, group: int, steps: int) -> dict:
+    """Steps/s of encoder training with the recipe's loss; ``half`` = fp16 autocast + GradScaler."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import BertConfig, BertModel
+
+    from llm_embedder.train.losses.contrastive import contrastive_loss
+    from llm_embedder.train.losses.stable_distill import stable_distill_loss
+
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(**shape), add_pooling_layer=False).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-6)
+    scaler = torch.amp.GradScaler(device, enabled=half)
+    q_ids = torch.randint(1000, shape["vocab_size"], (queries, 32), device=device)
+    k_ids = torch.randint(1000, shape["vocab_size"], (queries * group, 128), device=device)
+    teacher = torch.randn(queries, group, device=device)
+
+    def embed(ids):
+        hidden = model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+        return F.normalize(hidden[:, 0].float(), dim=-1)
+
+    def step() -> float:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=device, dtype=torch.float16, enabled=half):
+            q, k = embed(q_ids), embed(k_ids)
+            loss = 0.2 * contrastive_loss(q, k) + stable_distill_loss(q, k, teacher)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return float(loss.detach())
+
+    for _ in range(3):
+        loss = step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    sync(device)
+    seconds = time.perf_counter() - start
+    return {"steps_per_s": round(steps / seconds, 3), "final_loss": round(loss, 4), "queries": queries, "group": group}
+
+
+def reward_scores_per_s(device: str, dtype_name: str, shape: dict, pairs: int, batch_tokens: int):
+    """Scores/s of answer log-likelihood scoring with our kernel (random token pairs, 160-400 tokens)."""
+    import numpy as np
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llm_embedder.llm.scoring import EncodedPairs, bucketed_logprob
+
+    torch.manual_seed(0)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    model = LlamaForCausalLM(LlamaConfig(**shape)).to(device=device, dtype=dtype).eval()
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(160, 400, pairs)
+    ids = [rng.integers(100, shape["vocab_size"], n).tolist() for n in lengths]
+    enc = EncodedPairs(ids=ids, starts=[n - 8 for n in lengths], truncated=[False] * pairs)
+    small = EncodedPairs(ids=ids[:8], starts=enc.starts[:8], truncated=[False] * 8)
+    bucketed_logprob(model, small, batch_tokens)  # warm-up
+    sync(device)
+    start = time.perf_counter()
+    scores = bucketed_logprob(model, enc, batch_tokens)
+    sync(device)
+    seconds = time.perf_counter() - start
+    del model
+    return {"scores_per_s": round(pairs / seconds, 1), "pairs": pairs, "batch_tokens": batch_tokens}, scores
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on the CPU: checks the code runs")
+    args = parser.parse_args(argv)
+    import numpy as np
+    import torch
+
+    if args.cpu_smoke:
+        device, bert, llama, queries, group, steps, pairs, tokens = "cpu", TINY_BERT, TINY_LLAMA, 4, 2, 2, 16, 4096
+    elif torch.cuda.is_available():
+        device, bert, llama, queries, group, steps, pairs, tokens = "cuda", BGE_BASE, SMOLLM2, 32, 8, 20, 2048, 65536
+    else:
+        print("gpu_check: no CUDA device here (torch.cuda.is_available() is False); nothing measured. "
+              "Run it on a lent GPU machine: python benchmarks/gpu_check.py --json gpu.json")
+        write_json(args.json, {"skipped": "no CUDA device", "machine": machine_info()})
+        return 0
+    results: dict = {"machine": machine_info(), "device": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
+    fp32 = train_steps_per_s(device, False, bert, queries, group, steps)
+    fp16 = train_steps_per_s(device, device == "cuda", bert, queries, group, steps)
+    results["train"] = {"fp32": fp32, "fp16_autocast": fp16,
+                        "fp16_speedup": round(fp16["steps_per_s"] / fp32["steps_per_s"], 2)}
+    print(f"train (bge-base shape, {queries} queries x {group} keys): fp32 {fp32['steps_per_s']} steps/s, "
+          f"fp16 autocast {fp16['steps_per_s']} steps/s ({results['train']['fp16_speedup']}x)", flush=True)
+    r32, s32 = reward_scores_per_s(device, "fp32", llama, pairs, tokens)
+    rbf, sbf = reward_scores_per_s(device, "bf16", llama, pairs, tokens)
+    results["reward"] = {"fp32": r32, "bf16": rbf, "bf16_speedup": round(rbf["scores_per_s"] / r32["scores_per_s"], 2),
+                         "bf16_max_abs_diff": round(float(np.abs(s32 - sbf).max()), 4),
+                         "bf16_rank_corr": round(float(np.corrcoef(np.argsort(np.argsort(s32)),
+                                                                   np.argsort(np.argsort(sbf)))[0, 1]), 4)}
+    print(f"reward (SmolLM2-135M shape, {pairs} pairs): fp32 {r32['scores_per_s']} scores/s, bf16 "
+          f"{rbf['scores_per_s']} scores/s ({results['reward']['bf16_speedup']}x); bf16 vs fp32 max abs diff "
+          f"{results['reward']['bf16_max_abs_diff']}, rank corr {results['reward']['bf16_rank_corr']}")
+    write_json(args.json, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
