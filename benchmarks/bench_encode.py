@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
     from llm_embedder.tasks import get_task
 
     torch.set_num_threads(args.threads)  # torch and ORT (which follows torch's count) get the same threads
-    n_q, n_p, rounds = (128, 32, 3) if args.quick else (1024, 256, 5)
+    n_q, n_p, rounds = (96, 32, 2) if args.quick else (1024, 256, 5)
     path = resolve_embedder_path("minilm")
     q_instr, k_instr = get_task(TASK).instruction("query"), get_task(TASK).instruction("key")
     lengths = {"query_max_length": MAX_LENGTH, "key_max_length": MAX_LENGTH, "batch_size": BATCH}
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
         timing["onnx_int8"]["speedup_vs_torch"] = ratio(base, timing["onnx_int8"][clock])
         timing["onnx_fp32"]["speedup_vs_torch"] = ratio(base, timing["onnx_fp32"][clock])
         results[label] = timing
-    n_articles, n_quality = (300, 100) if args.quick else (2000, 400)
+    n_articles, n_quality = (200, 80) if args.quick else (2000, 400)
     quality_embedders = {"torch_fp32": ours, "onnx_int8": int8}
     if not args.quick:
         quality_embedders["onnx_fp32"] = onnx

@@ -75,12 +75,12 @@ def child(n: int, factory: str, work: Path) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000)
-    parser.add_argument("--quick", action="store_true", help="100k passages")
+    parser.add_argument("--quick", action="store_true", help="50k passages")
     parser.add_argument("--factory", default="Flat", help="FAISS factory of the index that is built")
     parser.add_argument("--json", default=None)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    n = 100_000 if args.quick else args.n
+    n = 50_000 if args.quick else args.n
     if args.child:
         print(json.dumps(child(n, args.factory, Path(args.child))))
         return {}
