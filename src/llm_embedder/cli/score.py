@@ -38,7 +38,9 @@ def score_command(
     rank_aware: Annotated[
         int, typer.Option(help="Rank-aware reward from N LLM samples per record (0: likelihood reward).")
     ] = 0,
-    fast: Annotated[bool, typer.Option(help="CPU fast mode: int8 dynamic quantization (scores approximate).")] = False,
+    fast: Annotated[
+        bool, typer.Option(help="CPU int8 quantization: approximate scores; check with bench_reward.py --fast.")
+    ] = False,
     key_max_tokens: Annotated[int | None, typer.Option(help="Cut each candidate to this many tokens.")] = None,
     chunk_pairs: Annotated[int, typer.Option(help="Pairs per resumable chunk (batches never cross a chunk).")] = 256,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present).")] = None,

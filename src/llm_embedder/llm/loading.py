@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -118,4 +119,6 @@ def quantize_int8(model: Any) -> Any:
         for name, module in model.named_modules()
         if isinstance(module, torch.nn.Linear) and "down_proj" not in name and module is not head
     }
-    return quantize_dynamic(model, spec, dtype=torch.qint8)
+    with warnings.catch_warnings():  # torch announces a future removal of quantized tensors on every layer
+        warnings.filterwarnings("ignore", message=".*quantize_per_(tensor|channel).*", category=UserWarning)
+        return quantize_dynamic(model, spec, dtype=torch.qint8)
