@@ -93,7 +93,8 @@ def quality(embedders: dict, n_articles: int, n_queries: int) -> dict:
     keys = [a["extract"] for a in articles]
     out = {"articles": len(keys), "queries": len(queries)}
     for name, embedder in embedders.items():
-        scores = embedder.encode_queries(queries, TASK) @ embedder.encode_keys(keys, TASK).T
+        scores = embedder.encode_queries(queries, TASK, show_progress=False) @ embedder.encode_keys(
+            keys, TASK, show_progress=False).T
         rankings = np.argsort(-scores, axis=1)[:, :10].tolist()
         metrics = retrieval_metrics(rankings, [[i] for i in picks], cutoffs=(10,))
         out[name] = {"ndcg@10": round(metrics["ndcg@10"], 4), "mrr@10": round(metrics["mrr@10"], 4)}
@@ -129,8 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
     def st_encode(texts: list[str], prompt: str) -> np.ndarray:
         return st.encode(texts, prompt=prompt, batch_size=BATCH, normalize_embeddings=True, convert_to_numpy=True)
 
-    systems_q = {"embedder": lambda: ours.encode_queries(queries, TASK), "sentence_transformers": lambda: st_encode(
-        queries, q_instr)}
+    systems_q = {"embedder": lambda: ours.encode_queries(queries, TASK, show_progress=False),
+                 "sentence_transformers": lambda: st_encode(queries, q_instr)}
     systems_p = {"embedder": lambda: ours.encode_keys(passages, TASK), "sentence_transformers": lambda: st_encode(
         passages, k_instr)}
     checks: dict[str, float] = {}
@@ -142,8 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
                           query_max_length=MAX_LENGTH, passage_max_length=MAX_LENGTH)
         systems_q["flagembedding"] = lambda: flag.encode_queries(queries)
         systems_p["flagembedding"] = lambda: flag.encode_corpus(passages)
-        checks["max_abs_diff_vs_flagmodel_queries"] = float(np.abs(ours.encode_queries(queries, TASK)
-                                                                   - flag.encode_queries(queries)).max())
+        ours_q = ours.encode_queries(queries, TASK, show_progress=False)
+        checks["max_abs_diff_vs_flagmodel_queries"] = float(np.abs(ours_q - flag.encode_queries(queries)).max())
         checks["max_abs_diff_vs_flagmodel_passages"] = float(np.abs(ours.encode_keys(passages, TASK)
                                                                     - flag.encode_corpus(passages)).max())
     else:
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     onnx = Embedder(export_dir, backend="onnx", **lengths)
     int8 = Embedder(export_dir, backend="onnx-int8", **lengths)
     for name, embedder in (("onnx_fp32", onnx), ("onnx_int8", int8)):
-        systems_q[name] = lambda e=embedder: e.encode_queries(queries, TASK)
+        systems_q[name] = lambda e=embedder: e.encode_queries(queries, TASK, show_progress=False)
         systems_p[name] = lambda e=embedder: e.encode_keys(passages, TASK)
     reference = ours.encode_keys(passages, TASK)
     checks["max_abs_diff_vs_sentence_transformers"] = float(np.abs(reference - st_encode(passages, k_instr)).max())
@@ -179,9 +180,26 @@ def main(argv: list[str] | None = None) -> dict:
     results["quality"] = quality(quality_embedders, n_articles, n_quality)
     fp32, q8 = results["quality"]["torch_fp32"]["ndcg@10"], results["quality"]["onnx_int8"]["ndcg@10"]
     results["quality"]["int8_ndcg_rel_drop"] = round((fp32 - q8) / fp32, 4) if fp32 else 0.0
+    results["claims"] = claims(results)
     report(results)
     write_json(args.json, results)
     return results
+
+
+def claims(results: dict) -> dict:
+    """The issue's targets, each computed from this run's figures (worst of queries and passages)."""
+    worst = {name: min(results[label][name]["embedder_speedup"] for label in ("queries", "passages"))
+             for name in results["queries"]}
+    out = {"embedder_vs_sentence_transformers_x": worst["sentence_transformers"],
+           "onnx_int8_vs_torch_x": min(results[label]["onnx_int8"]["speedup_vs_torch"] for label in ("queries",
+                                                                                                     "passages")),
+           "int8_ndcg_within_1pct": results["quality"]["int8_ndcg_rel_drop"] <= 0.01}
+    if "flagembedding" in worst:
+        out["embedder_vs_flagembedding_x"] = worst["flagembedding"]
+        checks = results["checks"]
+        out["same_vectors_as_flagmodel"] = max(checks["max_abs_diff_vs_flagmodel_queries"],
+                                               checks["max_abs_diff_vs_flagmodel_passages"]) < 1e-5
+    return out
 
 
 def report(results: dict) -> None:
@@ -200,6 +218,7 @@ def report(results: dict) -> None:
     scores = ", ".join(f"{k} {v['ndcg@10']:.4f}" for k, v in q.items() if isinstance(v, dict))
     print(f"  NDCG@10 ({q['queries']} queries / {q['articles']} articles): {scores}; "
           f"int8 relative drop {q['int8_ndcg_rel_drop']:.2%}")
+    print("  claims: " + ", ".join(f"{k}={v}" for k, v in results["claims"].items()))
 
 
 if __name__ == "__main__":
