@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -11,11 +12,21 @@ from llm_embedder.cli.app import app
 
 @app.command("demo")
 def demo_command(
-    model: Annotated[str, typer.Option("--model", "-m", help="Embedder directory or alias.")] = "minilm",
-    quick: Annotated[bool, typer.Option(help="A smaller, faster run.")] = False,
-    k: Annotated[int, typer.Option("-k", help="Hits shown per query.")] = 3,
+    out: Annotated[Path, typer.Option(help="Run directory (data, scores, models, eval); re-runs resume.")] = Path(
+        "runs/demo"
+    ),
+    quick: Annotated[bool, typer.Option(help="A smaller run (about 5 minutes on 2 CPU cores).")] = False,
+    base: Annotated[str, typer.Option(help="Base embedder to fine-tune.")] = "minilm",
+    llm: Annotated[str, typer.Option(help="LLM that gives the reward and the downstream metrics.")] = "smollm2",
+    search_only: Annotated[bool, typer.Option(help="Only search the bundled mini corpus with --base.")] = False,
 ) -> None:
-    """Encode the bundled demo corpus of every task, search it, and print the top hits per query."""
+    """Reproduce the paper's claim: build data, score with the LLM, train unified and task-specific
+    embedders, evaluate them against the base model and baselines; then show the unified model's hits."""
     from llm_embedder.demo import run_demo
+    from llm_embedder.pipeline import run_pipeline
 
-    run_demo(model=model, k=k)
+    if search_only:
+        run_demo(model=base)
+        return
+    run_pipeline(out, quick=quick, base=base, llm=llm)
+    run_demo(model=str(out / "models" / "unified"), k=2)

@@ -88,5 +88,5 @@ def evaluate_command(
     )
     plots = write_report(results, out)
     console = Console()
-    console.print((out / "results.md").read_text(encoding="utf-8").split("###")[0])
+    console.print((out / "results.md").read_text(encoding="utf-8").split("###")[0], soft_wrap=True, highlight=False)
     console.print(f"results: {out / 'results.json'}, {out / 'results.md'}; plots: " + ", ".join(map(str, plots)))

@@ -33,7 +33,8 @@ class DownstreamSpec:
 
 # Tasks without an entry (tool, convsearch, user tasks) are judged by retrieval metrics only.
 DOWNSTREAM: dict[str, DownstreamSpec] = {
-    "qa": DownstreamSpec(items=3, metric="loglik", generate=True),
+    # a 135M LLM attends mostly to the nearest text: the best passage goes next to the question
+    "qa": DownstreamSpec(items=3, metric="loglik", most_similar_last=True, generate=True),
     "icl": DownstreamSpec(items=4, metric="loglik", most_similar_last=True),
     "chat": DownstreamSpec(items=1, metric="perplexity"),
     "lrlm": DownstreamSpec(items=2, metric="perplexity", separator=""),

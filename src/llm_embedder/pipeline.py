@@ -1,0 +1,258 @@
+"""The paper's claim end to end on one machine: data -> LLM reward -> training -> evaluation.
+
+``run_pipeline`` (what ``make demo`` runs) builds the small task suite, scores the training candidates of the
+distillation tasks with the LLM (cached: a second run re-uses the scores), trains one unified embedder on all
+six tasks and one task-specific embedder per task on the same budget, then evaluates the base model (with and
+without instructions), the task-specific models and the unified model, with the retrieval-free, random,
+recency and BM25 baselines. Every stage resumes: re-running skips what is finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from llm_embedder.io import read_jsonl, write_jsonl
+from llm_embedder.tasks import get_task
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Sizes of every stage. The default fits about 30 minutes on 2 CPU cores, ``quick`` about 5."""
+
+    train_records: int = 32  # per task
+    candidates: int = 8  # candidates per scored record (the paper's group size)
+    group_size: int = 8
+    batch_size: int = 8  # queries per step
+    epochs: int = 2  # passes over each task's training subset
+    lr: float = 3e-5
+    max_length: int = 128
+    eval_queries: int = 100
+    llm_queries: int = 24
+    max_corpus: int = 1000
+    generate: bool = False
+    llm_quantize: str | None = None  # exact scores; "int8" is the approximate CPU fast mode
+    seed: int = 0
+
+    @classmethod
+    def preset(cls, quick: bool) -> PipelineConfig:
+        if not quick:
+            return cls()
+        return cls(train_records=8, candidates=4, group_size=4, batch_size=4, epochs=1, eval_queries=20,
+                   llm_queries=6, max_corpus=200)
+
+    @property
+    def steps_per_task(self) -> int:
+        return max(1, self.epochs * self.train_records // self.batch_size)
+
+
+def sample_keeping(n_items: int, keep: list[int], size: int, rng: random.Random) -> list[int]:
+    """``size`` sorted indices out of ``n_items``: every valid index in ``keep`` plus a seeded random rest."""
+    kept = sorted({i for i in keep if 0 <= i < n_items})[:size]
+    rest = [i for i in range(n_items) if i not in kept]
+    return sorted(kept + rng.sample(rest, min(size - len(kept), len(rest))))
+
+
+def training_subset(records: list[dict[str, Any]], cfg: PipelineConfig, task: str) -> list[dict[str, Any]]:
+    """The first ``train_records`` records cut to ``candidates`` candidates each, keeping the marked ones
+    (chat: the turns that hold the fact; lrlm: the marked chunk) so that the LLM can reward them."""
+    rng = random.Random(f"{cfg.seed}:{task}")
+    out = []
+    for record in records[: cfg.train_records]:
+        record = dict(record)
+        record.pop("teacher_scores", None)
+        field = "history" if "history" in record else "neg"
+        positives = [] if field == "history" else record["pos"][:1]
+        marked = record.get("pos_index", []) if field == "history" or not positives else []
+        chosen = sample_keeping(len(record[field]), marked, cfg.candidates - len(positives), rng)
+        record[field] = [record[field][i] for i in chosen]
+        if field == "neg":
+            record["pos"] = positives
+        for name in ("pos_index", "neg_index"):
+            record.pop(name, None)
+        out.append(record)
+    return out
+
+
+class Pipeline:
+    """The stages of the demo, each writing under ``out`` and skipping work that is already there."""
+
+    def __init__(self, out: str | Path, cfg: PipelineConfig, base: str = "minilm", llm: str = "smollm2",
+                 console: Console | None = None):
+        self.out, self.cfg, self.base, self.llm_name = Path(out), cfg, base, llm
+        self.console = console or Console()
+        self.data_dir = self.out / "data"
+        self.train_dir = self.out / "train"
+        self._lm = None
+        self.retrained = False  # evaluation results of the trained models are stale when this turns True
+
+    def step(self, title: str) -> None:
+        self.console.rule(f"[bold]{title}")
+
+    @property
+    def lm(self):
+        if self._lm is None:
+            from llm_embedder.llm import CausalLM
+
+            self._lm = CausalLM(self.llm_name, quantize=self.cfg.llm_quantize)
+        return self._lm
+
+    def build_data(self) -> list[str]:
+        from llm_embedder.data.suite import build_suite
+
+        self.step("1/5 task suite (small, from installed packages)")
+        manifest = build_suite(self.data_dir, size="small", seed=self.cfg.seed)
+        tasks = [t for t in manifest["tasks"] if (self.data_dir / t / "train.jsonl").exists()]
+        self.console.print(f"tasks: {', '.join(tasks)} -> {self.data_dir}")
+        return tasks
+
+    def score(self, tasks: list[str]) -> dict[str, Path]:
+        """Training subsets; teacher scores from the LLM for the distillation tasks (cached in the run dir)."""
+        from llm_embedder.reward import score_file
+
+        self.step(f"2/5 LLM reward ({self.llm_name}) for the distillation tasks")
+        files = {}
+        for task in tasks:
+            subset = training_subset(read_jsonl(self.data_dir / task / "train.jsonl"), self.cfg, task)
+            raw = self.train_dir / task / "candidates.jsonl"
+            if not raw.exists() or read_jsonl(raw) != subset:
+                write_jsonl(raw, subset)
+            if get_task(task).loss == "contrastive":
+                files[task] = raw
+                continue
+            # named after the candidates' content: a changed subset gets fresh scores, an unchanged one is reused
+            digest = hashlib.sha256(raw.read_bytes()).hexdigest()[:12]
+            scored = self.train_dir / task / f"train.{digest}.jsonl"
+            summary = score_file(raw, scored, self.lm, show_progress=True)
+            state = "cached" if summary.get("already_complete") else f"{summary.get('seconds', 0):.0f} s"
+            self.console.print(f"{task}: {summary.get('scored', '?')} records scored ({state})")
+            files[task] = scored
+        return files
+
+    def train(self, files: dict[str, Path]) -> tuple[Path, Path]:
+        """The unified model on all tasks, and one model per task with that task's share of the steps."""
+        from llm_embedder.train.config import TrainConfig
+        from llm_embedder.train.trainer import train
+
+        self.step("3/5 training: unified embedder and task-specific embedders (same budget)")
+        common = dict(
+            base=self.base, batch_size=self.cfg.batch_size, group_size=self.cfg.group_size, lr=self.cfg.lr,
+            query_max_length=self.cfg.max_length, key_max_length=self.cfg.max_length, seed=self.cfg.seed,
+            logging_steps=1,
+        )
+        steps = self.cfg.steps_per_task
+        unified = self.out / "models" / "unified"
+        runs = [(unified, list(files.values()), steps * len(files))]
+        runs += [(self.out / "models" / "task-specific" / task, [path], steps) for task, path in files.items()]
+        for out, data, max_steps in runs:
+            signature = {"data": [str(p) for p in data], "max_steps": max_steps, **common}
+            stamp = out / "pipeline_inputs.json"
+            if stamp.exists() and json.loads(stamp.read_text(encoding="utf-8")) == signature:
+                self.console.print(f"{out}: already trained on these inputs")
+                continue
+            train(TrainConfig(data=signature["data"], out=str(out), max_steps=max_steps, save_steps=max_steps,
+                              **common))
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the final model is saved; ~3x its size
+            stamp.write_text(json.dumps(signature), encoding="utf-8")
+            self.retrained = True
+        return unified, self.out / "models" / "task-specific" / "{task}"
+
+    def evaluate(self, tasks: list[str], unified: Path, task_specific: Path) -> dict[str, Any]:
+        from llm_embedder.cli.evaluate import dense_systems
+        from llm_embedder.evaluate import run_evaluation, write_report
+
+        self.step("4/5 evaluation with the LLM in the loop (test split)")
+        systems = dense_systems({"task-specific": str(task_specific), "unified": str(unified)}, self.base, None)
+        eval_dir = self.out / "eval"
+        if self.retrained:
+            forget_systems(eval_dir, ("unified", "task-specific"))
+        results = run_evaluation(
+            self.data_dir, tasks, systems, eval_dir, lm=self.lm, max_queries=self.cfg.eval_queries,
+            max_llm_queries=self.cfg.llm_queries, max_corpus=self.cfg.max_corpus, generate=self.cfg.generate,
+        )
+        plots = write_report(results, eval_dir)
+        summary = (eval_dir / "results.md").read_text(encoding="utf-8").split("###")[0]
+        self.console.print(summary, soft_wrap=True, highlight=False)
+        self.console.print("plots: " + ", ".join(str(p) for p in plots))
+        return results
+
+
+def forget_systems(eval_dir: Path, systems: tuple[str, ...]) -> None:
+    """Drop cached evaluation results of these systems (their models changed)."""
+    from llm_embedder.evaluate.run import load_results, save_results
+
+    results = load_results(eval_dir)
+    if results:
+        save_results(eval_dir, {t: {s: m for s, m in v.items() if s not in systems} for t, v in results.items()})
+
+
+def verdict(results: dict[str, Any]) -> list[str]:
+    """Does the unified model beat the better base variant per task, and match task-specific on average?"""
+    from llm_embedder.evaluate import main_metric
+
+    lines, wins, deltas = [], 0, []
+    for task, systems in results.items():
+        metric, higher = main_metric(task)
+        sign = 1 if higher else -1
+        value = {name: values.get(metric) for name, values in systems.items()}
+        bases = [v for v in (value.get("base (no instructions)"), value.get("base (instructions)")) if v is not None]
+        unified, single = value.get("unified"), value.get("task-specific")
+        if unified is None or not bases:
+            continue
+        best_base = max(bases, key=lambda v: sign * v)
+        beat = sign * (unified - best_base) > 0
+        wins += beat
+        if single is not None:
+            deltas.append(sign * (unified - single) / max(abs(single), 1e-9))
+        lines.append(f"{task}: unified {unified:.4f} vs best base {best_base:.4f} ({metric}) -> "
+                     f"{'better' if beat else 'NOT better'}")
+    if deltas:
+        mean = sum(deltas) / len(deltas)
+        lines.append(f"unified vs task-specific, mean relative difference on main metrics: {mean:+.1%} "
+                     f"({'matches or beats' if mean >= -0.01 else 'below'})")
+    lines.append(f"unified beats the better base variant on {wins}/{len(results)} tasks")
+    return lines
+
+
+def run_pipeline(out: str | Path = "runs/demo", quick: bool = False, base: str = "minilm", llm: str = "smollm2",
+                 console: Console | None = None) -> dict[str, Any]:
+    """Run (or resume) every stage and print the results table, the plot files and the verdict."""
+    cfg = PipelineConfig.preset(quick)
+    pipeline = Pipeline(out, cfg, base=base, llm=llm, console=console)
+    pipeline.out.mkdir(parents=True, exist_ok=True)
+    (pipeline.out / "pipeline.json").write_text(json.dumps(asdict(cfg), indent=2), encoding="utf-8")
+    clock = StageClock()
+    tasks = clock.run("data", pipeline.build_data)
+    files = clock.run("reward", pipeline.score, tasks)
+    unified, task_specific = clock.run("training", pipeline.train, files)
+    results = clock.run("evaluation", pipeline.evaluate, tasks, unified, task_specific)
+    pipeline.step("5/5 verdict")
+    for line in verdict(results):
+        pipeline.console.print(line)
+    pipeline.console.print("time per stage: " + clock.summary())
+    return results
+
+
+class StageClock:
+    """Wall time per pipeline stage, printed at the end so users see where the minutes went."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, fn, *args):
+        start = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.seconds[name] = time.perf_counter() - start
+
+    def summary(self) -> str:
+        return ", ".join(f"{name} {secs:.0f} s" for name, secs in self.seconds.items())
