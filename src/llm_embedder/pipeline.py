@@ -38,6 +38,7 @@ class PipelineConfig:
     eval_queries: int = 100
     llm_queries: int = 24
     max_corpus: int = 1000
+    max_candidates: int = 16  # per-query candidates (chat turns, earlier lrlm chunks) at evaluation
     generate: bool = False
     llm_quantize: str | None = None  # exact scores; "int8" is the approximate CPU fast mode
     seed: int = 0
@@ -47,7 +48,7 @@ class PipelineConfig:
         if not quick:
             return cls()
         return cls(train_records=8, candidates=4, group_size=4, batch_size=4, epochs=1, eval_queries=20,
-                   llm_queries=6, max_corpus=200)
+                   llm_queries=4, max_corpus=100, max_candidates=8)
 
     @property
     def steps_per_task(self) -> int:
@@ -176,7 +177,8 @@ class Pipeline:
             forget_systems(eval_dir, ("unified", "task-specific"))
         results = run_evaluation(
             self.data_dir, tasks, systems, eval_dir, lm=self.lm, max_queries=self.cfg.eval_queries,
-            max_llm_queries=self.cfg.llm_queries, max_corpus=self.cfg.max_corpus, generate=self.cfg.generate,
+            max_llm_queries=self.cfg.llm_queries, max_corpus=self.cfg.max_corpus,
+            max_candidates=self.cfg.max_candidates, generate=self.cfg.generate,
         )
         plots = write_report(results, eval_dir)
         summary = (eval_dir / "results.md").read_text(encoding="utf-8").split("###")[0]

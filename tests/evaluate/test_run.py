@@ -105,3 +105,12 @@ def test_corpus_subsample_keeps_golds_and_remaps(suite):
     qa = load_task_data(suite, "qa", max_corpus=2)
     assert len(qa.candidates) == 2 and [qa.candidates[g[0]] for g in qa.golds] == [
         "Jupiter is the largest planet.", "Paris is the capital of France."]
+
+
+def test_recent_window_keeps_gold_and_latest():
+    from llm_embedder.evaluate.run import recent_window
+
+    texts = [f"chunk {i}" for i in range(10)]
+    kept, gold = recent_window(texts, [2], 4)
+    assert kept == ["chunk 2", "chunk 7", "chunk 8", "chunk 9"] and gold == [0]
+    assert recent_window(texts[:3], [1], 4) == (texts[:3], [1])

@@ -59,6 +59,7 @@ def evaluate_command(
     max_queries: Annotated[int | None, typer.Option(help="Evaluate at most this many queries per task.")] = None,
     max_llm_queries: Annotated[int | None, typer.Option(help="At most this many queries per task to the LLM.")] = None,
     max_corpus: Annotated[int | None, typer.Option(help="Search all gold docs plus a fixed sample, this many.")] = None,
+    max_candidates: Annotated[int | None, typer.Option(help="Per-query candidates kept: gold + most recent.")] = None,
     baselines: Annotated[bool, typer.Option(help="Include none/random/recency/BM25 baselines.")] = True,
     generate: Annotated[bool, typer.Option(help="Also measure greedy-answer accuracy (qa; slower).")] = True,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if present).")] = None,
@@ -84,7 +85,8 @@ def evaluate_command(
         lm = CausalLM(llm, device=device)
     results = run_evaluation(
         data, task_names, systems, out, lm=lm, baselines=baselines, split=split, max_queries=max_queries,
-        max_llm_queries=max_llm_queries, max_corpus=max_corpus, generate=generate,
+        max_llm_queries=max_llm_queries, max_corpus=max_corpus, max_candidates=max_candidates,
+        generate=generate,
     )
     plots = write_report(results, out)
     console = Console()

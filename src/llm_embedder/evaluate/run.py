@@ -61,13 +61,26 @@ def subsample_corpus(
     return [corpus[i] for i in keep], [[new_id[g] for g in gold] for gold in golds]
 
 
+def recent_window(candidates: list[str], gold: list[int], size: int) -> tuple[list[str], list[int]]:
+    """The gold candidates plus the most recent others, ``size`` in all, in their original order."""
+    if len(candidates) <= size:
+        return candidates, gold
+    gold_set = {g for g in gold if 0 <= g < len(candidates)}
+    others = [i for i in range(len(candidates)) if i not in gold_set]
+    keep = sorted(gold_set | set(others[len(others) - max(0, size - len(gold_set)) :]))
+    new_id = {old: new for new, old in enumerate(keep)}
+    return [candidates[i] for i in keep], [new_id[g] for g in gold if g in new_id]
+
+
 def load_task_data(
     data_dir: str | Path, task: str, split: str = "test", max_queries: int | None = None,
-    max_corpus: int | None = None,
+    max_corpus: int | None = None, max_candidates: int | None = None,
 ) -> TaskData:
     """Read DIR/<task>/<split>.jsonl (and DIR/<task>/corpus.jsonl when the task has a shared corpus).
 
     ``max_corpus`` evaluates against a smaller corpus: all gold documents plus a fixed random sample.
+    ``max_candidates`` keeps, of a query's own candidates (chat turns, earlier chunks), the gold ones plus
+    the most recent others.
     """
     task_dir = Path(data_dir) / task
     path = task_dir / f"{split}.jsonl"
@@ -95,6 +108,9 @@ def load_task_data(
             pos, neg = list(record.get("pos") or []), list(record.get("neg") or [])
             candidates.append(pos + neg)
             golds.append(list(record.get("pos_index") or range(len(pos))))
+    if max_candidates:
+        for i, (group, gold) in enumerate(zip(candidates, golds, strict=False)):
+            candidates[i], golds[i] = recent_window(group, gold, max_candidates)
     if corpus is not None and not candidates:
         if max_corpus and len(corpus) > max_corpus:
             corpus, golds = subsample_corpus(corpus, golds, max_corpus)
@@ -150,6 +166,7 @@ def run_evaluation(
     max_queries: int | None = None,
     max_llm_queries: int | None = None,
     max_corpus: int | None = None,
+    max_candidates: int | None = None,
     generate: bool = True,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Evaluate every system (name -> factory(task) -> Ranker) and the baselines on each task; resumable."""
@@ -159,8 +176,9 @@ def run_evaluation(
     with Progress() as progress:
         bar = progress.add_task("evaluating", total=len(tasks))
         for task in tasks:
-            data = load_task_data(data_dir, task, split, max_queries, max_corpus)
-            llm_data = load_task_data(data_dir, task, split, max_llm_queries, max_corpus) if max_llm_queries else data
+            limits = dict(max_corpus=max_corpus, max_candidates=max_candidates)
+            data = load_task_data(data_dir, task, split, max_queries, **limits)
+            llm_data = load_task_data(data_dir, task, split, max_llm_queries, **limits) if max_llm_queries else data
             rankers = [(r.name, lambda r=r: r) for r in baseline_rankers(task, data.per_query)] if baselines else []
             rankers += [(name, lambda f=factory, t=task: f(t)) for name, factory in systems.items()]
             for name, make in rankers:
