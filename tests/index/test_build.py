@@ -102,3 +102,15 @@ def test_milvus_backend_build(tiny_embedder, tmp_path: Path) -> None:
     hits = retriever.search("document number 3 about topic 3", k=3, filter={"title": "T3"})[0]
     assert [h.id for h in hits] == [3] and hits[0].metadata["id"] == "d3"
     retriever.close()
+
+
+def test_read_rows_matches_direct_indexing(tmp_path):
+    import numpy as np
+
+    from llm_embedder.index import build
+
+    data = np.random.default_rng(0).standard_normal((2500, 8)).astype(np.float32)
+    path = tmp_path / "embeddings.f32"
+    data.tofile(path)
+    rows = np.sort(np.random.default_rng(1).choice(2500, size=300, replace=False))
+    np.testing.assert_array_equal(build.read_rows(path, rows, 2500, 8), data[rows])

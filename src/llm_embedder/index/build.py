@@ -162,6 +162,21 @@ def encode_rows(embedder: Any, task: str, out_dir: Path, state: dict, batch_size
             bar.update(job, completed=end)
 
 
+def read_rows(path: Path, rows: np.ndarray, count: int, dim: int) -> np.ndarray:
+    """Rows (sorted ids) of the float32 embeddings file, read in copied blocks: a memmap would keep every
+    touched page resident, and a random training sample touches nearly all of them."""
+    out = np.empty((len(rows), dim), dtype=np.float32)
+    filled = 0
+    for lo in range(0, count, ADD_CHUNK):
+        hi = min(lo + ADD_CHUNK, count)
+        wanted = rows[(rows >= lo) & (rows < hi)]
+        if len(wanted):
+            block = np.fromfile(path, dtype=np.float32, count=(hi - lo) * dim, offset=lo * dim * 4).reshape(-1, dim)
+            out[filled : filled + len(wanted)] = block[wanted - lo]
+            filled += len(wanted)
+    return out
+
+
 def build_vector_index(
     out_dir: Path, state: dict, backend: str, factory: str, filter_fields: tuple[str, ...], seed: int = 0
 ) -> str:
@@ -169,7 +184,6 @@ def build_vector_index(
     from llm_embedder.index.faiss_index import FaissIndex
 
     count, dim = state["count"], state["settings"]["dim"]
-    memmap = np.memmap(out_dir / EMBEDDINGS_FILE, dtype=np.float32, mode="r", shape=(count, dim)) if count else None
     if backend == "milvus":
         from llm_embedder.index.milvus_index import MilvusIndex
 
@@ -182,7 +196,7 @@ def build_vector_index(
         if count and not index.is_trained:
             rng = np.random.default_rng(seed)
             rows = np.sort(rng.choice(count, size=min(count, TRAIN_SAMPLE), replace=False))
-            index.train(np.asarray(memmap[rows]))
+            index.train(read_rows(out_dir / EMBEDDINGS_FILE, rows, count, dim))
     else:
         raise ValueError(f"backend must be faiss or milvus, got {backend!r}")
     docs = (out_dir / DOCS_FILE).open("rb") if filter_fields else None
