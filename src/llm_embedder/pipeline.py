@@ -67,7 +67,9 @@ def training_subset(records: list[dict[str, Any]], cfg: PipelineConfig, task: st
     (chat: the turns that hold the fact; lrlm: the marked chunk) so that the LLM can reward them."""
     rng = random.Random(f"{cfg.seed}:{task}")
     out = []
-    for record in records[: cfg.train_records]:
+    # a record needs a positive and at least one negative to train on
+    usable = [r for r in records if sum(len(r.get(f) or []) for f in ("history", "pos", "neg")) >= 2]
+    for record in usable[: cfg.train_records]:
         record = dict(record)
         record.pop("teacher_scores", None)
         field = "history" if "history" in record else "neg"
@@ -159,8 +161,15 @@ class Pipeline:
             if stamp.exists() and json.loads(stamp.read_text(encoding="utf-8")) == signature:
                 self.console.print(f"{out}: already trained on these inputs")
                 continue
-            train(TrainConfig(data=signature["data"], out=str(out), max_steps=max_steps, save_steps=max_steps,
-                              **common))
+            try:
+                train(TrainConfig(data=signature["data"], out=str(out), max_steps=max_steps, save_steps=max_steps,
+                                  **common))
+            except ValueError as err:  # e.g. the lrlm margin filter left too few examples for one batch
+                if out == unified:
+                    raise
+                self.console.print(f"[yellow]{out.name}: not trained ({err})[/]")
+                shutil.rmtree(out, ignore_errors=True)
+                continue
             shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the final model is saved; ~3x its size
             stamp.write_text(json.dumps(signature), encoding="utf-8")
             self.retrained = True
@@ -172,6 +181,10 @@ class Pipeline:
 
         self.step("4/5 evaluation with the LLM in the loop (test split)")
         systems = dense_systems({"task-specific": str(task_specific), "unified": str(unified)}, self.base, None)
+        make_single = systems["task-specific"]
+        systems["task-specific"] = lambda task: (
+            make_single(task) if Path(str(task_specific).replace("{task}", task)).is_dir() else None
+        )
         eval_dir = self.out / "eval"
         if self.retrained:
             forget_systems(eval_dir, ("unified", "task-specific"))
@@ -225,9 +238,9 @@ def verdict(results: dict[str, Any]) -> list[str]:
 
 
 def run_pipeline(out: str | Path = "runs/demo", quick: bool = False, base: str = "minilm", llm: str = "smollm2",
-                 console: Console | None = None) -> dict[str, Any]:
+                 console: Console | None = None, cfg: PipelineConfig | None = None) -> dict[str, Any]:
     """Run (or resume) every stage and print the results table, the plot files and the verdict."""
-    cfg = PipelineConfig.preset(quick)
+    cfg = cfg or PipelineConfig.preset(quick)
     pipeline = Pipeline(out, cfg, base=base, llm=llm, console=console)
     pipeline.out.mkdir(parents=True, exist_ok=True)
     (pipeline.out / "pipeline.json").write_text(json.dumps(asdict(cfg), indent=2), encoding="utf-8")

@@ -169,7 +169,8 @@ def run_evaluation(
     max_candidates: int | None = None,
     generate: bool = True,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Evaluate every system (name -> factory(task) -> Ranker) and the baselines on each task; resumable."""
+    """Evaluate every system (name -> factory(task) -> Ranker, or None to skip the task) and the baselines on
+    each task; resumable."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = load_results(out_dir)
@@ -186,6 +187,8 @@ def run_evaluation(
                     continue
                 progress.update(bar, description=f"{task}: {name}")
                 ranker = make()
+                if ranker is None:  # this system has no model for this task
+                    continue
                 metrics = evaluate_system(data, ranker, None)
                 if lm is not None and task in DOWNSTREAM:
                     metrics.update(
