@@ -32,13 +32,22 @@ def train_command(
     task_file: Annotated[list[Path] | None, typer.Option("--task-file", help="Extra task definitions.")] = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda if present).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in OUT.")] = False,
+    instructions: Annotated[bool | None, typer.Option("--instructions/--no-instructions",
+                                                      help="Ablation: train without instruction prefixes.")] = None,
+    homogeneous: Annotated[bool | None, typer.Option("--homogeneous/--no-homogeneous",
+                                                     help="Ablation: mix tasks within a batch (one process).")] = None,
+    hard_labels: Annotated[bool | None, typer.Option("--hard-labels/--no-hard-labels",
+                                                     help="Ablation: ignore teacher scores; contrastive on the "
+                                                     "labelled positive.")] = None,
+    loss_override: Annotated[list[str] | None, typer.Option("--loss-override",
+                                                            help="TASK=LOSS, e.g. qa=kl_distill (repeatable).")] = None,
 ) -> None:
     """Train one embedder for all tasks: homogeneous batches, each task's loss and instructions (recipe §2).
 
     Runs under `torchrun --nproc_per_node N -m llm_embedder train ...` for several processes (gloo on CPU).
     All data is validated before training starts.
     """
-    from llm_embedder.train.config import TrainConfig
+    from llm_embedder.train.config import TrainConfig, parse_loss_override
     from llm_embedder.train.trainer import train
 
     cfg = TrainConfig.from_sources(
@@ -47,6 +56,8 @@ def train_command(
         batch_size=batch_size, group_size=group_size, lr=lr, query_max_length=query_max_length,
         key_max_length=key_max_length, save_steps=save_steps, seed=seed, self_paced=self_paced,
         task_files=[str(p) for p in task_file] if task_file else None, device=device, resume=resume or None,
+        instructions=instructions, homogeneous=homogeneous, hard_labels=hard_labels,
+        loss_override=parse_loss_override(loss_override) if loss_override else None,
     )
     result = train(cfg)
     typer.echo(f"trained model written to {result}")

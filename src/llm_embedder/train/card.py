@@ -24,7 +24,16 @@ def read_step_log(path: Path) -> list[dict[str, Any]]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def plot_loss_curves(records: list[dict[str, Any]], path: Path) -> Path:
+def task_points(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One (step, task, loss) per task per step: a mixed batch's record is split into its task subgroups."""
+    points = []
+    for record in records:
+        parts = record.get("task_losses") or {record["task"]: record["loss"]}
+        points += [{"step": record["step"], "task": task, "loss": loss} for task, loss in parts.items()]
+    return points
+
+
+def plot_loss_curves(records: list[dict[str, Any]], path: Path, losses: dict[str, str] | None = None) -> Path:
     """One subplot per task: the loss at each step that trained on it."""
     import matplotlib
 
@@ -32,7 +41,7 @@ def plot_loss_curves(records: list[dict[str, Any]], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     per_task: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    for record in records:
+    for record in task_points(records):
         per_task[record["task"]].append((record["step"], record["loss"]))
     tasks = sorted(per_task) or ["(no steps)"]
     fig, axes = plt.subplots(len(tasks), 1, figsize=(7, 2.4 * len(tasks)), squeeze=False)
@@ -40,7 +49,8 @@ def plot_loss_curves(records: list[dict[str, Any]], path: Path) -> Path:
         points = per_task.get(task, [])
         if points:
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=2, linewidth=1)
-        ax.set_title(f"{task} ({get_task(task).loss})" if points else task, fontsize=9)
+        loss = (losses or {}).get(task) or get_task(task).loss
+        ax.set_title(f"{task} ({loss})" if points else task, fontsize=9)
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         ax.grid(alpha=0.3)
@@ -53,9 +63,10 @@ def plot_loss_curves(records: list[dict[str, Any]], path: Path) -> Path:
 def write_training_card(out: Path, config, files, batches: dict[str, int], extra: dict[str, Any]) -> Path:
     """Write ``TRAINING_CARD.md`` and ``loss_curves.png`` into ``out``."""
     records = read_step_log(out / "logs" / "steps.rank0.jsonl")
-    plot_loss_curves(records, out / PLOT_NAME)
+    task_losses = {f.task: config.loss_for(f.task) for f in files}
+    plot_loss_curves(records, out / PLOT_NAME, task_losses)
     per_task: dict[str, list[float]] = defaultdict(list)
-    for record in records:
+    for record in task_points(records):
         per_task[record["task"]].append(record["loss"])
     lines = [
         "# Training card", "",
@@ -63,7 +74,9 @@ def write_training_card(out: Path, config, files, batches: dict[str, int], extra
         f"Processes: {extra['world_size']}. Wall time: {extra['seconds']:.0f} s."
         + (f" Resumed from `{extra['resumed_from']}`." if extra.get("resumed_from") else ""), "",
         "## Data", "",
-        "Every global batch comes from one dataset (one file; a file listed twice counts twice).", "",
+        ("Every global batch comes from one dataset (one file; a file listed twice counts twice)." if
+         config.homogeneous else "Ablation: batches mix datasets (drawn uniformly from all of them); the loss is "
+         "the count-weighted mean of each task subgroup's loss."), "",
         "| dataset | file | task | records | examples | filtered | truncated | global batches/epoch |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -73,12 +86,12 @@ def write_training_card(out: Path, config, files, batches: dict[str, int], extra
     lines += ["", "## Losses", "", "| task | loss | teacher T | positive | negatives | steps | first loss | "
               "last loss (mean of last 10) |", "|---|---|---|---|---|---|---|---|"]
     for name in sorted({f.task for f in files}):
-        task, losses = get_task(name), per_task.get(name, [])
-        teacher_t = task.teacher_temperature if task.loss == "kl_distill" else ("1 (softmax)" if
-                                                                                task.loss == "stable_distill" else "-")
+        task, losses, loss = get_task(name), per_task.get(name, []), task_losses[name]
+        teacher_t = task.teacher_temperature if loss == "kl_distill" else ("1 (softmax)" if
+                                                                           loss == "stable_distill" else "-")
         first = f"{losses[0]:.4f}" if losses else "-"
         last = f"{sum(losses[-10:]) / len(losses[-10:]):.4f}" if losses else "-"
-        lines.append(f"| {name} | {task.loss} | {teacher_t} | {task.select_positive} | {task.select_negative} | "
+        lines.append(f"| {name} | {loss} | {teacher_t} | {task.select_positive} | {task.select_negative} | "
                      f"{len(losses)} | {first} | {last} |")
     lines += [
         "", f"![loss per task]({PLOT_NAME})", "", "## Settings", "",
@@ -87,6 +100,12 @@ def write_training_card(out: Path, config, files, batches: dict[str, int], extra
         f"{config.group_size - 1} negatives), τ {config.temperature}, max length {config.query_max_length} (query) / "
         f"{config.key_max_length} (key), seed {config.seed}, fp16 {config.fp16} (CUDA only), self-paced lr "
         f"{config.self_paced}.", "",
+        f"Ablation settings: instructions: {str(config.instructions).lower()}, homogeneous: "
+        f"{str(config.homogeneous).lower()}, hard_labels: {str(config.hard_labels).lower()}, loss_override: "
+        f"{config.loss_override or '{}'}."
+        + (f" Records dropped for lack of a labelled positive: "
+           f"{', '.join(f'{f.task} {f.unlabelled}' for f in files if f.unlabelled)}."
+           if any(f.unlabelled for f in files) else ""), "",
         "The task instructions are saved as named prompts (`<task>.query`, `<task>.key`) in "
         "`config_sentence_transformers.json`.", "",
     ]

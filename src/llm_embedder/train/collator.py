@@ -5,6 +5,9 @@ Output keys follow the trainer's convention (``<column>_input_ids`` …), so ``c
 (query b's keys at ``b·N … b·N+N-1``), one forward pass each. ``label`` carries the teacher scores (B, N).
 The task's instructions come from the registry and are passed as sentence-transformers prompts, the same
 path ``Embedder.encode`` uses; query and key max lengths are applied separately.
+
+With ``mixed=True`` (the no-homogeneous-batching ablation) a batch may hold several datasets: the rows are
+grouped by task and each group is collated as above, giving ``{"subbatches": [batch, ...]}``.
 """
 
 from __future__ import annotations
@@ -26,10 +29,23 @@ class GroupCollator(SentenceTransformerDataCollator):
     query_max_length: int = 256
     key_max_length: int = 256
     use_instructions: bool = True
+    mixed: bool = False
+
+    def task_of(self, row: dict[str, Any]) -> str | None:
+        return row.get("task") or self.dataset_tasks.get(row.get("dataset_name"))
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         if not features:
             return {}
+        if self.mixed:
+            groups: dict[str | None, list[dict[str, Any]]] = {}
+            for row in features:
+                groups.setdefault(self.task_of(row), []).append(row)
+            return {"subbatches": [self.collate(rows) for rows in groups.values()]}
+        return self.collate(features)
+
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        """One homogeneous batch: every row of one dataset (or, mixed, one task)."""
         name = features[0].get("dataset_name")
         task_name = features[0].get("task") or self.dataset_tasks.get(name)
         if task_name is None:

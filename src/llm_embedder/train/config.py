@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+LOSSES = ("contrastive", "kl_distill", "stable_distill")
+
 
 @dataclass
 class TrainConfig:
@@ -42,6 +44,11 @@ class TrainConfig:
     task_files: list[str] = field(default_factory=list)
     resume: bool = False
     device: str | None = None
+    # ablations (recipe §4): each default is the paper's method
+    instructions: bool = True  # False: queries and keys as plain text (prompts are still saved)
+    homogeneous: bool = True  # False: batches mix tasks; the loss is computed per task subgroup
+    hard_labels: bool = False  # True: ignore teacher scores, contrastive loss on the labelled positive
+    loss_override: dict[str, str] = field(default_factory=dict)  # task -> loss, e.g. {"qa": "kl_distill"}
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "save_steps", "logging_steps", "self_paced_interval"):
@@ -53,6 +60,21 @@ class TrainConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.lr <= 0 or self.temperature <= 0:
             raise ValueError("lr and temperature must be positive")
+        if not isinstance(self.loss_override, dict):
+            raise ValueError(f"loss_override must map task -> loss, got {self.loss_override!r}")
+        for task, loss in self.loss_override.items():
+            if loss not in LOSSES:
+                raise ValueError(f"loss_override {task}={loss}: unknown loss; known: {', '.join(LOSSES)}")
+        if self.self_paced and not self.homogeneous:
+            raise ValueError("self_paced needs homogeneous batches (one task per step)")
+
+    def loss_for(self, task: str) -> str:
+        """The loss this run trains ``task`` with: contrastive under hard_labels, else override, else registry."""
+        from llm_embedder.tasks import get_task
+
+        if self.hard_labels:
+            return "contrastive"
+        return self.loss_override.get(task) or get_task(task).loss
 
     @classmethod
     def from_sources(cls, config_file: str | Path | None = None, **overrides: Any) -> TrainConfig:
@@ -89,5 +111,18 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             raise ValueError(f"{path}: unknown option {key!r}; known: {', '.join(sorted(known))}")
         if name in ("data", "task_files") and isinstance(value, str):
             value = [value]
+        if name == "loss_override" and isinstance(value, list | str):
+            value = parse_loss_override([value] if isinstance(value, str) else value)
         values[name] = value
     return values
+
+
+def parse_loss_override(items: list[str]) -> dict[str, str]:
+    """``["qa=kl_distill", ...]`` -> ``{"qa": "kl_distill"}`` (what ``--loss-override`` takes)."""
+    out = {}
+    for item in items:
+        task, sep, loss = str(item).partition("=")
+        if not sep or not task.strip() or not loss.strip():
+            raise ValueError(f"loss override {item!r}: expected TASK=LOSS, e.g. qa=kl_distill")
+        out[task.strip()] = loss.strip()
+    return out

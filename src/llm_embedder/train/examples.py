@@ -18,14 +18,19 @@ released code (``datasets.map`` once), each record's example is fixed for the wh
 before training starts: first the shared schema (``llm_embedder.data.validate``, all problems of a file at once),
 then what training needs (teacher scores for distillation, a negative, one task per file); a bad record raises
 ``DataError`` naming file:line:field.
+
+Ablations (``TrainConfig``): ``hard_labels`` ignores teacher scores and trains every task contrastively on its
+labelled positive (a history record's first ``pos_index`` turn; a record with no labelled positive is dropped
+and counted); ``loss_override`` swaps a task's loss (e.g. plain KL for qa); examples follow the swapped loss.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +39,7 @@ from llm_embedder.io import DataError, iter_jsonl
 from llm_embedder.tasks import Task, UnknownTaskError, get_task
 
 DISTILL_LOSSES = ("kl_distill", "stable_distill")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,6 +53,7 @@ class TrainingFile:
     records: int = 0
     filtered: int = 0  # dropped by teacher_scores_margin / teacher_scores_min
     truncated: int = 0  # dropped by max_sample_num
+    unlabelled: int = 0  # dropped under hard_labels: no labelled positive
 
 
 def resolve_data_paths(items: list[str | Path]) -> list[Path]:
@@ -178,7 +185,37 @@ def build_example(
     return example
 
 
-def load_training_file(path: str | Path, index: int, group_size: int = 8, seed: int = 42) -> TrainingFile:
+def training_task(task: Task, hard_labels: bool = False, loss_override: dict[str, str] | None = None) -> Task:
+    """The task recipe as this run trains it: hard labels (contrastive, no teacher) or an overridden loss."""
+    if hard_labels:
+        return replace(
+            task, loss="contrastive", teacher_scores_margin=None, teacher_scores_min=None,
+            select_positive="first" if task.select_positive.startswith("teacher") else task.select_positive,
+            select_negative="random" if task.select_negative.startswith("teacher") else task.select_negative,
+        )
+    if loss_override and task.name in loss_override:
+        return replace(task, loss=loss_override[task.name])
+    return task
+
+
+def hard_label_record(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The record without teacher scores, a history's first ``pos_index`` turn as its positive; None if
+    it has no labelled positive."""
+    record = {k: v for k, v in record.items() if k != "teacher_scores"}
+    history = record.pop("history", None)
+    if history is not None:
+        marked = [i for i in record.get("pos_index") or [] if isinstance(i, int) and 0 <= i < len(history)]
+        if not marked:
+            return None
+        record["pos"] = [history[marked[0]]]
+        record["neg"] = [turn for i, turn in enumerate(history) if i != marked[0]]
+    return record if record.get("pos") else None
+
+
+def load_training_file(
+    path: str | Path, index: int, group_size: int = 8, seed: int = 42, *, hard_labels: bool = False,
+    loss_override: dict[str, str] | None = None,
+) -> TrainingFile:
     """Validate every record of a file and build its examples. One task per file (named in its records)."""
     path = Path(path)
     if group_size < 2:
@@ -186,20 +223,26 @@ def load_training_file(path: str | Path, index: int, group_size: int = 8, seed: 
     raise_problems(validate_file(path), str(path))
     task: Task | None = None
     examples: list[dict[str, Any]] = []
-    records = filtered = 0
+    records = filtered = unlabelled = 0
     for line_no, record in iter_jsonl(path):
         where = f"{path}:{line_no}"
         name = record.get("task")
         if not isinstance(name, str):
             raise DataError(f"{where}:task: missing task name")
         try:
-            record_task = get_task(name)
+            record_task = training_task(get_task(name), hard_labels, loss_override)
         except UnknownTaskError as err:
             raise DataError(f"{where}:task: {err}") from None
         if task is None:
             task = record_task
         elif record_task.name != task.name:
             raise DataError(f"{where}:task: {name!r} differs from the file's task {task.name!r} (one task per file)")
+        if hard_labels:
+            record = hard_label_record(record)
+            if record is None:
+                records += 1
+                unlabelled += 1
+                continue
         query, pos, neg, scores = parse_record(record, where, task)
         records += 1
         if not keep_record(scores, task):
@@ -213,9 +256,17 @@ def load_training_file(path: str | Path, index: int, group_size: int = 8, seed: 
     if task.max_sample_num is not None and len(examples) > task.max_sample_num:
         truncated = len(examples) - task.max_sample_num
         examples = examples[: task.max_sample_num]
-    return TrainingFile(dataset_name(index, path, task.name), path, task.name, examples, records, filtered, truncated)
+    if unlabelled:
+        log.warning("%s: %d of %d records have no labelled positive and are dropped (hard labels)",
+                    path, unlabelled, records)
+    return TrainingFile(dataset_name(index, path, task.name), path, task.name, examples, records, filtered, truncated,
+                        unlabelled)
 
 
-def load_training_files(items: list[str | Path], group_size: int = 8, seed: int = 42) -> list[TrainingFile]:
+def load_training_files(
+    items: list[str | Path], group_size: int = 8, seed: int = 42, *, hard_labels: bool = False,
+    loss_override: dict[str, str] | None = None,
+) -> list[TrainingFile]:
     """Resolve and load all training files (validating everything); a file listed twice loads twice."""
-    return [load_training_file(p, i, group_size, seed) for i, p in enumerate(resolve_data_paths(items))]
+    return [load_training_file(p, i, group_size, seed, hard_labels=hard_labels, loss_override=loss_override)
+            for i, p in enumerate(resolve_data_paths(items))]

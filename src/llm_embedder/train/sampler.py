@@ -75,3 +75,21 @@ class HomogeneousBatchSampler(MultiDatasetDefaultBatchSampler):
     def __len__(self) -> int:
         global_size = self.per_device_batch_size * self.world_size
         return sum(size // global_size for size in self.sizes) * self.world_size
+
+
+def mixed_batches(total: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The epoch's batches for the no-homogeneous ablation: one shuffle of all datasets' concatenated indices."""
+    order = np.random.default_rng([seed, epoch, 104729]).permutation(total)
+    usable = (total // batch_size) * batch_size
+    return [order[start:start + batch_size].tolist() for start in range(0, usable, batch_size)]
+
+
+class MixedBatchSampler(HomogeneousBatchSampler):
+    """Ablation "w/o homogeneous batching": batches drawn uniformly from the concatenation, so a batch mixes
+    tasks (the trainer computes the loss per task subgroup). Single process only."""
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from mixed_batches(sum(self.sizes), self.per_device_batch_size, self.seed or 0, self.epoch)
+
+    def __len__(self) -> int:
+        return sum(self.sizes) // self.per_device_batch_size

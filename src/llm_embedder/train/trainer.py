@@ -7,6 +7,11 @@ We override only: the multi-dataset batch sampler (``sampler.HomogeneousBatchSam
 no fixed per-key columns) and ``compute_loss`` (to record each step's dataset, task and loss per rank in
 ``OUT/logs/steps.rank<r>.jsonl``). The loss is a dict keyed by dataset name, so the trainer picks each
 batch's loss from the dataset's task recipe in the registry.
+
+Ablations (``TrainConfig``): ``instructions=False`` tokenises plain text; ``homogeneous=False`` draws batches
+uniformly from all datasets (``sampler.MixedBatchSampler``, one process only), the collator splits a batch by
+task and the loss is the count-weighted mean of each task subgroup's loss (in-batch negatives stay within a
+subgroup); ``hard_labels`` and ``loss_override`` change each task's loss (``TrainConfig.loss_for``).
 """
 
 from __future__ import annotations
@@ -52,32 +57,52 @@ def _make_trainer_class():
     from sentence_transformers import SentenceTransformerTrainer
     from transformers import TrainerCallback
 
-    from llm_embedder.train.sampler import HomogeneousBatchSampler
+    from llm_embedder.train.sampler import HomogeneousBatchSampler, MixedBatchSampler
 
     class LLMEmbedderTrainer(SentenceTransformerTrainer):
         """SentenceTransformerTrainer with homogeneous batches and a per-rank step log."""
 
         step_log_dir: Path | None = None
         dataset_tasks: dict[str, str] = {}
+        homogeneous: bool = True
 
         def get_multi_dataset_batch_sampler(self, dataset, batch_samplers, generator=None, seed=0):
-            self.homogeneous_sampler = HomogeneousBatchSampler(
+            sampler_class = HomogeneousBatchSampler if self.homogeneous else MixedBatchSampler
+            self.homogeneous_sampler = sampler_class(
                 dataset, batch_samplers, generator=generator, seed=seed,
                 per_device_batch_size=self.args.per_device_train_batch_size, world_size=self.args.world_size,
             )
             return self.homogeneous_sampler
 
+        def mixed_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            """Count-weighted mean of the per-task losses of a mixed batch; (loss, {task: loss})."""
+            total, count, parts = 0, 0, {}
+            for sub in inputs["subbatches"]:
+                name = sub.get("dataset_name")
+                n = len(sub["query_input_ids"])
+                loss = super().compute_loss(model, dict(sub), False, num_items_in_batch)
+                total, count = total + n * loss, count + n
+                parts[self.dataset_tasks.get(name, name)] = float(loss.detach())
+            loss = total / count
+            return ((loss, {}) if return_outputs else loss), parts
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            name = inputs.get("dataset_name")
-            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            name, parts = inputs.get("dataset_name"), None
+            if "subbatches" in inputs:
+                name = "mixed"
+                result, parts = self.mixed_loss(model, inputs, return_outputs, num_items_in_batch)
+            else:
+                result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             loss = result[0] if isinstance(result, tuple) else result
             if model.training and self.step_log_dir is not None:
-                self.current_task = self.dataset_tasks.get(name)
+                self.current_task = self.dataset_tasks.get(name, name)
                 self.current_loss = float(loss.detach())
                 record = {
                     "step": self.state.global_step + 1, "rank": self.args.process_index, "dataset": name,
                     "task": self.current_task, "loss": self.current_loss,
                 }
+                if parts is not None:
+                    record["task_losses"] = parts
                 path = self.step_log_dir / f"steps.rank{self.args.process_index}.jsonl"
                 with path.open("a", encoding="utf-8") as handle:
                     handle.write(json.dumps(record) + "\n")
@@ -120,7 +145,8 @@ def build_trainer(config: TrainConfig, files: list[TrainingFile]):
     device = config.device or ("cuda" if cuda else "cpu")
     model = SentenceTransformer(str(resolve_embedder_path(config.base)), device=device, local_files_only=True)
     train_dataset = DatasetDict({f.name: Dataset.from_list(f.examples) for f in files if f.examples})
-    losses = {f.name: loss_for_task(f.task, model, config.temperature) for f in files if f.name in train_dataset}
+    losses = {f.name: loss_for_task(f.task, model, config.temperature, config.loss_for(f.task))
+              for f in files if f.name in train_dataset}
     dataset_tasks = {f.name: f.task for f in files}
     args = SentenceTransformerTrainingArguments(
         output_dir=str(out / CHECKPOINT_DIR),
@@ -149,6 +175,7 @@ def build_trainer(config: TrainConfig, files: list[TrainingFile]):
     collator = GroupCollator(
         preprocess_fn=model.preprocess, dataset_tasks=dataset_tasks,
         query_max_length=config.query_max_length, key_max_length=config.key_max_length,
+        use_instructions=config.instructions, mixed=not config.homogeneous,
     )
     callbacks = []
     if config.self_paced:
@@ -162,6 +189,7 @@ def build_trainer(config: TrainConfig, files: list[TrainingFile]):
     )
     trainer.add_callback(trainer_class.EpochSync(trainer))
     trainer.dataset_tasks = dataset_tasks
+    trainer.homogeneous = config.homogeneous
     trainer.step_log_dir = out / LOG_DIR
     for callback in callbacks:
         callback.trainer = trainer
@@ -187,7 +215,10 @@ def train(config: TrainConfig) -> Path:
     for task_file in config.task_files:
         register_tasks_from_file(task_file)
     rank, world_size = distributed_env()
-    files = load_training_files(config.data, config.group_size, config.seed)  # all validation happens here
+    if world_size > 1 and not config.homogeneous:
+        raise ValueError("homogeneous=False (mixed batches) runs in one process only")
+    files = load_training_files(config.data, config.group_size, config.seed, hard_labels=config.hard_labels,
+                                loss_override=config.loss_override)  # all validation happens here
     batches = check_batches(files, config.batch_size, world_size)
     resume_from = latest_checkpoint(out) if config.resume else None
     if not config.resume and latest_checkpoint(out) is not None:

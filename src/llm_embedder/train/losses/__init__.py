@@ -13,16 +13,19 @@ from llm_embedder.train.losses.stable_distill import StableDistillLoss, stable_d
 DISTILL_LOSSES = ("kl_distill", "stable_distill")
 
 
-def loss_for_task(task: str | Task, model, temperature: float = 0.01):
-    """The loss module for a task: contrastive, kl_distill (teacher T from the task) or stable_distill."""
+def loss_for_task(task: str | Task, model, temperature: float = 0.01, loss: str | None = None):
+    """The loss module for a task: contrastive, kl_distill (teacher T from the task) or stable_distill.
+
+    ``loss`` overrides the registry's choice (the ablations: hard labels, plain KL)."""
     task = get_task(task)
-    if task.loss == "contrastive":
+    loss = loss or task.loss
+    if loss == "contrastive":
         return ContrastiveLoss(model, temperature=temperature)
-    if task.loss == "kl_distill":
+    if loss == "kl_distill":
         return KLDistillLoss(model, teacher_temperature=task.teacher_temperature, temperature=temperature)
-    if task.loss == "stable_distill":
+    if loss == "stable_distill":
         return StableDistillLoss(model, temperature=temperature)
-    raise ValueError(f"task {task.name!r}: unknown loss {task.loss!r}")
+    raise ValueError(f"task {task.name!r}: unknown loss {loss!r}")
 
 
 __all__ = [

@@ -1,0 +1,139 @@
+"""The ablation switches of TrainConfig each change what is computed (tiny model, tiny fixtures)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from train_fixtures import write_task_file
+from typer.testing import CliRunner
+
+from llm_embedder.train import trainer as trainer_module
+from llm_embedder.train.card import read_step_log
+from llm_embedder.train.config import TrainConfig, parse_loss_override, read_config_file
+from llm_embedder.train.examples import load_training_files
+from llm_embedder.train.losses import ContrastiveLoss, KLDistillLoss, StableDistillLoss
+from llm_embedder.train.sampler import mixed_batches
+
+SMALL = dict(max_steps=3, batch_size=4, group_size=3, lr=1e-3, save_steps=3, logging_steps=1,
+             query_max_length=32, key_max_length=32)
+
+
+def config(data: Path, out: Path, base: Path, **extra) -> TrainConfig:
+    return TrainConfig(data=[str(data)], out=str(out), base=str(base), **{**SMALL, **extra})
+
+
+def rows(files, per_file: int) -> list[dict]:
+    return [{**example, "dataset_name": f.name} for f in files for example in f.examples[:per_file]]
+
+
+def test_defaults_keep_the_paper_method() -> None:
+    cfg = TrainConfig()
+    assert cfg.instructions and cfg.homogeneous and not cfg.hard_labels and cfg.loss_override == {}
+    assert cfg.loss_for("qa") == "stable_distill" and cfg.loss_for("chat") == "kl_distill"
+
+
+def test_no_instructions_collates_plain_text(data_dir, tmp_path, tiny_embedder_dir) -> None:
+    decoded = {}
+    for flag in (True, False):
+        cfg = config(data_dir, tmp_path / str(flag), tiny_embedder_dir, instructions=flag)
+        files = load_training_files(cfg.data, cfg.group_size, cfg.seed)
+        trainer = trainer_module.build_trainer(cfg, files)
+        batch = trainer.data_collator(rows(files[:1], 2))  # chat
+        tokenizer = trainer.model.tokenizer
+        decoded[flag] = (tokenizer.decode(batch["query_input_ids"][0], skip_special_tokens=True),
+                         tokenizer.decode(batch["keys_input_ids"][0], skip_special_tokens=True))
+    assert decoded[True][0].startswith("embed this dialogue") and decoded[True][1].startswith("embed this historical")
+    assert decoded[False] == ("chat question number 0", "chat relevant passage 0")
+
+
+def test_hard_labels_use_the_labelled_positive_and_the_contrastive_loss(data_dir, tmp_path, tiny_embedder_dir) -> None:
+    chat = data_dir / "chat" / "train.jsonl"
+    records = [json.loads(line) for line in chat.read_text().splitlines()]
+    records[0]["pos_index"] = [2]  # one record marks its useful turn; the other 7 have none
+    chat.write_text("".join(json.dumps(r) + "\n" for r in records))
+    files = {f.task: f for f in load_training_files([data_dir], 3, 0, hard_labels=True)}
+    assert files["chat"].unlabelled == 7
+    (chat_example,) = files["chat"].examples
+    assert chat_example["keys"][0] == "chat unrelated text 0 1" and "label" not in chat_example
+    assert all("label" not in e for e in files["qa"].examples)
+    assert all(e["keys"][0] == f"qa relevant passage {i}" for i, e in enumerate(files["qa"].examples))
+    default = {f.task: f for f in load_training_files([data_dir], 3, 0)}
+    assert "label" in default["qa"].examples[0] and default["chat"].unlabelled == 0
+
+    cfg = config(data_dir, tmp_path / "hard", tiny_embedder_dir, hard_labels=True)
+    trainer = trainer_module.build_trainer(cfg, list(files.values()))
+    assert trainer.loss and all(isinstance(loss, ContrastiveLoss) for loss in trainer.loss.values())
+
+
+def test_loss_override_picks_plain_kl(data_dir, tmp_path, tiny_embedder_dir) -> None:
+    cfg = config(data_dir, tmp_path / "kl", tiny_embedder_dir, loss_override={"qa": "kl_distill"})
+    files = load_training_files(cfg.data, cfg.group_size, cfg.seed, loss_override=cfg.loss_override)
+    trainer = trainer_module.build_trainer(cfg, files)
+    by_task = {f.task: trainer.loss[f.name] for f in files}
+    assert isinstance(by_task["qa"], KLDistillLoss) and isinstance(by_task["tool"], ContrastiveLoss)
+    assert not isinstance(by_task["qa"], StableDistillLoss)
+    assert "label" in files[[f.task for f in files].index("qa")].examples[0]
+    assert parse_loss_override(["qa=kl_distill", "icl = kl_distill"]) == {"qa": "kl_distill", "icl": "kl_distill"}
+    with pytest.raises(ValueError, match="unknown loss"):
+        TrainConfig(loss_override={"qa": "kl"})
+    with pytest.raises(ValueError, match="TASK=LOSS"):
+        parse_loss_override(["qa"])
+    yaml_file = tmp_path / "train.yaml"
+    yaml_file.write_text("loss-override: [qa=kl_distill]\nhomogeneous: false\n")
+    assert read_config_file(yaml_file) == {"loss_override": {"qa": "kl_distill"}, "homogeneous": False}
+
+
+def test_mixed_batch_loss_is_the_count_weighted_mean_of_per_task_losses(data_dir, tmp_path, tiny_embedder_dir):
+    cfg = config(data_dir, tmp_path / "mixed", tiny_embedder_dir, homogeneous=False)
+    files = load_training_files(cfg.data, cfg.group_size, cfg.seed)
+    trainer = trainer_module.build_trainer(cfg, files)
+    model = trainer.model.eval()  # no dropout: the two computations must agree exactly
+    qa, tool = [f for f in files if f.task == "qa"][0], [f for f in files if f.task == "tool"][0]
+    features = rows([qa], 1) + rows([tool], 3)
+    inputs = trainer.data_collator(features)
+    assert len(inputs["subbatches"]) == 2
+    with torch.no_grad():
+        mixed = trainer.compute_loss(model, inputs)
+        direct = []
+        for f, n in ((qa, 1), (tool, 3)):
+            sub = trainer.data_collator.collate(rows([f], n))
+            sub.pop("dataset_name")
+            feats, labels = trainer.collect_features(sub)
+            direct.append((n, trainer.loss[f.name](feats, labels)))
+    expected = sum(n * loss for n, loss in direct) / 4
+    assert torch.allclose(mixed, expected) and not torch.allclose(direct[0][1], direct[1][1])
+
+    # the sampler mixes datasets within a batch, and all examples are drawn once per epoch
+    batches = mixed_batches(24, 4, 0, 0)
+    assert sorted(i for b in batches for i in b) == list(range(24))
+    assert any(len({i // 8 for i in b}) > 1 for b in batches)
+
+
+def test_mixed_training_runs_and_logs_per_task_losses(data_dir, tmp_path, tiny_embedder_dir) -> None:
+    out = trainer_module.train(config(data_dir, tmp_path / "run", tiny_embedder_dir, homogeneous=False,
+                                      instructions=False))
+    steps = read_step_log(out / "logs" / "steps.rank0.jsonl")
+    assert len(steps) == 3 and all(s["task"] == "mixed" and s["task_losses"] for s in steps)
+    assert any(len(s["task_losses"]) > 1 for s in steps)
+    card = (out / "TRAINING_CARD.md").read_text()
+    assert "instructions: false" in card and "batches mix datasets" in card
+    with pytest.raises(ValueError, match="self_paced"):
+        TrainConfig(homogeneous=False, self_paced=True)
+
+
+def test_cli_passes_the_ablation_flags(monkeypatch, tmp_path) -> None:
+    from llm_embedder.cli.app import app
+
+    seen = {}
+    monkeypatch.setattr(trainer_module, "train", lambda cfg: seen.setdefault("cfg", cfg) and tmp_path)
+    data = write_task_file(tmp_path / "qa" / "train.jsonl", "qa", 2, scores=True)
+    result = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "o"), "--no-instructions",
+                                      "--no-homogeneous", "--hard-labels", "--loss-override", "qa=kl_distill",
+                                      "--loss-override", "icl=kl_distill"])
+    assert result.exit_code == 0, result.output
+    cfg = seen["cfg"]
+    assert not cfg.instructions and not cfg.homogeneous and cfg.hard_labels
+    assert cfg.loss_override == {"qa": "kl_distill", "icl": "kl_distill"}
