@@ -6,7 +6,7 @@ import sys
 
 from rich.console import Console
 
-from llm_embedder.cli import basic, data, demo, evaluate, export, index, score, serve, train  # noqa: F401  (registers commands)
+from llm_embedder.cli import ablate, basic, data, demo, evaluate, export, index, score, serve, train  # noqa: F401  (registers commands)
 from llm_embedder.cli.app import app
 from llm_embedder.io import DataError
 from llm_embedder.tasks import UnknownTaskError

@@ -1,0 +1,187 @@
+"""The paper's ablations on a demo run: what each ingredient of the unified embedder is worth (recipe §4).
+
+``run_ablations`` reads a finished ``make demo`` run directory (``pipeline.json``, the training files under
+``train/``, ``models/unified/train_config.json``) and trains four variants of the unified model with the same
+data, steps, batch size and learning rate, each with one ingredient removed:
+
+- ``w/o LLM reward``: hard labels (``hard_labels``): teacher scores ignored, contrastive loss on the labelled
+  positive; records without one (the demo's chat and lrlm records carry none) are dropped;
+- ``w/o instructions``: plain text at training (``instructions=False``) and at evaluation;
+- ``w/o homogeneous batching``: batches mix tasks, the loss is computed per task subgroup;
+- ``plain KL (qa, icl)``: KL distillation instead of the stabilized distillation for qa and icl.
+
+They are evaluated with the demo's evaluation settings beside the demo's unified model and the base model
+into ``<run>/ablations/results.json``, ``results.md`` and ``plots/``. Results the demo already measured with
+the same settings (unified, base) are copied from ``<run>/eval``. Re-running resumes: a variant already
+trained on the same inputs is skipped, an interrupted one resumes from its checkpoint, and evaluation results
+are cached per (task, system).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "w/o LLM reward": ("no-llm-reward", {"hard_labels": True}),
+    "w/o instructions": ("no-instructions", {"instructions": False}),
+    "w/o homogeneous batching": ("no-homogeneous", {"homogeneous": False}),
+    "plain KL (qa, icl)": ("plain-kl", {"loss_override": {"qa": "kl_distill", "icl": "kl_distill"}}),
+}
+SHARED_SYSTEMS = ("unified", "base (no instructions)", "base (instructions)")  # measured by the demo already
+
+
+def read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(pipeline.json, the unified model's train_config.json) of a demo run, with clear errors."""
+    paths = [run_dir / "pipeline.json", run_dir / "models" / "unified" / "train_config.json"]
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: run `llm-embedder demo --out {run_dir}` first")
+    return tuple(json.loads(p.read_text(encoding="utf-8")) for p in paths)  # type: ignore[return-value]
+
+
+def signature(settings: dict[str, Any]) -> dict[str, Any]:
+    """What an ablated model depends on: its training settings and the content of its training files."""
+    digests = {}
+    for item in settings["data"]:
+        path = Path(item)
+        if not path.is_file():
+            raise FileNotFoundError(f"training file of the demo run not found: {path}")
+        digests[item] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return {"settings": settings, "data_sha256": digests}
+
+
+def train_ablation(out: Path, settings: dict[str, Any], console: Console) -> bool:
+    """Train one variant unless done on the same inputs; True if it was (re)trained."""
+    from llm_embedder.train.config import TrainConfig
+    from llm_embedder.train.trainer import train
+
+    stamp_path = out / "ablation_inputs.json"
+    wanted = signature(settings)
+    stamp = json.loads(stamp_path.read_text(encoding="utf-8")) if stamp_path.is_file() else None
+    if stamp and stamp["inputs"] == wanted and stamp["done"]:
+        console.print(f"{out}: already trained on these inputs")
+        return False
+    resume = bool(stamp and stamp["inputs"] == wanted)  # interrupted on the same inputs: continue
+    if not resume and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp_path.write_text(json.dumps({"inputs": wanted, "done": False}), encoding="utf-8")
+    train(TrainConfig(**{**settings, "out": str(out), "resume": resume}))
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the final model is saved
+    stamp_path.write_text(json.dumps({"inputs": wanted, "done": True}), encoding="utf-8")
+    return True
+
+
+def seed_shared_results(demo_eval: Path, out: Path) -> None:
+    """Copy the demo's own results for the unified and base models (same settings) into the ablation cache."""
+    from llm_embedder.evaluate.run import load_results, save_results
+
+    demo = load_results(demo_eval) if demo_eval.is_dir() else {}
+    results = load_results(out)
+    for task, systems in demo.items():
+        for name in SHARED_SYSTEMS:
+            if name in systems:
+                results.setdefault(task, {})[name] = systems[name]
+    save_results(out, results)
+
+
+def systems_for(models: dict[str, tuple[Path, bool]], base: str, device: str | None = None) -> dict:
+    """name -> factory(task) -> DenseRanker; ``models`` maps name -> (dir, use instructions)."""
+    from llm_embedder.embedder import Embedder
+    from llm_embedder.evaluate import DenseRanker
+
+    cache: dict[tuple[str, bool], Embedder] = {}
+
+    def ranker(path: str, instructions: bool):
+        def make(task: str) -> DenseRanker:
+            if (path, instructions) not in cache:
+                cache[(path, instructions)] = Embedder(path, device=device, use_instructions=instructions)
+            return DenseRanker(cache[(path, instructions)])
+
+        return make
+
+    systems = {"base (no instructions)": ranker(base, False), "base (instructions)": ranker(base, True)}
+    systems.update({name: ranker(str(path), flag) for name, (path, flag) in models.items()})
+    return systems
+
+
+def compare(results: dict[str, Any]) -> list[str]:
+    """Per task: each ablation's main metric against the full unified model."""
+    from llm_embedder.evaluate import main_metric
+
+    lines = []
+    for task, systems in results.items():
+        metric, higher = main_metric(task)
+        full = systems.get("unified", {}).get(metric)
+        if full is None:
+            continue
+        parts = []
+        for name in ABLATIONS:
+            value = systems.get(name, {}).get(metric)
+            if value is not None:
+                worse = (value < full) if higher else (value > full)
+                parts.append(f"{name} {value:.4f} ({'worse' if worse else 'not worse'})")
+        lines.append(f"{task} ({metric}): unified {full:.4f}; " + "; ".join(parts))
+    return lines
+
+
+def run_ablations(run_dir: str | Path = "runs/demo", out: str | Path | None = None, quick: bool = False, *,
+                  base: str = "minilm", llm: str = "smollm2", console: Console | None = None) -> dict[str, Any]:
+    """Train (or resume) the four ablated unified models of a demo run and evaluate them beside it.
+
+    If ``run_dir`` holds no demo run yet, the demo pipeline is run there first (its quick preset with
+    ``quick``); ``base`` and ``llm`` are used only then and for the LLM in the loop (``llm``)."""
+    from llm_embedder.evaluate import run_evaluation, write_report
+    from llm_embedder.pipeline import forget_systems, run_pipeline
+    from llm_embedder.tasks import list_tasks
+
+    console = console or Console()
+    run_dir = Path(run_dir)
+    out = Path(out) if out is not None else run_dir / "ablations"
+    if not (run_dir / "pipeline.json").is_file():
+        console.rule("[bold]no demo run yet: running the demo pipeline first")
+        run_pipeline(run_dir, quick=quick, base=base, llm=llm, console=console)
+    pipeline_cfg, unified_cfg = read_run(run_dir)
+    settings = {k: v for k, v in unified_cfg.items() if k not in ("out", "resume")}
+
+    console.rule("[bold]1/2 training the ablated unified models (same data, steps, batch, lr)")
+    models: dict[str, tuple[Path, bool]] = {"unified": (run_dir / "models" / "unified", True)}
+    retrained = []
+    for name, (slug, change) in ABLATIONS.items():
+        console.print(f"[bold]{name}[/]: {change}")
+        model_dir = out / "models" / slug
+        if train_ablation(model_dir, {**settings, **change}, console):
+            retrained.append(name)
+        models[name] = (model_dir, change.get("instructions", True))
+
+    console.rule("[bold]2/2 evaluation with the LLM in the loop (the demo's settings)")
+    out.mkdir(parents=True, exist_ok=True)
+    if retrained:
+        forget_systems(out, tuple(retrained))
+    seed_shared_results(run_dir / "eval", out)
+    lm = None
+    if pipeline_cfg.get("llm_queries"):
+        from llm_embedder.llm import CausalLM
+
+        lm = CausalLM(llm, quantize=pipeline_cfg.get("llm_quantize"))
+    tasks = [t for t in list_tasks() if (run_dir / "train" / t).is_dir() and (run_dir / "data" / t).is_dir()]
+    results = run_evaluation(
+        run_dir / "data", tasks, systems_for(models, settings["base"]), out, lm=lm, baselines=False,
+        max_queries=pipeline_cfg["eval_queries"], max_llm_queries=pipeline_cfg["llm_queries"],
+        max_corpus=pipeline_cfg["max_corpus"], max_candidates=pipeline_cfg["max_candidates"],
+        generate=pipeline_cfg.get("generate", False),
+    )
+    plots = write_report(results, out)
+    (out / "results.md").write_text("# Ablations\n\n" + (out / "results.md").read_text(encoding="utf-8")
+                                    .removeprefix("# Evaluation\n\n"), encoding="utf-8")
+    console.print((out / "results.md").read_text(encoding="utf-8").split("###")[0], soft_wrap=True, highlight=False)
+    for line in compare(results):
+        console.print(line, highlight=False)
+    console.print("plots: " + ", ".join(str(p) for p in plots))
+    return results

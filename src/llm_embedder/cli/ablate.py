@@ -1,0 +1,31 @@
+"""`ablate`: the paper's ablations on a demo run, in the evaluation table format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from llm_embedder.cli.app import app
+
+
+@app.command("ablate")
+def ablate_command(
+    run: Annotated[Path, typer.Option("--run", help="Demo run directory (made by `llm-embedder demo`).")] = Path(
+        "runs/demo"
+    ),
+    out: Annotated[Path | None, typer.Option("--out", help="Output dir (default RUN/ablations).")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="If RUN holds no demo run yet, make the quick one "
+                                        "first.")] = False,
+    base: Annotated[str, typer.Option(help="Base embedder, only used if the demo has to run first.")] = "minilm",
+    llm: Annotated[str, typer.Option(help="LLM for the downstream metrics (the demo's).")] = "smollm2",
+) -> None:
+    """Train the unified embedder of a demo run again with one ingredient removed each (LLM reward,
+    instructions, homogeneous batching, stabilized distillation) and evaluate the variants beside it.
+
+    Writes RUN/ablations/results.json, results.md and plots/; re-runs resume.
+    """
+    from llm_embedder.ablations import run_ablations
+
+    run_ablations(run, out, quick=quick, base=base, llm=llm)

@@ -1,0 +1,59 @@
+"""The ablations end to end on a tiny demo run (tiny embedder and LM): four variants trained, evaluated, resumed."""
+
+import json
+
+import pytest
+from rich.console import Console
+from test_pipeline import TINY
+
+from llm_embedder.ablations import ABLATIONS, compare, run_ablations, systems_for
+from llm_embedder.pipeline import run_pipeline
+
+
+def test_missing_run_is_a_clear_error(tmp_path):
+    (tmp_path / "pipeline.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="llm-embedder demo"):
+        run_ablations(tmp_path, console=Console(record=True))
+
+
+def test_compare_names_worse_and_not_worse():
+    results = {"tool": {"unified": {"ndcg@5": 0.5}, "w/o instructions": {"ndcg@5": 0.4},
+                        "w/o LLM reward": {"ndcg@5": 0.6}}}
+    (line,) = compare(results)
+    assert "w/o LLM reward 0.6000 (not worse)" in line and "w/o instructions 0.4000 (worse)" in line
+
+
+@pytest.mark.integration
+def test_ablations_end_to_end_and_resume(tiny_embedder_dir, tiny_lm_dir, tmp_path):
+    run = tmp_path / "demo"
+    run_pipeline(run, base=str(tiny_embedder_dir), llm=str(tiny_lm_dir), console=Console(record=True), cfg=TINY)
+    console = Console(record=True, width=200)
+    results = run_ablations(run, llm=str(tiny_lm_dir), console=console)
+
+    out = run / "ablations"
+    demo = json.loads((run / "eval" / "results.json").read_text())
+    unified = json.loads((run / "models" / "unified" / "train_config.json").read_text())
+    assert set(results) == set(demo)
+    for task, systems in results.items():
+        assert {"unified", *ABLATIONS} <= set(systems), task
+        assert systems["unified"] == demo[task]["unified"]  # copied: same model, same settings
+    for name, (slug, change) in ABLATIONS.items():
+        model = out / "models" / slug
+        config = json.loads((model / "train_config.json").read_text())
+        for key in ("data", "max_steps", "batch_size", "lr", "group_size", "base"):
+            assert config[key] == unified[key], (name, key)
+        assert all(config[key] == value for key, value in change.items()), name
+        assert not (model / "checkpoints").exists()
+    card = (out / "models" / "no-instructions" / "TRAINING_CARD.md").read_text()
+    assert "instructions: false" in card
+    assert "plain KL" in (out / "results.md").read_text() and (out / "plots" / "qa.png").exists()
+    assert "| qa | kl_distill |" in (out / "models" / "plain-kl" / "TRAINING_CARD.md").read_text()
+    # the instruction-free model is evaluated without instructions, the others with
+    models = {name: (out / "models" / slug, "instructions" not in change) for name, (slug, change) in ABLATIONS.items()}
+    systems = systems_for(models, str(tiny_embedder_dir), "cpu")
+    assert not systems["w/o instructions"]("qa").embedder.use_instructions
+    assert systems["w/o LLM reward"]("qa").embedder.use_instructions
+
+    again = Console(record=True, width=200)
+    assert run_ablations(run, llm=str(tiny_lm_dir), console=again) == results
+    assert again.export_text().count("already trained on these inputs") == len(ABLATIONS)
