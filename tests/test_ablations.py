@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from rich.console import Console
 from test_pipeline import TINY
 
@@ -23,8 +24,17 @@ def test_compare_names_worse_and_not_worse():
     assert "w/o LLM reward 0.6000 (not worse)" in line and "w/o instructions 0.4000 (worse)" in line
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a loaded 2-core machine, tiny models run ~5x faster without thread contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.integration
-def test_ablations_end_to_end_and_resume(tiny_embedder_dir, tiny_lm_dir, tmp_path):
+def test_ablations_end_to_end_and_resume(tiny_embedder_dir, tiny_lm_dir, tmp_path, one_thread):
     run = tmp_path / "demo"
     run_pipeline(run, base=str(tiny_embedder_dir), llm=str(tiny_lm_dir), console=Console(record=True), cfg=TINY)
     console = Console(record=True, width=200)
