@@ -7,7 +7,7 @@ import torch
 from rich.console import Console
 from test_pipeline import TINY
 
-from llm_embedder.ablations import ABLATIONS, compare, run_ablations, systems_for
+from llm_embedder.ablations import ABLATIONS, compare, drop_stale_results, run_ablations, systems_for
 from llm_embedder.pipeline import run_pipeline
 
 
@@ -63,6 +63,12 @@ def test_ablations_end_to_end_and_resume(tiny_embedder_dir, tiny_lm_dir, tmp_pat
     systems = systems_for(models, str(tiny_embedder_dir), "cpu")
     assert not systems["w/o instructions"]("qa").embedder.use_instructions
     assert systems["w/o LLM reward"]("qa").embedder.use_instructions
+
+    assert not drop_stale_results(out, json.loads((run / "pipeline.json").read_text()))
+    assert drop_stale_results(out, {**json.loads((run / "pipeline.json").read_text()), "eval_queries": 1})
+    assert not any(json.loads((out / "results.json").read_text()).values())
+    drop_stale_results(out, json.loads((run / "pipeline.json").read_text()))
+    (out / "results.json").write_text(json.dumps(results))
 
     again = Console(record=True, width=200)
     assert run_ablations(run, llm=str(tiny_lm_dir), console=again) == results

@@ -78,6 +78,19 @@ def train_ablation(out: Path, settings: dict[str, Any], console: Console) -> boo
     return True
 
 
+def drop_stale_results(out: Path, pipeline_cfg: dict[str, Any]) -> bool:
+    """Forget every cached result if the demo's settings (``pipeline.json``) changed since; True if so."""
+    from llm_embedder.pipeline import forget_systems
+
+    stamp = out / "pipeline.json"
+    stale = stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) != pipeline_cfg
+    if stale:
+        forget_systems(out, (*SHARED_SYSTEMS, *ABLATIONS))
+    out.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(pipeline_cfg, indent=2), encoding="utf-8")
+    return stale
+
+
 def seed_shared_results(demo_eval: Path, out: Path) -> None:
     """Copy the demo's own results for the unified and base models (same settings) into the ablation cache."""
     from llm_embedder.evaluate.run import load_results, save_results
@@ -161,7 +174,7 @@ def run_ablations(run_dir: str | Path = "runs/demo", out: str | Path | None = No
         models[name] = (model_dir, change.get("instructions", True))
 
     console.rule("[bold]2/2 evaluation with the LLM in the loop (the demo's settings)")
-    out.mkdir(parents=True, exist_ok=True)
+    drop_stale_results(out, pipeline_cfg)
     if retrained:
         forget_systems(out, tuple(retrained))
     seed_shared_results(run_dir / "eval", out)

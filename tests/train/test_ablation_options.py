@@ -66,6 +66,9 @@ def test_hard_labels_use_the_labelled_positive_and_the_contrastive_loss(data_dir
     cfg = config(data_dir, tmp_path / "hard", tiny_embedder_dir, hard_labels=True)
     trainer = trainer_module.build_trainer(cfg, list(files.values()))
     assert trainer.loss and all(isinstance(loss, ContrastiveLoss) for loss in trainer.loss.values())
+    card = (trainer_module.train(cfg) / "TRAINING_CARD.md").read_text()
+    assert "| chat | contrastive | - | first | random |" in card and "hard_labels: true" in card
+    assert "lack of a labelled positive: chat 7" in card
 
 
 def test_loss_override_picks_plain_kl(data_dir, tmp_path, tiny_embedder_dir) -> None:

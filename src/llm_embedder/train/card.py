@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_embedder.tasks import get_task
+from llm_embedder.train.examples import training_task
 
 CARD_NAME = "TRAINING_CARD.md"
 PLOT_NAME = "loss_curves.png"
@@ -86,7 +87,8 @@ def write_training_card(out: Path, config, files, batches: dict[str, int], extra
     lines += ["", "## Losses", "", "| task | loss | teacher T | positive | negatives | steps | first loss | "
               "last loss (mean of last 10) |", "|---|---|---|---|---|---|---|---|"]
     for name in sorted({f.task for f in files}):
-        task, losses, loss = get_task(name), per_task.get(name, []), task_losses[name]
+        task = training_task(get_task(name), config.hard_labels, config.loss_override)
+        losses, loss = per_task.get(name, []), task_losses[name]
         teacher_t = task.teacher_temperature if loss == "kl_distill" else ("1 (softmax)" if
                                                                            loss == "stable_distill" else "-")
         first = f"{losses[0]:.4f}" if losses else "-"
