@@ -27,7 +27,9 @@ def test_training_subset_cuts_candidates_and_keeps_the_marked_turn():
          "teacher_scores": [0.0] * 11, "pos_index": [1, 2], "answers": ["a"]},
     ]
     chat, qa = training_subset(records, TINY, "mixed")
-    assert len(chat["history"]) == 3 and "turn 9" in chat["history"] and "pos_index" not in chat
+    assert len(chat["history"]) == 3 and "turn 9" in chat["history"]
+    assert [chat["history"][i] for i in chat["pos_index"]] == ["turn 9"]
+    assert "pos_index" not in qa  # corpus ids mean nothing once the candidates are cut
     assert qa["pos"] == ["p1"] and len(qa["neg"]) == 2 and "teacher_scores" not in qa
 
 

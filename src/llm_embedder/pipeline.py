@@ -81,6 +81,8 @@ def training_subset(records: list[dict[str, Any]], cfg: PipelineConfig, task: st
             record["pos"] = positives
         for name in ("pos_index", "neg_index"):
             record.pop(name, None)
+        if marked:  # the marked candidates, re-numbered (the hard-label ablation trains on them)
+            record["pos_index"] = [chosen.index(i) for i in marked if i in chosen]
         out.append(record)
     return out
 

@@ -114,3 +114,14 @@ def test_recent_window_keeps_gold_and_latest():
     kept, gold = recent_window(texts, [2], 4)
     assert kept == ["chunk 2", "chunk 7", "chunk 8", "chunk 9"] and gold == [0]
     assert recent_window(texts[:3], [1], 4) == (texts[:3], [1])
+
+
+def test_changed_settings_do_not_reuse_cached_results(suite, tmp_path):
+    lm = ContainsAnswerLM()
+    out = tmp_path / "eval"
+    run_evaluation(suite, ["qa"], {}, out, lm=lm, generate=False)
+    calls = lm.calls
+    run_evaluation(suite, ["qa"], {}, out, lm=lm, generate=False)
+    assert lm.calls == calls
+    run_evaluation(suite, ["qa"], {}, out, lm=lm, generate=False, max_queries=1)
+    assert lm.calls > calls

@@ -21,6 +21,7 @@ from llm_embedder.evaluate.rankers import BM25Ranker, NoRetrieval, RandomRanker,
 from llm_embedder.io import DataError, read_jsonl
 
 RESULTS_FILE = "results.json"
+SETTINGS_FILE = "settings.json"
 RETRIEVAL_DEPTH = 10
 
 
@@ -173,6 +174,15 @@ def run_evaluation(
     each task; resumable."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "data": str(Path(data_dir).resolve()), "split": split, "max_queries": max_queries,
+        "max_llm_queries": max_llm_queries, "max_corpus": max_corpus, "max_candidates": max_candidates,
+        "generate": generate, "llm": getattr(lm, "name", None),
+    }
+    settings_file = out_dir / SETTINGS_FILE
+    if settings_file.exists() and json.loads(settings_file.read_text(encoding="utf-8")) != settings:
+        save_results(out_dir, {})  # measured under other settings: start over rather than mix them
+    settings_file.write_text(json.dumps(settings, indent=2), encoding="utf-8")
     results = load_results(out_dir)
     with Progress() as progress:
         bar = progress.add_task("evaluating", total=len(tasks))
