@@ -35,9 +35,9 @@ class PipelineConfig:
     epochs: int = 3  # passes over each task's training subset
     lr: float = 1e-4  # few steps on a small model: higher than the paper's 5e-6 for bge-base at 10k steps
     max_length: int = 128
-    eval_queries: int = 100
-    llm_queries: int = 24
-    max_corpus: int = 1000
+    eval_queries: int = 60
+    llm_queries: int = 12
+    max_corpus: int = 500
     max_candidates: int = 16  # per-query candidates (chat turns, earlier lrlm chunks) at evaluation
     generate: bool = False
     llm_quantize: str | None = None  # exact scores; "int8" is the approximate CPU fast mode
