@@ -178,8 +178,8 @@ class Pipeline:
         return unified, self.out / "models" / "task-specific" / "{task}"
 
     def evaluate(self, tasks: list[str], unified: Path, task_specific: Path) -> dict[str, Any]:
-        from llm_embedder.cli.evaluate import dense_systems
         from llm_embedder.evaluate import run_evaluation, write_report
+        from llm_embedder.evaluate.rankers import dense_systems
 
         self.step("4/5 evaluation with the LLM in the loop (test split)")
         systems = dense_systems({"task-specific": str(task_specific), "unified": str(unified)}, self.base, None)

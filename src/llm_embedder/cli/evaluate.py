@@ -23,30 +23,6 @@ def parse_model_specs(specs: list[str]) -> dict[str, str]:
     return models
 
 
-def dense_systems(models: dict[str, str], base: str | None, device: str | None) -> dict:
-    """name -> factory(task) -> DenseRanker; embedders are loaded once per path."""
-    from llm_embedder.embedder import Embedder
-    from llm_embedder.evaluate import DenseRanker
-
-    cache: dict[tuple[str, bool], Embedder] = {}
-
-    def ranker(path: str, instructions: bool = True):
-        def make(task: str) -> DenseRanker:
-            resolved = path.replace("{task}", task)
-            if (resolved, instructions) not in cache:
-                cache[(resolved, instructions)] = Embedder(resolved, device=device, use_instructions=instructions)
-            return DenseRanker(cache[(resolved, instructions)])
-
-        return make
-
-    systems = {}
-    if base:
-        systems["base (no instructions)"] = ranker(base, instructions=False)
-        systems["base (instructions)"] = ranker(base)
-    systems.update({name: ranker(path) for name, path in models.items()})
-    return systems
-
-
 @app.command("evaluate")
 def evaluate_command(
     data: Annotated[Path, typer.Option(help="Task-suite directory (DIR/<task>/test.jsonl, corpus.jsonl).")],
@@ -68,6 +44,7 @@ def evaluate_command(
     from rich.console import Console
 
     from llm_embedder.evaluate import run_evaluation, write_report
+    from llm_embedder.evaluate.rankers import dense_systems
     from llm_embedder.tasks import get_task
 
     if not data.is_dir():

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from llm_embedder.evaluate.metrics import answer_match
+from llm_embedder.reward.records import split_template
 from llm_embedder.tasks import get_task
 
 
@@ -55,9 +56,8 @@ def main_metric(task: str) -> tuple[str, bool]:
 
 
 def prompt_prefix(template: str, key: str, query: str) -> str:
-    """The template filled up to where the answer goes."""
-    head = template.split("{answer}", 1)[0]
-    return head.replace("{key}", key).replace("{query}", query)
+    """The template filled up to where the answer goes, exactly as the reward fills it."""
+    return split_template(template).format(key=key, query=query)
 
 
 @dataclass

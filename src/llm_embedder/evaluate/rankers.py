@@ -133,3 +133,26 @@ class NoRetrieval:
 
     def rank(self, task: str, queries: Sequence[str], candidates: Candidates, k: int) -> list[list[int]]:
         return [[] for _ in queries]
+
+
+def dense_systems(models: dict[str, str], base: str | None, device: str | None) -> dict:
+    """name -> factory(task) -> DenseRanker; embedders are loaded once per path."""
+    from llm_embedder.embedder import Embedder
+
+    cache: dict[tuple[str, bool], Embedder] = {}
+
+    def ranker(path: str, instructions: bool = True):
+        def make(task: str) -> DenseRanker:
+            resolved = path.replace("{task}", task)
+            if (resolved, instructions) not in cache:
+                cache[(resolved, instructions)] = Embedder(resolved, device=device, use_instructions=instructions)
+            return DenseRanker(cache[(resolved, instructions)])
+
+        return make
+
+    systems = {}
+    if base:
+        systems["base (no instructions)"] = ranker(base, instructions=False)
+        systems["base (instructions)"] = ranker(base)
+    systems.update({name: ranker(path) for name, path in models.items()})
+    return systems
