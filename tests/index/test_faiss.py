@@ -83,3 +83,21 @@ def test_sidecar_mismatch_is_detected(tmp_path: Path) -> None:
     (tmp_path / "a.faiss.meta.json").write_text("{not json")
     with pytest.raises(IndexFormatError, match="corrupt metadata"):
         FaissIndex.load(tmp_path / "a.faiss")
+
+
+def test_copy_false_normalises_in_place_and_builds_the_same_index(tmp_path: Path) -> None:
+    raw = np.random.default_rng(3).normal(size=(300, DIM)).astype(np.float32) * 3  # not unit length
+    before = raw.copy()
+    copied, handed_over = FaissIndex(DIM, "IVF4,PQ4x4"), FaissIndex(DIM, "IVF4,PQ4x4")
+    copied.train(raw)
+    copied.add(range(300), raw)
+    np.testing.assert_array_equal(raw, before)  # the default copies: the caller's array is left alone
+    mine = raw.copy()
+    handed_over.train(mine, copy=False)
+    mine = raw.copy()
+    handed_over.add(range(300), mine, copy=False)
+    np.testing.assert_allclose(np.linalg.norm(mine, axis=1), 1.0, rtol=1e-6)  # normalised in place
+    a, b = copied.save(tmp_path / "a.faiss"), handed_over.save(tmp_path / "b.faiss")
+    assert a.read_bytes() == b.read_bytes()
+    with pytest.raises(ValueError, match="NaN"):
+        handed_over.add([999], np.full((1, DIM), np.nan, np.float32), copy=False)

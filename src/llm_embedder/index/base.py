@@ -58,8 +58,12 @@ class VectorIndex(Protocol):
     def close(self) -> None: ...
 
 
-def check_vectors(vectors: Any, dim: int, what: str = "vectors") -> np.ndarray:
-    """A C-contiguous, L2-normalised float32 copy of ``vectors`` (1-D means one row); wrong shapes name dims."""
+def check_vectors(vectors: Any, dim: int, what: str = "vectors", *, copy: bool = True) -> np.ndarray:
+    """A C-contiguous, L2-normalised float32 copy of ``vectors`` (1-D means one row); wrong shapes name dims.
+
+    ``copy=False`` normalises a writeable C-contiguous float32 array in place instead (same values, no second
+    buffer): for callers that own a large array they no longer need, such as the index build's chunks.
+    """
     array = np.asarray(vectors, dtype=np.float32)
     if array.ndim == 1:
         array = array[None, :]
@@ -69,7 +73,8 @@ def check_vectors(vectors: Any, dim: int, what: str = "vectors") -> np.ndarray:
         raise ValueError(f"{what} have dimension {array.shape[1]}, but the index has dimension {dim}")
     if not np.isfinite(array).all():
         raise ValueError(f"{what} contain NaN or infinite values")
-    array = np.array(array, dtype=np.float32, order="C", copy=True)
+    if copy or not (array.flags.c_contiguous and array.flags.writeable):
+        array = np.array(array, dtype=np.float32, order="C", copy=True)
     norms = np.linalg.norm(array, axis=1, keepdims=True)
     np.divide(array, norms, out=array, where=norms > 0)
     return array

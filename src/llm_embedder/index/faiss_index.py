@@ -104,11 +104,14 @@ class FaissIndex:
             inner.hnsw.efSearch = max(inner.hnsw.efSearch, DEFAULT_EF_SEARCH)
 
     # -- writing ----------------------------------------------------------------------------------
-    def train(self, vectors: np.ndarray) -> None:
-        """Train IVF/PQ quantisers on a sample; a factory that needs more points says how many."""
+    def train(self, vectors: np.ndarray, *, copy: bool = True) -> None:
+        """Train IVF/PQ quantisers on a sample; a factory that needs more points says how many.
+
+        ``copy=False``: the caller gives the (float32, C-contiguous) sample up, it is normalised in place.
+        """
         if self.is_trained:
             return
-        sample = check_vectors(vectors, self.dim, "training vectors")
+        sample = check_vectors(vectors, self.dim, "training vectors", copy=copy)
         try:
             self.index.train(sample)
         except RuntimeError as err:
@@ -117,9 +120,15 @@ class FaissIndex:
                 f"({str(err).splitlines()[-1].strip()}); give more vectors or a smaller factory (e.g. Flat)"
             ) from None
 
-    def add(self, ids: Sequence[int], vectors: np.ndarray, metadata: list[dict] | None = None) -> None:
-        """Add vectors under caller ids; all checks run before anything is written."""
-        array = check_vectors(vectors, self.dim)
+    def add(
+        self, ids: Sequence[int], vectors: np.ndarray, metadata: list[dict] | None = None, *, copy: bool = True
+    ) -> None:
+        """Add vectors under caller ids; all checks run before anything is written.
+
+        ``copy=False``: the caller gives the (float32, C-contiguous) vectors up, they are normalised in place
+        rather than copied (the index build adds big chunks this way, so no second buffer counts in RSS).
+        """
+        array = check_vectors(vectors, self.dim, copy=copy)
         id_array = check_ids(ids, len(array))
         records = check_metadata(metadata, len(array))
         if not len(array):
