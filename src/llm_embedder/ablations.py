@@ -182,7 +182,7 @@ def run_ablations(run_dir: str | Path = "runs/demo", out: str | Path | None = No
     if pipeline_cfg.get("llm_queries"):
         from llm_embedder.llm import CausalLM
 
-        lm = CausalLM(llm, quantize=pipeline_cfg.get("llm_quantize"))
+        lm = CausalLM(llm, fast=pipeline_cfg.get("llm_fast"))
     tasks = [t for t in list_tasks() if (run_dir / "train" / t).is_dir() and (run_dir / "data" / t).is_dir()]
     results = run_evaluation(
         run_dir / "data", tasks, systems_for(models, settings["base"]), out, lm=lm, baselines=False,

@@ -111,3 +111,38 @@ def test_loading_and_scoring_leave_the_global_grad_mode_alone(tiny_lm):
     tiny_lm.answer_logprob(PROMPTS[:2], ANSWERS[:2])
     assert torch.is_grad_enabled()  # a training stage may run in the same process (the demo pipeline)
     assert not any(p.requires_grad for p in tiny_lm.model.parameters())
+
+
+@pytest.mark.parametrize(("mode", "tolerance"), [("bf16", 0.05), ("int8", 0.3)])  # int8 is the coarser one
+def test_fast_modes_stay_close_to_exact_scores(tiny_lm, tiny_lm_dir, mode, tolerance):
+    import torch
+
+    from llm_embedder.llm import CausalLM
+    from llm_embedder.llm.fast import Bf16Linear
+
+    fast = CausalLM(tiny_lm_dir, device="cpu", fast=mode)
+    assert fast.fast == mode and fast.name.endswith(f"+{mode}")
+    exact = tiny_lm.answer_logprob(PROMPTS, ANSWERS)
+    approx = fast.answer_logprob(PROMPTS, ANSWERS)
+    assert not np.array_equal(exact, approx)  # really a different computation
+    np.testing.assert_allclose(approx, exact, atol=tolerance, rtol=0)
+    head = fast.model.get_output_embeddings()
+    assert head.weight.dtype == torch.float32  # the head (and log-softmax) stay fp32 in both modes
+    if mode == "bf16":
+        swapped = [m for m in fast.model.modules() if isinstance(m, Bf16Linear)]
+        plain = [m for m in fast.model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
+        assert swapped and not plain
+
+
+def test_fast_mode_choice_and_errors(tiny_lm_dir):
+    import torch
+
+    from llm_embedder.llm import CausalLM
+    from llm_embedder.llm.fast import cpu_has_bf16, pick_fast_mode
+
+    assert pick_fast_mode(None, torch.device("cpu")) is None
+    assert pick_fast_mode("auto", torch.device("cpu")) == ("bf16" if cpu_has_bf16() else "int8")
+    with pytest.raises(ValueError, match="auto, bf16, int8"):
+        CausalLM(tiny_lm_dir, device="cpu", fast="fp8")
+    with pytest.raises(ValueError, match="for CPU"):
+        pick_fast_mode("bf16", torch.device("cuda"))

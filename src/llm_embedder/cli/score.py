@@ -39,8 +39,12 @@ def score_command(
         int, typer.Option(help="Rank-aware reward from N LLM samples per record (0: likelihood reward).")
     ] = 0,
     fast: Annotated[
-        bool, typer.Option(help="CPU int8 quantization: approximate scores; check with bench_reward.py --fast.")
+        bool,
+        typer.Option(help="CPU fast mode (approximate scores; check with benchmarks/bench_reward.py --fast)."),
     ] = False,
+    fast_mode: Annotated[
+        str, typer.Option(help="With --fast: auto (bf16 where the CPU has it, else int8), bf16 or int8.")
+    ] = "auto",
     key_max_tokens: Annotated[int | None, typer.Option(help="Cut each candidate to this many tokens.")] = None,
     chunk_pairs: Annotated[int, typer.Option(help="Pairs per resumable chunk (batches never cross a chunk).")] = 256,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present).")] = None,
@@ -67,7 +71,7 @@ def score_command(
     if device is None and distributed and torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     try:
-        lm = CausalLM(llm, device=device, quantize="int8" if fast else None)
+        lm = CausalLM(llm, device=device, fast=fast_mode if fast else None)
         summary = score_file(
             input, out, lm, batch_tokens=batch_tokens, default_task=task, rank_aware=rank_aware,
             key_max_tokens=key_max_tokens, chunk_pairs=chunk_pairs, overwrite=overwrite,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -101,24 +100,3 @@ def pick_device_dtype(device: str | None, dtype: str) -> tuple[Any, Any]:
         if not isinstance(torch_dtype, torch.dtype):
             raise ValueError(f"dtype must be auto, fp32, bf16 or fp16, got {dtype!r}")
     return dev, torch_dtype
-
-
-def quantize_int8(model: Any) -> Any:
-    """Opt-in CPU fast mode: int8 dynamic quantization (per-channel weights) of the Linear layers.
-
-    ``down_proj`` (activation outliers) and the LM head (run only at answer positions anyway) stay fp32:
-    quantizing them too cost the most rank agreement with exact scores in our measurements. Scores are
-    approximate; check them against exact mode with benchmarks/bench_reward.py before relying on them.
-    """
-    import torch
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    head = model.get_output_embeddings()
-    spec = {
-        name: per_channel_dynamic_qconfig
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and "down_proj" not in name and module is not head
-    }
-    with warnings.catch_warnings():  # torch announces a future removal of quantized tensors on every layer
-        warnings.filterwarnings("ignore", message=".*quantize_per_(tensor|channel).*", category=UserWarning)
-        return quantize_dynamic(model, spec, dtype=torch.qint8)

@@ -8,16 +8,19 @@ from typing import Any
 
 import numpy as np
 
-from llm_embedder.llm.loading import LLM_ALIASES, pick_device_dtype, quantize_int8, resolve_llm_path
+from llm_embedder.llm.fast import bf16_linears, pick_fast_mode, quantize_int8
+from llm_embedder.llm.loading import LLM_ALIASES, pick_device_dtype, resolve_llm_path
 from llm_embedder.llm.scoring import bucketed_logprob, encode_pairs
 
 
 class CausalLM:
     """A causal LM from a Hugging Face directory or the bundled alias ``smollm2``.
 
-    fp32 on CPU, bf16 on CUDA (``dtype="auto"``). ``quantize="int8"`` is the opt-in CPU fast mode (dynamic int8
-    Linear layers): faster, with scores that differ slightly from exact mode. ``max_length`` defaults to the
-    model's context window (``max_position_embeddings``).
+    fp32 on CPU, bf16 on CUDA (``dtype="auto"``). ``fast`` is the opt-in CPU fast mode, with scores that differ
+    slightly from exact mode: ``"bf16"`` runs the transformer body's Linear layers in bf16 (the residual
+    stream, norms, attention, LM head and log-softmax stay fp32; needs a CPU with AVX512-BF16 or AMX),
+    ``"int8"`` quantizes the Linear layers (dynamic int8, less faithful), ``"auto"`` picks bf16 where the CPU
+    supports it and int8 elsewhere. ``max_length`` defaults to the model's context window.
     """
 
     def __init__(
@@ -26,7 +29,7 @@ class CausalLM:
         device: str | None = None,
         dtype: str = "auto",
         max_length: int | None = None,
-        quantize: str | None = None,
+        fast: str | None = None,
         batch_tokens: int | None = None,
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -38,17 +41,16 @@ class CausalLM:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(str(self.path), dtype=self.dtype).to(self.device).eval()
-        if quantize not in (None, "int8"):
-            raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
-        if quantize == "int8":
-            if self.device.type != "cpu":
-                raise ValueError("int8 dynamic quantization is a CPU mode; use bf16 on CUDA")
+        self.fast = pick_fast_mode(fast, self.device)
+        if self.fast == "int8":
             self.model = quantize_int8(self.model)
-            self.name += "+int8"
-        self.quantize = quantize
+        elif self.fast == "bf16":
+            self.model = bf16_linears(self.model)
+        if self.fast:
+            self.name += f"+{self.fast}"
         window = getattr(self.model.config, "max_position_embeddings", None) or 2048
         self.max_length = int(max_length or window)
-        self.batch_tokens = batch_tokens or (16384 if self.device.type == "cuda" else 2048)
+        self.batch_tokens = batch_tokens or (16384 if self.device.type == "cuda" else 1024)
         self.truncated_count = 0
         self.model.requires_grad_(False)  # scoring only; never touch the process-wide grad mode
 
