@@ -67,3 +67,34 @@ def test_pipeline_runs_end_to_end_and_resumes(tiny_embedder_dir, tiny_lm_dir, tm
     assert run_pipeline(out, base=str(tiny_embedder_dir), llm=str(tiny_lm_dir), console=again, cfg=TINY) == results
     text = again.export_text()
     assert "already trained on these inputs" in text and "(cached)" in text
+
+    dev = Console(record=True, width=200)
+    dev_results = run_pipeline(out, base=str(tiny_embedder_dir), llm=str(tiny_lm_dir), console=dev,
+                               cfg=TINY.with_overrides({"split": "dev"}))
+    assert set(dev_results) == set(results) and (out / "eval-dev" / "results.md").exists()
+    dev_text = dev.export_text()
+    assert "already trained on these inputs" in dev_text and "(dev split)" in dev_text
+    assert json.loads((out / "eval-dev" / "settings.json").read_text())["split"] == "dev"
+
+
+def test_settings_overrides_are_typed_and_checked():
+    cfg = PipelineConfig().with_overrides({"lr": "5e-5", "epochs": "2", "llm_fast": "bf16", "generate": "true"})
+    assert (cfg.lr, cfg.epochs, cfg.llm_fast, cfg.generate) == (5e-5, 2, "bf16", True)
+    assert isinstance(cfg.epochs, int) and PipelineConfig().lr == 1e-4  # a copy; the preset is untouched
+    for bad, message in (({"lr": "fast"}, "needs a number"), ({"epoch": "2"}, "unknown demo setting 'epoch'"),
+                         ({"split": "train"}, "test or dev"), ({"generate": "maybe"}, "true or false")):
+        with pytest.raises(ValueError, match=message):
+            PipelineConfig().with_overrides(bad)
+
+
+@pytest.mark.parametrize(("setting", "message"), [("lr", "KEY=VALUE"), ("epochs=two", "needs a number")])
+def test_demo_cli_rejects_a_bad_setting_before_any_work(tmp_path, setting, message):
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "llm_embedder", "demo", "--out", str(run), "--set", setting],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2 and message in proc.stderr
+    assert not run.exists()

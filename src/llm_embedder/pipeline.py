@@ -40,7 +40,8 @@ class PipelineConfig:
     max_corpus: int = 500
     max_candidates: int = 16  # per-query candidates (chat turns, earlier lrlm chunks) at evaluation
     generate: bool = False
-    llm_quantize: str | None = None  # exact scores; "int8" is the approximate CPU fast mode
+    llm_fast: str | None = None  # exact scores; "auto", "bf16" or "int8" is an approximate CPU fast mode
+    split: str = "test"  # the evaluation split: tune settings with "dev", report "test"
     seed: int = 0
 
     @classmethod
@@ -49,6 +50,33 @@ class PipelineConfig:
             return cls()
         return cls(train_records=8, candidates=4, group_size=4, batch_size=4, epochs=1, eval_queries=20,
                    llm_queries=4, max_corpus=100, max_candidates=8)
+
+    def with_overrides(self, overrides: dict[str, str]) -> PipelineConfig:
+        """A copy with fields set from strings (``{"lr": "5e-5"}``), converted to each field's type."""
+        from dataclasses import fields, replace
+
+        types = {f.name: f.default for f in fields(self)}
+        values: dict[str, Any] = {}
+        for key, text in overrides.items():
+            if key not in types:
+                raise ValueError(f"unknown demo setting {key!r}; settings: {', '.join(types)}")
+            default = types[key]
+            if text.lower() in ("none", "null"):
+                values[key] = None
+            elif isinstance(default, bool):
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(f"demo setting {key} is true or false, got {text!r}")
+                values[key] = text.lower() in ("true", "1")
+            elif isinstance(default, (int, float)):
+                try:
+                    values[key] = type(default)(float(text)) if isinstance(default, int) else float(text)
+                except ValueError:
+                    raise ValueError(f"demo setting {key} needs a number, got {text!r}") from None
+            else:
+                values[key] = text
+        if values.get("split", self.split) not in ("test", "dev"):
+            raise ValueError(f"split must be test or dev, got {values['split']!r}")
+        return replace(self, **values)
 
     @property
     def steps_per_task(self) -> int:
@@ -107,7 +135,7 @@ class Pipeline:
         if self._lm is None:
             from llm_embedder.llm import CausalLM
 
-            self._lm = CausalLM(self.llm_name, quantize=self.cfg.llm_quantize)
+            self._lm = CausalLM(self.llm_name, fast=self.cfg.llm_fast)
         return self._lm
 
     def build_data(self) -> list[str]:
@@ -181,17 +209,18 @@ class Pipeline:
         from llm_embedder.evaluate import run_evaluation, write_report
         from llm_embedder.evaluate.rankers import dense_systems
 
-        self.step("4/5 evaluation with the LLM in the loop (test split)")
+        self.step(f"4/5 evaluation with the LLM in the loop ({self.cfg.split} split)")
         systems = dense_systems({"task-specific": str(task_specific), "unified": str(unified)}, self.base, None)
         make_single = systems["task-specific"]
         systems["task-specific"] = lambda task: (
             make_single(task) if Path(str(task_specific).replace("{task}", task)).is_dir() else None
         )
-        eval_dir = self.out / "eval"
+        eval_dir = self.out / ("eval" if self.cfg.split == "test" else f"eval-{self.cfg.split}")
         if self.retrained:
             forget_systems(eval_dir, ("unified", "task-specific"))
         results = run_evaluation(
-            self.data_dir, tasks, systems, eval_dir, lm=self.lm, max_queries=self.cfg.eval_queries,
+            self.data_dir, tasks, systems, eval_dir, lm=self.lm, split=self.cfg.split,
+            max_queries=self.cfg.eval_queries,
             max_llm_queries=self.cfg.llm_queries, max_corpus=self.cfg.max_corpus,
             max_candidates=self.cfg.max_candidates, generate=self.cfg.generate,
         )

@@ -18,15 +18,27 @@ def demo_command(
     quick: Annotated[bool, typer.Option(help="A smaller run (about 5 minutes on 2 CPU cores).")] = False,
     base: Annotated[str, typer.Option(help="Base embedder to fine-tune.")] = "minilm",
     llm: Annotated[str, typer.Option(help="LLM that gives the reward and the downstream metrics.")] = "smollm2",
+    split: Annotated[str, typer.Option(help="Evaluation split: test (the report) or dev (for tuning).")] = "test",
+    setting: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a run setting, e.g. --set lr=5e-5 --set epochs=2 (see pipeline.json)."),
+    ] = None,
     search_only: Annotated[bool, typer.Option(help="Only search the bundled mini corpus with --base.")] = False,
 ) -> None:
     """Reproduce the paper's claim: build data, score with the LLM, train unified and task-specific
     embedders, evaluate them against the base model and baselines; then show the unified model's hits."""
     from llm_embedder.demo import run_demo
-    from llm_embedder.pipeline import run_pipeline
+    from llm_embedder.pipeline import PipelineConfig, run_pipeline
 
     if search_only:
         run_demo(model=base)
         return
-    run_pipeline(out, quick=quick, base=base, llm=llm)
+    overrides = {"split": split}
+    for item in setting or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = value.strip()
+    cfg = PipelineConfig.preset(quick).with_overrides(overrides)
+    run_pipeline(out, base=base, llm=llm, cfg=cfg)
     run_demo(model=str(out / "models" / "unified"), k=2)
