@@ -81,13 +81,13 @@ def child(n: int, factory: str, work: Path, batch_size: int = 256) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000)
-    parser.add_argument("--quick", action="store_true", help="20k passages")
+    parser.add_argument("--quick", action="store_true", help="10k passages")
     parser.add_argument("--factory", default="SQ8", help="FAISS factory of the index that is built")
     parser.add_argument("--batch-size", type=int, default=256, help="texts per encoding batch")
     parser.add_argument("--json", default=None)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    n = 20_000 if args.quick else args.n
+    n = 10_000 if args.quick else args.n
     if args.child:
         print(json.dumps(child(n, args.factory, Path(args.child), args.batch_size)))
         return {}

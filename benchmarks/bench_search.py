@@ -90,15 +90,17 @@ def set_ef(index, ef: int) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000, help="vectors in the index (default 1M)")
-    parser.add_argument("--quick", action="store_true", help="100k vectors, no M/efConstruction sweep")
-    parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--quick", action="store_true",
+                        help="20k vectors, 200 queries, efSearch 16-64, no M/efConstruction sweep")
+    parser.add_argument("--queries", type=int, default=None, help="default 500 (quick: 200)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    n = 100_000 if args.quick else args.n
+    n = 20_000 if args.quick else args.n
+    n_queries = args.queries or (200 if args.quick else 500)
     results: dict = {"machine": machine_info(), "n": n, "dim": DIM, "k": K}
     t0 = time.perf_counter()
     data = mixture(n, seed=1)
-    queries = mixture(args.queries, seed=2)
+    queries = mixture(n_queries, seed=2)
     print(f"search benchmark: {n} x {DIM} mixture generated in {time.perf_counter() - t0:.0f}s", flush=True)
 
     flat, flat_build, flat_mb = build(data, "Flat")
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["hnsw"] = {"factory": f"HNSW{m}", "efConstruction": efc, "build_s": round(secs, 1), "memory_mb": round(mb),
                        "efSearch": []}
     print(f"  HNSW{m} efC={efc}: built in {secs:.0f}s, +{mb:.0f} MB", flush=True)
-    for ef in (16, 32, 64, 128, 256):
+    for ef in (16, 32, 64) if args.quick else (16, 32, 64, 128, 256):
         set_ef(index, ef)
         rec = recall_at_k(index.search(queries, K)[1], truth)
         ms = single_query_ms(index, queries[:200])

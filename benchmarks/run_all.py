@@ -25,13 +25,14 @@ sys.path.insert(0, str(HERE))
 
 from _common import RESULTS_DIR, machine_info, write_json  # noqa: E402
 
-# name -> (script, extra args in full mode, extra args in quick mode)
+# name -> (script, extra args in full mode, extra args in quick mode). The quick sizes keep the whole run near
+# 3 minutes on a 2-core box with a co-tenant (benchmarks/README.md), each benchmark still printing its ratios.
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "encode": ("bench_encode.py", [], ["--quick"]),
     "search": ("bench_search.py", [], ["--quick"]),
     "index_memory": ("bench_index_memory.py", [], ["--quick"]),
-    "reward": ("bench_reward.py", [], ["--quick"]),
-    "serve": ("bench_serve.py", [], ["--quick"]),
+    "reward": ("bench_reward.py", [], ["--quick", "--queries", "2", "--candidates", "3"]),
+    "serve": ("bench_serve.py", [], ["--quick", "--requests", "200", "--seconds", "5", "--clients", "8"]),
     "gpu_check": ("gpu_check.py", [], []),
 }
 
