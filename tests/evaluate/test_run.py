@@ -14,9 +14,11 @@ class ContainsAnswerLM:
 
     def __init__(self):
         self.calls = 0
+        self.prompts = []
 
     def answer_logprob(self, prompts, answers, batch_tokens=0):
         self.calls += 1
+        self.prompts.extend(prompts)
         return np.array([-0.5 if a in p else -4.0 for p, a in zip(prompts, answers, strict=True)])
 
     def generate(self, prompts, max_new_tokens=16, stop=None, chat=True):
@@ -91,6 +93,30 @@ def test_run_evaluation_resumes_and_reports(suite, tiny_embedder, tmp_path):
     assert {p.name for p in plots} == {"qa.png", "chat.png"}
     table = (out / "results.md").read_text()
     assert "| bm25 |" in table and "perplexity" in table
+
+
+class FixedRanker:
+    """Returns the same rankings for every query set (only the first ``len(queries)`` are used)."""
+
+    def __init__(self, name, rankings):
+        self.name, self.rankings = name, rankings
+
+    def rank(self, task, queries, candidates, k):
+        return [r[:k] for r in self.rankings[: len(queries)]]
+
+
+def test_llm_metric_uses_the_first_queries_and_skips_prompts_already_scored(suite, tmp_path):
+    lm = ContainsAnswerLM()
+    right, wrong = [[0, 1, 2], [1, 0, 2]], [[2, 1, 0], [2, 0, 1]]
+    systems = {"a": lambda t: FixedRanker("a", right), "b": lambda t: FixedRanker("b", right),
+               "c": lambda t: FixedRanker("c", wrong)}
+    results = run_evaluation(suite, ["qa"], systems, tmp_path / "eval", lm=lm, baselines=False,
+                             max_llm_queries=1, generate=False)
+    qa = results["qa"]
+    assert qa["a"]["ndcg@1"] == 1.0 and qa["c"]["ndcg@1"] == 0.0  # retrieval metrics over both queries
+    assert qa["a"] == qa["b"] and qa["a"]["gold_loglik"] == -0.5  # top-3 of query 1 holds "Jupiter"
+    # one LLM query per system; "b" retrieved what "a" did, so its prompt was not sent again
+    assert len(lm.prompts) == 2 and all("largest planet" in p for p in lm.prompts)
 
 
 def test_corpus_subsample_keeps_golds_and_remaps(suite):

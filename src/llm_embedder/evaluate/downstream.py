@@ -87,15 +87,24 @@ def downstream_metrics(
     lm,
     *,
     generate: bool = True,
-    batch_tokens: int = 4096,
+    batch_tokens: int | None = None,
+    memo: dict | None = None,
 ) -> DownstreamResult | None:
-    """Score the gold answers with the retrieved items in the prompt; None for tasks without an LLM metric."""
+    """Score the gold answers with the retrieved items in the prompt; None for tasks without an LLM metric.
+
+    ``memo`` maps (prompt, answer) to a log-likelihood already computed; only the others are sent to the LLM.
+    """
     spec = DOWNSTREAM.get(task)
     if spec is None:
         return None
     prompts = build_prompts(task, queries, retrieved, spec)
     golds = [a[0] for a in answers]
-    loglik = np.asarray(lm.answer_logprob(prompts, golds, batch_tokens=batch_tokens), dtype=np.float64)
+    memo = {} if memo is None else memo
+    todo = sorted({(p, g) for p, g in zip(prompts, golds, strict=True) if (p, g) not in memo})
+    if todo:
+        fresh = lm.answer_logprob([p for p, _ in todo], [g for _, g in todo], batch_tokens=batch_tokens)
+        memo.update(zip(todo, (float(x) for x in fresh), strict=True))
+    loglik = np.asarray([memo[(p, g)] for p, g in zip(prompts, golds, strict=True)], dtype=np.float64)
     if not np.isfinite(loglik).all():
         raise ValueError(f"task {task}: the LLM returned non-finite log-likelihoods")
     metrics: dict[str, float] = {"gold_loglik": float(loglik.mean())}

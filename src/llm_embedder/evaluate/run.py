@@ -128,17 +128,34 @@ def baseline_rankers(task: str, per_query: bool) -> list[Ranker]:
     return rankers
 
 
-def evaluate_system(data: TaskData, ranker: Ranker, lm=None, *, generate: bool = True) -> dict[str, float]:
-    """Retrieval metrics (where gold ids exist) and the downstream LLM metric (where the task has one)."""
+def evaluate_system(
+    data: TaskData,
+    ranker: Ranker,
+    lm=None,
+    *,
+    generate: bool = True,
+    llm_queries: int | None = None,
+    memo: dict | None = None,
+) -> dict[str, float]:
+    """Retrieval metrics (where gold ids exist) over every query, and the downstream LLM metric (where the task
+    has one) over the first ``llm_queries`` of them, from the same rankings.
+
+    ``memo`` ((prompt, answer) -> log-likelihood, shared across the systems of a task) skips prompts another
+    system already sent: systems that retrieve the same items for a query get the same score without a
+    second forward pass.
+    """
     rankings = ranker.rank(data.task, data.queries, data.candidates, RETRIEVAL_DEPTH)
     metrics: dict[str, float] = {}
     if not isinstance(ranker, NoRetrieval):
         metrics.update(retrieval_metrics(rankings, data.golds))
     if lm is not None and data.task in DOWNSTREAM:
-        if any(not a for a in data.answers):
+        n = len(data.queries) if llm_queries is None else min(llm_queries, len(data.queries))
+        if any(not a for a in data.answers[:n]):
             raise DataError(f"task {data.task}: every test record needs 'answers' for the LLM metric")
-        retrieved = [data.texts(i, ids) for i, ids in enumerate(rankings)]
-        result = downstream_metrics(data.task, data.queries, data.answers, retrieved, lm, generate=generate)
+        retrieved = [data.texts(i, ids) for i, ids in enumerate(rankings[:n])]
+        result = downstream_metrics(
+            data.task, data.queries[:n], data.answers[:n], retrieved, lm, generate=generate, memo=memo
+        )
         metrics.update(result.metrics)
     return metrics
 
@@ -178,6 +195,7 @@ def run_evaluation(
         "data": str(Path(data_dir).resolve()), "split": split, "max_queries": max_queries,
         "max_llm_queries": max_llm_queries, "max_corpus": max_corpus, "max_candidates": max_candidates,
         "generate": generate, "llm": getattr(lm, "name", None),
+        "llm_protocol": 2,  # 2: the LLM metric uses the first queries' rankings over the same candidates
     }
     settings_file = out_dir / SETTINGS_FILE
     if settings_file.exists() and json.loads(settings_file.read_text(encoding="utf-8")) != settings:
@@ -189,7 +207,7 @@ def run_evaluation(
         for task in tasks:
             limits = dict(max_corpus=max_corpus, max_candidates=max_candidates)
             data = load_task_data(data_dir, task, split, max_queries, **limits)
-            llm_data = load_task_data(data_dir, task, split, max_llm_queries, **limits) if max_llm_queries else data
+            memo: dict = {}
             rankers = [(r.name, lambda r=r: r) for r in baseline_rankers(task, data.per_query)] if baselines else []
             rankers += [(name, lambda f=factory, t=task: f(t)) for name, factory in systems.items()]
             for name, make in rankers:
@@ -199,12 +217,7 @@ def run_evaluation(
                 ranker = make()
                 if ranker is None:  # this system has no model for this task
                     continue
-                metrics = evaluate_system(data, ranker, None)
-                if lm is not None and task in DOWNSTREAM:
-                    metrics.update(
-                        {k: v for k, v in evaluate_system(llm_data, ranker, lm, generate=generate).items()
-                         if k not in metrics}
-                    )
+                metrics = evaluate_system(data, ranker, lm, generate=generate, llm_queries=max_llm_queries, memo=memo)
                 results.setdefault(task, {})[name] = metrics
                 save_results(out_dir, results)
             progress.advance(bar)
