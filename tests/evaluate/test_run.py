@@ -128,6 +128,9 @@ def test_corpus_subsample_keeps_golds_and_remaps(suite):
     assert [small[g] for g in golds[0]] == ["doc 97"]
     assert [small[g] for g in golds[1]] == ["doc 3", "doc 50"]
     assert subsample_corpus(corpus, [[97]], 10) == subsample_corpus(corpus, [[97]], 10)
+    # hard negatives come before the random fill, round-robin over the queries, while they fit
+    small, golds = subsample_corpus(corpus, [[97], [3]], max_corpus=4, hard=[[10, 11, 12], [20, 21]])
+    assert small == ["doc 3", "doc 10", "doc 20", "doc 97"] and golds == [[3], [0]]
     qa = load_task_data(suite, "qa", max_corpus=2)
     assert len(qa.candidates) == 2 and [qa.candidates[g[0]] for g in qa.golds] == [
         "Jupiter is the largest planet.", "Paris is the capital of France."]

@@ -50,14 +50,25 @@ def corpus_text(doc: dict[str, Any]) -> str:
 
 
 def subsample_corpus(
-    corpus: list[str], golds: list[list[int]], max_corpus: int, seed: int = 0
+    corpus: list[str], golds: list[list[int]], max_corpus: int, seed: int = 0, hard: list[list[int]] | None = None
 ) -> tuple[list[str], list[list[int]]]:
-    """Keep every gold document plus a seeded random sample of the rest, up to ``max_corpus``; remap the ids."""
-    gold_ids = sorted({g for gold in golds for g in gold})
-    rest = np.setdiff1d(np.arange(len(corpus)), gold_ids)
-    extra = np.random.default_rng(seed).choice(rest, size=max(0, min(len(rest), max_corpus - len(gold_ids))),
+    """Keep every gold document, then the queries' listed hard negatives (``hard``, round-robin over queries
+    while they fit), then a seeded random sample of the rest, up to ``max_corpus``; remap the ids.
+
+    The hard negatives are the documents that would crowd the top of the full corpus; a slice without them
+    would be far easier than the corpus it stands for.
+    """
+    keep_set = {g for gold in golds for g in gold}
+    for rank in range(max((len(h) for h in hard or []), default=0)):
+        for negatives in hard or []:
+            if len(keep_set) >= max_corpus:
+                break
+            if rank < len(negatives) and 0 <= negatives[rank] < len(corpus):
+                keep_set.add(negatives[rank])
+    rest = np.setdiff1d(np.arange(len(corpus)), sorted(keep_set))
+    extra = np.random.default_rng(seed).choice(rest, size=max(0, min(len(rest), max_corpus - len(keep_set))),
                                                replace=False)
-    keep = sorted(set(gold_ids) | {int(i) for i in extra})
+    keep = sorted(keep_set | {int(i) for i in extra})
     new_id = {old: new for new, old in enumerate(keep)}
     return [corpus[i] for i in keep], [[new_id[g] for g in gold] for gold in golds]
 
@@ -79,7 +90,8 @@ def load_task_data(
 ) -> TaskData:
     """Read DIR/<task>/<split>.jsonl (and DIR/<task>/corpus.jsonl when the task has a shared corpus).
 
-    ``max_corpus`` evaluates against a smaller corpus: all gold documents plus a fixed random sample.
+    ``max_corpus`` evaluates against a smaller corpus: all gold documents, the records' hard negatives
+    (``neg_index``) while they fit, and a fixed random sample.
     ``max_candidates`` keeps, of a query's own candidates (chat turns, earlier chunks), the gold ones plus
     the most recent others.
     """
@@ -90,7 +102,7 @@ def load_task_data(
     records = read_jsonl(path)[:max_queries]
     corpus_path = task_dir / "corpus.jsonl"
     corpus = [corpus_text(doc) for doc in read_jsonl(corpus_path)] if corpus_path.exists() else None
-    queries, answers, candidates, golds = [], [], [], []
+    queries, answers, candidates, golds, hard = [], [], [], [], []
     for line_no, record in enumerate(records, start=1):
         where = f"{path}:{line_no}"
         if not isinstance(record.get("query"), str):
@@ -105,6 +117,7 @@ def load_task_data(
             if any(not 0 <= g < len(corpus) for g in gold):
                 raise DataError(f"{where}: field 'pos_index' points outside {corpus_path} ({len(corpus)} docs)")
             golds.append(gold)
+            hard.append([i for i in record.get("neg_index") or [] if isinstance(i, int)])
         else:
             pos, neg = list(record.get("pos") or []), list(record.get("neg") or [])
             candidates.append(pos + neg)
@@ -114,7 +127,7 @@ def load_task_data(
             candidates[i], golds[i] = recent_window(group, gold, max_candidates)
     if corpus is not None and not candidates:
         if max_corpus and len(corpus) > max_corpus:
-            corpus, golds = subsample_corpus(corpus, golds, max_corpus)
+            corpus, golds = subsample_corpus(corpus, golds, max_corpus, hard=hard)
         return TaskData(task, queries, answers, corpus, golds)
     return TaskData(task, queries, answers, candidates, golds)
 
@@ -195,7 +208,7 @@ def run_evaluation(
         "data": str(Path(data_dir).resolve()), "split": split, "max_queries": max_queries,
         "max_llm_queries": max_llm_queries, "max_corpus": max_corpus, "max_candidates": max_candidates,
         "generate": generate, "llm": getattr(lm, "name", None),
-        "llm_protocol": 2,  # 2: the LLM metric uses the first queries' rankings over the same candidates
+        "protocol": 3,  # 2: LLM metric from the retrieval pass's rankings; 3: corpus slices keep hard negatives
     }
     settings_file = out_dir / SETTINGS_FILE
     if settings_file.exists() and json.loads(settings_file.read_text(encoding="utf-8")) != settings:
