@@ -87,6 +87,16 @@ def test_settings_overrides_are_typed_and_checked():
             PipelineConfig().with_overrides(bad)
 
 
+def test_the_demo_llm_runs_its_bf16_fast_mode_only_where_the_cpu_has_bf16():
+    import torch
+
+    from llm_embedder.llm.fast import cpu_has_bf16
+
+    expected = "bf16" if cpu_has_bf16() and not torch.cuda.is_available() else None
+    assert PipelineConfig().llm_fast == expected and PipelineConfig.preset(quick=True).llm_fast == expected
+    assert PipelineConfig().with_overrides({"llm_fast": "none"}).llm_fast is None  # exact scores on request
+
+
 @pytest.mark.parametrize(("setting", "message"), [("lr", "KEY=VALUE"), ("epochs=two", "needs a number")])
 def test_demo_cli_rejects_a_bad_setting_before_any_work(tmp_path, setting, message):
     import os

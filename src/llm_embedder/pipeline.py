@@ -14,7 +14,7 @@ import json
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,15 @@ from rich.console import Console
 
 from llm_embedder.io import read_jsonl, write_jsonl
 from llm_embedder.tasks import get_task
+
+
+def default_llm_fast() -> str | None:
+    """"bf16" on a CPU-only machine whose CPU has bf16 matmuls, else None (exact; CUDA runs bf16 anyway)."""
+    import torch
+
+    from llm_embedder.llm.fast import cpu_has_bf16
+
+    return "bf16" if not torch.cuda.is_available() and cpu_has_bf16() else None
 
 
 @dataclass(frozen=True)
@@ -40,7 +49,9 @@ class PipelineConfig:
     max_corpus: int = 500
     max_candidates: int = 16  # per-query candidates (chat turns, earlier lrlm chunks) at evaluation
     generate: bool = False
-    llm_fast: str | None = None  # exact scores; "auto", "bf16" or "int8" is an approximate CPU fast mode
+    # the LLM's CPU fast mode: bf16 Linear layers where the CPU has bf16 matmuls (ranks candidates like exact
+    # scores, Spearman ~0.99 in benchmarks/bench_reward.py), else exact; "none" for exact, "int8" for int8
+    llm_fast: str | None = field(default_factory=lambda: default_llm_fast())
     split: str = "test"  # the evaluation split: tune settings with "dev", report "test"
     seed: int = 0
 
@@ -55,7 +66,7 @@ class PipelineConfig:
         """A copy with fields set from strings (``{"lr": "5e-5"}``), converted to each field's type."""
         from dataclasses import fields, replace
 
-        types = {f.name: f.default for f in fields(self)}
+        types = {f.name: getattr(self, f.name) for f in fields(self)}
         values: dict[str, Any] = {}
         for key, text in overrides.items():
             if key not in types:
