@@ -110,3 +110,18 @@ def test_minilm_prompts_round_trip(minilm, tmp_path):
             ours = minilm.encode(texts, task, role)
             theirs = plain.encode(texts, prompt_name=f"{task}.{role}", normalize_embeddings=True)
             assert np.abs(ours - theirs).max() < 1e-5
+
+
+def test_counting_tokens_beside_encoding_is_thread_safe(tiny_embedder):
+    """The server counts tokens on request threads while the batcher encodes: neither may disturb the other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = ["short", "a somewhat longer text with more words in it " * 3, "mid length text here"] * 40
+    reference = tiny_embedder.encode_keys(texts, "qa", batch_size=2)
+    expected = tiny_embedder.count_tokens(texts)
+    with ThreadPoolExecutor(4) as pool:
+        encodes = [pool.submit(tiny_embedder.encode_keys, texts, "qa", batch_size=2) for _ in range(4)]
+        counts = [pool.submit(tiny_embedder.count_tokens, texts) for _ in range(300)]
+        assert all(c.result() == expected for c in counts)
+        for future in encodes:
+            np.testing.assert_allclose(future.result(), reference, atol=1e-6)

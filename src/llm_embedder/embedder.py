@@ -76,6 +76,8 @@ class Embedder:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.backend = backend
         self._lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self._count_tokenizer = None
         if backend != "torch":
             from llm_embedder.onnx_encoder import OnnxEncoder
 
@@ -147,8 +149,18 @@ class Embedder:
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
     def count_tokens(self, texts: Sequence[str]) -> int:
-        """Number of tokens the model sees for these texts (no instruction, no truncation)."""
-        encoded = self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+        """Number of tokens the model sees for these texts (no instruction, no truncation).
+
+        Thread-safe beside ``encode``: a fast tokenizer keeps its padding/truncation settings in shared state,
+        so counting with the encoder's own tokenizer from another thread (the server does) can corrupt a batch
+        being encoded. Counting uses a private copy, one call at a time.
+        """
+        with self._count_lock:
+            if self._count_tokenizer is None:
+                import copy
+
+                self._count_tokenizer = copy.deepcopy(self.tokenizer)
+            encoded = self._count_tokenizer(list(texts), add_special_tokens=True)["input_ids"]
         return int(sum(len(ids) for ids in encoded))
 
     def save(self, path: str | Path) -> Path:
