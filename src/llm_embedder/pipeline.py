@@ -52,6 +52,9 @@ class PipelineConfig:
     # split τ 0.05 kept tool retrieval above the base model where 0.01 fell below it
     temperature: float = 0.05
     max_length: int = 128
+    # bf16 mixed precision for training where the CPU has bf16 matmuls (fp32 master weights): ~1.6x faster
+    # steps, per-step losses equal to fp32 within ~0.005 in an 8-step check
+    train_bf16: bool = True
     eval_queries: int = 60
     llm_queries: int = 20
     max_corpus: int = 500
@@ -198,7 +201,7 @@ class Pipeline:
         common = dict(
             base=self.base, batch_size=self.cfg.batch_size, group_size=self.cfg.group_size, lr=self.cfg.lr,
             query_max_length=self.cfg.max_length, key_max_length=self.cfg.max_length, seed=self.cfg.seed,
-            temperature=self.cfg.temperature, logging_steps=1,
+            temperature=self.cfg.temperature, cpu_bf16=self.cfg.train_bf16, logging_steps=1,
         )
         steps = self.cfg.steps_per_task
         unified = self.out / "models" / "unified"

@@ -127,3 +127,25 @@ def test_config_file_mirrors_cli_options(tmp_path: Path) -> None:
         read_config_file(path)
     with pytest.raises(ValueError, match="group_size"):
         TrainConfig(group_size=1)
+
+
+def test_cpu_bf16_mixed_precision_follows_the_fp32_run(tmp_path: Path, tiny_embedder_dir: Path) -> None:
+    """``cpu_bf16`` turns on bf16 autocast only where the CPU has bf16 matmuls; the weights stay fp32 and the
+    per-step losses stay close to the fp32 run's."""
+    from train_fixtures import write_task_file
+
+    from llm_embedder.llm.fast import cpu_has_bf16
+    from llm_embedder.train.examples import load_training_files
+
+    data = write_task_file(tmp_path / "tool" / "train.jsonl", "tool", 8, scores=False)
+    config = TrainConfig(data=[str(data)], out=str(tmp_path / "args"), base=str(tiny_embedder_dir),
+                         **{**SMALL, "cpu_bf16": True})
+    trainer = trainer_module.build_trainer(config, load_training_files(config.data, config.group_size, config.seed))
+    assert trainer.args.bf16 == cpu_has_bf16()
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    losses = {}
+    for flag in (False, True):
+        out = run(tmp_path / f"bf16-{flag}", data, tiny_embedder_dir, max_steps=4, save_steps=100, cpu_bf16=flag)
+        losses[flag] = [s["loss"] for s in read_step_log(out / "logs" / "steps.rank0.jsonl")]
+    assert len(losses[True]) == 4
+    assert max(abs(a - b) for a, b in zip(losses[False], losses[True], strict=True)) < 0.05 * max(losses[False])

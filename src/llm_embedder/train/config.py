@@ -38,6 +38,7 @@ class TrainConfig:
     save_total_limit: int = 3
     logging_steps: int = 10
     fp16: bool = True  # only takes effect on CUDA
+    cpu_bf16: bool = False  # bf16 mixed precision on a CPU with bf16 matmuls (AVX512-BF16/AMX); fp32 weights
     gradient_checkpointing: bool = False
     self_paced: bool = False  # 2024 revision: per-task lr scaled by L_T0 / L_T (see train.self_paced)
     self_paced_interval: int = 1000

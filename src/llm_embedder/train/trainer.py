@@ -135,6 +135,7 @@ def build_trainer(config: TrainConfig, files: list[TrainingFile]):
     from datasets import Dataset, DatasetDict
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments
 
+    from llm_embedder.llm.fast import cpu_has_bf16
     from llm_embedder.models import resolve_embedder_path
     from llm_embedder.train.collator import GroupCollator
     from llm_embedder.train.losses import loss_for_task
@@ -157,6 +158,7 @@ def build_trainer(config: TrainConfig, files: list[TrainingFile]):
         weight_decay=config.weight_decay,
         lr_scheduler_type="linear",
         fp16=bool(config.fp16 and cuda),
+        bf16=bool(config.cpu_bf16 and not cuda and cpu_has_bf16()),
         use_cpu=not cuda,
         **({"gradient_checkpointing": True} if config.gradient_checkpointing else {}),
         save_strategy="steps",
