@@ -29,6 +29,9 @@ def train_command(
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for sampling and selection (42).")] = None,
     self_paced: Annotated[bool | None, typer.Option("--self-paced/--no-self-paced",
                                                     help="Per-task lr scaling L_T0/L_T (2024 revision).")] = None,
+    cpu_bf16: Annotated[bool | None, typer.Option("--cpu-bf16/--no-cpu-bf16",
+                                                  help="bf16 mixed precision on a CPU with bf16 matmuls "
+                                                  "(AVX512-BF16/AMX): ~1.6x faster steps.")] = None,
     task_file: Annotated[list[Path] | None, typer.Option("--task-file", help="Extra task definitions.")] = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda if present).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in OUT.")] = False,
@@ -54,7 +57,7 @@ def train_command(
         config, data=[str(p) for p in [*(data or []), *(files or [])]] or None, out=str(out) if out else None,
         base=base, max_steps=max_steps,
         batch_size=batch_size, group_size=group_size, lr=lr, query_max_length=query_max_length,
-        key_max_length=key_max_length, save_steps=save_steps, seed=seed, self_paced=self_paced,
+        key_max_length=key_max_length, save_steps=save_steps, seed=seed, self_paced=self_paced, cpu_bf16=cpu_bf16,
         task_files=[str(p) for p in task_file] if task_file else None, device=device, resume=resume or None,
         instructions=instructions, homogeneous=homogeneous, hard_labels=hard_labels,
         loss_override=parse_loss_override(loss_override) if loss_override else None,
