@@ -106,22 +106,10 @@ def seed_shared_results(demo_eval: Path, out: Path) -> None:
 
 def systems_for(models: dict[str, tuple[Path, bool]], base: str, device: str | None = None) -> dict:
     """name -> factory(task) -> DenseRanker; ``models`` maps name -> (dir, use instructions)."""
-    from llm_embedder.embedder import Embedder
-    from llm_embedder.evaluate import DenseRanker
+    from llm_embedder.evaluate.rankers import dense_systems
 
-    cache: dict[tuple[str, bool], Embedder] = {}
-
-    def ranker(path: str, instructions: bool):
-        def make(task: str) -> DenseRanker:
-            if (path, instructions) not in cache:
-                cache[(path, instructions)] = Embedder(path, device=device, use_instructions=instructions)
-            return DenseRanker(cache[(path, instructions)])
-
-        return make
-
-    systems = {"base (no instructions)": ranker(base, False), "base (instructions)": ranker(base, True)}
-    systems.update({name: ranker(str(path), flag) for name, (path, flag) in models.items()})
-    return systems
+    plain = {name for name, (_, instructions) in models.items() if not instructions}
+    return dense_systems({name: str(path) for name, (path, _) in models.items()}, base, device, plain=plain)
 
 
 def compare(results: dict[str, Any]) -> list[str]:

@@ -7,7 +7,7 @@ is one list of texts for all queries (a corpus) or one list per query.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -135,8 +135,13 @@ class NoRetrieval:
         return [[] for _ in queries]
 
 
-def dense_systems(models: dict[str, str], base: str | None, device: str | None) -> dict:
-    """name -> factory(task) -> DenseRanker; embedders are loaded once per path."""
+def dense_systems(
+    models: dict[str, str], base: str | None, device: str | None, plain: Collection[str] = ()
+) -> dict:
+    """name -> factory(task) -> DenseRanker; embedders are loaded once per path.
+
+    A ``{task}`` in a path is filled per task; models named in ``plain`` embed without instructions.
+    """
     from llm_embedder.embedder import Embedder
 
     cache: dict[tuple[str, bool], Embedder] = {}
@@ -154,5 +159,5 @@ def dense_systems(models: dict[str, str], base: str | None, device: str | None) 
     if base:
         systems["base (no instructions)"] = ranker(base, instructions=False)
         systems["base (instructions)"] = ranker(base)
-    systems.update({name: ranker(path) for name, path in models.items()})
+    systems.update({name: ranker(path, instructions=name not in plain) for name, path in models.items()})
     return systems

@@ -47,7 +47,7 @@ class GroupCollator(SentenceTransformerDataCollator):
     def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         """One homogeneous batch: every row of one dataset (or, mixed, one task)."""
         name = features[0].get("dataset_name")
-        task_name = features[0].get("task") or self.dataset_tasks.get(name)
+        task_name = self.task_of(features[0])
         if task_name is None:
             raise ValueError(f"cannot tell the task of dataset {name!r}")
         task = get_task(task_name)

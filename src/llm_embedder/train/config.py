@@ -72,10 +72,9 @@ class TrainConfig:
     def loss_for(self, task: str) -> str:
         """The loss this run trains ``task`` with: contrastive under hard_labels, else override, else registry."""
         from llm_embedder.tasks import get_task
+        from llm_embedder.train.examples import training_task
 
-        if self.hard_labels:
-            return "contrastive"
-        return self.loss_override.get(task) or get_task(task).loss
+        return training_task(get_task(task), self.hard_labels, self.loss_override).loss
 
     @classmethod
     def from_sources(cls, config_file: str | Path | None = None, **overrides: Any) -> TrainConfig:
