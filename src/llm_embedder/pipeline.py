@@ -77,12 +77,12 @@ class PipelineConfig:
         """A copy with fields set from strings (``{"lr": "5e-5"}``), converted to each field's type."""
         from dataclasses import fields, replace
 
-        types = {f.name: getattr(self, f.name) for f in fields(self)}
+        current = {f.name: getattr(self, f.name) for f in fields(self)}  # each value's type converts the text
         values: dict[str, Any] = {}
         for key, text in overrides.items():
-            if key not in types:
-                raise ValueError(f"unknown demo setting {key!r}; settings: {', '.join(types)}")
-            default = types[key]
+            if key not in current:
+                raise ValueError(f"unknown demo setting {key!r}; settings: {', '.join(current)}")
+            default = current[key]
             if text.lower() in ("none", "null"):
                 values[key] = None
             elif isinstance(default, bool):
