@@ -43,6 +43,14 @@ def test_verdict_compares_with_the_better_base_and_task_specific():
     lines = verdict(results)
     assert lines[0].endswith("-> better") and lines[1].endswith("-> NOT better")
     assert lines[-1] == "unified beats the better base variant on 1/2 tasks"
+    per_query = {  # paired against the better base: tool's with instructions is ignored
+        "tool": {"base (no instructions)": [0.5, 0.4, 0.6], "base (instructions)": [0.0, 0.0, 0.0],
+                 "unified": [0.6, 0.5, 0.7]},
+        "chat": {"base (no instructions)": [-3.0, -3.1], "unified": [-3.5, -2.8]},
+    }
+    lines = verdict(results, per_query)
+    assert lines[0].endswith("-> better; per query +0.1000 ± 0.0000 ndcg@5 (SE, 3 queries)")
+    assert lines[1].endswith("-> NOT better; per query -0.1000 ± 0.4000 gold_loglik (SE, 2 queries, within 2 SE)")
 
 
 @pytest.mark.integration

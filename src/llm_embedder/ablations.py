@@ -92,16 +92,18 @@ def drop_stale_results(out: Path, pipeline_cfg: dict[str, Any]) -> bool:
 
 
 def seed_shared_results(demo_eval: Path, out: Path) -> None:
-    """Copy the demo's own results for the unified and base models (same settings) into the ablation cache."""
-    from llm_embedder.evaluate.run import load_results, save_results
+    """Copy the demo's own results (metrics and per-query values) for the unified and base models (same
+    settings) into the ablation cache."""
+    from llm_embedder.evaluate.run import PER_QUERY_FILE, RESULTS_FILE, load_results, save_results
 
-    demo = load_results(demo_eval) if demo_eval.is_dir() else {}
-    results = load_results(out)
-    for task, systems in demo.items():
-        for name in SHARED_SYSTEMS:
-            if name in systems:
-                results.setdefault(task, {})[name] = systems[name]
-    save_results(out, results)
+    for name in (RESULTS_FILE, PER_QUERY_FILE):
+        demo = load_results(demo_eval, name) if demo_eval.is_dir() else {}
+        results = load_results(out, name)
+        for task, systems in demo.items():
+            for system in SHARED_SYSTEMS:
+                if system in systems:
+                    results.setdefault(task, {})[system] = systems[system]
+        save_results(out, results, name)
 
 
 def systems_for(models: dict[str, tuple[Path, bool]], base: str, device: str | None = None) -> dict:

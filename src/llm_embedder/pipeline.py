@@ -149,6 +149,10 @@ class Pipeline:
         self._lm = None
         self.retrained = False  # evaluation results of the trained models are stale when this turns True
 
+    @property
+    def eval_dir(self) -> Path:
+        return self.out / ("eval" if self.cfg.split == "test" else f"eval-{self.cfg.split}")
+
     def step(self, title: str) -> None:
         self.console.rule(f"[bold]{title}")
 
@@ -237,7 +241,7 @@ class Pipeline:
         systems["task-specific"] = lambda task: (
             make_single(task) if Path(str(task_specific).replace("{task}", task)).is_dir() else None
         )
-        eval_dir = self.out / ("eval" if self.cfg.split == "test" else f"eval-{self.cfg.split}")
+        eval_dir = self.eval_dir
         if self.retrained:
             forget_systems(eval_dir, ("unified", "task-specific"))
         results = run_evaluation(
@@ -254,34 +258,49 @@ class Pipeline:
 
 
 def forget_systems(eval_dir: Path, systems: tuple[str, ...]) -> None:
-    """Drop cached evaluation results of these systems (their models changed)."""
-    from llm_embedder.evaluate.run import load_results, save_results
+    """Drop cached evaluation results (metrics and per-query values) of these systems (their models changed)."""
+    from llm_embedder.evaluate.run import PER_QUERY_FILE, RESULTS_FILE, load_results, save_results
 
-    results = load_results(eval_dir)
-    if results:
-        save_results(eval_dir, {t: {s: m for s, m in v.items() if s not in systems} for t, v in results.items()})
+    for name in (RESULTS_FILE, PER_QUERY_FILE):
+        results = load_results(eval_dir, name)
+        if results:
+            kept = {t: {s: m for s, m in v.items() if s not in systems} for t, v in results.items()}
+            save_results(eval_dir, kept, name)
 
 
-def verdict(results: dict[str, Any]) -> list[str]:
-    """Does the unified model beat the better base variant per task, and match task-specific on average?"""
+def verdict(results: dict[str, Any], per_query: dict[str, Any] | None = None) -> list[str]:
+    """Does the unified model beat the better base variant per task, and match task-specific on average?
+
+    With ``per_query`` (``per_query.json``) each task's line also gives the paired per-query difference to
+    that base and its standard error, and says when the difference is within two standard errors.
+    """
     from llm_embedder.evaluate import main_metric
+    from llm_embedder.evaluate.metrics import paired_difference
+    from llm_embedder.evaluate.run import paired_metric
 
     lines, wins, deltas = [], 0, []
     for task, systems in results.items():
         metric, higher = main_metric(task)
         sign = 1 if higher else -1
         value = {name: values.get(metric) for name, values in systems.items()}
-        bases = [v for v in (value.get("base (no instructions)"), value.get("base (instructions)")) if v is not None]
+        bases = [n for n in ("base (no instructions)", "base (instructions)") if value.get(n) is not None]
         unified, single = value.get("unified"), value.get("task-specific")
         if unified is None or not bases:
             continue
-        best_base = max(bases, key=lambda v: sign * v)
-        beat = sign * (unified - best_base) > 0
+        best = max(bases, key=lambda n: sign * value[n])
+        beat = sign * (unified - value[best]) > 0
         wins += beat
         if single is not None:
             deltas.append(sign * (unified - single) / max(abs(single), 1e-9))
-        lines.append(f"{task}: unified {unified:.4f} vs best base {best_base:.4f} ({metric}) -> "
-                     f"{'better' if beat else 'NOT better'}")
+        line = (f"{task}: unified {unified:.4f} vs best base {value[best]:.4f} ({metric}) -> "
+                f"{'better' if beat else 'NOT better'}")
+        paired = (per_query or {}).get(task, {})
+        ours, theirs = paired.get("unified"), paired.get(best)
+        if ours and theirs and len(ours) == len(theirs) and len(ours) > 1:
+            mean, se = paired_difference(ours, theirs)
+            line += (f"; per query {mean:+.4f} ± {se:.4f} {paired_metric(task)} (SE, {len(ours)} queries"
+                     f"{', within 2 SE' if abs(mean) < 2 * se else ''})")
+        lines.append(line)
     if deltas:
         mean = sum(deltas) / len(deltas)
         lines.append(f"unified vs task-specific, mean relative difference on main metrics: {mean:+.1%} "
@@ -303,7 +322,9 @@ def run_pipeline(out: str | Path = "runs/demo", quick: bool = False, base: str =
     unified, task_specific = clock.run("training", pipeline.train, files)
     results = clock.run("evaluation", pipeline.evaluate, tasks, unified, task_specific)
     pipeline.step("5/5 verdict")
-    for line in verdict(results):
+    from llm_embedder.evaluate.run import PER_QUERY_FILE, load_results
+
+    for line in verdict(results, load_results(pipeline.eval_dir, PER_QUERY_FILE)):
         pipeline.console.print(line)
     pipeline.console.print("time per stage: " + clock.summary())
     return results

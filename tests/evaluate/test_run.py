@@ -86,6 +86,12 @@ def test_run_evaluation_resumes_and_reports(suite, tiny_embedder, tmp_path):
     assert results["qa"]["bm25"]["gold_loglik"] > results["qa"]["none"]["gold_loglik"]
     assert results["qa"]["bm25"]["ndcg@1"] == 1.0
     assert results["chat"]["recency"]["perplexity"] == pytest.approx(np.exp(0.5))
+    per_query = json.loads((out / "per_query.json").read_text())
+    # per query: the gold log-likelihoods whose mean is reported, for every system but "none" alike
+    assert np.mean(per_query["qa"]["bm25"]) == pytest.approx(results["qa"]["bm25"]["gold_loglik"])
+    n_chat = len(load_task_data(suite, "chat").queries)
+    assert len(per_query["chat"]["recency"]) == len(per_query["chat"]["tiny"]) == n_chat
+    assert len(per_query["chat"]["none"]) == n_chat  # no retrieval still has an LLM value per query
     calls = lm.calls
     again = run_evaluation(suite, ["qa", "chat"], systems, out, lm=lm)
     assert again == results and lm.calls == calls  # everything came from results.json

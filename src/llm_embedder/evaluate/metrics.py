@@ -27,6 +27,17 @@ def ndcg(ranked: Sequence[int], gold: set[int], cutoff: int) -> float:
     return dcg / ideal
 
 
+METRICS = {"mrr": reciprocal_rank, "recall": recall, "ndcg": ndcg}
+
+
+def per_query_metric(rankings: Sequence[Sequence[int]], golds: Sequence[Sequence[int]], metric: str) -> list[float]:
+    """One metric ("ndcg@5") per query that has a gold id, for paired comparisons between systems."""
+    kind, _, cutoff = metric.partition("@")
+    if kind not in METRICS or not cutoff.isdigit():
+        raise ValueError(f"unknown retrieval metric {metric!r}; use mrr@k, recall@k or ndcg@k")
+    return [METRICS[kind](list(r), set(g), int(cutoff)) for r, g in zip(rankings, golds, strict=True) if len(g) > 0]
+
+
 def retrieval_metrics(
     rankings: Sequence[Sequence[int]], golds: Sequence[Sequence[int]], cutoffs: Sequence[int] = DEFAULT_CUTOFFS
 ) -> dict[str, float]:
@@ -42,6 +53,15 @@ def retrieval_metrics(
         out[f"recall@{cutoff}"] = float(np.mean([recall(r, g, cutoff) for r, g in pairs]))
         out[f"ndcg@{cutoff}"] = float(np.mean([ndcg(r, g, cutoff) for r, g in pairs]))
     return out
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error of a[i] − b[i]: how far apart two systems are on the same queries, and how
+    much of that a different sample of queries could undo."""
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"paired difference needs two equal lists of at least 2 values, got {len(a)} and {len(b)}")
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    return float(diff.mean()), float(diff.std(ddof=1) / math.sqrt(len(diff)))
 
 
 def normalize_answer(text: str) -> str:

@@ -1,7 +1,9 @@
 """Evaluate retrievers on the task suite: retrieval metrics plus the LLM's downstream quality.
 
 Results are cached per (task, system) in ``out/results.json``, so an interrupted run resumes where it
-stopped and adding a system re-uses everything already measured.
+stopped and adding a system re-uses everything already measured. ``out/per_query.json`` keeps each system's
+per-query values of the task's paired metric (``paired_metric``), so two systems can be compared query by query
+with a standard error rather than by two means alone.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from typing import Any
 import numpy as np
 from rich.progress import Progress
 
-from llm_embedder.evaluate.downstream import DOWNSTREAM, downstream_metrics
-from llm_embedder.evaluate.metrics import retrieval_metrics
+from llm_embedder.evaluate.downstream import DOWNSTREAM, downstream_metrics, main_metric
+from llm_embedder.evaluate.metrics import per_query_metric, retrieval_metrics
 from llm_embedder.evaluate.rankers import BM25Ranker, NoRetrieval, RandomRanker, Ranker, RecencyRanker
 from llm_embedder.io import DataError, read_jsonl
 
 RESULTS_FILE = "results.json"
+PER_QUERY_FILE = "per_query.json"
 SETTINGS_FILE = "settings.json"
 RETRIEVAL_DEPTH = 10
 
@@ -149,9 +152,10 @@ def evaluate_system(
     generate: bool = True,
     llm_queries: int | None = None,
     memo: dict | None = None,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], list[float]]:
     """Retrieval metrics (where gold ids exist) over every query, and the downstream LLM metric (where the task
-    has one) over the first ``llm_queries`` of them, from the same rankings.
+    has one) over the first ``llm_queries`` of them, from the same rankings; with the per-query values of the
+    task's ``paired_metric``.
 
     ``memo`` ((prompt, answer) -> log-likelihood, shared across the systems of a task) skips prompts another
     system already sent: systems that retrieve the same items for a query get the same score without a
@@ -159,8 +163,11 @@ def evaluate_system(
     """
     rankings = ranker.rank(data.task, data.queries, data.candidates, RETRIEVAL_DEPTH)
     metrics: dict[str, float] = {}
+    per_query: list[float] = []
     if not isinstance(ranker, NoRetrieval):
         metrics.update(retrieval_metrics(rankings, data.golds))
+        if data.task not in DOWNSTREAM:
+            per_query = per_query_metric(rankings, data.golds, main_metric(data.task)[0])
     if lm is not None and data.task in DOWNSTREAM:
         n = len(data.queries) if llm_queries is None else min(llm_queries, len(data.queries))
         if any(not a for a in data.answers[:n]):
@@ -170,19 +177,27 @@ def evaluate_system(
             data.task, data.queries[:n], data.answers[:n], retrieved, lm, generate=generate, memo=memo
         )
         metrics.update(result.metrics)
-    return metrics
+        per_query = result.per_query
+    return metrics, per_query
 
 
-def load_results(out_dir: Path) -> dict[str, dict[str, dict[str, float]]]:
-    path = out_dir / RESULTS_FILE
+def paired_metric(task: str) -> str:
+    """What ``per_query.json`` holds per query, higher always better: the gold answer's log-likelihood for the
+    tasks judged by the LLM (perplexity is exp(-mean) of it), else the task's main retrieval metric."""
+    return "gold_loglik" if task in DOWNSTREAM else main_metric(task)[0]
+
+
+def load_results(out_dir: Path, name: str = RESULTS_FILE) -> dict[str, dict[str, Any]]:
+    """task -> system -> metrics (``results.json``), or -> per-query values (``name=PER_QUERY_FILE``)."""
+    path = out_dir / name
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
-def save_results(out_dir: Path, results: dict) -> None:
+def save_results(out_dir: Path, results: dict, name: str = RESULTS_FILE) -> None:
     from llm_embedder.io import atomic_write
 
-    with atomic_write(out_dir / RESULTS_FILE) as handle:
-        json.dump(results, handle, indent=2, sort_keys=True)
+    with atomic_write(out_dir / name) as handle:
+        json.dump(results, handle, indent=None if name == PER_QUERY_FILE else 2, sort_keys=True)
 
 
 def run_evaluation(
@@ -213,8 +228,10 @@ def run_evaluation(
     settings_file = out_dir / SETTINGS_FILE
     if settings_file.exists() and json.loads(settings_file.read_text(encoding="utf-8")) != settings:
         save_results(out_dir, {})  # measured under other settings: start over rather than mix them
+        save_results(out_dir, {}, PER_QUERY_FILE)
     settings_file.write_text(json.dumps(settings, indent=2), encoding="utf-8")
     results = load_results(out_dir)
+    per_query = load_results(out_dir, PER_QUERY_FILE)
     with Progress() as progress:
         bar = progress.add_task("evaluating", total=len(tasks))
         for task in tasks:
@@ -230,7 +247,11 @@ def run_evaluation(
                 ranker = make()
                 if ranker is None:  # this system has no model for this task
                     continue
-                metrics = evaluate_system(data, ranker, lm, generate=generate, llm_queries=max_llm_queries, memo=memo)
+                metrics, values = evaluate_system(
+                    data, ranker, lm, generate=generate, llm_queries=max_llm_queries, memo=memo
+                )
+                per_query.setdefault(task, {})[name] = values
+                save_results(out_dir, per_query, PER_QUERY_FILE)
                 results.setdefault(task, {})[name] = metrics
                 save_results(out_dir, results)
             progress.advance(bar)
