@@ -33,6 +33,18 @@ def test_training_subset_cuts_candidates_and_keeps_the_marked_turn():
     assert qa["pos"] == ["p1"] and len(qa["neg"]) == 2 and "teacher_scores" not in qa
 
 
+def test_training_subset_lets_the_llm_rank_further_positives_of_distillation_tasks():
+    cfg = PipelineConfig(candidates=8)
+    pos, neg = [f"p{i}" for i in range(3)], [f"n{i}" for i in range(7)]
+    icl = {"query": "q", "task": "icl", "query_id": 0, "pos": pos, "neg": neg, "answers": ["a"]}
+    tool = {**icl, "task": "tool"}
+    (icl_subset,) = training_subset([icl], cfg, "icl")
+    assert icl_subset["pos"] == ["p0"] and icl_subset["neg"][:2] == ["p1", "p2"]  # scored beside the negatives
+    assert len(icl_subset["neg"]) == 7 and set(icl_subset["neg"][2:]) < set(neg)
+    (tool_subset,) = training_subset([tool], cfg, "tool")  # contrastive: a further positive is no negative
+    assert tool_subset["pos"] == ["p0"] and set(tool_subset["neg"]) == set(neg)
+
+
 def test_verdict_compares_with_the_better_base_and_task_specific():
     results = {
         "tool": {"base (no instructions)": {"ndcg@5": 0.5}, "base (instructions)": {"ndcg@5": 0.4},
