@@ -22,6 +22,10 @@ def test_compare_names_worse_and_not_worse():
                         "w/o LLM reward": {"ndcg@5": 0.6}}}
     (line,) = compare(results)
     assert "w/o LLM reward 0.6000 (not worse)" in line and "w/o instructions 0.4000 (worse)" in line
+    per_query = {"tool": {"unified": [0.5, 0.5, 0.5], "w/o instructions": [0.3, 0.4, 0.5]}}
+    (line,) = compare(results, per_query)
+    assert "w/o instructions 0.4000 (worse, per query -0.1000 ± 0.0577)" in line
+    assert "w/o LLM reward 0.6000 (not worse)" in line  # no per-query values for it: no difference given
 
 
 @pytest.fixture

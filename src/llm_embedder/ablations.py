@@ -114,9 +114,11 @@ def systems_for(models: dict[str, tuple[Path, bool]], base: str, device: str | N
     return dense_systems({name: str(path) for name, (path, _) in models.items()}, base, device, plain=plain)
 
 
-def compare(results: dict[str, Any]) -> list[str]:
-    """Per task: each ablation's main metric against the full unified model."""
+def compare(results: dict[str, Any], per_query: dict[str, Any] | None = None) -> list[str]:
+    """Per task: each ablation's main metric against the full unified model; with ``per_query``
+    (``per_query.json``) also the paired per-query difference (ablation − unified) and its standard error."""
     from llm_embedder.evaluate import main_metric
+    from llm_embedder.evaluate.metrics import paired_difference
 
     lines = []
     for task, systems in results.items():
@@ -129,7 +131,13 @@ def compare(results: dict[str, Any]) -> list[str]:
             value = systems.get(name, {}).get(metric)
             if value is not None:
                 worse = (value < full) if higher else (value > full)
-                parts.append(f"{name} {value:.4f} ({'worse' if worse else 'not worse'})")
+                paired = (per_query or {}).get(task, {})
+                ours, theirs = paired.get(name), paired.get("unified")
+                detail = ""
+                if ours and theirs and len(ours) == len(theirs) and len(ours) > 1:
+                    mean, se = paired_difference(ours, theirs)
+                    detail = f", per query {mean:+.4f} ± {se:.4f}"
+                parts.append(f"{name} {value:.4f} ({'worse' if worse else 'not worse'}{detail})")
         lines.append(f"{task} ({metric}): unified {full:.4f}; " + "; ".join(parts))
     return lines
 
@@ -184,7 +192,9 @@ def run_ablations(run_dir: str | Path = "runs/demo", out: str | Path | None = No
     (out / "results.md").write_text("# Ablations\n\n" + (out / "results.md").read_text(encoding="utf-8")
                                     .removeprefix("# Evaluation\n\n"), encoding="utf-8")
     console.print((out / "results.md").read_text(encoding="utf-8").split("###")[0], soft_wrap=True, highlight=False)
-    for line in compare(results):
+    from llm_embedder.evaluate.run import PER_QUERY_FILE, load_results
+
+    for line in compare(results, load_results(out, PER_QUERY_FILE)):
         console.print(line, highlight=False)
     console.print("plots: " + ", ".join(str(p) for p in plots))
     return results
