@@ -118,7 +118,7 @@ def compare(results: dict[str, Any], per_query: dict[str, Any] | None = None) ->
     """Per task: each ablation's main metric against the full unified model; with ``per_query``
     (``per_query.json``) also the paired per-query difference (ablation − unified) and its standard error."""
     from llm_embedder.evaluate import main_metric
-    from llm_embedder.evaluate.metrics import paired_difference
+    from llm_embedder.evaluate.run import per_query_gap
 
     lines = []
     for task, systems in results.items():
@@ -131,12 +131,8 @@ def compare(results: dict[str, Any], per_query: dict[str, Any] | None = None) ->
             value = systems.get(name, {}).get(metric)
             if value is not None:
                 worse = (value < full) if higher else (value > full)
-                paired = (per_query or {}).get(task, {})
-                ours, theirs = paired.get(name), paired.get("unified")
-                detail = ""
-                if ours and theirs and len(ours) == len(theirs) and len(ours) > 1:
-                    mean, se = paired_difference(ours, theirs)
-                    detail = f", per query {mean:+.4f} ± {se:.4f}"
+                gap = per_query_gap(per_query, task, name, "unified")
+                detail = "" if gap is None else f", per query {gap[0]:+.4f} ± {gap[1]:.4f}"
                 parts.append(f"{name} {value:.4f} ({'worse' if worse else 'not worse'}{detail})")
         lines.append(f"{task} ({metric}): unified {full:.4f}; " + "; ".join(parts))
     return lines

@@ -65,7 +65,7 @@ class PipelineConfig:
     generate: bool = False
     # the LLM's CPU fast mode: bf16 Linear layers where the CPU has bf16 matmuls (ranks candidates like exact
     # scores, Spearman ~0.99 in benchmarks/bench_reward.py), else exact; "none" for exact, "int8" for int8
-    llm_fast: str | None = field(default_factory=lambda: default_llm_fast())
+    llm_fast: str | None = field(default_factory=default_llm_fast)
     split: str = "test"  # the evaluation split: tune settings with "dev", report "test"
     seed: int = 0
 
@@ -134,16 +134,16 @@ def training_subset(records: list[dict[str, Any]], cfg: PipelineConfig, task: st
     for record in usable[: cfg.train_records]:
         record = dict(record)
         record.pop("teacher_scores", None)
-        field = "history" if "history" in record else "neg"
-        positives = [] if field == "history" else record["pos"][:1]
+        group = "history" if "history" in record else "neg"
+        positives = [] if group == "history" else record["pos"][:1]
         distilled = get_task(record.get("task", task)).loss in DISTILL_LOSSES
-        scored_positives = record["pos"][1 : cfg.candidates // 2] if field == "neg" and distilled else []
-        marked = record.get("pos_index", []) if field == "history" or not positives else []
+        scored_positives = record["pos"][1 : cfg.candidates // 2] if group == "neg" and distilled else []
+        marked = record.get("pos_index", []) if group == "history" or not positives else []
         chosen = sample_keeping(
-            len(record[field]), marked, cfg.candidates - len(positives) - len(scored_positives), rng
+            len(record[group]), marked, cfg.candidates - len(positives) - len(scored_positives), rng
         )
-        record[field] = scored_positives + [record[field][i] for i in chosen]
-        if field == "neg":
+        record[group] = scored_positives + [record[group][i] for i in chosen]
+        if group == "neg":
             record["pos"] = positives
         for name in ("pos_index", "neg_index"):
             record.pop(name, None)
@@ -291,8 +291,7 @@ def verdict(results: dict[str, Any], per_query: dict[str, Any] | None = None) ->
     that base and its standard error, and says when the difference is within two standard errors.
     """
     from llm_embedder.evaluate import main_metric
-    from llm_embedder.evaluate.metrics import paired_difference
-    from llm_embedder.evaluate.run import paired_metric
+    from llm_embedder.evaluate.run import paired_metric, per_query_gap
 
     lines, wins, deltas = [], 0, []
     for task, systems in results.items():
@@ -310,11 +309,10 @@ def verdict(results: dict[str, Any], per_query: dict[str, Any] | None = None) ->
             deltas.append(sign * (unified - single) / max(abs(single), 1e-9))
         line = (f"{task}: unified {unified:.4f} vs best base {value[best]:.4f} ({metric}) -> "
                 f"{'better' if beat else 'NOT better'}")
-        paired = (per_query or {}).get(task, {})
-        ours, theirs = paired.get("unified"), paired.get(best)
-        if ours and theirs and len(ours) == len(theirs) and len(ours) > 1:
-            mean, se = paired_difference(ours, theirs)
-            line += (f"; per query {mean:+.4f} ± {se:.4f} {paired_metric(task)} (SE, {len(ours)} queries"
+        gap = per_query_gap(per_query, task, "unified", best)
+        if gap is not None:
+            mean, se, n = gap
+            line += (f"; per query {mean:+.4f} ± {se:.4f} {paired_metric(task)} (SE, {n} queries"
                      f"{', within 2 SE' if abs(mean) < 2 * se else ''})")
         lines.append(line)
     if deltas:

@@ -187,6 +187,19 @@ def paired_metric(task: str) -> str:
     return "gold_loglik" if task in DOWNSTREAM else main_metric(task)[0]
 
 
+def per_query_gap(
+    per_query: dict[str, Any] | None, task: str, system: str, other: str
+) -> tuple[float, float, int] | None:
+    """``system`` − ``other`` on a task's queries in ``per_query.json``: the paired mean difference, its standard
+    error and the number of queries; None when either lacks per-query values for the same queries."""
+    from llm_embedder.evaluate.metrics import paired_difference
+
+    ours, theirs = (per_query or {}).get(task, {}).get(system), (per_query or {}).get(task, {}).get(other)
+    if not ours or not theirs or len(ours) != len(theirs) or len(ours) < 2:
+        return None
+    return (*paired_difference(ours, theirs), len(ours))
+
+
 def load_results(out_dir: Path, name: str = RESULTS_FILE) -> dict[str, dict[str, Any]]:
     """task -> system -> metrics (``results.json``), or -> per-query values (``name=PER_QUERY_FILE``)."""
     path = out_dir / name
@@ -197,7 +210,7 @@ def save_results(out_dir: Path, results: dict, name: str = RESULTS_FILE) -> None
     from llm_embedder.io import atomic_write
 
     with atomic_write(out_dir / name) as handle:
-        json.dump(results, handle, indent=None if name == PER_QUERY_FILE else 2, sort_keys=True)
+        json.dump(results, handle, indent=2, sort_keys=True)
 
 
 def run_evaluation(
