@@ -97,24 +97,27 @@ def _head(model: Any, hidden: Any) -> Any:
 
 
 def score_batch(model: Any, seqs: Sequence[Sequence[int]], starts: Sequence[int], head_rows: int = 2048) -> np.ndarray:
-    """Mean answer log-prob for one right-padded batch; the head runs only at answer-predicting positions."""
+    """Mean answer log-prob for one right-padded batch; the head runs only at answer-predicting positions.
+
+    No attention mask is passed: in a causal LM a real token never attends to the padding after it, and
+    positions count from 0 either way, so the scores are the same, while a mask-free batch can use the fused
+    causal attention kernels (``tests/llm/test_causal_lm.py`` checks them against ``full_logits_logprob``).
+    """
     import torch
 
     device = next(model.parameters()).device
     width = max(len(s) for s in seqs)
     input_ids = torch.zeros((len(seqs), width), dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
     rows, cols = [], []
     for b, (seq, start) in enumerate(zip(seqs, starts, strict=True)):
         input_ids[b, : len(seq)] = torch.tensor(seq)
-        mask[b, : len(seq)] = 1
         rows.extend([b] * (len(seq) - start))
         cols.extend(range(start - 1, len(seq) - 1))
-    input_ids, mask = input_ids.to(device), mask.to(device)
+    input_ids = input_ids.to(device)
     rows_t = torch.tensor(rows, device=device)
     cols_t = torch.tensor(cols, device=device)
     with torch.inference_mode():
-        hidden = model.base_model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        hidden = model.base_model(input_ids=input_ids).last_hidden_state
         picked = hidden[rows_t, cols_t]
         targets = input_ids[rows_t, cols_t + 1]
         token_lp = []
