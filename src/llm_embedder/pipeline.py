@@ -56,6 +56,8 @@ class PipelineConfig:
     # bf16 mixed precision for training where the CPU has bf16 matmuls (fp32 master weights): ~1.6x faster
     # steps, per-step losses equal to fp32 within ~0.005 in an 8-step check
     train_bf16: bool = True
+    # the unified model's homogeneous batches spread task by task over each epoch (``TrainConfig.interleave_tasks``)
+    interleave_tasks: bool = True
     eval_queries: int = 60
     # the LLM metric's queries per task: 40 (not 20) halves the variance of the per-query differences, whose
     # standard error (printed by the verdict) is still comparable to the gaps between the dense models
@@ -222,6 +224,7 @@ class Pipeline:
             base=self.base, batch_size=self.cfg.batch_size, group_size=self.cfg.group_size, lr=self.cfg.lr,
             query_max_length=self.cfg.max_length, key_max_length=self.cfg.max_length, seed=self.cfg.seed,
             temperature=self.cfg.temperature, cpu_bf16=self.cfg.train_bf16, logging_steps=1,
+            interleave_tasks=self.cfg.interleave_tasks,
         )
         steps = self.cfg.steps_per_task
         unified = self.out / "models" / "unified"

@@ -55,3 +55,26 @@ def test_a_repeated_dataset_counts_twice() -> None:
     for batch in sampler:
         per_dataset[sampler.dataset_of(batch)] += 1
     assert per_dataset == [4, 4, 4] and len(sampler) == 12
+
+
+def test_interleaving_spreads_each_dataset_over_the_epoch() -> None:
+    # equal sizes: every run of one batch per dataset holds each dataset once, in a seeded random order
+    batches = global_batches([32] * 6, per_device_batch_size=4, world_size=1, seed=0, epoch=0)
+    datasets = [d for d, _ in batches]
+    rounds = [datasets[i:i + 6] for i in range(0, len(datasets), 6)]
+    assert all(sorted(r) == list(range(6)) for r in rounds)
+    assert len({tuple(r) for r in rounds}) > 1  # not one fixed rotation
+    # unequal sizes: the 4 batches of the small dataset fall one into each quarter of the epoch
+    batches = global_batches([64, 16], per_device_batch_size=4, world_size=1, seed=3, epoch=1)
+    places = [i for i, (d, _) in enumerate(batches) if d == 1]
+    assert [p * 4 // len(batches) for p in places] == [0, 1, 2, 3]
+
+
+def test_without_interleaving_the_pool_is_one_shuffle() -> None:
+    kwargs = dict(per_device_batch_size=4, world_size=1, seed=0, epoch=0)
+    shuffled = global_batches([32] * 6, interleave=False, **kwargs)
+    interleaved = global_batches([32] * 6, **kwargs)
+    assert sorted(map(str, shuffled)) == sorted(map(str, interleaved))  # the same batches, another order
+    datasets = [d for d, _ in shuffled]
+    rounds = [sorted(datasets[i:i + 6]) for i in range(0, len(datasets), 6)]
+    assert any(r != list(range(6)) for r in rounds)  # seed 0 bunches some dataset's batches

@@ -39,6 +39,9 @@ def train_command(
                                                       help="Ablation: train without instruction prefixes.")] = None,
     homogeneous: Annotated[bool | None, typer.Option("--homogeneous/--no-homogeneous",
                                                      help="Ablation: mix tasks within a batch (one process).")] = None,
+    interleave_tasks: Annotated[bool | None, typer.Option("--interleave-tasks/--no-interleave-tasks",
+                                                          help="Spread each dataset's batches evenly over every "
+                                                          "epoch (default), or shuffle all batches.")] = None,
     hard_labels: Annotated[bool | None, typer.Option("--hard-labels/--no-hard-labels",
                                                      help="Ablation: ignore teacher scores; contrastive on the "
                                                      "labelled positive.")] = None,
@@ -59,8 +62,8 @@ def train_command(
         batch_size=batch_size, group_size=group_size, lr=lr, query_max_length=query_max_length,
         key_max_length=key_max_length, save_steps=save_steps, seed=seed, self_paced=self_paced, cpu_bf16=cpu_bf16,
         task_files=[str(p) for p in task_file] if task_file else None, device=device, resume=resume or None,
-        instructions=instructions, homogeneous=homogeneous, hard_labels=hard_labels,
-        loss_override=parse_loss_override(loss_override) if loss_override else None,
+        instructions=instructions, homogeneous=homogeneous, interleave_tasks=interleave_tasks,
+        hard_labels=hard_labels, loss_override=parse_loss_override(loss_override) if loss_override else None,
     )
     result = train(cfg)
     typer.echo(f"trained model written to {result}")

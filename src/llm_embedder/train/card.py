@@ -75,7 +75,9 @@ def write_training_card(out: Path, config, files, batches: dict[str, int], extra
         f"Processes: {extra['world_size']}. Wall time: {extra['seconds']:.0f} s."
         + (f" Resumed from `{extra['resumed_from']}`." if extra.get("resumed_from") else ""), "",
         "## Data", "",
-        ("Every global batch comes from one dataset (one file; a file listed twice counts twice)." if
+        ("Every global batch comes from one dataset (one file; a file listed twice counts twice); "
+         + ("each dataset's batches are spread evenly over every epoch." if config.interleave_tasks else
+            "all batches are shuffled together.") if
          config.homogeneous else "Ablation: batches mix datasets (drawn uniformly from all of them); the loss is "
          "the count-weighted mean of each task subgroup's loss."), "",
         "| dataset | file | task | records | examples | filtered | truncated | global batches/epoch |",

@@ -48,6 +48,8 @@ class TrainConfig:
     # ablations (recipe §4): each default is the paper's method
     instructions: bool = True  # False: queries and keys as plain text (prompts are still saved)
     homogeneous: bool = True  # False: batches mix tasks; the loss is computed per task subgroup
+    # homogeneous batches spread evenly over each epoch, task by task; False: one random shuffle of all batches
+    interleave_tasks: bool = True
     hard_labels: bool = False  # True: ignore teacher scores, contrastive loss on the labelled positive
     loss_override: dict[str, str] = field(default_factory=dict)  # task -> loss, e.g. {"qa": "kl_distill"}
 

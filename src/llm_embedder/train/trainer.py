@@ -65,12 +65,14 @@ def _make_trainer_class():
         step_log_dir: Path | None = None
         dataset_tasks: dict[str, str] = {}
         homogeneous: bool = True
+        interleave_tasks: bool = True
 
         def get_multi_dataset_batch_sampler(self, dataset, batch_samplers, generator=None, seed=0):
             sampler_class = HomogeneousBatchSampler if self.homogeneous else MixedBatchSampler
             self.homogeneous_sampler = sampler_class(
                 dataset, batch_samplers, generator=generator, seed=seed,
                 per_device_batch_size=self.args.per_device_train_batch_size, world_size=self.args.world_size,
+                interleave=self.interleave_tasks,
             )
             return self.homogeneous_sampler
 
@@ -192,6 +194,7 @@ def build_trainer(config: TrainConfig, files: list[TrainingFile]):
     trainer.add_callback(trainer_class.EpochSync(trainer))
     trainer.dataset_tasks = dataset_tasks
     trainer.homogeneous = config.homogeneous
+    trainer.interleave_tasks = config.interleave_tasks
     trainer.step_log_dir = out / LOG_DIR
     for callback in callbacks:
         callback.trainer = trainer
