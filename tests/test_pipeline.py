@@ -63,6 +63,10 @@ def test_verdict_compares_with_the_better_base_and_task_specific():
     lines = verdict(results, per_query)
     assert lines[0].endswith("-> better; per query +0.1000 ± 0.0000 ndcg@5 (SE, 3 queries)")
     assert lines[1].endswith("-> NOT better; per query -0.1000 ± 0.4000 gold_loglik (SE, 2 queries, within 2 SE)")
+    assert not any(line.startswith("unified - task-specific per query") for line in lines)  # none in per_query
+    per_query["tool"]["task-specific"] = [0.7, 0.5, 0.6]
+    lines = verdict(results, per_query)
+    assert lines[-2] == "unified - task-specific per query (SE): tool +0.0000 ± 0.0577"
 
 
 @pytest.mark.integration

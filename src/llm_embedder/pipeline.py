@@ -291,12 +291,14 @@ def verdict(results: dict[str, Any], per_query: dict[str, Any] | None = None) ->
     """Does the unified model beat the better base variant per task, and match task-specific on average?
 
     With ``per_query`` (``per_query.json``) each task's line also gives the paired per-query difference to
-    that base and its standard error, and says when the difference is within two standard errors.
+    that base and its standard error, and says when the difference is within two standard errors; one more
+    line gives the paired difference to the task-specific model per task, in each task's own units (the
+    relative mean divides log-likelihood gaps by a log-likelihood, which says little on its own).
     """
     from llm_embedder.evaluate import main_metric
     from llm_embedder.evaluate.run import paired_metric, per_query_gap
 
-    lines, wins, deltas = [], 0, []
+    lines, wins, deltas, single_gaps = [], 0, [], []
     for task, systems in results.items():
         metric, higher = main_metric(task)
         sign = 1 if higher else -1
@@ -318,10 +320,15 @@ def verdict(results: dict[str, Any], per_query: dict[str, Any] | None = None) ->
             line += (f"; per query {mean:+.4f} ± {se:.4f} {paired_metric(task)} (SE, {n} queries"
                      f"{', within 2 SE' if abs(mean) < 2 * se else ''})")
         lines.append(line)
+        gap = per_query_gap(per_query, task, "unified", "task-specific")
+        if gap is not None:
+            single_gaps.append(f"{task} {gap[0]:+.4f} ± {gap[1]:.4f}")
     if deltas:
         mean = sum(deltas) / len(deltas)
         lines.append(f"unified vs task-specific, mean relative difference on main metrics: {mean:+.1%} "
                      f"({'matches or beats' if mean >= -0.01 else 'below'})")
+    if single_gaps:
+        lines.append("unified - task-specific per query (SE): " + ", ".join(single_gaps))
     lines.append(f"unified beats the better base variant on {wins}/{len(results)} tasks")
     return lines
 

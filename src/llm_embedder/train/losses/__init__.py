@@ -6,11 +6,10 @@
 from __future__ import annotations
 
 from llm_embedder.tasks import Task, get_task
+from llm_embedder.train.examples import DISTILL_LOSSES  # one definition, where the examples are built
 from llm_embedder.train.losses.contrastive import ContrastiveLoss, contrastive_loss
 from llm_embedder.train.losses.kl_distill import KLDistillLoss, kl_distill_loss
 from llm_embedder.train.losses.stable_distill import StableDistillLoss, stable_distill_loss
-
-DISTILL_LOSSES = ("kl_distill", "stable_distill")
 
 
 def loss_for_task(task: str | Task, model, temperature: float = 0.01, loss: str | None = None):
