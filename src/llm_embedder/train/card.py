@@ -61,6 +61,16 @@ def plot_loss_curves(records: list[dict[str, Any]], path: Path, losses: dict[str
     return path
 
 
+def batching_note(config) -> str:
+    """How the run's batches were formed: homogeneous (interleaved or shuffled) or the mixed-batch ablation."""
+    if not config.homogeneous:
+        return ("Ablation: batches mix datasets (drawn uniformly from all of them); the loss is the count-weighted "
+                "mean of each task subgroup's loss.")
+    order = ("each dataset's batches are spread evenly over every epoch." if config.interleave_tasks
+             else "all batches are shuffled together.")
+    return f"Every global batch comes from one dataset (one file; a file listed twice counts twice); {order}"
+
+
 def write_training_card(out: Path, config, files, batches: dict[str, int], extra: dict[str, Any]) -> Path:
     """Write ``TRAINING_CARD.md`` and ``loss_curves.png`` into ``out``."""
     records = read_step_log(out / "logs" / "steps.rank0.jsonl")
@@ -75,11 +85,7 @@ def write_training_card(out: Path, config, files, batches: dict[str, int], extra
         f"Processes: {extra['world_size']}. Wall time: {extra['seconds']:.0f} s."
         + (f" Resumed from `{extra['resumed_from']}`." if extra.get("resumed_from") else ""), "",
         "## Data", "",
-        ("Every global batch comes from one dataset (one file; a file listed twice counts twice); "
-         + ("each dataset's batches are spread evenly over every epoch." if config.interleave_tasks else
-            "all batches are shuffled together.") if
-         config.homogeneous else "Ablation: batches mix datasets (drawn uniformly from all of them); the loss is "
-         "the count-weighted mean of each task subgroup's loss."), "",
+        batching_note(config), "",
         "| dataset | file | task | records | examples | filtered | truncated | global batches/epoch |",
         "|---|---|---|---|---|---|---|---|",
     ]
