@@ -53,7 +53,7 @@ def train_steps_per_s(device: str, precision: str, shape: dict, queries: int, gr
     torch.manual_seed(0)
     model = BertModel(BertConfig(**shape), add_pooling_layer=False).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-6)
-    half = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    autocast_dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
     scaler = torch.amp.GradScaler(device, enabled=precision == "fp16")
     q_ids = torch.randint(1000, shape["vocab_size"], (queries, 32), device=device)
     k_ids = torch.randint(1000, shape["vocab_size"], (queries * group, 128), device=device)
@@ -65,7 +65,8 @@ def train_steps_per_s(device: str, precision: str, shape: dict, queries: int, gr
 
     def step() -> float:
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=device, dtype=half or torch.float32, enabled=half is not None):
+        with torch.autocast(device_type=device, dtype=autocast_dtype or torch.float32,
+                            enabled=autocast_dtype is not None):
             q, k = embed(q_ids), embed(k_ids)
             loss = 0.2 * contrastive_loss(q, k) + stable_distill_loss(q, k, teacher)
         scaler.scale(loss).backward()
