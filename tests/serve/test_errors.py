@@ -78,6 +78,26 @@ def test_oversized_body_is_413_before_parsing(tiny_server) -> None:
     assert_still_serving(tiny_server)
 
 
+def test_chunked_body_is_capped_too(tiny_server) -> None:
+    """A body sent without Content-Length (chunked) is refused once it passes the limit, and passed on below it."""
+    headers = {"Content-Type": "application/json", **tiny_server.headers()}
+
+    def chunks(body: bytes, size: int = 8192):
+        yield from (body[i : i + size] for i in range(0, len(body), size))
+
+    huge = f'{{"input": "{"y" * 200_000}", "model": "{tiny_server.model_id}"}}'.encode()
+    response = httpx.post(f"{tiny_server.url}/v1/embeddings", content=chunks(huge), headers=headers, timeout=60)
+    assert response.request.headers.get("transfer-encoding") == "chunked"
+    assert response.status_code == 413, response.text
+    assert "request body is over the limit" in response.json()["error"]["message"]  # not parsed
+    small = f'{{"input": ["one", "two"], "model": "{tiny_server.model_id}"}}'.encode()
+    response = httpx.post(f"{tiny_server.url}/v1/embeddings", content=chunks(small, 7), headers=headers, timeout=60)
+    assert response.request.headers.get("transfer-encoding") == "chunked"
+    assert response.status_code == 200, response.text
+    assert len(response.json()["data"]) == 2
+    assert_still_serving(tiny_server)
+
+
 def test_unknown_route_and_method_use_the_error_shape(tiny_server) -> None:
     missing = httpx.get(f"{tiny_server.url}/v1/nothing", headers=tiny_server.headers(), timeout=30)
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"

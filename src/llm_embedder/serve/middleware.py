@@ -1,7 +1,9 @@
 """The ASGI layer in front of every route: API key, body-size limit, and request metrics.
 
 Written as plain ASGI (not BaseHTTPMiddleware) because it runs on every request of a latency-sensitive server.
-The key is checked before the body is read, so an unauthenticated client gets 401 whatever it sends.
+The key is checked before the body is read, so an unauthenticated client gets 401 whatever it sends. A body
+with a Content-Length over the limit is refused unread; one sent without it (chunked) is read here up to the
+limit and handed on, or refused as soon as it passes the limit.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from llm_embedder.serve.metrics import ServeMetrics
 from llm_embedder.serve.security import key_matches
 
 PROTECTED_PREFIX = "/v1/"
+BODY_METHODS = ("POST", "PUT", "PATCH")
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -47,11 +50,27 @@ class GuardMiddleware:
             )
         length = _header(scope, b"content-length")
         if length is not None and length.strip().isdigit() and int(length) > self.max_body_bytes:
-            return ApiError(
-                413, f"request body of {int(length)} bytes is over the limit of {self.max_body_bytes} bytes",
-                code="request_too_large",
-            )
+            return self._too_large(int(length))
         return None
+
+    def _too_large(self, length: int | None = None) -> ApiError:
+        size = f"request body of {length} bytes" if length is not None else "request body"
+        return ApiError(413, f"{size} is over the limit of {self.max_body_bytes} bytes", code="request_too_large")
+
+    async def _read_capped(self, receive: Receive) -> list[Message] | None:
+        """A body sent without Content-Length, as its messages; None once it passes the limit."""
+        messages: list[Message] = []
+        total = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":  # the client went away: let the app see it
+                return messages
+            total += len(message.get("body", b""))
+            if total > self.max_body_bytes:
+                return None
+            if not message.get("more_body", False):
+                return messages
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -68,6 +87,12 @@ class GuardMiddleware:
 
         try:
             rejection = self._reject(scope)
+            if rejection is None and scope["method"] in BODY_METHODS and _header(scope, b"content-length") is None:
+                messages = await self._read_capped(receive)
+                if messages is None:
+                    rejection = self._too_large()
+                else:
+                    receive = _replay(messages, receive)
             if rejection is not None:
                 await error_response(rejection)(scope, receive, send_with_status)
             else:
@@ -77,3 +102,13 @@ class GuardMiddleware:
             if route is None:
                 route = scope["path"] if scope["path"] in self.known_paths else "other"
             self.metrics.observe_request(route, status, time.perf_counter() - start)
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """A receive that gives back the messages already read, then the real ones."""
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed
