@@ -67,6 +67,12 @@ def test_verdict_compares_with_the_better_base_and_task_specific():
     per_query["tool"]["task-specific"] = [0.7, 0.5, 0.6]
     lines = verdict(results, per_query)
     assert lines[-2] == "unified - task-specific per query (SE): tool +0.0000 ± 0.0577"
+    assert lines[-3].endswith(": +2.3% (matches or beats)")  # no SE while chat has no per-query values
+    per_query["chat"]["task-specific"] = [-3.2, -3.3]  # differences -0.3, +0.5: SE 0.4 nats
+    lines = verdict(results, per_query)
+    # relative SEs: tool 0.0577 / 0.6, chat (21/22) x 0.4; the mean's: sqrt(0.0962² + 0.3818²) / 2
+    assert lines[-3] == ("unified vs task-specific, mean relative difference on main metrics: +2.3% ± 19.7% (SE) "
+                         "(matches or beats)")
 
 
 @pytest.mark.integration

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import shutil
 import time
@@ -289,18 +290,30 @@ def forget_systems(eval_dir: Path, systems: tuple[str, ...]) -> None:
             save_results(eval_dir, kept, name)
 
 
+def relative_se(metric: str, unified: float, single: float, paired_se: float) -> float:
+    """Standard error of a task's relative difference from the SE of its paired per-query difference.
+
+    Perplexity is exp(-mean log-likelihood), so its relative difference 1 - ppl_u/ppl_s has SE about
+    (ppl_u/ppl_s)·SE; every other main metric is averaged per query, so its SE is SE/|task-specific|.
+    """
+    if metric == "perplexity":
+        return unified / single * paired_se
+    return paired_se / max(abs(single), 1e-9)
+
+
 def verdict(results: dict[str, Any], per_query: dict[str, Any] | None = None) -> list[str]:
     """Does the unified model beat the better base variant per task, and match task-specific on average?
 
     With ``per_query`` (``per_query.json``) each task's line also gives the paired per-query difference to
     that base and its standard error, and says when the difference is within two standard errors; one more
     line gives the paired difference to the task-specific model per task, in each task's own units (the
-    relative mean divides log-likelihood gaps by a log-likelihood, which says little on its own).
+    relative mean divides log-likelihood gaps by a log-likelihood, which says little on its own), and the
+    relative mean gets a standard error over the evaluation queries (tasks independent; seeds not counted).
     """
     from llm_embedder.evaluate import main_metric
     from llm_embedder.evaluate.run import paired_metric, per_query_gap
 
-    lines, wins, deltas, single_gaps = [], 0, [], []
+    lines, wins, deltas, single_gaps, relative_ses = [], 0, [], [], []
     for task, systems in results.items():
         metric, higher = main_metric(task)
         sign = 1 if higher else -1
@@ -325,9 +338,13 @@ def verdict(results: dict[str, Any], per_query: dict[str, Any] | None = None) ->
         gap = per_query_gap(per_query, task, "unified", "task-specific")
         if gap is not None:
             single_gaps.append(f"{task} {gap[0]:+.4f} ± {gap[1]:.4f}")
+            relative_ses.append(relative_se(metric, unified, single, gap[1]))
     if deltas:
         mean = sum(deltas) / len(deltas)
-        lines.append(f"unified vs task-specific, mean relative difference on main metrics: {mean:+.1%} "
+        spread = ""
+        if len(relative_ses) == len(deltas):
+            spread = f" ± {math.sqrt(sum(se * se for se in relative_ses)) / len(deltas):.1%} (SE)"
+        lines.append(f"unified vs task-specific, mean relative difference on main metrics: {mean:+.1%}{spread} "
                      f"({'matches or beats' if mean >= -0.01 else 'below'})")
     if single_gaps:
         lines.append("unified - task-specific per query (SE): " + ", ".join(single_gaps))
