@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from llm_embedder.index import EmptyIndexError
@@ -46,6 +47,8 @@ def test_directory_roundtrip_and_add(tiny_embedder, tmp_path: Path) -> None:
     built.add([{"text": "Added later.", "lang": "en"}])
     again = Retriever.load(tmp_path / "idx", tiny_embedder)
     assert len(again) == 5 and json.loads((tmp_path / "idx" / "meta.json").read_text())["count"] == 5
+    rows = np.fromfile(tmp_path / "idx" / "embeddings.memmap", dtype=np.float32).reshape(5, -1)
+    np.testing.assert_allclose(rows[4], tiny_embedder.encode_keys(["Added later."], "qa")[0], atol=1e-6)
     assert [h.id for h in again.search(DOCS[0]["text"], k=3)[0]] == [h.id for h in first]
     assert again.search("Added later.", k=5, filter={"lang": "en"})[0]
     assert again.delete([0]) == 1

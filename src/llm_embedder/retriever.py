@@ -13,6 +13,7 @@ import numpy as np
 from llm_embedder.index.base import IndexFormatError, VectorIndex
 from llm_embedder.index.build import (
     DOCS_FILE,
+    EMBEDDINGS_FILE,
     FAISS_FILE,
     META_FILE,
     MILVUS_FILE,
@@ -189,7 +190,8 @@ class Retriever:
         return results
 
     def add(self, documents: Sequence[str | dict]) -> list[int]:
-        """Encode and index more documents; returns their ids (saved at once for an index directory)."""
+        """Encode and index more documents; returns their ids (saved at once for an index directory, whose
+        embeddings file grows with them, so it keeps one row per document)."""
         docs = normalise_documents(documents)
         if not docs:
             return []
@@ -202,6 +204,8 @@ class Retriever:
         self.docs.append(docs)
         self.meta["count"] = len(self.docs)
         if self.out_dir is not None:
+            with (self.out_dir / EMBEDDINGS_FILE).open("ab") as handle:
+                handle.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
             self.index.save(self.out_dir / (MILVUS_FILE if self.index.backend == "milvus" else FAISS_FILE))
             with atomic_write(self.out_dir / META_FILE) as handle:
                 json.dump(self.meta, handle, indent=2)
