@@ -77,3 +77,17 @@ def test_ablations_end_to_end_and_resume(tiny_embedder_dir, tiny_lm_dir, tmp_pat
     again = Console(record=True, width=200)
     assert run_ablations(run, llm=str(tiny_lm_dir), console=again) == results
     assert again.export_text().count("already trained on these inputs") == len(ABLATIONS)
+
+    # the dev split: the same models, evaluated beside the demo's dev results in ablations-dev
+    run_pipeline(run, base=str(tiny_embedder_dir), llm=str(tiny_lm_dir), console=Console(record=True),
+                 cfg=TINY.with_overrides({"split": "dev"}))
+    dev = Console(record=True, width=200)
+    dev_results = run_ablations(run, llm=str(tiny_lm_dir), split="dev", console=dev)
+    assert dev.export_text().count("already trained on these inputs") == len(ABLATIONS)
+    assert json.loads((run / "ablations-dev" / "settings.json").read_text())["split"] == "dev"
+    demo_dev = json.loads((run / "eval-dev" / "results.json").read_text())
+    assert all(dev_results[t]["unified"] == demo_dev[t]["unified"] for t in demo_dev)
+    assert all(set(ABLATIONS) <= set(systems) for systems in dev_results.values())
+    assert run_ablations(run, llm=str(tiny_lm_dir), console=Console(record=True)) == results  # test kept
+    with pytest.raises(ValueError, match="split must be test or dev"):
+        run_ablations(run, split="train", console=Console(record=True))

@@ -79,8 +79,12 @@ def train_ablation(out: Path, settings: dict[str, Any], console: Console) -> boo
 
 
 def drop_stale_results(out: Path, pipeline_cfg: dict[str, Any]) -> bool:
-    """Forget every cached result if the demo's settings (``pipeline.json``) changed since; True if so."""
+    """Forget every cached result if the demo's settings (``pipeline.json``) changed since; True if so.
+
+    The demo's split is left out: the ablations choose their own, and a dev run of the demo rewrites it."""
     from llm_embedder.pipeline import forget_systems
+
+    pipeline_cfg = {key: value for key, value in pipeline_cfg.items() if key != "split"}
 
     stamp = out / "pipeline.json"
     stale = stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) != pipeline_cfg
@@ -139,18 +143,24 @@ def compare(results: dict[str, Any], per_query: dict[str, Any] | None = None) ->
 
 
 def run_ablations(run_dir: str | Path = "runs/demo", out: str | Path | None = None, quick: bool = False, *,
-                  base: str = "minilm", llm: str = "smollm2", console: Console | None = None) -> dict[str, Any]:
+                  base: str = "minilm", llm: str = "smollm2", split: str = "test",
+                  console: Console | None = None) -> dict[str, Any]:
     """Train (or resume) the four ablated unified models of a demo run and evaluate them beside it.
 
     If ``run_dir`` holds no demo run yet, the demo pipeline is run there first (its quick preset with
-    ``quick``); ``base`` and ``llm`` are used only then and for the LLM in the loop (``llm``)."""
+    ``quick``); ``base`` and ``llm`` are used only then and for the LLM in the loop (``llm``). ``split="dev"``
+    evaluates on the dev split, into ``ablations-dev`` beside the demo's ``eval-dev``, for tuning."""
     from llm_embedder.evaluate import run_evaluation, write_report
     from llm_embedder.pipeline import forget_systems, run_pipeline
     from llm_embedder.tasks import list_tasks
 
+    if split not in ("test", "dev"):
+        raise ValueError(f"split must be test or dev, got {split!r}")
     console = console or Console()
     run_dir = Path(run_dir)
-    out = Path(out) if out is not None else run_dir / "ablations"
+    suffix = "" if split == "test" else f"-{split}"
+    models_dir = (Path(out) if out is not None else run_dir / "ablations") / "models"  # one set for both splits
+    out = Path(out) if out is not None else run_dir / f"ablations{suffix}"
     if not (run_dir / "pipeline.json").is_file():
         console.rule("[bold]no demo run yet: running the demo pipeline first")
         run_pipeline(run_dir, quick=quick, base=base, llm=llm, console=console)
@@ -162,7 +172,7 @@ def run_ablations(run_dir: str | Path = "runs/demo", out: str | Path | None = No
     retrained = []
     for name, (slug, change) in ABLATIONS.items():
         console.print(f"[bold]{name}[/]: {change}")
-        model_dir = out / "models" / slug
+        model_dir = models_dir / slug
         if train_ablation(model_dir, {**settings, **change}, console):
             retrained.append(name)
         models[name] = (model_dir, change.get("instructions", True))
@@ -171,7 +181,7 @@ def run_ablations(run_dir: str | Path = "runs/demo", out: str | Path | None = No
     drop_stale_results(out, pipeline_cfg)
     if retrained:
         forget_systems(out, tuple(retrained))
-    seed_shared_results(run_dir / "eval", out)
+    seed_shared_results(run_dir / f"eval{suffix}", out)
     lm = None
     if pipeline_cfg.get("llm_queries"):
         from llm_embedder.llm import CausalLM
@@ -179,7 +189,7 @@ def run_ablations(run_dir: str | Path = "runs/demo", out: str | Path | None = No
         lm = CausalLM(llm, fast=pipeline_cfg.get("llm_fast"))
     tasks = [t for t in list_tasks() if (run_dir / "train" / t).is_dir() and (run_dir / "data" / t).is_dir()]
     results = run_evaluation(
-        run_dir / "data", tasks, systems_for(models, settings["base"]), out, lm=lm, baselines=False,
+        run_dir / "data", tasks, systems_for(models, settings["base"]), out, lm=lm, baselines=False, split=split,
         max_queries=pipeline_cfg["eval_queries"], max_llm_queries=pipeline_cfg["llm_queries"],
         max_corpus=pipeline_cfg["max_corpus"], max_candidates=pipeline_cfg["max_candidates"],
         generate=pipeline_cfg.get("generate", False),

@@ -20,6 +20,8 @@ def ablate_command(
                                         "first.")] = False,
     base: Annotated[str, typer.Option(help="Base embedder, only used if the demo has to run first.")] = "minilm",
     llm: Annotated[str, typer.Option(help="LLM for the downstream metrics (the demo's).")] = "smollm2",
+    split: Annotated[str, typer.Option(help="Evaluation split: test, or dev for tuning (default out "
+                                       "RUN/ablations-dev).")] = "test",
 ) -> None:
     """Train the unified embedder of a demo run again with one ingredient removed each (LLM reward,
     instructions, homogeneous batching, stabilized distillation) and evaluate the variants beside it.
@@ -28,4 +30,7 @@ def ablate_command(
     """
     from llm_embedder.ablations import run_ablations
 
-    run_ablations(run, out, quick=quick, base=base, llm=llm)
+    try:
+        run_ablations(run, out, quick=quick, base=base, llm=llm, split=split)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--split") from None
