@@ -30,7 +30,4 @@ def ablate_command(
     """
     from llm_embedder.ablations import run_ablations
 
-    try:
-        run_ablations(run, out, quick=quick, base=base, llm=llm, split=split)
-    except ValueError as err:
-        raise typer.BadParameter(str(err), param_hint="--split") from None
+    run_ablations(run, out, quick=quick, base=base, llm=llm, split=split)
