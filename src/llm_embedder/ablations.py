@@ -151,14 +151,12 @@ def run_ablations(run_dir: str | Path = "runs/demo", out: str | Path | None = No
     ``quick``); ``base`` and ``llm`` are used only then and for the LLM in the loop (``llm``). ``split="dev"``
     evaluates on the dev split, into ``ablations-dev`` beside the demo's ``eval-dev``, for tuning."""
     from llm_embedder.evaluate import run_evaluation, write_report
-    from llm_embedder.pipeline import forget_systems, run_pipeline
+    from llm_embedder.pipeline import forget_systems, run_pipeline, split_suffix
     from llm_embedder.tasks import list_tasks
 
-    if split not in ("test", "dev"):
-        raise ValueError(f"split must be test or dev, got {split!r}")
+    suffix = split_suffix(split)
     console = console or Console()
     run_dir = Path(run_dir)
-    suffix = "" if split == "test" else f"-{split}"
     models_dir = (Path(out) if out is not None else run_dir / "ablations") / "models"  # one set for both splits
     out = Path(out) if out is not None else run_dir / f"ablations{suffix}"
     if not (run_dir / "pipeline.json").is_file():

@@ -106,13 +106,20 @@ class PipelineConfig:
                     raise ValueError(f"demo setting {key} needs a number, got {text!r}") from None
             else:
                 values[key] = text
-        if values.get("split", self.split) not in ("test", "dev"):
-            raise ValueError(f"split must be test or dev, got {values['split']!r}")
+        split_suffix(values.get("split", self.split))  # checks it
         return replace(self, **values)
 
     @property
     def steps_per_task(self) -> int:
         return max(1, self.epochs * self.train_records // self.batch_size)
+
+
+def split_suffix(split: str) -> str:
+    """What a run's output folders for ``split`` add to their name: nothing for test (``eval``), ``-dev`` for
+    dev (``eval-dev``); any other split is refused."""
+    if split not in ("test", "dev"):
+        raise ValueError(f"split must be test or dev, got {split!r}")
+    return "" if split == "test" else f"-{split}"
 
 
 def sample_keeping(n_items: int, keep: list[int], size: int, rng: random.Random) -> list[int]:
@@ -174,7 +181,7 @@ class Pipeline:
 
     @property
     def eval_dir(self) -> Path:
-        return self.out / ("eval" if self.cfg.split == "test" else f"eval-{self.cfg.split}")
+        return self.out / f"eval{split_suffix(self.cfg.split)}"
 
     def step(self, title: str) -> None:
         self.console.rule(f"[bold]{title}")
