@@ -6,7 +6,7 @@ import random
 import pytest
 from rich.console import Console
 
-from llm_embedder.pipeline import PipelineConfig, run_pipeline, sample_keeping, training_subset, verdict
+from llm_embedder.pipeline import Pipeline, PipelineConfig, run_pipeline, sample_keeping, training_subset, verdict
 
 TINY = PipelineConfig(train_records=4, candidates=3, group_size=3, batch_size=2, epochs=1, eval_queries=4,
                       llm_queries=2, max_corpus=20, max_candidates=4, max_length=32)
@@ -105,6 +105,15 @@ def test_pipeline_runs_end_to_end_and_resumes(tiny_embedder_dir, tiny_lm_dir, tm
     dev_text = dev.export_text()
     assert "already trained on these inputs" in dev_text and "(dev split)" in dev_text
     assert json.loads((out / "eval-dev" / "settings.json").read_text())["split"] == "dev"
+
+    # more records per task: only the new ones go to the LLM, the first four keep their scores
+    grown = Pipeline(out, TINY.with_overrides({"train_records": "6"}), base=str(tiny_embedder_dir),
+                     llm=str(tiny_lm_dir), console=Console(record=True, width=200))
+    files = grown.score(sorted(results))
+    grown_text = grown.console.export_text()
+    assert "qa: 6 records scored" in grown_text and "4 of them re-used from an earlier subset" in grown_text
+    first = [json.loads(line) for line in scored[0].open()]
+    assert [json.loads(line) for line in files["qa"].open()][:4] == first
 
 
 def test_settings_overrides_are_typed_and_checked():

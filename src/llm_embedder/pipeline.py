@@ -220,8 +220,12 @@ class Pipeline:
             # named after the candidates' content: a changed subset gets fresh scores, an unchanged one is reused
             digest = hashlib.sha256(raw.read_bytes()).hexdigest()[:12]
             scored = self.train_dir / task / f"train.{digest}.jsonl"
-            summary = score_file(raw, scored, self.lm, show_progress=True)
+            # a changed subset (say, more records) re-uses the scores of the records an earlier subset held
+            earlier = sorted(p for p in (self.train_dir / task).glob("train.*.jsonl") if p != scored)
+            summary = score_file(raw, scored, self.lm, show_progress=True, reuse=earlier)
             state = "cached" if summary.get("already_complete") else f"{summary.get('seconds', 0):.0f} s"
+            if summary.get("reused"):
+                state += f", {summary['reused']} of them re-used from an earlier subset"
             self.console.print(f"{task}: {summary.get('scored', '?')} records scored ({state})")
             files[task] = scored
         return files

@@ -96,6 +96,11 @@ def test_cli_scores_a_file_and_reports_bad_input(tiny_lm_dir, tmp_path):
     result = CliRunner().invoke(app, ["score", str(src), "--out", str(out), "--llm", str(tiny_lm_dir)])
     assert result.exit_code == 0, result.output
     assert "scored 4 records" in result.output and count_done(out) == 4
+    more = write_records(tmp_path / "more.jsonl", n=6)  # the same 4 records and 2 more
+    result = CliRunner().invoke(app, ["score", str(more), "--out", str(tmp_path / "more_out.jsonl"), "--llm",
+                                      str(tiny_lm_dir), "--reuse", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "scored 5 records" in result.output and "4 records took their scores from --reuse" in result.output
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"task": "qa", "query": "q", "pos": ["p"], "answers": ["a"]}\n{"task": "qa", "query": "q", '
                    '"pos": ["p"]}\n')
@@ -111,3 +116,61 @@ def test_rank_aware_reward_runs_end_to_end(tiny_lm, tmp_path):
     second = score_records(records, tiny_lm, rank_aware=3)
     assert first == second  # samples are seeded from the prompt
     assert len(first[0]["teacher_scores"]) == 3 and all(-1 < s < 1 for s in first[0]["teacher_scores"])
+
+
+class CountingLM:
+    """Wraps a CausalLM and counts the prompts sent to it."""
+
+    def __init__(self, lm):
+        self._lm, self.prompts = lm, 0
+
+    def __getattr__(self, name):
+        return getattr(self._lm, name)
+
+    def answer_logprob(self, prompts, *args, **kwargs):
+        self.prompts += len(prompts)
+        return self._lm.answer_logprob(prompts, *args, **kwargs)
+
+
+def test_reuse_takes_the_scores_of_records_an_earlier_output_holds(tiny_lm, tmp_path):
+    src = write_records(tmp_path / "in.jsonl", n=12)
+    whole = tmp_path / "whole.jsonl"
+    score_file(src, whole, tiny_lm, chunk_pairs=8, show_progress=False)
+    lines = src.read_text().splitlines(keepends=True)
+    first = tmp_path / "first.jsonl"
+    (tmp_path / "first_in.jsonl").write_text("".join(lines[:8]))
+    score_file(tmp_path / "first_in.jsonl", first, tiny_lm, chunk_pairs=8, show_progress=False)
+    other = tmp_path / "other.jsonl"  # scored with other settings: must not be used
+    score_file(src, other, tiny_lm, key_max_tokens=3, chunk_pairs=8, show_progress=False)
+
+    lm = CountingLM(tiny_lm)
+    out = tmp_path / "out.jsonl"
+    summary = score_file(src, out, lm, chunk_pairs=8, show_progress=False, reuse=[first, other])
+
+    records = [json.loads(line) for line in lines]
+    new_pairs = sum(len(r.get("history") or r["pos"] + r["neg"]) for r in records[8:])
+    assert lm.prompts == new_pairs  # only records 9-12 went to the LLM
+    assert summary["reused"] == 7  # the first 8 minus the one without candidates
+    assert summary["reuse_skipped"] == ["other.jsonl (other key_max_tokens)"]
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    expected = [json.loads(line) for line in whole.read_text().splitlines()]
+    assert [r["query_id"] for r in got] == [r["query_id"] for r in expected]
+    for g, e in zip(got, expected, strict=True):
+        assert g["teacher_scores"] == pytest.approx(e["teacher_scores"], abs=1e-5)
+    meta = json.loads((tmp_path / "out.jsonl.meta.json").read_text())
+    assert meta["complete"] and meta["reused_from"] == ["first.jsonl"]
+
+
+def test_reuse_skips_an_incomplete_or_missing_output(tiny_lm, tmp_path):
+    src = write_records(tmp_path / "in.jsonl", n=4)
+    partial = tmp_path / "partial.jsonl"
+    score_file(src, partial, tiny_lm, chunk_pairs=8, show_progress=False)
+    meta = json.loads((tmp_path / "partial.jsonl.meta.json").read_text())
+    (tmp_path / "partial.jsonl.meta.json").write_text(json.dumps({**meta, "complete": False}))
+    lm = CountingLM(tiny_lm)
+    summary = score_file(src, tmp_path / "out.jsonl", lm, chunk_pairs=8, show_progress=False,
+                         reuse=[partial, tmp_path / "missing.jsonl"])
+    assert summary["reused"] == 0 and lm.prompts > 0
+    assert summary["reuse_skipped"] == [
+        "partial.jsonl (incomplete)", "missing.jsonl (no output with its missing.jsonl.meta.json)"
+    ]

@@ -49,6 +49,11 @@ def score_command(
     chunk_pairs: Annotated[int, typer.Option(help="Pairs per resumable chunk (batches never cross a chunk).")] = 256,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Start afresh instead of resuming an existing OUT.")] = False,
+    reuse: Annotated[
+        list[Path] | None,
+        typer.Option(help="An earlier OUT scored with the same LLM and settings: its records keep their scores "
+                          "(repeatable)."),
+    ] = None,
 ) -> None:
     """Score every candidate (pos then neg, or each history turn) by the LLM's mean log-prob of the answer.
 
@@ -74,7 +79,7 @@ def score_command(
         lm = CausalLM(llm, device=device, fast=fast_mode if fast else None)
         summary = score_file(
             input, out, lm, batch_tokens=batch_tokens, default_task=task, rank_aware=rank_aware,
-            key_max_tokens=key_max_tokens, chunk_pairs=chunk_pairs, overwrite=overwrite,
+            key_max_tokens=key_max_tokens, chunk_pairs=chunk_pairs, overwrite=overwrite, reuse=reuse,
         )
     finally:
         if distributed:
@@ -84,6 +89,8 @@ def score_command(
         Console(stderr=True).print(
             f"scored {summary['scored']} records ({summary['pairs']} candidates) -> {out} [{done}]; "
             f"skipped {summary['skipped_no_candidates']} without candidates; "
-            f"{summary['truncated_prompts']} prompts truncated on the candidate side",
+            f"{summary['truncated_prompts']} prompts truncated on the candidate side"
+            + (f"; {summary['reused']} records took their scores from --reuse" if summary.get("reused") else "")
+            + "".join(f"; not reused: {why}" for why in summary.get("reuse_skipped", [])),
             highlight=False,
         )

@@ -9,6 +9,11 @@ trailing partial line), recomputes at most the one interrupted chunk and writes 
 Under torchrun rank 0 merges the parts in input order after a barrier. Provenance (LLM, template per task,
 reward, settings, dates, package version) lives in the sidecar ``OUT.meta.json``, so records stay
 identical across runs; a restart with other settings is refused unless ``overwrite`` is set.
+
+``reuse`` names earlier outputs (complete, scored with the same LLM and settings): a record found there, the
+same record with the same task template, takes its scores from there and is not sent to the LLM. Growing a
+training subset (the demo's ``train_records``) then costs only the new records. Reused scores equal fresh ones
+up to float rounding, since their batch mates differ.
 """
 
 from __future__ import annotations
@@ -105,6 +110,43 @@ def run_settings(in_path: Path, lm: Any, pairsets: list[RecordPairs], **args: An
     }
 
 
+# The settings that decide a record's scores (batch sizes and chunking only change float rounding).
+SCORE_SETTINGS = ("llm", "llm_path", "dtype", "max_length", "reward", "rank_aware", "key_max_tokens", "default_task")
+
+
+def record_key(record: dict[str, Any], template: str | None) -> str:
+    """What must be equal for two records to get the same scores: the record without them, and its template."""
+    rest = {k: v for k, v in record.items() if k != "teacher_scores"}
+    return json.dumps([template, rest], sort_keys=True, ensure_ascii=False)
+
+
+def reusable_scores(
+    paths: list[Path], settings: dict[str, Any], default_task: str | None
+) -> tuple[dict[str, list[float]], list[str], list[str]]:
+    """Scores of the records in earlier outputs that were scored like this run: (record key -> scores, the
+    files used, the files skipped with why)."""
+    known: dict[str, list[float]] = {}
+    used, skipped = [], []
+    for path in paths:
+        meta_file = meta_path(path)
+        if not path.exists() or not meta_file.exists():
+            skipped.append(f"{path.name} (no output with its {meta_file.name})")
+            continue
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        old = meta.get("settings", {})
+        diff = [k for k in SCORE_SETTINGS if old.get(k) != settings.get(k)]
+        if not meta.get("complete") or diff:
+            skipped.append(f"{path.name} ({'other ' + ', '.join(diff) if diff else 'incomplete'})")
+            continue
+        templates = old.get("templates", {})
+        for _, record in iter_jsonl(path):
+            if isinstance(record.get("teacher_scores"), list):
+                template = templates.get(record.get("task") or default_task)
+                known[record_key(record, template)] = record["teacher_scores"]
+        used.append(path.name)
+    return known, used, skipped
+
+
 def check_previous(out: Path, settings: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
     """The earlier run's meta if it may be continued; refuses output left by other settings."""
     meta_file = meta_path(out)
@@ -135,8 +177,13 @@ def score_file(
     chunk_pairs: int = 256,
     overwrite: bool = False,
     show_progress: bool = True,
+    reuse: list[str | Path] | None = None,
 ) -> dict[str, Any]:
-    """Write ``teacher_scores`` for every record of IN to OUT (see the module docstring); returns the summary."""
+    """Write ``teacher_scores`` for every record of IN to OUT (see the module docstring); returns the summary.
+
+    ``reuse``: earlier outputs whose scores are taken for the records they hold (files scored otherwise are
+    skipped, and the summary's ``reuse_skipped`` says why).
+    """
     from rich.progress import Progress
 
     in_path, out = Path(in_path), Path(out_path)
@@ -156,6 +203,14 @@ def score_file(
     summary: dict[str, Any] = {**stats.__dict__, "out": str(out), "world": world}
     if previous and previous.get("complete") and count_done(out) == stats.scored:
         return {**summary, "already_complete": True, "seconds": 0.0}
+    sources = [Path(p) for p in reuse or [] if Path(p).resolve() != out.resolve()]
+    known_scores, used, skipped = reusable_scores(sources, settings, default_task)
+    known: dict[int, list[float]] = {}
+    for i, (_, record) in enumerate(numbered):
+        scores = known_scores.get(record_key(record, pairsets[i].task.reward_template)) if pairsets[i].prompts else None
+        if scores is not None and len(scores) == len(pairsets[i].prompts):
+            known[i] = scores
+    summary.update(reused=len(known), reuse_skipped=skipped)
     meta = {
         "settings": settings,
         "package": "llm-embedder",
@@ -163,6 +218,8 @@ def score_file(
         "started": (previous or {}).get("started") or dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "complete": False,
     }
+    if used:
+        meta["reused_from"] = used
     if rank == 0:
         if overwrite:
             for p in [out, *(part_path(out, r, world) for r in range(world))]:
@@ -181,7 +238,7 @@ def score_file(
     seen = 0
     for chunk in mine:
         if seen + len(chunk) > done:
-            todo_pairs += sum(len(pairsets[i].prompts) for i in chunk)
+            todo_pairs += sum(len(pairsets[i].prompts) for i in chunk if i not in known)
         seen += len(chunk)
     start = time.time()
     with Progress(disable=not show_progress or rank != 0, transient=False) as progress:
@@ -192,13 +249,15 @@ def score_file(
                 if seen + len(chunk) <= done:
                     seen += len(chunk)
                     continue
-                scores = score_pairsets(
-                    [pairsets[i] for i in chunk], lm, batch_tokens=batch_tokens, rank_aware=rank_aware,
+                fresh = [i for i in chunk if i not in known]  # the records no earlier output holds
+                scores = dict(zip(fresh, score_pairsets(
+                    [pairsets[i] for i in fresh], lm, batch_tokens=batch_tokens, rank_aware=rank_aware,
                     progress=lambda n: progress.advance(bar, n),
-                )
-                for i, s in zip(chunk, scores, strict=True):
+                ), strict=True)) if fresh else {}
+                for i in chunk:
                     if seen >= done:
-                        handle.write(json.dumps(with_scores(numbered[i][1], s), ensure_ascii=False) + "\n")
+                        record = with_scores(numbered[i][1], known[i] if i in known else scores[i])
+                        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
                         handle.flush()
                     seen += 1
     barrier()
