@@ -135,8 +135,8 @@ def test_cli_passes_the_ablation_flags(monkeypatch, tmp_path) -> None:
     data = write_task_file(tmp_path / "qa" / "train.jsonl", "qa", 2, scores=True)
     result = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "o"), "--no-instructions",
                                       "--no-homogeneous", "--hard-labels", "--loss-override", "qa=kl_distill",
-                                      "--loss-override", "icl=kl_distill"])
+                                      "--loss-override", "icl=kl_distill", "--temperature", "0.05"])
     assert result.exit_code == 0, result.output
     cfg = seen["cfg"]
-    assert not cfg.instructions and not cfg.homogeneous and cfg.hard_labels
+    assert not cfg.instructions and not cfg.homogeneous and cfg.hard_labels and cfg.temperature == 0.05
     assert cfg.loss_override == {"qa": "kl_distill", "icl": "kl_distill"}

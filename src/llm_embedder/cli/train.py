@@ -23,6 +23,9 @@ def train_command(
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Queries per process (default 100).")] = None,
     group_size: Annotated[int | None, typer.Option("--group-size", help="Keys per query: 1 pos + negs (8).")] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Learning rate (default 5e-6, the paper's).")] = None,
+    temperature: Annotated[float | None, typer.Option(
+        "--temperature", help="τ of every loss (default 0.01, the paper's, for bge; the demo trains MiniLM at "
+        "0.05, chosen on the dev split).")] = None,
     query_max_length: Annotated[int | None, typer.Option("--query-max-length", help="Query tokens (256).")] = None,
     key_max_length: Annotated[int | None, typer.Option("--key-max-length", help="Key tokens (256).")] = None,
     save_steps: Annotated[int | None, typer.Option("--save-steps", help="Checkpoint every N steps (1000).")] = None,
@@ -59,7 +62,7 @@ def train_command(
     cfg = TrainConfig.from_sources(
         config, data=[str(p) for p in [*(data or []), *(files or [])]] or None, out=str(out) if out else None,
         base=base, max_steps=max_steps,
-        batch_size=batch_size, group_size=group_size, lr=lr, query_max_length=query_max_length,
+        batch_size=batch_size, group_size=group_size, lr=lr, temperature=temperature, query_max_length=query_max_length,
         key_max_length=key_max_length, save_steps=save_steps, seed=seed, self_paced=self_paced, cpu_bf16=cpu_bf16,
         task_files=[str(p) for p in task_file] if task_file else None, device=device, resume=resume or None,
         instructions=instructions, homogeneous=homogeneous, interleave_tasks=interleave_tasks,
