@@ -160,3 +160,14 @@ def test_changed_settings_do_not_reuse_cached_results(suite, tmp_path):
     assert lm.calls == calls
     run_evaluation(suite, ["qa"], {}, out, lm=lm, generate=False, max_queries=1)
     assert lm.calls > calls
+
+
+def test_prompts_hold_each_task_s_top_items_best_next_to_the_query():
+    from llm_embedder.evaluate.downstream import DOWNSTREAM, build_prompts
+
+    ranked = [f"example {i}" for i in range(10)]
+    (icl,) = build_prompts("icl", ["the query"], [ranked], DOWNSTREAM["icl"])
+    assert "example 7" in icl and "example 8" not in icl  # the recipe's 8 examples
+    assert icl.index("example 7") < icl.index("example 0") < icl.index("the query")  # most similar last
+    (qa,) = build_prompts("qa", ["the query"], [ranked], DOWNSTREAM["qa"])
+    assert "example 2" in qa and "example 3" not in qa  # the top 3 passages

@@ -4,9 +4,10 @@ Every task's prompt comes from its reward template in the task registry (the sam
 computed with): the retrieved items fill ``{key}``, the query ``{query}``, and the gold answer is scored
 at ``{answer}``. Per task (recipe §3, scaled to a 135M LLM):
 
-- qa, icl: mean log-likelihood of the gold answer per token (higher is better); qa also reports the
-  accuracy of a greedy answer (normalised match) when ``generate`` is on;
-- chat, lrlm: perplexity of the gold continuation, exp(-mean log-likelihood) (lower is better).
+- qa (top 3 passages), icl (top 8 examples): mean log-likelihood of the gold answer per token (higher is
+  better); qa also reports the accuracy of a greedy answer (normalised match) when ``generate`` is on;
+- chat (top turn), lrlm (top 2 chunks): perplexity of the gold continuation, exp(-mean log-likelihood) (lower
+  is better).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class DownstreamSpec:
 DOWNSTREAM: dict[str, DownstreamSpec] = {
     # a 135M LLM attends mostly to the nearest text: the best passage goes next to the question
     "qa": DownstreamSpec(items=3, metric="loglik", most_similar_last=True, generate=True),
-    "icl": DownstreamSpec(items=4, metric="loglik", most_similar_last=True),
+    "icl": DownstreamSpec(items=8, metric="loglik", most_similar_last=True),  # the recipe's few-shot 8
     "chat": DownstreamSpec(items=1, metric="perplexity"),
     "lrlm": DownstreamSpec(items=2, metric="perplexity", separator=""),
 }

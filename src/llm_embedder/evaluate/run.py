@@ -236,7 +236,9 @@ def run_evaluation(
         "data": str(Path(data_dir).resolve()), "split": split, "max_queries": max_queries,
         "max_llm_queries": max_llm_queries, "max_corpus": max_corpus, "max_candidates": max_candidates,
         "generate": generate, "llm": getattr(lm, "name", None),
-        "protocol": 3,  # 2: LLM metric from the retrieval pass's rankings; 3: corpus slices keep hard negatives
+        # 2: LLM metric from the retrieval pass's rankings; 3: corpus slices keep hard negatives; 4: icl prompts
+        # hold the top 8 examples (3 held 4)
+        "protocol": 4,
     }
     settings_file = out_dir / SETTINGS_FILE
     if settings_file.exists() and json.loads(settings_file.read_text(encoding="utf-8")) != settings:
