@@ -191,6 +191,7 @@ def run_ablations(run_dir: str | Path = "runs/demo", out: str | Path | None = No
         max_queries=pipeline_cfg["eval_queries"], max_llm_queries=pipeline_cfg["llm_queries"],
         max_corpus=pipeline_cfg["max_corpus"], max_candidates=pipeline_cfg["max_candidates"],
         generate=pipeline_cfg.get("generate", False),
+        prompt_items={"icl": pipeline_cfg.get("icl_examples", 4)},  # as the demo run evaluated its models
     )
     plots = write_report(results, out)
     (out / "results.md").write_text("# Ablations\n\n" + (out / "results.md").read_text(encoding="utf-8")

@@ -171,3 +171,17 @@ def test_prompts_hold_each_task_s_top_items_best_next_to_the_query():
     assert icl.index("example 7") < icl.index("example 0") < icl.index("the query")  # most similar last
     (qa,) = build_prompts("qa", ["the query"], [ranked], DOWNSTREAM["qa"])
     assert "example 2" in qa and "example 3" not in qa  # the top 3 passages
+
+
+def test_prompt_items_override_the_default_and_key_the_cache(suite, tmp_path):
+    from llm_embedder.evaluate.downstream import downstream_metrics
+
+    wrong = {"c": lambda t: FixedRanker("c", [[2, 1, 0], [2, 0, 1]])}  # Jupiter third for the first query
+    kwargs = dict(lm=ContainsAnswerLM(), baselines=False, max_llm_queries=1, generate=False)
+    default = run_evaluation(suite, ["qa"], wrong, tmp_path / "three", **kwargs)
+    top_one = run_evaluation(suite, ["qa"], wrong, tmp_path / "one", prompt_items={"qa": 1}, **kwargs)
+    assert default["qa"]["c"]["gold_loglik"] == -0.5  # the top 3 hold the answer
+    assert top_one["qa"]["c"]["gold_loglik"] == -4.0  # the top 1 does not
+    assert json.loads((tmp_path / "one" / "settings.json").read_text())["prompt_items"] == {"qa": 1}
+    with pytest.raises(ValueError, match="at least 1"):
+        downstream_metrics("qa", ["q"], [["a"]], [["p"]], ContainsAnswerLM(), items=0)

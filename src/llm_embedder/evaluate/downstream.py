@@ -13,7 +13,7 @@ at ``{answer}``. Per task (recipe §3, scaled to a 135M LLM):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -90,14 +90,20 @@ def downstream_metrics(
     generate: bool = True,
     batch_tokens: int | None = None,
     memo: dict | None = None,
+    items: int | None = None,
 ) -> DownstreamResult | None:
     """Score the gold answers with the retrieved items in the prompt; None for tasks without an LLM metric.
 
     ``memo`` maps (prompt, answer) to a log-likelihood already computed; only the others are sent to the LLM.
+    ``items`` overrides how many retrieved items the prompt holds (the task's ``DOWNSTREAM`` entry).
     """
     spec = DOWNSTREAM.get(task)
     if spec is None:
         return None
+    if items is not None:
+        if items < 1:
+            raise ValueError(f"task {task}: items in the prompt must be at least 1, got {items}")
+        spec = replace(spec, items=items)
     prompts = build_prompts(task, queries, retrieved, spec)
     golds = [a[0] for a in answers]
     memo = {} if memo is None else memo

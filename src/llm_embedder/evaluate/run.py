@@ -152,6 +152,7 @@ def evaluate_system(
     generate: bool = True,
     llm_queries: int | None = None,
     memo: dict | None = None,
+    items: int | None = None,
 ) -> tuple[dict[str, float], list[float]]:
     """Retrieval metrics (where gold ids exist) over every query, and the downstream LLM metric (where the task
     has one) over the first ``llm_queries`` of them, from the same rankings; with the per-query values of the
@@ -174,7 +175,7 @@ def evaluate_system(
             raise DataError(f"task {data.task}: every test record needs 'answers' for the LLM metric")
         retrieved = [data.texts(i, ids) for i, ids in enumerate(rankings[:n])]
         result = downstream_metrics(
-            data.task, data.queries[:n], data.answers[:n], retrieved, lm, generate=generate, memo=memo
+            data.task, data.queries[:n], data.answers[:n], retrieved, lm, generate=generate, memo=memo, items=items
         )
         metrics.update(result.metrics)
         per_query = result.per_query
@@ -227,15 +228,18 @@ def run_evaluation(
     max_corpus: int | None = None,
     max_candidates: int | None = None,
     generate: bool = True,
+    prompt_items: dict[str, int] | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Evaluate every system (name -> factory(task) -> Ranker, or None to skip the task) and the baselines on
-    each task; resumable."""
+    each task; resumable. ``prompt_items`` (task -> n) puts n retrieved items in that task's LLM prompt instead
+    of its ``DOWNSTREAM`` default."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {
         "data": str(Path(data_dir).resolve()), "split": split, "max_queries": max_queries,
         "max_llm_queries": max_llm_queries, "max_corpus": max_corpus, "max_candidates": max_candidates,
         "generate": generate, "llm": getattr(lm, "name", None),
+        "prompt_items": dict(sorted((prompt_items or {}).items())),
         # 2: LLM metric from the retrieval pass's rankings; 3: corpus slices keep hard negatives; 4: icl prompts
         # hold the top 8 examples (3 held 4)
         "protocol": 4,
@@ -263,7 +267,8 @@ def run_evaluation(
                 if ranker is None:  # this system has no model for this task
                     continue
                 metrics, values = evaluate_system(
-                    data, ranker, lm, generate=generate, llm_queries=max_llm_queries, memo=memo
+                    data, ranker, lm, generate=generate, llm_queries=max_llm_queries, memo=memo,
+                    items=(prompt_items or {}).get(task),
                 )
                 per_query.setdefault(task, {})[name] = values
                 save_results(out_dir, per_query, PER_QUERY_FILE)
