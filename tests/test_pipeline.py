@@ -121,7 +121,8 @@ def test_settings_overrides_are_typed_and_checked():
     assert (cfg.lr, cfg.epochs, cfg.llm_fast, cfg.generate) == (5e-5, 2, "bf16", True)
     assert isinstance(cfg.epochs, int) and PipelineConfig().lr == 1e-4  # a copy; the preset is untouched
     for bad, message in (({"lr": "fast"}, "needs a number"), ({"epoch": "2"}, "unknown demo setting 'epoch'"),
-                         ({"split": "train"}, "test or dev"), ({"generate": "maybe"}, "true or false")):
+                         ({"split": "train"}, "test or dev"), ({"generate": "maybe"}, "true or false"),
+                         ({"icl_examples": "0"}, "icl_examples must be at least 1")):
         with pytest.raises(ValueError, match=message):
             PipelineConfig().with_overrides(bad)
 

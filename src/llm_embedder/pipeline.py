@@ -80,6 +80,10 @@ class PipelineConfig:
     split: str = "test"  # the evaluation split: tune settings with "dev", report "test"
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.icl_examples < 1:
+            raise ValueError(f"demo setting icl_examples must be at least 1, got {self.icl_examples}")
+
     @classmethod
     def preset(cls, quick: bool) -> PipelineConfig:
         if not quick:
