@@ -22,6 +22,7 @@ import datetime as dt
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,11 @@ def run_settings(in_path: Path, lm: Any, pairsets: list[RecordPairs], **args: An
     }
 
 
+def changed_settings(old: dict[str, Any], new: dict[str, Any], keys: Sequence[str] | None = None) -> list[str]:
+    """The settings (``keys``, or all of both) whose values differ between two runs, sorted."""
+    return sorted(k for k in (keys if keys is not None else set(old) | set(new)) if old.get(k) != new.get(k))
+
+
 # The settings that decide a record's scores (batch sizes and chunking only change float rounding).
 SCORE_SETTINGS = ("llm", "llm_path", "dtype", "max_length", "reward", "rank_aware", "key_max_tokens", "default_task")
 
@@ -134,7 +140,7 @@ def reusable_scores(
             continue
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
         old = meta.get("settings", {})
-        diff = [k for k in SCORE_SETTINGS if old.get(k) != settings.get(k)]
+        diff = changed_settings(old, settings, SCORE_SETTINGS)
         if not meta.get("complete") or diff:
             skipped.append(f"{path.name} ({'other ' + ', '.join(diff) if diff else 'incomplete'})")
             continue
@@ -155,8 +161,7 @@ def check_previous(out: Path, settings: dict[str, Any], overwrite: bool) -> dict
             raise ValueError(f"{out} exists without {meta_file.name}; pass --overwrite to replace it")
         return None
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    old = meta.get("settings", {})
-    diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+    diff = changed_settings(meta.get("settings", {}), settings)
     if diff:
         raise ValueError(
             f"{out} was started with other settings ({', '.join(diff)}); rerun with the same arguments "
@@ -206,7 +211,7 @@ def score_file(
     sources = [Path(p) for p in reuse or [] if Path(p).resolve() != out.resolve()]
     known_scores, used, skipped = reusable_scores(sources, settings, default_task)
     known: dict[int, list[float]] = {}
-    for i, (_, record) in enumerate(numbered):
+    for i, (_, record) in enumerate(numbered if known_scores else []):  # no key per record when nothing to reuse
         scores = known_scores.get(record_key(record, pairsets[i].task.reward_template)) if pairsets[i].prompts else None
         if scores is not None and len(scores) == len(pairsets[i].prompts):
             known[i] = scores
