@@ -151,7 +151,7 @@ def run_ablations(run_dir: str | Path = "runs/demo", out: str | Path | None = No
     ``quick``); ``base`` and ``llm`` are used only then and for the LLM in the loop (``llm``). ``split="dev"``
     evaluates on the dev split, into ``ablations-dev`` beside the demo's ``eval-dev``, for tuning."""
     from llm_embedder.evaluate import run_evaluation, write_report
-    from llm_embedder.pipeline import forget_systems, run_pipeline, split_suffix
+    from llm_embedder.pipeline import forget_systems, prompt_items, run_pipeline, split_suffix
     from llm_embedder.tasks import list_tasks
 
     suffix = split_suffix(split)
@@ -191,7 +191,7 @@ def run_ablations(run_dir: str | Path = "runs/demo", out: str | Path | None = No
         max_queries=pipeline_cfg["eval_queries"], max_llm_queries=pipeline_cfg["llm_queries"],
         max_corpus=pipeline_cfg["max_corpus"], max_candidates=pipeline_cfg["max_candidates"],
         generate=pipeline_cfg.get("generate", False),
-        prompt_items={"icl": pipeline_cfg.get("icl_examples", 4)},  # as the demo run evaluated its models
+        prompt_items=prompt_items(pipeline_cfg),  # as the demo run evaluated its models
     )
     plots = write_report(results, out)
     (out / "results.md").write_text("# Ablations\n\n" + (out / "results.md").read_text(encoding="utf-8")

@@ -130,6 +130,12 @@ def split_suffix(split: str) -> str:
     return "" if split == "test" else f"-{split}"
 
 
+def prompt_items(settings: dict[str, Any]) -> dict[str, int]:
+    """The LLM prompt sizes a demo run evaluates with, from its settings (``pipeline.json``; older runs lack
+    ``icl_examples`` and used the default)."""
+    return {"icl": settings.get("icl_examples", PipelineConfig.icl_examples)}
+
+
 def sample_keeping(n_items: int, keep: list[int], size: int, rng: random.Random) -> list[int]:
     """``size`` sorted indices out of ``n_items``: every valid index in ``keep`` plus a seeded random rest."""
     kept = sorted({i for i in keep if 0 <= i < n_items})[:size]
@@ -292,7 +298,7 @@ class Pipeline:
             max_queries=self.cfg.eval_queries,
             max_llm_queries=self.cfg.llm_queries, max_corpus=self.cfg.max_corpus,
             max_candidates=self.cfg.max_candidates, generate=self.cfg.generate,
-            prompt_items={"icl": self.cfg.icl_examples},
+            prompt_items=prompt_items(vars(self.cfg)),
         )
         plots = write_report(results, eval_dir)
         summary = (eval_dir / "results.md").read_text(encoding="utf-8").split("###")[0]
