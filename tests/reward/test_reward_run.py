@@ -174,3 +174,29 @@ def test_reuse_skips_an_incomplete_or_missing_output(tiny_lm, tmp_path):
     assert summary["reuse_skipped"] == [
         "partial.jsonl (incomplete)", "missing.jsonl (no output with its missing.jsonl.meta.json)"
     ]
+
+
+def test_an_interrupted_run_with_reuse_resumes_to_the_same_output(tiny_lm, tmp_path):
+    src = write_records(tmp_path / "in.jsonl", n=16)
+    lines = src.read_text().splitlines(keepends=True)
+    (tmp_path / "first_in.jsonl").write_text("".join(lines[:6]))
+    first = tmp_path / "first.jsonl"
+    score_file(tmp_path / "first_in.jsonl", first, tiny_lm, chunk_pairs=8, show_progress=False)
+    whole = tmp_path / "whole.jsonl"
+    score_file(src, whole, tiny_lm, chunk_pairs=8, show_progress=False, reuse=[first])
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(Interrupted):
+        score_file(src, out, FailingLM(tiny_lm, fail_on_call=2), chunk_pairs=8, show_progress=False, reuse=[first])
+    assert 0 < count_done(out) < 15 and whole.read_bytes().startswith(out.read_bytes())
+    score_file(src, out, tiny_lm, chunk_pairs=8, show_progress=False, reuse=[first])
+    assert out.read_bytes() == whole.read_bytes()
+
+
+def test_a_malformed_reuse_file_names_its_line(tiny_lm, tmp_path):
+    src = write_records(tmp_path / "in.jsonl", n=4)
+    old = tmp_path / "old.jsonl"
+    score_file(src, old, tiny_lm, chunk_pairs=8, show_progress=False)
+    old.write_text(old.read_text() + "{not json\n")
+    with pytest.raises(DataError, match="old.jsonl:5"):
+        score_file(src, tmp_path / "out.jsonl", tiny_lm, chunk_pairs=8, show_progress=False, reuse=[old])
+    assert not (tmp_path / "out.jsonl").exists()  # refused before anything was written
