@@ -75,6 +75,31 @@ def test_lexical_and_recency_rankers(suite):
     assert RecencyRanker().rank("chat", chat.queries, chat.candidates, 5) == [[1, 0]]
 
 
+def test_dense_ranker_encodes_shared_candidates_once(tiny_embedder):
+    class Counting:
+        def __init__(self, embedder):
+            self.embedder, self.keys_encoded = embedder, []
+
+        def __getattr__(self, name):
+            return getattr(self.embedder, name)
+
+        def encode_keys(self, texts, task):
+            self.keys_encoded.append(list(texts))
+            return self.embedder.encode_keys(texts, task)
+
+    history = ["turn one about tea", "turn two about the weather", "turn three about trains", "a fourth turn"]
+    candidates = [history[:2], history[:3], history]  # later queries of a conversation see the earlier turns too
+    queries = ["tea?", "weather?", "trains?"]
+    counting = Counting(tiny_embedder)
+    rankings = DenseRanker(counting).rank("chat", queries, candidates, 3)
+    assert counting.keys_encoded == [history]
+    one_by_one = []
+    for query, group in zip(queries, candidates, strict=True):
+        scores = tiny_embedder.encode_keys(group, "chat") @ tiny_embedder.encode_queries([query], "chat")[0]
+        one_by_one.append([int(i) for i in np.argsort(-scores, kind="stable")[:3]])
+    assert rankings == one_by_one
+
+
 def test_run_evaluation_resumes_and_reports(suite, tiny_embedder, tmp_path):
     lm = ContainsAnswerLM()
     out = tmp_path / "eval"

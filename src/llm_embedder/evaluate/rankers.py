@@ -47,14 +47,11 @@ class DenseRanker:
         if not is_per_query(candidates):
             keys = self._corpus_vectors(task, candidates)
             return [top_k(row, k) for row in query_vectors @ keys.T]
-        flat = [text for group in candidates for text in group]
-        key_vectors = self.embedder.encode_keys(flat, task)
-        rankings, start = [], 0
-        for query_vector, group in zip(query_vectors, candidates, strict=True):
-            block = key_vectors[start : start + len(group)]
-            start += len(group)
-            rankings.append(top_k(block @ query_vector, k))
-        return rankings
+        # queries of one conversation or book share most of their candidates: encode each text once
+        unique: dict[str, int] = {}
+        rows = [[unique.setdefault(text, len(unique)) for text in group] for group in candidates]
+        key_vectors = self.embedder.encode_keys(list(unique), task)
+        return [top_k(key_vectors[row] @ vector, k) for vector, row in zip(query_vectors, rows, strict=True)]
 
     def _corpus_vectors(self, task: str, corpus: Sequence[str]) -> np.ndarray:
         key = (task, id(corpus), len(corpus))
