@@ -67,6 +67,10 @@ def test_ablations_end_to_end_and_resume(tiny_embedder_dir, tiny_lm_dir, tmp_pat
     systems = systems_for(models, str(tiny_embedder_dir), "cpu")
     assert not systems["w/o instructions"]("qa").embedder.use_instructions
     assert systems["w/o LLM reward"]("qa").embedder.use_instructions
+    # evaluated with the demo's embedder fast mode, as the copied unified results were
+    assert json.loads((out / "settings.json").read_text()).get("embed_fast") == TINY.embed_fast
+    fast = systems_for(models, str(tiny_embedder_dir), "cpu", fast="bf16")
+    assert fast["w/o LLM reward"]("qa").embedder.fast == "bf16"
 
     assert not drop_stale_results(out, json.loads((run / "pipeline.json").read_text()))
     assert drop_stale_results(out, {**json.loads((run / "pipeline.json").read_text()), "eval_queries": 1})

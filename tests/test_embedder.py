@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from llm_embedder.demo import load_demo_corpus
 from llm_embedder.embedder import Embedder
@@ -125,3 +126,32 @@ def test_counting_tokens_beside_encoding_is_thread_safe(tiny_embedder):
         assert all(c.result() == expected for c in counts)
         for future in encodes:
             np.testing.assert_allclose(future.result(), reference, atol=1e-6)
+
+
+def test_fast_bf16_linears_stay_close_to_exact_vectors(tiny_embedder_dir):
+    from llm_embedder.llm.fast import Bf16Linear
+
+    texts = ["Paris is the capital of France.", "def add(a, b): return a + b", "a third, longer text " * 8]
+    exact = Embedder(tiny_embedder_dir, device="cpu")
+    fast = Embedder(tiny_embedder_dir, device="cpu", fast="bf16")
+    layers = [m for m in fast.model.modules() if isinstance(m, Bf16Linear)]
+    assert layers and not any(isinstance(m, torch.nn.Linear) for m in fast.model.modules())
+    a, b = exact.encode_keys(texts, "qa"), fast.encode_keys(texts, "qa")
+    assert b.dtype == np.float32 and np.allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+    cosine = (a * b).sum(axis=1)
+    assert cosine.min() > 0.999 and not np.array_equal(a, b)  # approximate, not a copy of the exact path
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"fast": "int8"}, "fast must be None or 'bf16'"),
+    ({"fast": "bf16", "dtype": "bf16"}, "is for an fp32 torch model on the CPU"),
+])
+def test_fast_mode_refuses_what_it_cannot_do(tiny_embedder_dir, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Embedder(tiny_embedder_dir, device="cpu", **kwargs)
+
+
+def test_fast_model_is_not_saved(tiny_embedder_dir, tmp_path):
+    with pytest.raises(ValueError, match="save\\(\\) needs the exact model"):
+        Embedder(tiny_embedder_dir, device="cpu", fast="bf16").save(tmp_path / "out")
+    assert not (tmp_path / "out").exists()

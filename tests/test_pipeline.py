@@ -6,7 +6,15 @@ import random
 import pytest
 from rich.console import Console
 
-from llm_embedder.pipeline import Pipeline, PipelineConfig, run_pipeline, sample_keeping, training_subset, verdict
+from llm_embedder.pipeline import (
+    Pipeline,
+    PipelineConfig,
+    prompt_items,
+    run_pipeline,
+    sample_keeping,
+    training_subset,
+    verdict,
+)
 
 TINY = PipelineConfig(train_records=4, candidates=3, group_size=3, batch_size=2, epochs=1, eval_queries=4,
                       llm_queries=2, max_corpus=20, max_candidates=4, max_length=32)
@@ -89,6 +97,10 @@ def test_pipeline_runs_end_to_end_and_resumes(tiny_embedder_dir, tiny_lm_dir, tm
     assert "perplexity" in results["chat"]["unified"] and "ndcg@5" in results["tool"]["unified"]
     assert (out / "eval" / "results.md").exists() and (out / "eval" / "plots" / "qa.png").exists()
     assert (out / "models" / "unified" / "TRAINING_CARD.md").exists()
+    # the embedders' fast mode is part of the evaluation settings, so exact and bf16 results are never mixed
+    settings = json.loads((out / "eval" / "settings.json").read_text())
+    assert settings.get("embed_fast") == TINY.embed_fast
+    assert settings["prompt_items"] == {"icl": TINY.icl_examples}
     assert not (out / "models" / "unified" / "checkpoints").exists()
     scored = sorted((out / "train" / "qa").glob("train.*.jsonl"))
     assert len(scored) == 1 and all("teacher_scores" in json.loads(line) for line in scored[0].open())
@@ -116,25 +128,33 @@ def test_pipeline_runs_end_to_end_and_resumes(tiny_embedder_dir, tiny_lm_dir, tm
     assert [json.loads(line) for line in files["qa"].open()][:4] == first
 
 
+def test_prompt_items_of_a_run_from_its_settings():
+    assert prompt_items({"icl_examples": 2}) == {"icl": 2}
+    assert prompt_items({}) == {"icl": 4}  # pipeline.json from before the setting: those runs used 4
+
+
 def test_settings_overrides_are_typed_and_checked():
     cfg = PipelineConfig().with_overrides({"lr": "5e-5", "epochs": "2", "llm_fast": "bf16", "generate": "true"})
     assert (cfg.lr, cfg.epochs, cfg.llm_fast, cfg.generate) == (5e-5, 2, "bf16", True)
     assert isinstance(cfg.epochs, int) and PipelineConfig().lr == 1e-4  # a copy; the preset is untouched
     for bad, message in (({"lr": "fast"}, "needs a number"), ({"epoch": "2"}, "unknown demo setting 'epoch'"),
                          ({"split": "train"}, "test or dev"), ({"generate": "maybe"}, "true or false"),
-                         ({"icl_examples": "0"}, "icl_examples must be at least 1")):
+                         ({"icl_examples": "0"}, "icl_examples must be at least 1"),
+                         ({"embed_fast": "int8"}, "embed_fast must be bf16 or none")):
         with pytest.raises(ValueError, match=message):
             PipelineConfig().with_overrides(bad)
 
 
-def test_the_demo_llm_runs_its_bf16_fast_mode_only_where_the_cpu_has_bf16():
+def test_the_demo_runs_its_bf16_fast_modes_only_where_the_cpu_has_bf16():
     import torch
 
     from llm_embedder.llm.fast import cpu_has_bf16
 
     expected = "bf16" if cpu_has_bf16() and not torch.cuda.is_available() else None
-    assert PipelineConfig().llm_fast == expected and PipelineConfig.preset(quick=True).llm_fast == expected
-    assert PipelineConfig().with_overrides({"llm_fast": "none"}).llm_fast is None  # exact scores on request
+    for name in ("llm_fast", "embed_fast"):
+        assert getattr(PipelineConfig(), name) == expected
+        assert getattr(PipelineConfig.preset(quick=True), name) == expected
+        assert getattr(PipelineConfig().with_overrides({name: "none"}), name) is None  # exact on request
 
 
 @pytest.mark.parametrize(("setting", "message"), [("lr", "KEY=VALUE"), ("epochs=two", "needs a number")])

@@ -47,6 +47,9 @@ class Embedder:
     runs in fp16, on CPU in fp32. ``use_instructions=False`` gives the plain base model (a baseline).
     ``backend="onnx"`` / ``"onnx-int8"`` runs an ``llm-embedder export`` directory on ONNX Runtime (CPU),
     with the pooling and prompts stored in the export; ``dtype`` and ``model_kwargs`` apply to torch only.
+    ``fast="bf16"`` is the CPU fast mode of the LLM (``llm_embedder.llm.fast``) for an fp32 torch model: bf16
+    Linear layers, the rest fp32; ~1.5x faster encoding where the CPU has bf16 matmuls, cosine to the exact
+    vectors ~0.99998.
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class Embedder:
         use_instructions: bool = True,
         model_kwargs: dict | None = None,
         backend: str = "torch",
+        fast: str | None = None,
     ) -> None:
         from sentence_transformers import SentenceTransformer
 
@@ -74,7 +78,13 @@ class Embedder:
         _register_saved_tasks(self.path)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if fast not in (None, "bf16"):
+            raise ValueError(f"fast must be None or 'bf16', got {fast!r}")
+        if fast and (backend != "torch" or self.device != "cpu" or dtype not in ("auto", "fp32")):
+            raise ValueError(f"fast={fast!r} is for an fp32 torch model on the CPU (backend {backend}, "
+                             f"device {self.device}, dtype {dtype})")
         self.backend = backend
+        self.fast = fast
         self._lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._count_tokenizer = None
@@ -95,6 +105,10 @@ class Embedder:
             self.model.half()
         elif dtype == "bf16":
             self.model.bfloat16()
+        if fast == "bf16":
+            from llm_embedder.llm.fast import bf16_linears
+
+            bf16_linears(self.model)
         self.dtype = dtype
 
     @property
@@ -171,6 +185,8 @@ class Embedder:
         """
         if self.backend != "torch":
             raise ValueError(f"save() needs the torch backend (this one runs {self.backend}); save the source model")
+        if self.fast:
+            raise ValueError(f"save() needs the exact model (this one runs fast={self.fast!r}); load it without fast")
         path = Path(path)
         prompts = {}
         for name in list_tasks():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from llm_embedder.evaluate import DenseRanker, run_evaluation, write_report
-from llm_embedder.evaluate.rankers import BM25Ranker, RecencyRanker
+from llm_embedder.evaluate.rankers import BM25Ranker, RecencyRanker, dense_systems
 from llm_embedder.evaluate.run import load_task_data
 from llm_embedder.io import DataError
 
@@ -124,6 +124,20 @@ def test_run_evaluation_resumes_and_reports(suite, tiny_embedder, tmp_path):
     assert {p.name for p in plots} == {"qa.png", "chat.png"}
     table = (out / "results.md").read_text()
     assert "| bm25 |" in table and "perplexity" in table
+
+
+def test_results_of_another_embedder_fast_mode_are_not_reused(suite, tiny_embedder_dir, tmp_path):
+    out = tmp_path / "eval"
+    exact = dense_systems({"tiny": str(tiny_embedder_dir)}, None, "cpu")
+    first = run_evaluation(suite, ["qa"], exact, out, baselines=False)
+    assert "embed_fast" not in json.loads((out / "settings.json").read_text())
+    fast = dense_systems({"tiny": str(tiny_embedder_dir)}, None, "cpu", fast="bf16")
+    calls = []
+    counted = {"tiny": lambda task: calls.append(task) or fast["tiny"](task)}
+    second = run_evaluation(suite, ["qa"], counted, out, baselines=False, embed_fast="bf16")
+    assert calls == ["qa"]  # measured again, not read from the exact run's cache
+    assert json.loads((out / "settings.json").read_text())["embed_fast"] == "bf16"
+    assert set(second["qa"]["tiny"]) == set(first["qa"]["tiny"])
 
 
 class FixedRanker:

@@ -22,5 +22,5 @@ def main() -> None:
     try:
         app()
     except USER_ERRORS as err:
-        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
+        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)  # one line
         sys.exit(2)

@@ -23,6 +23,21 @@ def parse_model_specs(specs: list[str]) -> dict[str, str]:
     return models
 
 
+def parse_prompt_items(specs: list[str]) -> dict[str, int]:
+    """``TASK=N`` (repeatable): N retrieved items in that task's LLM prompt instead of its default."""
+    from llm_embedder.evaluate.downstream import DOWNSTREAM
+
+    items: dict[str, int] = {}
+    for spec in specs:
+        task, _, count = spec.partition("=")
+        if task not in DOWNSTREAM:
+            raise ValueError(f"--prompt-items {spec!r}: the tasks with an LLM prompt are {', '.join(DOWNSTREAM)}")
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"--prompt-items {spec!r}: expected TASK=N with N a whole number of at least 1")
+        items[task] = int(count)
+    return items
+
+
 @app.command("evaluate")
 def evaluate_command(
     data: Annotated[Path, typer.Option(help="Task-suite directory (DIR/<task>/test.jsonl, corpus.jsonl).")],
@@ -38,7 +53,12 @@ def evaluate_command(
     max_candidates: Annotated[int | None, typer.Option(help="Per-query candidates kept: gold + most recent.")] = None,
     baselines: Annotated[bool, typer.Option(help="Include none/random/recency/BM25 baselines.")] = True,
     generate: Annotated[bool, typer.Option(help="Also measure greedy-answer accuracy (qa; slower).")] = True,
+    prompt_items: Annotated[list[str] | None, typer.Option(
+        help="TASK=N: N retrieved items in that task's LLM prompt instead of its default (repeatable).")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if present).")] = None,
+    fast: Annotated[bool, typer.Option(
+        help="CPU fast mode: bf16 Linear layers in the embedders and the LLM (approximate; for CPUs with "
+             "AVX512-BF16 or AMX).")] = False,
 ) -> None:
     """Evaluate embedders and baselines on the task suite; writes JSON, a markdown table and PNG plots."""
     from rich.console import Console
@@ -54,16 +74,18 @@ def evaluate_command(
         raise FileNotFoundError(f"no <task>/{split}.jsonl under {data}")
     for name in task_names:
         get_task(name)
-    systems = dense_systems(parse_model_specs(model or []), base, device)
+    items = parse_prompt_items(prompt_items or [])
+    embed_fast = "bf16" if fast else None
+    systems = dense_systems(parse_model_specs(model or []), base, device, fast=embed_fast)
     lm = None
     if llm and llm != "none":
         from llm_embedder.llm import CausalLM
 
-        lm = CausalLM(llm, device=device)
+        lm = CausalLM(llm, device=device, fast=embed_fast)
     results = run_evaluation(
         data, task_names, systems, out, lm=lm, baselines=baselines, split=split, max_queries=max_queries,
         max_llm_queries=max_llm_queries, max_corpus=max_corpus, max_candidates=max_candidates,
-        generate=generate,
+        generate=generate, prompt_items=items, embed_fast=embed_fast,
     )
     plots = write_report(results, out)
     console = Console()

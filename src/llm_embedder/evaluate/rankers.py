@@ -133,11 +133,13 @@ class NoRetrieval:
 
 
 def dense_systems(
-    models: dict[str, str], base: str | None, device: str | None, plain: Collection[str] = ()
+    models: dict[str, str], base: str | None, device: str | None, plain: Collection[str] = (),
+    fast: str | None = None,
 ) -> dict:
     """name -> factory(task) -> DenseRanker; embedders are loaded once per path.
 
-    A ``{task}`` in a path is filled per task; models named in ``plain`` embed without instructions.
+    A ``{task}`` in a path is filled per task; models named in ``plain`` embed without instructions; ``fast``
+    is every embedder's CPU fast mode (``Embedder(fast=...)``).
     """
     from llm_embedder.embedder import Embedder
 
@@ -147,7 +149,9 @@ def dense_systems(
         def make(task: str) -> DenseRanker:
             resolved = path.replace("{task}", task)
             if (resolved, instructions) not in cache:
-                cache[(resolved, instructions)] = Embedder(resolved, device=device, use_instructions=instructions)
+                cache[(resolved, instructions)] = Embedder(
+                    resolved, device=device, use_instructions=instructions, fast=fast
+                )
             return DenseRanker(cache[(resolved, instructions)])
 
         return make

@@ -229,10 +229,12 @@ def run_evaluation(
     max_candidates: int | None = None,
     generate: bool = True,
     prompt_items: dict[str, int] | None = None,
+    embed_fast: str | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Evaluate every system (name -> factory(task) -> Ranker, or None to skip the task) and the baselines on
     each task; resumable. ``prompt_items`` (task -> n) puts n retrieved items in that task's LLM prompt instead
-    of its ``DOWNSTREAM`` default."""
+    of its ``DOWNSTREAM`` default. ``embed_fast`` is the fast mode the caller built the dense systems with
+    (``dense_systems(fast=...)``): it is kept with the settings, so results encoded otherwise are not mixed in."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {
@@ -244,6 +246,8 @@ def run_evaluation(
         # hold the top 8 examples (3 held 4)
         "protocol": 4,
     }
+    if embed_fast:  # absent when exact, so results cached before the fast mode existed stay valid
+        settings["embed_fast"] = embed_fast
     settings_file = out_dir / SETTINGS_FILE
     if settings_file.exists() and json.loads(settings_file.read_text(encoding="utf-8")) != settings:
         save_results(out_dir, {})  # measured under other settings: start over rather than mix them

@@ -52,12 +52,13 @@ class Bf16Linear(nn.Module):
 
 
 def bf16_linears(model: nn.Module) -> nn.Module:
-    """Replace the body's Linear layers by ``Bf16Linear`` in place; the LM head stays fp32.
+    """Replace the body's Linear layers by ``Bf16Linear`` in place; an LM head stays fp32.
 
     The residual stream, norms, attention, LM head and log-softmax stay fp32. On a CPU with AVX512-BF16 a
     bf16 matmul runs ~2.6x an fp32 one. Unlike autocast, the weights are cast once, not on every call.
+    Works on any module (an embedder's encoder too); only models with ``get_output_embeddings`` have a head.
     """
-    head = model.get_output_embeddings()
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear) and child is not head:

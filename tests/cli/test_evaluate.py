@@ -1,0 +1,61 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from llm_embedder.io import write_jsonl
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "llm_embedder", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+@pytest.fixture
+def qa_suite(tmp_path):
+    corpus = [{"id": i, "text": text} for i, text in enumerate(
+        ["Jupiter is the largest planet.", "Paris is the capital of France.", "The Nile is a river in Africa."])]
+    write_jsonl(tmp_path / "qa" / "corpus.jsonl", corpus)
+    write_jsonl(tmp_path / "qa" / "test.jsonl", [
+        {"query": "which is the largest planet", "answers": ["Jupiter"], "pos_index": [0], "query_id": 0},
+        {"query": "capital of France", "answers": ["Paris"], "pos_index": [1], "query_id": 1},
+    ])
+    return tmp_path
+
+
+def evaluate(suite, out, tiny_embedder_dir, tiny_lm_dir, *extra):
+    return run_cli("evaluate", "--data", str(suite), "--model", f"tiny={tiny_embedder_dir}", "--base", "",
+                   "--llm", str(tiny_lm_dir), "--no-generate", "--no-baselines", "--out", str(out), *extra)
+
+
+def test_prompt_items_sets_how_many_items_the_llm_sees(qa_suite, tiny_embedder_dir, tiny_lm_dir, tmp_path):
+    one = evaluate(qa_suite, tmp_path / "one", tiny_embedder_dir, tiny_lm_dir, "--prompt-items", "qa=1")
+    assert one.returncode == 0, one.stderr
+    assert json.loads((tmp_path / "one" / "settings.json").read_text())["prompt_items"] == {"qa": 1}
+    three = evaluate(qa_suite, tmp_path / "three", tiny_embedder_dir, tiny_lm_dir)
+    assert three.returncode == 0, three.stderr
+    assert json.loads((tmp_path / "three" / "settings.json").read_text())["prompt_items"] == {}
+    per_query = [json.loads((tmp_path / run / "per_query.json").read_text())["qa"]["tiny"] for run in ("one", "three")]
+    assert per_query[0] != per_query[1]  # one passage in the prompt against the default three
+
+
+def test_fast_runs_the_embedders_and_the_llm_in_bf16_and_says_so(qa_suite, tiny_embedder_dir, tiny_lm_dir, tmp_path):
+    result = evaluate(qa_suite, tmp_path / "fast", tiny_embedder_dir, tiny_lm_dir, "--fast", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    settings = json.loads((tmp_path / "fast" / "settings.json").read_text())
+    assert settings["embed_fast"] == "bf16" and settings["llm"].endswith("+bf16")
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("qa=0", "'qa=0': expected TASK=N with N a whole number of at least 1"),
+    ("qa=two", "expected TASK=N"),
+    ("tool=2", "the tasks with an LLM prompt are qa, icl, chat, lrlm"),
+])
+def test_bad_prompt_items_is_one_clear_line(qa_suite, tiny_embedder_dir, tiny_lm_dir, tmp_path, spec, message):
+    result = evaluate(qa_suite, tmp_path / "out", tiny_embedder_dir, tiny_lm_dir, "--prompt-items", spec)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()  # refused before anything was written
