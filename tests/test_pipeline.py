@@ -100,7 +100,7 @@ def test_pipeline_runs_end_to_end_and_resumes(tiny_embedder_dir, tiny_lm_dir, tm
     # the embedders' fast mode is part of the evaluation settings, so exact and bf16 results are never mixed
     settings = json.loads((out / "eval" / "settings.json").read_text())
     assert settings.get("embed_fast") == TINY.embed_fast
-    assert settings["prompt_items"] == {"icl": TINY.icl_examples}
+    assert settings["prompt_items"] == {"icl": TINY.icl_examples} == {"icl": 8}  # the recipe's few-shot 8
     assert not (out / "models" / "unified" / "checkpoints").exists()
     scored = sorted((out / "train" / "qa").glob("train.*.jsonl"))
     assert len(scored) == 1 and all("teacher_scores" in json.loads(line) for line in scored[0].open())

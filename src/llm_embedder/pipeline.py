@@ -69,10 +69,9 @@ class PipelineConfig:
     llm_queries: int = 40
     max_corpus: int = 500
     max_candidates: int = 16  # per-query candidates (chat turns, earlier lrlm chunks) at evaluation
-    # examples in the icl prompt at evaluation: the recipe's 8 (``llm-embedder evaluate``'s default) took 130 s
-    # more of evaluation on test (692 s vs 562 s), too close to the 30 minutes; with 8 the test table's icl
-    # column reads unified -1.304, task-specific -1.314, best base -1.313
-    icl_examples: int = 4
+    # examples in the icl prompt at evaluation: the recipe's 8, as ``llm-embedder evaluate``. They cost ~130 s
+    # of evaluation over 4, paid for by encoding each per-query candidate once and by ``embed_fast``
+    icl_examples: int = 8
     generate: bool = False
     # the LLM's CPU fast mode: bf16 Linear layers where the CPU has bf16 matmuls (ranks candidates like exact
     # scores, Spearman ~0.99 in benchmarks/bench_reward.py), else exact; "none" for exact, "int8" for int8
