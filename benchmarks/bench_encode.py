@@ -156,6 +156,15 @@ def main(argv: list[str] | None = None) -> dict:
     for name, embedder in (("onnx_fp32", onnx), ("onnx_int8", int8)):
         systems_q[name] = lambda e=embedder: e.encode_queries(queries, TASK, show_progress=False)
         systems_p[name] = lambda e=embedder: e.encode_keys(passages, TASK)
+    from llm_embedder.llm.fast import cpu_has_bf16
+
+    bf16 = Embedder("minilm", device="cpu", fast="bf16", **lengths) if cpu_has_bf16() else None
+    if bf16 is not None:  # bf16 Linear layers (the demo's evaluation on such CPUs); slow emulation elsewhere
+        systems_q["torch_bf16_fast"] = lambda: bf16.encode_queries(queries, TASK, show_progress=False)
+        systems_p["torch_bf16_fast"] = lambda: bf16.encode_keys(passages, TASK)
+        checks["min_cosine_bf16_fast_vs_torch"] = float((reference * bf16.encode_keys(passages, TASK)).sum(1).min())
+    else:
+        print("this CPU has no bf16 matmuls (AVX512-BF16 or AMX): the bf16 fast mode is not timed")
     checks["max_abs_diff_vs_sentence_transformers"] = float(np.abs(reference - st_encode(passages, k_instr)).max())
     checks["max_abs_diff_onnx_fp32_vs_torch"] = float(np.abs(reference - onnx.encode_keys(passages, TASK)).max())
     checks["min_cosine_onnx_int8_vs_torch"] = float((reference * int8.encode_keys(passages, TASK)).sum(1).min())
@@ -172,11 +181,15 @@ def main(argv: list[str] | None = None) -> dict:
             t["embedder_speedup"] = ratio(t[clock], base)  # >1: our Embedder is faster than this system
         timing["onnx_int8"]["speedup_vs_torch"] = ratio(base, timing["onnx_int8"][clock])
         timing["onnx_fp32"]["speedup_vs_torch"] = ratio(base, timing["onnx_fp32"][clock])
+        if "torch_bf16_fast" in timing:
+            timing["torch_bf16_fast"]["speedup_vs_torch"] = ratio(base, timing["torch_bf16_fast"][clock])
         results[label] = timing
     n_articles, n_quality = (200, 80) if args.quick else (2000, 400)
     quality_embedders = {"torch_fp32": ours, "onnx_int8": int8}
     if not args.quick:
         quality_embedders["onnx_fp32"] = onnx
+    if bf16 is not None:
+        quality_embedders["torch_bf16_fast"] = bf16
     results["quality"] = quality(quality_embedders, n_articles, n_quality)
     fp32, q8 = results["quality"]["torch_fp32"]["ndcg@10"], results["quality"]["onnx_int8"]["ndcg@10"]
     results["quality"]["int8_ndcg_rel_drop"] = round((fp32 - q8) / fp32, 4) if fp32 else 0.0
@@ -194,6 +207,9 @@ def claims(results: dict) -> dict:
            "onnx_int8_vs_torch_x": min(results[label]["onnx_int8"]["speedup_vs_torch"] for label in ("queries",
                                                                                                      "passages")),
            "int8_ndcg_within_1pct": results["quality"]["int8_ndcg_rel_drop"] <= 0.01}
+    if "torch_bf16_fast" in worst:
+        out["bf16_fast_vs_torch_x"] = min(results[label]["torch_bf16_fast"]["speedup_vs_torch"]
+                                          for label in ("queries", "passages"))
     if "flagembedding" in worst:
         out["embedder_vs_flagembedding_x"] = worst["flagembedding"]
         checks = results["checks"]
