@@ -102,6 +102,12 @@ def test_pipeline_runs_end_to_end_and_resumes(tiny_embedder_dir, tiny_lm_dir, tm
     assert settings.get("embed_fast") == TINY.embed_fast
     assert settings["prompt_items"] == {"icl": TINY.icl_examples} == {"icl": 8}  # the recipe's few-shot 8
     assert not (out / "models" / "unified" / "checkpoints").exists()
+    # the same budget: the unified model trains each task for exactly the steps of its task-specific model
+    steps = [json.loads(line)["task"] for line in (out / "models" / "unified" / "logs" / "steps.rank0.jsonl").open()]
+    for task in results:
+        single = out / "models" / "task-specific" / task / "train_config.json"
+        expected = json.loads(single.read_text())["max_steps"] if single.exists() else 0
+        assert steps.count(task) == expected, task
     scored = sorted((out / "train" / "qa").glob("train.*.jsonl"))
     assert len(scored) == 1 and all("teacher_scores" in json.loads(line) for line in scored[0].open())
 

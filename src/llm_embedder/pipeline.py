@@ -121,10 +121,6 @@ class PipelineConfig:
         split_suffix(values.get("split", self.split))  # checks it
         return replace(self, **values)
 
-    @property
-    def steps_per_task(self) -> int:
-        return max(1, self.epochs * self.train_records // self.batch_size)
-
 
 def split_suffix(split: str) -> str:
     """What a run's output folders for ``split`` add to their name: nothing for test (``eval``), ``-dev`` for
@@ -248,6 +244,18 @@ class Pipeline:
             files[task] = scored
         return files
 
+    def steps_per_task(self, files: dict[str, Path]) -> dict[str, int]:
+        """Each task's steps: ``epochs`` passes over its training examples, counted after the filters (lrlm's
+        teacher-score margin drops records), in whole batches. The unified model trains for their sum, so its
+        homogeneous batches give every task exactly the steps its task-specific model gets."""
+        from llm_embedder.train.examples import load_training_file
+
+        steps = {}
+        for task, path in files.items():
+            examples = load_training_file(path, 0, self.cfg.group_size, self.cfg.seed).examples
+            steps[task] = self.cfg.epochs * (len(examples) // self.cfg.batch_size)
+        return steps
+
     def train(self, files: dict[str, Path]) -> tuple[Path, Path]:
         """The unified model on all tasks, and one model per task with that task's share of the steps."""
         from llm_embedder.train.config import TrainConfig
@@ -260,11 +268,17 @@ class Pipeline:
             temperature=self.cfg.temperature, cpu_bf16=self.cfg.train_bf16, logging_steps=1,
             interleave_tasks=self.cfg.interleave_tasks,
         )
-        steps = self.cfg.steps_per_task
+        steps = self.steps_per_task(files)
+        self.console.print("steps per task: " + ", ".join(f"{task} {n}" for task, n in steps.items()))
         unified = self.out / "models" / "unified"
-        runs = [(unified, list(files.values()), steps * len(files))]
-        runs += [(self.out / "models" / "task-specific" / task, [path], steps) for task, path in files.items()]
+        runs = [(unified, list(files.values()), sum(steps.values()))]
+        runs += [(self.out / "models" / "task-specific" / task, [path], steps[task]) for task, path in files.items()]
         for out, data, max_steps in runs:
+            if max_steps == 0 and out != unified:
+                self.console.print(f"[yellow]{out.name}: not trained (no full batch of {self.cfg.batch_size} "
+                                   "examples after the filters)[/]")
+                shutil.rmtree(out, ignore_errors=True)
+                continue
             signature = {"data": [str(p) for p in data], "max_steps": max_steps, **common}
             stamp = out / "pipeline_inputs.json"
             if stamp.exists() and json.loads(stamp.read_text(encoding="utf-8")) == signature:
