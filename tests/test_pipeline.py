@@ -124,6 +124,18 @@ def test_pipeline_runs_end_to_end_and_resumes(tiny_embedder_dir, tiny_lm_dir, tm
     assert "already trained on these inputs" in dev_text and "(dev split)" in dev_text
     assert json.loads((out / "eval-dev" / "settings.json").read_text())["split"] == "dev"
 
+    # a dev run with another lr retrains the models: the test split's cached results of the old ones are stale
+    sentinel = json.loads((out / "eval" / "results.json").read_text())
+    sentinel["qa"]["unified"]["stale"] = 1.0
+    (out / "eval" / "results.json").write_text(json.dumps(sentinel))
+    lr = TINY.with_overrides({"lr": "3e-4"})
+    run_pipeline(out, base=str(tiny_embedder_dir), llm=str(tiny_lm_dir), console=Console(record=True),
+                 cfg=lr.with_overrides({"split": "dev"}))
+    retrained = run_pipeline(out, base=str(tiny_embedder_dir), llm=str(tiny_lm_dir), console=Console(record=True),
+                             cfg=lr)
+    assert "stale" not in retrained["qa"]["unified"]
+    assert retrained["qa"]["bm25"] == results["qa"]["bm25"]  # the baselines did not change
+
     # more records per task: only the new ones go to the LLM, the first four keep their scores
     grown = Pipeline(out, TINY.with_overrides({"train_records": "6"}), base=str(tiny_embedder_dir),
                      llm=str(tiny_lm_dir), console=Console(record=True, width=200))

@@ -256,6 +256,13 @@ class Pipeline:
             steps[task] = self.cfg.epochs * (len(examples) // self.cfg.batch_size)
         return steps
 
+    def models_stamp(self, tasks: list[str]) -> dict[str, Any]:
+        """What each trained model was made from (its ``pipeline_inputs.json``; None if not trained)."""
+        models = self.out / "models"
+        dirs = {"unified": models / "unified", **{task: models / "task-specific" / task for task in tasks}}
+        return {name: json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+                for name, path in ((name, d / "pipeline_inputs.json") for name, d in dirs.items())}
+
     def train(self, files: dict[str, Path]) -> tuple[Path, Path]:
         """The unified model on all tasks, and one model per task with that task's share of the steps."""
         from llm_embedder.train.config import TrainConfig
@@ -310,8 +317,13 @@ class Pipeline:
             make_single(task) if Path(str(task_specific).replace("{task}", task)).is_dir() else None
         )
         eval_dir = self.eval_dir
-        if self.retrained:
+        # the models this split's cached results were measured with: another split's run may have retrained them
+        stamp, stamp_file = self.models_stamp(tasks), eval_dir / MODELS_STAMP
+        measured = json.loads(stamp_file.read_text(encoding="utf-8")) if stamp_file.exists() else stamp
+        if self.retrained or measured != stamp:
             forget_systems(eval_dir, ("unified", "task-specific"))
+        eval_dir.mkdir(parents=True, exist_ok=True)
+        stamp_file.write_text(json.dumps(stamp, indent=2), encoding="utf-8")
         results = run_evaluation(
             self.data_dir, tasks, systems, eval_dir, lm=self.lm, split=self.cfg.split,
             max_queries=self.cfg.eval_queries,
@@ -324,6 +336,9 @@ class Pipeline:
         self.console.print(summary, soft_wrap=True, highlight=False)
         self.console.print("plots: " + ", ".join(str(p) for p in plots))
         return results
+
+
+MODELS_STAMP = "models.json"  # in an evaluation dir: the trained models its results were measured with
 
 
 def forget_systems(eval_dir: Path, systems: tuple[str, ...]) -> None:
