@@ -249,12 +249,12 @@ class Pipeline:
         teacher-score margin drops records), in whole batches. The unified model trains for their sum, so its
         homogeneous batches give every task exactly the steps its task-specific model gets."""
         from llm_embedder.train.examples import load_training_file
+        from llm_embedder.train.trainer import check_batches
 
-        steps = {}
-        for task, path in files.items():
-            examples = load_training_file(path, 0, self.cfg.group_size, self.cfg.seed).examples
-            steps[task] = self.cfg.epochs * (len(examples) // self.cfg.batch_size)
-        return steps
+        loaded = {task: load_training_file(path, i, self.cfg.group_size, self.cfg.seed)
+                  for i, (task, path) in enumerate(files.items())}
+        batches = check_batches(list(loaded.values()), self.cfg.batch_size, world_size=1)  # the trainer's count
+        return {task: self.cfg.epochs * batches[file.name] for task, file in loaded.items()}
 
     def models_stamp(self, tasks: list[str]) -> dict[str, Any]:
         """What each trained model was made from (its ``pipeline_inputs.json``; None if not trained)."""
@@ -294,7 +294,7 @@ class Pipeline:
             try:
                 train(TrainConfig(data=signature["data"], out=str(out), max_steps=max_steps, save_steps=max_steps,
                                   **common))
-            except ValueError as err:  # e.g. the lrlm margin filter left too few examples for one batch
+            except ValueError as err:  # a task-specific run the trainer refuses is reported, not fatal
                 if out == unified:
                     raise
                 self.console.print(f"[yellow]{out.name}: not trained ({err})[/]")
