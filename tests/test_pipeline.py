@@ -146,6 +146,62 @@ def test_pipeline_runs_end_to_end_and_resumes(tiny_embedder_dir, tiny_lm_dir, tm
     assert [json.loads(line) for line in files["qa"].open()][:4] == first
 
 
+class Killed(Exception):
+    """Stands for the process being killed."""
+
+
+def test_an_interrupted_training_goes_on_from_its_last_checkpoint(tiny_embedder_dir, tiny_lm_dir, tmp_path,
+                                                                   monkeypatch):
+    from transformers import TrainerCallback
+
+    import llm_embedder.pipeline as pipeline_module
+    import llm_embedder.train.trainer as trainer_module
+
+    class KillAfterFirstSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                raise Killed
+
+    real_build = trainer_module.build_trainer
+
+    def build_and_kill(config, files):
+        trainer = real_build(config, files)
+        trainer.add_callback(KillAfterFirstSave())
+        return trainer
+
+    monkeypatch.setattr(pipeline_module, "CHECKPOINT_EVERY", 1)
+    pipeline = Pipeline(tmp_path / "demo", TINY, base=str(tiny_embedder_dir), llm=str(tiny_lm_dir),
+                        console=Console(record=True, width=200))
+    files = pipeline.score(pipeline.build_data())
+    unified = tmp_path / "demo" / "models" / "unified"
+    monkeypatch.setattr(trainer_module, "build_trainer", build_and_kill)
+    with pytest.raises(Killed):
+        pipeline.train(files)
+    assert [p.name for p in (unified / "checkpoints").iterdir()] == ["checkpoint-1"]
+    assert not (unified / "pipeline_inputs.json").exists()
+
+    monkeypatch.setattr(trainer_module, "build_trainer", real_build)
+    pipeline.train(files)
+    assert "models/unified: resuming from checkpoint-1" in pipeline.console.export_text()
+    max_steps = json.loads((unified / "train_config.json").read_text())["max_steps"]
+    card = (unified / "TRAINING_CARD.md").read_text()
+    assert max_steps > 1 and f"Steps: {max_steps} (max {max_steps})" in card and "Resumed from" in card
+    assert (unified / "pipeline_inputs.json").exists() and not (unified / "training_inputs.json").exists()
+    assert not (unified / "checkpoints").exists()
+
+    # checkpoints left by other inputs (here another lr) are cleared, not refused, and training starts afresh
+    monkeypatch.setattr(trainer_module, "build_trainer", build_and_kill)
+    other = Pipeline(tmp_path / "demo", TINY.with_overrides({"lr": "3e-4"}), base=str(tiny_embedder_dir),
+                     llm=str(tiny_lm_dir), console=Console(record=True, width=200))
+    with pytest.raises(Killed):
+        other.train(files)
+    monkeypatch.setattr(trainer_module, "build_trainer", real_build)
+    pipeline.train(files)
+    assert "resuming" not in pipeline.console.export_text()  # (the export above cleared the record)
+    assert "Resumed from" not in (unified / "TRAINING_CARD.md").read_text()
+    assert json.loads((unified / "train_config.json").read_text())["lr"] == TINY.lr
+
+
 def test_prompt_items_of_a_run_from_its_settings():
     assert prompt_items({"icl_examples": 2}) == {"icl": 2}
     assert prompt_items({}) == {"icl": 4}  # pipeline.json from before the setting: those runs used 4

@@ -261,12 +261,12 @@ class Pipeline:
         models = self.out / "models"
         dirs = {"unified": models / "unified", **{task: models / "task-specific" / task for task in tasks}}
         return {name: json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-                for name, path in ((name, d / "pipeline_inputs.json") for name, d in dirs.items())}
+                for name, path in ((name, d / TRAINED_STAMP) for name, d in dirs.items())}
 
     def train(self, files: dict[str, Path]) -> tuple[Path, Path]:
         """The unified model on all tasks, and one model per task with that task's share of the steps."""
         from llm_embedder.train.config import TrainConfig
-        from llm_embedder.train.trainer import train
+        from llm_embedder.train.trainer import latest_checkpoint, train
 
         self.step("3/5 training: unified embedder and task-specific embedders (same budget)")
         common = dict(
@@ -287,13 +287,21 @@ class Pipeline:
                 shutil.rmtree(out, ignore_errors=True)
                 continue
             signature = {"data": [str(p) for p in data], "max_steps": max_steps, **common}
-            stamp = out / "pipeline_inputs.json"
-            if stamp.exists() and json.loads(stamp.read_text(encoding="utf-8")) == signature:
+            stamp, started = out / TRAINED_STAMP, out / STARTED_STAMP
+            if read_stamp(stamp) == signature:
                 self.console.print(f"{out}: already trained on these inputs")
                 continue
+            # interrupted on the same inputs: go on from its last checkpoint; else start afresh
+            resume = read_stamp(started) == signature and latest_checkpoint(out) is not None
+            if resume:
+                self.console.print(f"{out}: resuming from {Path(latest_checkpoint(out)).name}")
+            else:
+                shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True, exist_ok=True)
+            started.write_text(json.dumps(signature), encoding="utf-8")
             try:
-                train(TrainConfig(data=signature["data"], out=str(out), max_steps=max_steps, save_steps=max_steps,
-                                  **common))
+                train(TrainConfig(data=signature["data"], out=str(out), max_steps=max_steps,
+                                  save_steps=CHECKPOINT_EVERY, resume=resume, **common))
             except ValueError as err:  # a task-specific run the trainer refuses is reported, not fatal
                 if out == unified:
                     raise
@@ -302,6 +310,7 @@ class Pipeline:
                 continue
             shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the final model is saved; ~3x its size
             stamp.write_text(json.dumps(signature), encoding="utf-8")
+            started.unlink(missing_ok=True)
             self.retrained = True
         return unified, self.out / "models" / "task-specific" / "{task}"
 
@@ -339,6 +348,17 @@ class Pipeline:
 
 
 MODELS_STAMP = "models.json"  # in an evaluation dir: the trained models its results were measured with
+TRAINED_STAMP = "pipeline_inputs.json"  # in a model dir: what the finished model was trained from
+STARTED_STAMP = "training_inputs.json"  # in a model dir while it trains: what its checkpoints come from
+CHECKPOINT_EVERY = 20  # steps, about a minute on 2 CPU cores: what an interrupted demo loses at most per model
+
+
+def read_stamp(path: Path) -> Any:
+    """A stamp's JSON, or None where there is none (or only a torn one, from a kill while it was written)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
 
 
 def forget_systems(eval_dir: Path, systems: tuple[str, ...]) -> None:
