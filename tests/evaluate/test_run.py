@@ -224,3 +224,8 @@ def test_prompt_items_override_the_default_and_key_the_cache(suite, tmp_path):
     assert json.loads((tmp_path / "one" / "settings.json").read_text())["prompt_items"] == {"qa": 1}
     with pytest.raises(ValueError, match="at least 1"):
         downstream_metrics("qa", ["q"], [["a"]], [["p"]], ContainsAnswerLM(), items=0)
+    for bad, message in (({"qa": 0}, "qa=0, expected a whole number of at least 1"),
+                         ({"qa": "2"}, "qa='2'"), ({"tool": 2}, "'tool' has no LLM prompt")):
+        with pytest.raises(ValueError, match=message):
+            run_evaluation(suite, ["qa"], wrong, tmp_path / "bad", prompt_items=bad, **kwargs)
+        assert not (tmp_path / "bad").exists()  # refused before anything is written

@@ -214,6 +214,16 @@ def save_results(out_dir: Path, results: dict, name: str = RESULTS_FILE) -> None
         json.dump(results, handle, indent=2, sort_keys=True)
 
 
+def check_prompt_items(prompt_items: dict[str, int]) -> None:
+    """Refuse a ``prompt_items`` override for a task without an LLM prompt, or of fewer than one item."""
+    for task, count in prompt_items.items():
+        if task not in DOWNSTREAM:
+            raise ValueError(f"prompt_items: task {task!r} has no LLM prompt; the tasks with one are "
+                             f"{', '.join(DOWNSTREAM)}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"prompt_items: {task}={count!r}, expected a whole number of at least 1")
+
+
 def run_evaluation(
     data_dir: str | Path,
     tasks: Sequence[str],
@@ -235,6 +245,7 @@ def run_evaluation(
     each task; resumable. ``prompt_items`` (task -> n) puts n retrieved items in that task's LLM prompt instead
     of its ``DOWNSTREAM`` default. ``embed_fast`` is the fast mode the caller built the dense systems with
     (``dense_systems(fast=...)``): it is kept with the settings, so results encoded otherwise are not mixed in."""
+    check_prompt_items(prompt_items or {})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {
