@@ -17,7 +17,7 @@ from llm_embedder.pipeline import (
 )
 
 TINY = PipelineConfig(train_records=4, candidates=3, group_size=3, batch_size=2, epochs=1, eval_queries=4,
-                      llm_queries=2, max_corpus=20, max_candidates=4, max_length=32)
+                      llm_queries=2, max_corpus=20, max_candidates=4, max_length=32, repetition="tool=2")
 
 
 def test_sample_keeping_keeps_marked_items():
@@ -108,6 +108,10 @@ def test_pipeline_runs_end_to_end_and_resumes(tiny_embedder_dir, tiny_lm_dir, tm
         single = out / "models" / "task-specific" / task / "train_config.json"
         expected = json.loads(single.read_text())["max_steps"] if single.exists() else 0
         assert steps.count(task) == expected, task
+    # the reference mixture's tool repetition (TINY sets it): its file twice in both models, twice convsearch's steps
+    tool, convsearch = (json.loads((out / "models" / "task-specific" / t / "train_config.json").read_text())
+                        for t in ("tool", "convsearch"))
+    assert len(tool["data"]) == 2 and len(set(tool["data"])) == 1 and tool["max_steps"] == 2 * convsearch["max_steps"]
     scored = sorted((out / "train" / "qa").glob("train.*.jsonl"))
     assert len(scored) == 1 and all("teacher_scores" in json.loads(line) for line in scored[0].open())
 
@@ -231,7 +235,10 @@ def test_the_demo_runs_its_bf16_fast_modes_only_where_the_cpu_has_bf16():
         assert getattr(PipelineConfig().with_overrides({name: "none"}), name) is None  # exact on request
 
 
-@pytest.mark.parametrize(("setting", "message"), [("lr", "KEY=VALUE"), ("epochs=two", "needs a number")])
+@pytest.mark.parametrize(("setting", "message"), [
+    ("lr", "KEY=VALUE"), ("epochs=two", "needs a number"), ("repetition=tools=2", "'tools=2', expected TASK=N"),
+    ("repetition=tool=0", "'tool=0', expected TASK=N with N at least 1"),
+])
 def test_demo_cli_rejects_a_bad_setting_before_any_work(tmp_path, setting, message):
     import os
     import subprocess
