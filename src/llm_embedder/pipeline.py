@@ -286,8 +286,7 @@ class Pipeline:
         """What each trained model was made from (its ``pipeline_inputs.json``; None if not trained)."""
         models = self.out / "models"
         dirs = {"unified": models / "unified", **{task: models / "task-specific" / task for task in tasks}}
-        return {name: json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-                for name, path in ((name, d / TRAINED_STAMP) for name, d in dirs.items())}
+        return {name: read_stamp(d / TRAINED_STAMP) for name, d in dirs.items()}
 
     def train(self, files: dict[str, Path]) -> tuple[Path, Path]:
         """The unified model on all tasks, and one model per task with that task's share of the steps."""
