@@ -22,7 +22,7 @@ from typing import Any
 from rich.console import Console
 
 from llm_embedder.io import read_jsonl, write_jsonl
-from llm_embedder.tasks import get_task
+from llm_embedder.tasks import BUILTIN_TASKS, get_task
 
 
 def default_cpu_fast() -> str | None:
@@ -96,14 +96,12 @@ class PipelineConfig:
 
     def repeats(self) -> dict[str, int]:
         """``repetition`` as task -> how many times its training file enters the mixture (others once)."""
-        from llm_embedder.data.suite import TASKS
-
         repeats: dict[str, int] = {}
         for item in filter(None, (part.strip() for part in (self.repetition or "").split(","))):
             task, _, count = (text.strip() for text in item.partition("="))
-            if task not in TASKS or not count.isdigit() or int(count) < 1:
+            if task not in BUILTIN_TASKS or not count.isdigit() or int(count) < 1:
                 raise ValueError(f"demo setting repetition: {item!r}, expected TASK=N with N at least 1 and TASK "
-                                 f"one of {', '.join(TASKS)}")
+                                 f"one of {', '.join(BUILTIN_TASKS)}")
             repeats[task] = int(count)
         return repeats
 
