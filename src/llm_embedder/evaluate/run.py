@@ -266,6 +266,7 @@ def run_evaluation(
     settings_file.write_text(json.dumps(settings, indent=2), encoding="utf-8")
     results = load_results(out_dir)
     per_query = load_results(out_dir, PER_QUERY_FILE)
+    order: dict[str, list[str]] = {}  # per task, the systems in the order asked for
     with Progress() as progress:
         bar = progress.add_task("evaluating", total=len(tasks))
         for task in tasks:
@@ -274,6 +275,7 @@ def run_evaluation(
             memo: dict = {}
             rankers = [(r.name, lambda r=r: r) for r in baseline_rankers(task, data.per_query)] if baselines else []
             rankers += [(name, lambda f=factory, t=task: f(t)) for name, factory in systems.items()]
+            order[task] = [name for name, _ in rankers]
             for name, make in rankers:
                 if name in results.get(task, {}):
                     continue
@@ -290,4 +292,16 @@ def run_evaluation(
                 results.setdefault(task, {})[name] = metrics
                 save_results(out_dir, results)
             progress.advance(bar)
-    return results
+    return in_order(results, order)
+
+
+def in_order(results: dict[str, dict[str, Any]], order: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+    """Tasks and systems in the order they were asked for (``order``: task -> systems), then any others held in
+    the cache, so that a resumed run's table reads like a fresh one's (the cache's JSON has sorted keys)."""
+    out = {}
+    for task in [*order, *(t for t in results if t not in order)]:
+        if task in results:
+            systems, asked = results[task], order.get(task, [])
+            names = [n for n in asked if n in systems] + [n for n in systems if n not in asked]
+            out[task] = {name: systems[name] for name in names}
+    return out
