@@ -12,6 +12,7 @@ from llm_embedder.pipeline import (
     prompt_items,
     run_pipeline,
     sample_keeping,
+    seed_mean,
     training_subset,
     verdict,
 )
@@ -83,6 +84,37 @@ def test_verdict_compares_with_the_better_base_and_task_specific():
                          "(matches or beats)")
 
 
+def test_verdict_over_training_seeds_judges_their_mean():
+    bases = {"base (no instructions)": {"perplexity": 20.0}, "base (instructions)": {"perplexity": 30.0}}
+    results = {
+        "chat": {**bases, "unified": {"perplexity": 16.0}, "unified (seed 1)": {"perplexity": 24.0},
+                 "task-specific": {"perplexity": 20.0}, "task-specific (seed 1)": {"perplexity": 20.0}},
+        "tool": {"base (no instructions)": {"ndcg@5": 0.5}, "base (instructions)": {"ndcg@5": 0.4},
+                 "unified": {"ndcg@5": 0.6}, "unified (seed 1)": {"ndcg@5": 0.44},
+                 "task-specific": {"ndcg@5": 0.5}, "task-specific (seed 1)": {"ndcg@5": 0.5}},
+    }
+    per_query = {"tool": {"base (no instructions)": [0.5, 0.5], "unified": [0.6, 0.6], "unified (seed 1)": [0.4, 0.48]}}
+    mean_results, mean_per_query = seed_mean(results, per_query, ["", " (seed 1)"])
+    assert mean_results["chat"]["unified"]["perplexity"] == pytest.approx((16.0 * 24.0) ** 0.5)  # geometric
+    assert mean_results["tool"]["unified"] == {"ndcg@5": pytest.approx(0.52)}
+    assert not any("seed" in name for systems in mean_results.values() for name in systems)
+    assert mean_per_query["tool"]["unified"] == pytest.approx([0.5, 0.54])
+    assert "task-specific" not in mean_per_query["tool"]  # no seed has per-query values for it
+
+    lines = verdict(results, per_query, {0: "", 1: " (seed 1)"})
+    # seed 0: chat +20%, tool +20%; seed 1: chat -20%, tool -12%
+    assert lines[0] == "training seed 0: unified vs task-specific +20.0%, beats the better base on 2/2 tasks"
+    assert lines[1] == "training seed 1: unified vs task-specific -16.0%, beats the better base on 0/2 tasks"
+    assert lines[2].startswith("mean of 2 training seeds")
+    assert lines[4] == ("tool: unified 0.5200 vs best base 0.5000 (ndcg@5) -> better; per query +0.0200 ± 0.0200 "
+                        "ndcg@5 (SE, 2 queries, within 2 SE)")
+    # the mean: chat 1 - sqrt(16 x 24) / 20 = +2.0%, tool +4%; over seeds: stdev(+20%, -16%) / sqrt(2) = 18%
+    assert lines[5] == ("unified vs task-specific, mean relative difference on main metrics: +3.0% ± 18.0% "
+                        "(SE over seeds) (matches or beats)")
+    assert lines[-1] == "unified beats the better base variant on 2/2 tasks"
+    assert verdict(results, per_query, {0: ""}) == verdict(results, per_query)  # one seed: as before
+
+
 @pytest.mark.integration
 def test_pipeline_runs_end_to_end_and_resumes(tiny_embedder_dir, tiny_lm_dir, tmp_path):
     out = tmp_path / "demo"
@@ -122,6 +154,28 @@ def test_pipeline_runs_end_to_end_and_resumes(tiny_embedder_dir, tiny_lm_dir, tm
     assert list(cached) == list(results) and all(list(cached[t]) == list(results[t]) for t in results)
     text = again.export_text()
     assert "already trained on these inputs" in text and "(cached)" in text
+
+    # a second training seed: its models go to models/seed1/, the first seed's models and results are re-used,
+    # and the verdict is that of the two seeds' mean
+    seeds = Console(record=True, width=200)
+    two = run_pipeline(out, base=str(tiny_embedder_dir), llm=str(tiny_lm_dir), console=seeds,
+                       cfg=TINY.with_overrides({"train_seeds": "2"}))
+    seeds_text = seeds.export_text()
+    assert seeds_text.count("already trained on these inputs") == 1 + len(
+        list((out / "models" / "task-specific").iterdir()))
+    seed1 = json.loads((out / "models" / "seed1" / "unified" / "train_config.json").read_text())
+    assert seed1["seed"] == 1 and seed1["data"] == json.loads(
+        (out / "models" / "unified" / "train_config.json").read_text())["data"]
+    for task in results:
+        assert two[task]["unified"] == results[task]["unified"], task  # cached, not measured again
+        assert "unified (seed 1)" in two[task], task
+    assert "training seed 0: unified vs task-specific" in seeds_text and "training seed 1: " in seeds_text
+    assert "mean of 2 training seeds" in seeds_text and "unified (seed 1)" in (out / "eval" / "results.md").read_text()
+    # back to one seed: seed 1's results stay cached, out of the report and the verdict
+    one = Console(record=True, width=200)
+    assert run_pipeline(out, base=str(tiny_embedder_dir), llm=str(tiny_lm_dir), console=one, cfg=TINY) == results
+    assert "training seed" not in one.export_text() and "seed 1" not in (out / "eval" / "results.md").read_text()
+    assert "unified (seed 1)" in json.loads((out / "eval" / "results.json").read_text())["qa"]
 
     dev = Console(record=True, width=200)
     dev_results = run_pipeline(out, base=str(tiny_embedder_dir), llm=str(tiny_lm_dir), console=dev,

@@ -13,7 +13,9 @@ import hashlib
 import json
 import math
 import random
+import re
 import shutil
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -85,11 +87,17 @@ class PipelineConfig:
     # on the dev split the top 3 of 94-100% of queries were those of exact vectors (unified and base models)
     embed_fast: str | None = field(default_factory=default_cpu_fast)
     split: str = "test"  # the evaluation split: tune settings with "dev", report "test"
-    seed: int = 0
+    seed: int = 0  # of the data subsets and of the training
+    # training seeds: 3 trains and evaluates the unified and task-specific models also with the trainer seeds
+    # seed+1 and seed+2 (same data, so only the batch order and the negatives change) and judges the verdict on
+    # their mean, since one seed's verdict turns on the seed (README). Each further seed costs about 13 minutes
+    train_seeds: int = 1
 
     def __post_init__(self) -> None:
         if self.icl_examples < 1:
             raise ValueError(f"demo setting icl_examples must be at least 1, got {self.icl_examples}")
+        if self.train_seeds < 1:
+            raise ValueError(f"demo setting train_seeds must be at least 1, got {self.train_seeds}")
         if self.embed_fast not in (None, "bf16"):
             raise ValueError(f"demo setting embed_fast must be bf16 or none, got {self.embed_fast!r}")
         self.repeats()  # checks it
@@ -208,7 +216,7 @@ class Pipeline:
         self.data_dir = self.out / "data"
         self.train_dir = self.out / "train"
         self._lm = None
-        self.retrained = False  # evaluation results of the trained models are stale when this turns True
+        self.retrained: set[int] = set()  # training seeds whose models this run trained: results stale
 
     @property
     def eval_dir(self) -> Path:
@@ -280,31 +288,56 @@ class Pipeline:
         repeats = self.cfg.repeats()
         return {task: self.cfg.epochs * repeats.get(task, 1) * batches[file.name] for task, file in loaded.items()}
 
-    def models_stamp(self, tasks: list[str]) -> dict[str, Any]:
-        """What each trained model was made from (its ``pipeline_inputs.json``; None if not trained)."""
-        models = self.out / "models"
-        dirs = {"unified": models / "unified", **{task: models / "task-specific" / task for task in tasks}}
-        return {name: read_stamp(d / TRAINED_STAMP) for name, d in dirs.items()}
+    def training_seeds(self) -> dict[int, str]:
+        """Each training seed -> what its systems' names add: nothing for the run's seed (``unified``), `` (seed
+        N)`` for a further one (``unified (seed N)``)."""
+        first = self.cfg.seed
+        return {seed: "" if seed == first else f" (seed {seed})" for seed in range(first, first + self.cfg.train_seeds)}
 
-    def train(self, files: dict[str, Path]) -> tuple[Path, Path]:
-        """The unified model on all tasks, and one model per task with that task's share of the steps."""
+    def models_dir(self, seed: int) -> Path:
+        """Where a training seed's models go: ``models/`` for the run's seed, ``models/seed<N>/`` for another."""
+        models = self.out / "models"
+        return models if seed == self.cfg.seed else models / f"seed{seed}"
+
+    def models_stamp(self, tasks: list[str]) -> dict[str, Any]:
+        """What each trained model was made from (its ``pipeline_inputs.json``; None if not trained), keyed
+        ``unified`` and by task, with the seed's suffix for a further training seed."""
+        stamps = {}
+        for seed, suffix in self.training_seeds().items():
+            models = self.models_dir(seed)
+            dirs = {"unified": models / "unified", **{task: models / "task-specific" / task for task in tasks}}
+            stamps.update({name + suffix: read_stamp(d / TRAINED_STAMP) for name, d in dirs.items()})
+        return stamps
+
+    def train(self, files: dict[str, Path]) -> dict[int, tuple[Path, Path]]:
+        """Per training seed, the unified model on all tasks and one model per task with that task's share of
+        the steps: seed -> (unified model dir, task-specific model dir with ``{task}`` in it)."""
+        self.step("3/5 training: unified embedder and task-specific embedders (same budget)")
+        steps = self.steps_per_task(files)
+        self.console.print("steps per task: " + ", ".join(f"{task} {n}" for task, n in steps.items()))
+        trained = {}
+        for seed in self.training_seeds():
+            if self.cfg.train_seeds > 1:
+                self.console.print(f"training seed {seed}")
+            trained[seed] = self.train_seed(files, steps, seed)
+        return trained
+
+    def train_seed(self, files: dict[str, Path], steps: dict[str, int], seed: int) -> tuple[Path, Path]:
+        """One training seed's unified and task-specific models (each skipped if trained, resumed if cut)."""
         from llm_embedder.train.config import TrainConfig
         from llm_embedder.train.trainer import latest_checkpoint, train
 
-        self.step("3/5 training: unified embedder and task-specific embedders (same budget)")
         common = dict(
             base=self.base, batch_size=self.cfg.batch_size, group_size=self.cfg.group_size, lr=self.cfg.lr,
-            query_max_length=self.cfg.max_length, key_max_length=self.cfg.max_length, seed=self.cfg.seed,
+            query_max_length=self.cfg.max_length, key_max_length=self.cfg.max_length, seed=seed,
             temperature=self.cfg.temperature, cpu_bf16=self.cfg.train_bf16, logging_steps=1,
             interleave_tasks=self.cfg.interleave_tasks,
         )
-        steps = self.steps_per_task(files)
-        self.console.print("steps per task: " + ", ".join(f"{task} {n}" for task, n in steps.items()))
-        unified = self.out / "models" / "unified"
+        models = self.models_dir(seed)
+        unified = models / "unified"
         task_files = self.task_files(files)
         runs = [(unified, [path for paths in task_files.values() for path in paths], sum(steps.values()))]
-        runs += [(self.out / "models" / "task-specific" / task, paths, steps[task])
-                 for task, paths in task_files.items()]
+        runs += [(models / "task-specific" / task, paths, steps[task]) for task, paths in task_files.items()]
         for out, data, max_steps in runs:
             if max_steps == 0 and out != unified:
                 self.console.print(f"[yellow]{out.name}: not trained (no full batch of {self.cfg.batch_size} "
@@ -336,28 +369,39 @@ class Pipeline:
             shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the final model is saved; ~3x its size
             stamp.write_text(json.dumps(signature), encoding="utf-8")
             started.unlink(missing_ok=True)
-            self.retrained = True
-        return unified, self.out / "models" / "task-specific" / "{task}"
+            self.retrained.add(seed)
+        return unified, models / "task-specific" / "{task}"
 
-    def evaluate(self, tasks: list[str], unified: Path, task_specific: Path) -> dict[str, Any]:
+    def evaluate(self, tasks: list[str], trained: dict[int, tuple[Path, Path]]) -> dict[str, Any]:
+        """Every system on every task (cached results re-used), per training seed ``unified`` and
+        ``task-specific`` (suffixed `` (seed N)`` for a further seed); the report holds this run's systems."""
         from llm_embedder.evaluate import run_evaluation, write_report
         from llm_embedder.evaluate.rankers import dense_systems
 
         self.step(f"4/5 evaluation with the LLM in the loop ({self.cfg.split} split)")
-        systems = dense_systems({"task-specific": str(task_specific), "unified": str(unified)}, self.base, None,
-                                fast=self.cfg.embed_fast)
-        make_single = systems["task-specific"]
-        systems["task-specific"] = lambda task: (
-            make_single(task) if Path(str(task_specific).replace("{task}", task)).is_dir() else None
-        )
+        suffixes = self.training_seeds()
+        models = {}
+        for seed, (unified, task_specific) in trained.items():
+            models[f"task-specific{suffixes[seed]}"] = str(task_specific)
+            models[f"unified{suffixes[seed]}"] = str(unified)
+        systems = dense_systems(models, self.base, None, fast=self.cfg.embed_fast)
+        for name, path in models.items():
+            if "{task}" in path:  # a task whose task-specific model was not trained has none
+                make = systems[name]
+                systems[name] = lambda task, make=make, path=path: (
+                    make(task) if Path(path.replace("{task}", task)).is_dir() else None
+                )
         eval_dir = self.eval_dir
         # the models this split's cached results were measured with: another split's run may have retrained them
         stamp, stamp_file = self.models_stamp(tasks), eval_dir / MODELS_STAMP
         measured = json.loads(stamp_file.read_text(encoding="utf-8")) if stamp_file.exists() else stamp
-        if self.retrained or measured != stamp:
-            forget_systems(eval_dir, ("unified", "task-specific"))
+        for seed, suffix in suffixes.items():
+            names = ["unified", *tasks]
+            if seed in self.retrained or any(measured.get(n + suffix) != stamp[n + suffix] for n in names):
+                forget_systems(eval_dir, (f"unified{suffix}", f"task-specific{suffix}"))
         eval_dir.mkdir(parents=True, exist_ok=True)
-        stamp_file.write_text(json.dumps(stamp, indent=2), encoding="utf-8")
+        # other seeds' stamps stay: their cached results are still good if a later run asks for them again
+        stamp_file.write_text(json.dumps({**measured, **stamp}, indent=2), encoding="utf-8")
         results = run_evaluation(
             self.data_dir, tasks, systems, eval_dir, lm=self.lm, split=self.cfg.split,
             max_queries=self.cfg.eval_queries,
@@ -365,6 +409,10 @@ class Pipeline:
             max_candidates=self.cfg.max_candidates, generate=self.cfg.generate,
             prompt_items=prompt_items(vars(self.cfg)), embed_fast=self.cfg.embed_fast,
         )
+        # a further seed's results that this run did not ask for stay cached, out of its report and verdict
+        results = {task: {name: metrics for name, metrics in by_system.items()
+                          if name in models or not SEED_SYSTEM.fullmatch(name)}
+                   for task, by_system in results.items()}
         plots = write_report(results, eval_dir)
         summary = (eval_dir / "results.md").read_text(encoding="utf-8").split("###")[0]
         self.console.print(summary, soft_wrap=True, highlight=False)
@@ -375,6 +423,7 @@ class Pipeline:
 MODELS_STAMP = "models.json"  # in an evaluation dir: the trained models its results were measured with
 TRAINED_STAMP = "pipeline_inputs.json"  # in a model dir: what the finished model was trained from
 STARTED_STAMP = "training_inputs.json"  # in a model dir while it trains: what its checkpoints come from
+SEED_SYSTEM = re.compile(r"(unified|task-specific) \(seed \d+\)")  # a further training seed's systems
 CHECKPOINT_EVERY = 20  # steps, about a minute on 2 CPU cores: what an interrupted demo loses at most per model
 
 
@@ -408,15 +457,21 @@ def relative_se(metric: str, unified: float, single: float, paired_se: float) ->
     return paired_se / max(abs(single), 1e-9)
 
 
-def verdict(results: dict[str, Any], per_query: dict[str, Any] | None = None) -> list[str]:
-    """Does the unified model beat the better base variant per task, and match task-specific on average?
+@dataclass
+class Comparison:
+    """The unified model against the better base variant per task, and against task-specific on average."""
 
-    With ``per_query`` (``per_query.json``) each task's line also gives the paired per-query difference to
-    that base and its standard error, and says when the difference is within two standard errors; one more
-    line gives the paired difference to the task-specific model per task, in each task's own units (the
-    relative mean divides log-likelihood gaps by a log-likelihood, which says little on its own), and the
-    relative mean gets a standard error over the evaluation queries (tasks independent; seeds not counted).
-    """
+    task_lines: list[str]  # per task: unified vs the better base, with the paired per-query difference
+    wins: int  # tasks where the unified model beats the better base
+    tasks: int
+    relative: float | None  # mean relative difference to task-specific on the main metrics
+    relative_se: float | None  # its standard error over the evaluation queries
+    single_gaps: list[str]  # per task: the paired per-query difference to task-specific, with its SE
+
+
+def compare(results: dict[str, Any], per_query: dict[str, Any] | None = None, unified: str = "unified",
+            single: str = "task-specific") -> Comparison:
+    """``unified`` against the better base variant per task and against ``single`` on average."""
     from llm_embedder.evaluate import main_metric
     from llm_embedder.evaluate.run import paired_metric, per_query_gap
 
@@ -426,37 +481,110 @@ def verdict(results: dict[str, Any], per_query: dict[str, Any] | None = None) ->
         sign = 1 if higher else -1
         value = {name: values.get(metric) for name, values in systems.items()}
         bases = [n for n in ("base (no instructions)", "base (instructions)") if value.get(n) is not None]
-        unified, single = value.get("unified"), value.get("task-specific")
-        if unified is None or not bases:
+        ours, theirs = value.get(unified), value.get(single)
+        if ours is None or not bases:
             continue
         best = max(bases, key=lambda n: sign * value[n])
-        beat = sign * (unified - value[best]) > 0
+        beat = sign * (ours - value[best]) > 0
         wins += beat
-        if single is not None:
-            deltas.append(sign * (unified - single) / max(abs(single), 1e-9))
-        line = (f"{task}: unified {unified:.4f} vs best base {value[best]:.4f} ({metric}) -> "
+        if theirs is not None:
+            deltas.append(sign * (ours - theirs) / max(abs(theirs), 1e-9))
+        line = (f"{task}: unified {ours:.4f} vs best base {value[best]:.4f} ({metric}) -> "
                 f"{'better' if beat else 'NOT better'}")
-        gap = per_query_gap(per_query, task, "unified", best)
+        gap = per_query_gap(per_query, task, unified, best)
         if gap is not None:
             mean, se, n = gap
             line += (f"; per query {mean:+.4f} ± {se:.4f} {paired_metric(task)} (SE, {n} queries"
                      f"{', within 2 SE' if abs(mean) < 2 * se else ''})")
         lines.append(line)
-        gap = per_query_gap(per_query, task, "unified", "task-specific")
+        gap = per_query_gap(per_query, task, unified, single)
         if gap is not None:
             single_gaps.append(f"{task} {gap[0]:+.4f} ± {gap[1]:.4f}")
-            relative_ses.append(relative_se(metric, unified, single, gap[1]))
-    if deltas:
-        mean = sum(deltas) / len(deltas)
-        spread = ""
-        if len(relative_ses) == len(deltas):
-            spread = f" ± {math.sqrt(sum(se * se for se in relative_ses)) / len(deltas):.1%} (SE)"
-        lines.append(f"unified vs task-specific, mean relative difference on main metrics: {mean:+.1%}{spread} "
-                     f"({'matches or beats' if mean >= -0.01 else 'below'})")
-    if single_gaps:
-        lines.append("unified - task-specific per query (SE): " + ", ".join(single_gaps))
-    lines.append(f"unified beats the better base variant on {wins}/{len(results)} tasks")
+            relative_ses.append(relative_se(metric, ours, theirs, gap[1]))
+    relative = sum(deltas) / len(deltas) if deltas else None
+    se = None
+    if deltas and len(relative_ses) == len(deltas):
+        se = math.sqrt(sum(x * x for x in relative_ses)) / len(deltas)
+    return Comparison(lines, wins, len(results), relative, se, single_gaps)
+
+
+def verdict(results: dict[str, Any], per_query: dict[str, Any] | None = None,
+            seeds: dict[int, str] | None = None) -> list[str]:
+    """Does the unified model beat the better base variant per task, and match task-specific on average?
+
+    With ``per_query`` (``per_query.json``) each task's line also gives the paired per-query difference to
+    that base and its standard error, and says when the difference is within two standard errors; one more
+    line gives the paired difference to the task-specific model per task, in each task's own units (the
+    relative mean divides log-likelihood gaps by a log-likelihood, which says little on its own), and the
+    relative mean gets a standard error over the evaluation queries (tasks independent).
+
+    With more than one training seed (``seeds``: seed -> its systems' name suffix) one line per seed sums it
+    up, and the verdict is that of the seeds' mean (``seed_mean``), its relative mean also given a standard
+    error over the seeds.
+    """
+    if not seeds or len(seeds) == 1:
+        return verdict_lines(compare(results, per_query))
+    lines, relatives = [], []
+    for seed, suffix in seeds.items():
+        one = compare(results, per_query, f"unified{suffix}", f"task-specific{suffix}")
+        if one.relative is not None:
+            relatives.append(one.relative)
+            spread = f" ± {one.relative_se:.1%} (SE)" if one.relative_se is not None else ""
+            lines.append(f"training seed {seed}: unified vs task-specific {one.relative:+.1%}{spread}, "
+                         f"beats the better base on {one.wins}/{one.tasks} tasks")
+    mean_results, mean_per_query = seed_mean(results, per_query, list(seeds.values()))
+    lines.append(f"mean of {len(seeds)} training seeds (each system's metrics and per-query values averaged):")
+    seed_se = statistics.stdev(relatives) / math.sqrt(len(relatives)) if len(relatives) > 1 else None
+    return lines + verdict_lines(compare(mean_results, mean_per_query), seed_se)
+
+
+def verdict_lines(comparison: Comparison, seed_se: float | None = None) -> list[str]:
+    """A comparison as the demo prints it; ``seed_se``: the relative mean's standard error over seeds."""
+    lines = list(comparison.task_lines)
+    if comparison.relative is not None:
+        spread = f" ± {comparison.relative_se:.1%} (SE)" if comparison.relative_se is not None else ""
+        if seed_se is not None:
+            spread += f" ± {seed_se:.1%} (SE over seeds)"
+        verdict_word = "matches or beats" if comparison.relative >= -0.01 else "below"
+        lines.append(f"unified vs task-specific, mean relative difference on main metrics: "
+                     f"{comparison.relative:+.1%}{spread} ({verdict_word})")
+    if comparison.single_gaps:
+        lines.append("unified - task-specific per query (SE): " + ", ".join(comparison.single_gaps))
+    lines.append(f"unified beats the better base variant on {comparison.wins}/{comparison.tasks} tasks")
     return lines
+
+
+def seed_mean(results: dict[str, Any], per_query: dict[str, Any] | None,
+              suffixes: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Results and per-query values with ``unified`` and ``task-specific`` each the mean over training seeds
+    (the systems named with each of ``suffixes``); a system some seed lacks for a task is left out there.
+
+    Metrics are averaged, perplexity geometrically (it is exp(-mean log-likelihood), so that is the perplexity
+    of the averaged per-query log-likelihoods); per-query values are averaged query by query.
+    """
+    mean_results = {task: {n: m for n, m in systems.items() if not SEED_SYSTEM.fullmatch(n)}
+                    for task, systems in results.items()}
+    mean_per_query = {task: {n: v for n, v in systems.items() if not SEED_SYSTEM.fullmatch(n)}
+                      for task, systems in (per_query or {}).items()}
+    for task, systems in results.items():
+        for kind in ("unified", "task-specific"):
+            mean_results[task].pop(kind, None)
+            mean_per_query.get(task, {}).pop(kind, None)
+            runs = [systems.get(kind + suffix) for suffix in suffixes]
+            if any(run is None for run in runs):
+                continue
+            metrics = {}
+            for metric in set.intersection(*(set(run) for run in runs)):
+                values = [run[metric] for run in runs]
+                if metric == "perplexity":
+                    metrics[metric] = math.exp(sum(math.log(v) for v in values) / len(values))
+                else:
+                    metrics[metric] = sum(values) / len(values)
+            mean_results[task][kind] = metrics
+            rows = [(per_query or {}).get(task, {}).get(kind + suffix) for suffix in suffixes]
+            if all(rows) and len({len(row) for row in rows}) == 1:
+                mean_per_query[task][kind] = [sum(column) / len(column) for column in zip(*rows, strict=True)]
+    return mean_results, mean_per_query
 
 
 def run_pipeline(out: str | Path = "runs/demo", quick: bool = False, base: str = "minilm", llm: str = "smollm2",
@@ -469,12 +597,12 @@ def run_pipeline(out: str | Path = "runs/demo", quick: bool = False, base: str =
     clock = StageClock()
     tasks = clock.run("data", pipeline.build_data)
     files = clock.run("reward", pipeline.score, tasks)
-    unified, task_specific = clock.run("training", pipeline.train, files)
-    results = clock.run("evaluation", pipeline.evaluate, tasks, unified, task_specific)
+    trained = clock.run("training", pipeline.train, files)
+    results = clock.run("evaluation", pipeline.evaluate, tasks, trained)
     pipeline.step("5/5 verdict")
     from llm_embedder.evaluate.run import PER_QUERY_FILE, load_results
 
-    for line in verdict(results, load_results(pipeline.eval_dir, PER_QUERY_FILE)):
+    for line in verdict(results, load_results(pipeline.eval_dir, PER_QUERY_FILE), pipeline.training_seeds()):
         pipeline.console.print(line)
     pipeline.console.print("time per stage: " + clock.summary())
     return results
