@@ -176,6 +176,16 @@ def test_pipeline_runs_end_to_end_and_resumes(tiny_embedder_dir, tiny_lm_dir, tm
     assert run_pipeline(out, base=str(tiny_embedder_dir), llm=str(tiny_lm_dir), console=one, cfg=TINY) == results
     assert "training seed" not in one.export_text() and "seed 1" not in (out / "eval" / "results.md").read_text()
     assert "unified (seed 1)" in json.loads((out / "eval" / "results.json").read_text())["qa"]
+    # a torn model stamp in the evaluation dir (say, a kill while it was written) means unknown models: the
+    # trained models are measured again rather than the run stopping on it
+    (out / "eval" / "models.json").write_text('{"unified": {"da')
+    sentinel = json.loads((out / "eval" / "results.json").read_text())
+    sentinel["qa"]["unified (seed 1)"]["stale"] = 1.0
+    (out / "eval" / "results.json").write_text(json.dumps(sentinel))
+    torn = run_pipeline(out, base=str(tiny_embedder_dir), llm=str(tiny_lm_dir), console=Console(record=True),
+                        cfg=TINY.with_overrides({"train_seeds": "2"}))
+    assert "stale" not in torn["qa"]["unified (seed 1)"] and torn["tool"] == two["tool"]
+    assert json.loads((out / "eval" / "models.json").read_text())["unified (seed 1)"] is not None
 
     dev = Console(record=True, width=200)
     dev_results = run_pipeline(out, base=str(tiny_embedder_dir), llm=str(tiny_lm_dir), console=dev,

@@ -23,7 +23,7 @@ from typing import Any
 
 from rich.console import Console
 
-from llm_embedder.io import read_jsonl, write_jsonl
+from llm_embedder.io import atomic_write, read_jsonl, write_jsonl
 from llm_embedder.tasks import BUILTIN_TASKS, get_task
 
 
@@ -394,14 +394,17 @@ class Pipeline:
         eval_dir = self.eval_dir
         # the models this split's cached results were measured with: another split's run may have retrained them
         stamp, stamp_file = self.models_stamp(tasks), eval_dir / MODELS_STAMP
-        measured = json.loads(stamp_file.read_text(encoding="utf-8")) if stamp_file.exists() else stamp
+        # none: results from before the stamp existed, trusted; torn or odd: measured with unknown models
+        measured = read_stamp(stamp_file) if stamp_file.exists() else stamp
+        measured = measured if isinstance(measured, dict) else {}
         for seed, suffix in suffixes.items():
             names = ["unified", *tasks]
             if seed in self.retrained or any(measured.get(n + suffix) != stamp[n + suffix] for n in names):
                 forget_systems(eval_dir, (f"unified{suffix}", f"task-specific{suffix}"))
         eval_dir.mkdir(parents=True, exist_ok=True)
         # other seeds' stamps stay: their cached results are still good if a later run asks for them again
-        stamp_file.write_text(json.dumps({**measured, **stamp}, indent=2), encoding="utf-8")
+        with atomic_write(stamp_file) as handle:
+            json.dump({**measured, **stamp}, handle, indent=2)
         results = run_evaluation(
             self.data_dir, tasks, systems, eval_dir, lm=self.lm, split=self.cfg.split,
             max_queries=self.cfg.eval_queries,
