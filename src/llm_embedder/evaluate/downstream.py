@@ -80,6 +80,13 @@ def build_prompts(
     return prompts
 
 
+# Each prompt is scored in a forward pass of its own. Batched, a reduced-precision score (the CPU's bf16 fast mode,
+# fp16/bf16 on a GPU) moves with its neighbours' lengths, by up to 0.06 nats on SmolLM2 (benchmarks/
+# bench_eval_scores.py), so one system's figures would depend on which other systems shared its evaluation (the
+# prompts of all systems are scored together). Alone, it cost about 3% more time on 2 CPU cores.
+EVAL_BATCH_TOKENS = 1
+
+
 def downstream_metrics(
     task: str,
     queries: Sequence[str],
@@ -88,7 +95,7 @@ def downstream_metrics(
     lm,
     *,
     generate: bool = True,
-    batch_tokens: int | None = None,
+    batch_tokens: int | None = EVAL_BATCH_TOKENS,
     memo: dict | None = None,
     items: int | None = None,
 ) -> DownstreamResult | None:
@@ -96,6 +103,7 @@ def downstream_metrics(
 
     ``memo`` maps (prompt, answer) to a log-likelihood already computed; only the others are sent to the LLM.
     ``items`` overrides how many retrieved items the prompt holds (the task's ``DOWNSTREAM`` entry).
+    ``batch_tokens`` None batches prompts the LLM's way: faster on a GPU, but see ``EVAL_BATCH_TOKENS``.
     """
     spec = DOWNSTREAM.get(task)
     if spec is None:

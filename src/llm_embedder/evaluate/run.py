@@ -254,8 +254,8 @@ def run_evaluation(
         "generate": generate, "llm": getattr(lm, "name", None),
         "prompt_items": dict(sorted((prompt_items or {}).items())),
         # 2: LLM metric from the retrieval pass's rankings; 3: corpus slices keep hard negatives; 4: icl prompts
-        # hold the top 8 examples (3 held 4)
-        "protocol": 4,
+        # hold the top 8 examples (3 held 4); 5: each prompt scored alone (downstream.EVAL_BATCH_TOKENS)
+        "protocol": 5,
     }
     if embed_fast:  # absent when exact, so results cached before the fast mode existed stay valid
         settings["embed_fast"] = embed_fast
