@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "index_memory": ("bench_index_memory.py", [], ["--quick"]),
     "reward": ("bench_reward.py", [], ["--quick", "--queries", "2", "--candidates", "3"]),
     "serve": ("bench_serve.py", [], ["--quick", "--requests", "200", "--seconds", "5", "--clients", "8"]),
+    "eval_scores": ("bench_eval_scores.py", [], ["--queries", "4", "--rounds", "1"]),
     "gpu_check": ("gpu_check.py", [], []),
 }
 

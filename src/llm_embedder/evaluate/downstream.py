@@ -83,7 +83,7 @@ def build_prompts(
 # Each prompt is scored in a forward pass of its own. Batched, a reduced-precision score (the CPU's bf16 fast mode,
 # fp16/bf16 on a GPU) moves with its neighbours' lengths, by up to 0.06 nats on SmolLM2 (benchmarks/
 # bench_eval_scores.py), so one system's figures would depend on which other systems shared its evaluation (the
-# prompts of all systems are scored together). Alone, it cost about 3% more time on 2 CPU cores.
+# prompts of all systems are scored together). Alone, they took 1.03-1.07x the time on 2 CPU cores.
 EVAL_BATCH_TOKENS = 1
 
 
