@@ -397,10 +397,11 @@ class Pipeline:
         # none: results from before the stamp existed, trusted; torn or odd: measured with unknown models
         measured = read_stamp(stamp_file) if stamp_file.exists() else stamp
         measured = measured if isinstance(measured, dict) else {}
-        for seed, suffix in suffixes.items():
-            names = ["unified", *tasks]
-            if seed in self.retrained or any(measured.get(n + suffix) != stamp[n + suffix] for n in names):
-                forget_systems(eval_dir, (f"unified{suffix}", f"task-specific{suffix}"))
+        stale = [f"{kind}{suffix}" for seed, suffix in suffixes.items() for kind in ("unified", "task-specific")
+                 if seed in self.retrained
+                 or any(measured.get(name + suffix) != stamp[name + suffix] for name in ["unified", *tasks])]
+        if stale:  # one pass over the cached results for all stale seeds
+            forget_systems(eval_dir, tuple(stale))
         eval_dir.mkdir(parents=True, exist_ok=True)
         # other seeds' stamps stay: their cached results are still good if a later run asks for them again
         with atomic_write(stamp_file) as handle:
