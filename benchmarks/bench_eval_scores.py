@@ -14,7 +14,6 @@ negatives; the gold answer is scored. For each way of batching it prints:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -29,11 +28,11 @@ from _common import CACHE_DIR, machine_info, ratio, time_interleaved, write_json
 def eval_prompts(data: Path, n_queries: int) -> tuple[list[str], list[str]]:
     """qa and icl prompts of the first ``n_queries`` test queries each, and their gold answers."""
     from llm_embedder.evaluate.downstream import DOWNSTREAM, build_prompts
+    from llm_embedder.io import read_jsonl
 
     prompts, golds = [], []
     for task, items in (("qa", 3), ("icl", 8)):
-        lines = (data / task / "test.jsonl").read_text(encoding="utf-8").splitlines()[:n_queries]
-        records = [json.loads(line) for line in lines]
+        records = read_jsonl(data / task / "test.jsonl")[:n_queries]
         retrieved = [(r.get("pos") or [])[:1] + (r.get("neg") or [])[: items - 1] for r in records]
         prompts += build_prompts(task, [r["query"] for r in records], retrieved, replace(DOWNSTREAM[task], items=items))
         golds += [r["answers"][0] for r in records]
