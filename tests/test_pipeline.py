@@ -305,6 +305,7 @@ def test_the_demo_runs_its_bf16_fast_modes_only_where_the_cpu_has_bf16():
 @pytest.mark.parametrize(("setting", "message"), [
     ("lr", "KEY=VALUE"), ("epochs=two", "needs a number"), ("repetition=tools=2", "'tools=2', expected TASK=N"),
     ("repetition=tool=0", "'tool=0', expected TASK=N with N at least 1"),
+    ("train_seeds=0", "demo setting train_seeds must be at least 1, got 0"),
 ])
 def test_demo_cli_rejects_a_bad_setting_before_any_work(tmp_path, setting, message):
     import os
