@@ -1,4 +1,4 @@
-"""A prepared check for a lent GPU (about 1-2 minutes on an H100): half precision vs fp32 on our own code paths.
+"""A prepared check for a lent GPU (about 4 minutes on an H100): half precision vs fp32 on our own code paths.
 
 1. Training steps/s of a bge-base-shaped encoder (BertConfig 768 hidden, 12 layers, random weights): CLS
    pooling, the recipe's loss (0.2 * contrastive + stable distillation, ``llm_embedder.train.losses``), AdamW;
@@ -6,6 +6,10 @@
 2. Reward scores/s of a SmolLM2-135M-shaped LM (LlamaConfig 576 hidden, 30 layers, 9 heads, 3 kv heads,
    random weights) through ``llm_embedder.llm.scoring.bucketed_logprob``: bf16 vs fp32, plus how far the
    bf16 scores are from fp32.
+3. Whether a score depends on its batch neighbours on the GPU (bf16, fp16, fp32), as a bf16 one does on the CPU
+   (``benchmarks/bench_eval_scores.py``): every other pair scored again in batches of its own, and each pair
+   alone (``EVAL_BATCH_TOKENS``), with the time of alone against batched. This decides how the evaluation
+   batches its prompts on a GPU (``downstream.eval_batch_tokens``).
 
 Without a CUDA device it prints why and exits 0. ``--cpu-smoke`` runs tiny shapes on the CPU (a code check).
 
@@ -115,6 +119,46 @@ def reward_scores_per_s(device: str, dtype_name: str, shape: dict, pairs: int, b
             "attention": attention}, scores
 
 
+def neighbour_check(device: str, dtype_name: str, shape: dict, pairs: int, batch_tokens: int) -> dict:
+    """Scores of every other pair (64-1024 tokens): re-batched (other neighbours) and alone, against the full
+    batched pass, in one dtype."""
+    import numpy as np
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llm_embedder.llm.scoring import EncodedPairs, bucketed_logprob
+
+    torch.manual_seed(0)
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
+    model = LlamaForCausalLM(LlamaConfig(**shape)).to(device=device, dtype=dtype).eval()
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(64, 1024, pairs)
+    ids = [rng.integers(100, shape["vocab_size"], n).tolist() for n in lengths]
+    enc = EncodedPairs(ids=ids, starts=[n - 8 for n in lengths], truncated=[False] * pairs)
+    half = EncodedPairs(ids=ids[::2], starts=enc.starts[::2], truncated=enc.truncated[::2])
+    full = bucketed_logprob(model, enc, batch_tokens)[::2]
+    seconds: dict[str, float] = {}
+    scores: dict[str, np.ndarray] = {}
+    for name, tokens in (("batched", batch_tokens), ("alone", 1), ("batched", batch_tokens), ("alone", 1)):
+        sync(device)
+        start = time.perf_counter()
+        scores[name] = bucketed_logprob(model, half, tokens)
+        sync(device)
+        seconds[name] = min(seconds.get(name, float("inf")), time.perf_counter() - start)
+    alone_in_full = bucketed_logprob(model, enc, 1)[::2]
+    del model
+
+    def moved(a: np.ndarray, b: np.ndarray) -> dict:
+        return {"changed": int((a != b).sum()), "max_abs_diff": round(float(np.abs(a - b).max()), 4)}
+
+    return {"pairs": len(half.ids), "batch_tokens": batch_tokens,
+            "rebatched_vs_batched": moved(scores["batched"], full),
+            "alone_vs_alone": moved(scores["alone"], alone_in_full),
+            "alone_vs_batched": moved(scores["alone"], full),
+            "seconds_batched": round(seconds["batched"], 3), "seconds_alone": round(seconds["alone"], 3),
+            "alone_time_ratio": round(seconds["alone"] / seconds["batched"], 2)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default=None)
@@ -152,6 +196,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"reward (SmolLM2-135M shape, {pairs} pairs): fp32 {r32['scores_per_s']} scores/s, bf16 "
           f"{rbf['scores_per_s']} scores/s ({results['reward']['bf16_speedup']}x); bf16 vs fp32 max abs diff "
           f"{results['reward']['bf16_max_abs_diff']}, rank corr {results['reward']['bf16_rank_corr']}")
+    from llm_embedder.llm.model import CUDA_BATCH_TOKENS
+
+    results["neighbours"] = {}
+    for dtype_name in ("bf16", "fp16", "fp32") if device == "cuda" else ("bf16",):
+        nb = neighbour_check(device, dtype_name, llama, 2 * min(pairs, 256),
+                             CUDA_BATCH_TOKENS if device == "cuda" else tokens)
+        results["neighbours"][dtype_name] = nb
+        rebatched, alone = nb["rebatched_vs_batched"], nb["alone_vs_batched"]
+        print(f"neighbours ({dtype_name}, {nb['pairs']} pairs): re-batched beside other pairs "
+              f"{rebatched['changed']} changed (max {rebatched['max_abs_diff']}); "
+              f"alone {nb['alone_vs_alone']['changed']} changed between passes, "
+              f"{alone['changed']} differ from batched (max {alone['max_abs_diff']}); "
+              f"alone takes {nb['alone_time_ratio']}x the batched time "
+              f"({nb['seconds_alone']} s vs {nb['seconds_batched']} s)", flush=True)
     write_json(args.json, results)
     return 0
 

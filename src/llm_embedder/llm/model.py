@@ -12,6 +12,10 @@ from llm_embedder.llm.fast import bf16_linears, pick_fast_mode, quantize_int8
 from llm_embedder.llm.loading import LLM_ALIASES, pick_device_dtype, resolve_llm_path
 from llm_embedder.llm.scoring import bucketed_logprob, encode_pairs
 
+# padded tokens per forward pass when scoring, unless the caller says otherwise
+CUDA_BATCH_TOKENS = 16384
+CPU_BATCH_TOKENS = 1024
+
 
 class CausalLM:
     """A causal LM from a Hugging Face directory or the bundled alias ``smollm2``.
@@ -50,7 +54,7 @@ class CausalLM:
             self.name += f"+{self.fast}"
         window = getattr(self.model.config, "max_position_embeddings", None) or 2048
         self.max_length = int(max_length or window)
-        self.batch_tokens = batch_tokens or (16384 if self.device.type == "cuda" else 1024)
+        self.batch_tokens = batch_tokens or (CUDA_BATCH_TOKENS if self.device.type == "cuda" else CPU_BATCH_TOKENS)
         self.truncated_count = 0
         self.model.requires_grad_(False)  # scoring only; never touch the process-wide grad mode
 
