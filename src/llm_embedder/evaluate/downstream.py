@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -80,11 +81,26 @@ def build_prompts(
     return prompts
 
 
-# Each prompt is scored in a forward pass of its own. Batched, a reduced-precision score (the CPU's bf16 fast mode,
-# fp16/bf16 on a GPU) moves with its neighbours' lengths, by up to 0.06 nats on SmolLM2 (benchmarks/
+# On a CPU each prompt is scored in a forward pass of its own. Batched, a bf16 score (the CPU's fast mode) moved
+# with its neighbours' lengths by up to 0.06 nats on SmolLM2, an exact one by under 1e-4 (benchmarks/
 # bench_eval_scores.py), so one system's figures would depend on which other systems shared its evaluation (the
 # prompts of all systems are scored together). Alone, they took 1.03-1.07x the time on 2 CPU cores.
 EVAL_BATCH_TOKENS = 1
+
+
+def eval_batch_tokens(lm: Any) -> int | None:
+    """Padded tokens per forward pass for the evaluation's prompts: each alone (``EVAL_BATCH_TOKENS``), except on
+    a CUDA GPU in half precision, where the LLM's own batches (None) give the same scores bit for bit.
+
+    On an H100 (``benchmarks/gpu_check.py``, 256 prompts of 64-1024 tokens) bf16 and fp16 scores did not change
+    beside other neighbours or alone, and alone took 16-19x the time; fp32 ones moved (by under 5e-5 nats).
+    """
+    import torch
+
+    device = getattr(lm, "device", None)
+    if getattr(device, "type", None) == "cuda" and getattr(lm, "dtype", None) in (torch.bfloat16, torch.float16):
+        return None
+    return EVAL_BATCH_TOKENS
 
 
 def downstream_metrics(
@@ -95,7 +111,7 @@ def downstream_metrics(
     lm,
     *,
     generate: bool = True,
-    batch_tokens: int | None = EVAL_BATCH_TOKENS,
+    batch_tokens: int | None = None,
     memo: dict | None = None,
     items: int | None = None,
 ) -> DownstreamResult | None:
@@ -103,7 +119,7 @@ def downstream_metrics(
 
     ``memo`` maps (prompt, answer) to a log-likelihood already computed; only the others are sent to the LLM.
     ``items`` overrides how many retrieved items the prompt holds (the task's ``DOWNSTREAM`` entry).
-    ``batch_tokens`` None batches prompts the LLM's way: faster on a GPU, but see ``EVAL_BATCH_TOKENS``.
+    ``batch_tokens`` caps the padded tokens per forward pass; None: ``eval_batch_tokens(lm)``.
     """
     spec = DOWNSTREAM.get(task)
     if spec is None:
@@ -117,7 +133,8 @@ def downstream_metrics(
     memo = {} if memo is None else memo
     todo = sorted({(p, g) for p, g in zip(prompts, golds, strict=True) if (p, g) not in memo})
     if todo:
-        fresh = lm.answer_logprob([p for p, _ in todo], [g for _, g in todo], batch_tokens=batch_tokens)
+        fresh = lm.answer_logprob([p for p, _ in todo], [g for _, g in todo],
+                                  batch_tokens=batch_tokens or eval_batch_tokens(lm))
         memo.update(zip(todo, (float(x) for x in fresh), strict=True))
     loglik = np.asarray([memo[(p, g)] for p, g in zip(prompts, golds, strict=True)], dtype=np.float64)
     if not np.isfinite(loglik).all():

@@ -254,7 +254,8 @@ def run_evaluation(
         "generate": generate, "llm": getattr(lm, "name", None),
         "prompt_items": dict(sorted((prompt_items or {}).items())),
         # 2: LLM metric from the retrieval pass's rankings; 3: corpus slices keep hard negatives; 4: icl prompts
-        # hold the top 8 examples (3 held 4); 5: each prompt scored alone (downstream.EVAL_BATCH_TOKENS)
+        # hold the top 8 examples (3 held 4); 5: scores independent of the prompts beside them
+        # (downstream.eval_batch_tokens)
         "protocol": 5,
     }
     if embed_fast:  # absent when exact, so results cached before the fast mode existed stay valid
