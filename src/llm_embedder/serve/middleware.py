@@ -40,7 +40,8 @@ class GuardMiddleware:
         self.metrics = metrics
         self.known_paths = known_paths
 
-    def _reject(self, scope: Scope) -> ApiError | None:
+    def _reject(self, scope: Scope, length: str | None) -> ApiError | None:
+        """401 for a bad key, 413 for a declared ``length`` (the Content-Length header) over the limit."""
         if scope["path"].startswith(PROTECTED_PREFIX) and not key_matches(
             self.api_key, _header(scope, b"authorization")
         ):
@@ -48,7 +49,6 @@ class GuardMiddleware:
                 401, "invalid or missing API key: send the header 'Authorization: Bearer <key>'",
                 code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"},
             )
-        length = _header(scope, b"content-length")
         if length is not None and length.strip().isdigit() and int(length) > self.max_body_bytes:
             return self._too_large(int(length))
         return None
@@ -86,8 +86,9 @@ class GuardMiddleware:
             await send(message)
 
         try:
-            rejection = self._reject(scope)
-            if rejection is None and scope["method"] in BODY_METHODS and _header(scope, b"content-length") is None:
+            length = _header(scope, b"content-length")
+            rejection = self._reject(scope, length)
+            if rejection is None and scope["method"] in BODY_METHODS and length is None:
                 messages = await self._read_capped(receive)
                 if messages is None:
                     rejection = self._too_large()
