@@ -50,9 +50,9 @@ def test_fast_runs_the_embedders_and_the_llm_in_bf16_and_says_so(qa_suite, tiny_
 
 
 @pytest.mark.parametrize(("spec", "message"), [
-    ("qa=0", "'qa=0': expected TASK=N with N a whole number of at least 1"),
-    ("qa=two", "expected TASK=N"),
-    ("tool=2", "the tasks with an LLM prompt are qa, icl, chat, lrlm"),
+    ("qa=0", "--prompt-items: qa=0, expected a whole number of at least 1"),
+    ("qa=two", "--prompt-items 'qa=two': expected TASK=N"),
+    ("tool=2", "--prompt-items: task 'tool' has no LLM prompt; the tasks with one are qa, icl, chat, lrlm"),
 ])
 def test_bad_prompt_items_is_one_clear_line(qa_suite, tiny_embedder_dir, tiny_lm_dir, tmp_path, spec, message):
     result = evaluate(qa_suite, tmp_path / "out", tiny_embedder_dir, tiny_lm_dir, "--prompt-items", spec)

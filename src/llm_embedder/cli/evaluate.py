@@ -25,16 +25,16 @@ def parse_model_specs(specs: list[str]) -> dict[str, str]:
 
 def parse_prompt_items(specs: list[str]) -> dict[str, int]:
     """``TASK=N`` (repeatable): N retrieved items in that task's LLM prompt instead of its default."""
-    from llm_embedder.evaluate.downstream import DOWNSTREAM
+    from llm_embedder.evaluate.run import check_prompt_items
 
     items: dict[str, int] = {}
     for spec in specs:
         task, _, count = spec.partition("=")
-        if task not in DOWNSTREAM:
-            raise ValueError(f"--prompt-items {spec!r}: the tasks with an LLM prompt are {', '.join(DOWNSTREAM)}")
-        if not count.isdigit() or int(count) < 1:
-            raise ValueError(f"--prompt-items {spec!r}: expected TASK=N with N a whole number of at least 1")
-        items[task] = int(count)
+        try:
+            items[task] = int(count)
+        except ValueError:
+            raise ValueError(f"--prompt-items {spec!r}: expected TASK=N with N a whole number") from None
+    check_prompt_items(items, label="--prompt-items")
     return items
 
 

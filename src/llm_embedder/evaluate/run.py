@@ -214,14 +214,15 @@ def save_results(out_dir: Path, results: dict, name: str = RESULTS_FILE) -> None
         json.dump(results, handle, indent=2, sort_keys=True)
 
 
-def check_prompt_items(prompt_items: dict[str, int]) -> None:
-    """Refuse a ``prompt_items`` override for a task without an LLM prompt, or of fewer than one item."""
+def check_prompt_items(prompt_items: dict[str, int], label: str = "prompt_items") -> None:
+    """Refuse a ``prompt_items`` override for a task without an LLM prompt, or of fewer than one item; ``label``
+    names the setting in the message (the CLI's ``--prompt-items``)."""
     for task, count in prompt_items.items():
         if task not in DOWNSTREAM:
-            raise ValueError(f"prompt_items: task {task!r} has no LLM prompt; the tasks with one are "
+            raise ValueError(f"{label}: task {task!r} has no LLM prompt; the tasks with one are "
                              f"{', '.join(DOWNSTREAM)}")
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ValueError(f"prompt_items: {task}={count!r}, expected a whole number of at least 1")
+            raise ValueError(f"{label}: {task}={count!r}, expected a whole number of at least 1")
 
 
 def run_evaluation(
