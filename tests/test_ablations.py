@@ -7,8 +7,9 @@ import torch
 from rich.console import Console
 from test_pipeline import TINY
 
-from llm_embedder.ablations import ABLATIONS, compare, drop_stale_results, run_ablations, systems_for
+from llm_embedder.ablations import ABLATIONS, LEGACY_STAMP, compare, drop_stale_results, run_ablations, systems_for
 from llm_embedder.pipeline import run_pipeline
+from llm_embedder.train.once import TRAINED_STAMP
 
 
 def test_missing_run_is_a_clear_error(tmp_path):
@@ -81,6 +82,11 @@ def test_ablations_end_to_end_and_resume(tiny_embedder_dir, tiny_lm_dir, tmp_pat
     again = Console(record=True, width=200)
     assert run_ablations(run, llm=str(tiny_lm_dir), console=again) == results
     assert again.export_text().count("already trained on these inputs") == len(ABLATIONS)
+    # a model stamped the way the ablations did before they shared train.once is kept, not retrained
+    legacy = out / "models" / "no-instructions"
+    inputs = json.loads((legacy / TRAINED_STAMP).read_text())
+    (legacy / TRAINED_STAMP).unlink()
+    (legacy / LEGACY_STAMP).write_text(json.dumps({"inputs": inputs, "done": True}))
 
     # the dev split: the same models, evaluated beside the demo's dev results in ablations-dev
     run_pipeline(run, base=str(tiny_embedder_dir), llm=str(tiny_lm_dir), console=Console(record=True),
@@ -88,6 +94,7 @@ def test_ablations_end_to_end_and_resume(tiny_embedder_dir, tiny_lm_dir, tmp_pat
     dev = Console(record=True, width=200)
     dev_results = run_ablations(run, llm=str(tiny_lm_dir), split="dev", console=dev)
     assert dev.export_text().count("already trained on these inputs") == len(ABLATIONS)
+    assert json.loads((legacy / TRAINED_STAMP).read_text()) == inputs and not (legacy / LEGACY_STAMP).exists()
     assert json.loads((run / "ablations-dev" / "settings.json").read_text())["split"] == "dev"
     demo_dev = json.loads((run / "eval-dev" / "results.json").read_text())
     assert all(dev_results[t]["unified"] == demo_dev[t]["unified"] for t in demo_dev)

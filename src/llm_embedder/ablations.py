@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+
+from llm_embedder.io import atomic_write
 
 ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "w/o LLM reward": ("no-llm-reward", {"hard_labels": True}),
@@ -33,6 +35,7 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "w/o homogeneous batching": ("no-homogeneous", {"homogeneous": False}),
     "plain KL (qa, icl)": ("plain-kl", {"loss_override": {"qa": "kl_distill", "icl": "kl_distill"}}),
 }
+LEGACY_STAMP = "ablation_inputs.json"  # an ablated model's stamp before it shared the demo's (train.once)
 SHARED_SYSTEMS = ("unified", "base (no instructions)", "base (instructions)")  # measured by the demo already
 
 
@@ -57,25 +60,19 @@ def signature(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_ablation(out: Path, settings: dict[str, Any], console: Console) -> bool:
-    """Train one variant unless done on the same inputs; True if it was (re)trained."""
+    """Train one variant unless done on the same inputs, resuming an interrupted one; True if it was trained."""
     from llm_embedder.train.config import TrainConfig
+    from llm_embedder.train.once import TRAINED_STAMP, read_stamp, train_once
     from llm_embedder.train.trainer import train
 
-    stamp_path = out / "ablation_inputs.json"
-    wanted = signature(settings)
-    stamp = json.loads(stamp_path.read_text(encoding="utf-8")) if stamp_path.is_file() else None
-    if stamp and stamp["inputs"] == wanted and stamp["done"]:
-        console.print(f"{out}: already trained on these inputs")
-        return False
-    resume = bool(stamp and stamp["inputs"] == wanted)  # interrupted on the same inputs: continue
-    if not resume and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp_path.write_text(json.dumps({"inputs": wanted, "done": False}), encoding="utf-8")
-    train(TrainConfig(**{**settings, "out": str(out), "resume": resume}))
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the final model is saved
-    stamp_path.write_text(json.dumps({"inputs": wanted, "done": True}), encoding="utf-8")
-    return True
+    inputs = signature(settings)
+    legacy = read_stamp(out / LEGACY_STAMP)
+    if legacy and legacy.get("done") and legacy.get("inputs") == inputs and not (out / TRAINED_STAMP).exists():
+        with atomic_write(out / TRAINED_STAMP) as handle:  # trained before the shared stamps: keep it
+            json.dump(inputs, handle)
+    (out / LEGACY_STAMP).unlink(missing_ok=True)
+    config = TrainConfig(**{**settings, "out": str(out)})
+    return train_once(out, inputs, lambda resume: train(replace(config, resume=resume)), console)
 
 
 def drop_stale_results(out: Path, pipeline_cfg: dict[str, Any]) -> bool:

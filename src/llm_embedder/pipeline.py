@@ -17,7 +17,7 @@ import re
 import shutil
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from rich.console import Console
 
 from llm_embedder.io import atomic_write, read_jsonl, write_jsonl
 from llm_embedder.tasks import BUILTIN_TASKS, get_task
+from llm_embedder.train.once import TRAINED_STAMP, read_stamp
 
 
 def default_cpu_fast() -> str | None:
@@ -325,7 +326,8 @@ class Pipeline:
     def train_seed(self, files: dict[str, Path], steps: dict[str, int], seed: int) -> tuple[Path, Path]:
         """One training seed's unified and task-specific models (each skipped if trained, resumed if cut)."""
         from llm_embedder.train.config import TrainConfig
-        from llm_embedder.train.trainer import latest_checkpoint, train
+        from llm_embedder.train.once import train_once
+        from llm_embedder.train.trainer import train
 
         common = dict(
             base=self.base, batch_size=self.cfg.batch_size, group_size=self.cfg.group_size, lr=self.cfg.lr,
@@ -344,32 +346,17 @@ class Pipeline:
                                    "examples after the filters)[/]")
                 shutil.rmtree(out, ignore_errors=True)
                 continue
-            signature = {"data": data, "max_steps": max_steps, **common}
-            stamp, started = out / TRAINED_STAMP, out / STARTED_STAMP
-            if read_stamp(stamp) == signature:
-                self.console.print(f"{out}: already trained on these inputs")
-                continue
-            # interrupted on the same inputs: go on from its last checkpoint; else start afresh
-            resume = read_stamp(started) == signature and latest_checkpoint(out) is not None
-            if resume:
-                self.console.print(f"{out}: resuming from {Path(latest_checkpoint(out)).name}")
-            else:
-                shutil.rmtree(out, ignore_errors=True)
-            out.mkdir(parents=True, exist_ok=True)
-            started.write_text(json.dumps(signature), encoding="utf-8")
             try:
-                train(TrainConfig(data=signature["data"], out=str(out), max_steps=max_steps,
-                                  save_steps=CHECKPOINT_EVERY, resume=resume, **common))
+                config = TrainConfig(data=data, out=str(out), max_steps=max_steps, save_steps=CHECKPOINT_EVERY,
+                                     **common)
+                if train_once(out, {"data": data, "max_steps": max_steps, **common},
+                              lambda resume, config=config: train(replace(config, resume=resume)), self.console):
+                    self.retrained.add(seed)
             except ValueError as err:  # a task-specific run the trainer refuses is reported, not fatal
                 if out == unified:
                     raise
                 self.console.print(f"[yellow]{out.name}: not trained ({err})[/]")
                 shutil.rmtree(out, ignore_errors=True)
-                continue
-            shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the final model is saved; ~3x its size
-            stamp.write_text(json.dumps(signature), encoding="utf-8")
-            started.unlink(missing_ok=True)
-            self.retrained.add(seed)
         return unified, models / "task-specific" / "{task}"
 
     def evaluate(self, tasks: list[str], trained: dict[int, tuple[Path, Path]]) -> dict[str, Any]:
@@ -425,18 +412,8 @@ class Pipeline:
 
 
 MODELS_STAMP = "models.json"  # in an evaluation dir: the trained models its results were measured with
-TRAINED_STAMP = "pipeline_inputs.json"  # in a model dir: what the finished model was trained from
-STARTED_STAMP = "training_inputs.json"  # in a model dir while it trains: what its checkpoints come from
 SEED_SYSTEM = re.compile(r"(unified|task-specific) \(seed \d+\)")  # a further training seed's systems
 CHECKPOINT_EVERY = 20  # steps, about a minute on 2 CPU cores: what an interrupted demo loses at most per model
-
-
-def read_stamp(path: Path) -> Any:
-    """A stamp's JSON, or None where there is none (or only a torn one, from a kill while it was written)."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
 
 
 def forget_systems(eval_dir: Path, systems: tuple[str, ...]) -> None:
