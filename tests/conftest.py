@@ -12,8 +12,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def build_tiny_embedder(out: Path, hidden: int = 32, seed: int = 0) -> Path:
-    """A random 2-layer BERT sentence-transformers directory (mean pooling) with MiniLM's tokenizer."""
+def build_tiny_embedder(out: Path, hidden: int = 32, seed: int = 0, tokenizer_dir: str | Path | None = None) -> Path:
+    """A random 2-layer BERT sentence-transformers directory (mean pooling) with MiniLM's tokenizer (or the one in
+    ``tokenizer_dir``, where the MiniLM package is not installed)."""
     import torch
     from sentence_transformers import SentenceTransformer, models
     from transformers import AutoTokenizer, BertConfig, BertModel
@@ -21,7 +22,7 @@ def build_tiny_embedder(out: Path, hidden: int = 32, seed: int = 0) -> Path:
     from llm_embedder.models import resolve_embedder_path
 
     torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(str(resolve_embedder_path("minilm")))
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir or resolve_embedder_path("minilm")))
     config = BertConfig(
         vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=2 * hidden, max_position_embeddings=512,
