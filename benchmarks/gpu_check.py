@@ -171,8 +171,9 @@ def our_code(device: str, tokenizer_dir: str | None) -> dict:
     import numpy as np
 
     tests = Path(__file__).resolve().parents[1] / "tests"
-    sys.path[:0] = [str(tests), str(tests / "train")]
+    sys.path[:0] = [str(tests), str(tests / "train"), str(tests / "evaluate")]
     from conftest import build_tiny_causal_lm, build_tiny_embedder
+    from prompt_fixtures import varied_length_qa
     from train_fixtures import write_task_file
 
     from llm_embedder.embedder import Embedder
@@ -206,9 +207,7 @@ def our_code(device: str, tokenizer_dir: str | None) -> dict:
             "encoded_norm": round(float(np.linalg.norm(vectors[0])), 4),
         }
         lm = CausalLM(build_tiny_causal_lm(tmp / "lm"), device=device)
-        queries = [f"question {i}: " + "word " * (3 * i) for i in range(8)]
-        answers = [[f"answer {i}"] for i in range(8)]
-        retrieved = [[f"passage {i}: " + "text " * (4 * (8 - i))] for i in range(8)]
+        queries, answers, retrieved = varied_length_qa(8)
         chosen = downstream_metrics("qa", queries, answers, retrieved, lm, generate=False).per_query
         alone = downstream_metrics("qa", queries, answers, retrieved, lm, generate=False, batch_tokens=1).per_query
         first = downstream_metrics("qa", queries[:3], answers[:3], retrieved[:3], lm, generate=False).per_query
