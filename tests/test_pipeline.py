@@ -216,6 +216,23 @@ def test_pipeline_runs_end_to_end_and_resumes(tiny_embedder_dir, tiny_lm_dir, tm
     first = [json.loads(line) for line in scored[0].open()]
     assert [json.loads(line) for line in files["qa"].open()][:4] == first
 
+    # chat without instructions: only the unified model and chat's task-specific model train again, and the
+    # unified model retrieves chat plain (its saved prompt) and the other tasks with their instructions
+    plain = Console(record=True, width=200)
+    run_pipeline(out, base=str(tiny_embedder_dir), llm=str(tiny_lm_dir), console=plain,
+                 cfg=lr.with_overrides({"plain_tasks": "chat", "split": "dev"}))
+    kept = [line for line in plain.export_text().splitlines() if "already trained on these inputs" in line]
+    assert len(kept) == len(list((out / "models" / "task-specific").iterdir())) - 1
+    assert not any(line.split(":")[0].endswith(("/unified", "/chat")) for line in kept)
+    assert json.loads((out / "models" / "unified" / "train_config.json").read_text())["plain_tasks"] == ["chat"]
+    assert json.loads((out / "models" / "task-specific" / "chat" / "train_config.json").read_text())[
+        "plain_tasks"] == ["chat"]
+    assert json.loads((out / "models" / "task-specific" / "qa" / "train_config.json").read_text())["plain_tasks"] == []
+    from llm_embedder.embedder import Embedder
+
+    unified = Embedder(out / "models" / "unified", device="cpu")
+    assert unified.instruction("chat", "key") == "" and unified.instruction("qa", "key") != ""
+
 
 class Killed(Exception):
     """Stands for the process being killed."""
@@ -306,6 +323,7 @@ def test_the_demo_runs_its_bf16_fast_modes_only_where_the_cpu_has_bf16():
     ("lr", "KEY=VALUE"), ("epochs=two", "needs a number"), ("repetition=tools=2", "'tools=2', expected TASK=N"),
     ("repetition=tool=0", "'tool=0', expected TASK=N with N at least 1"),
     ("train_seeds=0", "demo setting train_seeds must be at least 1, got 0"),
+    ("plain_tasks=chat,chats", "demo setting plain_tasks: unknown task 'chats'"),
 ])
 def test_demo_cli_rejects_a_bad_setting_before_any_work(tmp_path, setting, message):
     import os

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -93,10 +93,13 @@ class Embedder:
 
             self.device, self.dtype = "cpu", "int8" if backend == "onnx-int8" else "fp32"
             self.model = OnnxEncoder(self.path, precision=self.dtype)  # type: ignore[assignment]
+            self.saved_prompts = dict(self.model.prompts)
             return
         self.model: SentenceTransformer = SentenceTransformer(
             str(self.path), device=self.device, local_files_only=True, **(model_kwargs or {})
         )
+        # the prompts the model was saved with: a task trained without instructions has an empty one
+        self.saved_prompts: dict[str, str] = dict(self.model.prompts or {})
         if dtype == "auto":
             dtype = "fp16" if self.device.startswith("cuda") else "fp32"
         if dtype not in ("fp32", "fp16", "bf16"):
@@ -120,9 +123,18 @@ class Embedder:
         return self.model.tokenizer
 
     def instruction(self, task: str | Task, role: str) -> str:
-        """The prefix this embedder applies to a text of ``role`` for ``task`` ('' without instructions)."""
-        instruction = get_task(task).instruction(role)
-        return instruction if self.use_instructions else ""
+        """The prefix this embedder applies to a text of ``role`` for ``task`` ('' without instructions).
+
+        A model's own saved prompt (``<task>.<role>``, written by ``save``) wins over the registry's instruction:
+        a model trained on a task without instructions (``TrainConfig.plain_tasks``) saved an empty one.
+        """
+        return self.model_instruction(task, role) if self.use_instructions else ""
+
+    def model_instruction(self, task: str | Task, role: str) -> str:
+        """The instruction this model was trained with: its saved prompt if it has one, else the registry's."""
+        task = get_task(task)
+        saved = self.saved_prompts.get(task.prompt_name(role))
+        return task.instruction(role) if saved is None else saved
 
     def encode_queries(
         self, texts: Sequence[str] | str, task: str | Task = "qa", *, batch_size: int | None = None,
@@ -177,11 +189,12 @@ class Embedder:
             encoded = self._count_tokenizer(list(texts), add_special_tokens=True)["input_ids"]
         return int(sum(len(ids) for ids in encoded))
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, plain_tasks: Collection[str] = ()) -> Path:
         """Write a sentence-transformers directory with every task instruction as a named prompt.
 
         ``SentenceTransformer(path).encode(x, prompt_name="qa.query")`` then equals
-        ``encode_queries(x, task="qa")``.
+        ``encode_queries(x, task="qa")``. The tasks in ``plain_tasks`` (trained without instructions) get empty
+        prompts; the others keep this model's own (``model_instruction``).
         """
         if self.backend != "torch":
             raise ValueError(f"save() needs the torch backend (this one runs {self.backend}); save the source model")
@@ -192,7 +205,7 @@ class Embedder:
         for name in list_tasks():
             task = get_task(name)
             for role in ("query", "key"):
-                prompts[task.prompt_name(role)] = task.instruction(role)
+                prompts[task.prompt_name(role)] = "" if name in plain_tasks else self.model_instruction(task, role)
         self.model.prompts = prompts
         self.model.default_prompt_name = None
         self.model.max_seq_length = max(self.query_max_length, self.key_max_length)

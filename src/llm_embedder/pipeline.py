@@ -71,6 +71,9 @@ class PipelineConfig:
     # default: on dev, seeds 0-2, "tool=2" gave +0.7% against task-specific where once each gave +1.0%, and
     # widened the unified model's tool gap to its task-specific model (-0.019 against -0.010 NDCG@5)
     repetition: str = ""
+    # TASK,...: tasks trained and retrieved without their instructions, by the unified model and by their
+    # task-specific models alike (``TrainConfig.plain_tasks``); the base rows are unchanged
+    plain_tasks: str = ""
     eval_queries: int = 60
     # the LLM metric's queries per task: 40 (not 20) halves the variance of the per-query differences, whose
     # standard error (printed by the verdict) is still comparable to the gaps between the dense models
@@ -102,6 +105,16 @@ class PipelineConfig:
         if self.embed_fast not in (None, "bf16"):
             raise ValueError(f"demo setting embed_fast must be bf16 or none, got {self.embed_fast!r}")
         self.repeats()  # checks it
+        self.plain()  # checks it
+
+    def plain(self) -> list[str]:
+        """``plain_tasks`` as a sorted list of task names."""
+        tasks = sorted({part.strip() for part in (self.plain_tasks or "").split(",") if part.strip()})
+        unknown = [task for task in tasks if task not in BUILTIN_TASKS]
+        if unknown:
+            raise ValueError(f"demo setting plain_tasks: unknown task {unknown[0]!r}; "
+                             f"tasks: {', '.join(BUILTIN_TASKS)}")
+        return tasks
 
     def repeats(self) -> dict[str, int]:
         """``repetition`` as task -> how many times its training file enters the mixture (others once)."""
@@ -338,18 +351,22 @@ class Pipeline:
         models = self.models_dir(seed)
         unified = models / "unified"
         task_files = self.task_files(files)
-        runs = [(unified, [path for paths in task_files.values() for path in paths], sum(steps.values()))]
-        runs += [(models / "task-specific" / task, paths, steps[task]) for task, paths in task_files.items()]
-        for out, data, max_steps in runs:
+        plain = self.cfg.plain()
+        runs = [(unified, [path for paths in task_files.values() for path in paths], sum(steps.values()), plain)]
+        runs += [(models / "task-specific" / task, paths, steps[task], [t for t in plain if t == task])
+                 for task, paths in task_files.items()]
+        for out, data, max_steps, plain_tasks in runs:
             if max_steps == 0 and out != unified:
                 self.console.print(f"[yellow]{out.name}: not trained (no full batch of {self.cfg.batch_size} "
                                    "examples after the filters)[/]")
                 shutil.rmtree(out, ignore_errors=True)
                 continue
             try:
+                # only a model with plain tasks records them, so models trained before the setting stay valid
+                extra = {"plain_tasks": plain_tasks} if plain_tasks else {}
                 config = TrainConfig(data=data, out=str(out), max_steps=max_steps, save_steps=CHECKPOINT_EVERY,
-                                     **common)
-                if train_once(out, {"data": data, "max_steps": max_steps, **common},
+                                     **common, **extra)
+                if train_once(out, {"data": data, "max_steps": max_steps, **common, **extra},
                               lambda resume, config=config: train(replace(config, resume=resume)), self.console):
                     self.retrained.add(seed)
             except ValueError as err:  # a task-specific run the trainer refuses is reported, not fatal

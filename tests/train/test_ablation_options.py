@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from train_fixtures import write_task_file
@@ -135,8 +136,53 @@ def test_cli_passes_the_ablation_flags(monkeypatch, tmp_path) -> None:
     data = write_task_file(tmp_path / "qa" / "train.jsonl", "qa", 2, scores=True)
     result = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "o"), "--no-instructions",
                                       "--no-homogeneous", "--hard-labels", "--loss-override", "qa=kl_distill",
-                                      "--loss-override", "icl=kl_distill", "--temperature", "0.05"])
+                                      "--loss-override", "icl=kl_distill", "--temperature", "0.05",
+                                      "--plain-task", "chat", "--plain-task", "icl"])
     assert result.exit_code == 0, result.output
     cfg = seen["cfg"]
     assert not cfg.instructions and not cfg.homogeneous and cfg.hard_labels and cfg.temperature == 0.05
-    assert cfg.loss_override == {"qa": "kl_distill", "icl": "kl_distill"}
+    assert cfg.loss_override == {"qa": "kl_distill", "icl": "kl_distill"} and cfg.plain_tasks == ["chat", "icl"]
+
+
+def test_plain_tasks_train_without_their_instructions_and_save_empty_prompts(data_dir, tmp_path,
+                                                                              tiny_embedder_dir) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from llm_embedder.embedder import Embedder
+    from llm_embedder.tasks import get_task
+
+    cfg = config(data_dir, tmp_path / "plain", tiny_embedder_dir, plain_tasks=["chat"])
+    files = load_training_files(cfg.data, cfg.group_size, cfg.seed)
+    trainer = trainer_module.build_trainer(cfg, files)
+    tokenizer = trainer.model.tokenizer
+    by_task = {f.task: f for f in files}
+    chat = trainer.data_collator(rows([by_task["chat"]], 2))
+    qa = trainer.data_collator(rows([by_task["qa"]], 2))
+    assert tokenizer.decode(chat["query_input_ids"][0], skip_special_tokens=True) == "chat question number 0"
+    assert tokenizer.decode(qa["query_input_ids"][0], skip_special_tokens=True).startswith("represent this query")
+
+    out = trainer_module.train(cfg)
+    prompts = json.loads((out / "config_sentence_transformers.json").read_text())["prompts"]
+    assert prompts["chat.query"] == prompts["chat.key"] == ""
+    assert prompts["qa.query"] == get_task("qa").query_instruction
+    assert "saved as empty prompts: chat" in (out / "TRAINING_CARD.md").read_text()
+    # the trained model retrieves chat plain through our Embedder and through plain sentence-transformers alike
+    embedder = Embedder(out, device="cpu")
+    assert embedder.instruction("chat", "query") == "" and embedder.instruction("qa", "query") == prompts["qa.query"]
+    texts = ["what did we say about the trip?"]
+    theirs = SentenceTransformer(str(out), device="cpu").encode(texts, prompt_name="chat.query",
+                                                                normalize_embeddings=True)
+    np.testing.assert_allclose(embedder.encode_queries(texts, "chat"), theirs, atol=1e-5)
+    assert not np.allclose(embedder.encode_queries(texts, "chat"), embedder.encode_queries(texts, "qa"), atol=1e-3)
+    # saved again (say, by an export), the model keeps its empty prompts
+    embedder.save(tmp_path / "again")
+    assert Embedder(tmp_path / "again", device="cpu").instruction("chat", "key") == ""
+    assert Embedder(out, device="cpu", use_instructions=False).instruction("qa", "query") == ""
+
+
+def test_unknown_plain_task_is_refused_before_training(data_dir, tmp_path, tiny_embedder_dir) -> None:
+    with pytest.raises(ValueError, match="plain_tasks: unknown task 'chats'"):
+        trainer_module.train(config(data_dir, tmp_path / "bad", tiny_embedder_dir, plain_tasks=["chats"]))
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(ValueError, match="plain_tasks must be a list"):
+        TrainConfig(plain_tasks="chat")

@@ -40,6 +40,9 @@ def train_command(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in OUT.")] = False,
     instructions: Annotated[bool | None, typer.Option("--instructions/--no-instructions",
                                                       help="Ablation: train without instruction prefixes.")] = None,
+    plain_task: Annotated[list[str] | None, typer.Option("--plain-task",
+                                                         help="Train this task without its instructions; the "
+                                                         "model saves empty prompts for it (repeatable).")] = None,
     homogeneous: Annotated[bool | None, typer.Option("--homogeneous/--no-homogeneous",
                                                      help="Ablation: mix tasks within a batch (one process).")] = None,
     interleave_tasks: Annotated[bool | None, typer.Option("--interleave-tasks/--no-interleave-tasks",
@@ -65,7 +68,8 @@ def train_command(
         batch_size=batch_size, group_size=group_size, lr=lr, temperature=temperature, query_max_length=query_max_length,
         key_max_length=key_max_length, save_steps=save_steps, seed=seed, self_paced=self_paced, cpu_bf16=cpu_bf16,
         task_files=[str(p) for p in task_file] if task_file else None, device=device, resume=resume or None,
-        instructions=instructions, homogeneous=homogeneous, interleave_tasks=interleave_tasks,
+        instructions=instructions, plain_tasks=plain_task or None, homogeneous=homogeneous,
+        interleave_tasks=interleave_tasks,
         hard_labels=hard_labels, loss_override=parse_loss_override(loss_override) if loss_override else None,
     )
     result = train(cfg)

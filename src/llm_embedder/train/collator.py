@@ -29,6 +29,7 @@ class GroupCollator(SentenceTransformerDataCollator):
     query_max_length: int = 256
     key_max_length: int = 256
     use_instructions: bool = True
+    plain_tasks: frozenset[str] = frozenset()  # tasks tokenised without their instructions
     mixed: bool = False
 
     def task_of(self, row: dict[str, Any]) -> str | None:
@@ -62,7 +63,8 @@ class GroupCollator(SentenceTransformerDataCollator):
             "keys": ([key for row in features for key in row["keys"]], "key", self.key_max_length),
         }
         for column, (texts, role, max_length) in columns.items():
-            prompt = task.instruction(role) if self.use_instructions else None
+            plain = not self.use_instructions or task.name in self.plain_tasks
+            prompt = None if plain else task.instruction(role)
             encoded = self.preprocess_fn(texts, prompt=prompt or None, max_length=max_length)
             for key, value in encoded.items():
                 batch[f"{column}_{key}"] = value

@@ -47,6 +47,9 @@ class TrainConfig:
     device: str | None = None
     # ablations (recipe §4): each default is the paper's method
     instructions: bool = True  # False: queries and keys as plain text (prompts are still saved)
+    # tasks trained without their instructions; the model saves empty prompts for them, so it retrieves them
+    # plain too (``Embedder`` and plain sentence-transformers alike), every other task with its instructions
+    plain_tasks: list[str] = field(default_factory=list)
     homogeneous: bool = True  # False: batches mix tasks; the loss is computed per task subgroup
     # homogeneous batches spread evenly over each epoch, task by task; False: one random shuffle of all batches
     interleave_tasks: bool = True
@@ -68,6 +71,8 @@ class TrainConfig:
         for task, loss in self.loss_override.items():
             if loss not in LOSSES:
                 raise ValueError(f"loss_override {task}={loss}: unknown loss; known: {', '.join(LOSSES)}")
+        if isinstance(self.plain_tasks, str) or not all(isinstance(t, str) and t for t in self.plain_tasks):
+            raise ValueError(f"plain_tasks must be a list of task names, got {self.plain_tasks!r}")
         if self.self_paced and not self.homogeneous:
             raise ValueError("self_paced needs homogeneous batches (one task per step)")
 

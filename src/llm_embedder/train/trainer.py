@@ -8,6 +8,7 @@ no fixed per-key columns) and ``compute_loss`` (to record each step's dataset, t
 ``OUT/logs/steps.rank<r>.jsonl``). The loss is a dict keyed by dataset name, so the trainer picks each
 batch's loss from the dataset's task recipe in the registry.
 
+``plain_tasks`` tokenises those tasks as plain text (and the model saves empty prompts for them).
 Ablations (``TrainConfig``): ``instructions=False`` tokenises plain text; ``homogeneous=False`` draws batches
 uniformly from all datasets (``sampler.MixedBatchSampler``, one process only), the collator splits a batch by
 task and the loss is the count-weighted mean of each task subgroup's loss (in-batch negatives stay within a
@@ -179,7 +180,8 @@ def build_trainer(config: TrainConfig, files: list[TrainingFile]):
     collator = GroupCollator(
         preprocess_fn=model.preprocess, dataset_tasks=dataset_tasks,
         query_max_length=config.query_max_length, key_max_length=config.key_max_length,
-        use_instructions=config.instructions, mixed=not config.homogeneous,
+        use_instructions=config.instructions, plain_tasks=frozenset(config.plain_tasks),
+        mixed=not config.homogeneous,
     )
     callbacks = []
     if config.self_paced:
@@ -210,7 +212,7 @@ def latest_checkpoint(out: Path) -> str | None:
 
 def train(config: TrainConfig) -> Path:
     """Validate all data, train, and write the model (with prompts), TRAINING_CARD.md and loss_curves.png."""
-    from llm_embedder.tasks import register_tasks_from_file
+    from llm_embedder.tasks import UnknownTaskError, get_task, register_tasks_from_file
 
     if not config.data:
         raise ValueError("no training data given (--data FILE_OR_DIR ...)")
@@ -219,6 +221,11 @@ def train(config: TrainConfig) -> Path:
     out = Path(config.out)
     for task_file in config.task_files:
         register_tasks_from_file(task_file)
+    for task in config.plain_tasks:  # an unknown name fails here, before any data is read
+        try:
+            get_task(task)
+        except UnknownTaskError as err:
+            raise ValueError(f"plain_tasks: {err}") from None
     rank, world_size = distributed_env()
     if world_size > 1 and not config.homogeneous:
         raise ValueError("homogeneous=False (mixed batches) runs in one process only")
@@ -256,7 +263,7 @@ def save_outputs(trainer, config: TrainConfig, files, batches: dict[str, int], w
     out = Path(config.out)
     trainer.model.save(str(out))
     Embedder(out, device="cpu", query_max_length=config.query_max_length,
-             key_max_length=config.key_max_length).save(out)
+             key_max_length=config.key_max_length).save(out, plain_tasks=config.plain_tasks)
     config.save(out / "train_config.json")
     extra: dict[str, Any] = {"world_size": world_size, "seconds": seconds, "resumed_from": resumed_from,
                              "global_step": trainer.state.global_step}
