@@ -178,6 +178,12 @@ def test_plain_tasks_train_without_their_instructions_and_save_empty_prompts(dat
     embedder.save(tmp_path / "again")
     assert Embedder(tmp_path / "again", device="cpu").instruction("chat", "key") == ""
     assert Embedder(out, device="cpu", use_instructions=False).instruction("qa", "query") == ""
+    # trained further with the default settings, it keeps training chat plain (its own prompts win), as it saves
+    further = trainer_module.build_trainer(config(data_dir, tmp_path / "further", out), files)
+    chat = further.data_collator(rows([by_task["chat"]], 2))
+    qa = further.data_collator(rows([by_task["qa"]], 2))
+    assert tokenizer.decode(chat["query_input_ids"][0], skip_special_tokens=True) == "chat question number 0"
+    assert tokenizer.decode(qa["query_input_ids"][0], skip_special_tokens=True).startswith("represent this query")
 
 
 def test_unknown_plain_task_is_refused_before_training(data_dir, tmp_path, tiny_embedder_dir) -> None:

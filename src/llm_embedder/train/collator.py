@@ -30,6 +30,9 @@ class GroupCollator(SentenceTransformerDataCollator):
     key_max_length: int = 256
     use_instructions: bool = True
     plain_tasks: frozenset[str] = frozenset()  # tasks tokenised without their instructions
+    # the base model's own saved prompts (``<task>.<role>``): they win over the registry, as in ``Embedder``, so a
+    # model trained further keeps the instructions it was trained with (an empty one for a plain task)
+    saved_prompts: dict[str, str] = field(default_factory=dict)
     mixed: bool = False
 
     def task_of(self, row: dict[str, Any]) -> str | None:
@@ -64,7 +67,7 @@ class GroupCollator(SentenceTransformerDataCollator):
         }
         for column, (texts, role, max_length) in columns.items():
             plain = not self.use_instructions or task.name in self.plain_tasks
-            prompt = None if plain else task.instruction(role)
+            prompt = None if plain else self.saved_prompts.get(task.prompt_name(role), task.instruction(role))
             encoded = self.preprocess_fn(texts, prompt=prompt or None, max_length=max_length)
             for key, value in encoded.items():
                 batch[f"{column}_{key}"] = value

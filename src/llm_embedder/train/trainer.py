@@ -181,7 +181,7 @@ def build_trainer(config: TrainConfig, files: list[TrainingFile]):
         preprocess_fn=model.preprocess, dataset_tasks=dataset_tasks,
         query_max_length=config.query_max_length, key_max_length=config.key_max_length,
         use_instructions=config.instructions, plain_tasks=frozenset(config.plain_tasks),
-        mixed=not config.homogeneous,
+        saved_prompts=dict(model.prompts or {}), mixed=not config.homogeneous,
     )
     callbacks = []
     if config.self_paced:
