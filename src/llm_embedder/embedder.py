@@ -132,9 +132,7 @@ class Embedder:
 
     def model_instruction(self, task: str | Task, role: str) -> str:
         """The instruction this model was trained with: its saved prompt if it has one, else the registry's."""
-        task = get_task(task)
-        saved = self.saved_prompts.get(task.prompt_name(role))
-        return task.instruction(role) if saved is None else saved
+        return get_task(task).model_instruction(role, self.saved_prompts)
 
     def encode_queries(
         self, texts: Sequence[str] | str, task: str | Task = "qa", *, batch_size: int | None = None,

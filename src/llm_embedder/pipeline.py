@@ -355,7 +355,7 @@ class Pipeline:
         task_files = self.task_files(files)
         plain = self.cfg.plain()
         runs = [(unified, [path for paths in task_files.values() for path in paths], sum(steps.values()), plain)]
-        runs += [(models / "task-specific" / task, paths, steps[task], [t for t in plain if t == task])
+        runs += [(models / "task-specific" / task, paths, steps[task], [task] if task in plain else [])
                  for task, paths in task_files.items()]
         for out, data, max_steps, plain_tasks in runs:
             if max_steps == 0 and out != unified:

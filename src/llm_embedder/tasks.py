@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from pathlib import Path
@@ -70,6 +71,12 @@ class Task:
         if role == "key":
             return self.key_instruction
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+
+    def model_instruction(self, role: str, saved_prompts: Mapping[str, str]) -> str:
+        """The instruction a model applies for this role: its own saved prompt (``<task>.<role>``; empty for a task
+        it was trained on without instructions) if it has one, else the registry's."""
+        saved = saved_prompts.get(self.prompt_name(role))
+        return self.instruction(role) if saved is None else saved
 
     def prompt_name(self, role: str) -> str:
         """The sentence-transformers prompt name for a role, e.g. ``qa.query``."""

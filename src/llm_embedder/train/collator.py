@@ -67,7 +67,7 @@ class GroupCollator(SentenceTransformerDataCollator):
         }
         for column, (texts, role, max_length) in columns.items():
             plain = not self.use_instructions or task.name in self.plain_tasks
-            prompt = None if plain else self.saved_prompts.get(task.prompt_name(role), task.instruction(role))
+            prompt = None if plain else task.model_instruction(role, self.saved_prompts)
             encoded = self.preprocess_fn(texts, prompt=prompt or None, max_length=max_length)
             for key, value in encoded.items():
                 batch[f"{column}_{key}"] = value
