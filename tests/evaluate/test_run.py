@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from llm_embedder.evaluate import DenseRanker, run_evaluation, write_report
-from llm_embedder.evaluate.rankers import BM25Ranker, RecencyRanker, dense_systems
+from llm_embedder.evaluate.rankers import BM25Ranker, GoldRanker, RecencyRanker, dense_systems
 from llm_embedder.evaluate.run import load_task_data
 from llm_embedder.io import DataError
 
@@ -73,6 +73,34 @@ def test_lexical_and_recency_rankers(suite):
     assert BM25Ranker().rank("qa", qa.queries, qa.candidates, 2)[0][0] == 0
     chat = load_task_data(suite, "chat")
     assert RecencyRanker().rank("chat", chat.queries, chat.candidates, 5) == [[1, 0]]
+
+
+def test_gold_ranker_puts_the_labelled_items_first_then_the_fallback_s(suite):
+    qa = load_task_data(suite, "qa")
+    bm25 = BM25Ranker().rank("qa", qa.queries, qa.candidates, 3)
+    gold = GoldRanker([[2, 2], []]).rank("qa", qa.queries, qa.candidates, 2)
+    assert gold[0] == [2, next(i for i in bm25[0] if i != 2)]  # a repeated label counts once
+    assert gold[1] == bm25[1][:2]  # no label: the fallback's order
+    chat = load_task_data(suite, "chat")
+    assert GoldRanker(chat.golds, fallback=RecencyRanker()).rank("chat", chat.queries, chat.candidates, 5) == [[1, 0]]
+    assert GoldRanker([[0]], fallback=RecencyRanker()).rank("chat", chat.queries, chat.candidates, 1) == [[0]]
+    with pytest.raises(ValueError, match="labels for 1 queries, asked to rank 2"):
+        GoldRanker([[0]]).rank("qa", qa.queries, qa.candidates, 2)
+
+
+def test_gold_row_reads_the_ceiling_beside_the_systems(suite, tmp_path):
+    lm = ContainsAnswerLM()
+    wrong = {"qa": [[2, 1, 0], [2, 0, 1]], "chat": [[0, 1]]}
+    results = run_evaluation(suite, ["qa", "chat"], {"wrong": lambda t: FixedRanker("wrong", wrong[t])},
+                             tmp_path / "eval", lm=lm, baselines=False, gold=True, generate=False)
+    assert list(results["qa"]) == ["gold", "wrong"]
+    assert results["qa"]["gold"]["ndcg@1"] == 1.0 and results["qa"]["wrong"]["ndcg@1"] == 0.0
+    # one item in chat's prompt: the gold turn holds "red", the other system's first turn does not
+    assert results["chat"]["gold"]["gold_loglik"] == -0.5 and results["chat"]["wrong"]["gold_loglik"] == -4.0
+    # without the flag there is no such row
+    plain = run_evaluation(suite, ["qa"], {"wrong": lambda t: FixedRanker("wrong", wrong[t])}, tmp_path / "plain",
+                           lm=lm, baselines=False, generate=False)
+    assert list(plain["qa"]) == ["wrong"]
 
 
 def test_dense_ranker_encodes_shared_candidates_once(tiny_embedder):

@@ -52,6 +52,8 @@ def evaluate_command(
     max_corpus: Annotated[int | None, typer.Option(help="Search all gold docs plus a fixed sample, this many.")] = None,
     max_candidates: Annotated[int | None, typer.Option(help="Per-query candidates kept: gold + most recent.")] = None,
     baselines: Annotated[bool, typer.Option(help="Include none/random/recency/BM25 baselines.")] = True,
+    gold: Annotated[bool, typer.Option(
+        help="Add a 'gold' row: the labelled items first, then BM25's (the ceiling retrieval can reach).")] = False,
     generate: Annotated[bool, typer.Option(help="Also measure greedy-answer accuracy (qa; slower).")] = True,
     prompt_items: Annotated[list[str] | None, typer.Option(
         help="TASK=N: N retrieved items in that task's LLM prompt instead of its default (repeatable).")] = None,
@@ -83,7 +85,7 @@ def evaluate_command(
 
         lm = CausalLM(llm, device=device, fast=embed_fast)
     results = run_evaluation(
-        data, task_names, systems, out, lm=lm, baselines=baselines, split=split, max_queries=max_queries,
+        data, task_names, systems, out, lm=lm, baselines=baselines, gold=gold, split=split, max_queries=max_queries,
         max_llm_queries=max_llm_queries, max_corpus=max_corpus, max_candidates=max_candidates,
         generate=generate, prompt_items=items, embed_fast=embed_fast,
     )

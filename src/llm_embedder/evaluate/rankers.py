@@ -1,4 +1,5 @@
-"""The retrievers compared in an evaluation: dense (any embedder), BM25, random, recency, none.
+"""The retrievers compared in an evaluation: dense (any embedder), BM25, random, recency, none, and gold (the
+labelled items first: a ceiling, not a competitor).
 
 Each ranks, per query, either a shared corpus or the query's own candidates (chat history turns,
 earlier lrlm chunks). They share one method: ``rank(task, queries, candidates, k)`` where ``candidates``
@@ -130,6 +131,30 @@ class NoRetrieval:
 
     def rank(self, task: str, queries: Sequence[str], candidates: Candidates, k: int) -> list[list[int]]:
         return [[] for _ in queries]
+
+
+class GoldRanker:
+    """The labelled relevant candidates first (in their listed order), then the rest in a fallback ranker's order.
+
+    Not a retriever but a ceiling: what the LLM metric reads when every labelled item is found, so an evaluation
+    shows how much a task's downstream metric can move with retrieval at all. ``golds`` holds one list of
+    candidate ids per query, as ``TaskData.golds``; the fallback (BM25 by default) fills the prompt's other slots
+    so that the LLM sees as many items as with any other system.
+    """
+
+    name = "gold"
+
+    def __init__(self, golds: Sequence[Sequence[int]], fallback: Ranker | None = None):
+        self.golds = [list(dict.fromkeys(gold)) for gold in golds]
+        self.fallback = fallback or BM25Ranker()
+
+    def rank(self, task: str, queries: Sequence[str], candidates: Candidates, k: int) -> list[list[int]]:
+        if len(self.golds) != len(queries):
+            raise ValueError(f"task {task}: gold ranker holds labels for {len(self.golds)} queries, "
+                             f"asked to rank {len(queries)}")
+        depth = k + max((len(gold) for gold in self.golds), default=0)
+        others = self.fallback.rank(task, queries, candidates, depth)
+        return [(gold + [i for i in rest if i not in gold])[:k] for gold, rest in zip(self.golds, others, strict=True)]
 
 
 def dense_systems(

@@ -19,7 +19,7 @@ from rich.progress import Progress
 
 from llm_embedder.evaluate.downstream import DOWNSTREAM, downstream_metrics, main_metric
 from llm_embedder.evaluate.metrics import per_query_metric, retrieval_metrics
-from llm_embedder.evaluate.rankers import BM25Ranker, NoRetrieval, RandomRanker, Ranker, RecencyRanker
+from llm_embedder.evaluate.rankers import BM25Ranker, GoldRanker, NoRetrieval, RandomRanker, Ranker, RecencyRanker
 from llm_embedder.io import DataError, read_jsonl
 
 RESULTS_FILE = "results.json"
@@ -233,6 +233,7 @@ def run_evaluation(
     *,
     lm=None,
     baselines: bool = True,
+    gold: bool = False,
     split: str = "test",
     max_queries: int | None = None,
     max_llm_queries: int | None = None,
@@ -244,7 +245,8 @@ def run_evaluation(
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Evaluate every system (name -> factory(task) -> Ranker, or None to skip the task) and the baselines on
     each task; resumable. ``prompt_items`` (task -> n) puts n retrieved items in that task's LLM prompt instead
-    of its ``DOWNSTREAM`` default. ``embed_fast`` is the fast mode the caller built the dense systems with
+    of its ``DOWNSTREAM`` default. ``gold`` adds the ``GoldRanker`` row, the ceiling a retriever that finds every
+    labelled item reaches. ``embed_fast`` is the fast mode the caller built the dense systems with
     (``dense_systems(fast=...)``): it is kept with the settings, so results encoded otherwise are not mixed in."""
     check_prompt_items(prompt_items or {})
     out_dir = Path(out_dir)
@@ -276,6 +278,8 @@ def run_evaluation(
             data = load_task_data(data_dir, task, split, max_queries, **limits)
             memo: dict = {}
             rankers = [(r.name, lambda r=r: r) for r in baseline_rankers(task, data.per_query)] if baselines else []
+            if gold:
+                rankers.append((GoldRanker.name, lambda g=data.golds: GoldRanker(g)))
             rankers += [(name, lambda f=factory, t=task: f(t)) for name, factory in systems.items()]
             order[task] = [name for name, _ in rankers]
             for name, make in rankers:
