@@ -86,6 +86,9 @@ class PipelineConfig:
     # of evaluation over 4, paid for by encoding each per-query candidate once and by ``embed_fast``
     icl_examples: int = 8
     generate: bool = False
+    # a "gold" row in the table: the labelled items first, then BM25's (``GoldRanker``): the ceiling of each task's
+    # LLM metric, how far retrieval can move it. Off by default: one more system for the LLM, about a minute
+    gold: bool = False
     # the LLM's CPU fast mode: bf16 Linear layers where the CPU has bf16 matmuls (ranks candidates like exact
     # scores, Spearman ~0.99 in benchmarks/bench_reward.py), else exact; "none" for exact, "int8" for int8
     llm_fast: str | None = field(default_factory=default_cpu_fast)
@@ -417,11 +420,12 @@ class Pipeline:
             max_queries=self.cfg.eval_queries,
             max_llm_queries=self.cfg.llm_queries, max_corpus=self.cfg.max_corpus,
             max_candidates=self.cfg.max_candidates, generate=self.cfg.generate,
-            prompt_items=prompt_items(vars(self.cfg)), embed_fast=self.cfg.embed_fast,
+            prompt_items=prompt_items(vars(self.cfg)), embed_fast=self.cfg.embed_fast, gold=self.cfg.gold,
         )
-        # a further seed's results that this run did not ask for stay cached, out of its report and verdict
+        # a further seed's results, or the gold row, that this run did not ask for stay cached, out of its report
+        # and verdict
         results = {task: {name: metrics for name, metrics in by_system.items()
-                          if name in models or not SEED_SYSTEM.fullmatch(name)}
+                          if (name in models or not SEED_SYSTEM.fullmatch(name)) and (self.cfg.gold or name != "gold")}
                    for task, by_system in results.items()}
         plots = write_report(results, eval_dir)
         summary = (eval_dir / "results.md").read_text(encoding="utf-8").split("###")[0]
