@@ -97,6 +97,9 @@ def test_gold_row_reads_the_ceiling_beside_the_systems(suite, tmp_path):
     assert results["qa"]["gold"]["ndcg@1"] == 1.0 and results["qa"]["wrong"]["ndcg@1"] == 0.0
     # one item in chat's prompt: the gold turn holds "red", the other system's first turn does not
     assert results["chat"]["gold"]["gold_loglik"] == -0.5 and results["chat"]["wrong"]["gold_loglik"] == -4.0
+    with pytest.raises(ValueError, match="a system is named 'gold', the name of the gold row"):
+        run_evaluation(suite, ["qa"], {"gold": lambda t: FixedRanker("gold", wrong[t])}, tmp_path / "clash",
+                       lm=lm, baselines=False, gold=True, generate=False)
     # without the flag there is no such row
     plain = run_evaluation(suite, ["qa"], {"wrong": lambda t: FixedRanker("wrong", wrong[t])}, tmp_path / "plain",
                            lm=lm, baselines=False, generate=False)

@@ -249,6 +249,8 @@ def run_evaluation(
     labelled item reaches. ``embed_fast`` is the fast mode the caller built the dense systems with
     (``dense_systems(fast=...)``): it is kept with the settings, so results encoded otherwise are not mixed in."""
     check_prompt_items(prompt_items or {})
+    if gold and GoldRanker.name in systems:
+        raise ValueError(f"a system is named {GoldRanker.name!r}, the name of the gold row: rename it")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {
