@@ -86,8 +86,8 @@ class PipelineConfig:
     # of evaluation over 4, paid for by encoding each per-query candidate once and by ``embed_fast``
     icl_examples: int = 8
     generate: bool = False
-    # a "gold" row in the table: the labelled items first, then BM25's (``GoldRanker``): the ceiling of each task's
-    # LLM metric, how far retrieval can move it. Off by default: one more system for the LLM, about a minute
+    # a "gold" row in the table: the labelled items first, then BM25's (``GoldRanker``): each task's LLM metric with
+    # every labelled item found. Off by default: one more system for the LLM, about 100 s
     gold: bool = False
     # the LLM's CPU fast mode: bf16 Linear layers where the CPU has bf16 matmuls (ranks candidates like exact
     # scores, Spearman ~0.99 in benchmarks/bench_reward.py), else exact; "none" for exact, "int8" for int8

@@ -53,7 +53,7 @@ def evaluate_command(
     max_candidates: Annotated[int | None, typer.Option(help="Per-query candidates kept: gold + most recent.")] = None,
     baselines: Annotated[bool, typer.Option(help="Include none/random/recency/BM25 baselines.")] = True,
     gold: Annotated[bool, typer.Option(
-        help="Add a 'gold' row: the labelled items first, then BM25's (the ceiling retrieval can reach).")] = False,
+        help="Add a 'gold' row: the labelled items first, then BM25's (every labelled item found).")] = False,
     generate: Annotated[bool, typer.Option(help="Also measure greedy-answer accuracy (qa; slower).")] = True,
     prompt_items: Annotated[list[str] | None, typer.Option(
         help="TASK=N: N retrieved items in that task's LLM prompt instead of its default (repeatable).")] = None,

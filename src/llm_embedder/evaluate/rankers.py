@@ -1,5 +1,5 @@
 """The retrievers compared in an evaluation: dense (any embedder), BM25, random, recency, none, and gold (the
-labelled items first: a ceiling, not a competitor).
+labelled items first: a reference row, not a competitor).
 
 Each ranks, per query, either a shared corpus or the query's own candidates (chat history turns,
 earlier lrlm chunks). They share one method: ``rank(task, queries, candidates, k)`` where ``candidates``
@@ -136,10 +136,11 @@ class NoRetrieval:
 class GoldRanker:
     """The labelled relevant candidates first (in their listed order), then the rest in a fallback ranker's order.
 
-    Not a retriever but a ceiling: what the LLM metric reads when every labelled item is found, so an evaluation
-    shows how much a task's downstream metric can move with retrieval at all. ``golds`` holds one list of
-    candidate ids per query, as ``TaskData.golds``; the fallback (BM25 by default) fills the prompt's other slots
-    so that the LLM sees as many items as with any other system.
+    Not a retriever but a reference: what the LLM metric reads when every labelled item is found. Above the
+    retrievers, it shows how far retrieval can still move the metric; at or below one of them, that the LLM
+    does not find the labelled items the most useful, so the labels do not say what helps it. ``golds`` holds one
+    list of candidate ids per query, as ``TaskData.golds``; the fallback (BM25 by default) fills the prompt's other
+    slots so that the LLM sees as many items as with any other system.
     """
 
     name = "gold"

@@ -245,8 +245,8 @@ def run_evaluation(
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Evaluate every system (name -> factory(task) -> Ranker, or None to skip the task) and the baselines on
     each task; resumable. ``prompt_items`` (task -> n) puts n retrieved items in that task's LLM prompt instead
-    of its ``DOWNSTREAM`` default. ``gold`` adds the ``GoldRanker`` row, the ceiling a retriever that finds every
-    labelled item reaches. ``embed_fast`` is the fast mode the caller built the dense systems with
+    of its ``DOWNSTREAM`` default. ``gold`` adds the ``GoldRanker`` row: the metrics with every labelled item
+    found. ``embed_fast`` is the fast mode the caller built the dense systems with
     (``dense_systems(fast=...)``): it is kept with the settings, so results encoded otherwise are not mixed in."""
     check_prompt_items(prompt_items or {})
     if gold and GoldRanker.name in systems:
