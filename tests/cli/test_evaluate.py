@@ -42,7 +42,7 @@ def test_prompt_items_sets_how_many_items_the_llm_sees(qa_suite, tiny_embedder_d
     assert per_query[0] != per_query[1]  # one passage in the prompt against the default three
 
 
-def test_gold_adds_the_ceiling_row(qa_suite, tiny_embedder_dir, tiny_lm_dir, tmp_path):
+def test_gold_adds_the_labelled_items_row(qa_suite, tiny_embedder_dir, tiny_lm_dir, tmp_path):
     result = evaluate(qa_suite, tmp_path / "out", tiny_embedder_dir, tiny_lm_dir, "--gold")
     assert result.returncode == 0, result.stderr
     results = json.loads((tmp_path / "out" / "results.json").read_text())

@@ -75,7 +75,7 @@ def test_lexical_and_recency_rankers(suite):
     assert RecencyRanker().rank("chat", chat.queries, chat.candidates, 5) == [[1, 0]]
 
 
-def test_gold_ranker_puts_the_labelled_items_first_then_the_fallback_s(suite):
+def test_gold_ranker_puts_the_labelled_items_first_then_the_fallback_order(suite):
     qa = load_task_data(suite, "qa")
     bm25 = BM25Ranker().rank("qa", qa.queries, qa.candidates, 3)
     gold = GoldRanker([[2, 2], []]).rank("qa", qa.queries, qa.candidates, 2)
@@ -88,7 +88,7 @@ def test_gold_ranker_puts_the_labelled_items_first_then_the_fallback_s(suite):
         GoldRanker([[0]]).rank("qa", qa.queries, qa.candidates, 2)
 
 
-def test_gold_row_reads_the_ceiling_beside_the_systems(suite, tmp_path):
+def test_gold_row_sits_beside_the_systems_when_asked_for(suite, tmp_path):
     lm = ContainsAnswerLM()
     wrong = {"qa": [[2, 1, 0], [2, 0, 1]], "chat": [[0, 1]]}
     results = run_evaluation(suite, ["qa", "chat"], {"wrong": lambda t: FixedRanker("wrong", wrong[t])},
