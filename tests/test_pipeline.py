@@ -1,7 +1,10 @@
 """The demo pipeline end to end on tiny models (real data build, reward, training, evaluation), and its resume."""
 
 import json
+import os
 import random
+import shutil
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -154,6 +157,7 @@ def test_pipeline_runs_end_to_end_and_resumes(tiny_embedder_dir, tiny_lm_dir, tm
     assert list(cached) == list(results) and all(list(cached[t]) == list(results[t]) for t in results)
     text = again.export_text()
     assert "already trained on these inputs" in text and "(cached)" in text
+    check_stamps_follow_the_files(out, tmp_path / "copied" / "demo", tiny_embedder_dir, tiny_lm_dir)
 
     # a second training seed: its models go to models/seed1/, the first seed's models and results are re-used,
     # and the verdict is that of the two seeds' mean
@@ -240,6 +244,59 @@ def test_pipeline_runs_end_to_end_and_resumes(tiny_embedder_dir, tiny_lm_dir, tm
 
     unified = Embedder(out / "models" / "unified", device="cpu")
     assert unified.instruction("chat", "key") == "" and unified.instruction("qa", "key") != ""
+
+
+def check_stamps_follow_the_files(out, copy, tiny_embedder_dir, tiny_lm_dir):
+    """A model's stamp holds each training file's path inside the run dir and its digest: a copied run keeps its
+    models and results, a model stamped the older way (paths only) is kept while its files are unchanged, and a
+    changed file retrains what was made from it."""
+    def run(cfg=TINY):
+        console = Console(record=True, width=200)
+        results = run_pipeline(copy, base=str(tiny_embedder_dir), llm=str(tiny_lm_dir), console=console, cfg=cfg)
+        kept = [line.split(":")[0] for line in console.export_text().splitlines() if "already trained" in line]
+        return results, {Path(line).name for line in kept}
+
+    def mark_cached_results():
+        results = json.loads((copy / "eval" / "results.json").read_text())
+        results["qa"]["unified"]["cached"] = 1.0
+        (copy / "eval" / "results.json").write_text(json.dumps(results))
+
+    shutil.copytree(out, copy)
+    models = [copy / "models" / "unified", *sorted((copy / "models" / "task-specific").iterdir())]
+    names = {model.name for model in models}
+    mark_cached_results()
+    results, kept = run()
+    assert kept == names and results["qa"]["unified"]["cached"] == 1.0
+    stamp = json.loads((copy / "models" / "task-specific" / "tool" / "pipeline_inputs.json").read_text())
+    assert stamp["data"] == [f"train/tool/candidates.jsonl sha256:{stamp['data'][0].split('sha256:')[1]}"] * 2
+
+    def legacy(stamp):  # the stamps written before they held digests: the paths as the run dir spells them
+        return {**stamp, "data": [str(copy / entry.split(" sha256:")[0]) for entry in stamp["data"]]}
+
+    for model in models:
+        stamp_file = model / "pipeline_inputs.json"
+        stamp_file.write_text(json.dumps(legacy(json.loads(stamp_file.read_text()))))
+    measured = json.loads((copy / "eval" / "models.json").read_text())
+    (copy / "eval" / "models.json").write_text(json.dumps({name: legacy(stamp) if stamp else stamp
+                                                           for name, stamp in measured.items()}))
+    settings = json.loads((copy / "eval" / "settings.json").read_text())
+    assert settings["data"] == "../data"
+    (copy / "eval" / "settings.json").write_text(json.dumps({**settings, "data": str((copy / "data").resolve())}))
+    results, kept = run()
+    assert kept == names and results["qa"]["unified"]["cached"] == 1.0
+    assert "sha256:" in json.loads((models[0] / "pipeline_inputs.json").read_text())["data"][0]
+
+    # a legacy stamp whose file changed after it: retrained
+    tool = copy / "models" / "task-specific" / "tool" / "pipeline_inputs.json"
+    tool.write_text(json.dumps(legacy(json.loads(tool.read_text()))))
+    later = tool.stat().st_mtime + 10
+    os.utime(copy / "train" / "tool" / "candidates.jsonl", (later, later))
+    _, kept = run()
+    assert kept == names - {"tool"}
+
+    # other candidates per record: tool's subset changes though its steps do not, so its model trains again
+    _, kept = run(TINY.with_overrides({"candidates": "4"}))
+    assert "tool" not in kept and "convsearch" not in kept
 
 
 class Killed(Exception):

@@ -236,6 +236,7 @@ class Pipeline:
         self.train_dir = self.out / "train"
         self._lm = None
         self.retrained: set[int] = set()  # training seeds whose models this run trained: results stale
+        self._digests: dict[str, str] = {}
 
     @property
     def eval_dir(self) -> Path:
@@ -318,6 +319,33 @@ class Pipeline:
         models = self.out / "models"
         return models if seed == self.cfg.seed else models / f"seed{seed}"
 
+    def data_stamp(self, data: list[str]) -> list[str]:
+        """Training files as a model's stamp records them: the path inside the run dir and the content's digest,
+        so that a changed file (say, tool's candidates after ``--set candidates=N``) retrains the models made from
+        it, and a run dir moved or copied elsewhere does not."""
+        entries = []
+        for path in data:
+            if path not in self._digests:
+                self._digests[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+            entries.append(f"{Path(path).relative_to(self.out).as_posix()} sha256:{self._digests[path]}")
+        return entries
+
+    def legacy_stamp(self, stamp: Any) -> Any:
+        """The same inputs as stamped before stamps held digests: the files' paths as the run dir spells them."""
+        if not isinstance(stamp, dict) or not isinstance(stamp.get("data"), list):
+            return stamp
+        return {**stamp, "data": [str(self.out / entry.rsplit(" sha256:", 1)[0]) for entry in stamp["data"]]}
+
+    def upgrade_legacy_stamp(self, model: Path, inputs: dict[str, Any], data: list[str]) -> None:
+        """Restamp a model trained before stamps held digests, if none of its files changed since it was trained
+        (a file is only rewritten when its content changes); otherwise leave it for ``train_once`` to retrain."""
+        stamp_file = model / TRAINED_STAMP
+        if stamp_file.is_file() and read_stamp(stamp_file) == self.legacy_stamp(inputs) and all(
+            Path(path).stat().st_mtime <= stamp_file.stat().st_mtime for path in data
+        ):
+            with atomic_write(stamp_file) as handle:
+                json.dump(inputs, handle)
+
     def models_stamp(self, tasks: list[str]) -> dict[str, Any]:
         """What each trained model was made from (its ``pipeline_inputs.json``; None if not trained), keyed
         ``unified`` and by task, with the seed's suffix for a further training seed."""
@@ -371,8 +399,10 @@ class Pipeline:
                 extra = {"plain_tasks": plain_tasks} if plain_tasks else {}
                 config = TrainConfig(data=data, out=str(out), max_steps=max_steps, save_steps=CHECKPOINT_EVERY,
                                      **common, **extra)
-                if train_once(out, {"data": data, "max_steps": max_steps, **common, **extra},
-                              lambda resume, config=config: train(replace(config, resume=resume)), self.console):
+                inputs = {"data": self.data_stamp(data), "max_steps": max_steps, **common, **extra}
+                self.upgrade_legacy_stamp(out, inputs, data)
+                if train_once(out, inputs, lambda resume, config=config: train(replace(config, resume=resume)),
+                              self.console):
                     self.retrained.add(seed)
             except ValueError as err:  # a task-specific run the trainer refuses is reported, not fatal
                 if out == unified:
@@ -406,6 +436,9 @@ class Pipeline:
         # none: results from before the stamp existed, trusted; torn or odd: measured with unknown models
         measured = read_stamp(stamp_file) if stamp_file.exists() else stamp
         measured = measured if isinstance(measured, dict) else {}
+        # measured before stamps held digests, with the models that hold the same inputs now
+        measured = {name: stamp[name] if name in stamp and value is not None and value == self.legacy_stamp(
+            stamp[name]) else value for name, value in measured.items()}
         stale = [f"{kind}{suffix}" for seed, suffix in suffixes.items() for kind in ("unified", "task-specific")
                  if seed in self.retrained
                  or any(measured.get(name + suffix) != stamp[name + suffix] for name in ["unified", *tasks])]

@@ -9,6 +9,7 @@ with a standard error rather than by two means alone.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,8 +254,10 @@ def run_evaluation(
         raise ValueError(f"a system is named {GoldRanker.name!r}, the name of the gold row: rename it")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    data_path = Path(data_dir).resolve()
     settings = {
-        "data": str(Path(data_dir).resolve()), "split": split, "max_queries": max_queries,
+        # relative to the results, so that a run dir moved or copied with its data keeps its cached results
+        "data": os.path.relpath(data_path, out_dir.resolve()), "split": split, "max_queries": max_queries,
         "max_llm_queries": max_llm_queries, "max_corpus": max_corpus, "max_candidates": max_candidates,
         "generate": generate, "llm": getattr(lm, "name", None),
         "prompt_items": dict(sorted((prompt_items or {}).items())),
@@ -266,7 +269,9 @@ def run_evaluation(
     if embed_fast:  # absent when exact, so results cached before the fast mode existed stay valid
         settings["embed_fast"] = embed_fast
     settings_file = out_dir / SETTINGS_FILE
-    if settings_file.exists() and json.loads(settings_file.read_text(encoding="utf-8")) != settings:
+    stored = json.loads(settings_file.read_text(encoding="utf-8")) if settings_file.exists() else settings
+    # settings written before this version held the data's absolute path
+    if stored not in (settings, {**settings, "data": str(data_path)}):
         save_results(out_dir, {})  # measured under other settings: start over rather than mix them
         save_results(out_dir, {}, PER_QUERY_FILE)
     settings_file.write_text(json.dumps(settings, indent=2), encoding="utf-8")
