@@ -74,6 +74,14 @@ def test_ablations_end_to_end_and_resume(tiny_embedder_dir, tiny_lm_dir, tmp_pat
     assert fast["w/o LLM reward"]("qa").embedder.fast == "bf16"
 
     assert not drop_stale_results(out, json.loads((run / "pipeline.json").read_text()))
+    # the gold row changes nothing here, nor does a setting added since with its default value
+    assert not drop_stale_results(out, {**json.loads((run / "pipeline.json").read_text()), "gold": True})
+    stored = json.loads((out / "pipeline.json").read_text())
+    (out / "pipeline.json").write_text(json.dumps({k: v for k, v in stored.items() if k != "plain_tasks"}))
+    assert not drop_stale_results(out, json.loads((run / "pipeline.json").read_text()))
+    (out / "pipeline.json").write_text(json.dumps({**stored, "retired_setting": 1}))
+    assert drop_stale_results(out, json.loads((run / "pipeline.json").read_text()))
+    (out / "results.json").write_text(json.dumps(results))
     assert drop_stale_results(out, {**json.loads((run / "pipeline.json").read_text()), "eval_queries": 1})
     assert not any(json.loads((out / "results.json").read_text()).values())
     drop_stale_results(out, json.loads((run / "pipeline.json").read_text()))

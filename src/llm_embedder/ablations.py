@@ -78,13 +78,21 @@ def train_ablation(out: Path, settings: dict[str, Any], console: Console) -> boo
 def drop_stale_results(out: Path, pipeline_cfg: dict[str, Any]) -> bool:
     """Forget every cached result if the demo's settings (``pipeline.json``) changed since; True if so.
 
-    The demo's split is left out: the ablations choose their own, and a dev run of the demo rewrites it."""
-    from llm_embedder.pipeline import forget_systems
+    The demo's split and its gold row are left out: the ablations choose their own split, and neither changes
+    what they measure. A setting the stored copy lacks (added to the demo since) counts as its default."""
+    from dataclasses import asdict
 
-    pipeline_cfg = {key: value for key, value in pipeline_cfg.items() if key != "split"}
+    from llm_embedder.pipeline import PipelineConfig, forget_systems
+
+    pipeline_cfg = {key: value for key, value in pipeline_cfg.items() if key not in ("split", "gold")}
 
     stamp = out / "pipeline.json"
-    stale = stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) != pipeline_cfg
+    stale = False
+    if stamp.is_file():
+        stored, defaults = json.loads(stamp.read_text(encoding="utf-8")), asdict(PipelineConfig())
+        stale = set(stored) - set(pipeline_cfg) != set() or any(
+            stored.get(key, defaults.get(key)) != value for key, value in pipeline_cfg.items()
+        )
     if stale:
         forget_systems(out, (*SHARED_SYSTEMS, *ABLATIONS))
     out.mkdir(parents=True, exist_ok=True)
