@@ -90,7 +90,7 @@ def drop_stale_results(out: Path, pipeline_cfg: dict[str, Any]) -> bool:
     stale = False
     if stamp.is_file():
         stored, defaults = json.loads(stamp.read_text(encoding="utf-8")), asdict(PipelineConfig())
-        stale = set(stored) - set(pipeline_cfg) != set() or any(
+        stale = bool(set(stored) - set(pipeline_cfg)) or any(
             stored.get(key, defaults.get(key)) != value for key, value in pipeline_cfg.items()
         )
     if stale:
