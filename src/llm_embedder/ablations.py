@@ -19,7 +19,6 @@ are cached per (task, system).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 
 from rich.console import Console
 
-from llm_embedder.io import atomic_write
+from llm_embedder.io import atomic_write, file_sha256
 
 ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "w/o LLM reward": ("no-llm-reward", {"hard_labels": True}),
@@ -55,7 +54,7 @@ def signature(settings: dict[str, Any]) -> dict[str, Any]:
         path = Path(item)
         if not path.is_file():
             raise FileNotFoundError(f"training file of the demo run not found: {path}")
-        digests[item] = hashlib.sha256(path.read_bytes()).hexdigest()
+        digests[item] = file_sha256(path)
     return {"settings": settings, "data_sha256": digests}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -12,6 +13,11 @@ from typing import Any
 
 class DataError(ValueError):
     """Bad input data; the message names the file, line and field."""
+
+
+def file_sha256(path: str | Path) -> str:
+    """The hex SHA-256 of a file's bytes: what the caches and model stamps name a file's content by."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -9,7 +9,6 @@ recency and BM25 baselines. Every stage resumes: re-running skips what is finish
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -23,7 +22,7 @@ from typing import Any
 
 from rich.console import Console
 
-from llm_embedder.io import atomic_write, read_jsonl, write_jsonl
+from llm_embedder.io import atomic_write, file_sha256, read_jsonl, write_jsonl
 from llm_embedder.tasks import BUILTIN_TASKS, get_task
 from llm_embedder.train.once import TRAINED_STAMP, read_stamp
 
@@ -277,7 +276,7 @@ class Pipeline:
                 files[task] = raw
                 continue
             # named after the candidates' content: a changed subset gets fresh scores, an unchanged one is reused
-            digest = hashlib.sha256(raw.read_bytes()).hexdigest()[:12]
+            digest = file_sha256(raw)[:12]
             scored = self.train_dir / task / f"train.{digest}.jsonl"
             # a changed subset (say, more records) re-uses the scores of the records an earlier subset held
             earlier = sorted(p for p in (self.train_dir / task).glob("train.*.jsonl") if p != scored)
@@ -326,7 +325,7 @@ class Pipeline:
         entries = []
         for path in data:
             if path not in self._digests:
-                self._digests[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+                self._digests[path] = file_sha256(path)[:16]
             entries.append(f"{Path(path).relative_to(self.out).as_posix()} sha256:{self._digests[path]}")
         return entries
 

@@ -19,7 +19,6 @@ up to float rounding, since their batch mates differ.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_embedder import __version__
-from llm_embedder.io import atomic_write, iter_jsonl
+from llm_embedder.io import atomic_write, file_sha256, iter_jsonl
 from llm_embedder.reward.records import KeyFitter, RecordPairs, build_all
 from llm_embedder.reward.scorer import ScoreStats, score_pairsets, with_scores
 
@@ -100,7 +99,7 @@ def run_settings(in_path: Path, lm: Any, pairsets: list[RecordPairs], **args: An
     templates = {ps.task.name: ps.task.reward_template for ps in pairsets if ps.prompts}
     return {
         "input": in_path.name,
-        "input_sha256": hashlib.sha256(in_path.read_bytes()).hexdigest(),
+        "input_sha256": file_sha256(in_path),
         "llm": lm.name,
         "llm_path": str(getattr(lm, "path", "")),
         "dtype": str(getattr(lm, "dtype", "")),
