@@ -414,7 +414,7 @@ class Pipeline:
         """Every system on every task (cached results re-used), per training seed ``unified`` and
         ``task-specific`` (suffixed `` (seed N)`` for a further seed); the report holds this run's systems."""
         from llm_embedder.evaluate import run_evaluation, write_report
-        from llm_embedder.evaluate.rankers import dense_systems
+        from llm_embedder.evaluate.rankers import GoldRanker, dense_systems
 
         self.step(f"4/5 evaluation with the LLM in the loop ({self.cfg.split} split)")
         suffixes = self.training_seeds()
@@ -457,7 +457,8 @@ class Pipeline:
         # a further seed's results, or the gold row, that this run did not ask for stay cached, out of its report
         # and verdict
         results = {task: {name: metrics for name, metrics in by_system.items()
-                          if (name in models or not SEED_SYSTEM.fullmatch(name)) and (self.cfg.gold or name != "gold")}
+                          if (name in models or not SEED_SYSTEM.fullmatch(name))
+                          and (self.cfg.gold or name != GoldRanker.name)}
                    for task, by_system in results.items()}
         plots = write_report(results, eval_dir)
         summary = (eval_dir / "results.md").read_text(encoding="utf-8").split("###")[0]
