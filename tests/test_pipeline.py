@@ -180,14 +180,17 @@ def test_pipeline_runs_end_to_end_and_resumes(tiny_embedder_dir, tiny_lm_dir, tm
     assert run_pipeline(out, base=str(tiny_embedder_dir), llm=str(tiny_lm_dir), console=one, cfg=TINY) == results
     assert "training seed" not in one.export_text() and "seed 1" not in (out / "eval" / "results.md").read_text()
     assert "unified (seed 1)" in json.loads((out / "eval" / "results.json").read_text())["qa"]
-    # the gold row: added beside the cached results, then out of the table again when not asked for
+    # the reference rows: added beside the cached results, then out of the table again when not asked for
     gold = run_pipeline(out, base=str(tiny_embedder_dir), llm=str(tiny_lm_dir), console=Console(record=True),
-                        cfg=TINY.with_overrides({"gold": "true"}))
+                        cfg=TINY.with_overrides({"gold": "true", "teacher": "true"}))
     assert all(gold[task]["gold"]["ndcg@1"] == 1.0 and gold[task]["unified"] == results[task]["unified"]
                for task in results)
+    assert {task for task in gold if "teacher" in gold[task]} == {"chat", "lrlm"}
     assert "| gold |" in (out / "eval" / "results.md").read_text()
+    assert "| teacher |" in (out / "eval" / "results.md").read_text()
     assert run_pipeline(out, base=str(tiny_embedder_dir), llm=str(tiny_lm_dir), console=one, cfg=TINY) == results
     assert "| gold |" not in (out / "eval" / "results.md").read_text()
+    assert "| teacher |" not in (out / "eval" / "results.md").read_text()
     # a torn model stamp in the evaluation dir (say, a kill while it was written) means unknown models: the
     # trained models are measured again rather than the run stopping on it
     (out / "eval" / "models.json").write_text('{"unified": {"da')

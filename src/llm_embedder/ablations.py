@@ -77,13 +77,14 @@ def train_ablation(out: Path, settings: dict[str, Any], console: Console) -> boo
 def drop_stale_results(out: Path, pipeline_cfg: dict[str, Any]) -> bool:
     """Forget every cached result if the demo's settings (``pipeline.json``) changed since; True if so.
 
-    The demo's split and its gold row are left out: the ablations choose their own split, and neither changes
-    what they measure. A setting the stored copy lacks (added to the demo since) counts as its default."""
+    The demo's split and its reference rows (gold, teacher) are left out: the ablations choose their own split,
+    and none of these changes what they measure. A setting the stored copy lacks (added to the demo since) counts
+    as its default."""
     from dataclasses import asdict
 
     from llm_embedder.pipeline import PipelineConfig, forget_systems
 
-    pipeline_cfg = {key: value for key, value in pipeline_cfg.items() if key not in ("split", "gold")}
+    pipeline_cfg = {key: value for key, value in pipeline_cfg.items() if key not in ("split", "gold", "teacher")}
 
     stamp = out / "pipeline.json"
     stale = False

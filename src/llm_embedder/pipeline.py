@@ -88,6 +88,9 @@ class PipelineConfig:
     # a "gold" row in the table: the labelled items first, then BM25's (``GoldRanker``): each task's LLM metric with
     # every labelled item found. Off by default: one more system for the LLM, about 100 s
     gold: bool = False
+    # a "teacher" row on chat and lrlm: each of a query's candidates scored alone by the LLM with the answer,
+    # best first (``TeacherRanker``): what the LLM itself would pick. Off by default: on chat alone about 1 min
+    teacher: bool = False
     # the LLM's CPU fast mode: bf16 Linear layers where the CPU has bf16 matmuls (ranks candidates like exact
     # scores, Spearman ~0.99 in benchmarks/bench_reward.py), else exact; "none" for exact, "int8" for int8
     llm_fast: str | None = field(default_factory=default_cpu_fast)
@@ -414,7 +417,7 @@ class Pipeline:
         """Every system on every task (cached results re-used), per training seed ``unified`` and
         ``task-specific`` (suffixed `` (seed N)`` for a further seed); the report holds this run's systems."""
         from llm_embedder.evaluate import run_evaluation, write_report
-        from llm_embedder.evaluate.rankers import GoldRanker, dense_systems
+        from llm_embedder.evaluate.rankers import GoldRanker, TeacherRanker, dense_systems
 
         self.step(f"4/5 evaluation with the LLM in the loop ({self.cfg.split} split)")
         suffixes = self.training_seeds()
@@ -453,12 +456,14 @@ class Pipeline:
             max_llm_queries=self.cfg.llm_queries, max_corpus=self.cfg.max_corpus,
             max_candidates=self.cfg.max_candidates, generate=self.cfg.generate,
             prompt_items=prompt_items(vars(self.cfg)), embed_fast=self.cfg.embed_fast, gold=self.cfg.gold,
+            teacher=self.cfg.teacher,
         )
-        # a further seed's results, or the gold row, that this run did not ask for stay cached, out of its report
-        # and verdict
+        # a further seed's results, or a reference row (gold, teacher), that this run did not ask for stay cached,
+        # out of its report and verdict
         results = {task: {name: metrics for name, metrics in by_system.items()
                           if (name in models or not SEED_SYSTEM.fullmatch(name))
-                          and (self.cfg.gold or name != GoldRanker.name)}
+                          and (self.cfg.gold or name != GoldRanker.name)
+                          and (self.cfg.teacher or name != TeacherRanker.name)}
                    for task, by_system in results.items()}
         plots = write_report(results, eval_dir)
         summary = (eval_dir / "results.md").read_text(encoding="utf-8").split("###")[0]

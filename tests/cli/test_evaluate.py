@@ -50,6 +50,24 @@ def test_gold_adds_the_labelled_items_row(qa_suite, tiny_embedder_dir, tiny_lm_d
     assert "| gold |" in (tmp_path / "out" / "results.md").read_text()
 
 
+def test_teacher_adds_the_llm_choice_row_where_queries_have_their_own_candidates(
+    qa_suite, tiny_embedder_dir, tiny_lm_dir, tmp_path
+):
+    history = ["Speaker 1: I love cats.\nSpeaker 2: Nice.", "Speaker 1: My car is red.\nSpeaker 2: Cool."]
+    write_jsonl(qa_suite / "chat" / "test.jsonl", [{"query": "What colour is my car?", "answers": ["Red."],
+                                                     "history": history, "pos_index": [1], "query_id": 0}])
+    result = evaluate(qa_suite, tmp_path / "out", tiny_embedder_dir, tiny_lm_dir, "--teacher")
+    assert result.returncode == 0, result.stderr
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(results["qa"]) == {"tiny"} and set(results["chat"]) == {"teacher", "tiny"}
+    # the LLM metric of the teacher's turn is the best of the turns, each alone in the prompt
+    assert results["chat"]["teacher"]["gold_loglik"] >= results["chat"]["tiny"]["gold_loglik"]
+    assert "| teacher |" in (tmp_path / "out" / "results.md").read_text()
+    no_llm = run_cli("evaluate", "--data", str(qa_suite), "--base", "", "--llm", "none", "--teacher",
+                     "--out", str(tmp_path / "none"))
+    assert no_llm.returncode != 0 and "--teacher ranks candidates with the LLM: give --llm" in no_llm.stderr
+
+
 def test_fast_runs_the_embedders_and_the_llm_in_bf16_and_says_so(qa_suite, tiny_embedder_dir, tiny_lm_dir, tmp_path):
     result = evaluate(qa_suite, tmp_path / "fast", tiny_embedder_dir, tiny_lm_dir, "--fast", "--device", "cpu")
     assert result.returncode == 0, result.stderr

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from llm_embedder.evaluate import DenseRanker, run_evaluation, write_report
-from llm_embedder.evaluate.rankers import BM25Ranker, GoldRanker, RecencyRanker, dense_systems
+from llm_embedder.evaluate.rankers import BM25Ranker, GoldRanker, RecencyRanker, TeacherRanker, dense_systems
 from llm_embedder.evaluate.run import load_task_data
 from llm_embedder.io import DataError
 
@@ -104,6 +104,49 @@ def test_gold_row_sits_beside_the_systems_when_asked_for(suite, tmp_path):
     plain = run_evaluation(suite, ["qa"], {"wrong": lambda t: FixedRanker("wrong", wrong[t])}, tmp_path / "plain",
                            lm=lm, baselines=False, generate=False)
     assert list(plain["qa"]) == ["wrong"]
+
+
+def test_teacher_ranks_each_candidate_alone_by_the_llm_and_remembers_the_scores(suite):
+    chat, qa, lm = load_task_data(suite, "chat"), load_task_data(suite, "qa"), ContainsAnswerLM()
+    memo: dict = {}
+    assert TeacherRanker(lm, chat.answers, memo).rank("chat", chat.queries, chat.candidates, 5) == [[1, 0]]
+    # one prompt per candidate, the candidate alone in the task's prompt, as the reward fills it
+    question = "\nSpeaker 1: What colour is my car?\nSpeaker 2: "
+    assert sorted(lm.prompts) == [turn + question for turn in chat.candidates[0]]
+    assert sorted(memo.values()) == [-4.0, -0.5] and lm.calls == 1
+    assert TeacherRanker(lm, chat.answers, memo).rank("chat", chat.queries, chat.candidates, 1) == [[1]]
+    assert lm.calls == 1  # every prompt already in the memo
+    with pytest.raises(ValueError, match="not a shared corpus"):
+        TeacherRanker(lm, qa.answers).rank("qa", qa.queries, qa.candidates, 2)
+    with pytest.raises(ValueError, match="answers for 1 queries, asked to rank 2"):
+        TeacherRanker(lm, chat.answers).rank("chat", ["a", "b"], [["x"], ["y"]], 1)
+    with pytest.raises(ValueError, match="query 0 has candidates but no answer"):
+        TeacherRanker(lm, [[]]).rank("chat", chat.queries, chat.candidates, 1)
+
+    class NaNLM(ContainsAnswerLM):
+        def answer_logprob(self, prompts, answers, batch_tokens=0):
+            return np.full(len(prompts), np.nan)
+
+    with pytest.raises(ValueError, match="non-finite log-likelihoods for the teacher"):
+        TeacherRanker(NaNLM(), chat.answers).rank("chat", chat.queries, chat.candidates, 1)
+
+
+def test_teacher_row_on_the_tasks_with_their_own_candidates(suite, tmp_path):
+    lm = ContainsAnswerLM()
+    wrong = {"qa": [[2, 1, 0], [2, 0, 1]], "chat": [[0, 1]]}
+    systems = {"wrong": lambda t: FixedRanker("wrong", wrong[t])}
+    results = run_evaluation(suite, ["qa", "chat"], systems, tmp_path / "eval", lm=lm, baselines=False,
+                             teacher=True, generate=False)
+    assert list(results["qa"]) == ["wrong"]  # a shared corpus: no teacher row
+    assert list(results["chat"]) == ["teacher", "wrong"]
+    assert results["chat"]["teacher"]["ndcg@1"] == 1.0 and results["chat"]["teacher"]["gold_loglik"] == -0.5
+    # the LLM metric of the teacher's top turn came from the teacher's own scores: no prompt scored twice
+    assert len(lm.prompts) == len(set(lm.prompts))
+    with pytest.raises(ValueError, match="a system is named 'teacher', the name of the teacher row"):
+        run_evaluation(suite, ["chat"], {"teacher": systems["wrong"]}, tmp_path / "clash", lm=lm,
+                       baselines=False, teacher=True, generate=False)
+    with pytest.raises(ValueError, match="the teacher row needs the LLM"):
+        run_evaluation(suite, ["chat"], systems, tmp_path / "no-lm", baselines=False, teacher=True)
 
 
 def test_dense_ranker_encodes_shared_candidates_once(tiny_embedder):

@@ -54,6 +54,9 @@ def evaluate_command(
     baselines: Annotated[bool, typer.Option(help="Include none/random/recency/BM25 baselines.")] = True,
     gold: Annotated[bool, typer.Option(
         help="Add a 'gold' row: the labelled items first, then BM25's (every labelled item found).")] = False,
+    teacher: Annotated[bool, typer.Option(
+        help="Add a 'teacher' row where a query has its own candidates (chat, lrlm): each scored alone by "
+             "the LLM with the answer, best first (needs --llm).")] = False,
     generate: Annotated[bool, typer.Option(help="Also measure greedy-answer accuracy (qa; slower).")] = True,
     prompt_items: Annotated[list[str] | None, typer.Option(
         help="TASK=N: N retrieved items in that task's LLM prompt instead of its default (repeatable).")] = None,
@@ -79,13 +82,16 @@ def evaluate_command(
     items = parse_prompt_items(prompt_items or [])
     embed_fast = "bf16" if fast else None
     systems = dense_systems(parse_model_specs(model or []), base, device, fast=embed_fast)
+    if teacher and (not llm or llm == "none"):
+        raise ValueError("--teacher ranks candidates with the LLM: give --llm")
     lm = None
     if llm and llm != "none":
         from llm_embedder.llm import CausalLM
 
         lm = CausalLM(llm, device=device, fast=embed_fast)
     results = run_evaluation(
-        data, task_names, systems, out, lm=lm, baselines=baselines, gold=gold, split=split, max_queries=max_queries,
+        data, task_names, systems, out, lm=lm, baselines=baselines, gold=gold, teacher=teacher,
+        split=split, max_queries=max_queries,
         max_llm_queries=max_llm_queries, max_corpus=max_corpus, max_candidates=max_candidates,
         generate=generate, prompt_items=items, embed_fast=embed_fast,
     )

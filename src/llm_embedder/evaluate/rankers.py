@@ -1,5 +1,5 @@
-"""The retrievers compared in an evaluation: dense (any embedder), BM25, random, recency, none, and gold (the
-labelled items first: a reference row, not a competitor).
+"""The retrievers compared in an evaluation: dense (any embedder), BM25, random, recency, none, and two reference
+rows, not competitors: gold (the labelled items first) and teacher (the LLM's own ranking, knowing the answer).
 
 Each ranks, per query, either a shared corpus or the query's own candidates (chat history turns,
 earlier lrlm chunks). They share one method: ``rank(task, queries, candidates, k)`` where ``candidates``
@@ -9,9 +9,12 @@ is one list of texts for all queries (a corpus) or one list per query.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
+
+from llm_embedder.evaluate.downstream import eval_batch_tokens, prompt_prefix
+from llm_embedder.tasks import get_task
 
 Candidates = Sequence[str] | Sequence[Sequence[str]]
 
@@ -156,6 +159,49 @@ class GoldRanker:
         depth = k + max((len(gold) for gold in self.golds), default=0)
         others = self.fallback.rank(task, queries, candidates, depth)
         return [(gold + [i for i in rest if i not in gold])[:k] for gold, rest in zip(self.golds, others, strict=True)]
+
+
+class TeacherRanker:
+    """A query's own candidates ranked by the LLM: each alone in the task's prompt, by the gold answer's mean
+    log-likelihood (the reward's score, scored as the evaluation scores).
+
+    Not a retriever but a reference: it knows the answer. With one item in the prompt (chat) its LLM metric is
+    the best any retriever can reach by choosing that item; with several (lrlm's two chunks) it takes the best
+    items one by one, a reference rather than a bound. A shared corpus (qa's passages, icl's examples) would cost
+    an LLM pass per document and query, so only a query's own candidates (chat turns, earlier lrlm chunks) are
+    ranked. ``memo`` ((prompt, answer) -> log-likelihood, as ``downstream_metrics``'s) is filled with the scores,
+    so the prompts the LLM metric then asks for again are not scored twice.
+    """
+
+    name = "teacher"
+
+    def __init__(self, lm: Any, answers: Sequence[Sequence[str]], memo: dict | None = None):
+        self.lm = lm
+        self.answers = answers
+        self.memo = {} if memo is None else memo
+
+    def rank(self, task: str, queries: Sequence[str], candidates: Candidates, k: int) -> list[list[int]]:
+        if not is_per_query(candidates):
+            raise ValueError(f"task {task}: the teacher ranks a query's own candidates (chat turns, earlier chunks), "
+                             "not a shared corpus")
+        if len(self.answers) != len(queries):
+            raise ValueError(f"task {task}: teacher ranker holds answers for {len(self.answers)} queries, "
+                             f"asked to rank {len(queries)}")
+        template = get_task(task).reward_template
+        pairs = []
+        for i, (query, group, answers) in enumerate(zip(queries, candidates, self.answers, strict=True)):
+            if group and not answers:
+                raise ValueError(f"task {task}: query {i} has candidates but no answer for the teacher to score")
+            pairs.append([(prompt_prefix(template, text, query), answers[0]) for text in group] if group else [])
+        todo = sorted({pair for group in pairs for pair in group if pair not in self.memo})
+        if todo:
+            scores = self.lm.answer_logprob([p for p, _ in todo], [a for _, a in todo],
+                                            batch_tokens=eval_batch_tokens(self.lm))
+            scores = np.asarray(scores, dtype=np.float64)
+            if not np.isfinite(scores).all():
+                raise ValueError(f"task {task}: the LLM returned non-finite log-likelihoods for the teacher")
+            self.memo.update(zip(todo, scores.tolist(), strict=True))
+        return [top_k(np.asarray([self.memo[pair] for pair in group], dtype=np.float64), k) for group in pairs]
 
 
 def dense_systems(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llm_embedder.evaluate.downstream import main_metric
-from llm_embedder.evaluate.rankers import GoldRanker
+from llm_embedder.evaluate.rankers import GoldRanker, TeacherRanker
 
 
 def markdown_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
@@ -55,7 +55,8 @@ def write_report(results: dict[str, dict[str, dict[str, float]]], out_dir: str |
             continue
         values = [metrics[s][name] for s in systems]
         fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(systems) + 1), 3.2))
-        colours = ["#dd8452" if "unified" in s else "#aaaaaa" if s == GoldRanker.name else "#4c72b0" for s in systems]
+        references = (GoldRanker.name, TeacherRanker.name)
+        colours = ["#dd8452" if "unified" in s else "#aaaaaa" if s in references else "#4c72b0" for s in systems]
         ax.bar(range(len(systems)), values, color=colours)
         ax.set_xticks(range(len(systems)), systems, rotation=30, ha="right", fontsize=8)
         ax.set_title(f"{task}: {name} ({'higher' if higher else 'lower'} is better)")

@@ -20,7 +20,15 @@ from rich.progress import Progress
 
 from llm_embedder.evaluate.downstream import DOWNSTREAM, downstream_metrics, main_metric
 from llm_embedder.evaluate.metrics import per_query_metric, retrieval_metrics
-from llm_embedder.evaluate.rankers import BM25Ranker, GoldRanker, NoRetrieval, RandomRanker, Ranker, RecencyRanker
+from llm_embedder.evaluate.rankers import (
+    BM25Ranker,
+    GoldRanker,
+    NoRetrieval,
+    RandomRanker,
+    Ranker,
+    RecencyRanker,
+    TeacherRanker,
+)
 from llm_embedder.io import DataError, read_jsonl
 
 RESULTS_FILE = "results.json"
@@ -235,6 +243,7 @@ def run_evaluation(
     lm=None,
     baselines: bool = True,
     gold: bool = False,
+    teacher: bool = False,
     split: str = "test",
     max_queries: int | None = None,
     max_llm_queries: int | None = None,
@@ -247,11 +256,15 @@ def run_evaluation(
     """Evaluate every system (name -> factory(task) -> Ranker, or None to skip the task) and the baselines on
     each task; resumable. ``prompt_items`` (task -> n) puts n retrieved items in that task's LLM prompt instead
     of its ``DOWNSTREAM`` default. ``gold`` adds the ``GoldRanker`` row: the metrics with every labelled item
-    found. ``embed_fast`` is the fast mode the caller built the dense systems with
+    found. ``teacher`` adds the ``TeacherRanker`` row on the tasks with per-query candidates and an LLM metric:
+    the LLM's own choice, knowing the answer. ``embed_fast`` is the fast mode the caller built the dense systems with
     (``dense_systems(fast=...)``): it is kept with the settings, so results encoded otherwise are not mixed in."""
     check_prompt_items(prompt_items or {})
-    if gold and GoldRanker.name in systems:
-        raise ValueError(f"a system is named {GoldRanker.name!r}, the name of the gold row: rename it")
+    for asked, row in ((gold, GoldRanker.name), (teacher, TeacherRanker.name)):
+        if asked and row in systems:
+            raise ValueError(f"a system is named {row!r}, the name of the {row} row: rename it")
+    if teacher and lm is None:
+        raise ValueError("the teacher row needs the LLM (lm)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data_path = Path(data_dir).resolve()
@@ -287,6 +300,8 @@ def run_evaluation(
             rankers = [(r.name, lambda r=r: r) for r in baseline_rankers(task, data.per_query)] if baselines else []
             if gold:
                 rankers.append((GoldRanker.name, lambda g=data.golds: GoldRanker(g)))
+            if teacher and data.per_query and task in DOWNSTREAM:
+                rankers.append((TeacherRanker.name, lambda a=data.answers, m=memo: TeacherRanker(lm, a, m)))
             rankers += [(name, lambda f=factory, t=task: f(t)) for name, factory in systems.items()]
             order[task] = [name for name, _ in rankers]
             for name, make in rankers:
