@@ -89,7 +89,8 @@ class PipelineConfig:
     # every labelled item found. Off by default: one more system for the LLM, about 100 s
     gold: bool = False
     # a "teacher" row on chat and lrlm: each of a query's candidates scored alone by the LLM with the answer,
-    # best first (``TeacherRanker``): what the LLM itself would pick. Off by default: on chat alone about 1 min
+    # best first (``TeacherRanker``): what the LLM itself would pick. Off by default: 9 min on the test split,
+    # most of it lrlm's long chunks
     teacher: bool = False
     # the LLM's CPU fast mode: bf16 Linear layers where the CPU has bf16 matmuls (ranks candidates like exact
     # scores, Spearman ~0.99 in benchmarks/bench_reward.py), else exact; "none" for exact, "int8" for int8

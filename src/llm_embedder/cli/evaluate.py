@@ -90,9 +90,8 @@ def evaluate_command(
 
         lm = CausalLM(llm, device=device, fast=embed_fast)
     results = run_evaluation(
-        data, task_names, systems, out, lm=lm, baselines=baselines, gold=gold, teacher=teacher,
-        split=split, max_queries=max_queries,
-        max_llm_queries=max_llm_queries, max_corpus=max_corpus, max_candidates=max_candidates,
+        data, task_names, systems, out, lm=lm, baselines=baselines, gold=gold, teacher=teacher, split=split,
+        max_queries=max_queries, max_llm_queries=max_llm_queries, max_corpus=max_corpus, max_candidates=max_candidates,
         generate=generate, prompt_items=items, embed_fast=embed_fast,
     )
     plots = write_report(results, out)
