@@ -103,6 +103,20 @@ def eval_batch_tokens(lm: Any) -> int | None:
     return EVAL_BATCH_TOKENS
 
 
+def memo_logprobs(
+    lm: Any, pairs: Sequence[tuple[str, str]], memo: dict, batch_tokens: int | None = None
+) -> np.ndarray:
+    """The answer's log-likelihood for each (prompt, answer) pair; only the pairs ``memo`` lacks go to the LLM (each
+    once), and ``memo`` keeps their scores for the next system. ``batch_tokens``: None is ``eval_batch_tokens(lm)``.
+    """
+    todo = sorted(set(pairs) - memo.keys())
+    if todo:
+        fresh = lm.answer_logprob([p for p, _ in todo], [a for _, a in todo],
+                                  batch_tokens=batch_tokens or eval_batch_tokens(lm))
+        memo.update(zip(todo, (float(x) for x in fresh), strict=True))
+    return np.asarray([memo[pair] for pair in pairs], dtype=np.float64)
+
+
 def downstream_metrics(
     task: str,
     queries: Sequence[str],
@@ -130,13 +144,7 @@ def downstream_metrics(
         spec = replace(spec, items=items)
     prompts = build_prompts(task, queries, retrieved, spec)
     golds = [a[0] for a in answers]
-    memo = {} if memo is None else memo
-    todo = sorted({(p, g) for p, g in zip(prompts, golds, strict=True) if (p, g) not in memo})
-    if todo:
-        fresh = lm.answer_logprob([p for p, _ in todo], [g for _, g in todo],
-                                  batch_tokens=batch_tokens or eval_batch_tokens(lm))
-        memo.update(zip(todo, (float(x) for x in fresh), strict=True))
-    loglik = np.asarray([memo[(p, g)] for p, g in zip(prompts, golds, strict=True)], dtype=np.float64)
+    loglik = memo_logprobs(lm, list(zip(prompts, golds, strict=True)), {} if memo is None else memo, batch_tokens)
     if not np.isfinite(loglik).all():
         raise ValueError(f"task {task}: the LLM returned non-finite log-likelihoods")
     metrics: dict[str, float] = {"gold_loglik": float(loglik.mean())}

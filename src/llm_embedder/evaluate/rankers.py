@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from llm_embedder.evaluate.downstream import eval_batch_tokens, prompt_prefix
+from llm_embedder.evaluate.downstream import memo_logprobs, prompt_prefix
 from llm_embedder.tasks import get_task
 
 Candidates = Sequence[str] | Sequence[Sequence[str]]
@@ -192,16 +192,12 @@ class TeacherRanker:
         for i, (query, group, answers) in enumerate(zip(queries, candidates, self.answers, strict=True)):
             if group and not answers:
                 raise ValueError(f"task {task}: query {i} has candidates but no answer for the teacher to score")
-            pairs.append([(prompt_prefix(template, text, query), answers[0]) for text in group] if group else [])
-        todo = sorted({pair for group in pairs for pair in group if pair not in self.memo})
-        if todo:
-            scores = self.lm.answer_logprob([p for p, _ in todo], [a for _, a in todo],
-                                            batch_tokens=eval_batch_tokens(self.lm))
-            scores = np.asarray(scores, dtype=np.float64)
-            if not np.isfinite(scores).all():
-                raise ValueError(f"task {task}: the LLM returned non-finite log-likelihoods for the teacher")
-            self.memo.update(zip(todo, scores.tolist(), strict=True))
-        return [top_k(np.asarray([self.memo[pair] for pair in group], dtype=np.float64), k) for group in pairs]
+            pairs.append([(prompt_prefix(template, text, query), answers[0]) for text in group])
+        scores = memo_logprobs(self.lm, [pair for group in pairs for pair in group], self.memo)
+        if not np.isfinite(scores).all():
+            raise ValueError(f"task {task}: the LLM returned non-finite log-likelihoods for the teacher")
+        ends = np.cumsum([len(group) for group in pairs])
+        return [top_k(scores[end - len(group):end], k) for group, end in zip(pairs, ends, strict=True)]
 
 
 def dense_systems(
