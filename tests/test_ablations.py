@@ -69,9 +69,13 @@ def test_ablations_end_to_end_and_resume(tiny_embedder_dir, tiny_lm_dir, tmp_pat
     assert not systems["w/o instructions"]("qa").embedder.use_instructions
     assert systems["w/o LLM reward"]("qa").embedder.use_instructions
     # evaluated with the demo's embedder fast mode, as the copied unified results were
-    assert json.loads((out / "settings.json").read_text()).get("embed_fast") == TINY.embed_fast
+    ablation_settings = json.loads((out / "settings.json").read_text())
+    assert ablation_settings.get("embed_fast") == TINY.embed_fast
+    assert ablation_settings["embed_max_length"] == TINY.max_length  # the demo's training length, as its eval
     fast = systems_for(models, str(tiny_embedder_dir), "cpu", fast="bf16")
     assert fast["w/o LLM reward"]("qa").embedder.fast == "bf16"
+    assert systems_for(models, str(tiny_embedder_dir), "cpu", max_length=12)["w/o LLM reward"](
+        "qa").embedder.key_max_length == 12
 
     assert not drop_stale_results(out, json.loads((run / "pipeline.json").read_text()))
     # the gold row changes nothing here, nor does a setting added since with its default value

@@ -59,6 +59,25 @@ def test_truncation_to_max_length(tiny_embedder_dir):
     assert not np.allclose(c, d)
 
 
+def test_default_max_length_is_the_saved_one(tiny_embedder_dir, tmp_path):
+    """A model saved at 16 tokens (as ``llm-embedder train --query-max-length 16`` saves it) encodes 16 tokens
+    when reloaded, as SentenceTransformer(path) does; an explicit length still wins."""
+    from sentence_transformers import SentenceTransformer
+
+    assert Embedder(tiny_embedder_dir, device="cpu").query_max_length == 256  # the fixture's saved length
+    out = Embedder(tiny_embedder_dir, device="cpu", query_max_length=16, key_max_length=16).save(tmp_path / "m16")
+    reloaded = Embedder(out, device="cpu")
+    assert (reloaded.query_max_length, reloaded.key_max_length) == (16, 16)
+    long_text = "word " * 40
+    a, b = reloaded.encode_keys([long_text, long_text + "and a different ending"], "qa")
+    np.testing.assert_allclose(a, b, atol=1e-6)  # both cut at 16 tokens
+    theirs = SentenceTransformer(str(out), device="cpu").encode(
+        [long_text], prompt_name="qa.key", normalize_embeddings=True)
+    np.testing.assert_allclose(reloaded.encode_keys([long_text], "qa"), theirs, atol=1e-5)
+    longer = Embedder(out, device="cpu", key_max_length=256)
+    assert not np.allclose(*longer.encode_keys([long_text, long_text + "and a different ending"], "qa"))
+
+
 def test_batching_gives_the_same_vectors(tiny_embedder):
     texts = [f"text number {i} " * (i % 7 + 1) for i in range(20)]
     np.testing.assert_allclose(

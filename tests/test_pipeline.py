@@ -135,6 +135,8 @@ def test_pipeline_runs_end_to_end_and_resumes(tiny_embedder_dir, tiny_lm_dir, tm
     # the embedders' fast mode is part of the evaluation settings, so exact and bf16 results are never mixed
     settings = json.loads((out / "eval" / "settings.json").read_text())
     assert settings.get("embed_fast") == TINY.embed_fast
+    # every embedder, the base included, keeps the tokens the models were trained on
+    assert settings["embed_max_length"] == TINY.max_length == 32
     assert settings["prompt_items"] == {"icl": TINY.icl_examples} == {"icl": 8}  # the recipe's few-shot 8
     assert not (out / "models" / "unified" / "checkpoints").exists()
     # the same budget: the unified model trains each task for exactly the steps of its task-specific model

@@ -116,13 +116,13 @@ def seed_shared_results(demo_eval: Path, out: Path) -> None:
 
 
 def systems_for(models: dict[str, tuple[Path, bool]], base: str, device: str | None = None,
-                fast: str | None = None) -> dict:
+                fast: str | None = None, max_length: int | None = None) -> dict:
     """name -> factory(task) -> DenseRanker; ``models`` maps name -> (dir, use instructions)."""
     from llm_embedder.evaluate.rankers import dense_systems
 
     plain = {name for name, (_, instructions) in models.items() if not instructions}
     return dense_systems({name: str(path) for name, (path, _) in models.items()}, base, device, plain=plain,
-                         fast=fast)
+                         fast=fast, max_length=max_length)
 
 
 def compare(results: dict[str, Any], per_query: dict[str, Any] | None = None) -> list[str]:
@@ -194,13 +194,16 @@ def run_ablations(run_dir: str | Path = "runs/demo", out: str | Path | None = No
         lm = CausalLM(llm, fast=pipeline_cfg.get("llm_fast"))
     tasks = [t for t in list_tasks() if (run_dir / "train" / t).is_dir() and (run_dir / "data" / t).is_dir()]
     embed_fast = pipeline_cfg.get("embed_fast")  # runs from before the setting encoded exactly
+    max_length = pipeline_cfg.get("max_length")
     results = run_evaluation(
-        run_dir / "data", tasks, systems_for(models, settings["base"], fast=embed_fast), out, lm=lm,
+        run_dir / "data", tasks, systems_for(models, settings["base"], fast=embed_fast, max_length=max_length), out,
+        lm=lm,
         baselines=False, split=split,
         max_queries=pipeline_cfg["eval_queries"], max_llm_queries=pipeline_cfg["llm_queries"],
         max_corpus=pipeline_cfg["max_corpus"], max_candidates=pipeline_cfg["max_candidates"],
         generate=pipeline_cfg.get("generate", False),
-        prompt_items=prompt_items(pipeline_cfg), embed_fast=embed_fast,  # as the demo run evaluated its models
+        # as the demo run evaluated its models
+        prompt_items=prompt_items(pipeline_cfg), embed_fast=embed_fast, embed_max_length=max_length,
     )
     plots = write_report(results, out)
     (out / "results.md").write_text("# Ablations\n\n" + (out / "results.md").read_text(encoding="utf-8")

@@ -49,7 +49,9 @@ class Embedder:
     with the pooling and prompts stored in the export; ``dtype`` and ``model_kwargs`` apply to torch only.
     ``fast="bf16"`` is the CPU fast mode of the LLM (``llm_embedder.llm.fast``) for an fp32 torch model: bf16
     Linear layers, the rest fp32; ~1.5x faster encoding where the CPU has bf16 matmuls, cosine to the exact
-    vectors ~0.99998.
+    vectors ~0.99998. ``query_max_length`` / ``key_max_length`` are the tokens a text keeps; by default the length
+    the model was saved with (its ``max_seq_length``: 256 for MiniLM, the training length for a model that
+    ``llm-embedder train`` wrote), as ``SentenceTransformer(path)`` encodes.
     """
 
     def __init__(
@@ -58,8 +60,8 @@ class Embedder:
         *,
         device: str | None = None,
         dtype: str = "auto",
-        query_max_length: int = 256,
-        key_max_length: int = 256,
+        query_max_length: int | None = None,
+        key_max_length: int | None = None,
         batch_size: int = 64,
         use_instructions: bool = True,
         model_kwargs: dict | None = None,
@@ -71,8 +73,6 @@ class Embedder:
         self.path = resolve_embedder_path(model)
         self.name = str(model)
         self.device = device or default_device()
-        self.query_max_length = query_max_length
-        self.key_max_length = key_max_length
         self.batch_size = batch_size
         self.use_instructions = use_instructions
         _register_saved_tasks(self.path)
@@ -94,12 +94,14 @@ class Embedder:
             self.device, self.dtype = "cpu", "int8" if backend == "onnx-int8" else "fp32"
             self.model = OnnxEncoder(self.path, precision=self.dtype)  # type: ignore[assignment]
             self.saved_prompts = dict(self.model.prompts)
+            self._set_max_lengths(query_max_length, key_max_length)
             return
         self.model: SentenceTransformer = SentenceTransformer(
             str(self.path), device=self.device, local_files_only=True, **(model_kwargs or {})
         )
         # the prompts the model was saved with: a task trained without instructions has an empty one
         self.saved_prompts: dict[str, str] = dict(self.model.prompts or {})
+        self._set_max_lengths(query_max_length, key_max_length)
         if dtype == "auto":
             dtype = "fp16" if self.device.startswith("cuda") else "fp32"
         if dtype not in ("fp32", "fp16", "bf16"):
@@ -113,6 +115,12 @@ class Embedder:
 
             bf16_linears(self.model)
         self.dtype = dtype
+
+    def _set_max_lengths(self, query_max_length: int | None, key_max_length: int | None) -> None:
+        # the length the model was saved with (trained at, for a model ``llm-embedder train`` wrote) by default
+        saved = int(self.model.max_seq_length or 512)
+        self.query_max_length = int(query_max_length or saved)
+        self.key_max_length = int(key_max_length or saved)
 
     @property
     def dim(self) -> int:

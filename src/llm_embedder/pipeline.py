@@ -426,7 +426,8 @@ class Pipeline:
         for seed, (unified, task_specific) in trained.items():
             models[f"task-specific{suffixes[seed]}"] = str(task_specific)
             models[f"unified{suffixes[seed]}"] = str(unified)
-        systems = dense_systems(models, self.base, None, fast=self.cfg.embed_fast)
+        # every embedder, base included, keeps the tokens the models were trained on
+        systems = dense_systems(models, self.base, None, fast=self.cfg.embed_fast, max_length=self.cfg.max_length)
         for name, path in models.items():
             if "{task}" in path:  # a task whose task-specific model was not trained has none
                 make = systems[name]
@@ -456,8 +457,8 @@ class Pipeline:
             max_queries=self.cfg.eval_queries,
             max_llm_queries=self.cfg.llm_queries, max_corpus=self.cfg.max_corpus,
             max_candidates=self.cfg.max_candidates, generate=self.cfg.generate,
-            prompt_items=prompt_items(vars(self.cfg)), embed_fast=self.cfg.embed_fast, gold=self.cfg.gold,
-            teacher=self.cfg.teacher,
+            prompt_items=prompt_items(vars(self.cfg)), embed_fast=self.cfg.embed_fast,
+            embed_max_length=self.cfg.max_length, gold=self.cfg.gold, teacher=self.cfg.teacher,
         )
         # a further seed's results, or a reference row (gold, teacher), that this run did not ask for stay cached,
         # out of its report and verdict

@@ -75,6 +75,15 @@ def test_fast_runs_the_embedders_and_the_llm_in_bf16_and_says_so(qa_suite, tiny_
     assert settings["embed_fast"] == "bf16" and settings["llm"].endswith("+bf16")
 
 
+def test_max_length_sets_every_embedders_tokens(qa_suite, tiny_embedder_dir, tiny_lm_dir, tmp_path):
+    result = evaluate(qa_suite, tmp_path / "short", tiny_embedder_dir, tiny_lm_dir, "--max-length", "16",
+                      "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "short" / "settings.json").read_text())["embed_max_length"] == 16
+    zero = evaluate(qa_suite, tmp_path / "zero", tiny_embedder_dir, tiny_lm_dir, "--max-length", "0")
+    assert zero.returncode != 0 and "--max-length" in zero.stderr
+
+
 @pytest.mark.parametrize(("spec", "message"), [
     ("qa=0", "--prompt-items: qa=0, expected a whole number of at least 1"),
     ("qa=two", "--prompt-items 'qa=two': expected TASK=N"),

@@ -214,6 +214,25 @@ def test_results_of_another_embedder_fast_mode_are_not_reused(suite, tiny_embedd
     assert set(second["qa"]["tiny"]) == set(first["qa"]["tiny"])
 
 
+def test_results_at_another_embedder_max_length_are_not_reused(suite, tiny_embedder_dir, tmp_path):
+    out = tmp_path / "eval"
+    saved = dense_systems({"tiny": str(tiny_embedder_dir)}, None, "cpu")
+    run_evaluation(suite, ["qa"], saved, out, baselines=False)
+    assert json.loads((out / "settings.json").read_text())["embed_max_length"] == "saved"
+    short = dense_systems({"tiny": str(tiny_embedder_dir)}, None, "cpu", max_length=8)
+    embedders = []
+
+    def counted(task):
+        ranker = short["tiny"](task)
+        embedders.append(ranker.embedder)
+        return ranker
+
+    run_evaluation(suite, ["qa"], {"tiny": counted}, out, baselines=False, embed_max_length=8)
+    assert len(embedders) == 1  # measured again, not read from the cache of the saved length
+    assert (embedders[0].query_max_length, embedders[0].key_max_length) == (8, 8)
+    assert json.loads((out / "settings.json").read_text())["embed_max_length"] == 8
+
+
 class FixedRanker:
     """Returns the same rankings for every query set (only the first ``len(queries)`` are used)."""
 

@@ -64,6 +64,9 @@ def evaluate_command(
     fast: Annotated[bool, typer.Option(
         help="CPU fast mode: bf16 Linear layers in the embedders and the LLM (approximate; for CPUs with "
              "AVX512-BF16 or AMX).")] = False,
+    max_length: Annotated[int | None, typer.Option(
+        min=1, help="Tokens every embedder keeps of a query or key (default: each model's saved length, the "
+                    "training length for a model llm-embedder train wrote).")] = None,
 ) -> None:
     """Evaluate embedders and baselines on the task suite; writes JSON, a markdown table and PNG plots."""
     from rich.console import Console
@@ -81,7 +84,7 @@ def evaluate_command(
         get_task(name)
     items = parse_prompt_items(prompt_items or [])
     embed_fast = "bf16" if fast else None
-    systems = dense_systems(parse_model_specs(model or []), base, device, fast=embed_fast)
+    systems = dense_systems(parse_model_specs(model or []), base, device, fast=embed_fast, max_length=max_length)
     if teacher and (not llm or llm == "none"):
         raise ValueError("--teacher ranks candidates with the LLM: give --llm")
     lm = None
@@ -92,7 +95,7 @@ def evaluate_command(
     results = run_evaluation(
         data, task_names, systems, out, lm=lm, baselines=baselines, gold=gold, teacher=teacher, split=split,
         max_queries=max_queries, max_llm_queries=max_llm_queries, max_corpus=max_corpus, max_candidates=max_candidates,
-        generate=generate, prompt_items=items, embed_fast=embed_fast,
+        generate=generate, prompt_items=items, embed_fast=embed_fast, embed_max_length=max_length,
     )
     plots = write_report(results, out)
     console = Console()

@@ -202,12 +202,13 @@ class TeacherRanker:
 
 def dense_systems(
     models: dict[str, str], base: str | None, device: str | None, plain: Collection[str] = (),
-    fast: str | None = None,
+    fast: str | None = None, max_length: int | None = None,
 ) -> dict:
     """name -> factory(task) -> DenseRanker; embedders are loaded once per path.
 
     A ``{task}`` in a path is filled per task; models named in ``plain`` embed without instructions; ``fast``
-    is every embedder's CPU fast mode (``Embedder(fast=...)``).
+    is every embedder's CPU fast mode (``Embedder(fast=...)``); ``max_length`` the tokens every embedder keeps
+    of a query or key (default: each model's saved length).
     """
     from llm_embedder.embedder import Embedder
 
@@ -218,7 +219,8 @@ def dense_systems(
             resolved = path.replace("{task}", task)
             if (resolved, instructions) not in cache:
                 cache[(resolved, instructions)] = Embedder(
-                    resolved, device=device, use_instructions=instructions, fast=fast
+                    resolved, device=device, use_instructions=instructions, fast=fast,
+                    query_max_length=max_length, key_max_length=max_length,
                 )
             return DenseRanker(cache[(resolved, instructions)])
 

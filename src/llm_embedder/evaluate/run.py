@@ -252,13 +252,16 @@ def run_evaluation(
     generate: bool = True,
     prompt_items: dict[str, int] | None = None,
     embed_fast: str | None = None,
+    embed_max_length: int | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Evaluate every system (name -> factory(task) -> Ranker, or None to skip the task) and the baselines on
     each task; resumable. ``prompt_items`` (task -> n) puts n retrieved items in that task's LLM prompt instead
     of its ``DOWNSTREAM`` default. ``gold`` adds the ``GoldRanker`` row: the metrics with every labelled item
     found. ``teacher`` adds the ``TeacherRanker`` row on the tasks with per-query candidates and an LLM metric:
     the LLM's own choice, knowing the answer. ``embed_fast`` is the fast mode the caller built the dense systems with
-    (``dense_systems(fast=...)``): it is kept with the settings, so results encoded otherwise are not mixed in."""
+    (``dense_systems(fast=...)``) and ``embed_max_length`` their tokens per text (``dense_systems(max_length=...)``,
+    None: each model's saved length): both are kept with the settings, so results encoded otherwise are not mixed
+    in."""
     check_prompt_items(prompt_items or {})
     for asked, row in ((gold, GoldRanker.name), (teacher, TeacherRanker.name)):
         if asked and row in systems:
@@ -276,8 +279,10 @@ def run_evaluation(
         "prompt_items": dict(sorted((prompt_items or {}).items())),
         # 2: LLM metric from the retrieval pass's rankings; 3: corpus slices keep hard negatives; 4: icl prompts
         # hold the top 8 examples (3 held 4); 5: scores independent of the prompts beside them
-        # (downstream.eval_batch_tokens)
-        "protocol": 5,
+        # (downstream.eval_batch_tokens); 6: embedders keep embed_max_length tokens (5: 256, whatever the model
+        # was trained at)
+        "protocol": 6,
+        "embed_max_length": embed_max_length or "saved",
     }
     if embed_fast:  # absent when exact, so results cached before the fast mode existed stay valid
         settings["embed_fast"] = embed_fast
