@@ -42,3 +42,22 @@ def test_prompts_are_scored_alone_except_in_half_precision_on_a_gpu(device, dtyp
     assert lm.asked == [expected]
     downstream_metrics("qa", ["q3"], [["c"]], [["p3"]], lm, generate=False, batch_tokens=512)
     assert lm.asked[-1] == 512
+
+
+def test_progress_follows_the_prompts_sent_to_the_llm(tiny_lm_dir):
+    lm = CausalLM(str(tiny_lm_dir))
+    queries, answers, retrieved = varied_length_qa(6)
+    memo, seen = {}, []
+    first = downstream_metrics("qa", queries[:4], answers[:4], retrieved[:4], lm, generate=False, memo=memo,
+                               progress=lambda done, total: seen.append((done, total)))
+    assert seen[0] == (0, 4) and seen[-1] == (4, 4)
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)  # only forward
+    seen.clear()  # a second system: only the two prompts the memo lacks go to the LLM
+    second = downstream_metrics("qa", queries, answers, retrieved, lm, generate=False, memo=memo,
+                                progress=lambda done, total: seen.append((done, total)))
+    assert seen[0] == (0, 2) and seen[-1] == (2, 2)
+    assert second.per_query[:4] == first.per_query
+    seen.clear()
+    downstream_metrics("qa", queries, answers, retrieved, lm, generate=False, memo=memo,
+                       progress=lambda done, total: seen.append((done, total)))
+    assert seen == []  # all from the memo

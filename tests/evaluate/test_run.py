@@ -16,9 +16,11 @@ class ContainsAnswerLM:
         self.calls = 0
         self.prompts = []
 
-    def answer_logprob(self, prompts, answers, batch_tokens=0):
+    def answer_logprob(self, prompts, answers, batch_tokens=0, progress=None):
         self.calls += 1
         self.prompts.extend(prompts)
+        if progress is not None:
+            progress(len(prompts))
         return np.array([-0.5 if a in p else -4.0 for p, a in zip(prompts, answers, strict=True)])
 
     def generate(self, prompts, max_new_tokens=16, stop=None, chat=True):
@@ -124,7 +126,7 @@ def test_teacher_ranks_each_candidate_alone_by_the_llm_and_remembers_the_scores(
         TeacherRanker(lm, [[]]).rank("chat", chat.queries, chat.candidates, 1)
 
     class NaNLM(ContainsAnswerLM):
-        def answer_logprob(self, prompts, answers, batch_tokens=0):
+        def answer_logprob(self, prompts, answers, batch_tokens=0, progress=None):
             return np.full(len(prompts), np.nan)
 
     with pytest.raises(ValueError, match="non-finite log-likelihoods for the teacher"):

@@ -12,7 +12,7 @@ at ``{answer}``. Per task (recipe §3, scaled to a 135M LLM):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -104,15 +104,27 @@ def eval_batch_tokens(lm: Any) -> int | None:
 
 
 def memo_logprobs(
-    lm: Any, pairs: Sequence[tuple[str, str]], memo: dict, batch_tokens: int | None = None
+    lm: Any, pairs: Sequence[tuple[str, str]], memo: dict, batch_tokens: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """The answer's log-likelihood for each (prompt, answer) pair; only the pairs ``memo`` lacks go to the LLM (each
     once), and ``memo`` keeps their scores for the next system. ``batch_tokens``: None is ``eval_batch_tokens(lm)``.
+    ``progress(done, total)`` follows the pairs sent to the LLM (called with 0 first).
     """
     todo = sorted(set(pairs) - memo.keys())
     if todo:
+        extra: dict[str, Any] = {}
+        if progress is not None:
+            done = [0]
+            progress(0, len(todo))
+
+            def step(n: int) -> None:
+                done[0] += n
+                progress(done[0], len(todo))
+
+            extra["progress"] = step
         fresh = lm.answer_logprob([p for p, _ in todo], [a for _, a in todo],
-                                  batch_tokens=batch_tokens or eval_batch_tokens(lm))
+                                  batch_tokens=batch_tokens or eval_batch_tokens(lm), **extra)
         memo.update(zip(todo, (float(x) for x in fresh), strict=True))
     return np.asarray([memo[pair] for pair in pairs], dtype=np.float64)
 
@@ -128,12 +140,14 @@ def downstream_metrics(
     batch_tokens: int | None = None,
     memo: dict | None = None,
     items: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> DownstreamResult | None:
     """Score the gold answers with the retrieved items in the prompt; None for tasks without an LLM metric.
 
     ``memo`` maps (prompt, answer) to a log-likelihood already computed; only the others are sent to the LLM.
     ``items`` overrides how many retrieved items the prompt holds (the task's ``DOWNSTREAM`` entry).
-    ``batch_tokens`` caps the padded tokens per forward pass; None: ``eval_batch_tokens(lm)``.
+    ``batch_tokens`` caps the padded tokens per forward pass; None: ``eval_batch_tokens(lm)``. ``progress(done,
+    total)`` follows the prompts scored (``memo_logprobs``).
     """
     spec = DOWNSTREAM.get(task)
     if spec is None:
@@ -144,7 +158,8 @@ def downstream_metrics(
         spec = replace(spec, items=items)
     prompts = build_prompts(task, queries, retrieved, spec)
     golds = [a[0] for a in answers]
-    loglik = memo_logprobs(lm, list(zip(prompts, golds, strict=True)), {} if memo is None else memo, batch_tokens)
+    loglik = memo_logprobs(lm, list(zip(prompts, golds, strict=True)), {} if memo is None else memo, batch_tokens,
+                           progress)
     if not np.isfinite(loglik).all():
         raise ValueError(f"task {task}: the LLM returned non-finite log-likelihoods")
     metrics: dict[str, float] = {"gold_loglik": float(loglik.mean())}

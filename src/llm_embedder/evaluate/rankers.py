@@ -8,7 +8,7 @@ is one list of texts for all queries (a corpus) or one list per query.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -170,15 +170,18 @@ class TeacherRanker:
     items one by one, a reference rather than a bound. A shared corpus (qa's passages, icl's examples) would cost
     an LLM pass per document and query, so only a query's own candidates (chat turns, earlier lrlm chunks) are
     ranked. ``memo`` ((prompt, answer) -> log-likelihood, as ``downstream_metrics``'s) is filled with the scores,
-    so the prompts the LLM metric then asks for again are not scored twice.
+    so the prompts the LLM metric then asks for again are not scored twice. ``progress(done, total)`` follows the
+    prompts scored.
     """
 
     name = "teacher"
 
-    def __init__(self, lm: Any, answers: Sequence[Sequence[str]], memo: dict | None = None):
+    def __init__(self, lm: Any, answers: Sequence[Sequence[str]], memo: dict | None = None,
+                 progress: Callable[[int, int], None] | None = None):
         self.lm = lm
         self.answers = answers
         self.memo = {} if memo is None else memo
+        self.progress = progress
 
     def rank(self, task: str, queries: Sequence[str], candidates: Candidates, k: int) -> list[list[int]]:
         if not is_per_query(candidates):
@@ -193,7 +196,8 @@ class TeacherRanker:
             if group and not answers:
                 raise ValueError(f"task {task}: query {i} has candidates but no answer for the teacher to score")
             pairs.append([(prompt_prefix(template, text, query), answers[0]) for text in group])
-        scores = memo_logprobs(self.lm, [pair for group in pairs for pair in group], self.memo)
+        scores = memo_logprobs(self.lm, [pair for group in pairs for pair in group], self.memo,
+                               progress=self.progress)
         if not np.isfinite(scores).all():
             raise ValueError(f"task {task}: the LLM returned non-finite log-likelihoods for the teacher")
         ends = np.cumsum([len(group) for group in pairs])

@@ -162,6 +162,7 @@ def evaluate_system(
     llm_queries: int | None = None,
     memo: dict | None = None,
     items: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[str, float], list[float]]:
     """Retrieval metrics (where gold ids exist) over every query, and the downstream LLM metric (where the task
     has one) over the first ``llm_queries`` of them, from the same rankings; with the per-query values of the
@@ -169,7 +170,7 @@ def evaluate_system(
 
     ``memo`` ((prompt, answer) -> log-likelihood, shared across the systems of a task) skips prompts another
     system already sent: systems that retrieve the same items for a query get the same score without a
-    second forward pass.
+    second forward pass. ``progress(done, total)`` follows the prompts sent to the LLM.
     """
     rankings = ranker.rank(data.task, data.queries, data.candidates, RETRIEVAL_DEPTH)
     metrics: dict[str, float] = {}
@@ -184,7 +185,8 @@ def evaluate_system(
             raise DataError(f"task {data.task}: every test record needs 'answers' for the LLM metric")
         retrieved = [data.texts(i, ids) for i, ids in enumerate(rankings[:n])]
         result = downstream_metrics(
-            data.task, data.queries[:n], data.answers[:n], retrieved, lm, generate=generate, memo=memo, items=items
+            data.task, data.queries[:n], data.answers[:n], retrieved, lm, generate=generate, memo=memo, items=items,
+            progress=progress,
         )
         metrics.update(result.metrics)
         per_query = result.per_query
@@ -298,6 +300,11 @@ def run_evaluation(
     order: dict[str, list[str]] = {}  # per task, the systems in the order asked for
     with Progress() as progress:
         bar = progress.add_task("evaluating", total=len(tasks))
+        # the LLM's prompts of the system in hand: its minutes (lrlm's long chunks, the teacher row) show as they go
+        prompts_bar = progress.add_task("LLM prompts", total=None, visible=False)
+
+        def prompts_done(done: int, total: int) -> None:
+            progress.update(prompts_bar, completed=done, total=total, visible=True)
         for task in tasks:
             limits = dict(max_corpus=max_corpus, max_candidates=max_candidates)
             data = load_task_data(data_dir, task, split, max_queries, **limits)
@@ -306,19 +313,21 @@ def run_evaluation(
             if gold:
                 rankers.append((GoldRanker.name, lambda g=data.golds: GoldRanker(g)))
             if teacher and data.per_query and task in DOWNSTREAM:
-                rankers.append((TeacherRanker.name, lambda a=data.answers, m=memo: TeacherRanker(lm, a, m)))
+                rankers.append((TeacherRanker.name,
+                                lambda a=data.answers, m=memo: TeacherRanker(lm, a, m, progress=prompts_done)))
             rankers += [(name, lambda f=factory, t=task: f(t)) for name, factory in systems.items()]
             order[task] = [name for name, _ in rankers]
             for name, make in rankers:
                 if name in results.get(task, {}):
                     continue
                 progress.update(bar, description=f"{task}: {name}")
+                progress.update(prompts_bar, visible=False)
                 ranker = make()
                 if ranker is None:  # this system has no model for this task
                     continue
                 metrics, values = evaluate_system(
                     data, ranker, lm, generate=generate, llm_queries=max_llm_queries, memo=memo,
-                    items=(prompt_items or {}).get(task),
+                    items=(prompt_items or {}).get(task), progress=prompts_done,
                 )
                 per_query.setdefault(task, {})[name] = values
                 save_results(out_dir, per_query, PER_QUERY_FILE)
