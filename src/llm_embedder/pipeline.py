@@ -59,6 +59,8 @@ class PipelineConfig:
     # τ of every loss. The paper's 0.01 suits bge; MiniLM was pre-trained at scale 20 (τ 0.05), and on the dev
     # split τ 0.05 kept tool retrieval above the base model where 0.01 fell below it
     temperature: float = 0.05
+    # tokens of a query or key: what the models train on, and what every embedder, the base included, keeps at
+    # evaluation (until protocol 6 the evaluation kept 256)
     max_length: int = 128
     # bf16 mixed precision for training where the CPU has bf16 matmuls (fp32 master weights): ~1.6x faster
     # steps, per-step losses equal to fp32 within ~0.005 in an 8-step check
