@@ -194,11 +194,10 @@ def run_ablations(run_dir: str | Path = "runs/demo", out: str | Path | None = No
         lm = CausalLM(llm, fast=pipeline_cfg.get("llm_fast"))
     tasks = [t for t in list_tasks() if (run_dir / "train" / t).is_dir() and (run_dir / "data" / t).is_dir()]
     embed_fast = pipeline_cfg.get("embed_fast")  # runs from before the setting encoded exactly
-    max_length = pipeline_cfg.get("max_length")
+    max_length = pipeline_cfg.get("max_length")  # every embedder keeps the training length, as in the demo
+    systems = systems_for(models, settings["base"], fast=embed_fast, max_length=max_length)
     results = run_evaluation(
-        run_dir / "data", tasks, systems_for(models, settings["base"], fast=embed_fast, max_length=max_length), out,
-        lm=lm,
-        baselines=False, split=split,
+        run_dir / "data", tasks, systems, out, lm=lm, baselines=False, split=split,
         max_queries=pipeline_cfg["eval_queries"], max_llm_queries=pipeline_cfg["llm_queries"],
         max_corpus=pipeline_cfg["max_corpus"], max_candidates=pipeline_cfg["max_candidates"],
         generate=pipeline_cfg.get("generate", False),
