@@ -24,7 +24,7 @@ class RecordingLM:
     def __init__(self, device: str, dtype: torch.dtype):
         self.device, self.dtype, self.asked = torch.device(device), dtype, []
 
-    def answer_logprob(self, prompts, answers, batch_tokens=None):
+    def answer_logprob(self, prompts, answers, batch_tokens=None, progress=None):
         self.asked.append(batch_tokens)
         return [-1.0] * len(prompts)
 

@@ -113,7 +113,7 @@ def memo_logprobs(
     """
     todo = sorted(set(pairs) - memo.keys())
     if todo:
-        extra: dict[str, Any] = {}
+        step = None
         if progress is not None:
             done = [0]
             progress(0, len(todo))
@@ -122,9 +122,8 @@ def memo_logprobs(
                 done[0] += n
                 progress(done[0], len(todo))
 
-            extra["progress"] = step
         fresh = lm.answer_logprob([p for p, _ in todo], [a for _, a in todo],
-                                  batch_tokens=batch_tokens or eval_batch_tokens(lm), **extra)
+                                  batch_tokens=batch_tokens or eval_batch_tokens(lm), progress=step)
         memo.update(zip(todo, (float(x) for x in fresh), strict=True))
     return np.asarray([memo[pair] for pair in pairs], dtype=np.float64)
 
