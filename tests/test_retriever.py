@@ -75,6 +75,42 @@ def test_mismatched_embedder_is_refused(tiny_embedder, tmp_path: Path) -> None:
         Retriever.load(tmp_path / "nothing", tiny_embedder)
 
 
+LONG_DOC = "A document far longer than sixteen tokens, " + " ".join(f"word{i}" for i in range(60))
+
+
+def test_index_keeps_its_document_length(tiny_embedder, tmp_path: Path) -> None:
+    """An index built at 16 document tokens reopens at 16 without an embedder, refuses one at another length
+    (its added vectors would differ from the stored ones), and does not check an index that predates the field."""
+    from llm_embedder.embedder import Embedder
+
+    short = Embedder(tiny_embedder.path, device="cpu", key_max_length=16)
+    Retriever.build(short, "qa", DOCS, out_dir=tmp_path / "idx")
+    meta_path = tmp_path / "idx" / "meta.json"
+    assert json.loads(meta_path.read_text())["key_max_length"] == 16
+    assert not np.allclose(short.encode_keys([LONG_DOC], "qa"), tiny_embedder.encode_keys([LONG_DOC], "qa"))
+
+    reopened = Retriever.load(tmp_path / "idx")
+    assert reopened.embedder.key_max_length == 16
+    reopened.add([LONG_DOC])
+    rows = np.fromfile(tmp_path / "idx" / "embeddings.memmap", dtype=np.float32).reshape(5, -1)
+    np.testing.assert_allclose(rows[4], short.encode_keys([LONG_DOC], "qa")[0], atol=1e-6)
+
+    with pytest.raises(ValueError, match=r"document tokens: the index's vectors keep 16 tokens of a document, "
+                                         r"the embedder keeps 256 \(load it with key_max_length=16"):
+        Retriever.load(tmp_path / "idx", tiny_embedder)
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "key_max_length": "16"}))
+    with pytest.raises(ValueError, match="corrupt index metadata: key_max_length must be a positive integer"):
+        Retriever.load(tmp_path / "idx", short)
+    del meta["key_max_length"]  # written before the index recorded it
+    meta_path.write_text(json.dumps(meta))
+    assert len(Retriever.load(tmp_path / "idx", tiny_embedder)) == 5
+
+
+def test_in_memory_retriever_records_its_document_length(tiny_embedder) -> None:
+    assert Retriever.build(tiny_embedder, "qa", DOCS).meta["key_max_length"] == tiny_embedder.key_max_length
+
+
 @pytest.mark.integration
 def test_minilm_finds_the_right_passage(minilm, tmp_path: Path) -> None:
     docs = [

@@ -22,6 +22,7 @@ from llm_embedder.index.build import (
     filterable,
     instruction_hash,
     iter_records,
+    key_max_length,
 )
 from llm_embedder.io import atomic_write
 
@@ -132,14 +133,16 @@ class Retriever:
         if backend != "faiss":
             raise ValueError("an in-memory Retriever uses FAISS; pass out_dir for Milvus")
         meta = {"model": embedder.name, "task": task, "instruction_hash": instruction_hash(embedder, task),
-                "dim": int(embedder.dim), "factory": factory, "backend": "faiss", "count": 0}
+                "key_max_length": key_max_length(embedder), "dim": int(embedder.dim), "factory": factory,
+                "backend": "faiss", "count": 0}
         retriever = cls(embedder, task, FaissIndex(int(embedder.dim), factory), DocStore(), None, meta)
         retriever.add(docs)
         return retriever
 
     @classmethod
     def load(cls, index_dir: str | Path, embedder: Any = None) -> Retriever:
-        """Reopen an index directory; ``embedder=None`` loads the model named in its meta.json."""
+        """Reopen an index directory; ``embedder=None`` loads the model named in its meta.json, keeping the
+        tokens of a document that the index's vectors were encoded with."""
         from llm_embedder.index.faiss_index import FaissIndex
 
         index_dir = Path(index_dir)
@@ -149,13 +152,16 @@ class Retriever:
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             task, dim = meta["task"], int(meta["dim"])
+            length = meta.get("key_max_length")
+            if length is not None and (not isinstance(length, int) or isinstance(length, bool) or length < 1):
+                raise ValueError(f"key_max_length must be a positive integer, got {length!r}")
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise IndexFormatError(f"{meta_path}: corrupt index metadata: {err}") from None
         if embedder is None:
             from llm_embedder.embedder import Embedder
 
             model = meta.get("model_path") if Path(meta.get("model_path", "")).is_dir() else meta["model"]
-            embedder = Embedder(model)
+            embedder = Embedder(model, key_max_length=meta.get("key_max_length"))
         check_compatible(meta, embedder, index_dir)
         if meta.get("backend", "faiss") == "milvus":
             from llm_embedder.index.milvus_index import MilvusIndex
@@ -223,7 +229,11 @@ class Retriever:
 
 
 def check_compatible(meta: dict, embedder: Any, where: Path | str) -> None:
-    """Refuse an embedder whose model, dimension or task instructions differ from the index's (say which)."""
+    """Refuse an embedder whose model, dimension, task instructions or document tokens differ from the index's
+    (say which): its keys would not be the vectors the index holds, and ``add`` would mix the two.
+
+    An index written before it recorded ``key_max_length`` is not checked for it.
+    """
     problems = []
     same_path = str(Path(embedder.path).resolve()) == meta.get("model_path")
     if not same_path and str(embedder.name) != meta.get("model"):
@@ -235,6 +245,12 @@ def check_compatible(meta: dict, embedder: Any, where: Path | str) -> None:
         problems.append(
             f"task instructions: the index was encoded for task {meta['task']!r} with instruction hash "
             f"{meta.get('instruction_hash')}, the embedder's instructions for it hash to {expected}"
+        )
+    length = key_max_length(embedder)
+    if meta.get("key_max_length") is not None and length is not None and length != int(meta["key_max_length"]):
+        problems.append(
+            f"document tokens: the index's vectors keep {meta['key_max_length']} tokens of a document, the embedder "
+            f"keeps {length} (load it with key_max_length={meta['key_max_length']}, or rebuild the index)"
         )
     if problems:
         raise ValueError(f"{where}: embedder does not match the index ({'; '.join(problems)})")

@@ -32,6 +32,7 @@ def test_build_writes_layout_and_meta(tiny_embedder, tmp_path: Path) -> None:
     out = tmp_path / "idx"
     assert meta["count"] == 23 and meta["dim"] == tiny_embedder.dim and meta["task"] == "qa"
     assert meta["instruction_hash"] == __import__("llm_embedder.tasks").tasks.get_task("qa").instruction_hash()
+    assert meta["key_max_length"] == tiny_embedder.key_max_length == 256
     assert json.loads((out / "meta.json").read_text()) == meta
     vectors = np.memmap(out / "embeddings.memmap", dtype=np.float32, mode="r", shape=(23, tiny_embedder.dim))
     docs = [json.loads(line) for line in (out / "docs.jsonl").read_text().splitlines()]
@@ -77,6 +78,18 @@ def test_build_refuses_other_settings(tiny_embedder, tmp_path: Path) -> None:
     build_index(corpus, tmp_path / "idx", tiny_embedder, "qa", progress=False)
     with pytest.raises(ValueError, match="different task, instruction_hash"):
         build_index(corpus, tmp_path / "idx", tiny_embedder, "chat", progress=False)
+
+
+def test_resuming_at_another_document_length_is_refused(tiny_embedder_dir, tmp_path: Path) -> None:
+    """Rows already encoded keep 256 tokens of a document: going on at 16 would mix two kinds of vectors."""
+    from llm_embedder.embedder import Embedder
+
+    corpus = write_corpus(tmp_path / "c.jsonl", 5)
+    build_index(corpus, tmp_path / "idx", Embedder(tiny_embedder_dir, device="cpu"), "qa", progress=False)
+    short = Embedder(tiny_embedder_dir, device="cpu", key_max_length=16)
+    with pytest.raises(ValueError, match="different key_max_length"):
+        build_index(corpus, tmp_path / "idx", short, "qa", progress=False)
+    assert build_index(corpus, tmp_path / "short", short, "qa", progress=False)["key_max_length"] == 16
 
 
 def test_bad_corpus_names_file_line_field(tiny_embedder, tmp_path: Path) -> None:

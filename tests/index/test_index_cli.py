@@ -61,3 +61,17 @@ def test_search_with_another_task_is_a_clear_error(tiny_embedder_dir: Path, tmp_
     assert proc.returncode == 2
     message = " ".join(proc.stderr.split())
     assert "was built for task 'qa', not 'tool'" in message and "Traceback" not in message
+
+
+def test_search_with_a_named_model_keeps_the_index_document_length(tiny_embedder_dir: Path, tmp_path: Path) -> None:
+    """An index built in Python at 16 document tokens, searched from the CLI with its model named: the CLI's
+    embedder takes the index's length instead of refusing the model at its saved 256."""
+    from llm_embedder.embedder import Embedder
+    from llm_embedder.retriever import Retriever
+
+    short = Embedder(tiny_embedder_dir, device="cpu", key_max_length=16)
+    Retriever.build(short, "qa", ["text of document 1", "something else entirely"], out_dir=tmp_path / "idx")
+    result = runner.invoke(app, ["search", "text of document 1", "--index", str(tmp_path / "idx"), "-k", "1",
+                                 "--json", "--model", str(tiny_embedder_dir)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["hits"][0]["text"] == "text of document 1"

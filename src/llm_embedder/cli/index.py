@@ -80,10 +80,16 @@ def open_retriever(index: Path, model: str | None, task: str | None):
     from llm_embedder.retriever import Retriever
 
     meta_path = index / "meta.json"
-    built_for = json.loads(meta_path.read_text(encoding="utf-8")).get("task") if meta_path.exists() else None
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
+    except json.JSONDecodeError:
+        meta = {}  # Retriever.load names the corrupt file
+    meta = meta if isinstance(meta, dict) else {}
+    built_for = meta.get("task")
     if task is not None and built_for is not None and task != built_for:  # fail before loading any model
         raise ValueError(f"{index} was built for task {built_for!r}, not {task!r}; build an index for {task!r}")
-    return Retriever.load(index, Embedder(model) if model else None)
+    # the model named keeps the tokens of a document that the index's vectors were encoded with
+    return Retriever.load(index, Embedder(model, key_max_length=meta.get("key_max_length")) if model else None)
 
 
 @app.command("search")

@@ -7,7 +7,8 @@ Layout of an index directory::
     embeddings.memmap   float32 (count, dim) key vectors
     progress.json       how far the build got (rows encoded); lets a re-run continue
     index.faiss         or index.db + index.milvus.json for Milvus
-    meta.json           model, model path, task, instruction hash, dim, count, factory, backend (written last)
+    meta.json           model, model path, task, instruction hash, key tokens, dim, count, factory, backend
+                        (written last)
 
 Peak memory does not grow with the corpus: records are streamed, one batch of texts is in memory.
 """
@@ -46,6 +47,12 @@ def instruction_hash(embedder: Any, task: str) -> str:
     """Hash of the instructions this embedder actually applies for ``task`` (empty without instructions)."""
     text = embedder.instruction(task, "query") + "\x00" + embedder.instruction(task, "key")
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def key_max_length(embedder: Any) -> int | None:
+    """The tokens of a document the embedder keeps (None for an embedder that does not say)."""
+    length = getattr(embedder, "key_max_length", None)
+    return None if length is None else int(length)
 
 
 def compose_text(record: dict, field: str, template: str | None, where: str) -> str:
@@ -247,7 +254,7 @@ def build_index(
     all scalar fields; keep it small for big corpora, FAISS holds them in memory).
 
     Returns the metadata written to meta.json. A directory holding a build with other settings (model,
-    task, instructions, corpus, factory) is refused rather than mixed.
+    task, instructions, document tokens, corpus, factory) is refused rather than mixed.
     """
     from llm_embedder.tasks import get_task
 
@@ -256,7 +263,8 @@ def build_index(
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {
         "model": embedder.name, "model_path": str(Path(embedder.path).resolve()), "task": task,
-        "instruction_hash": instruction_hash(embedder, task), "dim": int(embedder.dim), "factory": factory,
+        "instruction_hash": instruction_hash(embedder, task), "key_max_length": key_max_length(embedder),
+        "dim": int(embedder.dim), "factory": factory,
         "backend": backend, "field": field, "template": template, "filter_fields": list(filter_fields),
     }
     fingerprint = corpus_fingerprint(corpus)
