@@ -75,3 +75,8 @@ def test_search_with_a_named_model_keeps_the_index_document_length(tiny_embedder
                                  "--json", "--model", str(tiny_embedder_dir)])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["hits"][0]["text"] == "text of document 1"
+    meta_path = tmp_path / "idx" / "meta.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "key_max_length": "sixteen"}))
+    result = runner.invoke(app, ["search", "q", "--index", str(tmp_path / "idx"), "--model", str(tiny_embedder_dir)])
+    # in-process the error reaches the runner; the console entry point prints it in one line and exits 2
+    assert "corrupt index metadata: key_max_length must be a positive integer" in str(result.exception)
