@@ -96,7 +96,7 @@ def test_index_keeps_its_document_length(tiny_embedder, tmp_path: Path) -> None:
     np.testing.assert_allclose(rows[4], short.encode_keys([LONG_DOC], "qa")[0], atol=1e-6)
 
     with pytest.raises(ValueError, match=r"document tokens: the index's vectors keep 16 tokens of a document, "
-                                         r"the embedder keeps 256 \(load it with key_max_length=16"):
+                                         r"the embedder keeps 256 \(encode at 16"):
         Retriever.load(tmp_path / "idx", tiny_embedder)
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "key_max_length": "16"}))

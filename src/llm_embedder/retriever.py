@@ -250,7 +250,8 @@ def check_compatible(meta: dict, embedder: Any, where: Path | str) -> None:
     if meta.get("key_max_length") is not None and length is not None and length != int(meta["key_max_length"]):
         problems.append(
             f"document tokens: the index's vectors keep {meta['key_max_length']} tokens of a document, the embedder "
-            f"keeps {length} (load it with key_max_length={meta['key_max_length']}, or rebuild the index)"
+            f"keeps {length} (encode at {meta['key_max_length']}: Embedder(key_max_length=...) or --max-length, or "
+            "rebuild the index)"
         )
     if problems:
         raise ValueError(f"{where}: embedder does not match the index ({'; '.join(problems)})")

@@ -53,6 +53,24 @@ def test_encode_lines_to_npy_matches_library(tiny_embedder_dir, tmp_path):
     np.testing.assert_allclose(np.load(out), expected, atol=1e-6)
 
 
+def test_encode_max_length_cuts_long_texts(tiny_embedder_dir, tmp_path):
+    long_text = "a long text " + " ".join(f"word{i}" for i in range(40))
+    source = tmp_path / "texts.txt"
+    source.write_text(f"short one\n{long_text}\n")
+    vectors = {}
+    for name, extra in (("default", []), ("cut", ["--max-length", "8"])):
+        out = tmp_path / f"{name}.npy"
+        result = runner.invoke(app, ["encode", str(source), "--model", str(tiny_embedder_dir), "--out", str(out),
+                                     *extra])
+        assert result.exit_code == 0, result.output
+        vectors[name] = np.load(out)
+    cut = Embedder(tiny_embedder_dir, device="cpu", query_max_length=8).encode_queries(["short one", long_text], "qa")
+    np.testing.assert_allclose(vectors["cut"], cut, atol=1e-6)
+    assert not np.allclose(vectors["cut"][1], vectors["default"][1], atol=1e-3)
+    result = runner.invoke(app, ["encode", str(source), "--model", str(tiny_embedder_dir), "--max-length", "0"])
+    assert result.exit_code == 2 and "--max-length" in result.output
+
+
 def test_encode_jsonl_field_from_stdin_to_stdout(tiny_embedder_dir):
     stdin = json.dumps({"body": "alpha"}) + "\n" + json.dumps({"body": "beta"}) + "\n"
     result = runner.invoke(app, ["encode", "--field", "body", "--model", str(tiny_embedder_dir)], input=stdin)

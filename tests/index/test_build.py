@@ -127,3 +127,21 @@ def test_read_rows_matches_direct_indexing(tmp_path):
     data.tofile(path)
     rows = np.sort(np.random.default_rng(1).choice(2500, size=300, replace=False))
     np.testing.assert_array_equal(build.read_rows(path, rows, 2500, 8), data[rows])
+
+
+def test_builds_from_before_the_document_length(tiny_embedder, tmp_path: Path) -> None:
+    """A finished build written before key_max_length was recorded is re-used as it is; an unfinished one is
+    refused, since nobody knows at which length its rows were encoded."""
+    corpus = write_corpus(tmp_path / "c.jsonl", 6)
+    out = tmp_path / "idx"
+    build_index(corpus, out, tiny_embedder, "qa", progress=False)
+    progress, meta = json.loads((out / "progress.json").read_text()), json.loads((out / "meta.json").read_text())
+    del progress["settings"]["key_max_length"], meta["key_max_length"]
+    (out / "progress.json").write_text(json.dumps(progress))
+    (out / "meta.json").write_text(json.dumps(meta))
+    assert build_index(corpus, out, tiny_embedder, "qa", progress=False) == meta
+    with pytest.raises(ValueError, match="different task"):
+        build_index(corpus, out, tiny_embedder, "chat", progress=False)
+    (out / "progress.json").write_text(json.dumps({**progress, "done": False}))
+    with pytest.raises(ValueError, match="unfinished build from an earlier version"):
+        build_index(corpus, out, tiny_embedder, "qa", progress=False)

@@ -80,3 +80,32 @@ def test_search_with_a_named_model_keeps_the_index_document_length(tiny_embedder
     result = runner.invoke(app, ["search", "q", "--index", str(tmp_path / "idx"), "--model", str(tiny_embedder_dir)])
     # in-process the error reaches the runner; the console entry point prints it in one line and exits 2
     assert "corrupt index metadata: key_max_length must be a positive integer" in str(result.exception)
+
+
+def test_index_max_length_is_kept_by_search_and_serve(tiny_embedder_dir: Path, tmp_path: Path) -> None:
+    """`index --max-length 16` records 16; search (no model named) encodes at it; a server at the model's saved
+    256 refuses the index at startup with one line that says why and how to match it."""
+    corpus = write_corpus(tmp_path / "corpus.jsonl")
+    out = tmp_path / "idx"
+    result = runner.invoke(app, ["index", "--task", "qa", "--corpus", str(corpus), "--out", str(out), "--model",
+                                 str(tiny_embedder_dir), "--max-length", "16"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "meta.json").read_text())["key_max_length"] == 16
+    from llm_embedder.retriever import Retriever
+
+    reopened = Retriever.load(out)
+    assert reopened.embedder.key_max_length == 16
+    expected = [h.id for h in reopened.search("text of document 3", k=3)[0]]
+    result = runner.invoke(app, ["search", "text of document 3", "--index", str(out), "-k", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    assert [h["id"] for h in json.loads(result.stdout)["hits"]] == expected
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "llm_embedder", "serve", "--model", str(tiny_embedder_dir), "--index", f"docs={out}",
+         "--port", "1"], capture_output=True, text=True, env=env, timeout=300,
+    )
+    message = " ".join(proc.stderr.split())
+    assert proc.returncode == 2, proc.stderr
+    assert "the index's vectors keep 16 tokens of a document, the embedder keeps 256" in message
+    assert "--max-length" in message and "Traceback" not in message

@@ -112,3 +112,25 @@ def test_bad_augment_requests(search_server) -> None:
     over = post(search_server, "/v1/augment", {"index": "docs", "query": "word " * 500, "budget_tokens": 5})
     assert over.status_code == 400 and over.json()["error"]["param"] == "budget_tokens"
     assert post(search_server, "/v1/augment", {"index": "docs", "query": "ok"}).status_code == 200
+
+
+def test_server_at_the_index_document_length(start_server, tiny_embedder_dir, tmp_path) -> None:
+    """`serve --max-length 16` with an index built at 16: it starts, and its key vectors are the index's."""
+    import numpy as np
+
+    from llm_embedder.embedder import Embedder
+    from llm_embedder.retriever import Retriever
+
+    short = Embedder(tiny_embedder_dir, device="cpu", query_max_length=16, key_max_length=16)
+    long_doc = "A document far longer than sixteen tokens, " + " ".join(f"word{i}" for i in range(60))
+    Retriever.build(short, "qa", [*DOCS, {"text": long_doc}], out_dir=tmp_path / "idx")
+    with start_server(tiny_embedder_dir, tmp_path / "server.log", "--index", f"docs={tmp_path / 'idx'}",
+                      "--max-length", "16", api_key=None) as server:
+        body = {"input": [long_doc], "model": server.model_id, "task": "qa", "role": "key"}
+        got = httpx.post(f"{server.url}/v1/embeddings", json=body, timeout=60).json()["data"][0]["embedding"]
+        stored = np.fromfile(tmp_path / "idx" / "embeddings.memmap", dtype=np.float32).reshape(len(DOCS) + 1, -1)
+        np.testing.assert_allclose(got, stored[-1], atol=1e-5)
+        response = post(server, "/v1/search", {"index": "docs", "query": long_doc, "k": 3})
+        assert response.status_code == 200, response.text
+        expected = Retriever.load(tmp_path / "idx", short).search(long_doc, k=3)[0]
+        assert [h["id"] for h in response.json()["data"][0]["hits"]] == [h.id for h in expected]

@@ -18,6 +18,9 @@ ModelOption = Annotated[str, typer.Option("--model", "-m", help="Sentence-transf
 TaskFileOption = Annotated[
     list[Path] | None, typer.Option("--task-file", help="YAML/JSON file of extra tasks to register first.")
 ]
+MaxLengthOption = Annotated[int | None, typer.Option(
+    "--max-length", min=1,
+    help="Tokens of a query or key the model keeps (default: its saved length; 256 for minilm).")]
 
 
 def register_task_files(task_files: list[Path] | None) -> None:
@@ -74,6 +77,7 @@ def encode_command(
     out: Annotated[Path | None, typer.Option(help="OUT.npy or OUT.jsonl; JSONL to stdout if absent.")] = None,
     batch_size: Annotated[int, typer.Option(help="Texts per model batch.")] = 64,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present).")] = None,
+    max_length: MaxLengthOption = None,
     task_file: TaskFileOption = None,
 ) -> None:
     """Embed texts for a task and role; writes a .npy matrix or JSONL lines with an `embedding` field."""
@@ -87,7 +91,8 @@ def encode_command(
     if out is not None and out.suffix not in (".npy", ".jsonl"):
         raise ValueError(f"--out must end in .npy or .jsonl, got {out}")
     texts = read_texts(input, field)
-    embedder = Embedder(model, device=device, batch_size=batch_size)
+    embedder = Embedder(model, device=device, batch_size=batch_size, query_max_length=max_length,
+                        key_max_length=max_length)
     vectors = embedder.encode(texts, task, role)
     if out is not None and out.suffix == ".npy":
         np.save(out, vectors)

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from llm_embedder.cli.app import app
-from llm_embedder.cli.basic import ModelOption, TaskFileOption, register_task_files
+from llm_embedder.cli.basic import MaxLengthOption, ModelOption, TaskFileOption, register_task_files
 
 IndexOption = Annotated[Path, typer.Option("--index", "-i", help="Index directory written by `llm-embedder index`.")]
 
@@ -32,12 +32,14 @@ def index_command(
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Texts per encoding batch (progress is saved after each).")] = 256,
     device: Annotated[str | None, typer.Option(help="cpu, cuda ... (default: cuda if present).")] = None,
+    max_length: MaxLengthOption = None,
     task_file: TaskFileOption = None,
 ) -> None:
     """Encode a corpus with a task's key instruction into a memmap and index it (FAISS or Milvus).
 
     Streams the corpus (memory stays flat), shows progress and resumes after an interruption. OUT gets
-    embeddings.memmap, docs.jsonl, the index file and meta.json (model, task, instruction hash, dim, count).
+    embeddings.memmap, docs.jsonl, the index file and meta.json (model, task, instruction hash, document
+    tokens, dim, count); search and serve keep the index's document tokens.
     """
     from llm_embedder.embedder import Embedder
     from llm_embedder.index.build import build_index
@@ -47,11 +49,13 @@ def index_command(
     get_task(task)
     if not corpus.exists():
         raise FileNotFoundError(f"corpus not found: {corpus}")
-    embedder = Embedder(model, device=device, batch_size=batch_size)
+    embedder = Embedder(model, device=device, batch_size=batch_size, query_max_length=max_length,
+                        key_max_length=max_length)
     meta = build_index(corpus, out, embedder, task, factory=factory, backend=backend, field=field,
                        template=template, batch_size=batch_size, filter_fields=filter_field or ())
     Console(stderr=True).print(
-        f"indexed {meta['count']} documents for task {task} ({meta['dim']}-d, {backend} {factory}) in {out}"
+        f"indexed {meta['count']} documents for task {task} ({meta['dim']}-d, up to "
+        f"{meta.get('key_max_length', '?')} tokens each, {backend} {factory}) in {out}"
     )
 
 

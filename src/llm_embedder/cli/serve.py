@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from llm_embedder.cli.app import app
-from llm_embedder.cli.basic import ModelOption, TaskFileOption, register_task_files
+from llm_embedder.cli.basic import MaxLengthOption, ModelOption, TaskFileOption, register_task_files
 
 
 def parse_indexes(specs: list[str] | None) -> dict[str, Path]:
@@ -70,6 +70,7 @@ def serve_command(
         int | None, typer.Option(min=1, help="CPU threads of the model (torch); 1 suits a busy or shared CPU.")
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
+    max_length: MaxLengthOption = None,
     task_file: TaskFileOption = None,
 ) -> None:
     """Serve POST /v1/embeddings (OpenAI-compatible, plus `task` and `role`), /v1/search, /v1/augment,
@@ -88,7 +89,8 @@ def serve_command(
         import torch
 
         torch.set_num_threads(threads)
-    embedder = Embedder(model, device=device, batch_size=batch_size)
+    embedder = Embedder(model, device=device, batch_size=batch_size, query_max_length=max_length,
+                        key_max_length=max_length)
     retrievers = {}
     if index_dirs:
         from llm_embedder.retriever import Retriever
