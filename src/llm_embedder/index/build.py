@@ -7,7 +7,7 @@ Layout of an index directory::
     embeddings.memmap   float32 (count, dim) key vectors
     progress.json       how far the build got (rows encoded); lets a re-run continue
     index.faiss         or index.db + index.milvus.json for Milvus
-    meta.json           model, model path, task, instruction hash, key tokens, dim, count, factory, backend
+    meta.json           model, model path, task, instruction hash, document tokens, dim, count, factory, backend
                         (written last)
 
 Peak memory does not grow with the corpus: records are streamed, one batch of texts is in memory.
