@@ -104,7 +104,8 @@ class PipelineConfig:
     seed: int = 0  # of the data subsets and of the training
     # training seeds: 3 trains and evaluates the unified and task-specific models also with the trainer seeds
     # seed+1 and seed+2 (same data, so only the batch order and the negatives change) and judges the verdict on
-    # their mean, since one seed's verdict turns on the seed (README). Each further seed costs about 13 minutes
+    # their mean, since one seed's verdict turns on the seed (docs/demo_findings.md). Each further seed costs
+    # about 13 minutes
     train_seeds: int = 1
 
     def __post_init__(self) -> None:
