@@ -91,6 +91,7 @@ def test_index_keeps_its_document_length(tiny_embedder, tmp_path: Path) -> None:
 
     reopened = Retriever.load(tmp_path / "idx")
     assert reopened.embedder.key_max_length == 16
+    assert Retriever.load(tmp_path / "idx", model=tiny_embedder.path).embedder.key_max_length == 16
     reopened.add([LONG_DOC])
     rows = np.fromfile(tmp_path / "idx" / "embeddings.memmap", dtype=np.float32).reshape(5, -1)
     np.testing.assert_allclose(rows[4], short.encode_keys([LONG_DOC], "qa")[0], atol=1e-6)

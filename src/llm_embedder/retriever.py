@@ -140,9 +140,9 @@ class Retriever:
         return retriever
 
     @classmethod
-    def load(cls, index_dir: str | Path, embedder: Any = None) -> Retriever:
-        """Reopen an index directory; ``embedder=None`` loads the model named in its meta.json, keeping the
-        tokens of a document that the index's vectors were encoded with."""
+    def load(cls, index_dir: str | Path, embedder: Any = None, model: str | Path | None = None) -> Retriever:
+        """Reopen an index directory; ``embedder=None`` loads ``model`` (default: the model named in its
+        meta.json), keeping the tokens of a document that the index's vectors were encoded with."""
         from llm_embedder.index.faiss_index import FaissIndex
 
         index_dir = Path(index_dir)
@@ -160,7 +160,8 @@ class Retriever:
         if embedder is None:
             from llm_embedder.embedder import Embedder
 
-            model = meta.get("model_path") if Path(meta.get("model_path", "")).is_dir() else meta["model"]
+            if model is None:
+                model = meta.get("model_path") if Path(meta.get("model_path", "")).is_dir() else meta["model"]
             embedder = Embedder(model, key_max_length=meta.get("key_max_length"))
         check_compatible(meta, embedder, index_dir)
         if meta.get("backend", "faiss") == "milvus":

@@ -80,7 +80,6 @@ FilterOption = Annotated[list[str] | None, typer.Option("--filter", help="field=
 
 
 def open_retriever(index: Path, model: str | None, task: str | None):
-    from llm_embedder.embedder import Embedder
     from llm_embedder.retriever import Retriever
 
     meta_path = index / "meta.json"
@@ -92,11 +91,8 @@ def open_retriever(index: Path, model: str | None, task: str | None):
     built_for = meta.get("task")
     if task is not None and built_for is not None and task != built_for:  # fail before loading any model
         raise ValueError(f"{index} was built for task {built_for!r}, not {task!r}; build an index for {task!r}")
-    # the model named keeps the tokens of a document that the index's vectors were encoded with (a value that is
-    # not a length is left to Retriever.load, which names the corrupt file)
-    length = meta.get("key_max_length")
-    length = length if isinstance(length, int) and not isinstance(length, bool) and length > 0 else None
-    return Retriever.load(index, Embedder(model, key_max_length=length) if model else None)
+    # the model named keeps the tokens of a document that the index's vectors were encoded with
+    return Retriever.load(index, model=model)
 
 
 @app.command("search")

@@ -273,12 +273,12 @@ def build_index(
     # a build from before the document length was recorded: the same build if all else matches and it finished
     # (nothing is encoded again); an unfinished one cannot say at which length its rows were encoded
     legacy = state is not None and "key_max_length" not in old
-    if legacy and old == {k: v for k, v in settings.items() if k != "key_max_length"} and not state.get("done"):
+    compared = {k: v for k, v in settings.items() if not (legacy and k == "key_max_length")}
+    if legacy and old == compared and not state.get("done"):
         raise ValueError(
             f"{out_dir} holds an unfinished build from an earlier version, which did not record how many tokens of a "
             "document it kept; use another --out or delete it"
         )
-    compared = {k: v for k, v in settings.items() if not (legacy and k == "key_max_length")}
     if state is not None and (old != compared or state.get("corpus") != fingerprint):
         diff = [k for k in compared if old.get(k) != compared[k]] or ["corpus"]
         raise ValueError(
