@@ -126,3 +126,18 @@ def test_minilm_finds_the_right_passage(minilm, tmp_path: Path) -> None:
     tops = [hits[0].id for hits in Retriever.load(tmp_path / "idx").search(queries, k=3)]
     assert tops == [0, 2, 4]
     assert retriever.meta["model"] == "minilm"
+
+
+def test_filter_on_a_field_the_index_did_not_store_is_refused(tiny_embedder, tmp_path: Path) -> None:
+    from llm_embedder.index.build import build_index
+
+    build_index(DOCS, tmp_path / "idx", tiny_embedder, "qa", progress=False)  # no filter_fields
+    retriever = Retriever.load(tmp_path / "idx", tiny_embedder)
+    assert len(retriever.search("Paris", k=2)[0]) == 2
+    with pytest.raises(ValueError, match=r"filter on 'lang', but the index stores only these fields for filtering: "
+                                         r"none; build it with --filter-field lang"):
+        retriever.search("Paris", k=2, filter={"lang": "en"})
+    meta = json.loads((tmp_path / "idx" / "meta.json").read_text())
+    del meta["filter_fields"]  # an index from before the fields were recorded: searched as before
+    (tmp_path / "idx" / "meta.json").write_text(json.dumps(meta))
+    assert Retriever.load(tmp_path / "idx", tiny_embedder).search("Paris", k=2, filter={"lang": "en"}) == [[]]

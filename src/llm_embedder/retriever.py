@@ -183,6 +183,7 @@ class Retriever:
         self, queries: str | Sequence[str], k: int = 10, filter: Mapping[str, Any] | None = None
     ) -> list[list[Hit]]:
         """Top-k hits per query (fewer when the index holds fewer matching documents)."""
+        self.check_filter_fields(filter)
         texts = [queries] if isinstance(queries, str) else list(queries)
         vectors = self.embedder.encode_queries(texts, self.task)
         scores, ids = self.index.search(vectors, k, filter=filter)
@@ -195,6 +196,19 @@ class Retriever:
                 for (s, i), doc in zip(keep, docs, strict=True)
             ])
         return results
+
+    def check_filter_fields(self, filter: Mapping[str, Any] | None) -> None:
+        """Refuse a filter on a field the index never stored: it would match nothing, silently."""
+        stored = self.meta.get("filter_fields") if self.out_dir is not None else ["*"]
+        if not filter or stored is None or "*" in stored:  # None: an index from before the field was recorded
+            return
+        missing = [field for field in filter if field not in stored]
+        if missing:
+            kept = ", ".join(stored) if stored else "none"
+            raise ValueError(
+                f"filter on {', '.join(map(repr, missing))}, but the index stores only these fields for filtering: "
+                f"{kept}; build it with --filter-field {missing[0]} (Python: filter_fields=[{missing[0]!r}])"
+            )
 
     def add(self, documents: Sequence[str | dict]) -> list[int]:
         """Encode and index more documents; returns their ids (saved at once for an index directory, whose

@@ -39,6 +39,16 @@ def test_index_search_augment(tiny_embedder_dir: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     line = json.loads(result.stdout)
     assert len(line["hits"]) == 4 and all(h["metadata"]["lang"] == "en" for h in line["hits"])
+    # a field the build did not store would match nothing: refused, naming the option that stores it
+    proc = subprocess.run(
+        [sys.executable, "-m", "llm_embedder", "search", "text of document 3", "--index", str(out),
+         "--filter", "title=Title 3"],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    message = " ".join(proc.stderr.split())
+    assert "filter on 'title'" in message and "stores only these fields for filtering: lang" in message
+    assert "--filter-field title" in message
     assert all(h["text"].startswith("Title ") for h in line["hits"])
 
     result = runner.invoke(app, ["augment", "Which document?", "--task", "qa", "--index", str(out), "-k", "2"])
