@@ -41,6 +41,9 @@ def test_open_index_dispatch(tmp_path: Path) -> None:
     index = open_index(tmp_path / "a.db", DIM)
     assert isinstance(index, MilvusIndex) and index.dim == DIM
     index.close()
+    hnsw = open_index(tmp_path / "b.db", DIM, factory="HNSW16")  # the factory reaches Milvus too
+    assert hnsw.client.describe_index(hnsw.collection, "vector")["index_type"] == "HNSW"
+    hnsw.close()
 
 
 def test_add_search_count(backend: str, tmp_path: Path) -> None:

@@ -175,7 +175,7 @@ def open_index(uri_or_path: str | Path, dim: int | None = None, factory: str = "
         if str(uri_or_path).endswith(".milvus.json"):
             index: VectorIndex = MilvusIndex.load(uri_or_path)
         else:
-            index = MilvusIndex(uri_or_path, dim, **kwargs)
+            index = MilvusIndex(uri_or_path, dim, factory=factory, **kwargs)
     else:
         path = Path(uri_or_path)
         if path.is_dir():
