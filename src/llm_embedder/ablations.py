@@ -5,7 +5,7 @@
 data, steps, batch size and learning rate, each with one ingredient removed:
 
 - ``w/o LLM reward``: hard labels (``hard_labels``): teacher scores ignored, contrastive loss on the labelled
-  positive; records without one (the demo's chat and lrlm records carry none) are dropped;
+  positive (for chat, the first labelled turn); records without one (the demo's lrlm records) are dropped;
 - ``w/o instructions``: plain text at training (``instructions=False``) and at evaluation;
 - ``w/o homogeneous batching``: batches mix tasks, the loss is computed per task subgroup;
 - ``plain KL (qa, icl)``: KL distillation instead of the stabilized distillation for qa and icl.

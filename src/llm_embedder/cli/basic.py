@@ -32,7 +32,7 @@ def register_task_files(task_files: list[Path] | None) -> None:
 
 @app.command("tasks")
 def tasks_command(task_file: TaskFileOption = None) -> None:
-    """List the registered tasks with their instructions, loss and reward template."""
+    """List the registered tasks with their scenario, instructions and loss."""
     from llm_embedder.tasks import get_task, list_tasks
 
     register_task_files(task_file)
@@ -69,7 +69,8 @@ def read_texts(source: Path | None, field: str | None) -> list[str]:
 
 @app.command("encode")
 def encode_command(
-    input: Annotated[Path | None, typer.Argument(help="Text lines or JSONL; '-' or nothing reads stdin.")] = None,
+    input: Annotated[Path | None, typer.Argument(
+        help="Text lines, or JSONL for a .jsonl file or with --field; '-' or nothing reads stdin.")] = None,
     task: Annotated[str, typer.Option(help="Task whose instruction is applied.")] = "qa",
     role: Annotated[str, typer.Option(help="query or key.")] = "query",
     model: ModelOption = "minilm",

@@ -22,7 +22,8 @@ app.add_typer(data_app, name="data")
 @data_app.command("build")
 def build_command(
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Output folder: <task>/{train,dev,test,corpus}.jsonl.")
+        Path, typer.Option("--out", "-o", help="Output folder: <task>/{train,dev,test}.jsonl, and corpus.jsonl "
+                           "for qa, icl, tool and convsearch.")
     ] = Path("data/suite"),
     size: Annotated[str, typer.Option(help="small (~200/50/100 records per task, < 1 min) or full (all sources).")] = (
         "small"

@@ -38,8 +38,10 @@ def index_command(
     """Encode a corpus with a task's key instruction into a memmap and index it (FAISS or Milvus).
 
     Streams the corpus (memory stays flat), shows progress and resumes after an interruption. OUT gets
-    embeddings.memmap, docs.jsonl, the index file and meta.json (model, task, instruction hash, document
-    tokens, dim, count); search and serve keep the index's document tokens.
+    embeddings.memmap, docs.jsonl and docs.offsets, progress.json, the index (index.faiss, with
+    index.faiss.meta.json for --filter-field; or index.db and index.milvus.json) and meta.json (model, task,
+    instruction hash, document tokens, dim, count, filter fields); search and serve keep the index's document
+    tokens.
     """
     from llm_embedder.embedder import Embedder
     from llm_embedder.index.build import build_index

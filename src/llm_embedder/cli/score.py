@@ -31,7 +31,7 @@ def score_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output JSONL: the records with teacher_scores.")],
     llm: Annotated[str, typer.Option(help="Causal LM: a Hugging Face directory or the alias smollm2.")] = "smollm2",
     batch_tokens: Annotated[
-        int | None, typer.Option(help="Padded tokens per forward pass (default 2048 on CPU, 16384 on CUDA).")
+        int | None, typer.Option(help="Padded tokens per forward pass (default 1024 on CPU, 16384 on CUDA).")
     ] = None,
     task: Annotated[str | None, typer.Option(help="Task for records without a 'task' field.")] = None,
     task_file: TaskFileOption = None,

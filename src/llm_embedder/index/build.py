@@ -6,7 +6,7 @@ Layout of an index directory::
     docs.offsets        int64 byte offset of each line of docs.jsonl (random access, flat memory)
     embeddings.memmap   float32 (count, dim) key vectors
     progress.json       how far the build got (rows encoded); lets a re-run continue
-    index.faiss         or index.db + index.milvus.json for Milvus
+    index.faiss         or index.db + index.milvus.json for Milvus (index.faiss.meta.json: the stored filter fields)
     meta.json           model, model path, task, instruction hash, document tokens, dim, count, factory, backend
                         (written last)
 

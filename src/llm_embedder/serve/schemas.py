@@ -129,7 +129,7 @@ class AugmentRequest(BaseModel):
     task: str | None = Field(None, description="Task whose index is used when `index` is absent.")
     query: str = Field(min_length=1, description="The user's query.")
     k: int = Field(5, ge=1, description="Passages retrieved.")
-    budget_tokens: int = Field(1024, ge=1, description="Token budget of the retrieved context in the prompt.")
+    budget_tokens: int = Field(1024, ge=1, description="Token budget of the whole prompt, query included.")
     filter: dict[str, Any] | None = None
 
 
