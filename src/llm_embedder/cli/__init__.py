@@ -11,7 +11,11 @@ from llm_embedder.cli.app import app
 from llm_embedder.io import DataError
 from llm_embedder.tasks import UnknownTaskError
 
-USER_ERRORS = (DataError, UnknownTaskError, FileNotFoundError, ValueError)
+# a path of the wrong kind (a directory given for a file, a file for a folder) is the user's to fix, like a missing one
+USER_ERRORS = (
+    DataError, UnknownTaskError, FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError,
+    PermissionError, ValueError,
+)
 
 
 def main() -> None:
