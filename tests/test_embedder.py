@@ -174,3 +174,49 @@ def test_fast_model_is_not_saved(tiny_embedder_dir, tmp_path):
     with pytest.raises(ValueError, match="save\\(\\) needs the exact model"):
         Embedder(tiny_embedder_dir, device="cpu", fast="bf16").save(tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("gpu", "device 'gpu': not a torch device (cpu, cuda, cuda:N, mps)"),
+        ("CUDA", "device 'CUDA': not a torch device (cpu, cuda, cuda:N, mps)"),
+        ("cuda:x", "device 'cuda:x': not a torch device (cpu, cuda, cuda:N, mps)"),
+        ("meta", "device 'meta': models cannot run on meta; use cpu, cuda, cuda:N, mps"),
+    ],
+)
+def test_bad_device_is_refused_before_the_model_loads(tiny_embedder_dir, monkeypatch, device, message):
+    import sentence_transformers
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the device was checked")
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", no_loading)
+    with pytest.raises(ValueError) as err:
+        Embedder(tiny_embedder_dir, device=device)
+    assert str(err.value) == message
+
+
+def test_missing_accelerator_is_named(monkeypatch):
+    from llm_embedder.models import check_device
+
+    assert check_device(None) is None and check_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError) as err:
+        check_device("cuda")
+    assert str(err.value) == "device 'cuda': CUDA is not available on this machine"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert check_device("cuda:1") == "cuda:1"
+    with pytest.raises(ValueError) as err:
+        check_device("cuda:2")
+    assert str(err.value) == "device 'cuda:2': this machine has 2 CUDA device(s), cuda:0 to cuda:1"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="^device 'mps': MPS .* is not available on this machine$"):
+        check_device("mps")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_on_a_cpu_machine_is_a_clear_error(tiny_embedder_dir):
+    with pytest.raises(ValueError, match="^device 'cuda': CUDA is not available on this machine$"):
+        Embedder(tiny_embedder_dir, device="cuda")

@@ -118,3 +118,76 @@ def test_reregistering_with_other_settings_needs_overwrite():
     with pytest.raises(ValueError, match="overwrite"):
         register_task(Task(name="qa", query_instruction="other: ", key_instruction=""))
     assert get_task("qa").query_instruction == EXPECTED["qa"][0]
+
+
+TASK_HEAD = "tasks:\n  - name: mytask\n    query_instruction: 'Q: '\n    key_instruction: 'D: '\n"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("teacher_temperature", "hot", "teacher_temperature must be a number, got 'hot'"),
+        ("teacher_temperature", "0", "teacher_temperature must be greater than 0, got 0"),
+        ("teacher_temperature", "true", "teacher_temperature must be a number, got True"),
+        ("teacher_temperature", ".nan", "teacher_temperature must be a number, got nan"),
+        ("teacher_scores_margin", "wide", "teacher_scores_margin must be a number, got 'wide'"),
+        ("teacher_scores_margin", "-0.5", "teacher_scores_margin must be at least 0, got -0.5"),
+        ("teacher_scores_min", "[1]", "teacher_scores_min must be a number, got [1]"),
+        ("max_sample_num", "many", "max_sample_num must be a whole number, got 'many'"),
+        ("max_sample_num", "2.5", "max_sample_num must be a whole number, got 2.5"),
+        ("max_sample_num", "0", "max_sample_num must be at least 1, got 0"),
+        ("loss", "mse", "loss must be one of contrastive, kl_distill, stable_distill, got 'mse'"),
+        ("select_positive", "[first]", "select_positive must be one of first, random, teacher, teacher-pos, "
+                                       "got ['first']"),
+        ("select_negative", "best", "select_negative must be one of random, first, teacher-, teacher+, got 'best'"),
+        ("scenario", "3", "scenario must be a string, got 3"),
+    ],
+)
+def test_bad_task_fields_name_the_file_task_and_field(tmp_path, field, value, message):
+    path = tmp_path / "t.yaml"
+    path.write_text(TASK_HEAD + f"    {field}: {value}\n")
+    with pytest.raises(ValueError) as err:
+        register_tasks_from_file(path)
+    assert str(err.value) == f"{path}: task 'mytask': {message}"
+    assert "mytask" not in list_tasks()
+
+
+def test_task_without_a_usable_name_is_named_by_position(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text(TASK_HEAD + "  - name: a.b\n    query_instruction: ''\n    key_instruction: ''\n")
+    with pytest.raises(ValueError) as err:
+        register_tasks_from_file(path)
+    assert str(err.value).startswith(f"{path}: task #1: task name must be")
+    assert "mytask" not in list_tasks()  # nothing of a bad file is registered
+
+
+def test_numbers_yaml_reads_as_strings_are_numbers(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text(TASK_HEAD + "    teacher_temperature: 5e-2\n    max_sample_num: 1e3\n"
+                    "    teacher_scores_margin: '0.1'\n    teacher_scores_min: -1\n")
+    try:
+        (task,) = register_tasks_from_file(path)
+        assert (task.teacher_temperature, task.max_sample_num, task.teacher_scores_margin) == (0.05, 1000, 0.1)
+        assert isinstance(task.max_sample_num, int) and task.teacher_scores_min == -1
+    finally:
+        unregister_task("mytask")
+
+
+def test_redefining_a_builtin_in_a_file_names_the_file(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("- name: qa\n  query_instruction: 'other: '\n  key_instruction: ''\n")
+    with pytest.raises(ValueError) as err:
+        register_tasks_from_file(path)
+    assert str(err.value) == f"{path}: task 'qa' is already registered with other settings; give it another name"
+    assert get_task("qa").query_instruction == EXPECTED["qa"][0]
+    same = tmp_path / "same.yaml"  # the same settings again are fine
+    same.write_text(json.dumps([get_task("qa").to_dict()]))
+    assert register_tasks_from_file(same) == [get_task("qa")]
+
+
+def test_a_task_defined_twice_in_one_file_is_refused(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text(TASK_HEAD + TASK_HEAD.removeprefix("tasks:\n").replace("'Q: '", "'Other: '"))
+    with pytest.raises(ValueError, match=r"t\.yaml: task 'mytask' is defined twice with different settings"):
+        register_tasks_from_file(path)
+    assert "mytask" not in list_tasks()

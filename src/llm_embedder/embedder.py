@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from llm_embedder.models import resolve_embedder_path
+from llm_embedder.models import check_device, resolve_embedder_path
 from llm_embedder.tasks import Task, get_task, list_tasks, register_task, task_from_dict
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ class Embedder:
 
         self.path = resolve_embedder_path(model)
         self.name = str(model)
-        self.device = device or default_device()
+        self.device = check_device(device) or default_device()  # a bad or missing device fails before loading
         self.batch_size = batch_size
         self.use_instructions = use_instructions
         _register_saved_tasks(self.path)

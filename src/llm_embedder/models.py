@@ -37,3 +37,38 @@ def resolve_embedder_path(model: str | Path) -> Path:
     raise FileNotFoundError(
         f"model {name!r} is neither a directory nor a bundled alias; aliases: {', '.join(EMBEDDER_ALIASES)}"
     )
+
+
+# device types a model can run on; anything else torch names (meta, hpu, ...) is refused
+RUN_DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+DEVICE_HINT = "cpu, cuda, cuda:N, mps"
+
+
+def check_device(device: str | None) -> str | None:
+    """Validate a device name before any model is loaded; ``None`` (pick one automatically) passes through.
+
+    Raises ValueError naming the device for a name torch does not know (``gpu``), a device type models cannot run
+    on (``meta``) and an accelerator this machine lacks (``cuda`` without CUDA, ``cuda:3`` with two GPUs).
+    """
+    if device is None:
+        return None
+    import torch
+
+    name = str(device)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"device {name!r}: not a torch device ({DEVICE_HINT})") from None
+    if dev.type not in RUN_DEVICE_TYPES:
+        raise ValueError(f"device {name!r}: models cannot run on {dev.type}; use {DEVICE_HINT}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: CUDA is not available on this machine")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device {name!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r}: MPS (Apple GPU) is not available on this machine")
+    elif dev.type == "xpu" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+        raise ValueError(f"device {name!r}: XPU is not available on this machine")
+    return name

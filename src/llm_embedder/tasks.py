@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from importlib import resources
@@ -21,6 +22,13 @@ LOSSES = ("contrastive", "kl_distill", "stable_distill")
 POSITIVE_SELECTIONS = ("first", "random", "teacher", "teacher-pos")
 NEGATIVE_SELECTIONS = ("random", "first", "teacher-", "teacher+")
 ROLES = ("query", "key")
+# numeric fields: (int or float, lower bound, whether the bound itself is allowed, whether None is allowed)
+NUMERIC_FIELDS: dict[str, tuple[type, float | None, bool, bool]] = {
+    "teacher_temperature": (float, 0, False, False),
+    "teacher_scores_margin": (float, 0, True, True),
+    "teacher_scores_min": (float, None, True, True),
+    "max_sample_num": (int, 1, True, True),
+}
 
 
 class UnknownTaskError(KeyError):
@@ -54,9 +62,12 @@ class Task:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip() or "." in self.name:
             raise ValueError(f"task name must be a non-empty string without dots, got {self.name!r}")
-        for field_name in ("query_instruction", "key_instruction", "reward_template"):
-            if not isinstance(getattr(self, field_name), str):
-                raise ValueError(f"task {self.name!r}: {field_name} must be a string")
+        for field_name in ("query_instruction", "key_instruction", "reward_template", "scenario"):
+            value = getattr(self, field_name)
+            if not isinstance(value, str):
+                raise ValueError(f"task {self.name!r}: {field_name} must be a string, got {value!r}")
+        for field_name in NUMERIC_FIELDS:
+            _check_number(self.name, field_name, getattr(self, field_name))
         _check_choice(self.name, "loss", self.loss, LOSSES)
         _check_choice(self.name, "select_positive", self.select_positive, POSITIVE_SELECTIONS)
         _check_choice(self.name, "select_negative", self.select_negative, NEGATIVE_SELECTIONS)
@@ -93,8 +104,40 @@ class Task:
 
 
 def _check_choice(task: str, field_name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"task {task!r}: {field_name} must be one of {choices}, got {value!r}")
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"task {task!r}: {field_name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _check_number(task: str, field_name: str, value: Any) -> None:
+    """A numeric field's type and range (``NUMERIC_FIELDS``); bools and NaN are not numbers here."""
+    kind, low, inclusive, optional = NUMERIC_FIELDS[field_name]
+    if value is None and optional:
+        return
+    what = "a whole number" if kind is int else "a number"
+    if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+            or (kind is int and not isinstance(value, int))):
+        raise ValueError(f"task {task!r}: {field_name} must be {what}, got {value!r}")
+    if low is not None and (value < low or (value == low and not inclusive)):
+        bound = f"at least {low}" if inclusive else f"greater than {low}"
+        raise ValueError(f"task {task!r}: {field_name} must be {bound}, got {value!r}")
+
+
+def _convert_numbers(data: dict[str, Any]) -> dict[str, Any]:
+    """Numeric strings as numbers (YAML reads ``1e-2`` as a string) and whole floats as ints for int fields;
+    anything else is left for ``Task`` to refuse with a clear message."""
+    data = dict(data)
+    for field_name, (kind, *_) in NUMERIC_FIELDS.items():
+        value = data.get(field_name)
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                continue
+        if isinstance(value, float) and kind is int and value.is_integer():
+            value = int(value)
+        if field_name in data:
+            data[field_name] = value
+    return data
 
 
 _REGISTRY: dict[str, Task] = {}
@@ -111,25 +154,37 @@ def register_task(task: Task | None = None, /, *, overwrite: bool = False, **kwa
     return task
 
 
-def task_from_dict(data: dict[str, Any], where: str = "task") -> Task:
-    """Build a Task from a mapping, naming unknown or missing fields clearly."""
+def task_from_dict(data: dict[str, Any], where: str | None = None, position: int | None = None) -> Task:
+    """Build a Task from a mapping, naming unknown, missing or bad fields clearly.
+
+    Errors read ``<where>: task '<name>': <problem>`` (``task #<position>`` while the name is unusable).
+    """
+    name = data.get("name") if isinstance(data, dict) else None
+    if isinstance(name, str) and name.strip() and "." not in name:
+        label = f"task {name!r}"
+    else:
+        label = f"task #{position}" if position is not None else "task"
+    label = f"{where}: {label}" if where else label
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise ValueError(f"{label}: expected a mapping, got {type(data).__name__}")
     known = {f.name for f in fields(Task)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(str(k) for k in set(data) - known)
     if unknown:
-        raise ValueError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(known)}")
+        raise ValueError(f"{label}: unknown field(s) {unknown}; allowed: {sorted(known)}")
     for required in ("name", "query_instruction", "key_instruction"):
         if required not in data:
-            raise ValueError(f"{where}: missing required field {required!r}")
+            raise ValueError(f"{label}: missing required field {required!r}")
     try:
-        return Task(**data)
+        return Task(**_convert_numbers(data))
     except ValueError as err:
-        raise ValueError(f"{where}: {err}") from None
+        raise ValueError(f"{label}: {str(err).removeprefix(f'task {name!r}: ')}") from None
 
 
 def register_tasks_from_file(path: str | Path, *, overwrite: bool = False) -> list[Task]:
-    """Register the tasks defined in a YAML or JSON file (a list, or a mapping with a ``tasks`` list)."""
+    """Register the tasks defined in a YAML or JSON file (a list, or a mapping with a ``tasks`` list).
+
+    Every task is checked before any is registered; an error names the file, the task and the field.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"task file not found: {path}")
@@ -144,7 +199,15 @@ def register_tasks_from_file(path: str | Path, *, overwrite: bool = False) -> li
         data = [data]
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a list of tasks or a mapping with a 'tasks' list")
-    tasks = [task_from_dict(item, where=f"{path}: task #{i}") for i, item in enumerate(data)]
+    tasks = [task_from_dict(item, where=str(path), position=i) for i, item in enumerate(data)]
+    seen: dict[str, Task] = {}
+    for task in tasks:
+        if seen.get(task.name, task) != task:
+            raise ValueError(f"{path}: task {task.name!r} is defined twice with different settings")
+        seen[task.name] = task
+        if not overwrite and _REGISTRY.get(task.name, task) != task:
+            raise ValueError(f"{path}: task {task.name!r} is already registered with other settings; "
+                             "give it another name")
     return [register_task(task, overwrite=overwrite) for task in tasks]
 
 

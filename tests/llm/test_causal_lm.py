@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from llm_embedder.llm.loading import convert_gguf, resolve_llm_path
 from llm_embedder.llm.model import cut_at_stop
@@ -146,3 +147,20 @@ def test_fast_mode_choice_and_errors(tiny_lm_dir):
         CausalLM(tiny_lm_dir, device="cpu", fast="fp8")
     with pytest.raises(ValueError, match="for CPU"):
         pick_fast_mode("bf16", torch.device("cuda"))
+
+
+def test_bad_device_is_refused_before_any_weights_load(tiny_lm_dir, monkeypatch):
+    from llm_embedder.llm import model as model_module
+    from llm_embedder.llm.model import CausalLM
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was located or converted before the device was checked")
+
+    monkeypatch.setattr(model_module, "resolve_llm_path", no_loading)  # converts the bundled alias on first use
+    with pytest.raises(ValueError) as err:
+        CausalLM("smollm2", device="gpu")
+    assert str(err.value) == "device 'gpu': not a torch device (cpu, cuda, cuda:N, mps)"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError) as err:
+        CausalLM(tiny_lm_dir, device="cuda")
+    assert str(err.value) == "device 'cuda': CUDA is not available on this machine"

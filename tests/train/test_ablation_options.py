@@ -190,5 +190,5 @@ def test_unknown_plain_task_is_refused_before_training(data_dir, tmp_path, tiny_
     with pytest.raises(ValueError, match="plain_tasks: unknown task 'chats'"):
         trainer_module.train(config(data_dir, tmp_path / "bad", tiny_embedder_dir, plain_tasks=["chats"]))
     assert not (tmp_path / "bad").exists()
-    with pytest.raises(ValueError, match="plain_tasks must be a list"):
+    with pytest.raises(ValueError, match="plain_tasks: must be a list of task names"):
         TrainConfig(plain_tasks="chat")

@@ -9,6 +9,8 @@ import typer
 
 from llm_embedder.cli.app import app
 
+MAX_SEED = 2**32 - 1  # the seed range numpy takes (as train.config.MAX_SEED)
+
 
 @app.command("train")
 def train_command(
@@ -19,17 +21,23 @@ def train_command(
     out: Annotated[Path | None, typer.Option("--out", help="Output dir: model, card, checkpoints/.")] = None,
     base: Annotated[str | None, typer.Option("--base", help="Base model dir or alias (default minilm).")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="train.yaml; keys mirror these options.")] = None,
-    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps (default 10000).")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Queries per process (default 100).")] = None,
-    group_size: Annotated[int | None, typer.Option("--group-size", help="Keys per query: 1 pos + negs (8).")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", min=1,
+                                                  help="Optimizer steps (default 10000).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1,
+                                                   help="Queries per process (default 100).")] = None,
+    group_size: Annotated[int | None, typer.Option("--group-size", min=2,
+                                                   help="Keys per query: 1 pos + negs (8).")] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Learning rate (default 5e-6, the paper's).")] = None,
     temperature: Annotated[float | None, typer.Option(
         "--temperature", help="τ of every loss (default 0.01, the paper's, for bge; the demo trains MiniLM at "
         "0.05, chosen on the dev split).")] = None,
-    query_max_length: Annotated[int | None, typer.Option("--query-max-length", help="Query tokens (256).")] = None,
-    key_max_length: Annotated[int | None, typer.Option("--key-max-length", help="Key tokens (256).")] = None,
-    save_steps: Annotated[int | None, typer.Option("--save-steps", help="Checkpoint every N steps (1000).")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed for sampling and selection (42).")] = None,
+    query_max_length: Annotated[int | None, typer.Option("--query-max-length", min=1,
+                                                         help="Query tokens (256).")] = None,
+    key_max_length: Annotated[int | None, typer.Option("--key-max-length", min=1, help="Key tokens (256).")] = None,
+    save_steps: Annotated[int | None, typer.Option("--save-steps", min=1,
+                                                   help="Checkpoint every N steps (1000).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, max=MAX_SEED,
+                                             help="Seed for sampling and selection (42).")] = None,
     self_paced: Annotated[bool | None, typer.Option("--self-paced/--no-self-paced",
                                                     help="Per-task lr scaling L_T0/L_T (2024 revision).")] = None,
     cpu_bf16: Annotated[bool | None, typer.Option("--cpu-bf16/--no-cpu-bf16",
@@ -82,7 +90,7 @@ def mine_command(
     data: Annotated[Path, typer.Option("--data", help="Task JSONL file (query, pos, task ...).")],
     corpus: Annotated[Path, typer.Option("--corpus", help="Corpus JSONL ({text} or {title,text} or {contents}).")],
     out: Annotated[Path, typer.Option("--out", help="Output JSONL with mined `neg`.")],
-    top_k: Annotated[int, typer.Option("--top-k", help="Negatives kept per query (100).")] = 100,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Negatives kept per query (100).")] = 100,
     filter_answers: Annotated[bool, typer.Option("--filter-answers", help="Drop answer-bearing passages.")] = False,
     key_template: Annotated[str | None, typer.Option("--key-template", help="e.g. '{title} {text}'.")] = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu or cuda.")] = None,

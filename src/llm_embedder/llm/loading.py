@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from llm_embedder.models import package_dir
+from llm_embedder.models import check_device, package_dir
 
 # alias -> (package, GGUF file inside it, cache sub-directory, pip requirement)
 LLM_ALIASES: dict[str, tuple[str, str, str, str]] = {
@@ -88,10 +88,13 @@ def convert_gguf(gguf_dir: Path, gguf_name: str, target: Path) -> Path:
 
 
 def pick_device_dtype(device: str | None, dtype: str) -> tuple[Any, Any]:
-    """Device (cuda when present) and dtype: fp32 on CPU (bf16 is ~4x slower there), bf16 on CUDA."""
+    """Device (cuda when present) and dtype: fp32 on CPU (bf16 is ~4x slower there), bf16 on CUDA.
+
+    A device torch does not know, or one this machine lacks, raises ValueError (``models.check_device``).
+    """
     import torch
 
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch.device(check_device(device) or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dtype == "auto":
         torch_dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     else:

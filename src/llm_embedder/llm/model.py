@@ -38,9 +38,10 @@ class CausalLM:
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        # device and dtype first: a bad one fails before the bundled alias is converted (which loads weights)
+        self.device, self.dtype = pick_device_dtype(device, dtype)
         self.path = resolve_llm_path(model)
         self.name = str(model) if str(model) in LLM_ALIASES else self.path.name
-        self.device, self.dtype = pick_device_dtype(device, dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token

@@ -8,6 +8,8 @@ Defaults follow the paper (recipe §2.6): lr 5e-6 with warm-up 0.1 and weight de
 from __future__ import annotations
 
 import json
+import math
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,29 @@ from typing import Any
 import yaml
 
 LOSSES = ("contrastive", "kl_distill", "stable_distill")
+MAX_SEED = 2**32 - 1  # numpy's and the HF trainer's seed range
+
+# the numeric options and their lower bounds: (kind, minimum, whether the minimum itself is allowed)
+NUMBERS: dict[str, tuple[type, float, bool]] = {
+    "max_steps": (int, 1, True),
+    "batch_size": (int, 1, True),
+    "group_size": (int, 2, True),  # 1 positive + at least one negative
+    "query_max_length": (int, 1, True),
+    "key_max_length": (int, 1, True),
+    "seed": (int, 0, True),
+    "save_steps": (int, 1, True),
+    "save_total_limit": (int, 1, True),
+    "logging_steps": (int, 1, True),
+    "self_paced_interval": (int, 1, True),
+    "lr": (float, 0, False),
+    "temperature": (float, 0, False),
+    "warmup_ratio": (float, 0, True),
+    "weight_decay": (float, 0, True),
+}
+BOOLS = ("fp16", "cpu_bf16", "gradient_checkpointing", "self_paced", "resume", "instructions", "homogeneous",
+         "interleave_tasks", "hard_labels")
+STRINGS = ("out", "base")
+LISTS = ("data", "task_files", "plain_tasks")  # a file may give one item as a plain string
 
 
 @dataclass
@@ -57,22 +82,14 @@ class TrainConfig:
     loss_override: dict[str, str] = field(default_factory=dict)  # task -> loss, e.g. {"qa": "kl_distill"}
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "save_steps", "logging_steps", "self_paced_interval"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.group_size < 2:
-            raise ValueError(f"group_size must be at least 2 (1 positive + negatives), got {self.group_size}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.lr <= 0 or self.temperature <= 0:
-            raise ValueError("lr and temperature must be positive")
-        if not isinstance(self.loss_override, dict):
-            raise ValueError(f"loss_override must map task -> loss, got {self.loss_override!r}")
+        for f in fields(self):  # each value's type and range, e.g. "batch_size: must be at least 1, got 0"
+            try:
+                setattr(self, f.name, check_value(f.name, getattr(self, f.name)))
+            except ValueError as err:
+                raise ValueError(f"{f.name}: {err}") from None
         for task, loss in self.loss_override.items():
             if loss not in LOSSES:
                 raise ValueError(f"loss_override {task}={loss}: unknown loss; known: {', '.join(LOSSES)}")
-        if isinstance(self.plain_tasks, str) or not all(isinstance(t, str) and t for t in self.plain_tasks):
-            raise ValueError(f"plain_tasks must be a list of task names, got {self.plain_tasks!r}")
         if self.self_paced and not self.homogeneous:
             raise ValueError("self_paced needs homogeneous batches (one task per step)")
 
@@ -116,12 +133,80 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         name = str(key).replace("-", "_")
         if name not in known:
             raise ValueError(f"{path}: unknown option {key!r}; known: {', '.join(sorted(known))}")
-        if name in ("data", "task_files") and isinstance(value, str):
-            value = [value]
-        if name == "loss_override" and isinstance(value, list | str):
-            value = parse_loss_override([value] if isinstance(value, str) else value)
-        values[name] = value
+        try:
+            values[name] = check_value(name, value, from_file=True)
+        except ValueError as err:
+            raise ValueError(f"{path}: {key}: {err}") from None
     return values
+
+
+def _number(value: Any, kind: type, from_file: bool) -> int | float:
+    """``value`` as an int or float; in a file a numeric string counts (YAML reads ``5e-6`` as a string)."""
+    what = "a whole number" if kind is int else "a number"
+    number = value
+    if from_file and isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise ValueError(f"expected {what}, got {value!r}") from None
+    if isinstance(number, bool) or not isinstance(number, int | float):
+        raise ValueError(f"expected {what}, got {value!r}")
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {value!r}")
+    if kind is int:
+        if number != int(number):
+            raise ValueError(f"expected {what}, got {value!r}")
+        return int(number)
+    return float(number)
+
+
+def check_value(name: str, value: Any, from_file: bool = False) -> Any:
+    """One option's value, checked (and, from a file, converted); ValueError says what is wrong with it.
+
+    ``from_file``: numeric strings count as numbers, a single path or task name as a one-item list, and
+    ``loss_override`` may be a list of ``TASK=LOSS`` strings, as ``read_config_file`` reads YAML.
+    """
+    if name in NUMBERS:
+        kind, low, inclusive = NUMBERS[name]
+        number = _number(value, kind, from_file)
+        if number < low or (number == low and not inclusive):
+            note = " (1 positive + negatives)" if name == "group_size" else ""
+            raise ValueError(f"must be {'at least' if inclusive else 'greater than'} {low}{note}, got {value!r}")
+        if name == "seed" and number > MAX_SEED:
+            raise ValueError(f"must be at most 2**32 - 1, got {value!r}")
+        if name == "warmup_ratio" and number >= 1:
+            raise ValueError(f"must be in [0, 1), got {value!r}")
+        return number
+    if name in BOOLS:
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value
+    if name in STRINGS or name == "device":
+        if value is None and name == "device":
+            return None
+        if isinstance(value, os.PathLike) or (from_file and isinstance(value, int | float)
+                                              and not isinstance(value, bool)):
+            value = str(value)  # a Path, or ``out: 2024`` in a file
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {value!r}")
+        return value
+    if name in LISTS:
+        if from_file and isinstance(value, str):
+            value = [value]  # ``data: some/dir``
+        if isinstance(value, list | tuple):
+            value = [str(v) if isinstance(v, os.PathLike) or (from_file and isinstance(v, int | float)
+                                                              and not isinstance(v, bool)) else v for v in value]
+        if isinstance(value, str) or not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            what = "task names" if name == "plain_tasks" else "paths"
+            raise ValueError(f"must be a list of {what}, got {value!r}")
+        return value
+    if name == "loss_override":
+        if from_file and isinstance(value, list | str):
+            value = parse_loss_override([value] if isinstance(value, str) else value)
+        if not isinstance(value, dict):
+            raise ValueError(f"must map task -> loss, got {value!r}")
+        return value
+    return value
 
 
 def parse_loss_override(items: list[str]) -> dict[str, str]:

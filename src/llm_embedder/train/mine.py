@@ -67,8 +67,12 @@ def mine_negatives(
     import numpy as np
 
     from llm_embedder.embedder import Embedder
+    from llm_embedder.models import check_device
     from llm_embedder.tasks import get_task
 
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be a whole number of at least 1, got {top_k!r}")
+    check_device(device)  # before the data and corpus are read
     records = []
     for line_no, record in iter_jsonl(data):
         if not isinstance(record.get("query"), str):

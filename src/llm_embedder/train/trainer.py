@@ -139,14 +139,15 @@ def build_trainer(config: TrainConfig, files: list[TrainingFile]):
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments
 
     from llm_embedder.llm.fast import cpu_has_bf16
-    from llm_embedder.models import resolve_embedder_path
+    from llm_embedder.models import check_device, resolve_embedder_path
     from llm_embedder.train.collator import GroupCollator
     from llm_embedder.train.losses import loss_for_task
 
     out = Path(config.out)
     world_size = distributed_env()[1]
-    cuda = torch.cuda.is_available() and (config.device or "cuda").startswith("cuda")
-    device = config.device or ("cuda" if cuda else "cpu")
+    device = check_device(config.device)
+    cuda = torch.cuda.is_available() and (device or "cuda").startswith("cuda")
+    device = device or ("cuda" if cuda else "cpu")
     model = SentenceTransformer(str(resolve_embedder_path(config.base)), device=device, local_files_only=True)
     train_dataset = DatasetDict({f.name: Dataset.from_list(f.examples) for f in files if f.examples})
     losses = {f.name: loss_for_task(f.task, model, config.temperature, config.loss_for(f.task))
@@ -212,8 +213,10 @@ def latest_checkpoint(out: Path) -> str | None:
 
 def train(config: TrainConfig) -> Path:
     """Validate all data, train, and write the model (with prompts), TRAINING_CARD.md and loss_curves.png."""
+    from llm_embedder.models import check_device
     from llm_embedder.tasks import UnknownTaskError, get_task, register_tasks_from_file
 
+    check_device(config.device)  # a device this machine lacks fails before any data is read
     if not config.data:
         raise ValueError("no training data given (--data FILE_OR_DIR ...)")
     if not config.out:

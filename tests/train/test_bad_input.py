@@ -1,0 +1,138 @@
+"""Bad training input fails early with one clear line: config-file values, option ranges, the device, mining."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from llm_embedder.cli import app
+from llm_embedder.train import trainer as trainer_module
+from llm_embedder.train.config import TrainConfig, read_config_file
+from llm_embedder.train.mine import mine_negatives
+
+runner = CliRunner()
+
+
+def test_config_file_reads_numbers_yaml_leaves_as_strings(tmp_path: Path) -> None:
+    """PyYAML reads ``5e-6`` (no dot) as a string: numeric fields convert it; booleans and strings stay."""
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 5e-6\ntemperature: 5e-2\nmax-steps: 1e4\nseed: '7'\nfp16: false\nbase: minilm\n"
+                    "out: 2024\ndata: some/dir\ndevice: cpu\n")
+    config = TrainConfig.from_sources(path)
+    assert (config.lr, config.temperature, config.max_steps, config.seed) == (5e-6, 5e-2, 10_000, 7)
+    assert isinstance(config.max_steps, int) and isinstance(config.lr, float)
+    assert (config.fp16, config.base, config.out, config.data, config.device) == (False, "minilm", "2024",
+                                                                                  ["some/dir"], "cpu")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("lr: abc\n", "c.yaml: lr: expected a number, got 'abc'"),
+        ("batch_size: two\n", "c.yaml: batch_size: expected a whole number, got 'two'"),
+        ("max-steps: 2.5\n", "c.yaml: max-steps: expected a whole number, got 2.5"),
+        ("temperature: .nan\n", "c.yaml: temperature: expected a finite number, got nan"),
+        ("seed: -1\n", "c.yaml: seed: must be at least 0, got -1"),
+        ("query_max_length: 0\n", "c.yaml: query_max_length: must be at least 1, got 0"),
+        ("fp16: maybe\n", "c.yaml: fp16: expected true or false, got 'maybe'"),
+        ("lr: true\n", "c.yaml: lr: expected a number, got True"),
+        ("base: [a, b]\n", "c.yaml: base: expected a string, got ['a', 'b']"),
+    ],
+)
+def test_bad_config_values_name_the_file_and_key(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(content)
+    with pytest.raises(ValueError) as err:
+        read_config_file(path)
+    assert str(err.value) == f"{tmp_path}/{message}"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"query_max_length": 0}, "query_max_length: must be at least 1, got 0"),
+        ({"key_max_length": -5}, "key_max_length: must be at least 1, got -5"),
+        ({"seed": -1}, "seed: must be at least 0, got -1"),
+        ({"seed": 2**32}, "seed: must be at most 2**32 - 1, got 4294967296"),
+        ({"lr": 0}, "lr: must be greater than 0, got 0"),
+        ({"batch_size": "two"}, "batch_size: expected a whole number, got 'two'"),
+        ({"self_paced": "yes"}, "self_paced: expected true or false, got 'yes'"),
+    ],
+)
+def test_config_values_are_checked_in_python_too(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError) as err:
+        TrainConfig(**kwargs)
+    assert str(err.value) == message
+
+
+def test_bad_config_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 5e-6\nbatch_size: two\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "llm_embedder", "train", "--config", str(path), "--data", str(tmp_path),
+         "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "400"},
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {path}: batch_size: expected a whole number, got 'two'"
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["--query-max-length", "0"], "--query-max-length"),
+        (["--key-max-length", "-5"], "--key-max-length"),
+        (["--seed", "-1"], "--seed"),
+        (["--seed", str(2**32)], "--seed"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--group-size", "1"], "--group-size"),
+        (["--max-steps", "0"], "--max-steps"),
+        (["--save-steps", "0"], "--save-steps"),
+    ],
+)
+def test_train_option_ranges_name_the_option(tmp_path: Path, args: list[str], option: str) -> None:
+    result = runner.invoke(app, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "out"), *args],
+                           env={"COLUMNS": "400"})
+    assert result.exit_code == 2
+    assert f"Invalid value for '{option}'" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("top_k", ["0", "-2"])
+def test_mine_top_k_must_be_positive(tmp_path: Path, top_k: str) -> None:
+    result = runner.invoke(app, ["mine", "-m", "minilm", "--data", str(tmp_path / "d.jsonl"), "--corpus",
+                                 str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "o.jsonl"), "--top-k", top_k],
+                           env={"COLUMNS": "400"})
+    assert result.exit_code == 2
+    assert "Invalid value for '--top-k'" in result.output
+    with pytest.raises(ValueError, match=f"top_k must be a whole number of at least 1, got {top_k}"):
+        mine_negatives("minilm", tmp_path / "d.jsonl", tmp_path / "c.jsonl", tmp_path / "o.jsonl", top_k=int(top_k))
+
+
+def test_bad_device_fails_before_data_or_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_loading(*args, **kwargs):
+        raise AssertionError("data read or model loaded before the device was checked")
+
+    monkeypatch.setattr(trainer_module, "load_training_files", no_loading)
+    config = TrainConfig(data=[str(tmp_path / "missing")], out=str(tmp_path / "out"), device="gpu")
+    with pytest.raises(ValueError) as err:
+        trainer_module.train(config)
+    assert str(err.value) == "device 'gpu': not a torch device (cpu, cuda, cuda:N, mps)"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="^device 'cuda': CUDA is not available on this machine$"):
+            trainer_module.train(TrainConfig(data=["x"], out=str(tmp_path / "out"), device="cuda"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_mine_checks_the_device_before_reading(tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"query": "q", "task": "qa", "pos": ["p"]}) + "\n")
+    with pytest.raises(ValueError, match="^device 'gpu': not a torch device"):
+        mine_negatives("minilm", data, tmp_path / "missing.jsonl", tmp_path / "o.jsonl", device="gpu")
