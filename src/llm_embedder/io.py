@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,26 +20,89 @@ def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, record) for each non-blank line; malformed JSON names file and line."""
+class JsonlError(DataError):
+    """One bad line of a JSONL file (not UTF-8, malformed JSON, not an object); the parts stay available."""
+
+    def __init__(self, source: str, line: int, field: str, reason: str):
+        super().__init__(f"{source}:{line}: {reason}")
+        self.source, self.line, self.field, self.reason = source, line, field, reason
+
+
+def require_file(path: str | Path, option: str | None = None) -> Path:
+    """``path`` as a Path if it is an existing file, else a one-line error (prefixed by ``option``, e.g. --corpus)."""
     path = Path(path)
+    prefix = f"{option}: " if option else ""
+    if path.is_dir():
+        raise IsADirectoryError(f"{prefix}{path} is a directory, expected a JSONL file")
     if not path.exists():
-        raise FileNotFoundError(f"file not found: {path}")
-    with path.open(encoding="utf-8") as handle:
-        yield from parse_jsonl_lines(handle, str(path))
+        raise FileNotFoundError(f"{prefix}file not found: {path}")
+    return path
 
 
-def parse_jsonl_lines(lines: Iterable[str], source: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def decode_line(raw: bytes, source: str, line_no: int) -> str:
+    """One line's bytes as text; bad UTF-8 names the file, line, byte and column. A BOM on line 1 is dropped."""
+    if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        column = len(raw[: err.start].decode("utf-8")) + 1  # in characters, as an editor counts
+        reason = f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {column})"
+        raise JsonlError(source, line_no, "encoding", reason) from None
+
+
+def iter_text_lines(path: str | Path, option: str | None = None) -> Iterator[str]:
+    """Stream a UTF-8 text file's lines, without line endings; bad UTF-8 names the file and line."""
+    path = require_file(path, option)
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            yield decode_line(raw, str(path), line_no).rstrip("\r\n")
+
+
+def iter_jsonl(
+    path: str | Path, *, option: str | None = None, on_error: Callable[[JsonlError], None] | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Stream (line number, record) for each non-blank line; a bad line raises JsonlError naming file and line.
+
+    ``option`` names the command-line option the path came from in errors; with ``on_error`` bad lines are
+    passed to it and skipped instead.
+    """
+    path = require_file(path, option)
+    with path.open("rb") as handle:  # bytes, decoded per line: bad UTF-8 gets a file:line error, memory stays flat
+        yield from parse_jsonl_lines(handle, str(path), on_error)
+
+
+def parse_jsonl_line(line: str | bytes, source: str, line_no: int) -> dict[str, Any] | None:
+    """One JSONL line as a record (None when blank); raises JsonlError naming the source and line."""
+    if isinstance(line, bytes):
+        line = decode_line(line, source, line_no)
+    elif line_no == 1:
+        line = line.removeprefix("\ufeff")
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise JsonlError(source, line_no, "json", f"malformed JSON: {err.msg} (column {err.colno})") from None
+    if not isinstance(record, dict):
+        raise JsonlError(source, line_no, "json", f"expected a JSON object, got {type(record).__name__}")
+    return record
+
+
+def parse_jsonl_lines(
+    lines: Iterable[str | bytes], source: str, on_error: Callable[[JsonlError], None] | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) for each non-blank line (text or UTF-8 bytes); bad lines raise, or go to ``on_error``."""
     for line_no, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{source}:{line_no}: malformed JSON: {err.msg} (column {err.colno})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{source}:{line_no}: expected a JSON object, got {type(record).__name__}")
-        yield line_no, record
+            record = parse_jsonl_line(line, source, line_no)
+        except JsonlError as err:
+            if on_error is None:
+                raise
+            on_error(err)
+            continue
+        if record is not None:
+            yield line_no, record
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

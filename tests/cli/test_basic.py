@@ -101,3 +101,11 @@ def test_missing_model_error_names_aliases(tmp_path):
     result = run_cli("encode", "--model", str(tmp_path / "absent"), stdin="x\n")
     assert result.returncode == 2
     assert "absent" in result.stderr and "minilm" in result.stderr
+
+
+def test_encode_names_the_file_and_line_of_bad_utf8(tmp_path, tiny_embedder_dir):
+    source = tmp_path / "texts.txt"
+    source.write_bytes(b"first line\n" + "caf\xe9 au lait\n".encode("latin-1"))
+    result = run_cli("encode", str(source), "--model", str(tiny_embedder_dir))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{source}:2: not valid UTF-8 (byte 0xe9 at column 4)" in " ".join(result.stderr.split())

@@ -30,6 +30,75 @@ def test_check_prints_summary_for_valid_file(tmp_path: Path) -> None:
     assert "tool" in result.output and "2.00" in result.output and "all" in result.output
 
 
+def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
+    """The console entry point in-process: (exit code, stdout + stderr), user errors included."""
+    from llm_embedder.cli import main
+
+    monkeypatch.setattr("sys.argv", ["llm-embedder", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out + captured.err
+
+
+RECORD = {"query": "q", "task": "tool", "query_id": 0, "pos": ["a"], "neg": ["b"]}
+
+
+def test_check_malformed_json_names_the_line_once(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    lines = [json.dumps({**RECORD, "query_id": i}) for i in range(3)] + ["{oops"]
+    bad.write_text("\n".join(lines) + "\n")
+    result = runner.invoke(app, ["data", "check", str(bad)])
+    assert result.exit_code == 1
+    line = next(line for line in result.output.splitlines() if "malformed" in line)
+    assert line == f"{bad}:4:json: malformed JSON: Expecting property name enclosed in double quotes (column 2)"
+
+
+@pytest.mark.parametrize("content", ["", "\n   \n"])
+def test_check_empty_file_fails(tmp_path: Path, content: str) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(content)
+    result = runner.invoke(app, ["data", "check", str(empty)])
+    assert result.exit_code == 1
+    assert f"{empty}: no records" in result.output and "1 problem(s) found" in result.output
+
+
+def test_check_non_utf8_names_file_line_and_column(tmp_path: Path) -> None:
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"query": "caf\xe9", "task": "qa"}\n')
+    result = runner.invoke(app, ["data", "check", str(latin)])
+    assert result.exit_code == 1
+    assert f"{latin}:1:encoding: not valid UTF-8 (byte 0xe9 at column 15)" in result.output
+
+
+def test_check_directory_is_one_line_with_a_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    folder = tmp_path / "suite" / "qa"
+    folder.mkdir(parents=True)
+    for name in ("train", "dev", "corpus"):
+        (folder / f"{name}.jsonl").write_text(json.dumps(RECORD) + "\n")
+    code, output = run_main(monkeypatch, capsys, "data", "check", str(folder))
+    assert code == 2
+    assert output.strip() == (f"error: {folder} is a directory, expected a JSONL file (it holds corpus.jsonl, "
+                              f"dev.jsonl, train.jsonl: check them with `data check {folder}/*.jsonl`)")
+    code, output = run_main(monkeypatch, capsys, "data", "check", str(folder.parent))
+    assert code == 2 and f"check them with `data check {folder.parent}/*/*.jsonl`" in output
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory"])
+def test_check_bad_corpus_option_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, kind: str
+) -> None:
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps(RECORD) + "\n")
+    corpus = tmp_path / "nonexist.jsonl" if kind == "missing" else tmp_path
+    code, output = run_main(monkeypatch, capsys, "data", "check", str(good), "--corpus", str(corpus))
+    assert code == 2
+    expected = f"file not found: {corpus}" if kind == "missing" else f"{corpus} is a directory, expected a JSONL file"
+    assert output.strip() == f"error: --corpus: {expected}"
+
+
 @pytest.mark.integration
 def test_build_one_task(tmp_path: Path) -> None:
     result = runner.invoke(app, ["data", "build", "--out", str(tmp_path), "--task", "tool", "--seed", "3"])

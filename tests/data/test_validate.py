@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_embedder.data.validate import check_file, validate_file, validate_records
+from llm_embedder.data.validate import check_file, corpus_size_of, validate_file, validate_records
 from llm_embedder.io import DataError
 
 
@@ -102,3 +102,62 @@ def test_malformed_json_is_a_problem_not_a_crash(tmp_path: Path) -> None:
     path.write_text(json.dumps(good(0)) + "\n{not json\n", encoding="utf-8")
     problems = validate_file(path)
     assert len(problems) == 1 and "broken.jsonl:2" in str(problems[0])
+
+
+def test_malformed_json_names_file_once_and_the_right_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.jsonl"
+    lines = [json.dumps(good(0)), json.dumps(good(1, query="")), json.dumps(good(2)), "{not json", json.dumps(good(2))]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    problems = [str(p) for p in validate_file(path, corpus_size=3)]
+    # problems before and after the bad line are still reported, in line order
+    assert problems == [
+        f"{path}:2:query: empty query",
+        f"{path}:4:json: malformed JSON: Expecting property name enclosed in double quotes (column 2)",
+        f"{path}:5:query_id: duplicate query_id 2 (first on line 3)",
+    ]
+
+
+def test_one_problem_is_one_line_for_train(tmp_path: Path) -> None:
+    path = tmp_path / "broken.jsonl"
+    path.write_text(json.dumps(good(0)) + "\n[1, 2]\n", encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        check_file(path, corpus_size=3)
+    assert str(err.value) == f"{path}:2:json: expected a JSON object, got list"
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n\n"])
+def test_empty_file_has_no_records(tmp_path: Path, content: str) -> None:
+    for name in ("train.jsonl", "corpus.jsonl"):
+        path = tmp_path / name
+        path.write_text(content, encoding="utf-8")
+        assert [str(p) for p in validate_file(path)] == [f"{path}: no records"]
+        with pytest.raises(DataError, match=r"^\S+\.jsonl: no records$"):
+            check_file(path)
+
+
+def test_non_utf8_is_a_problem_with_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "latin.jsonl"
+    path.write_bytes(json.dumps(good(0)).encode() + b'\n{"query": "caf\xe9"}\n' + json.dumps(good(1)).encode() + b"\n")
+    assert [str(p) for p in validate_file(path, corpus_size=3)] == [
+        f"{path}:2:encoding: not valid UTF-8 (byte 0xe9 at column 15)"
+    ]
+
+
+def test_corpus_bad_lines_keep_id_positions(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_bytes(b'{"id": 0, "text": "a"}\n{"id": 1, "text": "\xe9"}\n\n'
+                       b'{"id": 2, "text": "c"}\n{"id": 9, "text": "d"}\n')
+    assert [str(p) for p in validate_file(corpus)] == [
+        f"{corpus}:2:encoding: not valid UTF-8 (byte 0xe9 at column 20)",
+        f"{corpus}:5:id: expected 3 (= line order), got 9",
+    ]
+    assert corpus_size_of(corpus) == 4  # counts bytes lines: a non-UTF-8 corpus does not crash the range check
+
+
+def test_directory_or_missing_corpus_is_named(tmp_path: Path) -> None:
+    with pytest.raises(IsADirectoryError, match=r"^\S+ is a directory, expected a JSONL file$"):
+        validate_file(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"^--corpus: file not found: \S+nope\.jsonl$"):
+        corpus_size_of(tmp_path / "nope.jsonl", "--corpus")
+    with pytest.raises(IsADirectoryError, match=r"^--corpus: \S+ is a directory"):
+        corpus_size_of(tmp_path, "--corpus")

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from llm_embedder.cli.app import app
-from llm_embedder.io import DataError, parse_jsonl_lines
+from llm_embedder.io import DataError, iter_text_lines, parse_jsonl_lines
 
 ModelOption = Annotated[str, typer.Option("--model", "-m", help="Sentence-transformers directory or alias (minilm).")]
 TaskFileOption = Annotated[
@@ -53,7 +53,7 @@ def read_texts(source: Path | None, field: str | None) -> list[str]:
     else:
         if not Path(name).exists():
             raise FileNotFoundError(f"input file not found: {name}")
-        lines = Path(name).read_text(encoding="utf-8").splitlines()
+        lines = list(iter_text_lines(name))  # bad UTF-8 names the file and line
     if field is None and not name.endswith(".jsonl"):
         return lines
     field = field or "text"

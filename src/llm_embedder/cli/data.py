@@ -72,17 +72,18 @@ def check_command(
 ) -> None:
     """Validate task data files: print file:line:field for each problem and exit 1, else a per-task summary."""
     from llm_embedder.data.validate import corpus_size_of, is_corpus_path, summarise, validate_file
-    from llm_embedder.io import read_jsonl
+    from llm_embedder.io import iter_jsonl, require_file
 
     console = Console()
-    corpus_size = corpus_size_of(corpus) if corpus is not None else None
+    corpus_size = corpus_size_of(corpus, "--corpus") if corpus is not None else None
     table = Table(title="valid task data")
     for column in ("file", "task", "records", "avg pos", "avg neg", "avg history", "teacher scores"):
         table.add_column(column, overflow="fold")
     n_problems = 0
     for path in files:
-        if not path.exists():
-            raise FileNotFoundError(f"file not found: {path}")
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a directory, expected a JSONL file{folder_hint(path)}")
+        require_file(path)
         problems = validate_file(path, corpus_size)
         for problem in problems:
             console.print(str(problem), highlight=False, markup=False, soft_wrap=True)
@@ -92,7 +93,7 @@ def check_command(
         if is_corpus_path(path):
             table.add_row(str(path), "(corpus)", f"{corpus_size_of(path):,}", "", "", "", "")
             continue
-        for name, stats in summarise(read_jsonl(path)).items():
+        for name, stats in summarise(record for _, record in iter_jsonl(path)).items():
             table.add_row(
                 str(path), name, f"{stats['records']:,}", f"{stats['avg_pos']:.2f}", f"{stats['avg_neg']:.2f}",
                 f"{stats['avg_history']:.2f}", stats["has_scores"],
@@ -102,3 +103,14 @@ def check_command(
     if n_problems:
         Console(stderr=True).print(f"[bold red]{n_problems} problem(s) found[/]")
         raise typer.Exit(1)
+
+
+def folder_hint(folder: Path, shown: int = 6) -> str:
+    """For a folder given as a data file: the JSONL files it holds, as a pasteable hint (empty when none)."""
+    names = sorted(p.name for p in folder.glob("*.jsonl") if p.is_file())
+    if not names:
+        if not any(p.is_file() for p in folder.glob("*/*.jsonl")):  # a whole suite holds <task>/train.jsonl ...
+            return ""
+        return f" (its task folders hold JSONL files: check them with `data check {folder}/*/*.jsonl`)"
+    listed = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+    return f" (it holds {listed}: check them with `data check {folder}/*.jsonl`)"

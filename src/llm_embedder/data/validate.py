@@ -7,12 +7,12 @@ the problems of many files at once.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llm_embedder.io import DataError, iter_jsonl
+from llm_embedder.io import DataError, JsonlError, iter_jsonl, require_file
 from llm_embedder.tasks import UnknownTaskError, get_task
 
 STR_LISTS = ("pos", "neg", "answers", "history")
@@ -31,7 +31,8 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.source}:{self.line}:{self.field}: {self.message}"
+        where = f"{self.source}:{self.line}:{self.field}" if self.line else self.source  # line 0: the whole file
+        return f"{where}: {self.message}"
 
 
 def _is_int(value: Any) -> bool:
@@ -154,23 +155,39 @@ def validate_records(
     return problems
 
 
-def corpus_size_of(path: str | Path) -> int:
-    """Number of entries of a corpus.jsonl (non-blank lines)."""
-    with Path(path).open(encoding="utf-8") as handle:
+def corpus_size_of(path: str | Path, option: str | None = None) -> int:
+    """Number of entries of a corpus.jsonl (non-blank lines); ``option`` names where the path came from in errors."""
+    with require_file(path, option).open("rb") as handle:  # bytes: counting needs no decoding
         return sum(1 for line in handle if line.strip())
+
+
+def _bad_line(problems: list[Problem]) -> Callable[[JsonlError], None]:
+    """An ``on_error`` for iter_jsonl that records a bad line (bad UTF-8 or JSON) as a problem and goes on."""
+    return lambda err: problems.append(Problem(err.source, err.line, err.field, err.reason))
 
 
 def validate_corpus_file(path: str | Path) -> list[Problem]:
     """A corpus: each line has ``text`` (string), and ``id`` equals its position when present."""
     problems: list[Problem] = []
-    for position, (line, record) in enumerate(iter_jsonl(path)):
+    bad: list[Problem] = []
+    n_records = 0
+    for line, record in iter_jsonl(path, on_error=_bad_line(bad)):
+        position = n_records + len(bad)  # entries count non-blank lines, bad ones included (as corpus_size_of)
+        n_records += 1
         if not isinstance(record.get("text"), str):
             problems.append(Problem(str(path), line, "text", "missing or not a string"))
         if "id" in record and record["id"] != position:
             problems.append(Problem(str(path), line, "id", f"expected {position} (= line order), got {record['id']!r}"))
         if "title" in record and not isinstance(record["title"], str):
             problems.append(Problem(str(path), line, "title", "must be a string"))
-    return problems
+    return _in_line_order(problems, bad, str(path), n_records)
+
+
+def _in_line_order(problems: list[Problem], bad: list[Problem], source: str, n_records: int) -> list[Problem]:
+    """Record problems and bad lines merged in line order; a file with no lines at all is one problem."""
+    if not n_records and not bad:
+        return [Problem(source, 0, "", "no records")]
+    return sorted(problems + bad, key=lambda problem: problem.line)  # stable: a line keeps its field order
 
 
 def is_corpus_path(path: str | Path) -> bool:
@@ -178,20 +195,32 @@ def is_corpus_path(path: str | Path) -> bool:
 
 
 def validate_file(path: str | Path, corpus_size: int | None = None) -> list[Problem]:
-    """Problems of a task data file (or of a corpus file). A sibling corpus.jsonl sets the index range."""
+    """Problems of a task data file (or of a corpus file), bad lines and emptiness included.
+
+    A sibling corpus.jsonl sets the index range.
+    """
     path = Path(path)
     if is_corpus_path(path):
         return validate_corpus_file(path)
-    if corpus_size is None and (path.parent / "corpus.jsonl").exists():
+    if corpus_size is None and (path.parent / "corpus.jsonl").is_file():
         corpus_size = corpus_size_of(path.parent / "corpus.jsonl")
-    try:
-        return validate_records(iter_jsonl(path), str(path), corpus_size)
-    except DataError as err:  # malformed JSON: report it like any other problem
-        return [Problem(str(path), 0, "json", str(err))]
+    bad: list[Problem] = []  # lines that are not UTF-8 JSON objects: reported like any other problem, then skipped
+    n_records = 0
+
+    def counted() -> Iterator[tuple[int, dict[str, Any]]]:
+        nonlocal n_records
+        for item in iter_jsonl(path, on_error=_bad_line(bad)):
+            n_records += 1
+            yield item
+
+    problems = validate_records(counted(), str(path), corpus_size)
+    return _in_line_order(problems, bad, str(path), n_records)
 
 
 def raise_problems(problems: list[Problem], what: str) -> None:
-    """Raise one DataError listing the problems (at most MAX_LISTED)."""
+    """Raise one DataError listing the problems (at most MAX_LISTED); a single problem is just its own line."""
+    if len(problems) == 1:
+        raise DataError(str(problems[0]))
     if problems:
         listed = "\n".join(str(p) for p in problems[:MAX_LISTED])
         more = f"\n... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""

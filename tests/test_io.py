@@ -1,0 +1,82 @@
+"""The shared JSONL readers: bad UTF-8, bad JSON and wrong paths each give one line naming the file and line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llm_embedder.io import DataError, JsonlError, iter_jsonl, iter_text_lines, parse_jsonl_lines, read_jsonl
+
+
+def test_non_utf8_line_names_file_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "latin.jsonl"
+    path.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"latin\.jsonl:2: not valid UTF-8 \(byte 0xe9 at column 14\)$"):
+        read_jsonl(path)
+
+
+def test_utf8_error_column_counts_characters(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes('{"text": "été '.encode() + b'\xff"}\n')  # two 2-byte characters before the bad byte
+    with pytest.raises(DataError, match=r"mixed\.jsonl:1: not valid UTF-8 \(byte 0xff at column 15\)"):
+        read_jsonl(path)
+
+
+def test_reading_streams_up_to_the_bad_line(tmp_path: Path) -> None:
+    path = tmp_path / "late.jsonl"
+    path.write_bytes(b'{"a": 1}\n\n{"a": 2}\n{oops\n')
+    records = iter_jsonl(path)
+    assert next(records) == (1, {"a": 1}) and next(records) == (3, {"a": 2})
+    with pytest.raises(JsonlError, match=r"late\.jsonl:4: malformed JSON") as err:
+        next(records)
+    assert (err.value.line, err.value.field) == (4, "json")
+
+
+def test_on_error_reports_bad_lines_and_goes_on(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b'{"a": 1}\n[1]\n{"a": "\xe9"}\n{bad\n{"a": 5}\n')
+    bad: list[JsonlError] = []
+    assert [line for line, _ in iter_jsonl(path, on_error=bad.append)] == [1, 5]
+    assert [(e.line, e.field) for e in bad] == [(2, "json"), (3, "encoding"), (4, "json")]
+    assert str(bad[0]) == f"{path}:2: expected a JSON object, got list"
+
+
+def test_bom_on_first_line_and_crlf_are_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "windows.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"text": "\u00e9"}).encode() + b"\r\n{\"text\": \"b\"}\r\n")
+    assert read_jsonl(path) == [{"text": "\u00e9"}, {"text": "b"}]
+    assert list(iter_text_lines(path)) == ['{"text": "\\u00e9"}', '{"text": "b"}']
+
+
+def test_text_lines_name_file_and_line_of_bad_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"one\n\ntwo\xe9\n")
+    lines = iter_text_lines(path)
+    assert next(lines) == "one" and next(lines) == ""
+    with pytest.raises(DataError, match=r"notes\.txt:3: not valid UTF-8 \(byte 0xe9 at column 4\)"):
+        next(lines)
+
+
+def test_parse_lines_accepts_bytes_and_text() -> None:
+    assert list(parse_jsonl_lines([b'{"a": 1}\n', "", '{"b": 2}'], "mem")) == [(1, {"a": 1}), (3, {"b": 2})]
+    with pytest.raises(DataError, match=r"^mem:2: not valid UTF-8"):
+        list(parse_jsonl_lines([b"{}", b"\x80"], "mem"))
+
+
+def test_directory_and_missing_file_are_clear(tmp_path: Path) -> None:
+    folder = tmp_path / "qa"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError, match=r"^\S*qa is a directory, expected a JSONL file$"):
+        read_jsonl(folder)
+    with pytest.raises(IsADirectoryError, match=r"^--corpus: \S*qa is a directory"):
+        read_jsonl_option(folder, "--corpus")
+    with pytest.raises(FileNotFoundError, match=r"^--corpus: file not found: \S*nope\.jsonl$"):
+        read_jsonl_option(tmp_path / "nope.jsonl", "--corpus")
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        next(iter_text_lines(folder))
+
+
+def read_jsonl_option(path: Path, option: str) -> list:
+    return list(iter_jsonl(path, option=option))
