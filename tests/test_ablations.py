@@ -1,6 +1,7 @@
 """The ablations end to end on a tiny demo run (tiny embedder and LM): four variants trained, evaluated, resumed."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -16,6 +17,55 @@ def test_missing_run_is_a_clear_error(tmp_path):
     (tmp_path / "pipeline.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="llm-embedder demo"):
         run_ablations(tmp_path, console=Console(record=True))
+
+
+@pytest.fixture
+def no_demo(monkeypatch):
+    """Calls of the demo pipeline, recorded instead of run (the real one takes half an hour)."""
+    import llm_embedder.pipeline
+
+    calls = []
+
+    def fake_run_pipeline(run_dir, **kwargs):
+        calls.append((run_dir, kwargs))
+        raise RuntimeError("the demo pipeline would run here")
+
+    monkeypatch.setattr(llm_embedder.pipeline, "run_pipeline", fake_run_pipeline)
+    return calls
+
+
+def test_a_run_without_a_demo_is_an_error_unless_quick(tmp_path, no_demo):
+    typo = tmp_path / "dmeo"
+    message = (f"{typo} holds no demo run (no pipeline.json); run `llm-embedder demo --out {typo}` first, "
+               "or pass --quick to make a quick one")
+    with pytest.raises(FileNotFoundError, match=f"^{re.escape(message)}$"):
+        run_ablations(typo, console=Console(record=True))
+    assert not no_demo and not typo.exists()
+    with pytest.raises(RuntimeError, match="the demo pipeline would run here"):  # --quick: the quick demo there
+        run_ablations(typo, quick=True, base="b", llm="l", console=Console(record=True))
+    assert no_demo == [(typo, {"quick": True, "base": "b", "llm": "l", "console": no_demo[0][1]["console"]})]
+
+
+def test_ablate_cli_refuses_a_run_without_a_demo(tmp_path, no_demo):
+    from typer.testing import CliRunner
+
+    from llm_embedder.cli import app
+
+    typo = tmp_path / "dmeo"
+    result = CliRunner().invoke(app, ["ablate", "--run", str(typo)])
+    assert result.exit_code != 0 and isinstance(result.exception, FileNotFoundError)
+    assert str(result.exception).startswith(f"{typo} holds no demo run (no pipeline.json)")
+    assert not no_demo and not typo.exists()
+    assert "unless --quick" in " ".join(CliRunner().invoke(app, ["ablate", "--help"]).output.split())
+
+
+def test_a_mistyped_llm_stops_the_ablations_before_training(tmp_path, no_demo):
+    (tmp_path / "pipeline.json").write_text(json.dumps({"llm_queries": 4}))
+    (tmp_path / "models" / "unified").mkdir(parents=True)
+    (tmp_path / "models" / "unified" / "train_config.json").write_text(json.dumps({"data": [], "base": "minilm"}))
+    with pytest.raises(FileNotFoundError, match="LLM 'typo' is neither a Hugging Face directory"):
+        run_ablations(tmp_path, llm="typo", console=Console(record=True))
+    assert not (tmp_path / "ablations").exists()
 
 
 def test_compare_names_worse_and_not_worse():

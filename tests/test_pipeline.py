@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -377,6 +378,83 @@ def test_settings_overrides_are_typed_and_checked():
             PipelineConfig().with_overrides(bad)
 
 
+@pytest.mark.parametrize(("setting", "text", "message"), [
+    ("batch_size", "0", "batch_size must be at least 1, got 0"),
+    ("epochs", "0", "epochs must be at least 1, got 0"), ("epochs", "-2", "epochs must be at least 1, got -2"),
+    ("epochs", "1.7", "epochs must be a whole number, got '1.7'"),
+    ("epochs", "inf", "epochs must be a whole number, got 'inf'"),
+    ("epochs", "nan", "epochs must be a whole number, got 'nan'"),
+    ("epochs", "none", "epochs needs a number, got 'none'"),
+    ("train_seeds", "none", "train_seeds needs a number, got 'none'"),
+    ("generate", "none", "generate is true or false, got 'none'"),
+    ("lr", "-1", "lr must be a finite number above 0, got -1.0"), ("lr", "0", "lr must be a finite number above 0"),
+    ("lr", "nan", "lr must be a finite number above 0, got nan"),
+    ("lr", "inf", "lr must be a finite number above 0, got inf"),
+    ("temperature", "0", "temperature must be a finite number above 0, got 0.0"),
+    ("train_records", "0", "train_records must be at least 1, got 0"),
+    ("train_records", "-5", "train_records must be at least 1, got -5"),
+    ("candidates", "0", "candidates must be at least 2 (1 positive + negatives), got 0"),
+    ("candidates", "1", "candidates must be at least 2"),
+    ("group_size", "0", "group_size must be at least 2"),
+    ("group_size", "1", "group_size must be at least 2 (1 positive + negatives), got 1"),
+    ("max_length", "0", "max_length must be at least 8, got 0"),
+    ("eval_queries", "0", "eval_queries must be at least 1, got 0"),
+    ("llm_queries", "-1", "llm_queries must be at least 0, got -1"),
+    ("max_corpus", "0", "max_corpus must be at least 1, got 0"),
+    ("max_candidates", "-1", "max_candidates must be at least 1, got -1"),
+    ("seed", "-1", "seed must be at least 0, got -1"),
+    ("llm_fast", "bogus", "llm_fast must be bf16, int8, auto or none, got 'bogus'"),
+])
+def test_settings_out_of_range_are_refused_at_once(setting, text, message):
+    with pytest.raises(ValueError, match=f"^demo setting {re.escape(message)}"):
+        PipelineConfig.preset(False).with_overrides({setting: text})
+    with pytest.raises(ValueError, match=f"^demo setting {re.escape(message)}"):
+        PipelineConfig.preset(True).with_overrides({setting: text})
+
+
+def test_settings_at_their_limits_are_accepted():
+    from llm_embedder.llm.fast import FAST_MODES
+    from llm_embedder.pipeline import LLM_FAST_MODES
+
+    for quick in (False, True):  # the presets (and TINY) pass their own checks
+        assert PipelineConfig.preset(quick) == PipelineConfig.preset(quick).with_overrides({})
+    limits = {"batch_size": "1", "epochs": "1.0", "train_records": "1", "candidates": "2", "group_size": "2",
+              "max_length": "8", "eval_queries": "1", "llm_queries": "0", "max_corpus": "1", "max_candidates": "1",
+              "seed": "0", "lr": "1e-9", "temperature": "0.01", "train_seeds": "1"}
+    cfg = PipelineConfig().with_overrides(limits)
+    assert (cfg.batch_size, cfg.epochs, cfg.llm_queries, cfg.seed, cfg.lr) == (1, 1, 0, 0, 1e-9)
+    assert isinstance(cfg.epochs, int)  # a whole number written as 1.0 is still a count
+    assert set(LLM_FAST_MODES) == set(FAST_MODES)  # every mode CausalLM takes, and only those
+    assert PipelineConfig().with_overrides({"llm_fast": "int8"}).llm_fast == "int8"
+    assert PipelineConfig().with_overrides({"plain_tasks": "none", "repetition": "none"}).repeats() == {}
+    with pytest.raises(ValueError, match="demo setting epochs must be a whole number, got 1.5"):
+        PipelineConfig(epochs=1.5)  # built directly, as well as from --set
+
+
+def test_a_mistyped_model_stops_the_pipeline_before_any_stage(tiny_embedder_dir, tiny_lm_dir, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match="model 'typo' is neither a directory nor a bundled alias"):
+        run_pipeline(out, base="typo", llm=str(tiny_lm_dir), console=Console(record=True), cfg=TINY)
+    with pytest.raises(FileNotFoundError, match="LLM 'typo' is neither a Hugging Face directory"):
+        run_pipeline(out, base=str(tiny_embedder_dir), llm="typo", console=Console(record=True), cfg=TINY)
+    assert not out.exists()  # no pipeline.json, no data
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    ("--base", "model 'typo' is neither a directory nor a bundled alias"),
+    ("--llm", "LLM 'typo' is neither a Hugging Face directory"),
+])
+def test_demo_cli_rejects_a_mistyped_model_before_any_work(tmp_path, option, message):
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "llm_embedder", "demo", "--out", str(run), option, "typo"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not run.exists()
+
+
 def test_the_demo_runs_its_bf16_fast_modes_only_where_the_cpu_has_bf16():
     import torch
 
@@ -394,6 +472,9 @@ def test_the_demo_runs_its_bf16_fast_modes_only_where_the_cpu_has_bf16():
     ("repetition=tool=0", "'tool=0', expected TASK=N with N at least 1"),
     ("train_seeds=0", "demo setting train_seeds must be at least 1, got 0"),
     ("plain_tasks=chat,chats", "demo setting plain_tasks: unknown task 'chats'"),
+    ("batch_size=0", "demo setting batch_size must be at least 1, got 0"),
+    ("epochs=inf", "demo setting epochs must be a whole number, got 'inf'"),
+    ("lr=nan", "demo setting lr must be a finite number above 0, got nan"),
 ])
 def test_demo_cli_rejects_a_bad_setting_before_any_work(tmp_path, setting, message):
     import os

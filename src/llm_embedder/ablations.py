@@ -154,9 +154,9 @@ def run_ablations(run_dir: str | Path = "runs/demo", out: str | Path | None = No
                   console: Console | None = None) -> dict[str, Any]:
     """Train (or resume) the four ablated unified models of a demo run and evaluate them beside it.
 
-    If ``run_dir`` holds no demo run yet, the demo pipeline is run there first (its quick preset with
-    ``quick``); ``base`` and ``llm`` are used only then and for the LLM in the loop (``llm``). ``split="dev"``
-    evaluates on the dev split, into ``ablations-dev`` beside the demo's ``eval-dev``, for tuning."""
+    ``run_dir`` must hold a demo run (its ``pipeline.json``); with ``quick`` one that holds none gets the quick
+    demo pipeline run there first, with ``base`` (used only then) and ``llm``, which is also the LLM in the loop.
+    ``split="dev"`` evaluates on the dev split, into ``ablations-dev`` beside the demo's ``eval-dev``, for tuning."""
     from llm_embedder.evaluate import run_evaluation, write_report
     from llm_embedder.pipeline import forget_systems, prompt_items, run_pipeline, split_suffix
     from llm_embedder.tasks import list_tasks
@@ -167,10 +167,17 @@ def run_ablations(run_dir: str | Path = "runs/demo", out: str | Path | None = No
     models_dir = (Path(out) if out is not None else run_dir / "ablations") / "models"  # one set for both splits
     out = Path(out) if out is not None else run_dir / f"ablations{suffix}"
     if not (run_dir / "pipeline.json").is_file():
-        console.rule("[bold]no demo run yet: running the demo pipeline first")
-        run_pipeline(run_dir, quick=quick, base=base, llm=llm, console=console)
+        if not quick:  # a mistyped run dir must not start the full ~30-minute demo there
+            raise FileNotFoundError(f"{run_dir} holds no demo run (no pipeline.json); run `llm-embedder demo --out "
+                                    f"{run_dir}` first, or pass --quick to make a quick one")
+        console.rule("[bold]no demo run yet: running the quick demo pipeline first")
+        run_pipeline(run_dir, quick=True, base=base, llm=llm, console=console)
     pipeline_cfg, unified_cfg = read_run(run_dir)
     settings = {k: v for k, v in unified_cfg.items() if k not in ("out", "resume")}
+    if pipeline_cfg.get("llm_queries"):  # a mistyped LLM fails now, not after the four trainings
+        from llm_embedder.llm.loading import resolve_llm_path
+
+        resolve_llm_path(llm)
 
     console.rule("[bold]1/2 training the ablated unified models (same data, steps, batch, lr)")
     models: dict[str, tuple[Path, bool]] = {"unified": (run_dir / "models" / "unified", True)}

@@ -36,6 +36,30 @@ def default_cpu_fast() -> str | None:
     return "bf16" if not torch.cuda.is_available() and cpu_has_bf16() else None
 
 
+# the least each whole-number setting can be, and why where it is not plain
+SETTING_MINIMUMS: dict[str, tuple[int, str]] = {
+    "train_records": (1, ""),
+    # a scored record needs a positive and a negative; a training example the positive and group_size - 1 negatives
+    "candidates": (2, " (1 positive + negatives)"),
+    "group_size": (2, " (1 positive + negatives)"),
+    "batch_size": (1, ""),
+    "epochs": (1, ""),
+    # [CLS] and [SEP] alone fill 2 tokens, and the tokenizer ignores a limit below them: leave room for text
+    "max_length": (8, ""),
+    "eval_queries": (1, ""),
+    "llm_queries": (0, ""),  # 0: no LLM metric
+    "max_corpus": (1, ""),  # 0 would mean the whole corpus to the evaluation, not a small run
+    "max_candidates": (1, ""),
+    "icl_examples": (1, ""),
+    "seed": (0, ""),
+    "train_seeds": (1, ""),
+}
+POSITIVE_SETTINGS = ("lr", "temperature")  # finite and above 0
+OPTIONAL_SETTINGS = ("llm_fast", "embed_fast")  # "none" sets them to None (exact)
+LIST_SETTINGS = ("repetition", "plain_tasks")  # "none" sets them to "" (off)
+LLM_FAST_MODES = ("bf16", "int8", "auto")  # ``CausalLM``'s fast modes (llm.fast.FAST_MODES)
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """Sizes of every stage. The default fits about 30 minutes on 2 CPU cores, ``quick`` about 5.
@@ -109,10 +133,19 @@ class PipelineConfig:
     train_seeds: int = 1
 
     def __post_init__(self) -> None:
-        if self.icl_examples < 1:
-            raise ValueError(f"demo setting icl_examples must be at least 1, got {self.icl_examples}")
-        if self.train_seeds < 1:
-            raise ValueError(f"demo setting train_seeds must be at least 1, got {self.train_seeds}")
+        for name, (minimum, why) in SETTING_MINIMUMS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"demo setting {name} must be a whole number, got {value!r}")
+            if value < minimum:
+                raise ValueError(f"demo setting {name} must be at least {minimum}{why}, got {value}")
+        for name in POSITIVE_SETTINGS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"demo setting {name} must be a finite number above 0, got {value!r}")
+        if self.llm_fast not in (None, *LLM_FAST_MODES):
+            modes = ", ".join(LLM_FAST_MODES)
+            raise ValueError(f"demo setting llm_fast must be {modes} or none, got {self.llm_fast!r}")
         if self.embed_fast not in (None, "bf16"):
             raise ValueError(f"demo setting embed_fast must be bf16 or none, got {self.embed_fast!r}")
         self.repeats()  # checks it
@@ -149,23 +182,29 @@ class PipelineConfig:
         """A copy with fields set from strings (``{"lr": "5e-5"}``), converted to each field's type."""
         from dataclasses import fields, replace
 
-        current = {f.name: getattr(self, f.name) for f in fields(self)}  # each value's type converts the text
+        # each field's type converts the text (the defaults' types: llm_fast and embed_fast may be None there)
+        kinds = {f.name: str if f.name in OPTIONAL_SETTINGS else type(getattr(self, f.name)) for f in fields(self)}
         values: dict[str, Any] = {}
         for key, text in overrides.items():
-            if key not in current:
-                raise ValueError(f"unknown demo setting {key!r}; settings: {', '.join(current)}")
-            default = current[key]
-            if text.lower() in ("none", "null"):
+            if key not in kinds:
+                raise ValueError(f"unknown demo setting {key!r}; settings: {', '.join(kinds)}")
+            kind, empty = kinds[key], text.lower() in ("none", "null")
+            if empty and key in OPTIONAL_SETTINGS:
                 values[key] = None
-            elif isinstance(default, bool):
+            elif empty and key in LIST_SETTINGS:  # none listed: off
+                values[key] = ""
+            elif kind is bool:
                 if text.lower() not in ("true", "false", "1", "0"):
                     raise ValueError(f"demo setting {key} is true or false, got {text!r}")
                 values[key] = text.lower() in ("true", "1")
-            elif isinstance(default, (int, float)):
+            elif kind in (int, float):
                 try:
-                    values[key] = type(default)(float(text)) if isinstance(default, int) else float(text)
+                    number = float(text)
                 except ValueError:
                     raise ValueError(f"demo setting {key} needs a number, got {text!r}") from None
+                if kind is int and not number.is_integer():  # 1.7, inf and nan are no count
+                    raise ValueError(f"demo setting {key} must be a whole number, got {text!r}")
+                values[key] = int(number) if kind is int else number
             else:
                 values[key] = text
         split_suffix(values.get("split", self.split))  # checks it
@@ -638,6 +677,7 @@ def run_pipeline(out: str | Path = "runs/demo", quick: bool = False, base: str =
                  console: Console | None = None, cfg: PipelineConfig | None = None) -> dict[str, Any]:
     """Run (or resume) every stage and print the results table, the plot files and the verdict."""
     cfg = cfg or PipelineConfig.preset(quick)
+    resolve_models(base, llm)
     pipeline = Pipeline(out, cfg, base=base, llm=llm, console=console)
     pipeline.out.mkdir(parents=True, exist_ok=True)
     (pipeline.out / "pipeline.json").write_text(json.dumps(asdict(cfg), indent=2), encoding="utf-8")
@@ -653,6 +693,18 @@ def run_pipeline(out: str | Path = "runs/demo", quick: bool = False, base: str =
         pipeline.console.print(line)
     pipeline.console.print("time per stage: " + clock.summary())
     return results
+
+
+def resolve_models(base: str, llm: str) -> None:
+    """Fail before any stage on a base embedder or an LLM that is neither a bundled alias nor a model directory
+    (else a typo surfaces only at training or the reward, minutes in). No weights are loaded, and a bundled LLM is
+    left to the reward stage, which converts it on first use."""
+    from llm_embedder.llm.loading import LLM_ALIASES, resolve_llm_path
+    from llm_embedder.models import resolve_embedder_path
+
+    resolve_embedder_path(base)
+    if llm not in LLM_ALIASES:
+        resolve_llm_path(llm)  # a directory: checked for config.json
 
 
 class StageClock:
