@@ -324,3 +324,17 @@ def test_prompt_items_override_the_default_and_key_the_cache(suite, tmp_path):
         with pytest.raises(ValueError, match=message):
             run_evaluation(suite, ["qa"], wrong, tmp_path / "bad", prompt_items=bad, **kwargs)
         assert not (tmp_path / "bad").exists()  # refused before anything is written
+
+
+def test_the_split_is_validated_as_training_data_is(suite):
+    """A typo'd task, an empty query or an empty file is refused with its file and line, not evaluated."""
+    good = {"query": "capital of France", "answers": ["Paris"], "pos_index": [1], "task": "qa", "query_id": 0}
+    write_jsonl(suite / "qa" / "test.jsonl", [good, {**good, "query_id": 1, "task": "qaa"}])
+    with pytest.raises(DataError, match=r"test.jsonl:2: field 'task' is 'qaa', but the file is 'qa'"):
+        load_task_data(suite, "qa")
+    write_jsonl(suite / "qa" / "test.jsonl", [good, {**good, "query_id": 1, "query": ""}])
+    with pytest.raises(DataError, match=r"test.jsonl:2: field 'query' must be a non-empty string"):
+        load_task_data(suite, "qa")
+    (suite / "qa" / "test.jsonl").write_text("")
+    with pytest.raises(DataError, match=r"test.jsonl: no records"):
+        load_task_data(suite, "qa")

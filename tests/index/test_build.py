@@ -145,3 +145,25 @@ def test_builds_from_before_the_document_length(tiny_embedder, tmp_path: Path) -
     (out / "progress.json").write_text(json.dumps({**progress, "done": False}))
     with pytest.raises(ValueError, match="unfinished build from an earlier version"):
         build_index(corpus, out, tiny_embedder, "qa", progress=False)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"backend": "foo"}, "backend must be faiss or milvus, got 'foo'"),
+    ({"factory": "Bogus"}, "invalid FAISS factory string 'Bogus'"),
+    ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+])
+def test_bad_settings_are_refused_before_encoding(tiny_embedder, tmp_path: Path, options: dict, message: str) -> None:
+    calls = []
+    tiny_embedder_encode = tiny_embedder.encode_keys
+
+    class Watched:  # the embedder, counting what it is asked to encode
+        def __getattr__(self, name):
+            return getattr(tiny_embedder, name)
+
+        def encode_keys(self, texts, task, **options):
+            calls.append(len(texts))
+            return tiny_embedder_encode(texts, task, **options)
+
+    with pytest.raises(ValueError, match=message):
+        build_index(["a document", "another"], tmp_path / "idx", Watched(), "qa", progress=False, **options)
+    assert calls == [] and not (tmp_path / "idx").exists()

@@ -119,3 +119,15 @@ def test_index_max_length_is_kept_by_search_and_serve(tiny_embedder_dir: Path, t
     assert proc.returncode == 2, proc.stderr
     assert "the index's vectors keep 16 tokens of a document, the embedder keeps 256" in message
     assert "--max-length" in message and "Traceback" not in message
+
+
+def test_augment_refuses_an_unknown_task_and_tokenizer() -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for args, expected in (
+        (["--task", "qaa", "--item", "x"], "unknown task 'qaa'"),
+        (["--item", "x", "--tokenizer", "nonexist"], "--tokenizer 'nonexist' is neither a model directory nor"),
+    ):
+        proc = subprocess.run([sys.executable, "-m", "llm_embedder", "augment", "q", *args],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert expected in " ".join(proc.stderr.split())

@@ -18,6 +18,8 @@ CASES = [
     ("token ids", b'{"input": [1, 2, 3], "model": "M"}', 400, "input", "token-id arrays"),
     ("empty list", b'{"input": [], "model": "M"}', 400, "input", "empty list"),
     ("empty string", b'{"input": "", "model": "M"}', 400, "input", "empty string"),
+    ("lone surrogate", b'{"input": "a\\ud800b", "model": "M"}', 400, "input", "not valid Unicode"),
+    ("lone surrogate item", b'{"input": ["ok", "\\udfff"], "model": "M"}', 400, "input", "input[1] is not valid"),
     ("bad role", b'{"input": "x", "model": "M", "role": "doc"}', 400, "role", "'query' or 'key'"),
     ("unknown task", b'{"input": "x", "model": "M", "task": "nope"}', 400, "task", "known tasks: qa"),
     ("bad format", b'{"input": "x", "model": "M", "encoding_format": "int8"}', 400, "encoding_format", "float"),

@@ -42,3 +42,19 @@ def test_serve_help_lists_the_flags() -> None:
                  "--max-batch-tokens", "--max-batch-requests", "--max-wait-ms"):
         assert flag in result.output
     assert "127.0.0.1" in result.output
+
+
+def test_bad_port_and_log_level_are_refused_before_the_model_loads(monkeypatch) -> None:
+    import llm_embedder.embedder as embedder_module
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(embedder_module, "Embedder", no_model)
+    result = CliRunner().invoke(app, ["serve", "--port", "70000"])
+    assert result.exit_code == 2 and "--port" in result.output
+    result = CliRunner().invoke(app, ["serve", "--log-level", "bogus"])
+    assert isinstance(result.exception, ValueError)
+    assert str(result.exception) == (
+        "--log-level must be one of critical, error, warning, info, debug, trace, got 'bogus'"
+    )

@@ -47,10 +47,14 @@ def evaluate_command(
     llm: Annotated[str | None, typer.Option(help="LLM for downstream metrics: smollm2, a HF dir, none.")] = "smollm2",
     out: Annotated[Path, typer.Option(help="Run directory for results.json, results.md, plots/.")] = Path("runs/eval"),
     split: Annotated[str, typer.Option(help="Split to evaluate (tune on dev, report test).")] = "test",
-    max_queries: Annotated[int | None, typer.Option(help="Evaluate at most this many queries per task.")] = None,
-    max_llm_queries: Annotated[int | None, typer.Option(help="At most this many queries per task to the LLM.")] = None,
-    max_corpus: Annotated[int | None, typer.Option(help="Search all gold docs plus a fixed sample, this many.")] = None,
-    max_candidates: Annotated[int | None, typer.Option(help="Per-query candidates kept: gold + most recent.")] = None,
+    max_queries: Annotated[int | None, typer.Option(
+        min=1, help="Evaluate at most this many queries per task.")] = None,
+    max_llm_queries: Annotated[int | None, typer.Option(
+        min=0, help="At most this many queries per task to the LLM.")] = None,
+    max_corpus: Annotated[int | None, typer.Option(
+        min=1, help="Search all gold docs plus a fixed sample, this many.")] = None,
+    max_candidates: Annotated[int | None, typer.Option(
+        min=1, help="Per-query candidates kept: gold + most recent.")] = None,
     baselines: Annotated[bool, typer.Option(help="Include none/random/recency/BM25 baselines.")] = True,
     gold: Annotated[bool, typer.Option(
         help="Add a 'gold' row: the labelled items first, then BM25's (every labelled item found).")] = False,
@@ -73,8 +77,10 @@ def evaluate_command(
 
     from llm_embedder.evaluate import run_evaluation, write_report
     from llm_embedder.evaluate.rankers import dense_systems
+    from llm_embedder.models import check_device
     from llm_embedder.tasks import get_task
 
+    check_device(device)  # before the baselines run: embedders are built lazily
     if not data.is_dir():
         raise FileNotFoundError(f"data directory not found: {data}")
     task_names = tasks or sorted(p.name for p in data.iterdir() if (p / f"{split}.jsonl").exists())

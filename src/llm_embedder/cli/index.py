@@ -30,7 +30,9 @@ def index_command(
     filter_field: Annotated[
         list[str] | None, typer.Option("--filter-field", help="Field stored in the index for --filter (repeat).")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Texts per encoding batch (progress is saved after each).")] = 256,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Texts per encoding batch (progress is saved after each).")
+    ] = 256,
     device: Annotated[str | None, typer.Option(help="cpu, cuda ... (default: cuda if present).")] = None,
     max_length: MaxLengthOption = None,
     task_file: TaskFileOption = None,
@@ -144,7 +146,11 @@ def augment_command(
 ) -> None:
     """Print the LLM prompt for a query with retrieved items laid out as the task expects (recipe §3)."""
     from llm_embedder.augment import augment
+    from llm_embedder.tasks import get_task
 
+    get_task(task)  # a typo would silently get the generic layout
+    if tokenizer and tokenizer != "smollm2" and not Path(tokenizer).is_dir():
+        raise FileNotFoundError(f"--tokenizer {tokenizer!r} is neither a model directory nor 'smollm2'")
     items = list(item or [])
     if index is not None:
         retriever = open_retriever(index, model, task)

@@ -38,6 +38,8 @@ def is_loopback(host: str) -> bool:
     except ValueError:
         return False
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
 
 @app.command("serve")
 def serve_command(
@@ -46,7 +48,7 @@ def serve_command(
         list[str] | None, typer.Option("--index", help="NAME=DIR of a saved index; repeat for several.")
     ] = None,
     host: Annotated[str, typer.Option(help="Address to bind; loopback unless you mean to expose it.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: any free one).")] = 8000,
     api_key: Annotated[
         str | None,
         typer.Option(envvar="LLM_EMBEDDER_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1/* routes."),
@@ -69,7 +71,9 @@ def serve_command(
     threads: Annotated[
         int | None, typer.Option(min=1, help="CPU threads of the model (torch); 1 suits a busy or shared CPU.")
     ] = None,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
+    log_level: Annotated[
+        str, typer.Option(help="uvicorn log level: critical, error, warning, info, debug, trace.")
+    ] = "info",
     max_length: MaxLengthOption = None,
     task_file: TaskFileOption = None,
 ) -> None:
@@ -80,6 +84,8 @@ def serve_command(
     from llm_embedder.embedder import Embedder
     from llm_embedder.serve import ServeSettings, create_app
 
+    if log_level not in LOG_LEVELS:  # uvicorn would fail on it only after the model and indexes are loaded
+        raise ValueError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     register_task_files(task_file)
     index_dirs = parse_indexes(index)
     console = Console(stderr=True)

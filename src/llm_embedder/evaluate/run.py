@@ -112,13 +112,17 @@ def load_task_data(
     if not path.exists():
         raise FileNotFoundError(f"no {split} split for task {task!r}: {path} (run `llm-embedder data build`)")
     records = read_jsonl(path)[:max_queries]
+    if not records:
+        raise DataError(f"{path}: no records")
     corpus_path = task_dir / "corpus.jsonl"
     corpus = [corpus_text(doc) for doc in read_jsonl(corpus_path)] if corpus_path.exists() else None
     queries, answers, candidates, golds, hard = [], [], [], [], []
     for line_no, record in enumerate(records, start=1):
         where = f"{path}:{line_no}"
-        if not isinstance(record.get("query"), str):
-            raise DataError(f"{where}: field 'query' must be a string")
+        if not isinstance(record.get("query"), str) or not record["query"].strip():
+            raise DataError(f"{where}: field 'query' must be a non-empty string")
+        if record.get("task", task) != task:  # a typo'd or misplaced record would be scored as this task
+            raise DataError(f"{where}: field 'task' is {record['task']!r}, but the file is {task!r}'s split")
         queries.append(record["query"])
         answers.append(list(record.get("answers") or []))
         if "history" in record:

@@ -234,6 +234,18 @@ def build_vector_index(
     return name
 
 
+def check_index_settings(embedder: Any, backend: str, factory: str, batch_size: int) -> None:
+    """Refuse a bad backend, factory string or batch size before any document is encoded."""
+    from llm_embedder.index.faiss_index import FaissIndex
+
+    if backend not in ("faiss", "milvus"):
+        raise ValueError(f"backend must be faiss or milvus, got {backend!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if backend == "faiss":
+        FaissIndex(int(embedder.dim), factory).close()  # an empty index: parses the factory string, allocates nothing
+
+
 def build_index(
     corpus: str | Path | Iterable[str | dict],
     out_dir: str | Path,
@@ -259,6 +271,7 @@ def build_index(
     from llm_embedder.tasks import get_task
 
     get_task(task)
+    check_index_settings(embedder, backend, factory, batch_size)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {

@@ -16,11 +16,22 @@ TOKEN_ARRAYS_MESSAGE = (
 )
 
 
+def _is_unicode(text: str) -> bool:
+    """False for a string holding a lone surrogate (JSON's "\\ud800"), which no tokenizer takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_text_or_texts(value: Any, *, allow_empty_string: bool = False) -> str | list[str]:
     """A string or a non-empty list of strings; the message names the offending element."""
     if isinstance(value, str):
         if not value and not allow_empty_string:
             raise ValueError("must not be an empty string")
+        if not _is_unicode(value):
+            raise ValueError("is not valid Unicode (it holds a lone surrogate)")
         return value
     if not isinstance(value, list):
         raise ValueError(f"{TOKEN_ARRAYS_MESSAGE} (got {type(value).__name__})")
@@ -33,6 +44,8 @@ def _check_text_or_texts(value: Any, *, allow_empty_string: bool = False) -> str
             raise ValueError(f"[{i}] must be a string, got {type(item).__name__}")
         if not item and not allow_empty_string:
             raise ValueError(f"[{i}] must not be an empty string")
+        if not _is_unicode(item):
+            raise ValueError(f"[{i}] is not valid Unicode (it holds a lone surrogate)")
     return value
 
 
