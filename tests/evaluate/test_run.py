@@ -338,3 +338,10 @@ def test_the_split_is_validated_as_training_data_is(suite):
     (suite / "qa" / "test.jsonl").write_text("")
     with pytest.raises(DataError, match=r"test.jsonl: no records"):
         load_task_data(suite, "qa")
+
+
+def test_bm25_ranks_a_query_with_nothing_to_match_instead_of_failing():
+    docs = ["doc one about cats", "another doc", "a third"]
+    for query in ("q", "the", "?"):  # a single letter, a stopword, punctuation: no BM25 tokens
+        assert BM25Ranker().rank("qa", [query, "cats"], docs, 2) == [[0, 1], [0, 1]]
+        assert BM25Ranker().rank("chat", [query], [["I love cats", "hello"]], 2) == [[0, 1]]

@@ -31,12 +31,12 @@ def score_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output JSONL: the records with teacher_scores.")],
     llm: Annotated[str, typer.Option(help="Causal LM: a Hugging Face directory or the alias smollm2.")] = "smollm2",
     batch_tokens: Annotated[
-        int | None, typer.Option(help="Padded tokens per forward pass (default 1024 on CPU, 16384 on CUDA).")
+        int | None, typer.Option(min=1, help="Padded tokens per forward pass (default 1024 on CPU, 16384 on CUDA).")
     ] = None,
     task: Annotated[str | None, typer.Option(help="Task for records without a 'task' field.")] = None,
     task_file: TaskFileOption = None,
     rank_aware: Annotated[
-        int, typer.Option(help="Rank-aware reward from N LLM samples per record (0: likelihood reward).")
+        int, typer.Option(min=0, help="Rank-aware reward from N LLM samples per record (0: likelihood reward).")
     ] = 0,
     fast: Annotated[
         bool,
@@ -45,8 +45,10 @@ def score_command(
     fast_mode: Annotated[
         str, typer.Option(help="With --fast: auto (bf16 where the CPU has it, else int8), bf16 or int8.")
     ] = "auto",
-    key_max_tokens: Annotated[int | None, typer.Option(help="Cut each candidate to this many tokens.")] = None,
-    chunk_pairs: Annotated[int, typer.Option(help="Pairs per resumable chunk (batches never cross a chunk).")] = 256,
+    key_max_tokens: Annotated[int | None, typer.Option(min=1, help="Cut each candidate to this many tokens.")] = None,
+    chunk_pairs: Annotated[
+        int, typer.Option(min=1, help="Pairs per resumable chunk (batches never cross a chunk).")
+    ] = 256,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Start afresh instead of resuming an existing OUT.")] = False,
     reuse: Annotated[

@@ -82,7 +82,10 @@ class BM25Ranker:
     def _scores(self, retriever, query: str, n_docs: int) -> np.ndarray:
         import bm25s
 
-        tokens = bm25s.tokenize([query], stopwords="en", show_progress=False, return_ids=False)[0]
+        tokenized = bm25s.tokenize([query], stopwords="en", show_progress=False, return_ids=False)
+        tokens = tokenized[0] if tokenized else []
+        if not tokens:  # only stopwords or one-letter words: nothing to match, every document scores 0
+            return np.zeros(n_docs, dtype=np.float64)
         return np.asarray(retriever.get_scores(tokens), dtype=np.float64)[:n_docs]
 
     def rank(self, task: str, queries: Sequence[str], candidates: Candidates, k: int) -> list[list[int]]:
