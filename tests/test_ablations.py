@@ -164,3 +164,17 @@ def test_ablations_end_to_end_and_resume(tiny_embedder_dir, tiny_lm_dir, tmp_pat
     assert run_ablations(run, llm=str(tiny_lm_dir), console=Console(record=True)) == results  # test kept
     with pytest.raises(ValueError, match="split must be test or dev"):
         run_ablations(run, split="train", console=Console(record=True))
+
+
+def test_training_files_are_found_in_a_moved_run(tmp_path):
+    from llm_embedder.ablations import locate_training_files
+
+    run = tmp_path / "copy"
+    (run / "train" / "qa").mkdir(parents=True)
+    (run / "train" / "qa" / "train.abc.jsonl").write_text("{}\n")
+    kept = tmp_path / "elsewhere.jsonl"
+    kept.write_text("{}\n")
+    recorded = ["runs/demo/train/qa/train.abc.jsonl", str(kept), "runs/demo/train/icl/train.gone.jsonl"]
+    assert locate_training_files(recorded, run) == [
+        str(run / "train" / "qa" / "train.abc.jsonl"), str(kept), "runs/demo/train/icl/train.gone.jsonl"
+    ]

@@ -47,6 +47,16 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return tuple(json.loads(p.read_text(encoding="utf-8")) for p in paths)  # type: ignore[return-value]
 
 
+def locate_training_files(data: list[str], run_dir: Path) -> list[str]:
+    """The unified model's training files, found in ``run_dir`` when the run was moved or copied since: its
+    ``train_config.json`` names them as the demo was started (``runs/demo/train/<task>/...``, from its cwd)."""
+    located = []
+    for item in data:
+        path, moved = Path(item), run_dir / "train" / Path(item).parent.name / Path(item).name
+        located.append(item if path.is_file() or not moved.is_file() else str(moved))
+    return located
+
+
 def signature(settings: dict[str, Any]) -> dict[str, Any]:
     """What an ablated model depends on: its training settings and the content of its training files."""
     digests = {}
@@ -174,6 +184,7 @@ def run_ablations(run_dir: str | Path = "runs/demo", out: str | Path | None = No
         run_pipeline(run_dir, quick=True, base=base, llm=llm, console=console)
     pipeline_cfg, unified_cfg = read_run(run_dir)
     settings = {k: v for k, v in unified_cfg.items() if k not in ("out", "resume")}
+    settings["data"] = locate_training_files(settings["data"], run_dir)
     if pipeline_cfg.get("llm_queries"):  # a mistyped LLM fails now, not after the four trainings
         from llm_embedder.llm.loading import resolve_llm_path
 
