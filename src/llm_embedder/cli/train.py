@@ -8,8 +8,7 @@ from typing import Annotated
 import typer
 
 from llm_embedder.cli.app import app
-
-MAX_SEED = 2**32 - 1  # the seed range numpy takes (as train.config.MAX_SEED)
+from llm_embedder.train.config import MAX_SEED
 
 
 @app.command("train")
