@@ -71,8 +71,11 @@ def test_mismatched_embedder_is_refused(tiny_embedder, tmp_path: Path) -> None:
     meta_path.write_text("{broken")
     with pytest.raises(ValueError, match="corrupt index metadata"):
         Retriever.load(tmp_path / "idx", tiny_embedder)
-    with pytest.raises(FileNotFoundError, match="not a finished index directory"):
+    with pytest.raises(FileNotFoundError, match="nothing not found"):
         Retriever.load(tmp_path / "nothing", tiny_embedder)
+    (tmp_path / "unfinished").mkdir()
+    with pytest.raises(FileNotFoundError, match="unfinished is not a finished index directory"):
+        Retriever.load(tmp_path / "unfinished", tiny_embedder)
 
 
 LONG_DOC = "A document far longer than sixteen tokens, " + " ".join(f"word{i}" for i in range(60))

@@ -148,7 +148,8 @@ class Retriever:
         index_dir = Path(index_dir)
         meta_path = index_dir / META_FILE
         if not meta_path.exists():
-            raise FileNotFoundError(f"{index_dir} is not a finished index directory (no {META_FILE})")
+            what = f"is not a finished index directory (no {META_FILE})" if index_dir.exists() else "not found"
+            raise FileNotFoundError(f"index {index_dir} {what}")
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             task, dim = meta["task"], int(meta["dim"])

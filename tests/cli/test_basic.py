@@ -109,3 +109,13 @@ def test_encode_names_the_file_and_line_of_bad_utf8(tmp_path, tiny_embedder_dir)
     result = run_cli("encode", str(source), "--model", str(tiny_embedder_dir))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"{source}:2: not valid UTF-8 (byte 0xe9 at column 4)" in " ".join(result.stderr.split())
+
+
+def test_encode_names_the_line_of_bad_utf8_on_stdin(tiny_embedder_dir):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "llm_embedder", "encode", "--model", str(tiny_embedder_dir)],
+        input=b"fine\r\n" + "caf\xe9\n".encode("latin-1"), capture_output=True, env=env, timeout=300,
+    )
+    assert result.returncode == 2
+    assert "<stdin>:2: not valid UTF-8 (byte 0xe9 at column 4)" in " ".join(result.stderr.decode().split())

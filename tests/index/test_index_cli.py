@@ -131,3 +131,9 @@ def test_augment_refuses_an_unknown_task_and_tokenizer() -> None:
                               capture_output=True, text=True, env=env, timeout=300)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert expected in " ".join(proc.stderr.split())
+
+
+def test_search_refuses_an_empty_query(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "llm_embedder", "search", "ok", " ", "--index", str(tmp_path)],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert proc.returncode == 2 and "query 2 is empty" in proc.stderr

@@ -13,7 +13,7 @@ def write_records(path: Path, n: int = 12) -> Path:
     lines = []
     for i in range(n):
         if i == 5:
-            lines.append({"task": "qa", "query": "no candidates here", "pos": [], "neg": []})
+            lines.append({"task": "qa", "query": "no candidates here", "pos": [], "neg": [], "query_id": i})
             continue
         task = ["qa", "icl", "chat"][i % 3]
         rec = {"task": task, "query": f"question {i}: what is the capital of France?", "answers": [KEYS[i % 5][:12]],

@@ -108,6 +108,16 @@ def test_cli_scores_a_file_and_reports_bad_input(tiny_lm_dir, tmp_path):
                                       str(tiny_lm_dir)])
     assert isinstance(result.exception, DataError) and "bad.jsonl:2: field 'answers'" in str(result.exception)
     assert not (tmp_path / "o2.jsonl").exists()
+    # what training would refuse hours later is refused before scoring: a duplicate query_id, a string id
+    good = {"task": "qa", "query": "q", "pos": ["p"], "neg": ["n"], "answers": ["a"], "query_id": 0}
+    bad.write_text(json.dumps(good) + "\n" + json.dumps({**good, "query": "r"}) + "\n"
+                   + json.dumps({**good, "query_id": "x"}) + "\n")
+    result = CliRunner().invoke(app, ["score", str(bad), "--out", str(tmp_path / "o3.jsonl"), "--llm",
+                                      str(tiny_lm_dir)])
+    message = str(result.exception)
+    assert isinstance(result.exception, DataError) and "2 problem(s) in" in message, message
+    assert "bad.jsonl:2:query_id: duplicate" in message and "bad.jsonl:3:query_id: must be an integer" in message
+    assert not (tmp_path / "o3.jsonl").exists()
 
 
 def test_rank_aware_reward_runs_end_to_end(tiny_lm, tmp_path):

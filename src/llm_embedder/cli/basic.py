@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from llm_embedder.cli.app import app
-from llm_embedder.io import DataError, iter_text_lines, parse_jsonl_lines
+from llm_embedder.io import DataError, decode_line, iter_text_lines, parse_jsonl_lines
 
 ModelOption = Annotated[str, typer.Option("--model", "-m", help="Sentence-transformers directory or alias (minilm).")]
 TaskFileOption = Annotated[
@@ -48,8 +48,9 @@ def tasks_command(task_file: TaskFileOption = None) -> None:
 def read_texts(source: Path | None, field: str | None) -> list[str]:
     """Text lines, or one field of JSONL records, from a file or stdin ('-' or no file)."""
     name = "<stdin>" if source is None or str(source) == "-" else str(source)
-    if name == "<stdin>":
-        lines = sys.stdin.read().splitlines()
+    if name == "<stdin>":  # bytes, decoded per line: bad UTF-8 names its line
+        raw_lines = getattr(sys.stdin, "buffer", None) or (line.encode() for line in sys.stdin)
+        lines = [decode_line(raw, name, n).rstrip("\r\n") for n, raw in enumerate(raw_lines, start=1)]
     else:
         if not Path(name).exists():
             raise FileNotFoundError(f"input file not found: {name}")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_embedder import __version__
+from llm_embedder.data.validate import raise_problems, validate_records
 from llm_embedder.io import atomic_write, file_sha256, iter_jsonl
 from llm_embedder.reward.records import KeyFitter, RecordPairs, build_all
 from llm_embedder.reward.scorer import ScoreStats, score_pairsets, with_scores
@@ -195,6 +196,9 @@ def score_file(
     numbered = list(iter_jsonl(in_path))
     fitter = KeyFitter(lm.tokenizer, lm.max_length, key_max_tokens)
     pairsets = build_all(numbered, str(in_path), fitter, default_task)
+    # what training will check too (query ids, list fields, indices): refused now, not after hours of scoring
+    filled = [(line, r if "task" in r or not default_task else {**r, "task": default_task}) for line, r in numbered]
+    raise_problems(validate_records(filled, str(in_path)), str(in_path))
     stats = ScoreStats()
     stats.add(pairsets)
     batch_tokens = batch_tokens or lm.batch_tokens
