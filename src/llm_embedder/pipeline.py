@@ -57,7 +57,6 @@ SETTING_MINIMUMS: dict[str, tuple[int, str]] = {
 POSITIVE_SETTINGS = ("lr", "temperature")  # finite and above 0
 OPTIONAL_SETTINGS = ("llm_fast", "embed_fast")  # "none" sets them to None (exact)
 LIST_SETTINGS = ("repetition", "plain_tasks")  # "none" sets them to "" (off)
-LLM_FAST_MODES = ("bf16", "int8", "auto")  # ``CausalLM``'s fast modes (llm.fast.FAST_MODES)
 
 
 @dataclass(frozen=True)
@@ -133,6 +132,8 @@ class PipelineConfig:
     train_seeds: int = 1
 
     def __post_init__(self) -> None:
+        from llm_embedder.llm.fast import FAST_MODES  # CausalLM's own list (torch is loaded by the defaults anyway)
+
         for name, (minimum, why) in SETTING_MINIMUMS.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -143,8 +144,8 @@ class PipelineConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"demo setting {name} must be a finite number above 0, got {value!r}")
-        if self.llm_fast not in (None, *LLM_FAST_MODES):
-            modes = ", ".join(LLM_FAST_MODES)
+        if self.llm_fast not in (None, *FAST_MODES):
+            modes = ", ".join(FAST_MODES)
             raise ValueError(f"demo setting llm_fast must be {modes} or none, got {self.llm_fast!r}")
         if self.embed_fast not in (None, "bf16"):
             raise ValueError(f"demo setting embed_fast must be bf16 or none, got {self.embed_fast!r}")

@@ -38,8 +38,6 @@ def is_loopback(host: str) -> bool:
     except ValueError:
         return False
 
-LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
-
 
 @app.command("serve")
 def serve_command(
@@ -80,6 +78,7 @@ def serve_command(
     """Serve POST /v1/embeddings (OpenAI-compatible, plus `task` and `role`), /v1/search, /v1/augment,
     GET /health, /v1/models and Prometheus /metrics, with dynamic batching of concurrent requests."""
     import uvicorn
+    from uvicorn.config import LOG_LEVELS
 
     from llm_embedder.embedder import Embedder
     from llm_embedder.serve import ServeSettings, create_app
