@@ -8,7 +8,16 @@ import torch
 from rich.console import Console
 from test_pipeline import TINY
 
-from llm_embedder.ablations import ABLATIONS, LEGACY_STAMP, compare, drop_stale_results, run_ablations, systems_for
+from llm_embedder.ablations import (
+    ABLATIONS,
+    LEGACY_STAMP,
+    compare,
+    drop_stale_results,
+    path_signature,
+    run_ablations,
+    signature,
+    systems_for,
+)
 from llm_embedder.pipeline import run_pipeline
 from llm_embedder.train.once import TRAINED_STAMP
 
@@ -164,6 +173,23 @@ def test_ablations_end_to_end_and_resume(tiny_embedder_dir, tiny_lm_dir, tmp_pat
     assert run_ablations(run, llm=str(tiny_lm_dir), console=Console(record=True)) == results  # test kept
     with pytest.raises(ValueError, match="split must be test or dev"):
         run_ablations(run, split="train", console=Console(record=True))
+
+    # a model stamped with its training files' paths, as before stamps named them within the run, is kept
+    by_path = out / "models" / "plain-kl"
+    settings = json.loads((by_path / TRAINED_STAMP).read_text())["settings"]
+    settings["data"] = json.loads((run / "models" / "unified" / "train_config.json").read_text())["data"]
+    (by_path / TRAINED_STAMP).write_text(json.dumps(path_signature(settings)))
+    again = Console(record=True, width=200)
+    assert run_ablations(run, llm=str(tiny_lm_dir), console=again) == results
+    assert again.export_text().count("already trained on these inputs") == len(ABLATIONS)
+    assert json.loads((by_path / TRAINED_STAMP).read_text()) == signature(settings)  # restamped
+    assert all(name.startswith("train/") for name in signature(settings)["data_sha256"])
+    # a run moved elsewhere keeps its ablated models: the stamps name the training files within the run
+    moved = tmp_path / "moved"
+    run.rename(moved)
+    again = Console(record=True, width=200)
+    assert run_ablations(moved, llm=str(tiny_lm_dir), console=again) == results
+    assert again.export_text().count("already trained on these inputs") == len(ABLATIONS)
 
 
 def test_training_files_are_found_in_a_moved_run(tmp_path):

@@ -57,15 +57,28 @@ def locate_training_files(data: list[str], run_dir: Path) -> list[str]:
     return located
 
 
+def run_file_name(item: str) -> str:
+    """A training file as it sits in its demo run (``train/<task>/<file>``), wherever the run is now."""
+    path = Path(item)
+    return f"train/{path.parent.name}/{path.name}"
+
+
 def signature(settings: dict[str, Any]) -> dict[str, Any]:
-    """What an ablated model depends on: its training settings and the content of its training files."""
+    """What an ablated model depends on: its training settings and the content of its training files, each named as
+    it sits in the run, so that a demo run moved or copied elsewhere keeps its ablated models."""
     digests = {}
     for item in settings["data"]:
         path = Path(item)
         if not path.is_file():
             raise FileNotFoundError(f"training file of the demo run not found: {path}")
-        digests[item] = file_sha256(path)
-    return {"settings": settings, "data_sha256": digests}
+        digests[run_file_name(item)] = file_sha256(path)
+    return {"settings": {**settings, "data": [run_file_name(item) for item in settings["data"]]},
+            "data_sha256": digests}
+
+
+def path_signature(settings: dict[str, Any]) -> dict[str, Any]:
+    """The signature as stamped before it named files within the run: by the path the run was trained from."""
+    return {"settings": settings, "data_sha256": {item: file_sha256(Path(item)) for item in settings["data"]}}
 
 
 def train_ablation(out: Path, settings: dict[str, Any], console: Console) -> bool:
@@ -76,10 +89,15 @@ def train_ablation(out: Path, settings: dict[str, Any], console: Console) -> boo
 
     inputs = signature(settings)
     legacy = read_stamp(out / LEGACY_STAMP)
-    if legacy and legacy.get("done") and legacy.get("inputs") == inputs and not (out / TRAINED_STAMP).exists():
-        with atomic_write(out / TRAINED_STAMP) as handle:  # trained before the shared stamps: keep it
+    if legacy and legacy.get("done") and legacy.get("inputs") in (inputs, path_signature(settings)) and not (
+        out / TRAINED_STAMP
+    ).exists():  # trained before the shared stamps: keep it
+        with atomic_write(out / TRAINED_STAMP) as handle:
             json.dump(inputs, handle)
     (out / LEGACY_STAMP).unlink(missing_ok=True)
+    if read_stamp(out / TRAINED_STAMP) == path_signature(settings):  # stamped by path, in the same place: keep it
+        with atomic_write(out / TRAINED_STAMP) as handle:
+            json.dump(inputs, handle)
     config = TrainConfig(**{**settings, "out": str(out)})
     return train_once(out, inputs, lambda resume: train(replace(config, resume=resume)), console)
 
