@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from reward_helpers import KEYS, write_records
@@ -96,6 +97,7 @@ def test_cli_scores_a_file_and_reports_bad_input(tiny_lm_dir, tmp_path):
     result = CliRunner().invoke(app, ["score", str(src), "--out", str(out), "--llm", str(tiny_lm_dir)])
     assert result.exit_code == 0, result.output
     assert "scored 4 records" in result.output and count_done(out) == 4
+    assert re.search(r"scoring in.jsonl \(rank 0/1\): (\d+)/\1 \(100%\)", result.output)  # a plain line in a log
     more = write_records(tmp_path / "more.jsonl", n=6)  # the same 4 records and 2 more
     result = CliRunner().invoke(app, ["score", str(more), "--out", str(tmp_path / "more_out.jsonl"), "--llm",
                                       str(tiny_lm_dir), "--reuse", str(out)])

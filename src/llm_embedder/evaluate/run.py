@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.progress import Progress
 
 from llm_embedder.evaluate.downstream import DOWNSTREAM, downstream_metrics, main_metric
 from llm_embedder.evaluate.metrics import per_query_metric, retrieval_metrics
@@ -30,6 +29,7 @@ from llm_embedder.evaluate.rankers import (
     TeacherRanker,
 )
 from llm_embedder.io import DataError, read_jsonl
+from llm_embedder.progress import LoggedProgress
 
 RESULTS_FILE = "results.json"
 PER_QUERY_FILE = "per_query.json"
@@ -302,7 +302,7 @@ def run_evaluation(
     results = load_results(out_dir)
     per_query = load_results(out_dir, PER_QUERY_FILE)
     order: dict[str, list[str]] = {}  # per task, the systems in the order asked for
-    with Progress() as progress:
+    with LoggedProgress() as progress:
         bar = progress.add_task("evaluating", total=len(tasks))
         # the LLM's prompts of the system in hand: its minutes (lrlm's long chunks, the teacher row) show as they go
         prompts_bar = progress.add_task("LLM prompts", total=None, visible=False)

@@ -134,9 +134,11 @@ def write_progress(out_dir: Path, state: dict) -> None:
 
 
 def _progress_bar(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-    return Progress(
+    from llm_embedder.progress import LoggedProgress
+
+    return LoggedProgress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         disable=not enabled,
     )

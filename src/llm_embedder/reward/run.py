@@ -189,7 +189,7 @@ def score_file(
     ``reuse``: earlier outputs whose scores are taken for the records they hold (files scored otherwise are
     skipped, and the summary's ``reuse_skipped`` says why).
     """
-    from rich.progress import Progress
+    from llm_embedder.progress import LoggedProgress
 
     in_path, out = Path(in_path), Path(out_path)
     rank, world = dist_info()
@@ -249,7 +249,7 @@ def score_file(
             todo_pairs += sum(len(pairsets[i].prompts) for i in chunk if i not in known)
         seen += len(chunk)
     start = time.time()
-    with Progress(disable=not show_progress or rank != 0, transient=False) as progress:
+    with LoggedProgress(disable=not show_progress or rank != 0, transient=False) as progress:
         bar = progress.add_task(f"scoring {in_path.name} (rank {rank}/{world})", total=todo_pairs)
         seen = 0
         with part.open("a", encoding="utf-8") as handle:

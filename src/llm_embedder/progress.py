@@ -1,0 +1,72 @@
+"""Progress bars for long jobs: a live bar in a terminal, and a plain line now and then where there is none.
+
+Rich draws nothing while its output is not a terminal (``make demo > demo.log``, ``nohup``, a CI log) and prints
+the bars once at the end, so a 10-minute scoring run would show no sign of life there. ``LoggedProgress`` is a
+rich ``Progress`` that, in that case, prints each visible task's state as one line every ``log_every`` seconds
+and when it finishes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.progress import Progress, TaskID
+
+LOG_EVERY = 30.0  # seconds between plain progress lines where the output is not a terminal
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+class LoggedProgress(Progress):
+    """``rich.progress.Progress`` that also writes plain progress lines when its console is not a terminal."""
+
+    def __init__(self, *columns: Any, log_every: float = LOG_EVERY, **kwargs: Any) -> None:
+        super().__init__(*columns, **kwargs)
+        self.log_every = log_every
+        self._last_logged: dict[TaskID, float] = {}
+
+    def update(self, task_id: TaskID, **kwargs: Any) -> None:
+        super().update(task_id, **kwargs)
+        self._log(task_id)
+
+    def advance(self, task_id: TaskID, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._log(task_id)
+
+    def status_line(self, task_id: TaskID) -> str:
+        """``description: done/total (pct), elapsed, ~remaining left`` (without a total: done so far)."""
+        task = self._tasks[task_id]
+        done = f"{task.completed:.0f}"
+        if task.total is None:
+            return f"{task.description}: {done} done, {_duration(task.elapsed or 0)}"
+        line = f"{task.description}: {done}/{task.total:.0f} ({task.percentage:.0f}%), {_duration(task.elapsed or 0)}"
+        if not task.finished and task.completed and task.elapsed:
+            line += f", ~{_duration(task.elapsed * (task.total - task.completed) / task.completed)} left"
+        return line
+
+    def _log(self, task_id: TaskID) -> None:
+        if self.disable or self.console.is_terminal or self.console.is_jupyter:
+            return
+        task = self._tasks[task_id]
+        if not task.visible or task.start_time is None:
+            return
+        now, done = time.monotonic(), float("inf")
+        last = self._last_logged.get(task_id)
+        if last is None or (last == done and not task.finished):  # (re)started: the first line comes later
+            self._last_logged[task_id] = last = now
+        if task.finished:
+            if last != done:
+                self._print(task_id)
+                self._last_logged[task_id] = done
+        elif now - last >= self.log_every:
+            self._print(task_id)
+            self._last_logged[task_id] = now
+
+    def _print(self, task_id: TaskID) -> None:
+        self.console.print(self.status_line(task_id), highlight=False, markup=False, soft_wrap=True)

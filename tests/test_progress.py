@@ -1,0 +1,53 @@
+import io
+import re
+
+from rich.console import Console
+
+from llm_embedder.progress import LoggedProgress
+
+LINE = re.compile(r"^scoring: (\d+)/10 \((\d+)%\), 0:\d\d(, ~0:\d\d left)?$")
+
+
+def lines(buffer: io.StringIO) -> list[str]:
+    return [line for line in buffer.getvalue().splitlines() if line.startswith("scoring:")]
+
+
+def run(console: Console, log_every: float, **kwargs) -> None:
+    with LoggedProgress(console=console, log_every=log_every, **kwargs) as progress:
+        task = progress.add_task("scoring", total=10)
+        for _ in range(10):
+            progress.advance(task)
+
+
+def test_a_log_gets_plain_lines_as_the_job_goes():
+    buffer = io.StringIO()
+    run(Console(file=buffer, width=120), log_every=0)
+    got = lines(buffer)
+    assert all(LINE.match(line) for line in got), got
+    assert [int(LINE.match(line).group(1)) for line in got] == list(range(1, 11))  # one per update, and the end
+    assert "left" in got[0] and "left" not in got[-1] and got[-1].startswith("scoring: 10/10 (100%)")
+
+
+def test_between_lines_it_waits_log_every_but_always_says_when_done():
+    buffer = io.StringIO()
+    run(Console(file=buffer, width=120), log_every=3600)
+    assert [line.split(",")[0] for line in lines(buffer)] == ["scoring: 10/10 (100%)"]
+
+
+def test_a_terminal_or_a_disabled_bar_gets_no_plain_lines():
+    for console, kwargs in [(Console(file=io.StringIO(), force_terminal=True, width=120), {}),
+                            (Console(file=io.StringIO(), width=120), {"disable": True})]:
+        run(console, log_every=0, **kwargs)
+        assert lines(console.file) == []
+
+
+def test_a_restarted_task_and_one_without_a_total_are_logged():
+    buffer = io.StringIO()
+    with LoggedProgress(console=Console(file=buffer, width=120), log_every=0) as progress:
+        prompts = progress.add_task("LLM prompts", total=None)
+        progress.update(prompts, completed=3)
+        progress.update(prompts, completed=2, total=2)  # the first system's prompts are done
+        progress.update(prompts, completed=0, total=4)  # the next system's begin
+        progress.update(prompts, completed=4)
+    got = [line.split(",")[0] for line in buffer.getvalue().splitlines() if line.startswith("LLM prompts:")]
+    assert got == ["LLM prompts: 3 done", "LLM prompts: 2/2 (100%)", "LLM prompts: 0/4 (0%)", "LLM prompts: 4/4 (100%)"]
