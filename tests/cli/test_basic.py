@@ -119,3 +119,20 @@ def test_encode_names_the_line_of_bad_utf8_on_stdin(tiny_embedder_dir):
     )
     assert result.returncode == 2
     assert "<stdin>:2: not valid UTF-8 (byte 0xe9 at column 4)" in " ".join(result.stderr.decode().split())
+
+
+def test_encode_refuses_an_empty_text_or_no_texts(tmp_path, tiny_embedder_dir):
+    """A vector per line: a blank line would be the instruction's vector alone, and no input no vectors at all."""
+    blank = tmp_path / "texts.txt"
+    blank.write_text("first\n\nthird\n")
+    records = tmp_path / "texts.jsonl"
+    records.write_text('{"text": "a"}\n{"text": ""}\n')
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    for source, message in [(blank, f"{blank}:2: empty line (one text per line)"),
+                            (records, f"{records}:2: field 'text' is empty"), (empty, f"{empty}: no texts to encode")]:
+        result = run_cli("encode", str(source), "--model", str(tiny_embedder_dir))
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert message in " ".join(result.stderr.split())
+    result = run_cli("encode", "--model", str(tiny_embedder_dir), stdin="")
+    assert result.returncode == 2 and "<stdin>: no texts to encode" in result.stderr

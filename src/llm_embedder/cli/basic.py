@@ -56,15 +56,23 @@ def read_texts(source: Path | None, field: str | None) -> list[str]:
             raise FileNotFoundError(f"input file not found: {name}")
         lines = list(iter_text_lines(name))  # bad UTF-8 names the file and line
     if field is None and not name.endswith(".jsonl"):
-        return lines
-    field = field or "text"
-    texts = []
-    for line_no, record in parse_jsonl_lines(lines, name):
-        if field not in record:
-            raise DataError(f"{name}:{line_no}: missing field {field!r}")
-        if not isinstance(record[field], str):
-            raise DataError(f"{name}:{line_no}: field {field!r} must be a string")
-        texts.append(record[field])
+        for line_no, line in enumerate(lines, start=1):
+            if not line:  # a vector per line: a blank line is refused, not encoded as the instruction alone
+                raise DataError(f"{name}:{line_no}: empty line (one text per line)")
+        texts = lines
+    else:
+        field = field or "text"
+        texts = []
+        for line_no, record in parse_jsonl_lines(lines, name):
+            if field not in record:
+                raise DataError(f"{name}:{line_no}: missing field {field!r}")
+            if not isinstance(record[field], str):
+                raise DataError(f"{name}:{line_no}: field {field!r} must be a string")
+            if not record[field]:
+                raise DataError(f"{name}:{line_no}: field {field!r} is empty")
+            texts.append(record[field])
+    if not texts:
+        raise DataError(f"{name}: no texts to encode")
     return texts
 
 
