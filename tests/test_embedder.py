@@ -32,6 +32,19 @@ def test_empty_inputs(tiny_embedder):
     assert tiny_embedder.encode_queries("a single string", "qa").shape == (1, tiny_embedder.dim)
 
 
+def test_convert_to_tensor_gives_the_same_vectors_as_a_float32_tensor(tiny_embedder):
+    texts = ["what is a planet?", "hello there"]
+    for role in ("query", "key"):
+        tensor = tiny_embedder.encode(texts, "chat", role, convert_to_tensor=True)
+        assert isinstance(tensor, torch.Tensor) and tensor.dtype == torch.float32
+        assert tensor.device.type == "cpu" and not tensor.requires_grad
+        np.testing.assert_allclose(tensor.numpy(), tiny_embedder.encode(texts, "chat", role), atol=1e-6)
+    assert torch.equal(tiny_embedder.encode_queries(texts, "qa", convert_to_tensor=True),
+                       torch.from_numpy(tiny_embedder.encode_queries(texts, "qa")))
+    empty = tiny_embedder.encode_keys([], "tool", convert_to_tensor=True)
+    assert isinstance(empty, torch.Tensor) and empty.shape == (0, tiny_embedder.dim) and empty.dtype == torch.float32
+
+
 def test_non_string_item_names_its_index(tiny_embedder):
     with pytest.raises(TypeError, match=r"texts\[2\]"):
         tiny_embedder.encode_queries(["a", "b", 3], "qa")

@@ -35,6 +35,15 @@ def test_onnx_fp32_matches_torch(exported: Path, role: str):
     assert np.abs(onnx_vecs - torch_vecs).max() < 1e-4
 
 
+def test_onnx_convert_to_tensor(exported: Path):
+    import torch
+
+    onnx = Embedder(exported, backend="onnx")
+    tensor = onnx.encode_keys(TEXTS, "qa", convert_to_tensor=True)
+    assert isinstance(tensor, torch.Tensor) and tensor.dtype == torch.float32
+    assert torch.equal(tensor, torch.from_numpy(onnx.encode_keys(TEXTS, "qa")))
+
+
 def test_int8_close_to_fp32(exported: Path):
     fp32 = Embedder(exported, backend="onnx").encode_keys(TEXTS, "qa")
     int8 = Embedder(exported, backend="onnx-int8").encode_keys(TEXTS, "qa")

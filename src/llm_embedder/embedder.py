@@ -14,6 +14,7 @@ from llm_embedder.models import check_device, resolve_embedder_path
 from llm_embedder.tasks import Task, get_task, list_tasks, register_task, task_from_dict
 
 if TYPE_CHECKING:
+    import torch
     from sentence_transformers import SentenceTransformer
 
 TASKS_FILE = "llm_embedder_tasks.json"
@@ -144,27 +145,38 @@ class Embedder:
 
     def encode_queries(
         self, texts: Sequence[str] | str, task: str | Task = "qa", *, batch_size: int | None = None,
-        show_progress: bool | None = None,
-    ) -> np.ndarray:
+        show_progress: bool | None = None, convert_to_tensor: bool = False,
+    ) -> np.ndarray | torch.Tensor:
         """L2-normalised float32 vectors of queries, shape (n, dim)."""
-        return self.encode(texts, task, "query", batch_size=batch_size, show_progress=show_progress)
+        return self.encode(texts, task, "query", batch_size=batch_size, show_progress=show_progress,
+                           convert_to_tensor=convert_to_tensor)
 
     def encode_keys(
         self, texts: Sequence[str] | str, task: str | Task = "qa", *, batch_size: int | None = None,
-        show_progress: bool | None = None,
-    ) -> np.ndarray:
+        show_progress: bool | None = None, convert_to_tensor: bool = False,
+    ) -> np.ndarray | torch.Tensor:
         """L2-normalised float32 vectors of keys (documents, turns, chunks, tools...), shape (n, dim)."""
-        return self.encode(texts, task, "key", batch_size=batch_size, show_progress=show_progress)
+        return self.encode(texts, task, "key", batch_size=batch_size, show_progress=show_progress,
+                           convert_to_tensor=convert_to_tensor)
 
     def encode(
         self, texts: Sequence[str] | str, task: str | Task, role: str, *, batch_size: int | None = None,
-        show_progress: bool | None = None,
-    ) -> np.ndarray:
-        """Encode texts of one role (``query`` or ``key``) with the task's instruction."""
+        show_progress: bool | None = None, convert_to_tensor: bool = False,
+    ) -> np.ndarray | torch.Tensor:
+        """Encode texts of one role (``query`` or ``key``) with the task's instruction.
+
+        A float32 numpy array, or with ``convert_to_tensor`` a float32 torch tensor left on the model's device
+        (so a GPU caller computes scores there without a round trip through host memory).
+        """
         texts = check_texts(texts)
         prompt = self.instruction(task, role)
         if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
+            vectors = np.zeros((0, self.dim), dtype=np.float32)
+            if convert_to_tensor:
+                import torch
+
+                return torch.from_numpy(vectors).to(self.device)
+            return vectors
         if show_progress is None:
             show_progress = len(texts) >= PROGRESS_THRESHOLD
         max_length = self.query_max_length if role == "query" else self.key_max_length
@@ -175,9 +187,12 @@ class Embedder:
                 prompt=prompt or None,
                 batch_size=batch_size or self.batch_size,
                 show_progress_bar=show_progress,
-                convert_to_numpy=True,
+                convert_to_numpy=not convert_to_tensor,
+                convert_to_tensor=convert_to_tensor,
                 normalize_embeddings=True,
             )
+        if convert_to_tensor:
+            return vectors.float()  # fp16 on a GPU by default: float32, as the arrays are
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
     def count_tokens(self, texts: Sequence[str]) -> int:

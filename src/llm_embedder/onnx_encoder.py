@@ -11,10 +11,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from llm_embedder.export import EXPORT_FILE, ONNX_DIR
+
+if TYPE_CHECKING:
+    import torch
 
 
 class OnnxEncoder:
@@ -62,9 +66,10 @@ class OnnxEncoder:
     def encode(
         self, sentences: Sequence[str], *, prompt: str | None = None, prompt_name: str | None = None,
         batch_size: int = 32, show_progress_bar: bool = False, convert_to_numpy: bool = True,
-        normalize_embeddings: bool = False,
-    ) -> np.ndarray:
-        """Vectors (n, dim) float32, same semantics as ``SentenceTransformer.encode`` for these arguments."""
+        convert_to_tensor: bool = False, normalize_embeddings: bool = False,
+    ) -> np.ndarray | torch.Tensor:
+        """Vectors (n, dim) float32, same semantics as ``SentenceTransformer.encode`` for these arguments (a CPU
+        tensor with ``convert_to_tensor``)."""
         if prompt is None and prompt_name is not None:
             prompt = self.prompts[prompt_name]
         prompt = prompt or ""
@@ -83,6 +88,10 @@ class OnnxEncoder:
             out[rows] = self._encode_batch([texts[i] for i in rows], prompt)
         if normalize_embeddings or self.info.get("normalize"):
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        if convert_to_tensor:
+            import torch
+
+            return torch.from_numpy(out)
         return out
 
     def _encode_batch(self, texts: list[str], prompt: str) -> np.ndarray:
