@@ -26,6 +26,7 @@ def test_a_log_gets_plain_lines_as_the_job_goes():
     assert all(LINE.match(line) for line in got), got
     assert [int(LINE.match(line).group(1)) for line in got] == list(range(1, 11))  # one per update, and the end
     assert "left" in got[0] and "left" not in got[-1] and got[-1].startswith("scoring: 10/10 (100%)")
+    assert "━" not in buffer.getvalue()  # the lines, not rich's bars printed once more at the end
 
 
 def test_between_lines_it_waits_log_every_but_always_says_when_done():
@@ -39,6 +40,9 @@ def test_a_terminal_or_a_disabled_bar_gets_no_plain_lines():
                             (Console(file=io.StringIO(), width=120), {"disable": True})]:
         run(console, log_every=0, **kwargs)
         assert lines(console.file) == []
+    terminal = Console(file=io.StringIO(), force_terminal=True, width=120)
+    run(terminal, log_every=0)
+    assert "━" in terminal.file.getvalue()  # a terminal keeps its live bar
 
 
 def test_a_restarted_task_and_one_without_a_total_are_logged():

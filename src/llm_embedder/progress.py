@@ -3,7 +3,7 @@
 Rich draws nothing while its output is not a terminal (``make demo > demo.log``, ``nohup``, a CI log) and prints
 the bars once at the end, so a 10-minute scoring run would show no sign of life there. ``LoggedProgress`` is a
 rich ``Progress`` that, in that case, prints each visible task's state as one line every ``log_every`` seconds
-and when it finishes.
+and when it finishes, instead of the bars.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ class LoggedProgress(Progress):
         super().__init__(*columns, **kwargs)
         self.log_every = log_every
         self._last_logged: dict[TaskID, float] = {}
+        if self._logs():
+            self.live.transient = True  # rich would print every bar once more at the end; the lines said it
 
     def update(self, task_id: TaskID, **kwargs: Any) -> None:
         super().update(task_id, **kwargs)
@@ -50,8 +52,11 @@ class LoggedProgress(Progress):
             line += f", ~{_duration(task.elapsed * (task.total - task.completed) / task.completed)} left"
         return line
 
+    def _logs(self) -> bool:
+        return not (self.disable or self.console.is_terminal or self.console.is_jupyter)
+
     def _log(self, task_id: TaskID) -> None:
-        if self.disable or self.console.is_terminal or self.console.is_jupyter:
+        if not self._logs():
             return
         task = self._tasks[task_id]
         if not task.visible or task.start_time is None:
