@@ -250,7 +250,8 @@ def score_file(
         seen += len(chunk)
     start = time.time()
     with LoggedProgress(disable=not show_progress or rank != 0, transient=False) as progress:
-        bar = progress.add_task(f"scoring {in_path.name} (rank {rank}/{world})", total=todo_pairs)
+        shown = f"{in_path.parent.name}/{in_path.name}" if in_path.parent.name else in_path.name  # qa/candidates.jsonl
+        bar = progress.add_task(f"scoring {shown} (rank {rank}/{world})", total=todo_pairs)
         seen = 0
         with part.open("a", encoding="utf-8") as handle:
             for chunk in mine:
