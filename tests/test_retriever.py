@@ -31,6 +31,9 @@ def test_in_memory_build_search_add(tiny_embedder) -> None:
     assert [h.text for h in retriever.search("x", k=10, filter={"lang": "de"})[0]] == ["Another one."]
     with pytest.raises(ValueError, match=r"documents\[0\]: a document needs a string 'text'"):
         retriever.add([{"title": "no text"}])
+    with pytest.raises(ValueError, match=r"documents\[1\]: a document's 'text' is empty"):
+        retriever.add(["fine", {"text": "", "lang": "de"}])
+    assert len(retriever) == 6  # nothing of a refused batch was added
 
 
 def test_empty_retriever(tiny_embedder) -> None:

@@ -90,6 +90,8 @@ def normalise_documents(documents: Sequence[str | dict]) -> list[dict]:
     for where, record in iter_records(documents):
         if not isinstance(record.get("text"), str):
             raise ValueError(f"{where}: a document needs a string 'text' field")
+        if not record["text"]:  # embedded as the instruction alone, it would sit near every query
+            raise ValueError(f"{where}: a document's 'text' is empty")
         docs.append(dict(record))
     return docs
 

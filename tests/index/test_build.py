@@ -102,6 +102,17 @@ def test_bad_corpus_names_file_line_field(tiny_embedder, tmp_path: Path) -> None
         build_index(corpus, tmp_path / "idx2", tiny_embedder, "qa", progress=False)
     with pytest.raises(DataError, match=r"bad.jsonl:1: missing field 'title'"):
         build_index(corpus, tmp_path / "idx3", tiny_embedder, "qa", template="{title} {text}", progress=False)
+    # an empty text would be embedded as the instruction alone; a title-only document goes in with a template
+    corpus.write_text('{"text": "ok", "title": "A"}\n{"text": "", "title": "Only a title"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: field 'text' is empty \(a --template such as"):
+        build_index(corpus, tmp_path / "idx4", tiny_embedder, "qa", progress=False)
+    assert build_index(corpus, tmp_path / "idx5", tiny_embedder, "qa", template="{title} {text}",
+                       progress=False)["count"] == 2
+    corpus.write_text('{"text": "ok", "title": "A"}\n{"text": " ", "title": ""}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: the template '\{title\} \{text\}' gives an empty text"):
+        build_index(corpus, tmp_path / "idx6", tiny_embedder, "qa", template="{title} {text}", progress=False)
+    with pytest.raises(DataError, match=r"documents\[1\]: field 'text' is empty$"):
+        build_index(["ok", ""], tmp_path / "idx7", tiny_embedder, "qa", progress=False)
 
 
 def test_milvus_backend_build(tiny_embedder, tmp_path: Path) -> None:

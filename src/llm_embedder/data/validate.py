@@ -167,7 +167,8 @@ def _bad_line(problems: list[Problem]) -> Callable[[JsonlError], None]:
 
 
 def validate_corpus_file(path: str | Path) -> list[Problem]:
-    """A corpus: each line has ``text`` (string), and ``id`` equals its position when present."""
+    """A corpus: each line has ``text`` (a string, not empty unless there is a ``title``), and ``id`` equals its
+    position when present."""
     problems: list[Problem] = []
     bad: list[Problem] = []
     n_records = 0
@@ -176,6 +177,8 @@ def validate_corpus_file(path: str | Path) -> list[Problem]:
         n_records += 1
         if not isinstance(record.get("text"), str):
             problems.append(Problem(str(path), line, "text", "missing or not a string"))
+        elif not record["text"] and not record.get("title"):  # BEIR-style title-only documents are fine
+            problems.append(Problem(str(path), line, "text", "empty, and no title"))
         if "id" in record and record["id"] != position:
             problems.append(Problem(str(path), line, "id", f"expected {position} (= line order), got {record['id']!r}"))
         if "title" in record and not isinstance(record["title"], str):

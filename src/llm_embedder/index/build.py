@@ -62,11 +62,16 @@ def compose_text(record: dict, field: str, template: str | None, where: str) -> 
             text = template.format(**{k: ("" if v is None else v) for k, v in record.items()})
         except KeyError as err:
             raise DataError(f"{where}: missing field {err.args[0]!r} used by the template {template!r}") from None
+        if not text.strip():
+            raise DataError(f"{where}: the template {template!r} gives an empty text")
         return text.strip()
     if field not in record:
         raise DataError(f"{where}: missing field {field!r}")
     if not isinstance(record[field], str):
         raise DataError(f"{where}: field {field!r} must be a string, got {type(record[field]).__name__}")
+    if not record[field]:  # it would be embedded as the instruction alone, a vector near every query
+        hint = " (a --template such as '{title} {text}' can join other fields)" if len(record) > 1 else ""
+        raise DataError(f"{where}: field {field!r} is empty{hint}")
     return record[field]
 
 
