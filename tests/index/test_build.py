@@ -112,7 +112,7 @@ def test_bad_corpus_names_file_line_field(tiny_embedder, tmp_path: Path) -> None
     with pytest.raises(DataError, match=r"bad.jsonl:2: the template '\{title\} \{text\}' gives an empty text"):
         build_index(corpus, tmp_path / "idx6", tiny_embedder, "qa", template="{title} {text}", progress=False)
     with pytest.raises(DataError, match=r"documents\[1\]: field 'text' is empty$"):
-        build_index(["ok", ""], tmp_path / "idx7", tiny_embedder, "qa", progress=False)
+        build_index(["ok", {"id": 1, "text": ""}], tmp_path / "idx7", tiny_embedder, "qa", progress=False)
 
 
 def test_milvus_backend_build(tiny_embedder, tmp_path: Path) -> None:

@@ -70,7 +70,8 @@ def compose_text(record: dict, field: str, template: str | None, where: str) -> 
     if not isinstance(record[field], str):
         raise DataError(f"{where}: field {field!r} must be a string, got {type(record[field]).__name__}")
     if not record[field]:  # it would be embedded as the instruction alone, a vector near every query
-        hint = " (a --template such as '{title} {text}' can join other fields)" if len(record) > 1 else ""
+        others = set(record) - {field, "id"}
+        hint = " (a --template such as '{title} {text}' can join other fields)" if others else ""
         raise DataError(f"{where}: field {field!r} is empty{hint}")
     return record[field]
 
