@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from rich.progress import Progress, TaskID
+from rich.progress import Progress, Task, TaskID
 
 LOG_EVERY = 30.0  # seconds between plain progress lines where the output is not a terminal
 
@@ -30,7 +30,9 @@ class LoggedProgress(Progress):
         super().__init__(*columns, **kwargs)
         self.log_every = log_every
         self._last_logged: dict[TaskID, float] = {}
-        if self._logs():
+        # decided once: where the output is not a terminal the lines stand in for the bars
+        self.plain_lines = not (self.disable or self.console.is_terminal or self.console.is_jupyter)
+        if self.plain_lines:
             self.live.transient = True  # rich would print every bar once more at the end; the lines said it
 
     def update(self, task_id: TaskID, **kwargs: Any) -> None:
@@ -41,9 +43,9 @@ class LoggedProgress(Progress):
         super().advance(task_id, advance)
         self._log(task_id)
 
-    def status_line(self, task_id: TaskID) -> str:
+    @staticmethod
+    def status_line(task: Task) -> str:
         """``description: done/total (pct), elapsed, ~remaining left`` (without a total: done so far)."""
-        task = self._tasks[task_id]
         done = f"{task.completed:.0f}"
         if task.total is None:
             return f"{task.description}: {done} done, {_duration(task.elapsed or 0)}"
@@ -52,13 +54,10 @@ class LoggedProgress(Progress):
             line += f", ~{_duration(task.elapsed * (task.total - task.completed) / task.completed)} left"
         return line
 
-    def _logs(self) -> bool:
-        return not (self.disable or self.console.is_terminal or self.console.is_jupyter)
-
     def _log(self, task_id: TaskID) -> None:
-        if not self._logs():
+        if not self.plain_lines:
             return
-        task = self._tasks[task_id]
+        task = next(task for task in self.tasks if task.id == task_id)
         if not task.visible or task.start_time is None:
             return
         now, done = time.monotonic(), float("inf")
@@ -67,11 +66,11 @@ class LoggedProgress(Progress):
             self._last_logged[task_id] = last = now
         if task.finished:
             if last != done:
-                self._print(task_id)
+                self._print(task)
                 self._last_logged[task_id] = done
         elif now - last >= self.log_every:
-            self._print(task_id)
+            self._print(task)
             self._last_logged[task_id] = now
 
-    def _print(self, task_id: TaskID) -> None:
-        self.console.print(self.status_line(task_id), highlight=False, markup=False, soft_wrap=True)
+    def _print(self, task: Task) -> None:
+        self.console.print(self.status_line(task), highlight=False, markup=False, soft_wrap=True)
