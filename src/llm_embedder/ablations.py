@@ -76,9 +76,11 @@ def signature(settings: dict[str, Any]) -> dict[str, Any]:
             "data_sha256": digests}
 
 
-def path_signature(settings: dict[str, Any]) -> dict[str, Any]:
-    """The signature as stamped before it named files within the run: by the path the run was trained from."""
-    return {"settings": settings, "data_sha256": {item: file_sha256(Path(item)) for item in settings["data"]}}
+def path_signature(settings: dict[str, Any], inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The signature as stamped before it named files within the run: by the path the run was trained from.
+    ``inputs``: ``signature(settings)`` when at hand (its digests are re-used, not computed again)."""
+    digests = (inputs or signature(settings))["data_sha256"]
+    return {"settings": settings, "data_sha256": {item: digests[run_file_name(item)] for item in settings["data"]}}
 
 
 def train_ablation(out: Path, settings: dict[str, Any], console: Console) -> bool:
@@ -88,16 +90,14 @@ def train_ablation(out: Path, settings: dict[str, Any], console: Console) -> boo
     from llm_embedder.train.trainer import train
 
     inputs = signature(settings)
-    legacy = read_stamp(out / LEGACY_STAMP)
-    if legacy and legacy.get("done") and legacy.get("inputs") in (inputs, path_signature(settings)) and not (
-        out / TRAINED_STAMP
-    ).exists():  # trained before the shared stamps: keep it
+    by_path = path_signature(settings, inputs)  # how a model trained in this same place was stamped before
+    legacy = read_stamp(out / LEGACY_STAMP)  # before the ablations shared the demo's stamps (train.once)
+    legacy_done = bool(legacy and legacy.get("done") and legacy.get("inputs") in (inputs, by_path)
+                       and not (out / TRAINED_STAMP).exists())
+    if legacy_done or read_stamp(out / TRAINED_STAMP) == by_path:  # trained on these inputs: keep it, restamped
         with atomic_write(out / TRAINED_STAMP) as handle:
             json.dump(inputs, handle)
     (out / LEGACY_STAMP).unlink(missing_ok=True)
-    if read_stamp(out / TRAINED_STAMP) == path_signature(settings):  # stamped by path, in the same place: keep it
-        with atomic_write(out / TRAINED_STAMP) as handle:
-            json.dump(inputs, handle)
     config = TrainConfig(**{**settings, "out": str(out)})
     return train_once(out, inputs, lambda resume: train(replace(config, resume=resume)), console)
 
