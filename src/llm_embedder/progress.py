@@ -16,7 +16,8 @@ from rich.progress import Progress, Task, TaskID
 LOG_EVERY = 30.0  # seconds between plain progress lines where the output is not a terminal
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """``M:SS``, or ``H:MM:SS`` from an hour on."""
     seconds = int(round(seconds))
     minutes, seconds = divmod(seconds, 60)
     hours, minutes = divmod(minutes, 60)
@@ -46,12 +47,13 @@ class LoggedProgress(Progress):
     @staticmethod
     def status_line(task: Task) -> str:
         """``description: done/total (pct), elapsed, ~remaining left`` (without a total: done so far)."""
-        done = f"{task.completed:.0f}"
+        done, elapsed = f"{task.completed:.0f}", format_duration(task.elapsed or 0)
         if task.total is None:
-            return f"{task.description}: {done} done, {_duration(task.elapsed or 0)}"
-        line = f"{task.description}: {done}/{task.total:.0f} ({task.percentage:.0f}%), {_duration(task.elapsed or 0)}"
+            return f"{task.description}: {done} done, {elapsed}"
+        line = f"{task.description}: {done}/{task.total:.0f} ({task.percentage:.0f}%), {elapsed}"
         if not task.finished and task.completed and task.elapsed:
-            line += f", ~{_duration(task.elapsed * (task.total - task.completed) / task.completed)} left"
+            remaining = task.elapsed * (task.total - task.completed) / task.completed
+            line += f", ~{format_duration(remaining)} left"
         return line
 
     def _log(self, task_id: TaskID) -> None:

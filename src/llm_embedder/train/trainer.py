@@ -142,9 +142,11 @@ def build_trainer(config: TrainConfig, files: list[TrainingFile]):
     from llm_embedder.models import check_device, resolve_embedder_path
     from llm_embedder.train.collator import GroupCollator
     from llm_embedder.train.losses import loss_for_task
+    from llm_embedder.train.progress import PlainTrainingProgress, plain_progress_wanted
 
     out = Path(config.out)
     world_size = distributed_env()[1]
+    plain_progress = plain_progress_wanted()  # off a terminal, plain lines instead of tqdm's bar
     device = check_device(config.device)
     cuda = torch.cuda.is_available() and (device or "cuda").startswith("cuda")
     device = device or ("cuda" if cuda else "cpu")
@@ -176,7 +178,7 @@ def build_trainer(config: TrainConfig, files: list[TrainingFile]):
         remove_unused_columns=False,
         report_to="none",
         ddp_backend=None if cuda or world_size == 1 else "gloo",
-        disable_tqdm=False,
+        disable_tqdm=plain_progress,
     )
     collator = GroupCollator(
         preprocess_fn=model.preprocess, dataset_tasks=dataset_tasks,
@@ -195,6 +197,11 @@ def build_trainer(config: TrainConfig, files: list[TrainingFile]):
         callbacks=callbacks,
     )
     trainer.add_callback(trainer_class.EpochSync(trainer))
+    if plain_progress:  # HF prints every logged loss dict in place of the bar; the lines say it, every 30 s
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(PlainTrainingProgress(f"training {'/'.join(out.parts[-2:])}"))
     trainer.dataset_tasks = dataset_tasks
     trainer.homogeneous = config.homogeneous
     trainer.interleave_tasks = config.interleave_tasks
