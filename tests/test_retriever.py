@@ -34,6 +34,10 @@ def test_in_memory_build_search_add(tiny_embedder) -> None:
     with pytest.raises(ValueError, match=r"documents\[1\]: a document's 'text' is empty"):
         retriever.add(["fine", {"text": "", "lang": "de"}])
     assert len(retriever) == 6  # nothing of a refused batch was added
+    with pytest.raises(ValueError, match=r"query 2 is empty; give the text to search for"):
+        retriever.search(["Paris", "  "])  # it would return the documents nearest to the instruction alone
+    with pytest.raises(TypeError, match=r"query 1 is a NoneType, not a string"):
+        retriever.search([None])
 
 
 def test_empty_retriever(tiny_embedder) -> None:

@@ -188,6 +188,7 @@ class Retriever:
         """Top-k hits per query (fewer when the index holds fewer matching documents)."""
         self.check_filter_fields(filter)
         texts = [queries] if isinstance(queries, str) else list(queries)
+        check_queries(texts)
         vectors = self.embedder.encode_queries(texts, self.task)
         scores, ids = self.index.search(vectors, k, filter=filter)
         results = []
@@ -244,6 +245,16 @@ class Retriever:
 
     def close(self) -> None:
         self.index.close()
+
+
+def check_queries(queries: Sequence[str]) -> None:
+    """Refuse an empty query: it would be encoded as the instruction alone and return the documents nearest to
+    nothing. The message counts queries from 1."""
+    for i, query in enumerate(queries):
+        if not isinstance(query, str):
+            raise TypeError(f"query {i + 1} is a {type(query).__name__}, not a string")
+        if not query.strip():
+            raise ValueError(f"query {i + 1} is empty; give the text to search for")
 
 
 def check_compatible(meta: dict, embedder: Any, where: Path | str) -> None:

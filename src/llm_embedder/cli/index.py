@@ -114,9 +114,9 @@ def search_command(
     """Top-k documents with scores for each query, from an index directory."""
     from rich.table import Table
 
-    empty = [i for i, query in enumerate(queries) if not query.strip()]
-    if empty:  # as the server: an empty query would return the documents nearest to nothing
-        raise ValueError(f"query {empty[0] + 1} is empty; give the text to search for")
+    from llm_embedder.retriever import check_queries
+
+    check_queries(queries)  # before the model loads
     retriever = open_retriever(index, model, task)
     results = retriever.search(queries, k=k, filter=parse_filter(filter))
     console = Console()
