@@ -7,9 +7,11 @@ import sys
 from rich.console import Console
 
 from llm_embedder.cli import ablate, basic, data, demo, evaluate, export, index, score, serve, train  # noqa: F401  (registers commands)
-from llm_embedder.cli.app import app
+from llm_embedder.cli.app import app, arrange_commands
 from llm_embedder.io import DataError
 from llm_embedder.tasks import UnknownTaskError
+
+arrange_commands()
 
 # a path of the wrong kind (a directory given for a file, a file for a folder) is the user's to fix, like a missing one
 USER_ERRORS = (

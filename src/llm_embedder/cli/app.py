@@ -1,11 +1,49 @@
-"""The typer application every command module registers on."""
+"""The typer application every command module registers on, and the order ``--help`` lists the commands in."""
 
+from __future__ import annotations
+
+import inspect
+
+import click
 import typer
+from typer.core import TyperGroup
+
+# ``--help`` lists the commands by stage, each in the order the data flows through it
+STAGES = {
+    "Build and train": ("data", "score", "mine", "train", "evaluate", "demo", "ablate"),
+    "Use a model": ("tasks", "encode", "index", "search", "augment", "serve", "export"),
+}
+ORDER = [name for names in STAGES.values() for name in names]
+
+
+class StageOrderedGroup(TyperGroup):
+    """Lists commands in ``ORDER`` (typer lists them as registered, sub-apps such as ``data`` last)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda name: ORDER.index(name) if name in ORDER else len(ORDER))
+
 
 app = typer.Typer(
     name="llm-embedder",
     help="One embedding model for all of an LLM's retrieval needs, trained from the LLM's own feedback.",
+    cls=StageOrderedGroup,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
+
+
+def arrange_commands() -> None:
+    """Put every command in its stage's panel and give each a one-line summary: the first paragraph of its
+    docstring joined (typer's rich help would keep the docstring's line breaks in the command list)."""
+    panel = {name: title for title, names in STAGES.items() for name in names}
+    for info in [*app.registered_commands, *app.registered_groups]:
+        if info.name in panel:
+            info.rich_help_panel = panel[info.name]
+    commands = [*app.registered_commands]
+    for group in app.registered_groups:
+        commands += group.typer_instance.registered_commands if group.typer_instance else []
+    for info in commands:
+        if info.short_help is None and info.help is None and info.callback is not None and info.callback.__doc__:
+            info.short_help = " ".join(inspect.cleandoc(info.callback.__doc__).split("\n\n")[0].split())

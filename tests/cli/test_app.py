@@ -1,0 +1,28 @@
+"""The top-level ``--help``: every command in its stage's panel, in the data flow's order, on one summary each."""
+
+import re
+
+from typer.testing import CliRunner
+
+from llm_embedder.cli import app
+from llm_embedder.cli.app import ORDER, STAGES
+
+runner = CliRunner()
+
+
+def test_every_command_has_a_stage():
+    registered = {info.name for info in [*app.registered_commands, *app.registered_groups]}
+    assert registered == set(ORDER), "a new command needs its place in llm_embedder.cli.app.STAGES"
+
+
+def test_help_lists_the_commands_by_stage_in_data_flow_order():
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    panels = [title for title in STAGES if any(title in line for line in lines)]
+    assert panels == list(STAGES)
+    listed = [match.group(1) for line in lines if (match := re.match(r"│ (\w+) ", line)) and "--help" not in line]
+    assert listed == ORDER
+    # one line each at this width: the docstrings' own line breaks are joined
+    train = next(line for line in lines if line.startswith("│ train "))
+    assert "homogeneous batches, each task's loss and instructions (recipe §2)." in train
