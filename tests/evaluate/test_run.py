@@ -159,9 +159,10 @@ def test_dense_ranker_encodes_shared_candidates_once(tiny_embedder):
         def __getattr__(self, name):
             return getattr(self.embedder, name)
 
-        def encode_keys(self, texts, task):
+        def encode_keys(self, texts, task, **options):
             self.keys_encoded.append(list(texts))
-            return self.embedder.encode_keys(texts, task)
+            self.options = options
+            return self.embedder.encode_keys(texts, task, **options)
 
     history = ["turn one about tea", "turn two about the weather", "turn three about trains", "a fourth turn"]
     candidates = [history[:2], history[:3], history]  # later queries of a conversation see the earlier turns too
@@ -169,6 +170,7 @@ def test_dense_ranker_encodes_shared_candidates_once(tiny_embedder):
     counting = Counting(tiny_embedder)
     rankings = DenseRanker(counting).rank("chat", queries, candidates, 3)
     assert counting.keys_encoded == [history]
+    assert counting.options == {"show_progress": False}  # the evaluation's own progress; no encoder bar in its log
     one_by_one = []
     for query, group in zip(queries, candidates, strict=True):
         scores = tiny_embedder.encode_keys(group, "chat") @ tiny_embedder.encode_queries([query], "chat")[0]

@@ -39,7 +39,9 @@ def top_k(scores: np.ndarray, k: int) -> list[int]:
 
 
 class DenseRanker:
-    """Inner product of an ``Embedder``'s query and key vectors (both carry the task's instructions)."""
+    """Inner product of an ``Embedder``'s query and key vectors (both carry the task's instructions).
+
+    Encoding is quiet: the evaluation shows its own progress, and an encoder's bar would print into its log."""
 
     def __init__(self, embedder, name: str | None = None):
         self.embedder = embedder
@@ -47,20 +49,20 @@ class DenseRanker:
         self._corpus_cache: dict[tuple[str, int, int], np.ndarray] = {}
 
     def rank(self, task: str, queries: Sequence[str], candidates: Candidates, k: int) -> list[list[int]]:
-        query_vectors = self.embedder.encode_queries(list(queries), task)
+        query_vectors = self.embedder.encode_queries(list(queries), task, show_progress=False)
         if not is_per_query(candidates):
             keys = self._corpus_vectors(task, candidates)
             return [top_k(row, k) for row in query_vectors @ keys.T]
         # queries of one conversation or book share most of their candidates: encode each text once
         unique: dict[str, int] = {}
         rows = [[unique.setdefault(text, len(unique)) for text in group] for group in candidates]
-        key_vectors = self.embedder.encode_keys(list(unique), task)
+        key_vectors = self.embedder.encode_keys(list(unique), task, show_progress=False)
         return [top_k(key_vectors[row] @ vector, k) for vector, row in zip(query_vectors, rows, strict=True)]
 
     def _corpus_vectors(self, task: str, corpus: Sequence[str]) -> np.ndarray:
         key = (task, id(corpus), len(corpus))
         if key not in self._corpus_cache:
-            self._corpus_cache[key] = self.embedder.encode_keys(list(corpus), task)
+            self._corpus_cache[key] = self.embedder.encode_keys(list(corpus), task, show_progress=False)
         return self._corpus_cache[key]
 
 
