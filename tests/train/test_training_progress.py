@@ -61,7 +61,8 @@ def test_only_the_main_process_prints():
     assert out.getvalue() == ""
 
 
-def test_plain_lines_are_wanted_where_stderr_is_not_a_terminal():
+def test_plain_lines_are_wanted_where_stderr_is_not_a_terminal(monkeypatch):
+    monkeypatch.setattr("transformers.utils.import_utils.is_in_notebook", lambda: False)
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
             return True
@@ -69,6 +70,11 @@ def test_plain_lines_are_wanted_where_stderr_is_not_a_terminal():
     assert plain_progress_wanted(io.StringIO())
     assert plain_progress_wanted(object())  # a stream without isatty is not a terminal
     assert not plain_progress_wanted(Terminal())
+
+
+def test_a_notebook_keeps_hfs_notebook_progress(monkeypatch):
+    monkeypatch.setattr("transformers.utils.import_utils.is_in_notebook", lambda: True)
+    assert not plain_progress_wanted(io.StringIO())
 
 
 def test_training_into_a_log_prints_lines_not_tqdm_bars(tmp_path: Path, data_dir: Path, tiny_embedder_dir: Path,

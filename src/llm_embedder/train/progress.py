@@ -20,10 +20,13 @@ from llm_embedder.progress import LOG_EVERY, format_duration
 
 
 def plain_progress_wanted(stream: TextIO | None = None) -> bool:
-    """Whether training should log plain lines: tqdm writes to stderr, so it depends on stderr being a terminal."""
+    """Whether training should log plain lines: where tqdm's stream (stderr) is not a terminal, and not in a
+    notebook (whose stderr is no terminal either, but which gets HF's notebook progress widget)."""
+    from transformers.utils.import_utils import is_in_notebook
+
     stream = sys.stderr if stream is None else stream
     isatty = getattr(stream, "isatty", None)
-    return not (isatty is not None and isatty())
+    return not (isatty is not None and isatty()) and not is_in_notebook()
 
 
 class PlainTrainingProgress(TrainerCallback):
