@@ -76,3 +76,13 @@ class LoggedProgress(Progress):
 
     def _print(self, task: Task) -> None:
         self.console.print(self.status_line(task), highlight=False, markup=False, soft_wrap=True)
+
+
+def count_progress(enabled: bool = True) -> LoggedProgress:
+    """The bar of a job that counts items (description, bar, done/total, time left), or plain lines in a log."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+    return LoggedProgress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        disable=not enabled,
+    )

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llm_embedder.io import read_jsonl
-from llm_embedder.train.mine import select_negatives
+import pytest
+
+from llm_embedder.io import DataError, read_jsonl
+from llm_embedder.train.mine import mine_negatives, select_negatives
 
 
 def test_select_negatives_excludes_positives_and_answers() -> None:
@@ -33,8 +35,24 @@ def test_mine_cli(tmp_path: Path, tiny_embedder_dir: Path) -> None:
     result = CliRunner().invoke(app, ["mine", "--model", str(tiny_embedder_dir), "--data", str(data), "--corpus",
                                       str(corpus), "--out", str(out), "--top-k", "20", "--filter-answers"])
     assert result.exit_code == 0, result.output
+    # CliRunner's output is no terminal: the corpus encoding reports as a plain line, as in a log
+    assert "encoding the corpus for qa: 13/13 (100%)" in result.output, result.output
     (record,) = read_jsonl(out)
     assert "teacher_scores" not in record and len(record["neg"]) == 11  # 13 minus the positive and the answer
     assert "T1 passage number 1 about topic 1" not in record["neg"]
     assert "Capital the answer is Paris" not in record["neg"]
     assert record["neg_index"] and 1 not in record["neg_index"] and 12 not in record["neg_index"]
+
+
+def test_mine_refuses_an_empty_corpus_text(tmp_path: Path, tiny_embedder_dir: Path) -> None:
+    # an empty passage embeds as the instruction alone, near every query: it would be every record's hard negative
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps({"query": "q", "task": "qa", "pos": ["a"], "neg": [], "answers": ["a"]}) + "\n")
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(json.dumps({"text": "a passage"}) + "\n" + json.dumps({"text": "  ", "id": 2}) + "\n")
+    with pytest.raises(DataError, match=r"corpus.jsonl:2: the record has an empty text"):
+        mine_negatives(str(tiny_embedder_dir), data, corpus, tmp_path / "out.jsonl")
+    with pytest.raises(DataError, match=r"corpus.jsonl:1: the key template '\{missing_or_empty\}' gives an empty"):
+        corpus.write_text(json.dumps({"text": "a passage", "missing_or_empty": ""}) + "\n")
+        mine_negatives(str(tiny_embedder_dir), data, corpus, tmp_path / "out.jsonl", key_template="{missing_or_empty}")
+    assert not (tmp_path / "out.jsonl").exists()

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from llm_embedder.io import DataError, atomic_write, iter_jsonl
+from llm_embedder.progress import count_progress
 
 META_FILE = "meta.json"
 PROGRESS_FILE = "progress.json"
@@ -139,17 +140,6 @@ def write_progress(out_dir: Path, state: dict) -> None:
         json.dump(state, handle, indent=2)
 
 
-def _progress_bar(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
-
-    from llm_embedder.progress import LoggedProgress
-
-    return LoggedProgress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        disable=not enabled,
-    )
-
-
 def encode_rows(embedder: Any, task: str, out_dir: Path, state: dict, batch_size: int, progress: bool) -> None:
     """Encode docs.jsonl rows [rows_done, count) into the memmap, recording progress after each batch."""
     count, dim = state["count"], state["settings"]["dim"]
@@ -165,7 +155,7 @@ def encode_rows(embedder: Any, task: str, out_dir: Path, state: dict, batch_size
             handle.truncate(count * dim * 4)
     start = state["rows_done"]
     offsets = np.memmap(out_dir / OFFSETS_FILE, dtype=np.int64, mode="r")
-    with (out_dir / DOCS_FILE).open("rb") as docs, path.open("r+b") as vectors, _progress_bar(progress) as bar:
+    with (out_dir / DOCS_FILE).open("rb") as docs, path.open("r+b") as vectors, count_progress(progress) as bar:
         job = bar.add_task(f"encoding {task} keys", total=count, completed=start)
         if start < count:
             docs.seek(int(offsets[start]))

@@ -13,6 +13,8 @@ from typing import Any
 
 from llm_embedder.io import DataError, iter_jsonl, write_jsonl
 
+CHUNK_BATCHES = 16  # batches encoded between two progress updates
+
 
 def corpus_texts(path: str | Path, key_template: str | None = None) -> list[str]:
     """Corpus passages: ``key_template`` over each record's fields, or text / title+text / contents."""
@@ -31,6 +33,9 @@ def corpus_texts(path: str | Path, key_template: str | None = None) -> list[str]
             raise DataError(f"{path}:{line_no}:{err.args[0]}: missing corpus field") from None
         if not isinstance(text, str):
             raise DataError(f"{path}:{line_no}: corpus text must be a string")
+        if not text.strip():  # embedded as the instruction alone, it would be near every query: a negative for all
+            how = f"the key template {key_template!r} gives" if key_template else "the record has"
+            raise DataError(f"{path}:{line_no}: {how} an empty text; give each passage a text")
         texts.append(text.strip())
     if not texts:
         raise DataError(f"{path}: empty corpus")
@@ -57,10 +62,28 @@ def select_negatives(
     return chosen
 
 
+def encode_corpus(embedder: Any, texts: list[str], task: str, batch_size: int, progress: bool = True) -> Any:
+    """Key vectors of the corpus for ``task``, encoded a chunk at a time under a progress bar (plain lines in a
+    log); float32, one row per text."""
+    import numpy as np
+
+    from llm_embedder.progress import count_progress
+
+    vectors = np.empty((len(texts), embedder.dim), dtype=np.float32)
+    chunk = batch_size * CHUNK_BATCHES
+    with count_progress(progress) as bar:
+        job = bar.add_task(f"encoding the corpus for {task}", total=len(texts))
+        for lo in range(0, len(texts), chunk):
+            hi = min(lo + chunk, len(texts))
+            vectors[lo:hi] = embedder.encode_keys(texts[lo:hi], task, batch_size=batch_size, show_progress=False)
+            bar.update(job, completed=hi)
+    return vectors
+
+
 def mine_negatives(
     model: str, data: str | Path, corpus: str | Path, out: str | Path, *, top_k: int = 100,
     filter_answers: bool = False, key_template: str | None = None, device: str | None = None,
-    batch_size: int = 64,
+    batch_size: int = 64, progress: bool = True,
 ) -> int:
     """Write ``out``: each record of ``data`` with mined ``neg``/``neg_index``. Returns the record count."""
     import faiss
@@ -90,7 +113,7 @@ def mine_negatives(
     depth = min(len(texts), top_k + 50 + max((len(r.get("pos") or []) for r in records), default=0))
     for task, rows in by_task.items():
         index = faiss.IndexFlatIP(embedder.dim)
-        index.add(embedder.encode_keys(texts, task, show_progress=len(texts) >= 512))
+        index.add(encode_corpus(embedder, texts, task, batch_size, progress))
         queries = embedder.encode_queries([records[i]["query"] for i in rows], task)
         _, ranked = index.search(np.ascontiguousarray(queries), depth)
         for i, hits in zip(rows, ranked, strict=True):
