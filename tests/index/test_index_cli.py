@@ -137,3 +137,21 @@ def test_search_refuses_an_empty_query(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "llm_embedder", "search", "ok", " ", "--index", str(tmp_path)],
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert proc.returncode == 2 and "query 2 is empty" in proc.stderr
+
+
+def test_a_milvus_index_is_searched_from_a_new_process(tiny_embedder_dir: Path, tmp_path: Path) -> None:
+    # as users run it: one process builds, a later one searches (Milvus Lite reopens the collection released)
+    corpus, out = write_corpus(tmp_path / "corpus.jsonl"), tmp_path / "idx"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "llm_embedder", *args], capture_output=True, text=True, env=env,
+                              timeout=300)
+
+    built = cli("index", "--task", "qa", "--corpus", str(corpus), "--out", str(out), "--model", str(tiny_embedder_dir),
+                "--template", "{title} {text}", "--backend", "milvus", "--filter-field", "lang")
+    assert built.returncode == 0, built.stderr
+    found = cli("search", "text of document 3", "--index", str(out), "-k", "3", "--json", "--filter", "lang=en")
+    assert found.returncode == 0, found.stderr
+    hits = json.loads(found.stdout)["hits"]
+    assert len(hits) == 3 and all(hit["metadata"]["lang"] == "en" for hit in hits)

@@ -80,6 +80,9 @@ class MilvusIndex:
             self._dim = int(vector["params"]["dim"])
             if dim is not None and dim != self._dim:
                 raise ValueError(f"Milvus collection {collection!r} has dimension {self._dim}, expected {dim}")
+            # a collection reopened by a new process (a new Milvus Lite server) is released: nothing answers
+            # a query or search until it is loaded; loading one already loaded does nothing
+            self._call(self.client.load_collection, collection)
         else:
             if not isinstance(dim, int) or dim < 1:
                 raise ValueError(f"a new Milvus collection needs a positive integer dim, got {dim!r}")
