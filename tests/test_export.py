@@ -97,3 +97,18 @@ def test_cli_export(tiny_embedder_dir: Path, tmp_path: Path):
         Embedder(out, backend="onnx-int8")
     again = runner.invoke(app, ["export", "--model", str(tiny_embedder_dir), "--out", str(out)])
     assert again.exit_code != 0 and "--overwrite" in str(again.exception)
+
+
+def test_a_failed_overwrite_keeps_the_old_export_and_the_model(tiny_embedder_dir: Path, tmp_path: Path):
+    out = export_onnx(tiny_embedder_dir, tmp_path / "old_export")
+    not_a_model = tmp_path / "data"
+    not_a_model.mkdir()
+    (not_a_model / "train.jsonl").write_text("{}\n")
+    with pytest.raises(ValueError, match="Unrecognized model"):
+        export_onnx(not_a_model, out, overwrite=True)
+    assert (out / ONNX_DIR / EXPORT_FILE).is_file()  # replaced only once a new export is complete
+    with pytest.raises(ValueError, match="would replace the model directory"):
+        export_onnx(tiny_embedder_dir, tiny_embedder_dir.parent, overwrite=True)
+    assert (tiny_embedder_dir / "config_sentence_transformers.json").is_file()
+    export_onnx(tiny_embedder_dir, out, overwrite=True)
+    assert not out.with_name(out.name + ".partial").exists() and (out / ONNX_DIR / EXPORT_FILE).is_file()

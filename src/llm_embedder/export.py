@@ -69,12 +69,13 @@ def export_onnx(model: str | Path, out: str | Path, *, quantize: str | None = No
         raise ValueError(f"quantize must be 'int8' or None, got {quantize!r}")
     source = resolve_embedder_path(model)
     out = Path(out)
-    if out.resolve() == source.resolve():
-        raise ValueError(f"--out must differ from the model directory ({source})")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ValueError(f"{out} exists and is not empty; pass --overwrite to replace it")
-        shutil.rmtree(out)
+    if out.resolve() == source.resolve() or out.resolve() in source.resolve().parents:
+        raise ValueError(f"--out {out} would replace the model directory {source} (or a folder holding it)")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; an export is a directory")
+    replace = out.exists() and any(out.iterdir())
+    if replace and not overwrite:
+        raise ValueError(f"{out} exists and is not empty; pass --overwrite to replace it")
     st_model = SentenceTransformer(str(source), device="cpu", local_files_only=True)
     info = describe_model(st_model)
     tmp = out.with_name(out.name + ".partial")
@@ -99,7 +100,9 @@ def export_onnx(model: str | Path, out: str | Path, *, quantize: str | None = No
         files["int8"] = INT8_FILE
     info["files"] = files
     (onnx_dir / EXPORT_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
-    tmp.rename(out)  # the export appears only when complete
+    if out.exists():  # the old export goes only once the new one is complete
+        shutil.rmtree(out)
+    tmp.rename(out)
     return out
 
 
