@@ -141,6 +141,11 @@ TASK_HEAD = "tasks:\n  - name: mytask\n    query_instruction: 'Q: '\n    key_ins
                                        "got ['first']"),
         ("select_negative", "best", "select_negative must be one of random, first, teacher-, teacher+, got 'best'"),
         ("scenario", "3", "scenario must be a string, got 3"),
+        ("reward_template", "'{key} {jurisdiction} {query} {answer}'",
+         "reward_template uses {jurisdiction}; it may use only {key}, {query} and {answer}"),
+        ("reward_template", "'{key} {query} {answer} {}'", "reward_template '{key} {query} {answer} {}': {} is not"
+                                                            " a field name; write {field} for a record's field, e.g. "
+                                                            "'{title} {text}'"),
     ],
 )
 def test_bad_task_fields_name_the_file_task_and_field(tmp_path, field, value, message):

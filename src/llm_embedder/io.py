@@ -147,3 +147,38 @@ class atomic_write:  # noqa: N801 - used as a context manager like open()
         else:
             os.unlink(self.tmp)
         return False
+
+
+def check_template(template: str, option: str) -> list[str]:
+    """The record fields a ``str.format`` template names, e.g. ``'{title} {text}'``; refuses, naming ``option``,
+    what a record template cannot mean: bad syntax, a positional field (``{}``, ``{0}``), an attribute or item
+    (``{text.upper}``, ``{a[0]}``), a conversion other than ``!s``/``!r``/``!a``, or no field at all."""
+    import string
+
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as err:
+        raise ValueError(f"{option} {template!r}: {err}") from None
+    fields = []
+    for _, name, _, conversion in parsed:
+        if name is None:
+            continue
+        if not name.isidentifier():
+            raise ValueError(f"{option} {template!r}: {{{name}}} is not a field name; write {{field}} for a record's "
+                             "field, e.g. '{title} {text}'")
+        if conversion not in (None, "s", "r", "a"):
+            raise ValueError(f"{option} {template!r}: unknown conversion !{conversion} (use !s, !r or !a)")
+        fields.append(name)
+    if not fields:
+        raise ValueError(f"{option} {template!r} names no field; e.g. '{{title}} {{text}}'")
+    return fields
+
+
+def fill_template(template: str, record: dict[str, Any], where: str, option: str) -> str:
+    """``template`` over ``record``'s fields (None as ""); errors name ``where`` (file:line) and ``option``."""
+    try:
+        return template.format(**{k: ("" if v is None else v) for k, v in record.items()})
+    except KeyError as err:
+        raise DataError(f"{where}: missing field {err.args[0]!r} used by {option} {template!r}") from None
+    except (ValueError, TypeError) as err:  # a format spec that does not fit the value, e.g. {text:d}
+        raise DataError(f"{where}: {option} {template!r}: {err}") from None

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from llm_embedder.io import check_template
+
 LOSSES = ("contrastive", "kl_distill", "stable_distill")
 POSITIVE_SELECTIONS = ("first", "random", "teacher", "teacher-pos")
 NEGATIVE_SELECTIONS = ("random", "first", "teacher-", "teacher+")
@@ -74,6 +76,14 @@ class Task:
         missing = [f for f in ("{key}", "{query}", "{answer}") if f not in self.reward_template]
         if missing:
             raise ValueError(f"task {self.name!r}: reward_template lacks {', '.join(missing)}")
+        try:
+            extra = sorted(set(check_template(self.reward_template, "reward_template")) - {"key", "query", "answer"})
+        except ValueError as err:
+            raise ValueError(f"task {self.name!r}: {err}") from None
+        if extra:  # only these three are filled in; a record's other fields never reach the template
+            named = ", ".join("{" + field + "}" for field in extra)
+            raise ValueError(f"task {self.name!r}: reward_template uses {named}; it may use only {{key}}, {{query}} "
+                             "and {answer}")
 
     def instruction(self, role: str) -> str:
         """The instruction prepended to a text of this role ('query' or 'key')."""

@@ -113,6 +113,18 @@ def test_bad_corpus_names_file_line_field(tiny_embedder, tmp_path: Path) -> None
         build_index(corpus, tmp_path / "idx6", tiny_embedder, "qa", template="{title} {text}", progress=False)
     with pytest.raises(DataError, match=r"documents\[1\]: field 'text' is empty$"):
         build_index(["ok", {"id": 1, "text": ""}], tmp_path / "idx7", tiny_embedder, "qa", progress=False)
+    # a template that cannot mean a record's fields is refused before anything is read or written
+    for template, message in [("{} {0}", r"\{\} is not a field name"), ("{text.upper}", r"\{text.upper\} is not a"),
+                              ("{title", "expected '}' before end of string")]:
+        with pytest.raises(ValueError, match=r"the template '.*': " + message):
+            build_index(corpus, tmp_path / "idx8", tiny_embedder, "qa", template=template, progress=False)
+    assert not (tmp_path / "idx8").exists()
+    with pytest.raises(DataError, match=r"bad.jsonl:1: the template '\{text:d\}': Unknown format code 'd'"):
+        build_index(corpus, tmp_path / "idx9", tiny_embedder, "qa", template="{text:d}", progress=False)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match=r"empty.jsonl: no documents to index"):
+        build_index(empty, tmp_path / "idx10", tiny_embedder, "qa", progress=False)
 
 
 def test_milvus_backend_build(tiny_embedder, tmp_path: Path) -> None:

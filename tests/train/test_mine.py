@@ -55,4 +55,6 @@ def test_mine_refuses_an_empty_corpus_text(tmp_path: Path, tiny_embedder_dir: Pa
     with pytest.raises(DataError, match=r"corpus.jsonl:1: the key template '\{missing_or_empty\}' gives an empty"):
         corpus.write_text(json.dumps({"text": "a passage", "missing_or_empty": ""}) + "\n")
         mine_negatives(str(tiny_embedder_dir), data, corpus, tmp_path / "out.jsonl", key_template="{missing_or_empty}")
+    with pytest.raises(ValueError, match=r"the key template '\{\} \{text\}': \{\} is not a field name"):
+        mine_negatives(str(tiny_embedder_dir), data, corpus, tmp_path / "out.jsonl", key_template="{} {text}")
     assert not (tmp_path / "out.jsonl").exists()

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from llm_embedder.io import DataError, atomic_write, iter_jsonl
+from llm_embedder.io import DataError, atomic_write, check_template, fill_template, iter_jsonl
 from llm_embedder.progress import count_progress
 
 META_FILE = "meta.json"
@@ -59,10 +59,7 @@ def key_max_length(embedder: Any) -> int | None:
 def compose_text(record: dict, field: str, template: str | None, where: str) -> str:
     """The text to embed: ``template.format(**record)`` or ``record[field]``; errors name file:line:field."""
     if template:
-        try:
-            text = template.format(**{k: ("" if v is None else v) for k, v in record.items()})
-        except KeyError as err:
-            raise DataError(f"{where}: missing field {err.args[0]!r} used by the template {template!r}") from None
+        text = fill_template(template, record, where, "the template")
         if not text.strip():
             raise DataError(f"{where}: the template {template!r} gives an empty text")
         return text.strip()
@@ -270,6 +267,8 @@ def build_index(
 
     get_task(task)
     check_index_settings(embedder, backend, factory, batch_size)
+    if template:
+        check_template(template, "the template")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {
@@ -300,6 +299,8 @@ def build_index(
     if state is None or not state.get("docs_done"):
         (out_dir / META_FILE).unlink(missing_ok=True)
         count = write_docs(corpus, out_dir, field, template)
+        if count == 0 and isinstance(corpus, (str, Path)):  # (an in-memory Retriever may start empty)
+            raise DataError(f"{corpus}: no documents to index")
         state = {"settings": settings, "corpus": fingerprint, "docs_done": True, "count": count, "rows_done": 0}
         write_progress(out_dir, state)
     encode_rows(embedder, task, out_dir, state, batch_size, progress)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llm_embedder.io import DataError, iter_jsonl, write_jsonl
+from llm_embedder.io import DataError, check_template, fill_template, iter_jsonl, write_jsonl
 
 CHUNK_BATCHES = 16  # batches encoded between two progress updates
 
@@ -19,10 +19,12 @@ CHUNK_BATCHES = 16  # batches encoded between two progress updates
 def corpus_texts(path: str | Path, key_template: str | None = None) -> list[str]:
     """Corpus passages: ``key_template`` over each record's fields, or text / title+text / contents."""
     texts = []
+    if key_template:
+        check_template(key_template, "the key template")
     for line_no, record in iter_jsonl(path):
         try:
             if key_template:
-                text = key_template.format(**record)
+                text = fill_template(key_template, record, f"{path}:{line_no}", "the key template")
             elif "contents" in record:
                 text = record["contents"]
             elif "title" in record and "text" in record:
