@@ -133,6 +133,13 @@ def test_augment_refuses_an_unknown_task_and_tokenizer() -> None:
         assert expected in " ".join(proc.stderr.split())
 
 
+def test_augment_refuses_an_empty_query_or_item() -> None:
+    result = runner.invoke(app, ["augment", "  ", "--task", "qa", "--item", "x"])
+    assert isinstance(result.exception, ValueError) and "the query is empty" in str(result.exception)
+    result = runner.invoke(app, ["augment", "q", "--task", "qa", "--item", "x", "--item", ""])
+    assert isinstance(result.exception, ValueError) and "--item 2 is empty" in str(result.exception)
+
+
 def test_search_refuses_an_empty_query(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "llm_embedder", "search", "ok", " ", "--index", str(tmp_path)],
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)

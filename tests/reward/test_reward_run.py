@@ -104,6 +104,15 @@ def test_cli_scores_a_file_and_reports_bad_input(tiny_lm_dir, tmp_path):
                                       str(tiny_lm_dir), "--reuse", str(out)])
     assert result.exit_code == 0, result.output
     assert "scored 5 records" in result.output and "4 records took their scores from --reuse" in result.output
+    result = CliRunner().invoke(app, ["score", str(more), "--out", str(tmp_path / "o4.jsonl"), "--llm",
+                                      str(tiny_lm_dir), "--reuse", str(tmp_path / "typo.jsonl")])
+    assert isinstance(result.exception, FileNotFoundError) and "--reuse: file not found" in str(result.exception)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    result = CliRunner().invoke(app, ["score", str(empty), "--out", str(tmp_path / "o5.jsonl"), "--llm",
+                                      str(tiny_lm_dir)])
+    assert isinstance(result.exception, DataError) and "empty.jsonl: no records to score" in str(result.exception)
+    assert not (tmp_path / "o4.jsonl").exists() and not (tmp_path / "o5.jsonl").exists()
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"task": "qa", "query": "q", "pos": ["p"], "answers": ["a"]}\n{"task": "qa", "query": "q", '
                    '"pos": ["p"]}\n')

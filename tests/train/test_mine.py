@@ -57,4 +57,8 @@ def test_mine_refuses_an_empty_corpus_text(tmp_path: Path, tiny_embedder_dir: Pa
         mine_negatives(str(tiny_embedder_dir), data, corpus, tmp_path / "out.jsonl", key_template="{missing_or_empty}")
     with pytest.raises(ValueError, match=r"the key template '\{\} \{text\}': \{\} is not a field name"):
         mine_negatives(str(tiny_embedder_dir), data, corpus, tmp_path / "out.jsonl", key_template="{} {text}")
+    data.write_text("")
+    corpus.write_text(json.dumps({"text": "a passage"}) + "\n")
+    with pytest.raises(DataError, match=r"qa.jsonl: no records to mine negatives for"):
+        mine_negatives(str(tiny_embedder_dir), data, corpus, tmp_path / "out.jsonl")
     assert not (tmp_path / "out.jsonl").exists()

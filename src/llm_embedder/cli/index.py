@@ -152,6 +152,11 @@ def augment_command(
     from llm_embedder.tasks import get_task
 
     get_task(task)  # a typo would silently get the generic layout
+    if not query.strip():
+        raise ValueError("the query is empty; give the question the prompt is for")
+    empty = [i for i, text in enumerate(item or [], 1) if not text.strip()]
+    if empty:
+        raise ValueError(f"--item {empty[0]} is empty; give each item its text")
     if tokenizer and tokenizer != "smollm2" and not Path(tokenizer).is_dir():
         raise FileNotFoundError(f"--tokenizer {tokenizer!r} is neither a model directory nor 'smollm2'")
     items = list(item or [])

@@ -27,7 +27,7 @@ from typing import Any
 
 from llm_embedder import __version__
 from llm_embedder.data.validate import raise_problems, validate_records
-from llm_embedder.io import atomic_write, file_sha256, iter_jsonl
+from llm_embedder.io import DataError, atomic_write, file_sha256, iter_jsonl
 from llm_embedder.reward.records import KeyFitter, RecordPairs, build_all
 from llm_embedder.reward.scorer import ScoreStats, score_pairsets, with_scores
 
@@ -194,6 +194,8 @@ def score_file(
     in_path, out = Path(in_path), Path(out_path)
     rank, world = dist_info()
     numbered = list(iter_jsonl(in_path))
+    if not numbered:
+        raise DataError(f"{in_path}: no records to score")
     fitter = KeyFitter(lm.tokenizer, lm.max_length, key_max_tokens)
     pairsets = build_all(numbered, str(in_path), fitter, default_task)
     # what training will check too (query ids, list fields, indices): refused now, not after hours of scoring

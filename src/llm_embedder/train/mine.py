@@ -106,6 +106,8 @@ def mine_negatives(
             raise DataError(f"{data}:{line_no}:task: missing task name")
         get_task(record["task"])
         records.append(record)
+    if not records:
+        raise DataError(f"{data}: no records to mine negatives for")
     texts = corpus_texts(corpus, key_template)
     embedder = Embedder(model, device=device, batch_size=batch_size)
     by_task: dict[str, list[int]] = {}
