@@ -24,6 +24,8 @@ CASES = [
     ("unknown task", b'{"input": "x", "model": "M", "task": "nope"}', 400, "task", "known tasks: qa"),
     ("bad format", b'{"input": "x", "model": "M", "encoding_format": "int8"}', 400, "encoding_format", "float"),
     ("dimensions type", b'{"input": "x", "model": "M", "dimensions": "a"}', 400, "dimensions", "integer"),
+    ("dimensions bool", b'{"input": "x", "model": "M", "dimensions": true}', 400, "dimensions", "integer"),
+    ("dimensions numeric string", b'{"input": "x", "model": "M", "dimensions": "12"}', 400, "dimensions", "integer"),
     ("dimensions zero", b'{"input": "x", "model": "M", "dimensions": 0}', 400, "dimensions", "greater than"),
     ("dimensions too big", b'{"input": "x", "model": "M", "dimensions": 100000}', 400, "dimensions", "between 1"),
     ("unknown model", b'{"input": "x", "model": "gpt-4"}', 404, "model", "not found"),

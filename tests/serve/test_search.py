@@ -74,6 +74,10 @@ def test_search_single_query_and_filter(search_server) -> None:
     ({"index": "nope", "query": "x"}, 404, "index"),
     ({"index": "docs", "query": "x", "k": 51}, 400, "k"),
     ({"index": "docs", "query": "x", "k": 0}, 400, "k"),
+    ({"index": "docs", "query": "x", "k": "2"}, 400, "k"),
+    ({"index": "docs", "query": "x", "k": True}, 400, "k"),
+    ({"index": "docs", "query": ["x", "  "]}, 400, "query"),
+    ({"index": "docs", "task": "chat", "query": "x"}, 400, "task"),
     ({"index": "docs", "query": []}, 400, "query"),
     ({"index": "docs", "query": "x", "filter": {"bad field": 1}}, 400, "filter"),
     ({"index": "docs", "query": "x", "extra": 1}, 400, "extra"),
@@ -111,6 +115,10 @@ def test_bad_augment_requests(search_server) -> None:
     assert unknown.status_code == 400 and "known tasks" in unknown.json()["error"]["message"]
     over = post(search_server, "/v1/augment", {"index": "docs", "query": "word " * 500, "budget_tokens": 5})
     assert over.status_code == 400 and over.json()["error"]["param"] == "budget_tokens"
+    blank = post(search_server, "/v1/augment", {"index": "docs", "query": "   "})
+    assert blank.status_code == 400 and blank.json()["error"]["param"] == "query"
+    other_task = post(search_server, "/v1/augment", {"index": "docs", "task": "chat", "query": "x"})
+    assert other_task.status_code == 400 and "built for task 'qa', not 'chat'" in other_task.json()["error"]["message"]
     assert post(search_server, "/v1/augment", {"index": "docs", "query": "ok"}).status_code == 200
 
 

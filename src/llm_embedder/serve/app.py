@@ -19,6 +19,7 @@ import numpy as np
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from llm_embedder.retriever import check_queries
 from llm_embedder.serve.batcher import Batcher
 from llm_embedder.serve.errors import ApiError, install_error_handlers
 from llm_embedder.serve.metrics import ServeMetrics
@@ -188,6 +189,10 @@ def build_router() -> APIRouter:
             if index not in state.retrievers:
                 raise ApiError(404, f"unknown index {index!r}; indexes: {names}", param="index",
                                code="index_not_found")
+            built_for = getattr(state.retrievers[index], "task", None)
+            if task is not None and built_for is not None and task != built_for:  # as the search CLI's --task
+                raise ApiError(400, f"index {index!r} was built for task {built_for!r}, not {task!r}", param="task",
+                               code="invalid_value")
             return index, state.retrievers[index]
         if task is None:
             raise ApiError(400, "give `index` or `task`", param="index", code="missing_required_parameter")
@@ -200,6 +205,10 @@ def build_router() -> APIRouter:
                           filter: dict[str, Any] | None) -> list[list[Any]]:
         if k > state.settings.max_k:
             raise ApiError(400, f"k must be at most {state.settings.max_k}, got {k}", param="k", code="invalid_value")
+        try:
+            check_queries(queries)  # a blank query: "" is refused by the schema, "  " here
+        except ValueError as err:
+            raise ApiError(400, str(err), param="query", code="invalid_value") from None
         try:
             return await state.batcher.run(partial(retriever.search, queries, k=k, filter=filter))
         except (ValueError, KeyError, TypeError) as err:

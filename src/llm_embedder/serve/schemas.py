@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 TOKEN_ARRAYS_MESSAGE = (
     "must be a string or a list of strings; token-id arrays are not supported by this server, send the text"
@@ -59,7 +59,7 @@ class EmbeddingRequest(BaseModel):
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="float: JSON numbers; base64: little-endian float32 bytes, base64-encoded."
     )
-    dimensions: int | None = Field(None, ge=1, description="Keep the first N dimensions, then renormalise.")
+    dimensions: StrictInt | None = Field(None, ge=1, description="Keep the first N dimensions, then renormalise.")
     user: str | None = None
     task: str = Field("qa", description="Task whose instruction is applied (GET /health lists them).")
     role: Literal["query", "key"] = Field("query", description="query or key: which of the task's instructions.")
@@ -97,9 +97,11 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     index: str | None = Field(None, description="Index name, as given to --index NAME=DIR (GET /health lists them).")
-    task: str | None = Field(None, description="Task whose index is used when `index` is absent.")
+    task: str | None = Field(
+        None, description="Task whose index is used when `index` is absent; with `index`, the index's task."
+    )
     query: str | list[str] = Field(description="Query text or list of query texts.")
-    k: int = Field(10, ge=1, description="Hits per query.")
+    k: StrictInt = Field(10, ge=1, description="Hits per query.")
     filter: dict[str, Any] | None = Field(None, description="Metadata filter, passed to the retriever.")
 
     @field_validator("query", mode="before")
@@ -139,10 +141,12 @@ class AugmentRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     index: str | None = Field(None, description="Index to retrieve from; or give `task` to use its index.")
-    task: str | None = Field(None, description="Task whose index is used when `index` is absent.")
+    task: str | None = Field(
+        None, description="Task whose index is used when `index` is absent; with `index`, the index's task."
+    )
     query: str = Field(min_length=1, description="The user's query.")
-    k: int = Field(5, ge=1, description="Passages retrieved.")
-    budget_tokens: int = Field(1024, ge=1, description="Token budget of the whole prompt, query included.")
+    k: StrictInt = Field(5, ge=1, description="Passages retrieved.")
+    budget_tokens: StrictInt = Field(1024, ge=1, description="Token budget of the whole prompt, query included.")
     filter: dict[str, Any] | None = None
 
 
