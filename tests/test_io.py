@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from llm_embedder.io import DataError, JsonlError, iter_jsonl, iter_text_lines, parse_jsonl_lines, read_jsonl
+from llm_embedder.io import (
+    DataError,
+    JsonlError,
+    check_output_file,
+    check_template,
+    iter_jsonl,
+    iter_text_lines,
+    parse_jsonl_lines,
+    read_jsonl,
+)
 
 
 def test_non_utf8_line_names_file_line_and_column(tmp_path: Path) -> None:
@@ -80,3 +89,27 @@ def test_directory_and_missing_file_are_clear(tmp_path: Path) -> None:
 
 def read_jsonl_option(path: Path, option: str) -> list:
     return list(iter_jsonl(path, option=option))
+
+
+def test_check_output_file_refuses_a_directory_or_a_path_under_a_file(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(IsADirectoryError, match=r"--out .* is a directory; give a file path"):
+        check_output_file(tmp_path)
+    with pytest.raises(NotADirectoryError, match=r"afile is a file, not a folder"):
+        check_output_file(tmp_path / "afile" / "x.jsonl")
+    assert check_output_file(tmp_path / "new" / "sub" / "x.jsonl") == tmp_path / "new" / "sub" / "x.jsonl"
+
+
+@pytest.mark.parametrize(("template", "message"), [
+    ("{} {0}", "{} is not a field name"),
+    ("{text.upper}", "{text.upper} is not a field name"),
+    ("{a[0]}", "{a[0]} is not a field name"),
+    ("{title", "expected '}' before end of string"),
+    ("{title!z}", "unknown conversion !z"),
+    ("no fields", "names no field"),
+])
+def test_check_template_refuses_what_a_record_template_cannot_mean(template: str, message: str) -> None:
+    with pytest.raises(ValueError) as err:
+        check_template(template, "--template")
+    assert str(err.value).startswith(f"--template {template!r}") and message in str(err.value)
+    assert check_template("{title} {text!s}", "--template") == ["title", "text"]

@@ -39,6 +39,18 @@ def require_file(path: str | Path, option: str | None = None) -> Path:
     return path
 
 
+def check_output_file(path: str | Path, option: str = "--out") -> Path:
+    """Refuse, before any work, an output file path that cannot be written: a directory, or one under a file.
+    Missing parent folders are fine: the writers create them."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{option} {path} is a directory; give a file path")
+    blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise NotADirectoryError(f"{option} {path}: {blocking} is a file, not a folder")
+    return path
+
+
 def decode_line(raw: bytes, source: str, line_no: int) -> str:
     """One line's bytes as text; bad UTF-8 names the file, line, byte and column. A BOM on line 1 is dropped."""
     if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):

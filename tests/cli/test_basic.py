@@ -53,6 +53,17 @@ def test_encode_lines_to_npy_matches_library(tiny_embedder_dir, tmp_path):
     np.testing.assert_allclose(np.load(out), expected, atol=1e-6)
 
 
+def test_encode_out_makes_its_folder_and_refuses_a_directory(tiny_embedder_dir, tmp_path):
+    source = tmp_path / "texts.txt"
+    source.write_text("first line\n")
+    out = tmp_path / "new" / "vectors.npy"
+    args = ["encode", str(source), "--task", "qa", "--model", str(tiny_embedder_dir), "--out"]
+    assert runner.invoke(app, [*args, str(out)]).exit_code == 0 and np.load(out).shape[0] == 1
+    (tmp_path / "dir.npy").mkdir()
+    result = runner.invoke(app, [*args, str(tmp_path / "dir.npy")])
+    assert isinstance(result.exception, IsADirectoryError) and "is a directory" in str(result.exception)
+
+
 def test_encode_max_length_cuts_long_texts(tiny_embedder_dir, tmp_path):
     long_text = "a long text " + " ".join(f"word{i}" for i in range(40))
     source = tmp_path / "texts.txt"

@@ -94,3 +94,15 @@ def test_bad_prompt_items_is_one_clear_line(qa_suite, tiny_embedder_dir, tiny_lm
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_a_file_given_for_data_is_named(tmp_path):
+    from typer.testing import CliRunner
+
+    from llm_embedder.cli import app
+
+    task_file = tmp_path / "test.jsonl"
+    task_file.write_text("{}\n")
+    result = CliRunner().invoke(app, ["evaluate", "--data", str(task_file), "--out", str(tmp_path / "out")])
+    assert isinstance(result.exception, NotADirectoryError), result.output
+    assert "is a file; give the suite's folder (it holds <task>/test.jsonl)" in str(result.exception)

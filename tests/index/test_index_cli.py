@@ -140,6 +140,14 @@ def test_augment_refuses_an_empty_query_or_item() -> None:
     assert isinstance(result.exception, ValueError) and "--item 2 is empty" in str(result.exception)
 
 
+def test_search_names_an_unknown_task_as_unknown(tiny_embedder_dir: Path, tmp_path: Path) -> None:
+    corpus, out = write_corpus(tmp_path / "corpus.jsonl"), tmp_path / "idx"
+    args = ["index", "--task", "qa", "--corpus", str(corpus), "--out", str(out), "--model", str(tiny_embedder_dir)]
+    assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(app, ["search", "x", "--index", str(out), "--task", "nosuch"])
+    assert "unknown task 'nosuch'" in str(result.exception), result.exception
+
+
 def test_search_refuses_an_empty_query(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "llm_embedder", "search", "ok", " ", "--index", str(tmp_path)],
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)

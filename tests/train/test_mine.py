@@ -57,8 +57,17 @@ def test_mine_refuses_an_empty_corpus_text(tmp_path: Path, tiny_embedder_dir: Pa
         mine_negatives(str(tiny_embedder_dir), data, corpus, tmp_path / "out.jsonl", key_template="{missing_or_empty}")
     with pytest.raises(ValueError, match=r"the key template '\{\} \{text\}': \{\} is not a field name"):
         mine_negatives(str(tiny_embedder_dir), data, corpus, tmp_path / "out.jsonl", key_template="{} {text}")
-    data.write_text("")
     corpus.write_text(json.dumps({"text": "a passage"}) + "\n")
+    for record, message in [({"query": 5, "task": "qa"}, r"qa.jsonl:1:query: must be a string, got int"),
+                            ({"query": "q", "task": "nosuch"}, r"qa.jsonl:1:task: unknown task 'nosuch'"),
+                            ({"query": "q", "task": "qa", "pos_index": [3]},
+                             r"qa.jsonl: record 1: pos_index 3 is not a row of .*corpus.jsonl \(1 passages\)")]:
+        data.write_text(json.dumps(record) + "\n")
+        with pytest.raises(DataError, match=message):
+            mine_negatives(str(tiny_embedder_dir), data, corpus, tmp_path / "out.jsonl")
+    with pytest.raises(IsADirectoryError, match="is a directory; give a file path"):
+        mine_negatives(str(tiny_embedder_dir), data, corpus, tmp_path)
+    data.write_text("")
     with pytest.raises(DataError, match=r"qa.jsonl: no records to mine negatives for"):
         mine_negatives(str(tiny_embedder_dir), data, corpus, tmp_path / "out.jsonl")
     assert not (tmp_path / "out.jsonl").exists()

@@ -94,16 +94,21 @@ def encode_command(
     import numpy as np
 
     from llm_embedder.embedder import Embedder
+    from llm_embedder.io import check_output_file
     from llm_embedder.tasks import get_task
 
     register_task_files(task_file)
     get_task(task).instruction(role)  # fail fast on a bad task or role, before loading the model
     if out is not None and out.suffix not in (".npy", ".jsonl"):
         raise ValueError(f"--out must end in .npy or .jsonl, got {out}")
+    if out is not None:
+        check_output_file(out)  # before the model loads
     texts = read_texts(input, field)
     embedder = Embedder(model, device=device, batch_size=batch_size, query_max_length=max_length,
                         key_max_length=max_length)
     vectors = embedder.encode(texts, task, role)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
     if out is not None and out.suffix == ".npy":
         np.save(out, vectors)
     else:

@@ -81,6 +81,8 @@ def evaluate_command(
     from llm_embedder.tasks import get_task
 
     check_device(device)  # before the baselines run: embedders are built lazily
+    if data.is_file():
+        raise NotADirectoryError(f"--data {data} is a file; give the suite's folder (it holds <task>/{split}.jsonl)")
     if not data.is_dir():
         raise FileNotFoundError(f"data directory not found: {data}")
     task_names = tasks or sorted(p.name for p in data.iterdir() if (p / f"{split}.jsonl").exists())

@@ -93,6 +93,10 @@ def open_retriever(index: Path, model: str | None, task: str | None):
         meta = {}  # Retriever.load names the corrupt file
     meta = meta if isinstance(meta, dict) else {}
     built_for = meta.get("task")
+    if task is not None:
+        from llm_embedder.tasks import get_task
+
+        get_task(task)  # an unknown name is an unknown task, not another index's
     if task is not None and built_for is not None and task != built_for:  # fail before loading any model
         raise ValueError(f"{index} was built for task {built_for!r}, not {task!r}; build an index for {task!r}")
     # the model named keeps the tokens of a document that the index's vectors were encoded with

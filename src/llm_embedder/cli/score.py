@@ -11,7 +11,7 @@ from rich.console import Console
 
 from llm_embedder.cli.app import app
 from llm_embedder.cli.basic import TaskFileOption, register_task_files
-from llm_embedder.io import require_file
+from llm_embedder.io import check_output_file, require_file
 
 
 def _init_distributed() -> bool:
@@ -76,6 +76,7 @@ def score_command(
         raise FileNotFoundError(f"input file not found: {input}")
     for path in reuse or []:  # a mistyped name would only be "not reused", after the LLM loads
         require_file(path, "--reuse")
+    check_output_file(out)
     distributed = _init_distributed()
     rank, _ = dist_info()
     if device is None and distributed and torch.cuda.is_available():

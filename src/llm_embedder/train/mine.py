@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llm_embedder.io import DataError, check_template, fill_template, iter_jsonl, write_jsonl
+from llm_embedder.io import DataError, check_output_file, check_template, fill_template, iter_jsonl, write_jsonl
 
 CHUNK_BATCHES = 16  # batches encoded between two progress updates
 
@@ -93,22 +93,32 @@ def mine_negatives(
 
     from llm_embedder.embedder import Embedder
     from llm_embedder.models import check_device
-    from llm_embedder.tasks import get_task
+    from llm_embedder.tasks import UnknownTaskError, get_task
 
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a whole number of at least 1, got {top_k!r}")
     check_device(device)  # before the data and corpus are read
+    check_output_file(out, "--out")  # before the model loads and the corpus is encoded
     records = []
     for line_no, record in iter_jsonl(data):
-        if not isinstance(record.get("query"), str):
-            raise DataError(f"{data}:{line_no}:query: missing query")
-        if not isinstance(record.get("task"), str):
-            raise DataError(f"{data}:{line_no}:task: missing task name")
-        get_task(record["task"])
+        for field in ("query", "task"):
+            if field not in record:
+                raise DataError(f"{data}:{line_no}:{field}: missing field")
+            if not isinstance(record[field], str):
+                raise DataError(f"{data}:{line_no}:{field}: must be a string, got {type(record[field]).__name__}")
+        try:
+            get_task(record["task"])
+        except UnknownTaskError as err:
+            raise DataError(f"{data}:{line_no}:task: {err}") from None
         records.append(record)
     if not records:
         raise DataError(f"{data}: no records to mine negatives for")
     texts = corpus_texts(corpus, key_template)
+    for i, record in enumerate(records):  # a positive's row must be a row of this corpus
+        bad = [row for row in record.get("pos_index") or [] if not isinstance(row, int) or not 0 <= row < len(texts)]
+        if bad:
+            raise DataError(f"{data}: record {i + 1}: pos_index {bad[0]!r} is not a row of {corpus} "
+                            f"({len(texts)} passages)")
     embedder = Embedder(model, device=device, batch_size=batch_size)
     by_task: dict[str, list[int]] = {}
     for i, record in enumerate(records):
