@@ -96,19 +96,31 @@ def corpus_fingerprint(corpus: Any) -> dict | None:
     return None
 
 
-def write_docs(corpus: Any, out_dir: Path, field: str, template: str | None) -> int:
-    """Stream records into docs.jsonl + docs.offsets (via temp files); returns the document count."""
+def write_docs(corpus: Any, out_dir: Path, field: str, template: str | None,
+               filter_fields: Iterable[str] = ()) -> int:
+    """Stream records into docs.jsonl + docs.offsets (via temp files); returns the document count. A named
+    filter field that no document holds is refused before anything is encoded: every filter on it would match
+    nothing."""
     docs_tmp, offsets_tmp = out_dir / (DOCS_FILE + ".tmp"), out_dir / (OFFSETS_FILE + ".tmp")
     count, offset = 0, 0
+    unseen = set(filter_fields) - {"*"}
     with docs_tmp.open("wb") as docs, offsets_tmp.open("wb") as offsets:
         for where, record in iter_records(corpus):
             doc = dict(record)
             doc["text"] = compose_text(record, field, template, where)
+            if unseen:
+                unseen -= set(filterable(doc, unseen))
             line = (json.dumps(doc, ensure_ascii=False) + "\n").encode("utf-8")
             docs.write(line)
             offsets.write(np.int64(offset).tobytes())
             offset += len(line)
             count += 1
+    if unseen and count:
+        docs_tmp.unlink()
+        offsets_tmp.unlink()
+        missing = ", ".join(map(repr, sorted(unseen)))
+        raise DataError(f"filter field {missing}: no document has it (as a string, number or boolean); "
+                        "check the name against the corpus's fields")
     os.replace(offsets_tmp, out_dir / OFFSETS_FILE)
     os.replace(docs_tmp, out_dir / DOCS_FILE)
     return count
@@ -298,7 +310,7 @@ def build_index(
         return json.loads((out_dir / META_FILE).read_text(encoding="utf-8"))
     if state is None or not state.get("docs_done"):
         (out_dir / META_FILE).unlink(missing_ok=True)
-        count = write_docs(corpus, out_dir, field, template)
+        count = write_docs(corpus, out_dir, field, template, filter_fields)
         if count == 0 and isinstance(corpus, (str, Path)):  # (an in-memory Retriever may start empty)
             raise DataError(f"{corpus}: no documents to index")
         state = {"settings": settings, "corpus": fingerprint, "docs_done": True, "count": count, "rows_done": 0}
