@@ -58,3 +58,15 @@ def test_bad_port_and_log_level_are_refused_before_the_model_loads(monkeypatch) 
     assert str(result.exception) == (
         "--log-level must be one of critical, error, warning, info, debug, trace, got 'bogus'"
     )
+    # an address in use or a host that does not resolve: one clear error before loading, not uvicorn's exit 3
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(app, ["serve", "--port", str(port)])
+    assert isinstance(result.exception, ValueError), result.output
+    assert str(result.exception).startswith(f"cannot listen on 127.0.0.1:{port}: ")
+    result = CliRunner().invoke(app, ["serve", "--host", "999.1.1.1"])
+    assert isinstance(result.exception, ValueError) and "--host '999.1.1.1' does not resolve" in str(result.exception)

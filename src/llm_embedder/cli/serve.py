@@ -39,6 +39,23 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_listenable(host: str, port: int) -> None:
+    """Refuse a host that does not resolve or an address already in use, before the model loads: uvicorn would
+    find out only after loading, and exit 3. Binds as uvicorn does (SO_REUSEADDR) and lets go at once."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as err:
+        raise ValueError(f"--host {host!r} does not resolve: {err.strerror}") from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as err:
+            raise ValueError(f"cannot listen on {host}:{port}: {err.strerror}") from None
+
+
 @app.command("serve")
 def serve_command(
     model: ModelOption = "minilm",
@@ -87,6 +104,7 @@ def serve_command(
         raise ValueError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     register_task_files(task_file)
     index_dirs = parse_indexes(index)
+    check_listenable(host, port)
     console = Console(stderr=True)
     if not is_loopback(host) and not api_key:
         console.print(f"[bold yellow]warning:[/] binding {host} without --api-key: anyone who can reach it can use it")
