@@ -16,6 +16,7 @@ from llm_embedder.io import (
     iter_text_lines,
     parse_jsonl_lines,
     read_jsonl,
+    yaml_error,
 )
 
 
@@ -113,3 +114,13 @@ def test_check_template_refuses_what_a_record_template_cannot_mean(template: str
         check_template(template, "--template")
     assert str(err.value).startswith(f"--template {template!r}") and message in str(err.value)
     assert check_template("{title} {text!s}", "--template") == ["title", "text"]
+
+
+def test_yaml_error_is_one_line_naming_file_line_and_column(tmp_path: Path) -> None:
+    import yaml
+
+    with pytest.raises(yaml.YAMLError) as err:
+        yaml.safe_load("a: [1, 2\nb: 3\n")
+    line = yaml_error(tmp_path / "train.yaml", err.value)
+    assert line.startswith(f"{tmp_path / 'train.yaml'}:2:") and "cannot parse YAML: " in line and "\n" not in line
+    assert yaml_error("f.yaml", ValueError("plain\nerror")) == "f.yaml: cannot parse YAML: plain error"

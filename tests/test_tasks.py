@@ -114,6 +114,15 @@ def test_bad_task_files_name_the_problem(tmp_path, content, message):
     assert "x" not in list_tasks()
 
 
+def test_a_yaml_syntax_error_is_one_line_with_file_line_and_column(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("tasks:\n  - name: x\n   bad: [\n")
+    with pytest.raises(ValueError) as err:
+        register_tasks_from_file(path)
+    assert str(err.value) == (f"{path}:3:4: cannot parse task file: expected <block end>, but found "
+                              "'<block mapping start>'")
+
+
 def test_reregistering_with_other_settings_needs_overwrite():
     with pytest.raises(ValueError, match="overwrite"):
         register_task(Task(name="qa", query_instruction="other: ", key_instruction=""))

@@ -194,3 +194,12 @@ def fill_template(template: str, record: dict[str, Any], where: str, option: str
         raise DataError(f"{where}: missing field {err.args[0]!r} used by {option} {template!r}") from None
     except (ValueError, TypeError) as err:  # a format spec that does not fit the value, e.g. {text:d}
         raise DataError(f"{where}: {option} {template!r}: {err}") from None
+
+
+def yaml_error(path: str | Path, err: Exception, what: str = "YAML") -> str:
+    """One line for a YAML parse error: ``FILE:LINE:COLUMN: cannot parse WHAT: problem`` (PyYAML's own message
+    spans several lines and names "<unicode string>" instead of the file)."""
+    mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
+    if mark is None or not problem:
+        return f"{path}: cannot parse {what}: {' '.join(str(err).split())}"
+    return f"{path}:{mark.line + 1}:{mark.column + 1}: cannot parse {what}: {problem}"

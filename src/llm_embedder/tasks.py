@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from llm_embedder.io import check_template
+from llm_embedder.io import check_template, yaml_error
 
 LOSSES = ("contrastive", "kl_distill", "stable_distill")
 POSITIVE_SELECTIONS = ("first", "random", "teacher", "teacher-pos")
@@ -201,8 +201,10 @@ def register_tasks_from_file(path: str | Path, *, overwrite: bool = False) -> li
     text = path.read_text(encoding="utf-8")
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
+    except json.JSONDecodeError as err:
         raise ValueError(f"{path}: cannot parse task file: {err}") from None
+    except yaml.YAMLError as err:
+        raise ValueError(yaml_error(path, err, "task file")) from None
     if isinstance(data, dict) and "tasks" in data:
         data = data["tasks"]
     elif isinstance(data, dict) and "name" in data:

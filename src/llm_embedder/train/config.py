@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from llm_embedder.io import yaml_error
+
 LOSSES = ("contrastive", "kl_distill", "stable_distill")
 MAX_SEED = 2**32 - 1  # numpy's and the HF trainer's seed range
 
@@ -124,7 +126,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
-        raise ValueError(f"{path}: cannot parse YAML: {err}") from None
+        raise ValueError(yaml_error(path, err)) from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of option: value")
     known = {f.name for f in fields(TrainConfig)}
