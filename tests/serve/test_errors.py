@@ -9,6 +9,7 @@ import pytest
 CASES = [
     # (name, raw body, status, param, words in the message)
     ("malformed json", b'{"input": "x",', 400, None, "not valid JSON"),
+    ("not utf-8", b'{"input": "caf\xe9", "model": "M"}', 400, None, "not valid UTF-8 (JSON must be): byte 0xe9 at"),
     ("not an object", b"[1, 2]", 400, None, "JSON object"),
     ("empty body", b"", 400, None, "JSON body"),
     ("missing input", b'{"model": "M"}', 400, "input", "missing required field"),

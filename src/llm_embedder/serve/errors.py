@@ -83,6 +83,19 @@ def validation_error(exc: RequestValidationError) -> ApiError:
     return ApiError(400, text, param=param, code="invalid_value")
 
 
+def body_not_utf8(request: Request) -> str | None:
+    """Why a read request body is not UTF-8 (FastAPI says only "There was an error parsing the body"), or None."""
+    body = getattr(request, "_body", None)  # Starlette keeps the body it has read here
+    if not isinstance(body, bytes):
+        return None
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return (f"the request body is not valid UTF-8 (JSON must be): byte 0x{body[err.start]:02x} at offset "
+                f"{err.start}")
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register handlers so that no error leaves in any shape but OpenAI's."""
 
@@ -98,6 +111,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         message = f"{request.method} {request.url.path}: {exc.detail}"
+        if exc.status_code == 400 and (problem := body_not_utf8(request)):
+            return error_response(ApiError(400, problem, code="invalid_json"))
         return error_response(ApiError(exc.status_code, message, code=code, headers=getattr(exc, "headers", None)))
 
     @app.exception_handler(QueueFullError)
