@@ -88,6 +88,7 @@ def test_max_length_sets_every_embedders_tokens(qa_suite, tiny_embedder_dir, tin
     ("qa=0", "--prompt-items: qa=0, expected a whole number of at least 1"),
     ("qa=two", "--prompt-items 'qa=two': expected TASK=N"),
     ("tool=2", "--prompt-items: task 'tool' has no LLM prompt; the tasks with one are qa, icl, chat, lrlm"),
+    ("foo=2", "--prompt-items: task 'foo' is not a known task; the tasks with an LLM prompt are qa, icl, chat, lrlm"),
 ])
 def test_bad_prompt_items_is_one_clear_line(qa_suite, tiny_embedder_dir, tiny_lm_dir, tmp_path, spec, message):
     result = evaluate(qa_suite, tmp_path / "out", tiny_embedder_dir, tiny_lm_dir, "--prompt-items", spec)

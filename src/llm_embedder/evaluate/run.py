@@ -234,8 +234,11 @@ def check_prompt_items(prompt_items: dict[str, int], label: str = "prompt_items"
     names the setting in the message (the CLI's ``--prompt-items``)."""
     for task, count in prompt_items.items():
         if task not in DOWNSTREAM:
-            raise ValueError(f"{label}: task {task!r} has no LLM prompt; the tasks with one are "
-                             f"{', '.join(DOWNSTREAM)}")
+            from llm_embedder.tasks import list_tasks
+
+            problem = "has no LLM prompt; the tasks with one" if task in list_tasks() else (
+                "is not a known task; the tasks with an LLM prompt")
+            raise ValueError(f"{label}: task {task!r} {problem} are {', '.join(DOWNSTREAM)}")
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ValueError(f"{label}: {task}={count!r}, expected a whole number of at least 1")
 
