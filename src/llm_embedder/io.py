@@ -51,6 +51,22 @@ def check_output_file(path: str | Path, option: str = "--out") -> Path:
     return path
 
 
+def check_output_dir(path: str | Path, markers: Iterable[str], what: str, option: str = "--out") -> Path:
+    """Refuse, before any work, an output folder that is a file, or that holds files (hidden ones aside) and none
+    of ``markers``, the names a folder of ``what`` has: writing there would mix our files with another's and
+    replace any of the same name (a corpus named docs.jsonl, a base model's weights)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{option} {path} is a file; give a folder")
+    if path.is_dir():
+        entries = sorted(entry.name for entry in path.iterdir() if not entry.name.startswith("."))
+        if entries and not any((path / marker).exists() for marker in markers):
+            shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+            raise FileExistsError(f"{option} {path} already holds files that are not {what} ({shown}); give a new "
+                                  "or empty folder")
+    return path
+
+
 def decode_line(raw: bytes, source: str, line_no: int) -> str:
     """One line's bytes as text; bad UTF-8 names the file, line, byte and column. A BOM on line 1 is dropped."""
     if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):

@@ -73,6 +73,36 @@ def test_interrupted_build_resumes(tiny_embedder, tmp_path: Path, monkeypatch: p
     assert calls == []  # finished: nothing to redo
 
 
+def test_a_folder_of_another_kind_is_refused_untouched(tiny_embedder, tmp_path: Path) -> None:
+    """--out on the corpus's own folder (it holds a docs.jsonl of the user's) would have replaced that file."""
+    corpus = write_corpus(tmp_path / "docs.jsonl", 5)
+    before = corpus.read_bytes()
+    with pytest.raises(FileExistsError, match=f"--out {tmp_path} already holds files that are not an index build "
+                                              r"\(docs.jsonl\); give a new or empty folder"):
+        build_index(corpus, tmp_path, tiny_embedder, "qa", progress=False)
+    assert corpus.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl"]
+    with pytest.raises(NotADirectoryError, match="is a file; give a folder"):
+        build_index(corpus, corpus, tiny_embedder, "qa", progress=False)
+
+
+def test_a_build_cut_while_writing_documents_is_taken_again(tiny_embedder, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed in the first pass, a build leaves only its temporary document files; re-running goes on."""
+    from llm_embedder.index import build
+
+    corpus = write_corpus(tmp_path / "c.jsonl", 5)
+
+    def cut(record, *args):
+        raise Interrupt("killed")
+
+    monkeypatch.setattr(build, "filterable", cut)
+    with pytest.raises(Interrupt):
+        build_index(corpus, tmp_path / "idx", tiny_embedder, "qa", filter_fields=["title"], progress=False)
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == ["docs.jsonl.tmp", "docs.offsets.tmp"]
+    monkeypatch.undo()
+    assert build_index(corpus, tmp_path / "idx", tiny_embedder, "qa", progress=False)["count"] == 5
+
+
 def test_build_refuses_other_settings(tiny_embedder, tmp_path: Path) -> None:
     corpus = write_corpus(tmp_path / "c.jsonl", 5)
     build_index(corpus, tmp_path / "idx", tiny_embedder, "qa", progress=False)

@@ -136,3 +136,49 @@ def test_mine_checks_the_device_before_reading(tmp_path: Path) -> None:
     data.write_text(json.dumps({"query": "q", "task": "qa", "pos": ["p"]}) + "\n")
     with pytest.raises(ValueError, match="^device 'gpu': not a torch device"):
         mine_negatives("minilm", data, tmp_path / "missing.jsonl", tmp_path / "o.jsonl", device="gpu")
+
+
+def test_out_of_another_kind_is_refused_before_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An --out holding files that no training run wrote (a base model, a data folder) is refused, untouched."""
+    def no_loading(*args, **kwargs):
+        raise AssertionError("data read before the output folder was checked")
+
+    monkeypatch.setattr(trainer_module, "load_training_files", no_loading)
+    model = tmp_path / "models" / "minilm"
+    model.mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"weights")
+    (model / "config.json").write_text("{}")
+    with pytest.raises(FileExistsError) as err:
+        trainer_module.train(TrainConfig(data=[str(tmp_path / "d")], out=str(model), device="cpu"))
+    assert str(err.value) == (f"--out {model} already holds files that are not a training run (config.json, "
+                              "model.safetensors); give a new or empty folder")
+    assert sorted(p.name for p in model.iterdir()) == ["config.json", "model.safetensors"]
+    result = subprocess.run(
+        [sys.executable, "-m", "llm_embedder", "train", "--data", str(tmp_path / "d"), "--out", str(model)],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "400"},
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {err.value}"
+
+
+@pytest.mark.parametrize("kept", ["logs", "checkpoints", "train_config.json", "training_inputs.json", ".DS_Store",
+                                  None])
+def test_out_a_run_started_or_empty_is_taken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              kept: str | None) -> None:
+    """A folder a run (or the demo) started, an empty one, or one with hidden files only, passes the check."""
+    class Checked(Exception):
+        pass
+
+    def reached(*args, **kwargs):
+        raise Checked
+
+    monkeypatch.setattr(trainer_module, "load_training_files", reached)
+    out = tmp_path / "run"
+    out.mkdir()
+    if kept in ("logs", "checkpoints"):
+        (out / kept).mkdir()
+        (out / "README.md").write_text("a model card")  # beside a run's own folder, any file is its own
+    elif kept:
+        (out / kept).write_text("{}")
+    with pytest.raises(Checked):
+        trainer_module.train(TrainConfig(data=[str(tmp_path / "d")], out=str(out), device="cpu"))

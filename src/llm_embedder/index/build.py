@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from llm_embedder.io import DataError, atomic_write, check_template, fill_template, iter_jsonl
+from llm_embedder.io import DataError, atomic_write, check_output_dir, check_template, fill_template, iter_jsonl
 from llm_embedder.progress import count_progress
 
 META_FILE = "meta.json"
@@ -281,7 +281,7 @@ def build_index(
     check_index_settings(embedder, backend, factory, batch_size)
     if template:
         check_template(template, "the template")
-    out_dir = Path(out_dir)
+    out_dir = check_output_dir(out_dir, (PROGRESS_FILE, DOCS_FILE + ".tmp", OFFSETS_FILE + ".tmp"), "an index build")
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {
         "model": embedder.name, "model_path": str(Path(embedder.path).resolve()), "task": task,

@@ -24,13 +24,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llm_embedder.io import check_output_dir
 from llm_embedder.train.config import TrainConfig
 from llm_embedder.train.examples import TrainingFile, load_training_files
+from llm_embedder.train.once import STARTED_STAMP, TRAINED_STAMP
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
+CONFIG_FILE = "train_config.json"  # written with the final model
 
 
 def distributed_env() -> tuple[int, int]:
@@ -228,7 +231,9 @@ def train(config: TrainConfig) -> Path:
         raise ValueError("no training data given (--data FILE_OR_DIR ...)")
     if not config.out:
         raise ValueError("no output directory given (--out runs/NAME)")
-    out = Path(config.out)
+    # a folder of another kind is refused; one this trainer or the demo started (or finished) is its own
+    out = check_output_dir(config.out, (CONFIG_FILE, CHECKPOINT_DIR, LOG_DIR, TRAINED_STAMP, STARTED_STAMP),
+                           "a training run")
     for task_file in config.task_files:
         register_tasks_from_file(task_file)
     for task in config.plain_tasks:  # an unknown name fails here, before any data is read
@@ -274,7 +279,7 @@ def save_outputs(trainer, config: TrainConfig, files, batches: dict[str, int], w
     trainer.model.save(str(out))
     Embedder(out, device="cpu", query_max_length=config.query_max_length,
              key_max_length=config.key_max_length).save(out, plain_tasks=config.plain_tasks)
-    config.save(out / "train_config.json")
+    config.save(out / CONFIG_FILE)
     extra: dict[str, Any] = {"world_size": world_size, "seconds": seconds, "resumed_from": resumed_from,
                              "global_step": trainer.state.global_step}
     write_training_card(out, config, files, batches, extra)
