@@ -36,12 +36,13 @@ def test_mine_cli(tmp_path: Path, tiny_embedder_dir: Path) -> None:
                                       str(corpus), "--out", str(out), "--top-k", "20", "--filter-answers"])
     assert result.exit_code == 0, result.output
     # CliRunner's output is no terminal: the corpus encoding reports as a plain line, as in a log
-    assert "encoding the corpus for qa: 13/13 (100%)" in result.output, result.output
+    assert "encoding qa keys: 13/13 (100%)" in result.output, result.output
     (record,) = read_jsonl(out)
     assert "teacher_scores" not in record and len(record["neg"]) == 11  # 13 minus the positive and the answer
     assert "T1 passage number 1 about topic 1" not in record["neg"]
     assert "Capital the answer is Paris" not in record["neg"]
     assert record["neg_index"] and 1 not in record["neg_index"] and 12 not in record["neg_index"]
+    assert not (tmp_path / "mined.jsonl.work").exists()  # the corpus vectors go once the output is written
 
 
 def test_mine_refuses_an_empty_corpus_text(tmp_path: Path, tiny_embedder_dir: Path) -> None:
@@ -71,3 +72,62 @@ def test_mine_refuses_an_empty_corpus_text(tmp_path: Path, tiny_embedder_dir: Pa
     with pytest.raises(DataError, match=r"qa.jsonl: no records to mine negatives for"):
         mine_negatives(str(tiny_embedder_dir), data, corpus, tmp_path / "out.jsonl")
     assert not (tmp_path / "out.jsonl").exists()
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_an_interrupted_mine_goes_on_where_it_stopped(tmp_path: Path, tiny_embedder_dir: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed while encoding the corpus, a re-run encodes only the rest and writes what an uncut run writes;
+    another corpus, or a folder of that name that no mine made, is not mixed in."""
+    from llm_embedder.embedder import Embedder
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"passage {i} on topic {i % 4}"}) + "\n" for i in range(20)))
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"query": f"topic {i}", "task": "qa", "pos_index": [i]}) + "\n"
+                            for i in range(3)))
+    model = str(tiny_embedder_dir)
+    mine_negatives(model, data, corpus, tmp_path / "uncut.jsonl", top_k=5, batch_size=4, progress=False)
+    encoded: list[int] = []
+    cut_at = [3]  # the call that is killed (0: none)
+    original = Embedder.encode_keys
+
+    def cut(self, texts, task, **kwargs):
+        encoded.append(len(texts))
+        if len(encoded) == cut_at[0]:
+            raise Interrupt("killed")
+        return original(self, texts, task, **kwargs)
+
+    monkeypatch.setattr(Embedder, "encode_keys", cut)
+    out = tmp_path / "mined.jsonl"
+    with pytest.raises(Interrupt):
+        mine_negatives(model, data, corpus, out, top_k=5, batch_size=4, progress=False)
+    assert not out.exists() and (tmp_path / "mined.jsonl.work" / "qa" / "progress.json").exists()
+    encoded.clear()
+    cut_at[0] = 0
+    mine_negatives(model, data, corpus, out, top_k=5, batch_size=4, progress=False)
+    assert encoded == [4, 4, 4]  # rows 8-19: the 8 rows encoded before the cut are not encoded again
+    assert read_jsonl(out) == read_jsonl(tmp_path / "uncut.jsonl")
+    assert not (tmp_path / "mined.jsonl.work").exists()
+
+    encoded.clear()
+    cut_at[0] = 3
+    with pytest.raises(Interrupt):  # cut again, then the corpus changes: its vectors are not reused
+        mine_negatives(model, data, corpus, out, top_k=5, batch_size=4, progress=False)
+    corpus.write_text("".join(json.dumps({"text": f"other passage {i}"}) + "\n" for i in range(20)))
+    encoded.clear()
+    cut_at[0] = 0
+    mine_negatives(model, data, corpus, out, top_k=5, batch_size=4, progress=False)
+    assert encoded == [4] * 5
+    assert all("other passage" in text for record in read_jsonl(out) for text in record["neg"])
+
+    foreign = tmp_path / "notes.jsonl.work"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("my notes")
+    with pytest.raises(FileExistsError, match="the work folder .*notes.jsonl.work already holds files that are not "
+                                              "a mining run's work"):
+        mine_negatives(model, data, corpus, tmp_path / "notes.jsonl", top_k=5, progress=False)
+    assert (foreign / "mine.txt").read_text() == "my notes"

@@ -4,16 +4,31 @@ For each record, retrieve the top passages of a corpus with the embedder (the ta
 drop the record's positives (by ``pos_index`` and by exact text) and, with ``filter_answers``, every passage
 that contains one of the record's ``answers`` (case-insensitive), and keep the first ``top_k`` as ``neg``
 (``neg_index`` their corpus rows). Existing ``teacher_scores`` are dropped: they no longer match the candidates.
+
+The corpus is encoded per task by the resumable index build (``llm_embedder.index.build``) into ``OUT.work/<task>/``
+beside the output, so a mine cut short goes on where it stopped when run again; the folder goes once ``OUT`` is
+written.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
-from llm_embedder.io import DataError, check_output_file, check_template, fill_template, iter_jsonl, write_jsonl
+from llm_embedder.io import (
+    DataError,
+    check_output_dir,
+    check_output_file,
+    check_template,
+    fill_template,
+    iter_jsonl,
+    write_jsonl,
+)
 
-CHUNK_BATCHES = 16  # batches encoded between two progress updates
+WORK_SUFFIX = ".work"  # OUT.work/<task>/: the corpus vectors, kept until OUT is written, so that a re-run goes on
+WORK_STAMP = "mine_inputs.json"  # in OUT.work: the corpus, template and model its vectors come from
 
 
 def corpus_texts(path: str | Path, key_template: str | None = None) -> list[str]:
@@ -64,22 +79,28 @@ def select_negatives(
     return chosen
 
 
-def encode_corpus(embedder: Any, texts: list[str], task: str, batch_size: int, progress: bool = True) -> Any:
-    """Key vectors of the corpus for ``task``, encoded a chunk at a time under a progress bar (plain lines in a
-    log); float32, one row per text."""
-    import numpy as np
+def corpus_index(embedder: Any, texts: list[str], task: str, work: Path, batch_size: int, progress: bool) -> Any:
+    """A flat index of the corpus's key vectors for ``task``, built (or finished, after an interruption) in
+    ``work/<task>`` by the resumable index build."""
+    from llm_embedder.index.build import FAISS_FILE, build_index
+    from llm_embedder.index.faiss_index import FaissIndex
 
-    from llm_embedder.progress import count_progress
+    build_index(({"text": text} for text in texts), work / task, embedder, task, batch_size=batch_size,
+                progress=progress)
+    return FaissIndex.load(work / task / FAISS_FILE)
 
-    vectors = np.empty((len(texts), embedder.dim), dtype=np.float32)
-    chunk = batch_size * CHUNK_BATCHES
-    with count_progress(progress) as bar:
-        job = bar.add_task(f"encoding the corpus for {task}", total=len(texts))
-        for lo in range(0, len(texts), chunk):
-            hi = min(lo + chunk, len(texts))
-            vectors[lo:hi] = embedder.encode_keys(texts[lo:hi], task, batch_size=batch_size, show_progress=False)
-            bar.update(job, completed=hi)
-    return vectors
+
+def start_work(work: Path, inputs: dict[str, Any]) -> None:
+    """Keep ``work`` (the corpus vectors of an interrupted run) if it was made from ``inputs``, else start it
+    afresh (``mine_negatives`` has refused a folder of that name that no mine made)."""
+    from llm_embedder.io import atomic_write
+    from llm_embedder.train.once import read_stamp
+
+    if read_stamp(work / WORK_STAMP) != inputs:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    with atomic_write(work / WORK_STAMP) as handle:
+        json.dump(inputs, handle)
 
 
 def mine_negatives(
@@ -88,10 +109,10 @@ def mine_negatives(
     batch_size: int = 64, progress: bool = True,
 ) -> int:
     """Write ``out``: each record of ``data`` with mined ``neg``/``neg_index``. Returns the record count."""
-    import faiss
     import numpy as np
 
     from llm_embedder.embedder import Embedder
+    from llm_embedder.index.build import corpus_fingerprint, key_max_length
     from llm_embedder.models import check_device
     from llm_embedder.tasks import UnknownTaskError, get_task
 
@@ -99,6 +120,8 @@ def mine_negatives(
         raise ValueError(f"top_k must be a whole number of at least 1, got {top_k!r}")
     check_device(device)  # before the data and corpus are read
     check_output_file(out, "--out")  # before the model loads and the corpus is encoded
+    work = Path(f"{out}{WORK_SUFFIX}")
+    check_output_dir(work, (WORK_STAMP,), "a mining run's work", option="the work folder")
     records = []
     for line_no, record in iter_jsonl(data):
         for field in ("query", "task"):
@@ -120,16 +143,19 @@ def mine_negatives(
             raise DataError(f"{data}: record {i + 1}: pos_index {bad[0]!r} is not a row of {corpus} "
                             f"({len(texts)} passages)")
     embedder = Embedder(model, device=device, batch_size=batch_size)
+    weights = Path(embedder.path) / "model.safetensors"
+    start_work(work, {"corpus": corpus_fingerprint(corpus), "key_template": key_template,
+                      "model": str(Path(embedder.path).resolve()), "weights": corpus_fingerprint(weights),
+                      "key_max_length": key_max_length(embedder)})
     by_task: dict[str, list[int]] = {}
     for i, record in enumerate(records):
         by_task.setdefault(record["task"], []).append(i)
     results: list[dict[str, Any]] = [dict() for _ in records]
     depth = min(len(texts), top_k + 50 + max((len(r.get("pos") or []) for r in records), default=0))
     for task, rows in by_task.items():
-        index = faiss.IndexFlatIP(embedder.dim)
-        index.add(encode_corpus(embedder, texts, task, batch_size, progress))
+        index = corpus_index(embedder, texts, task, work, batch_size, progress)
         queries = embedder.encode_queries([records[i]["query"] for i in rows], task)
-        _, ranked = index.search(np.ascontiguousarray(queries), depth)
+        _, ranked = index.search(np.ascontiguousarray(queries, dtype=np.float32), depth)
         for i, hits in zip(rows, ranked, strict=True):
             record = dict(records[i])
             chosen = select_negatives([int(h) for h in hits if h >= 0], texts, record, top_k, filter_answers)
@@ -139,4 +165,5 @@ def mine_negatives(
             record["neg_index"] = chosen
             results[i] = record
     write_jsonl(out, results)
+    shutil.rmtree(work, ignore_errors=True)
     return len(results)
