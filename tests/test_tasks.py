@@ -150,6 +150,7 @@ TASK_HEAD = "tasks:\n  - name: mytask\n    query_instruction: 'Q: '\n    key_ins
                                        "got ['first']"),
         ("select_negative", "best", "select_negative must be one of random, first, teacher-, teacher+, got 'best'"),
         ("scenario", "3", "scenario must be a string, got 3"),
+        ("reward_template", "'{{key}} {query} {answer}'", "reward_template lacks {key}"),  # {{key}} is literal text
         ("reward_template", "'{key} {jurisdiction} {query} {answer}'",
          "reward_template uses {jurisdiction}; it may use only {key}, {query} and {answer}"),
         ("reward_template", "'{key} {query} {answer} {}'", "reward_template '{key} {query} {answer} {}': {} is not"

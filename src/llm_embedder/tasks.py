@@ -73,13 +73,14 @@ class Task:
         _check_choice(self.name, "loss", self.loss, LOSSES)
         _check_choice(self.name, "select_positive", self.select_positive, POSITIVE_SELECTIONS)
         _check_choice(self.name, "select_negative", self.select_negative, NEGATIVE_SELECTIONS)
-        missing = [f for f in ("{key}", "{query}", "{answer}") if f not in self.reward_template]
-        if missing:
-            raise ValueError(f"task {self.name!r}: reward_template lacks {', '.join(missing)}")
-        try:
-            extra = sorted(set(check_template(self.reward_template, "reward_template")) - {"key", "query", "answer"})
+        try:  # parsed, so that an escaped "{{key}}" (literal text) does not count as the field
+            named_fields = set(check_template(self.reward_template, "reward_template"))
         except ValueError as err:
             raise ValueError(f"task {self.name!r}: {err}") from None
+        missing = ["{" + f + "}" for f in ("key", "query", "answer") if f not in named_fields]
+        if missing:
+            raise ValueError(f"task {self.name!r}: reward_template lacks {', '.join(missing)}")
+        extra = sorted(named_fields - {"key", "query", "answer"})
         if extra:  # only these three are filled in; a record's other fields never reach the template
             named = ", ".join("{" + field + "}" for field in extra)
             raise ValueError(f"task {self.name!r}: reward_template uses {named}; it may use only {{key}}, {{query}} "
