@@ -149,3 +149,47 @@ def test_cpu_bf16_mixed_precision_follows_the_fp32_run(tmp_path: Path, tiny_embe
         losses[flag] = [s["loss"] for s in read_step_log(out / "logs" / "steps.rank0.jsonl")]
     assert len(losses[True]) == 4
     assert max(abs(a - b) for a, b in zip(losses[False], losses[True], strict=True)) < 0.05 * max(losses[False])
+
+
+def test_base_mix_saves_the_interpolation_also_after_a_resume(tmp_path: Path, data_dir: Path,
+                                                              tiny_embedder_dir: Path, monkeypatch) -> None:
+    """base_mix 0.25 saves 0.75 x the trained weights + 0.25 x the starting model's, the trained weights being
+    those of the same run without it; a run cut after a checkpoint and resumed saves the same."""
+    from safetensors.torch import load_file
+
+    plain = load_file(str(run(tmp_path / "plain", data_dir, tiny_embedder_dir) / "model.safetensors"))
+    mixed_dir = run(tmp_path / "mixed", data_dir, tiny_embedder_dir, base_mix=0.25)
+    mixed = load_file(str(mixed_dir / "model.safetensors"))
+    base = load_file(str(tiny_embedder_dir / "model.safetensors"))
+    assert mixed.keys() == plain.keys()
+    moved = 0
+    for name, value in mixed.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, 0.75 * plain[name] + 0.25 * base[name], rtol=1e-5, atol=1e-6)
+            moved += not torch.allclose(value, plain[name])
+        else:
+            assert torch.equal(value, plain[name])
+    assert moved > 10  # training moved the weights, so the mix differs from the trained model
+    assert "Saved weights: 0.75 x trained + 0.25 x" in (mixed_dir / "TRAINING_CARD.md").read_text()
+    assert json.loads((mixed_dir / "train_config.json").read_text())["base_mix"] == 0.25
+
+    original = trainer_module.build_trainer
+
+    def with_stop(config, files):
+        built = original(config, files)
+        built.add_callback(StopAt(8))
+        return built
+
+    monkeypatch.setattr(trainer_module, "build_trainer", with_stop)
+    part = run(tmp_path / "part", data_dir, tiny_embedder_dir, base_mix=0.25)
+    monkeypatch.setattr(trainer_module, "build_trainer", original)
+    run(part, data_dir, tiny_embedder_dir, base_mix=0.25, resume=True)
+    resumed = load_file(str(part / "model.safetensors"))
+    for name, value in mixed.items():
+        torch.testing.assert_close(resumed[name], value, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("share", [1.0, 1.5, -0.1])
+def test_base_mix_out_of_range_is_refused(share: float) -> None:
+    with pytest.raises(ValueError, match="base_mix: must be"):
+        TrainConfig(base_mix=share)

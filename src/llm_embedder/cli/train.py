@@ -60,6 +60,9 @@ def train_command(
                                                      "labelled positive.")] = None,
     loss_override: Annotated[list[str] | None, typer.Option("--loss-override",
                                                             help="TASK=LOSS, e.g. qa=kl_distill (repeatable).")] = None,
+    base_mix: Annotated[float | None, typer.Option("--base-mix", min=0,
+                                                   help="Share of the starting model's weights in the saved model "
+                                                   "(0: the trained weights; the demo uses 0.25).")] = None,
 ) -> None:
     """Train one embedder for all tasks: homogeneous batches, each task's loss and instructions (recipe §2).
 
@@ -78,6 +81,7 @@ def train_command(
         instructions=instructions, plain_tasks=plain_task or None, homogeneous=homogeneous,
         interleave_tasks=interleave_tasks,
         hard_labels=hard_labels, loss_override=parse_loss_override(loss_override) if loss_override else None,
+        base_mix=base_mix,
     )
     result = train(cfg)
     typer.echo(f"trained model written to {result}")

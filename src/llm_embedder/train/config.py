@@ -37,6 +37,7 @@ NUMBERS: dict[str, tuple[type, float, bool]] = {
     "temperature": (float, 0, False),
     "warmup_ratio": (float, 0, True),
     "weight_decay": (float, 0, True),
+    "base_mix": (float, 0, True),  # and below 1: checked in TrainConfig
 }
 BOOLS = ("fp16", "cpu_bf16", "gradient_checkpointing", "self_paced", "resume", "instructions", "homogeneous",
          "interleave_tasks", "hard_labels")
@@ -82,6 +83,8 @@ class TrainConfig:
     interleave_tasks: bool = True
     hard_labels: bool = False  # True: ignore teacher scores, contrastive loss on the labelled positive
     loss_override: dict[str, str] = field(default_factory=dict)  # task -> loss, e.g. {"qa": "kl_distill"}
+    # the share of the starting model's weights in the saved model (``train.base_mix``); 0: the trained weights
+    base_mix: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):  # each value's type and range, e.g. "batch_size: must be at least 1, got 0"
@@ -92,6 +95,8 @@ class TrainConfig:
         for task, loss in self.loss_override.items():
             if loss not in LOSSES:
                 raise ValueError(f"loss_override {task}={loss}: unknown loss; known: {', '.join(LOSSES)}")
+        if self.base_mix >= 1:
+            raise ValueError(f"base_mix: must be below 1 (1 would save the starting model), got {self.base_mix}")
         if self.self_paced and not self.homogeneous:
             raise ValueError("self_paced needs homogeneous batches (one task per step)")
 

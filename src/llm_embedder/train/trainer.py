@@ -209,6 +209,10 @@ def build_trainer(config: TrainConfig, files: list[TrainingFile]):
     trainer.homogeneous = config.homogeneous
     trainer.interleave_tasks = config.interleave_tasks
     trainer.step_log_dir = out / LOG_DIR
+    if config.base_mix:  # taken before training (or a resumed checkpoint) changes the weights
+        from llm_embedder.train.base_mix import snapshot
+
+        trainer.start_weights = snapshot(model)
     for callback in callbacks:
         callback.trainer = trainer
     return trainer
@@ -276,6 +280,10 @@ def save_outputs(trainer, config: TrainConfig, files, batches: dict[str, int], w
     from llm_embedder.train.card import write_training_card
 
     out = Path(config.out)
+    if config.base_mix:
+        from llm_embedder.train.base_mix import mix_into
+
+        mix_into(trainer.model, trainer.start_weights, config.base_mix)
     trainer.model.save(str(out))
     Embedder(out, device="cpu", query_max_length=config.query_max_length,
              key_max_length=config.key_max_length).save(out, plain_tasks=config.plain_tasks)
