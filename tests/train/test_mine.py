@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,17 @@ def test_an_interrupted_mine_goes_on_where_it_stopped(tmp_path: Path, tiny_embed
     mine_negatives(model, data, corpus, out, top_k=5, batch_size=4, progress=False)
     assert encoded == [4] * 5
     assert all("other passage" in text for record in read_jsonl(out) for text in record["neg"])
+
+    encoded.clear()
+    cut_at[0] = 3
+    with pytest.raises(Interrupt):  # cut again, then the model is retrained in place: its vectors are not reused
+        mine_negatives(model, data, corpus, out, top_k=5, batch_size=4, progress=False)
+    weights = tiny_embedder_dir / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    encoded.clear()
+    cut_at[0] = 0
+    mine_negatives(model, data, corpus, out, top_k=5, batch_size=4, progress=False)
+    assert encoded == [4] * 5
 
     foreign = tmp_path / "notes.jsonl.work"
     foreign.mkdir()

@@ -143,9 +143,10 @@ def mine_negatives(
             raise DataError(f"{data}: record {i + 1}: pos_index {bad[0]!r} is not a row of {corpus} "
                             f"({len(texts)} passages)")
     embedder = Embedder(model, device=device, batch_size=batch_size)
-    weights = Path(embedder.path) / "model.safetensors"
+    weights = Path(embedder.path) / "model.safetensors"  # a model retrained in place gets new vectors
     start_work(work, {"corpus": corpus_fingerprint(corpus), "key_template": key_template,
-                      "model": str(Path(embedder.path).resolve()), "weights": corpus_fingerprint(weights),
+                      "model": str(Path(embedder.path).resolve()),
+                      "weights": corpus_fingerprint(weights) if weights.is_file() else None,
                       "key_max_length": key_max_length(embedder)})
     by_task: dict[str, list[int]] = {}
     for i, record in enumerate(records):
