@@ -37,6 +37,22 @@ def run(out: Path, data: Path, base: Path, **extra) -> Path:
     return trainer_module.train(TrainConfig(data=[str(data)], out=str(out), base=str(base), **{**SMALL, **extra}))
 
 
+def run_cut_at(step: int, monkeypatch, out: Path, data: Path, base: Path, **extra) -> Path:
+    """``run``, killed after ``step`` as if interrupted (the last checkpoint before it is kept)."""
+    original = trainer_module.build_trainer
+
+    def with_stop(config, files):
+        built = original(config, files)
+        built.add_callback(StopAt(step))
+        return built
+
+    monkeypatch.setattr(trainer_module, "build_trainer", with_stop)
+    try:
+        return run(out, data, base, **extra)
+    finally:
+        monkeypatch.setattr(trainer_module, "build_trainer", original)
+
+
 def optimizer_state(checkpoint: Path) -> dict:
     return torch.load(checkpoint / "optimizer.pt", weights_only=False)["state"]
 
@@ -60,16 +76,7 @@ def test_train_outputs_and_resume(tmp_path: Path, data_dir: Path, tiny_embedder_
     assert [s["step"] for s in steps] == list(range(1, 10)) and all(s["loss"] > 0 for s in steps)
 
     # interrupted after the step-7 checkpoint, in epoch 2 (step 8 ran but was not saved), then resumed
-    original = trainer_module.build_trainer
-
-    def with_stop(config, files):
-        built = original(config, files)
-        built.add_callback(StopAt(8))
-        return built
-
-    monkeypatch.setattr(trainer_module, "build_trainer", with_stop)
-    part = run(tmp_path / "part", data_dir, tiny_embedder_dir)
-    monkeypatch.setattr(trainer_module, "build_trainer", original)
+    part = run_cut_at(8, monkeypatch, tmp_path / "part", data_dir, tiny_embedder_dir)
     assert trainer_module.latest_checkpoint(part).endswith("checkpoint-7")
     with pytest.raises(ValueError, match="--resume"):
         run(part, data_dir, tiny_embedder_dir)
@@ -173,16 +180,7 @@ def test_base_mix_saves_the_interpolation_also_after_a_resume(tmp_path: Path, da
     assert "Saved weights: 0.75 x trained + 0.25 x" in (mixed_dir / "TRAINING_CARD.md").read_text()
     assert json.loads((mixed_dir / "train_config.json").read_text())["base_mix"] == 0.25
 
-    original = trainer_module.build_trainer
-
-    def with_stop(config, files):
-        built = original(config, files)
-        built.add_callback(StopAt(8))
-        return built
-
-    monkeypatch.setattr(trainer_module, "build_trainer", with_stop)
-    part = run(tmp_path / "part", data_dir, tiny_embedder_dir, base_mix=0.25)
-    monkeypatch.setattr(trainer_module, "build_trainer", original)
+    part = run_cut_at(8, monkeypatch, tmp_path / "part", data_dir, tiny_embedder_dir, base_mix=0.25)
     run(part, data_dir, tiny_embedder_dir, base_mix=0.25, resume=True)
     resumed = load_file(str(part / "model.safetensors"))
     for name, value in mixed.items():
