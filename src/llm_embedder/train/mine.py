@@ -19,6 +19,7 @@ from typing import Any
 
 from llm_embedder.io import (
     DataError,
+    atomic_write,
     check_output_dir,
     check_output_file,
     check_template,
@@ -93,7 +94,6 @@ def corpus_index(embedder: Any, texts: list[str], task: str, work: Path, batch_s
 def start_work(work: Path, inputs: dict[str, Any]) -> None:
     """Keep ``work`` (the corpus vectors of an interrupted run) if it was made from ``inputs``, else start it
     afresh (``mine_negatives`` has refused a folder of that name that no mine made)."""
-    from llm_embedder.io import atomic_write
     from llm_embedder.train.once import read_stamp
 
     if read_stamp(work / WORK_STAMP) != inputs:
