@@ -471,7 +471,7 @@ class Pipeline:
         """Every system on every task (cached results re-used), per training seed ``unified`` and
         ``task-specific`` (suffixed `` (seed N)`` for a further seed); the report holds this run's systems."""
         from llm_embedder.evaluate import run_evaluation, write_report
-        from llm_embedder.evaluate.rankers import GoldRanker, TeacherRanker, dense_systems
+        from llm_embedder.evaluate.rankers import dense_systems
 
         self.step(f"4/5 evaluation with the LLM in the loop ({self.cfg.split} split)")
         suffixes = self.training_seeds()
@@ -512,14 +512,10 @@ class Pipeline:
             max_candidates=self.cfg.max_candidates, generate=self.cfg.generate,
             prompt_items=prompt_items(vars(self.cfg)), embed_fast=self.cfg.embed_fast,
             embed_max_length=self.cfg.max_length, gold=self.cfg.gold, teacher=self.cfg.teacher,
+            # what this run did not ask for (a further seed's results, a reference row, a system someone evaluated
+            # into this folder) stays cached, out of its report and verdict
+            cached_others=False,
         )
-        # a further seed's results, or a reference row (gold, teacher), that this run did not ask for stay cached,
-        # out of its report and verdict
-        results = {task: {name: metrics for name, metrics in by_system.items()
-                          if (name in models or not SEED_SYSTEM.fullmatch(name))
-                          and (self.cfg.gold or name != GoldRanker.name)
-                          and (self.cfg.teacher or name != TeacherRanker.name)}
-                   for task, by_system in results.items()}
         plots = write_report(results, eval_dir)
         summary = (eval_dir / "results.md").read_text(encoding="utf-8").split("###")[0]
         self.console.print(summary, soft_wrap=True, highlight=False)

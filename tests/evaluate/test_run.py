@@ -198,6 +198,11 @@ def test_run_evaluation_resumes_and_reports(suite, tiny_embedder, tmp_path):
     calls = lm.calls
     again = run_evaluation(suite, ["qa", "chat"], systems, out, lm=lm)
     assert again == results and lm.calls == calls  # everything came from results.json
+    # another call's table: the systems it asked for, then (by default) the others the folder holds
+    assert list(run_evaluation(suite, ["qa"], {}, out, lm=lm)["qa"]) == ["none", "random", "bm25", "tiny"]
+    assert run_evaluation(suite, ["qa"], {}, out, lm=lm, cached_others=False) == {
+        "qa": {name: results["qa"][name] for name in ("none", "random", "bm25")}}
+    assert lm.calls == calls
     plots = write_report(results, out)
     assert {p.name for p in plots} == {"qa.png", "chat.png"}
     table = (out / "results.md").read_text()

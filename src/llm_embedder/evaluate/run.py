@@ -262,6 +262,7 @@ def run_evaluation(
     prompt_items: dict[str, int] | None = None,
     embed_fast: str | None = None,
     embed_max_length: int | None = None,
+    cached_others: bool = True,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Evaluate every system (name -> factory(task) -> Ranker, or None to skip the task) and the baselines on
     each task; resumable. ``prompt_items`` (task -> n) puts n retrieved items in that task's LLM prompt instead
@@ -270,7 +271,8 @@ def run_evaluation(
     the LLM's own choice, knowing the answer. ``embed_fast`` is the fast mode the caller built the dense systems with
     (``dense_systems(fast=...)``) and ``embed_max_length`` their tokens per text (``dense_systems(max_length=...)``,
     None: each model's saved length): both are kept with the settings, so results encoded otherwise are not mixed
-    in."""
+    in. The results hold the systems asked for, then (``cached_others``) any others ``out_dir`` holds from earlier
+    calls, so that models evaluated one call at a time share one table; without it, only those asked for."""
     check_prompt_items(prompt_items or {})
     for asked, row in ((gold, GoldRanker.name), (teacher, TeacherRanker.name)):
         if asked and row in systems:
@@ -341,16 +343,19 @@ def run_evaluation(
                 results.setdefault(task, {})[name] = metrics
                 save_results(out_dir, results)
             progress.advance(bar)
-    return in_order(results, order)
+    return in_order(results, order, others=cached_others)
 
 
-def in_order(results: dict[str, dict[str, Any]], order: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
-    """Tasks and systems in the order they were asked for (``order``: task -> systems), then any others held in
-    the cache, so that a resumed run's table reads like a fresh one's (the cache's JSON has sorted keys)."""
+def in_order(results: dict[str, dict[str, Any]], order: dict[str, list[str]],
+             others: bool = True) -> dict[str, dict[str, Any]]:
+    """Tasks and systems in the order they were asked for (``order``: task -> systems), then (``others``) any
+    others held in the cache, so that a resumed run's table reads like a fresh one's (the cache's JSON has sorted
+    keys)."""
     out = {}
-    for task in [*order, *(t for t in results if t not in order)]:
+    for task in [*order, *(t for t in results if t not in order and others)]:
         if task in results:
             systems, asked = results[task], order.get(task, [])
-            names = [n for n in asked if n in systems] + [n for n in systems if n not in asked]
-            out[task] = {name: systems[name] for name in names}
+            names = [n for n in asked if n in systems] + [n for n in systems if n not in asked and others]
+            if names:
+                out[task] = {name: systems[name] for name in names}
     return out
