@@ -110,7 +110,8 @@ def drop_stale_results(out: Path, pipeline_cfg: dict[str, Any]) -> bool:
     as its default."""
     from dataclasses import asdict
 
-    from llm_embedder.pipeline import PipelineConfig, forget_systems
+    from llm_embedder.evaluate.run import forget_systems
+    from llm_embedder.pipeline import PipelineConfig
 
     pipeline_cfg = {key: value for key, value in pipeline_cfg.items() if key not in ("split", "gold", "teacher")}
 
@@ -186,7 +187,8 @@ def run_ablations(run_dir: str | Path = "runs/demo", out: str | Path | None = No
     demo pipeline run there first, with ``base`` (used only then) and ``llm``, which is also the LLM in the loop.
     ``split="dev"`` evaluates on the dev split, into ``ablations-dev`` beside the demo's ``eval-dev``, for tuning."""
     from llm_embedder.evaluate import run_evaluation, write_report
-    from llm_embedder.pipeline import forget_systems, prompt_items, run_pipeline, split_suffix
+    from llm_embedder.evaluate.run import forget_systems
+    from llm_embedder.pipeline import prompt_items, run_pipeline, split_suffix
     from llm_embedder.tasks import list_tasks
 
     suffix = split_suffix(split)

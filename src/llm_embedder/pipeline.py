@@ -472,6 +472,7 @@ class Pipeline:
         ``task-specific`` (suffixed `` (seed N)`` for a further seed); the report holds this run's systems."""
         from llm_embedder.evaluate import run_evaluation, write_report
         from llm_embedder.evaluate.rankers import dense_systems
+        from llm_embedder.evaluate.run import forget_systems
 
         self.step(f"4/5 evaluation with the LLM in the loop ({self.cfg.split} split)")
         suffixes = self.training_seeds()
@@ -526,17 +527,6 @@ class Pipeline:
 MODELS_STAMP = "models.json"  # in an evaluation dir: the trained models its results were measured with
 SEED_SYSTEM = re.compile(r"(unified|task-specific) \(seed \d+\)")  # a further training seed's systems
 CHECKPOINT_EVERY = 20  # steps, about a minute on 2 CPU cores: what an interrupted demo loses at most per model
-
-
-def forget_systems(eval_dir: Path, systems: tuple[str, ...]) -> None:
-    """Drop cached evaluation results (metrics and per-query values) of these systems (their models changed)."""
-    from llm_embedder.evaluate.run import PER_QUERY_FILE, RESULTS_FILE, load_results, save_results
-
-    for name in (RESULTS_FILE, PER_QUERY_FILE):
-        results = load_results(eval_dir, name)
-        if results:
-            kept = {t: {s: m for s, m in v.items() if s not in systems} for t, v in results.items()}
-            save_results(eval_dir, kept, name)
 
 
 def relative_se(metric: str, unified: float, single: float, paired_se: float) -> float:

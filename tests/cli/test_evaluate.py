@@ -107,3 +107,25 @@ def test_a_file_given_for_data_is_named(tmp_path):
     result = CliRunner().invoke(app, ["evaluate", "--data", str(task_file), "--out", str(tmp_path / "out")])
     assert isinstance(result.exception, NotADirectoryError), result.output
     assert "is a file; give the suite's folder (it holds <task>/test.jsonl)" in str(result.exception)
+
+
+def test_a_model_retrained_in_place_is_measured_again(qa_suite, tiny_embedder_dir, tiny_lm_dir, tmp_path):
+    import shutil
+
+    model, out = tmp_path / "model", tmp_path / "out"
+    shutil.copytree(tiny_embedder_dir, model)
+
+    def run_with_sentinel():
+        result = evaluate(qa_suite, out, model, tiny_lm_dir)
+        assert result.returncode == 0, result.stderr
+        results = json.loads((out / "results.json").read_text())
+        stale = "stale" in results["qa"]["tiny"]
+        results["qa"]["tiny"]["stale"] = 1.0  # a mark that only a result read from the cache keeps
+        (out / "results.json").write_text(json.dumps(results))
+        return stale
+
+    assert not run_with_sentinel()
+    assert run_with_sentinel()  # the same weights: the cached result
+    weights = next(model.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes())  # retrained in place (the same bytes, a new file time)
+    assert not run_with_sentinel()

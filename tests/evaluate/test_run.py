@@ -352,3 +352,47 @@ def test_bm25_ranks_a_query_with_nothing_to_match_instead_of_failing():
     for query in ("q", "the", "?"):  # a single letter, a stopword, punctuation: no BM25 tokens
         assert BM25Ranker().rank("qa", [query, "cats"], docs, 2) == [[0, 1], [0, 1]]
         assert BM25Ranker().rank("chat", [query], [["I love cats", "hello"]], 2) == [[0, 1]]
+
+
+def test_a_result_measured_with_another_model_version_is_measured_again(suite, tmp_path):
+    lm = ContainsAnswerLM()
+    right, wrong = [[0, 1, 2], [1, 0, 2]], [[2, 1, 0], [2, 0, 1]]
+    out = tmp_path / "eval"
+
+    def evaluate(rankings, version, tasks=("qa", "chat")):
+        return run_evaluation(suite, list(tasks), {"m": lambda t: FixedRanker("m", rankings[t])}, out, lm=lm,
+                              baselines=False, generate=False, versions={"m": {t: version for t in tasks}})
+
+    first = evaluate({"qa": right, "chat": [[1, 0]]}, "v1")
+    assert first["qa"]["m"]["ndcg@1"] == 1.0
+    # the same version: read from the cache, whatever the ranker would say now
+    assert evaluate({"qa": wrong, "chat": [[0, 1]]}, "v1") == first
+    # the model changed on qa only (say, a model per task): qa is measured again, chat kept
+    again = evaluate({"qa": wrong}, "v2", tasks=("qa",))
+    assert again["qa"]["m"]["ndcg@1"] == 0.0 and again["chat"]["m"] == first["chat"]["m"]
+    assert json.loads((out / "versions.json").read_text()) == {"qa": {"m": "v2"}, "chat": {"m": "v1"}}
+    # results of unknown provenance (no version recorded for them) are measured again too
+    (out / "versions.json").unlink()
+    assert evaluate({"qa": right, "chat": [[0, 1]]}, "v3")["chat"]["m"]["ndcg@1"] == 0.0
+
+
+def test_model_version_follows_the_weights_not_the_folder(tiny_embedder_dir, tmp_path):
+    import os
+    import shutil
+
+    from llm_embedder.evaluate.run import model_version
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_embedder_dir, model, copy_function=shutil.copy2)
+    version = model_version(model)
+    assert version and all(name.endswith((".safetensors", ".bin")) for name, _, _ in version)
+    assert model_version(tiny_embedder_dir) == version  # copied keeping times: the same weights
+    (model / "checkpoints" / "checkpoint-20").mkdir(parents=True)
+    (model / "checkpoints" / "checkpoint-20" / "model.safetensors").write_bytes(b"x")
+    assert model_version(model) == version  # a training checkpoint is not the model
+    weights = model / version[0][0]
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1_000_000_000))
+    assert model_version(model) != version  # retrained in place
+    moved = tmp_path / "moved"
+    model.rename(moved)
+    assert model_version(moved) is not None and model_version(model) is None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -36,6 +36,20 @@ def parse_prompt_items(specs: list[str]) -> dict[str, int]:
             raise ValueError(f"--prompt-items {spec!r}: expected TASK=N with N a whole number") from None
     check_prompt_items(items, label="--prompt-items")
     return items
+
+
+def system_versions(models: dict[str, str], base: str | None, tasks: list[str]) -> dict[str, dict[str, Any]]:
+    """System -> task -> its model's version (``model_version``), so that a model retrained in place since the
+    results in ``--out`` were measured is measured again rather than reported from the cache."""
+    from llm_embedder.evaluate.run import model_version
+
+    paths = dict(models)
+    if base:
+        paths.update({"base (no instructions)": base, "base (instructions)": base})
+    seen: dict[str, Any] = {}
+    for path in {path.replace("{task}", task) for path in paths.values() for task in tasks}:
+        seen[path] = model_version(path)
+    return {name: {task: seen[path.replace("{task}", task)] for task in tasks} for name, path in paths.items()}
 
 
 @app.command("evaluate")
@@ -92,7 +106,8 @@ def evaluate_command(
         get_task(name)
     items = parse_prompt_items(prompt_items or [])
     embed_fast = "bf16" if fast else None
-    systems = dense_systems(parse_model_specs(model or []), base, device, fast=embed_fast, max_length=max_length)
+    specs = parse_model_specs(model or [])
+    systems = dense_systems(specs, base, device, fast=embed_fast, max_length=max_length)
     if teacher and (not llm or llm == "none"):
         raise ValueError("--teacher ranks candidates with the LLM: give --llm")
     lm = None
@@ -104,6 +119,7 @@ def evaluate_command(
         data, task_names, systems, out, lm=lm, baselines=baselines, gold=gold, teacher=teacher, split=split,
         max_queries=max_queries, max_llm_queries=max_llm_queries, max_corpus=max_corpus, max_candidates=max_candidates,
         generate=generate, prompt_items=items, embed_fast=embed_fast, embed_max_length=max_length,
+        versions=system_versions(specs, base, task_names),
     )
     plots = write_report(results, out)
     console = Console()

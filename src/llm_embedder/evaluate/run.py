@@ -3,7 +3,9 @@
 Results are cached per (task, system) in ``out/results.json``, so an interrupted run resumes where it
 stopped and adding a system re-uses everything already measured. ``out/per_query.json`` keeps each system's
 per-query values of the task's paired metric (``paired_metric``), so two systems can be compared query by query
-with a standard error rather than by two means alone.
+with a standard error rather than by two means alone. ``out/versions.json`` keeps the model version each result was
+measured with, where the caller names it (``model_version``: the weight files' sizes and times), so that a model
+retrained in place is measured again rather than reported from the cache.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from llm_embedder.progress import LoggedProgress
 RESULTS_FILE = "results.json"
 PER_QUERY_FILE = "per_query.json"
 SETTINGS_FILE = "settings.json"
+VERSIONS_FILE = "versions.json"  # task -> system -> the model version its cached results were measured with
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".pt", ".pth")
 RETRIEVAL_DEPTH = 10
 
 
@@ -229,6 +233,46 @@ def save_results(out_dir: Path, results: dict, name: str = RESULTS_FILE) -> None
         json.dump(results, handle, indent=2, sort_keys=True)
 
 
+def model_version(path: str | Path) -> list[list[Any]] | None:
+    """What a model folder's weights are, cheaply: (relative name, size, mtime) of each weights file in it, its
+    training checkpoints left out. A model retrained or replaced in place gets another version; the folder moved
+    (or copied keeping times) keeps it. None where there is no such folder."""
+    try:
+        from llm_embedder.models import resolve_embedder_path
+
+        root = resolve_embedder_path(path)
+    except FileNotFoundError:
+        return None
+    files = sorted(f for f in root.rglob("*") if f.suffix in WEIGHT_SUFFIXES and f.is_file()
+                   and not any(part.startswith("checkpoint") for part in f.relative_to(root).parts))
+    return [[f.relative_to(root).as_posix(), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
+def forget_systems(out_dir: Path, systems: Sequence[str], tasks: Sequence[str] | None = None) -> None:
+    """Drop the cached results (metrics and per-query values) of these systems, on these tasks (None: all)."""
+    for name in (RESULTS_FILE, PER_QUERY_FILE):
+        results = load_results(out_dir, name)
+        if results:
+            kept = {t: {s: m for s, m in v.items() if s not in systems or (tasks is not None and t not in tasks)}
+                    for t, v in results.items()}
+            save_results(out_dir, kept, name)
+
+
+def forget_other_versions(out_dir: Path, versions: dict[str, dict[str, Any]]) -> None:
+    """Drop each (task, system) result measured with another model version than ``versions`` (system -> task ->
+    version) gives, or with an unknown one, and record the versions the results will now be measured with."""
+    stored = load_results(out_dir, VERSIONS_FILE)
+    cached = load_results(out_dir)
+    for system, by_task in versions.items():
+        changed = [task for task, version in by_task.items()
+                   if system in cached.get(task, {}) and stored.get(task, {}).get(system, "unknown") != version]
+        if changed:
+            forget_systems(out_dir, [system], changed)
+        for task, version in by_task.items():
+            stored.setdefault(task, {})[system] = version
+    save_results(out_dir, stored, VERSIONS_FILE)
+
+
 def check_prompt_items(prompt_items: dict[str, int], label: str = "prompt_items") -> None:
     """Refuse a ``prompt_items`` override for a task without an LLM prompt, or of fewer than one item; ``label``
     names the setting in the message (the CLI's ``--prompt-items``)."""
@@ -263,6 +307,7 @@ def run_evaluation(
     embed_fast: str | None = None,
     embed_max_length: int | None = None,
     cached_others: bool = True,
+    versions: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Evaluate every system (name -> factory(task) -> Ranker, or None to skip the task) and the baselines on
     each task; resumable. ``prompt_items`` (task -> n) puts n retrieved items in that task's LLM prompt instead
@@ -272,7 +317,9 @@ def run_evaluation(
     (``dense_systems(fast=...)``) and ``embed_max_length`` their tokens per text (``dense_systems(max_length=...)``,
     None: each model's saved length): both are kept with the settings, so results encoded otherwise are not mixed
     in. The results hold the systems asked for, then (``cached_others``) any others ``out_dir`` holds from earlier
-    calls, so that models evaluated one call at a time share one table; without it, only those asked for."""
+    calls, so that models evaluated one call at a time share one table; without it, only those asked for.
+    ``versions`` (system -> task -> what its model is, e.g. ``model_version(path)``): a cached result measured with
+    another version, or an unknown one, is measured again, so a model retrained in place is not reported stale."""
     check_prompt_items(prompt_items or {})
     for asked, row in ((gold, GoldRanker.name), (teacher, TeacherRanker.name)):
         if asked and row in systems:
@@ -304,6 +351,8 @@ def run_evaluation(
         save_results(out_dir, {})  # measured under other settings: start over rather than mix them
         save_results(out_dir, {}, PER_QUERY_FILE)
     settings_file.write_text(json.dumps(settings, indent=2), encoding="utf-8")
+    if versions:
+        forget_other_versions(out_dir, versions)
     results = load_results(out_dir)
     per_query = load_results(out_dir, PER_QUERY_FILE)
     order: dict[str, list[str]] = {}  # per task, the systems in the order asked for
