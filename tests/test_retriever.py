@@ -85,6 +85,25 @@ def test_mismatched_embedder_is_refused(tiny_embedder, tmp_path: Path) -> None:
         Retriever.load(tmp_path / "unfinished", tiny_embedder)
 
 
+def test_loading_with_a_model_retrained_since_the_build_warns(tiny_embedder_dir, tmp_path: Path) -> None:
+    import os
+    import shutil
+    import warnings
+
+    from llm_embedder.embedder import Embedder
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_embedder_dir, model)
+    Retriever.build(Embedder(model, device="cpu"), "qa", DOCS, out_dir=tmp_path / "idx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Retriever.load(tmp_path / "idx", Embedder(model, device="cpu"))
+    weights = model / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    with pytest.warns(UserWarning, match="changed since the index was built; if the model was retrained, rebuild"):
+        Retriever.load(tmp_path / "idx", Embedder(model, device="cpu"))
+
+
 LONG_DOC = "A document far longer than sixteen tokens, " + " ".join(f"word{i}" for i in range(60))
 
 

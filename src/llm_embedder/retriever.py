@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from llm_embedder.index.build import (
     key_max_length,
 )
 from llm_embedder.io import atomic_write
+from llm_embedder.models import model_version
 
 
 @dataclass
@@ -261,7 +263,9 @@ def check_compatible(meta: dict, embedder: Any, where: Path | str) -> None:
     """Refuse an embedder whose model, dimension, task instructions or document tokens differ from the index's
     (say which): its keys would not be the vectors the index holds, and ``add`` would mix the two.
 
-    An index written before it recorded ``key_max_length`` is not checked for it.
+    An index written before it recorded ``key_max_length`` is not checked for it. The same model folder whose
+    weight files changed since the build (``model_version``: retrained in place) is only warned about: a copy
+    that did not keep file times looks the same.
     """
     problems = []
     same_path = str(Path(embedder.path).resolve()) == meta.get("model_path")
@@ -284,3 +288,6 @@ def check_compatible(meta: dict, embedder: Any, where: Path | str) -> None:
         )
     if problems:
         raise ValueError(f"{where}: embedder does not match the index ({'; '.join(problems)})")
+    if same_path and meta.get("model_version") is not None and model_version(embedder.path) != meta["model_version"]:
+        warnings.warn(f"{where}: the weight files of {embedder.path} changed since the index was built; if the model "
+                      "was retrained, rebuild the index (its vectors come from the old weights)", stacklevel=3)

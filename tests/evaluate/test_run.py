@@ -375,24 +375,3 @@ def test_a_result_measured_with_another_model_version_is_measured_again(suite, t
     (out / "versions.json").unlink()
     assert evaluate({"qa": right, "chat": [[0, 1]]}, "v3")["chat"]["m"]["ndcg@1"] == 0.0
 
-
-def test_model_version_follows_the_weights_not_the_folder(tiny_embedder_dir, tmp_path):
-    import os
-    import shutil
-
-    from llm_embedder.evaluate.run import model_version
-
-    model = tmp_path / "model"
-    shutil.copytree(tiny_embedder_dir, model, copy_function=shutil.copy2)
-    version = model_version(model)
-    assert version and all(name.endswith((".safetensors", ".bin")) for name, _, _ in version)
-    assert model_version(tiny_embedder_dir) == version  # copied keeping times: the same weights
-    (model / "checkpoints" / "checkpoint-20").mkdir(parents=True)
-    (model / "checkpoints" / "checkpoint-20" / "model.safetensors").write_bytes(b"x")
-    assert model_version(model) == version  # a training checkpoint is not the model
-    weights = model / version[0][0]
-    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1_000_000_000))
-    assert model_version(model) != version  # retrained in place
-    moved = tmp_path / "moved"
-    model.rename(moved)
-    assert model_version(moved) is not None and model_version(model) is None

@@ -225,3 +225,27 @@ def test_bad_settings_are_refused_before_encoding(tiny_embedder, tmp_path: Path,
     with pytest.raises(ValueError, match=message):
         build_index(["a document", "another"], tmp_path / "idx", Watched(), "qa", progress=False, **options)
     assert calls == [] and not (tmp_path / "idx").exists()
+
+
+def test_a_model_retrained_in_place_does_not_reuse_its_old_vectors(tiny_embedder_dir, tmp_path: Path) -> None:
+    """The same folder, other weights: neither a finished build nor a cut one is taken as this model's."""
+    import os
+    import shutil
+
+    from llm_embedder.embedder import Embedder
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_embedder_dir, model)
+    corpus, out = write_corpus(tmp_path / "c.jsonl", 5), tmp_path / "idx"
+    meta = build_index(corpus, out, Embedder(model, device="cpu"), "qa", progress=False)
+    assert meta["model_version"] and build_index(corpus, out, Embedder(model, device="cpu"), "qa",
+                                                 progress=False) == meta
+    weights = model / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    with pytest.raises(ValueError, match=r"different model weights \(the model's weight files changed since"):
+        build_index(corpus, out, Embedder(model, device="cpu"), "qa", progress=False)
+    # a build from before the weights were recorded is taken as it was
+    progress = json.loads((out / "progress.json").read_text())
+    del progress["settings"]["model_version"]
+    (out / "progress.json").write_text(json.dumps(progress))
+    assert build_index(corpus, out, Embedder(model, device="cpu"), "qa", progress=False) == meta

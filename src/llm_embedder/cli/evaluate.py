@@ -41,7 +41,7 @@ def parse_prompt_items(specs: list[str]) -> dict[str, int]:
 def system_versions(models: dict[str, str], base: str | None, tasks: list[str]) -> dict[str, dict[str, Any]]:
     """System -> task -> its model's version (``model_version``), so that a model retrained in place since the
     results in ``--out`` were measured is measured again rather than reported from the cache."""
-    from llm_embedder.evaluate.run import model_version
+    from llm_embedder.models import model_version
 
     paths = dict(models)
     if base:

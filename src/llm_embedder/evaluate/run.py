@@ -4,8 +4,8 @@ Results are cached per (task, system) in ``out/results.json``, so an interrupted
 stopped and adding a system re-uses everything already measured. ``out/per_query.json`` keeps each system's
 per-query values of the task's paired metric (``paired_metric``), so two systems can be compared query by query
 with a standard error rather than by two means alone. ``out/versions.json`` keeps the model version each result was
-measured with, where the caller names it (``model_version``: the weight files' sizes and times), so that a model
-retrained in place is measured again rather than reported from the cache.
+measured with, where the caller names it (``models.model_version``: the weight files' sizes and times), so that
+a model retrained in place is measured again rather than reported from the cache.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ RESULTS_FILE = "results.json"
 PER_QUERY_FILE = "per_query.json"
 SETTINGS_FILE = "settings.json"
 VERSIONS_FILE = "versions.json"  # task -> system -> the model version its cached results were measured with
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".pt", ".pth")
 RETRIEVAL_DEPTH = 10
 
 
@@ -233,21 +232,6 @@ def save_results(out_dir: Path, results: dict, name: str = RESULTS_FILE) -> None
         json.dump(results, handle, indent=2, sort_keys=True)
 
 
-def model_version(path: str | Path) -> list[list[Any]] | None:
-    """What a model folder's weights are, cheaply: (relative name, size, mtime) of each weights file in it, its
-    training checkpoints left out. A model retrained or replaced in place gets another version; the folder moved
-    (or copied keeping times) keeps it. None where there is no such folder."""
-    try:
-        from llm_embedder.models import resolve_embedder_path
-
-        root = resolve_embedder_path(path)
-    except FileNotFoundError:
-        return None
-    files = sorted(f for f in root.rglob("*") if f.suffix in WEIGHT_SUFFIXES and f.is_file()
-                   and not any(part.startswith("checkpoint") for part in f.relative_to(root).parts))
-    return [[f.relative_to(root).as_posix(), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
-
-
 def forget_systems(out_dir: Path, systems: Sequence[str], tasks: Sequence[str] | None = None) -> None:
     """Drop the cached results (metrics and per-query values) of these systems, on these tasks (None: all)."""
     for name in (RESULTS_FILE, PER_QUERY_FILE):
@@ -318,8 +302,9 @@ def run_evaluation(
     None: each model's saved length): both are kept with the settings, so results encoded otherwise are not mixed
     in. The results hold the systems asked for, then (``cached_others``) any others ``out_dir`` holds from earlier
     calls, so that models evaluated one call at a time share one table; without it, only those asked for.
-    ``versions`` (system -> task -> what its model is, e.g. ``model_version(path)``): a cached result measured with
-    another version, or an unknown one, is measured again, so a model retrained in place is not reported stale."""
+    ``versions`` (system -> task -> what its model is, e.g. ``models.model_version(path)``): a cached result
+    measured with another version, or an unknown one, is measured again, so a model retrained in place is not
+    reported stale."""
     check_prompt_items(prompt_items or {})
     for asked, row in ((gold, GoldRanker.name), (teacher, TeacherRanker.name)):
         if asked and row in systems:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from llm_embedder.io import DataError, atomic_write, check_output_dir, check_template, fill_template, iter_jsonl
+from llm_embedder.models import model_version
 from llm_embedder.progress import count_progress
 
 META_FILE = "meta.json"
@@ -288,6 +289,8 @@ def build_index(
         "instruction_hash": instruction_hash(embedder, task), "key_max_length": key_max_length(embedder),
         "dim": int(embedder.dim), "factory": factory,
         "backend": backend, "field": field, "template": template, "filter_fields": list(filter_fields),
+        # the weight files (sizes, times): a model retrained in place does not resume, or re-use, its old vectors
+        "model_version": model_version(embedder.path),
     }
     fingerprint = corpus_fingerprint(corpus)
     state = read_progress(out_dir)
@@ -295,7 +298,10 @@ def build_index(
     # a build from before the document length was recorded: the same build if all else matches and it finished
     # (nothing is encoded again); an unfinished one cannot say at which length its rows were encoded
     legacy = state is not None and "key_max_length" not in old
-    compared = {k: v for k, v in settings.items() if not (legacy and k == "key_max_length")}
+    # one from before the weights were recorded is compared without them
+    unversioned = state is not None and "model_version" not in old
+    compared = {k: v for k, v in settings.items()
+                if not (legacy and k == "key_max_length") and not (unversioned and k == "model_version")}
     if legacy and old == compared and not state.get("done"):
         raise ValueError(
             f"{out_dir} holds an unfinished build from an earlier version, which did not record how many tokens of a "
@@ -303,6 +309,8 @@ def build_index(
         )
     if state is not None and (old != compared or state.get("corpus") != fingerprint):
         diff = [k for k in compared if old.get(k) != compared[k]] or ["corpus"]
+        if diff == ["model_version"]:
+            diff = ["model weights (the model's weight files changed since: retrained in place?)"]
         raise ValueError(
             f"{out_dir} holds a build with different {', '.join(diff)}; use another --out or delete it"
         )

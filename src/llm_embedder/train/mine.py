@@ -113,7 +113,7 @@ def mine_negatives(
 
     from llm_embedder.embedder import Embedder
     from llm_embedder.index.build import corpus_fingerprint, key_max_length
-    from llm_embedder.models import check_device
+    from llm_embedder.models import check_device, model_version
     from llm_embedder.tasks import UnknownTaskError, get_task
 
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
@@ -143,10 +143,9 @@ def mine_negatives(
             raise DataError(f"{data}: record {i + 1}: pos_index {bad[0]!r} is not a row of {corpus} "
                             f"({len(texts)} passages)")
     embedder = Embedder(model, device=device, batch_size=batch_size)
-    weights = Path(embedder.path) / "model.safetensors"  # a model retrained in place gets new vectors
     start_work(work, {"corpus": corpus_fingerprint(corpus), "key_template": key_template,
                       "model": str(Path(embedder.path).resolve()),
-                      "weights": corpus_fingerprint(weights) if weights.is_file() else None,
+                      "weights": model_version(embedder.path),  # a model retrained in place gets new vectors
                       "key_max_length": key_max_length(embedder)})
     by_task: dict[str, list[int]] = {}
     for i, record in enumerate(records):
