@@ -91,6 +91,7 @@ def test_loading_with_a_model_retrained_since_the_build_warns(tiny_embedder_dir,
     import warnings
 
     from llm_embedder.embedder import Embedder
+    from llm_embedder.models import ModelChangedWarning
 
     model = tmp_path / "model"
     shutil.copytree(tiny_embedder_dir, model)
@@ -100,7 +101,7 @@ def test_loading_with_a_model_retrained_since_the_build_warns(tiny_embedder_dir,
         Retriever.load(tmp_path / "idx", Embedder(model, device="cpu"))
     weights = model / "model.safetensors"
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
-    with pytest.warns(UserWarning, match="changed since the index was built; if the model was retrained, rebuild"):
+    with pytest.warns(ModelChangedWarning, match="changed since the index was built; if the model was retrained"):
         Retriever.load(tmp_path / "idx", Embedder(model, device="cpu"))
 
 

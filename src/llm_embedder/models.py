@@ -41,6 +41,10 @@ def resolve_embedder_path(model: str | Path) -> Path:
     )
 
 
+class ModelChangedWarning(UserWarning):
+    """A model's weight files changed since something was built from it (an index's vectors): retrained in place?"""
+
+
 def model_version(path: str | Path) -> list[list[Any]] | None:
     """What a model folder's weights are, cheaply: (relative name, size, mtime) of each weights file in it, its
     training checkpoints left out. A model retrained or replaced in place gets another version; the folder moved

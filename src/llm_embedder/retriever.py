@@ -26,7 +26,7 @@ from llm_embedder.index.build import (
     key_max_length,
 )
 from llm_embedder.io import atomic_write
-from llm_embedder.models import model_version
+from llm_embedder.models import ModelChangedWarning, model_version
 
 
 @dataclass
@@ -290,4 +290,5 @@ def check_compatible(meta: dict, embedder: Any, where: Path | str) -> None:
         raise ValueError(f"{where}: embedder does not match the index ({'; '.join(problems)})")
     if same_path and meta.get("model_version") is not None and model_version(embedder.path) != meta["model_version"]:
         warnings.warn(f"{where}: the weight files of {embedder.path} changed since the index was built; if the model "
-                      "was retrained, rebuild the index (its vectors come from the old weights)", stacklevel=3)
+                      "was retrained, rebuild the index (its vectors come from the old weights)", ModelChangedWarning,
+                      stacklevel=3)

@@ -170,3 +170,29 @@ def test_a_milvus_index_is_searched_from_a_new_process(tiny_embedder_dir: Path, 
     assert found.returncode == 0, found.stderr
     hits = json.loads(found.stdout)["hits"]
     assert len(hits) == 3 and all(hit["metadata"]["lang"] == "en" for hit in hits)
+
+
+def test_a_model_retrained_in_place_is_named_by_index_and_search(tiny_embedder_dir: Path, tmp_path: Path) -> None:
+    """`index` refuses to resume or re-use the old vectors (exit 2, one line); `search` warns in one line."""
+    import shutil
+
+    model, out = tmp_path / "model", tmp_path / "idx"
+    shutil.copytree(tiny_embedder_dir, model)
+    args = ["index", "--task", "qa", "--corpus", str(write_corpus(tmp_path / "corpus.jsonl")), "--out", str(out),
+            "--model", str(model)]
+    assert runner.invoke(app, args).exit_code == 0
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes())  # retrained in place: the same bytes, a new file time
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "llm_embedder", *argv], capture_output=True, text=True,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+
+    refused = run(*args)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "holds a build with different model weights" in " ".join(refused.stderr.split())
+    searched = run("search", "text of document 3", "--index", str(out), "-k", "1", "--json")
+    assert searched.returncode == 0 and json.loads(searched.stdout)["hits"]
+    warning = " ".join(searched.stderr.split())
+    assert warning.startswith("warning: ") and "changed since the index was built" in warning
+    assert "UserWarning" not in searched.stderr and "Retriever.load" not in searched.stderr

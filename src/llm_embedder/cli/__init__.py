@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
 from rich.console import Console
 
 from llm_embedder.cli import ablate, basic, data, demo, evaluate, export, index, score, serve, train  # noqa: F401  (registers commands)
 from llm_embedder.cli.app import app, arrange_commands
 from llm_embedder.io import DataError
+from llm_embedder.models import ModelChangedWarning
 from llm_embedder.tasks import UnknownTaskError
 
 arrange_commands()
@@ -20,11 +22,29 @@ USER_ERRORS = (
 )
 
 
+# warnings meant for the user, printed as one line like the errors (not Python's file:line and source line)
+USER_WARNINGS = (ModelChangedWarning,)
+
+
+def show_user_warnings() -> None:
+    """Print the library's user warnings as ``warning: message``; other warnings as Python prints them."""
+    python_way = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # the signature of warnings.showwarning
+        if issubclass(category, USER_WARNINGS):
+            Console(stderr=True).print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+        else:
+            python_way(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def main() -> None:
     """Console entry point: user errors print one clear line and exit 2, without a traceback."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # weight-loading bars on every command are noise
+    show_user_warnings()
     try:
         app()
     except USER_ERRORS as err:
