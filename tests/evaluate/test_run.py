@@ -374,4 +374,3 @@ def test_a_result_measured_with_another_model_version_is_measured_again(suite, t
     # results of unknown provenance (no version recorded for them) are measured again too
     (out / "versions.json").unlink()
     assert evaluate({"qa": right, "chat": [[0, 1]]}, "v3")["chat"]["m"]["ndcg@1"] == 0.0
-
