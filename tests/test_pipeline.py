@@ -411,6 +411,8 @@ def test_settings_overrides_are_typed_and_checked():
     ("max_candidates", "-1", "max_candidates must be at least 1, got -1"),
     ("seed", "-1", "seed must be at least 0, got -1"),
     ("llm_fast", "bogus", "llm_fast must be auto, bf16, int8 or none, got 'bogus'"),
+    ("base_mix", "1", "base_mix must be in [0, 1), got 1.0"),
+    ("base_mix", "-0.5", "base_mix must be at least 0, got -0.5"),
 ])
 def test_settings_out_of_range_are_refused_at_once(setting, text, message):
     with pytest.raises(ValueError, match=f"^demo setting {re.escape(message)}"):

@@ -149,9 +149,12 @@ class PipelineConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"demo setting {name} must be a finite number above 0, got {value!r}")
-        if isinstance(self.base_mix, bool) or not isinstance(self.base_mix, (int, float)) or not (
-                0 <= self.base_mix < 1):
-            raise ValueError(f"demo setting base_mix must be at least 0 and below 1, got {self.base_mix!r}")
+        from llm_embedder.train.config import check_value
+
+        try:  # the trainer's own check, here so that a bad --set fails before the reward stage
+            check_value("base_mix", self.base_mix)
+        except ValueError as err:
+            raise ValueError(f"demo setting base_mix {err}") from None
         if self.llm_fast not in (None, *FAST_MODES):
             modes = ", ".join(FAST_MODES)
             raise ValueError(f"demo setting llm_fast must be {modes} or none, got {self.llm_fast!r}")

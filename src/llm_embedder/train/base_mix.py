@@ -21,8 +21,12 @@ def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def mix_into(model: torch.nn.Module, start: dict[str, torch.Tensor], share: float) -> None:
     """Set each floating-point weight of ``model`` to ``(1 - share) * itself + share * start``, in place."""
-    if not 0 <= share < 1:
-        raise ValueError(f"base_mix must be at least 0 and below 1, got {share!r}")
+    from llm_embedder.train.config import check_value
+
+    try:
+        check_value("base_mix", share)
+    except ValueError as err:
+        raise ValueError(f"base_mix: {err}") from None
     for name, value in model.state_dict().items():
         if not value.is_floating_point():
             continue

@@ -37,8 +37,9 @@ NUMBERS: dict[str, tuple[type, float, bool]] = {
     "temperature": (float, 0, False),
     "warmup_ratio": (float, 0, True),
     "weight_decay": (float, 0, True),
-    "base_mix": (float, 0, True),  # and below 1: checked in TrainConfig
+    "base_mix": (float, 0, True),
 }
+RATIOS = ("warmup_ratio", "base_mix")  # below 1 as well (a base_mix of 1 would save the starting model)
 BOOLS = ("fp16", "cpu_bf16", "gradient_checkpointing", "self_paced", "resume", "instructions", "homogeneous",
          "interleave_tasks", "hard_labels")
 STRINGS = ("out", "base")
@@ -95,8 +96,6 @@ class TrainConfig:
         for task, loss in self.loss_override.items():
             if loss not in LOSSES:
                 raise ValueError(f"loss_override {task}={loss}: unknown loss; known: {', '.join(LOSSES)}")
-        if self.base_mix >= 1:
-            raise ValueError(f"base_mix: must be below 1 (1 would save the starting model), got {self.base_mix}")
         if self.self_paced and not self.homogeneous:
             raise ValueError("self_paced needs homogeneous batches (one task per step)")
 
@@ -181,7 +180,7 @@ def check_value(name: str, value: Any, from_file: bool = False) -> Any:
             raise ValueError(f"must be {'at least' if inclusive else 'greater than'} {low}{note}, got {value!r}")
         if name == "seed" and number > MAX_SEED:
             raise ValueError(f"must be at most 2**32 - 1, got {value!r}")
-        if name == "warmup_ratio" and number >= 1:
+        if name in RATIOS and number >= 1:
             raise ValueError(f"must be in [0, 1), got {value!r}")
         return number
     if name in BOOLS:
