@@ -232,26 +232,28 @@ def save_results(out_dir: Path, results: dict, name: str = RESULTS_FILE) -> None
         json.dump(results, handle, indent=2, sort_keys=True)
 
 
-def forget_systems(out_dir: Path, systems: Sequence[str], tasks: Sequence[str] | None = None) -> None:
-    """Drop the cached results (metrics and per-query values) of these systems, on these tasks (None: all)."""
+def drop_results(out_dir: Path, stale: Callable[[str, str], bool]) -> None:
+    """Drop the cached results (metrics and per-query values) of each (task, system) that ``stale`` names."""
     for name in (RESULTS_FILE, PER_QUERY_FILE):
         results = load_results(out_dir, name)
         if results:
-            kept = {t: {s: m for s, m in v.items() if s not in systems or (tasks is not None and t not in tasks)}
-                    for t, v in results.items()}
+            kept = {t: {s: m for s, m in v.items() if not stale(t, s)} for t, v in results.items()}
             save_results(out_dir, kept, name)
+
+
+def forget_systems(out_dir: Path, systems: Sequence[str], tasks: Sequence[str] | None = None) -> None:
+    """Drop the cached results of these systems, on these tasks (None: all)."""
+    drop_results(out_dir, lambda task, system: system in systems and (tasks is None or task in tasks))
 
 
 def forget_other_versions(out_dir: Path, versions: dict[str, dict[str, Any]]) -> None:
     """Drop each (task, system) result measured with another model version than ``versions`` (system -> task ->
     version) gives, or with an unknown one, and record the versions the results will now be measured with."""
     stored = load_results(out_dir, VERSIONS_FILE)
-    cached = load_results(out_dir)
+    changed = {(task, system) for system, by_task in versions.items() for task, version in by_task.items()
+               if stored.get(task, {}).get(system, "unknown") != version}
+    drop_results(out_dir, lambda task, system: (task, system) in changed)
     for system, by_task in versions.items():
-        changed = [task for task, version in by_task.items()
-                   if system in cached.get(task, {}) and stored.get(task, {}).get(system, "unknown") != version]
-        if changed:
-            forget_systems(out_dir, [system], changed)
         for task, version in by_task.items():
             stored.setdefault(task, {})[system] = version
     save_results(out_dir, stored, VERSIONS_FILE)
