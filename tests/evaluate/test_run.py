@@ -303,6 +303,26 @@ def test_changed_settings_do_not_reuse_cached_results(suite, tmp_path):
     assert lm.calls > calls
 
 
+def test_an_llm_fine_tuned_in_place_measures_anew_and_an_unversioned_cache_is_kept(suite, tmp_path):
+    lm = ContainsAnswerLM()
+    out = tmp_path / "eval"
+    lm.version = "v1"
+    run_evaluation(suite, ["qa"], {}, out, lm=lm, generate=False)
+    calls = lm.calls
+    run_evaluation(suite, ["qa"], {}, out, lm=lm, generate=False)
+    assert lm.calls == calls
+    lm.version = "v2"  # the same name and path, other weights
+    run_evaluation(suite, ["qa"], {}, out, lm=lm, generate=False)
+    assert lm.calls > calls
+    # results cached by a version that recorded no LLM version are taken as they are
+    settings = json.loads((out / "settings.json").read_text())
+    del settings["llm_version"]
+    (out / "settings.json").write_text(json.dumps(settings))
+    calls = lm.calls
+    run_evaluation(suite, ["qa"], {}, out, lm=lm, generate=False)
+    assert lm.calls == calls and json.loads((out / "settings.json").read_text())["llm_version"] == "v2"
+
+
 def test_prompts_hold_each_task_s_top_items_best_next_to_the_query():
     from llm_embedder.evaluate.downstream import DOWNSTREAM, build_prompts
 

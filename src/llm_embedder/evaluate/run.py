@@ -5,7 +5,8 @@ stopped and adding a system re-uses everything already measured. ``out/per_query
 per-query values of the task's paired metric (``paired_metric``), so two systems can be compared query by query
 with a standard error rather than by two means alone. ``out/versions.json`` keeps the model version each result was
 measured with, where the caller names it (``models.model_version``: the weight files' sizes and times), so that
-a model retrained in place is measured again rather than reported from the cache.
+a model retrained in place is measured again rather than reported from the cache. The LLM's version
+(``llm.loading.llm_version``) is one of the settings: results measured with other LLM weights are all measured again.
 """
 
 from __future__ import annotations
@@ -331,10 +332,13 @@ def run_evaluation(
     }
     if embed_fast:  # absent when exact, so results cached before the fast mode existed stay valid
         settings["embed_fast"] = embed_fast
+    if getattr(lm, "version", None) is not None:  # an LLM fine-tuned in place measures anew
+        settings["llm_version"] = lm.version
     settings_file = out_dir / SETTINGS_FILE
     stored = json.loads(settings_file.read_text(encoding="utf-8")) if settings_file.exists() else settings
-    # settings written before this version held the data's absolute path
-    if stored not in (settings, {**settings, "data": str(data_path)}):
+    # settings written by earlier versions held the data's absolute path, and no llm_version
+    same = settings if "llm_version" in stored else {k: v for k, v in settings.items() if k != "llm_version"}
+    if stored not in (same, {**same, "data": str(data_path)}):
         save_results(out_dir, {})  # measured under other settings: start over rather than mix them
         save_results(out_dir, {}, PER_QUERY_FILE)
     settings_file.write_text(json.dumps(settings, indent=2), encoding="utf-8")

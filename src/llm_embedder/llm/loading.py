@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from llm_embedder.models import check_device, package_dir
+from llm_embedder.models import check_device, model_version, package_dir
 
 # alias -> (package, GGUF file inside it, cache sub-directory, pip requirement)
 LLM_ALIASES: dict[str, tuple[str, str, str, str]] = {
@@ -57,6 +57,22 @@ def resolve_llm_path(model: str | Path) -> Path:
         f"LLM {name!r} is neither a Hugging Face directory (with config.json) nor a bundled alias; "
         f"aliases: {', '.join(LLM_ALIASES)}"
     )
+
+
+def llm_version(model: str | Path) -> Any:
+    """What an LLM's weights are, cheaply, so that cached scores follow them: for a bundled alias, the installed
+    package's version (its conversion in the cache is re-made from the same file); for a directory, its weight
+    files' names, sizes and times (``models.model_version``), which change when the LLM is fine-tuned in place."""
+    name = str(model)
+    if name in LLM_ALIASES:
+        from importlib.metadata import PackageNotFoundError, version
+
+        dist = LLM_ALIASES[name][3].split("==")[0]
+        try:
+            return f"{dist}=={version(dist)}"
+        except PackageNotFoundError:
+            return None
+    return model_version(Path(name).expanduser())
 
 
 def convert_gguf(gguf_dir: Path, gguf_name: str, target: Path) -> Path:

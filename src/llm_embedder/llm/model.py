@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from llm_embedder.llm.fast import bf16_linears, pick_fast_mode, quantize_int8
-from llm_embedder.llm.loading import LLM_ALIASES, pick_device_dtype, resolve_llm_path
+from llm_embedder.llm.loading import LLM_ALIASES, llm_version, pick_device_dtype, resolve_llm_path
 from llm_embedder.llm.scoring import bucketed_logprob, encode_pairs
 
 # padded tokens per forward pass when scoring, unless the caller says otherwise
@@ -42,6 +42,7 @@ class CausalLM:
         self.device, self.dtype = pick_device_dtype(device, dtype)
         self.path = resolve_llm_path(model)
         self.name = str(model) if str(model) in LLM_ALIASES else self.path.name
+        self.version = llm_version(model)  # what the weights are: cached scores follow them
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token

@@ -103,6 +103,7 @@ def run_settings(in_path: Path, lm: Any, pairsets: list[RecordPairs], **args: An
         "input_sha256": file_sha256(in_path),
         "llm": lm.name,
         "llm_path": str(getattr(lm, "path", "")),
+        "llm_version": getattr(lm, "version", None),  # a fine-tuned-in-place LLM's scores are not the old ones
         "dtype": str(getattr(lm, "dtype", "")),
         "max_length": lm.max_length,
         "templates": dict(sorted(templates.items())),
@@ -111,13 +112,19 @@ def run_settings(in_path: Path, lm: Any, pairsets: list[RecordPairs], **args: An
     }
 
 
+# Settings that runs of earlier versions did not record: compared only where the earlier run has them.
+LATER_SETTINGS = ("llm_version",)
+
+
 def changed_settings(old: dict[str, Any], new: dict[str, Any], keys: Sequence[str] | None = None) -> list[str]:
     """The settings (``keys``, or all of both) whose values differ between two runs, sorted."""
-    return sorted(k for k in (keys if keys is not None else set(old) | set(new)) if old.get(k) != new.get(k))
+    return sorted(k for k in (keys if keys is not None else set(old) | set(new))
+                  if old.get(k) != new.get(k) and not (k in LATER_SETTINGS and k not in old))
 
 
 # The settings that decide a record's scores (batch sizes and chunking only change float rounding).
-SCORE_SETTINGS = ("llm", "llm_path", "dtype", "max_length", "reward", "rank_aware", "key_max_tokens", "default_task")
+SCORE_SETTINGS = ("llm", "llm_path", "llm_version", "dtype", "max_length", "reward", "rank_aware", "key_max_tokens",
+                  "default_task")
 
 
 def record_key(record: dict[str, Any], template: str | None) -> str:
@@ -162,6 +169,9 @@ def check_previous(out: Path, settings: dict[str, Any], overwrite: bool) -> dict
         return None
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
     diff = changed_settings(meta.get("settings", {}), settings)
+    if diff == ["llm_version"]:
+        raise ValueError(f"{out} was scored by the LLM {settings['llm_path']} before its weight files changed "
+                         "(fine-tuned in place?); pass --overwrite to score it again, or use another --out")
     if diff:
         raise ValueError(
             f"{out} was started with other settings ({', '.join(diff)}); rerun with the same arguments "
