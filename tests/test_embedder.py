@@ -160,6 +160,40 @@ def test_counting_tokens_beside_encoding_is_thread_safe(tiny_embedder):
             np.testing.assert_allclose(future.result(), reference, atol=1e-6)
 
 
+def test_count_tokens_counts_what_encode_feeds_the_model(tiny_embedder):
+    text = "Paris is the capital of France."
+    tokenizer = tiny_embedder.tokenizer
+    instruction = tiny_embedder.instruction("chat", "key")
+    assert instruction and tiny_embedder.count_tokens([text]) == len(tokenizer(text)["input_ids"])
+    assert tiny_embedder.count_tokens([text], "chat", "key") == len(tokenizer(instruction + text)["input_ids"])
+    long = "word " * 5000
+    assert tiny_embedder.count_tokens([long, text], "qa", "key") == (
+        tiny_embedder.key_max_length + tiny_embedder.count_tokens([text], "qa", "key"))
+
+
+def test_a_small_count_does_not_wait_for_a_big_one(tiny_embedder):
+    """The server counts small requests on its event loop: a big count on another thread must not hold it up."""
+    import threading
+
+    started, big_done = threading.Event(), threading.Event()
+
+    class Texts(list):
+        def __iter__(self):  # read just before tokenizing
+            started.set()
+            return super().__iter__()
+
+    def count_big() -> None:
+        tiny_embedder.count_tokens(Texts(["many words in a very long text " * 1000] * 20))
+        big_done.set()
+
+    worker = threading.Thread(target=count_big)
+    worker.start()
+    assert started.wait(60)
+    assert tiny_embedder.count_tokens(["small"]) > 0
+    assert not big_done.is_set()
+    worker.join()
+
+
 def test_fast_bf16_linears_stay_close_to_exact_vectors(tiny_embedder_dir):
     from llm_embedder.llm.fast import Bf16Linear
 

@@ -88,7 +88,8 @@ class Embedder:
         self.fast = fast
         self._lock = threading.Lock()
         self._count_lock = threading.Lock()
-        self._count_tokenizer = None
+        self._count_base = None  # a copy of the tokenizer that never tokenizes: the source of each thread's own
+        self._count_local = threading.local()
         if backend != "torch":
             from llm_embedder.onnx_encoder import OnnxEncoder
 
@@ -195,19 +196,26 @@ class Embedder:
             return vectors.float()  # fp16 on a GPU by default: float32, as the arrays are
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
-    def count_tokens(self, texts: Sequence[str]) -> int:
-        """Number of tokens the model sees for these texts (no instruction, no truncation).
+    def count_tokens(self, texts: Sequence[str], task: str | Task | None = None, role: str = "query") -> int:
+        """Number of tokens the model sees for these texts as ``encode(texts, task, role)`` would: the task's
+        instruction (none without a task), the special tokens, at most the role's max length per text.
 
-        Thread-safe beside ``encode``: a fast tokenizer keeps its padding/truncation settings in shared state,
-        so counting with the encoder's own tokenizer from another thread (the server does) can corrupt a batch
-        being encoded. Counting uses a private copy, one call at a time.
+        Thread-safe beside ``encode`` and never waiting on it: a fast tokenizer keeps its padding/truncation
+        settings in shared state, so counting with the encoder's own tokenizer from another thread (the server
+        does) could corrupt a batch being encoded. Each thread counts with its own copy.
         """
-        with self._count_lock:
-            if self._count_tokenizer is None:
-                import copy
+        tokenizer = getattr(self._count_local, "tokenizer", None)
+        if tokenizer is None:
+            import copy
 
-                self._count_tokenizer = copy.deepcopy(self.tokenizer)
-            encoded = self._count_tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+            with self._count_lock:  # held while copying only
+                if self._count_base is None:
+                    self._count_base = copy.deepcopy(self.tokenizer)
+                tokenizer = self._count_local.tokenizer = copy.deepcopy(self._count_base)
+        prompt = self.instruction(task, role) if task is not None else ""
+        max_length = self.query_max_length if role == "query" else self.key_max_length
+        encoded = tokenizer([prompt + t for t in texts], add_special_tokens=True, truncation=True,
+                            max_length=max_length)["input_ids"]
         return int(sum(len(ids) for ids in encoded))
 
     def save(self, path: str | Path, plain_tasks: Collection[str] = ()) -> Path:

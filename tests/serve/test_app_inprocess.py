@@ -14,7 +14,7 @@ class FakeEmbedder:
     def __init__(self) -> None:
         self.fail = False
 
-    def count_tokens(self, texts: list[str]) -> int:
+    def count_tokens(self, texts: list[str], task: str | None = None, role: str = "query") -> int:
         return sum(len(t.split()) + 2 for t in texts)
 
     def encode(self, texts: list[str], task: str, role: str) -> np.ndarray:

@@ -27,8 +27,9 @@ def test_openai_client_default_base64_equals_embedder(client, tiny_server, tiny_
     assert response.model == tiny_server.model_id
     assert response.object == "list"
     np.testing.assert_allclose(vectors_of(response), tiny_embedder.encode(TEXTS, "qa", "query"), atol=1e-5)
-    expected_tokens = tiny_embedder.count_tokens(TEXTS)
+    expected_tokens = tiny_embedder.count_tokens(TEXTS, "qa", "query")  # instruction included
     assert response.usage.prompt_tokens == response.usage.total_tokens == expected_tokens
+    assert expected_tokens > tiny_embedder.count_tokens(TEXTS)
 
 
 def test_openai_client_float_single_string(client, tiny_server, tiny_embedder) -> None:
@@ -62,7 +63,7 @@ def test_raw_http_shapes_and_base64_little_endian(tiny_server, tiny_embedder) ->
     payload = plain.json()
     assert set(payload) == {"object", "data", "model", "usage"}
     assert payload["data"][0]["object"] == "embedding"
-    assert set(payload["usage"]) == {"prompt_tokens", "total_tokens"}
+    assert payload["usage"]["prompt_tokens"] == tiny_embedder.count_tokens(TEXTS[:2], "tool", "key")
     expected = tiny_embedder.encode(TEXTS[:2], "tool", "key")
     np.testing.assert_allclose(np.array([d["embedding"] for d in payload["data"]]), expected, atol=1e-5)
 

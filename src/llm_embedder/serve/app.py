@@ -170,9 +170,9 @@ def build_router() -> APIRouter:
             raise ApiError(400, f"dimensions must be between 1 and {dim} for this model, got {body.dimensions}",
                            param="dimensions", code="invalid_value")
         if sum(len(t) for t in texts) > INLINE_TOKENIZE_CHARS:
-            tokens = await asyncio.to_thread(state.embedder.count_tokens, texts)
+            tokens = await asyncio.to_thread(state.embedder.count_tokens, texts, task, body.role)
         else:
-            tokens = state.embedder.count_tokens(texts)
+            tokens = state.embedder.count_tokens(texts, task, body.role)
         vectors = shorten(await state.batcher.embed(texts, task, body.role, tokens), body.dimensions)
         data = [
             {"object": "embedding", "index": i, "embedding": emb}
