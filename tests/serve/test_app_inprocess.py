@@ -42,3 +42,17 @@ def test_without_key_and_model_failure() -> None:
         metrics = client.get("/metrics").text
         assert 'llm_embedder_requests_total{route="/v1/embeddings",status="500"} 1.0' in metrics
         assert client.get("/openapi.json").json()["paths"]["/v1/embeddings"]["post"]["responses"]["413"]
+
+
+def test_requests_refused_before_routing_are_counted_under_their_route() -> None:
+    app = create_app(FakeEmbedder(), {}, ServeSettings(model_id="fake", api_key="sekret", max_body_bytes=1000))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.get("/v1/models").status_code == 401
+        assert client.get("/v1/models/fake").status_code == 401
+        big = client.post("/v1/embeddings", content=b"x" * 2000, headers={"Authorization": "Bearer sekret"})
+        assert big.status_code == 413
+        assert client.get("/v1/nowhere").status_code == 401
+        metrics = client.get("/metrics").text
+    for route, status in (("/v1/models", 401), ("/v1/models/{model_id:path}", 401), ("/v1/embeddings", 413),
+                          ("other", 401)):
+        assert f'llm_embedder_requests_total{{route="{route}",status="{status}"}} 1.0' in metrics, metrics

@@ -278,9 +278,9 @@ def create_app(
     app = FastAPI(title="llm-embedder", summary="OpenAI-compatible embeddings, search and augmentation.",
                   lifespan=lifespan, strict_content_type=False)  # a body without Content-Type is read as JSON
     app.state.serve = ServeState(embedder, dict(retrievers or {}), settings, batcher, metrics, int(time.time()))
-    app.include_router(build_router())
+    router = build_router()
+    app.include_router(router)
     install_error_handlers(app)
-    known = {getattr(route, "path", "") for route in app.routes}
     app.add_middleware(GuardMiddleware, api_key=settings.api_key, max_body_bytes=settings.body_limit(),
-                       metrics=metrics, known_paths=known)
+                       metrics=metrics, routes=router.routes)
     return app

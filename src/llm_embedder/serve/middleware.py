@@ -9,7 +9,9 @@ limit and handed on, or refused as soon as it passes the limit.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_embedder.serve.errors import ApiError, error_response
@@ -32,13 +34,23 @@ class GuardMiddleware:
 
     def __init__(
         self, app: ASGIApp, *, api_key: str | None, max_body_bytes: int, metrics: ServeMetrics,
-        known_paths: set[str],
+        routes: Sequence[BaseRoute],
     ) -> None:
         self.app = app
         self.api_key = api_key
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
-        self.known_paths = known_paths
+        self.routes = routes  # to name the route of a request refused before routing (401, 413)
+
+    def _route_name(self, scope: Scope) -> str:
+        """The path template of the route a request was for (its own, once routed), or "other"."""
+        routed = getattr(scope.get("route"), "path", None)
+        if routed is not None:
+            return routed
+        for route in self.routes:
+            if route.matches(scope)[0] is not Match.NONE:  # PARTIAL: the path with another method
+                return getattr(route, "path", "other")
+        return "other"
 
     def _reject(self, scope: Scope, length: str | None) -> ApiError | None:
         """401 for a bad key, 413 for a declared ``length`` (the Content-Length header) over the limit."""
@@ -99,10 +111,7 @@ class GuardMiddleware:
             else:
                 await self.app(scope, receive, send_with_status)
         finally:
-            route = getattr(scope.get("route"), "path", None)
-            if route is None:
-                route = scope["path"] if scope["path"] in self.known_paths else "other"
-            self.metrics.observe_request(route, status, time.perf_counter() - start)
+            self.metrics.observe_request(self._route_name(scope), status, time.perf_counter() - start)
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:
