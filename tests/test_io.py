@@ -101,6 +101,17 @@ def test_check_output_file_refuses_a_directory_or_a_path_under_a_file(tmp_path: 
     assert check_output_file(tmp_path / "new" / "sub" / "x.jsonl") == tmp_path / "new" / "sub" / "x.jsonl"
 
 
+def test_check_output_file_refuses_an_input_of_the_job(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text("{}\n")
+    (tmp_path / "sub").mkdir()
+    for same in (source, tmp_path / "sub" / ".." / "in.jsonl"):
+        with pytest.raises(FileExistsError, match=r"--out .* is the input file .*in.jsonl; give another path"):
+            check_output_file(same, inputs=[tmp_path / "other.jsonl", source])
+    assert check_output_file(tmp_path / "out.jsonl", inputs=[source]) == tmp_path / "out.jsonl"
+    assert source.read_text() == "{}\n"
+
+
 @pytest.mark.parametrize(("template", "message"), [
     ("{} {0}", "{} is not a field name"),
     ("{text.upper}", "{text.upper} is not a field name"),

@@ -39,12 +39,25 @@ def require_file(path: str | Path, option: str | None = None) -> Path:
     return path
 
 
-def check_output_file(path: str | Path, option: str = "--out") -> Path:
-    """Refuse, before any work, an output file path that cannot be written: a directory, or one under a file.
-    Missing parent folders are fine: the writers create them."""
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one file (through links and ``..`` too)."""
+    a, b = Path(a), Path(b)
+    if a.exists() and b.exists():
+        return a.samefile(b)
+    return a.resolve() == b.resolve()
+
+
+def check_output_file(path: str | Path, option: str = "--out", inputs: Iterable[str | Path] = ()) -> Path:
+    """Refuse, before any work, an output file path that cannot be written: a directory, one under a file, or
+    one of the job's ``inputs`` (writing it would replace what is being read). Missing parent folders are fine:
+    the writers create them."""
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{option} {path} is a directory; give a file path")
+    for source in inputs:
+        if same_file(path, source):
+            raise FileExistsError(f"{option} {path} is the input file {source}; give another path (writing it "
+                                  "would replace the input)")
     blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
     if blocking is not None:
         raise NotADirectoryError(f"{option} {path}: {blocking} is a file, not a folder")

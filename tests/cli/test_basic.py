@@ -62,6 +62,10 @@ def test_encode_out_makes_its_folder_and_refuses_a_directory(tiny_embedder_dir, 
     (tmp_path / "dir.npy").mkdir()
     result = runner.invoke(app, [*args, str(tmp_path / "dir.npy")])
     assert isinstance(result.exception, IsADirectoryError) and "is a directory" in str(result.exception)
+    lines = tmp_path / "texts.jsonl"
+    lines.write_text('{"text": "first"}\n')
+    result = runner.invoke(app, ["encode", str(lines), "--model", str(tiny_embedder_dir), "--out", str(lines)])
+    assert isinstance(result.exception, FileExistsError) and lines.read_text() == '{"text": "first"}\n'
 
 
 def test_encode_max_length_cuts_long_texts(tiny_embedder_dir, tmp_path):

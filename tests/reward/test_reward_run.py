@@ -127,6 +127,15 @@ def test_a_run_recorded_before_llm_versions_were_is_continued(tiny_lm, tmp_path)
     assert summary["reused"] == 4 and summary["reuse_skipped"] == []
 
 
+def test_scoring_into_the_input_is_refused_before_anything_is_written(tiny_lm, tmp_path):
+    src = write_records(tmp_path / "in.jsonl", n=4)
+    before = src.read_bytes()
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match="is the input file"):
+            score_file(src, src, tiny_lm, chunk_pairs=8, show_progress=False, overwrite=overwrite)
+    assert src.read_bytes() == before and not (tmp_path / "in.jsonl.meta.json").exists()
+
+
 def test_count_done_drops_a_partial_last_line(tmp_path):
     path = tmp_path / "x.jsonl"
     path.write_text('{"a": 1}\n{"b": 2}\n{"c": ')

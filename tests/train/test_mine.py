@@ -44,6 +44,11 @@ def test_mine_cli(tmp_path: Path, tiny_embedder_dir: Path) -> None:
     assert "Capital the answer is Paris" not in record["neg"]
     assert record["neg_index"] and 1 not in record["neg_index"] and 12 not in record["neg_index"]
     assert not (tmp_path / "mined.jsonl.work").exists()  # the corpus vectors go once the output is written
+    before = data.read_bytes()
+    result = CliRunner().invoke(app, ["mine", "--model", str(tiny_embedder_dir), "--data", str(data), "--corpus",
+                                      str(corpus), "--out", str(data)])
+    assert isinstance(result.exception, FileExistsError) and "is the input file" in str(result.exception)
+    assert data.read_bytes() == before
 
 
 def test_mine_refuses_an_empty_corpus_text(tmp_path: Path, tiny_embedder_dir: Path) -> None:

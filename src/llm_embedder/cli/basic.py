@@ -102,7 +102,7 @@ def encode_command(
     if out is not None and out.suffix not in (".npy", ".jsonl"):
         raise ValueError(f"--out must end in .npy or .jsonl, got {out}")
     if out is not None:
-        check_output_file(out)  # before the model loads
+        check_output_file(out, inputs=[input] if input is not None else [])  # before the model loads
     texts = read_texts(input, field)
     embedder = Embedder(model, device=device, batch_size=batch_size, query_max_length=max_length,
                         key_max_length=max_length)

@@ -76,7 +76,7 @@ def score_command(
         raise FileNotFoundError(f"input file not found: {input}")
     for path in reuse or []:  # a mistyped name would only be "not reused", after the LLM loads
         require_file(path, "--reuse")
-    check_output_file(out)
+    check_output_file(out, inputs=[input])
     distributed = _init_distributed()
     rank, _ = dist_info()
     if device is None and distributed and torch.cuda.is_available():

@@ -27,7 +27,7 @@ from typing import Any
 
 from llm_embedder import __version__
 from llm_embedder.data.validate import raise_problems, validate_records
-from llm_embedder.io import DataError, atomic_write, file_sha256, iter_jsonl
+from llm_embedder.io import DataError, atomic_write, check_output_file, file_sha256, iter_jsonl
 from llm_embedder.reward.records import KeyFitter, RecordPairs, build_all
 from llm_embedder.reward.scorer import ScoreStats, score_pairsets, with_scores
 
@@ -202,6 +202,7 @@ def score_file(
     from llm_embedder.progress import LoggedProgress
 
     in_path, out = Path(in_path), Path(out_path)
+    check_output_file(out, inputs=[in_path])  # --overwrite would delete the input
     rank, world = dist_info()
     numbered = list(iter_jsonl(in_path))
     if not numbered:

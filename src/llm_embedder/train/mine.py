@@ -119,7 +119,7 @@ def mine_negatives(
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a whole number of at least 1, got {top_k!r}")
     check_device(device)  # before the data and corpus are read
-    check_output_file(out, "--out")  # before the model loads and the corpus is encoded
+    check_output_file(out, "--out", inputs=[data, corpus])  # before the model loads and the corpus is encoded
     work = Path(f"{out}{WORK_SUFFIX}")
     check_output_dir(work, (WORK_STAMP,), "a mining run's work", option="the work folder")
     records = []
