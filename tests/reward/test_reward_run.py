@@ -152,6 +152,8 @@ def test_cli_scores_a_file_and_reports_bad_input(tiny_lm_dir, tmp_path):
     assert "scored 4 records" in result.output and count_done(out) == 4
     # a plain line in a log, naming the file with its folder (the demo's are all candidates.jsonl)
     assert re.search(rf"scoring {tmp_path.name}/in.jsonl \(rank 0/1\): (\d+)/\1 \(100%\)", result.output)
+    result = CliRunner().invoke(app, ["score", str(src), "--out", str(out), "--llm", str(tiny_lm_dir)])
+    assert result.exit_code == 0 and f"-> {out} [already complete];" in " ".join(result.output.split()), result.output
     more = write_records(tmp_path / "more.jsonl", n=6)  # the same 4 records and 2 more
     result = CliRunner().invoke(app, ["score", str(more), "--out", str(tmp_path / "more_out.jsonl"), "--llm",
                                       str(tiny_lm_dir), "--reuse", str(out)])
