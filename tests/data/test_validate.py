@@ -52,6 +52,9 @@ def test_valid_records_pass(tmp_path: Path) -> None:
         ({"pos_index": [5]}, "pos_index"),
         ({"neg_index": [-1, 0]}, "neg_index"),
         ({"answers": "a"}, "answers"),
+        ({"pos": [" "]}, "pos"),  # an empty key: embedded as its instruction alone
+        ({"neg": ["ok", ""]}, "neg"),
+        ({"answers": [""]}, "answers"),
     ],
 )
 def test_each_problem_is_reported_with_line_and_field(tmp_path: Path, change: dict, field: str) -> None:

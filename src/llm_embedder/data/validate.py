@@ -88,6 +88,10 @@ def validate_record(record: dict[str, Any], source: str, line: int, corpus_size:
         elif any(not isinstance(item, str) for item in value):
             where = next(i for i, item in enumerate(value) if not isinstance(item, str))
             bad(field, f"item {where} must be a string, got {type(value[where]).__name__}")
+        elif any(not item.strip() for item in value):
+            # an empty key is embedded as its instruction alone, near every query; an empty answer scores nothing
+            where = next(i for i, item in enumerate(value) if not item.strip())
+            bad(field, f"item {where} is empty")
 
     def length(field: str) -> int | None:
         value = record.get(field)
