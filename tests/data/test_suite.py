@@ -11,7 +11,9 @@ import pytest
 from llm_embedder.data.chat import GREETINGS, SMALL_TALK, turn
 from llm_embedder.data.suite import TASKS, build_suite, positive_texts
 from llm_embedder.data.validate import validate_file
+from llm_embedder.evaluate.run import corpus_text
 from llm_embedder.io import read_jsonl
+from llm_embedder.train.mine import corpus_texts
 
 pytestmark = pytest.mark.integration
 CORPUS_TASKS = {"qa", "icl", "tool", "convsearch"}
@@ -54,6 +56,8 @@ def test_record_contract(small_suite) -> None:
     out, _, _ = small_suite
     for task in TASKS:
         corpus = read_jsonl(out / task / "corpus.jsonl") if task in CORPUS_TASKS else None
+        if corpus is not None:  # mine's keys by default are evaluation's
+            assert corpus_texts(out / task / "corpus.jsonl") == [corpus_text(doc) for doc in corpus], task
         if corpus is not None:
             assert [c["id"] for c in corpus] == list(range(len(corpus)))
         for split in ("train", "dev", "test"):
@@ -72,9 +76,9 @@ def test_record_contract(small_suite) -> None:
                     assert record["pos"] == [] and record["query"] and len(record["neg"]) <= 64
                     continue
                 assert record["pos_index"], (task, split)
-                keys = {"qa": "{title} {text}", "convsearch": "{title} {text}", "tool": "{text}", "icl": "{text}"}
+                # the key evaluation (and mine, by default) makes of the document is the training positive
                 for i, text in zip(record["pos_index"], record["pos"], strict=True):
-                    assert keys[task].format(**{"title": "", **corpus[i]}).strip() == text
+                    assert corpus_text(corpus[i]) == text, (task, corpus[i], text)
 
 
 def test_splits_are_disjoint(small_suite) -> None:

@@ -22,7 +22,7 @@ from llm_embedder.data.sources import SOURCES, source_versions
 from llm_embedder.data.tool import build_tool
 from llm_embedder.io import atomic_write, write_jsonl
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the tool corpus names a function in "name", not "title"
 BUILDERS: dict[str, Callable[[BuildConfig], TaskData]] = {
     "qa": build_qa, "icl": build_icl, "chat": build_chat, "lrlm": build_lrlm, "tool": build_tool,
     "convsearch": build_convsearch,

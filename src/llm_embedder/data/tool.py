@@ -78,7 +78,8 @@ def tool_corpus() -> tuple[list[Record], dict[tuple[str, str], int]]:
         key = (str(function["name"]), str(function.get("description") or ""))
         if key not in lookup:
             lookup[key] = len(corpus)
-            corpus.append({"id": len(corpus), "title": key[0], "text": verbalise(function)})
+            # "name", not "title": the text begins with the name already, and a title is put before the text as a key
+            corpus.append({"id": len(corpus), "name": key[0], "text": verbalise(function)})
 
     for category in BFCL_ANSWERED + BFCL_DISTRACTOR:
         for item in bfcl_items(category):
@@ -131,10 +132,10 @@ def build_tool(cfg: BuildConfig) -> TaskData:
         records = []
         for (item, gold, offered), hits in zip(kept, ranked, strict=True):
             exclude = set(gold) | seen_pos
-            gold_names = {corpus[g]["title"] for g in gold}
+            gold_names = {corpus[g]["name"] for g in gold}
             neg = [d for d in offered if d not in exclude][:MAX_NEGATIVES]
             if len(neg) < TRAIN_NEGATIVES:
-                bm25 = [d for d in hits if corpus[d]["title"] not in gold_names]
+                bm25 = [d for d in hits if corpus[d]["name"] not in gold_names]
                 neg += pick(bm25, exclude | set(neg), TRAIN_NEGATIVES - len(neg))
             records.append({
                 "query": item.request,

@@ -326,8 +326,8 @@ def run_evaluation(
         # 2: LLM metric from the retrieval pass's rankings; 3: corpus slices keep hard negatives; 4: icl prompts
         # hold the top 8 examples (3 held 4); 5: scores independent of the prompts beside them
         # (downstream.eval_batch_tokens); 6: embedders keep embed_max_length tokens (5: 256, whatever the model
-        # was trained at)
-        "protocol": 6,
+        # was trained at); 7: tool keys are their texts (the name was put before a text that begins with it)
+        "protocol": 7,
         "embed_max_length": embed_max_length or "saved",
     }
     if embed_fast:  # absent when exact, so results cached before the fast mode existed stay valid
