@@ -316,7 +316,7 @@ class Pipeline:
         self.step("1/5 task suite (small, from installed packages)")
         manifest = build_suite(self.data_dir, size="small", seed=self.cfg.seed)
         tasks = [t for t in manifest["tasks"] if (self.data_dir / t / "train.jsonl").exists()]
-        self.console.print(f"tasks: {', '.join(tasks)} -> {self.data_dir}")
+        self.console.print(f"tasks: {', '.join(tasks)} -> {self.data_dir}", markup=False)
         return tasks
 
     def score(self, tasks: list[str]) -> dict[str, Path]:
@@ -523,7 +523,7 @@ class Pipeline:
         plots = write_report(results, eval_dir)
         summary = (eval_dir / "results.md").read_text(encoding="utf-8").split("###")[0]
         self.console.print(summary, soft_wrap=True, highlight=False)
-        self.console.print("plots: " + ", ".join(str(p) for p in plots))
+        self.console.print("plots: " + ", ".join(str(p) for p in plots), markup=False)
         return results
 
 

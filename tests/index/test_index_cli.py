@@ -196,3 +196,18 @@ def test_a_model_retrained_in_place_is_named_by_index_and_search(tiny_embedder_d
     warning = " ".join(searched.stderr.split())
     assert warning.startswith("warning: ") and "changed since the index was built" in warning
     assert "UserWarning" not in searched.stderr and "Retriever.load" not in searched.stderr
+
+
+def test_texts_and_paths_with_brackets_are_printed_as_they_are(tiny_embedder_dir: Path, tmp_path: Path) -> None:
+    texts = ["see list[int] and dict[str, int] types", "[bold red]ALERT[/bold red] markup text", "a[/i] closing tag"]
+    corpus, out = tmp_path / "corpus.jsonl", tmp_path / "idx"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    args = ["index", "--task", "qa", "--corpus", str(corpus), "--out", str(out), "--model", str(tiny_embedder_dir)]
+    assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(app, ["search", "types [b]", "--index", str(out), "-k", "3"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert all(t in result.output for t in texts) and "types [b]" in result.output
+    missing = tmp_path / "idx[bold]"
+    proc = subprocess.run([sys.executable, "-m", "llm_embedder", "search", "q", "--index", str(missing)],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert proc.returncode == 2 and "idx[bold]" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

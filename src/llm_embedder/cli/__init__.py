@@ -6,6 +6,7 @@ import sys
 import warnings
 
 from rich.console import Console
+from rich.markup import escape
 
 from llm_embedder.cli import ablate, basic, data, demo, evaluate, export, index, score, serve, train  # noqa: F401  (registers commands)
 from llm_embedder.cli.app import app, arrange_commands
@@ -32,7 +33,8 @@ def show_user_warnings() -> None:
 
     def show(message, category, filename, lineno, file=None, line=None):  # the signature of warnings.showwarning
         if issubclass(category, USER_WARNINGS):
-            Console(stderr=True).print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+            text = escape(str(message))  # a path or text with brackets is not a style tag
+            Console(stderr=True).print(f"[bold yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
         else:
             python_way(message, category, filename, lineno, file, line)
 
@@ -48,5 +50,6 @@ def main() -> None:
     try:
         app()
     except USER_ERRORS as err:
-        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)  # one line
+        text = escape(str(err))  # a path or text with brackets is not a style tag
+        Console(stderr=True).print(f"[bold red]error:[/] {text}", highlight=False, soft_wrap=True)  # one line
         sys.exit(2)

@@ -42,7 +42,7 @@ def tasks_command(task_file: TaskFileOption = None) -> None:
     for name in list_tasks():
         task = get_task(name)
         table.add_row(name, task.scenario, repr(task.query_instruction), repr(task.key_instruction), task.loss)
-    Console().print(table)
+    Console(markup=False).print(table)  # user task names and instructions are text, not style tags
 
 
 def read_texts(source: Path | None, field: str | None) -> list[str]:
@@ -118,4 +118,4 @@ def encode_command(
         if out:
             handle.close()
     if out is not None:
-        Console(stderr=True).print(f"wrote {len(texts)} x {embedder.dim} vectors to {out}")
+        Console(stderr=True, markup=False).print(f"wrote {len(texts)} x {embedder.dim} vectors to {out}")

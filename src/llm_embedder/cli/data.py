@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from llm_embedder.cli.app import app
@@ -50,7 +51,7 @@ def build_command(
 
     with console.status("building the task suite..."):
         manifest = build_suite(out, size=size, seed=seed, tasks=task, resume=not fresh, progress=progress)
-    table = Table(title=f"task suite in {out} (size={size}, seed={seed})")
+    table = Table(title=f"task suite in {escape(str(out))} (size={size}, seed={seed})")
     for column in ("task", "train", "dev", "test", "corpus"):
         table.add_column(column, justify="right" if column != "task" else "left")
     for name, entry in manifest["tasks"].items():
@@ -58,7 +59,7 @@ def build_command(
         table.add_row(name, *(f"{counts[k]:,}" if k in counts else "-" for k in ("train", "dev", "test", "corpus")))
     console.print(table)
     console.print(f"data card: {out / 'DATA_CARD.md'}; manifest: {out / 'manifest.json'}; "
-                  f"{time.perf_counter() - start:.1f} s", highlight=False)
+                  f"{time.perf_counter() - start:.1f} s", highlight=False, markup=False)
 
 
 @data_app.command("check")
@@ -74,7 +75,7 @@ def check_command(
     from llm_embedder.data.validate import corpus_size_of, is_corpus_path, summarise, validate_file
     from llm_embedder.io import iter_jsonl, require_file
 
-    console = Console()
+    console = Console(markup=False)  # file paths are text, not style tags
     corpus_size = corpus_size_of(corpus, "--corpus") if corpus is not None else None
     table = Table(title="valid task data")
     for column in ("file", "task", "records", "avg pos", "avg neg", "avg history", "teacher scores"):

@@ -28,4 +28,5 @@ def export_command(
     from llm_embedder.export import export_onnx
 
     path = export_onnx(model, out, quantize=quantize, overwrite=overwrite)
-    Console().print(f"exported {model} -> {path} ({'fp32 + int8' if quantize else 'fp32'})", highlight=False)
+    kind = "fp32 + int8" if quantize else "fp32"
+    Console(markup=False).print(f"exported {model} -> {path} ({kind})", highlight=False)

@@ -57,7 +57,7 @@ def index_command(
                         key_max_length=max_length)
     meta = build_index(corpus, out, embedder, task, factory=factory, backend=backend, field=field,
                        template=template, batch_size=batch_size, filter_fields=filter_field or ())
-    Console(stderr=True).print(
+    Console(stderr=True, markup=False).print(
         f"indexed {meta['count']} documents for task {task} ({meta['dim']}-d, up to "
         f"{meta.get('key_max_length', '?')} tokens each, {backend} {factory}) in {out}"
     )
@@ -123,7 +123,7 @@ def search_command(
     check_queries(queries)  # before the model loads
     retriever = open_retriever(index, model, task)
     results = retriever.search(queries, k=k, filter=parse_filter(filter))
-    console = Console()
+    console = Console(markup=False)  # documents are text: "list[int]" is not a style tag
     for query, hits in zip(queries, results, strict=True):
         if json_out:
             rows = [{"id": h.id, "score": round(h.score, 6), "text": h.text, "metadata": h.metadata} for h in hits]

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from llm_embedder.cli.app import app
 from llm_embedder.cli.basic import MaxLengthOption, ModelOption, TaskFileOption, register_task_files
@@ -107,7 +108,8 @@ def serve_command(
     check_listenable(host, port)
     console = Console(stderr=True)
     if not is_loopback(host) and not api_key:
-        console.print(f"[bold yellow]warning:[/] binding {host} without --api-key: anyone who can reach it can use it")
+        console.print(f"[bold yellow]warning:[/] binding {escape(host)} without --api-key: anyone who can reach it "
+                      "can use it")
     if threads is not None:
         import torch
 
@@ -120,12 +122,12 @@ def serve_command(
 
         for name, directory in index_dirs.items():
             retrievers[name] = Retriever.load(directory, embedder=embedder)
-            console.print(f"index {name}: {directory} (task {retrievers[name].task})")
+            console.print(f"index {name}: {directory} (task {retrievers[name].task})", markup=False)
     settings = ServeSettings(
         model_id=model_name or Path(str(model)).name, api_key=api_key, max_inputs=max_inputs, max_chars=max_chars,
         max_batch_tokens=max_batch_tokens, max_batch_requests=max_batch_requests, max_wait_ms=max_wait_ms,
         max_k=max_k,
     )
-    console.print(f"serving model {settings.model_id!r} (dim {embedder.dim}) on http://{host}:{port}")
+    console.print(f"serving model {settings.model_id!r} (dim {embedder.dim}) on http://{host}:{port}", markup=False)
     uvicorn.run(create_app(embedder, retrievers, settings), host=host, port=port, log_level=log_level,
                 access_log=log_level == "debug")
