@@ -62,6 +62,16 @@ def test_directory_roundtrip_and_add(tiny_embedder, tmp_path: Path) -> None:
     assert 0 not in [h.id for h in Retriever.load(tmp_path / "idx", tiny_embedder).search("x", k=5)[0]]
 
 
+def test_documents_lists_what_the_index_still_holds(tiny_embedder, tmp_path: Path) -> None:
+    built = Retriever.build(tiny_embedder, "qa", DOCS, out_dir=tmp_path / "idx")
+    assert built.documents() == [(i, dict(doc)) for i, doc in enumerate(DOCS)]
+    built.delete([1])
+    assert [i for i, _ in Retriever.load(tmp_path / "idx", tiny_embedder).documents()] == [0, 2, 3]
+    in_memory = Retriever.build(tiny_embedder, "qa", ["one", "two"])
+    in_memory.delete([0])
+    assert in_memory.documents() == [(1, {"text": "two"})]
+
+
 def test_mismatched_embedder_is_refused(tiny_embedder, tmp_path: Path) -> None:
     from llm_embedder.embedder import Embedder
 

@@ -238,6 +238,18 @@ class Retriever:
                 json.dump(self.meta, handle, indent=2)
         return ids
 
+    def documents(self) -> list[tuple[int, dict]]:
+        """``(id, document)`` for every document still in the index, by id: what a store reopened from its
+        directory rebuilds its state from (a deleted document stays in docs.jsonl but is left out)."""
+        ids = range(len(self.docs))
+        if self.index.count != len(self.docs):  # something was deleted: keep the ids the index still holds
+            if hasattr(self.index, "ids"):
+                live = {int(i) for i in self.index.ids()}
+            else:  # Milvus: ask which of the document ids it still holds
+                live = set(self.index._existing(np.arange(len(self.docs), dtype=np.int64)))
+            ids = [i for i in ids if i in live]
+        return list(zip(ids, self.docs.get(ids), strict=True))
+
     def delete(self, ids: Sequence[int]) -> int:
         """Remove documents from the index (their text stays in docs.jsonl); returns how many were removed."""
         removed = self.index.delete(ids)

@@ -16,6 +16,7 @@ from llm_embedder.augment import (
     ToolBox,
     chunk_text,
 )
+from llm_embedder.retriever import Retriever
 
 
 def ranked(embedder, task: str, query: str, texts: list[str]) -> list[int]:
@@ -164,3 +165,46 @@ def test_real_minilm_picks_tools_and_memories(minilm) -> None:
     memory.add_turn("I live in Lisbon.", "Beautiful city.")
     memory.add_turn("I am learning to play the piano.", "Great hobby.")
     assert memory.retrieve("What is my dog's name?", k=1)[0].metadata["turn"] == 0
+
+
+def test_conversation_memory_reopened_keeps_its_turns(tiny_embedder, tmp_path: Path) -> None:
+    memory = ConversationMemory(tiny_embedder, min_score=-1.0, index_dir=tmp_path / "chat")
+    for i in range(3):
+        memory.add_turn(f"user {i}", f"assistant {i}")
+    reopened = ConversationMemory(tiny_embedder, min_score=-1.0, index_dir=tmp_path / "chat")
+    assert len(reopened) == 3 and reopened.turns == memory.turns
+    assert [h.metadata["turn"] for h in reopened.recent(2)] == [1, 2]
+    best = ranked(tiny_embedder, "chat", "user 1", memory.turns)[0]
+    assert [h.metadata["turn"] for h in reopened.retrieve("user 1", k=1)] == [best]
+    assert reopened.add_turn("user 3", "assistant 3") == 3  # numbering continues after what is held
+    again = ConversationMemory(tiny_embedder, index_dir=tmp_path / "chat")
+    assert [h.metadata["turn"] for h in again.recent(4)] == [0, 1, 2, 3]
+
+
+def test_chunk_memory_reopened_keeps_its_chunks(tiny_embedder, tmp_path: Path) -> None:
+    memory = ChunkMemory(tiny_embedder, chunk_tokens=4, index_dir=tmp_path / "lrlm")
+    memory.add_text("the secret code is 1234 and nobody knows it", source="a")
+    reopened = ChunkMemory(tiny_embedder, chunk_tokens=4, index_dir=tmp_path / "lrlm")
+    assert reopened.chunks == memory.chunks and len(reopened.chunks) == len(reopened) > 1
+    top = ranked(tiny_embedder, "lrlm", "secret code", memory.chunks)[0]
+    hit = reopened.retrieve("secret code", k=1, continuation=True)[0]
+    assert hit.metadata == {"position": top, "source": "a"}
+    assert hit.text == "".join(memory.chunks[top : top + 2])
+    n = len(memory.chunks)
+    assert reopened.add_text("more text here", source="b")[0] == n  # positions continue
+
+
+def test_reopened_store_skips_a_deleted_document(tiny_embedder, tmp_path: Path) -> None:
+    memory = ConversationMemory(tiny_embedder, index_dir=tmp_path / "chat")
+    for i in range(3):
+        memory.add_turn(f"user {i}", f"assistant {i}")
+    memory.retriever.delete([2])
+    reopened = ConversationMemory(tiny_embedder, index_dir=tmp_path / "chat")
+    assert [h.metadata["turn"] for h in reopened.recent(3)] == [0, 1]
+    assert reopened.add_turn("user 3", "assistant 3") == 2  # one after the last turn held
+
+
+def test_a_store_refuses_an_index_whose_documents_it_cannot_place(tiny_embedder, tmp_path: Path) -> None:
+    Retriever.build(tiny_embedder, "chat", ["a turn without a number"], out_dir=tmp_path / "chat")
+    with pytest.raises(ValueError, match="document 0 has no 'turn' number .* ConversationMemory cannot place it"):
+        ConversationMemory(tiny_embedder, index_dir=tmp_path / "chat")

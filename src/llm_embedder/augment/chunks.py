@@ -33,6 +33,9 @@ def chunk_text(text: str, tokenizer: Any, chunk_tokens: int) -> list[str]:
 class ChunkMemory(_Store):
     """Long-text memory: ``add_text`` cuts a text into ``chunk_tokens``-token chunks (with ``tokenizer``, the
     LM's; default the embedder's) and ``retrieve`` finds the earlier chunks most useful for the current text.
+
+    ``chunks[p]`` is the chunk at position ``p``; reopened from ``index_dir`` they come from the index (a chunk
+    deleted from it reads as ``""``) and new texts are appended after them.
     """
 
     task = "lrlm"
@@ -42,6 +45,9 @@ class ChunkMemory(_Store):
         self.tokenizer = tokenizer if tokenizer is not None else embedder.tokenizer
         self.chunk_tokens = chunk_tokens
         self.chunks: list[str] = []
+        for _, doc in self._held("position"):
+            self.chunks.extend([""] * (doc["position"] + 1 - len(self.chunks)))
+            self.chunks[doc["position"]] = doc["text"]
 
     def add_text(self, text: str, source: str = "") -> list[int]:
         """Chunk and store a text (appended after earlier ones); returns the chunks' positions."""

@@ -3,6 +3,8 @@ memory (chat), in-context examples (icl) and conversational search (convsearch).
 
 Every store has ``prompt(...)``, which retrieves and calls ``augment`` with the task's layout.
 An empty store retrieves nothing (no error): an application starts with empty memories.
+A store given an ``index_dir`` keeps its documents there; reopened from it, it rebuilds its state (turns,
+chunks, tools) from the documents the index holds, and numbering continues after them.
 """
 
 from __future__ import annotations
@@ -30,6 +32,19 @@ class _Store:
 
     def __len__(self) -> int:
         return len(self.retriever)
+
+    def _held(self, field: str) -> list[tuple[int, dict]]:
+        """The documents a reopened store holds, ordered by their number in ``field`` (turn, position); one
+        without it is refused, since the store could not place it."""
+        held = self.retriever.documents()
+        for i, doc in held:
+            value = doc.get(field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(
+                    f"{self.retriever.out_dir}: document {i} has no {field!r} number (got {value!r}), so "
+                    f"{type(self).__name__} cannot place it; open this index with the store that wrote it"
+                )
+        return sorted(held, key=lambda item: item[1][field])
 
     def _search(self, query: str, k: int, filter: Mapping[str, Any] | None = None) -> list[Hit]:
         if len(self.retriever) == 0:
@@ -69,21 +84,24 @@ class ConversationMemory(_Store):
     def __init__(self, embedder: Any, *, min_score: float = 0.5, **kwargs: Any) -> None:
         super().__init__(embedder, **kwargs)
         self.min_score = min_score
-        self.turns: list[str] = []
+        held = self._held("turn")  # reopened: the turns the index holds, oldest first
+        self.turns: list[str] = [doc["text"] for _, doc in held]
+        self._numbers: list[int] = [doc["turn"] for _, doc in held]  # turn number of each of self.turns
 
     def add_turn(self, user: str, assistant: str) -> int:
-        """Remember one exchange; returns its turn number."""
+        """Remember one exchange; returns its turn number (one after the last turn held)."""
         text = f"Speaker 1: {user}\nSpeaker 2: {assistant}"
-        turn = len(self.turns)
+        turn = self._numbers[-1] + 1 if self._numbers else 0
         self.retriever.add([{"text": text, "turn": turn}])
         self.turns.append(text)
+        self._numbers.append(turn)
         return turn
 
     def recent(self, n: int = 1) -> list[Hit]:
         """The last ``n`` turns, oldest first (score NaN: chosen by recency)."""
         first = max(0, len(self.turns) - n)
-        return [Hit(id=i, score=math.nan, text=self.turns[i], metadata={"turn": i, "recency": True})
-                for i in range(first, len(self.turns))]
+        return [Hit(id=self._numbers[i], score=math.nan, text=self.turns[i],
+                    metadata={"turn": self._numbers[i], "recency": True}) for i in range(first, len(self.turns))]
 
     def retrieve(self, query: str, k: int = 1) -> list[Hit]:
         """The ``k`` most relevant past turns, or the ``k`` most recent when nothing is relevant enough."""
