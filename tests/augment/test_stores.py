@@ -208,3 +208,54 @@ def test_a_store_refuses_an_index_whose_documents_it_cannot_place(tiny_embedder,
     Retriever.build(tiny_embedder, "chat", ["a turn without a number"], out_dir=tmp_path / "chat")
     with pytest.raises(ValueError, match="document 0 has no 'turn' number .* ConversationMemory cannot place it"):
         ConversationMemory(tiny_embedder, index_dir=tmp_path / "chat")
+
+
+SEND_EMAIL = {"name": "send_email", "description": "Send an email.",
+              "parameters": {"properties": {"to": {"type": "string", "description": "recipient"}}, "required": ["to"]}}
+
+
+def test_toolbox_reopened_knows_its_tools_until_they_are_registered_again(tiny_embedder, tmp_path: Path) -> None:
+    box = ToolBox(tiny_embedder, [get_weather, SEND_EMAIL], index_dir=tmp_path / "tools")
+    keys = [t.verbalise() for t in box.tools.values()]
+    reopened = ToolBox(tiny_embedder, index_dir=tmp_path / "tools")
+    assert list(reopened.tools) == ["get_weather", "send_email"] and len(reopened) == 2
+    assert [t.verbalise() for t in reopened.tools.values()] == keys  # known by their stored description
+    order = [list(box.tools)[i] for i in ranked(tiny_embedder, "tool", "weather in Paris", keys)]
+    assert [t.name for t in reopened.retrieve("weather in Paris", k=5)] == order
+    with pytest.raises(ValueError, match="no Python function.*register it again"):
+        reopened.call("get_weather", city="Paris")
+    reopened.register(get_weather)  # replaces the stored tool rather than adding a second one
+    assert reopened.call("get_weather", city="Paris") == "sunny in Paris (celsius)"
+    assert [t.name for t in reopened.retrieve("weather in Paris", k=5)] == order
+    with pytest.raises(ValueError, match="already registered"):
+        reopened.register(get_weather)
+    changed = ToolBox(tiny_embedder, index_dir=tmp_path / "tools")
+    changed.register(get_weather, description="Forecast for a city.")  # a stored tool registered changed
+    again = ToolBox(tiny_embedder, [SEND_EMAIL], index_dir=tmp_path / "tools")
+    assert len(again) == 2 and len(again.retriever) == 2  # the old key was replaced, not kept beside the new
+    assert again.tools["get_weather"].description == "Forecast for a city."
+    assert sorted(t.name for t in again.retrieve("weather in Paris", k=5)) == ["get_weather", "send_email"]
+
+
+def test_toolbox_reopens_an_index_from_before_tools_stored_their_description(tiny_embedder, tmp_path: Path) -> None:
+    from llm_embedder.augment.tools import tool_from_callable
+
+    key = tool_from_callable(get_weather).verbalise()
+    old = [{"text": key, "name": "get_weather"}] * 2  # written twice: re-registering used to add a duplicate
+    Retriever.build(tiny_embedder, "tool", old, out_dir=tmp_path / "tools")
+    box = ToolBox(tiny_embedder, index_dir=tmp_path / "tools")
+    assert box.tools["get_weather"].verbalise() == key
+    assert [t.name for t in box.retrieve("weather in Paris", k=5)] == ["get_weather"]
+    box.register(get_weather)
+    assert len(box.retriever) == 1 and box.retrieve("weather in Paris", k=5)[0].fn is get_weather
+
+
+def test_toolbox_replaces_a_tool_in_an_index_that_cannot_delete(tiny_embedder, tmp_path: Path) -> None:
+    ToolBox(tiny_embedder, [get_weather, SEND_EMAIL], index_dir=tmp_path / "tools", factory="HNSW8")
+    box = ToolBox(tiny_embedder, index_dir=tmp_path / "tools")
+    box.register(get_weather, description="Forecast for a city.")  # HNSW cannot delete the old key
+    assert len(box.retriever) == 3 and len(box) == 2
+    assert sorted(t.name for t in box.retrieve("weather", k=5)) == ["get_weather", "send_email"]
+    again = ToolBox(tiny_embedder, index_dir=tmp_path / "tools")
+    assert again.tools["get_weather"].description == "Forecast for a city."  # the later document wins
+    assert sorted(t.name for t in again.retrieve("weather", k=5)) == ["get_weather", "send_email"]

@@ -4,8 +4,9 @@ request needs, verbalised as ``name: description. Parameters: ...``."""
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from llm_embedder.augment.prompt import augment
@@ -44,8 +45,35 @@ class Tool:
 
     def __call__(self, **kwargs: Any) -> Any:
         if self.fn is None:
-            raise ValueError(f"tool {self.name!r} was registered from a schema and has no Python function")
+            raise ValueError(
+                f"tool {self.name!r} has no Python function: it was registered from a schema, or reopened from an "
+                "index (which keeps only its description; register it again to call it)"
+            )
         return self.fn(**kwargs)
+
+    def document(self) -> dict:
+        """What the index keeps of the tool: its key text, and its name, description and parameters to
+        rebuild it from when the ToolBox is reopened."""
+        return {"text": self.verbalise(), "name": self.name, "description": self.description,
+                "parameters": [asdict(p) for p in self.parameters]}
+
+
+_KEY_PARAM = re.compile(r"(?:^|; )(\w+) \((.*?), (required|optional)\)")
+
+
+def tool_from_document(doc: Mapping[str, Any]) -> Tool:
+    """A tool known only by what its index keeps (no function). An index written before the description and
+    parameters were stored has only the key text: they are parsed back from it."""
+    name, text = doc["name"], doc["text"]
+    if isinstance(doc.get("description"), str) and isinstance(doc.get("parameters"), list):
+        return Tool(name, doc["description"], [Param(**p) for p in doc["parameters"]])
+    body = text.removeprefix(f"{name}: ").removesuffix(".")
+    description, _, listed = body.partition(". Parameters: ")
+    found = list(_KEY_PARAM.finditer(listed)) if listed != "none" else []
+    ends = [m.start() for m in found[1:]] + [len(listed)]
+    params = [Param(m[1], m[2], listed[m.end() : end].removeprefix(": "), m[3] == "required")
+              for m, end in zip(found, ends, strict=True)]
+    return Tool(name, description, params)
 
 
 def tool_from_callable(fn: Callable[..., Any], name: str | None = None, description: str | None = None) -> Tool:
@@ -107,33 +135,57 @@ def tool_from_schema(schema: Mapping[str, Any], where: str = "schema") -> Tool:
 
 
 class ToolBox(_Store):
-    """Tools to offer an LLM; ``retrieve(request)`` returns the few a request needs."""
+    """Tools to offer an LLM; ``retrieve(request)`` returns the few a request needs.
+
+    Reopened from ``index_dir``, it knows the tools the index holds by their stored description, without
+    their Python functions (which cannot be read back): retrieve and prompt work, ``call`` needs the tool
+    registered again. Registering a tool so reopened replaces it (its key is re-encoded only if it changed).
+    """
 
     task = "tool"
 
     def __init__(self, embedder: Any, tools: Sequence[Any] = (), **kwargs: Any) -> None:
         super().__init__(embedder, **kwargs)
         self.tools: dict[str, Tool] = {}
-        self._by_id: list[str] = []
+        self._ids: dict[str, list[int]] = {}  # index ids under each name (more than one: an older duplicate)
+        self._stored: dict[str, dict] = {}  # tools reopened from the index and not registered again
+        for i, doc in self.retriever.documents():
+            if not isinstance(doc.get("name"), str) or not doc["name"]:
+                raise ValueError(f"{self.retriever.out_dir}: document {i} has no tool 'name', so ToolBox cannot "
+                                 "place it; open this index with the store that wrote it")
+            self.tools[doc["name"]] = tool_from_document(doc)  # a later document of the same name wins
+            self._ids.setdefault(doc["name"], []).append(i)
+            self._stored[doc["name"]] = doc
         for tool in tools:
             self.register(tool)
 
+    def __len__(self) -> int:
+        """How many tools it knows (the index may still hold an older duplicate that it does not count)."""
+        return len(self.tools)
+
     def register(self, tool: Callable[..., Any] | Mapping[str, Any] | Tool, name: str | None = None,
                  description: str | None = None) -> Tool:
-        """Register a Python callable, a JSON schema (dict) or a ``Tool``; names must be unique."""
+        """Register a Python callable, a JSON schema (dict) or a ``Tool``; names must be unique, except that a
+        tool reopened from the index is replaced."""
         if isinstance(tool, Tool):
             entry = tool
         elif isinstance(tool, Mapping):
-            entry = tool_from_schema(tool, where=f"tool #{len(self._by_id)}")
+            entry = tool_from_schema(tool, where=f"tool #{len(self.tools)}")
         elif callable(tool):
             entry = tool_from_callable(tool, name, description)
         else:
             raise TypeError(f"cannot register {type(tool).__name__} as a tool: pass a callable or a JSON schema")
-        if entry.name in self.tools:
+        if entry.name in self.tools and entry.name not in self._stored:
             raise ValueError(f"a tool named {entry.name!r} is already registered")
-        self.retriever.add([{"text": entry.verbalise(), "name": entry.name}])
+        doc, old = entry.document(), self._ids.get(entry.name, [])
+        if self._stored.pop(entry.name, None) != doc or len(old) > 1:
+            self._ids[entry.name] = self.retriever.add([doc])  # the new key first: nothing is lost if it fails
+            try:
+                if old:
+                    self.retriever.delete(old)
+            except ValueError:  # a factory that cannot delete: the old key stays, retrieval skips it by name
+                self._ids[entry.name] = [*old, *self._ids[entry.name]]
         self.tools[entry.name] = entry
-        self._by_id.append(entry.name)
         return entry
 
     def retrieve(self, request: str, k: int = 3) -> list[Tool]:
@@ -142,7 +194,11 @@ class ToolBox(_Store):
 
     def retrieve_scored(self, request: str, k: int = 3) -> list[tuple[Tool, float]]:
         """Like ``retrieve``, with each tool's similarity score (to decide whether to use a tool at all)."""
-        return [(self.tools[hit.metadata["name"]], hit.score) for hit in self._search(request, k)]
+        extra = max(0, len(self.retriever) - len(self.tools))  # older duplicates, each tool counted once
+        out: dict[str, float] = {}
+        for hit in self._search(request, k + extra):
+            out.setdefault(hit.metadata["name"], hit.score)
+        return [(self.tools[name], score) for name, score in list(out.items())[:k]]
 
     def call(self, name: str, **kwargs: Any) -> Any:
         if name not in self.tools:
