@@ -259,3 +259,20 @@ def test_toolbox_replaces_a_tool_in_an_index_that_cannot_delete(tiny_embedder, t
     again = ToolBox(tiny_embedder, index_dir=tmp_path / "tools")
     assert again.tools["get_weather"].description == "Forecast for a city."  # the later document wins
     assert sorted(t.name for t in again.retrieve("weather", k=5)) == ["get_weather", "send_email"]
+
+
+def test_stores_reopened_with_their_documents_do_not_add_them_again(tiny_embedder, tmp_path: Path) -> None:
+    docs = [*FACTS, FACTS[0], {"text": "Dogs bark.", "kind": "animal"}]  # a repeated document is kept twice
+    assert len(KnowledgeBase(tiny_embedder, docs, index_dir=tmp_path / "kb")) == 5
+    assert len(KnowledgeBase(tiny_embedder, docs, index_dir=tmp_path / "kb")) == 5
+    more = KnowledgeBase(tiny_embedder, [*docs, FACTS[0], {"text": "Dogs bark.", "kind": "pet"}],
+                         index_dir=tmp_path / "kb")
+    assert [doc for _, doc in more.retriever.documents()][5:] == [{"text": FACTS[0]},
+                                                                 {"text": "Dogs bark.", "kind": "pet"}]
+    more.add([FACTS[1]])  # add is explicit: it always adds
+    assert len(more) == 8
+    examples = [{"input": "2+2", "output": "4"}, "free text"]
+    ExampleBank(tiny_embedder, examples, index_dir=tmp_path / "icl")
+    assert len(ExampleBank(tiny_embedder, examples, index_dir=tmp_path / "icl")) == 2
+    ConversationalSearch(tiny_embedder, FACTS, index_dir=tmp_path / "cs")
+    assert len(ConversationalSearch(tiny_embedder, FACTS, index_dir=tmp_path / "cs")) == 3

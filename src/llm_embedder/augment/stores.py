@@ -4,18 +4,21 @@ memory (chat), in-context examples (icl) and conversational search (convsearch).
 Every store has ``prompt(...)``, which retrieves and calls ``augment`` with the task's layout.
 An empty store retrieves nothing (no error): an application starts with empty memories.
 A store given an ``index_dir`` keeps its documents there; reopened from it, it rebuilds its state (turns,
-chunks, tools) from the documents the index holds, and numbering continues after them.
+chunks, tools) from the documents the index holds, and numbering continues after them. Documents given to a
+reopened store's constructor are added only where the index does not hold them already (``add`` always adds).
 """
 
 from __future__ import annotations
 
+import json
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from llm_embedder.augment.prompt import augment
-from llm_embedder.retriever import Hit, Retriever
+from llm_embedder.retriever import Hit, Retriever, normalise_documents
 
 
 class _Store:
@@ -32,6 +35,21 @@ class _Store:
 
     def __len__(self) -> int:
         return len(self.retriever)
+
+    def _add_missing(self, documents: Sequence[str | dict]) -> list[int]:
+        """Add the documents the index does not hold yet, so that reopening a store with the documents it was
+        built from does not index them twice (each held copy matches one given document, so repeats count)."""
+        docs = normalise_documents(documents)
+        if not docs or len(self.retriever) == 0:
+            return self.retriever.add(docs)
+        held = Counter(_identity(doc) for _, doc in self.retriever.documents())
+        new = []
+        for doc in docs:
+            if held[_identity(doc)] > 0:
+                held[_identity(doc)] -= 1
+            else:
+                new.append(doc)
+        return self.retriever.add(new)
 
     def _held(self, field: str) -> list[tuple[int, dict]]:
         """The documents a reopened store holds, ordered by their number in ``field`` (turn, position); one
@@ -52,6 +70,11 @@ class _Store:
         return self.retriever.search(query, k=k, filter=filter)[0]
 
 
+def _identity(doc: dict) -> str:
+    """A document as docs.jsonl keeps it, fields in any order: equal for the same text and fields."""
+    return json.dumps(doc, sort_keys=True, ensure_ascii=False)
+
+
 class KnowledgeBase(_Store):
     """Documents to look facts up in (task ``qa``); the prompt starts with ``Knowledge: ...``."""
 
@@ -59,7 +82,7 @@ class KnowledgeBase(_Store):
 
     def __init__(self, embedder: Any, documents: Sequence[str | dict] = (), **kwargs: Any) -> None:
         super().__init__(embedder, **kwargs)
-        self.add(documents)
+        self._add_missing(documents)
 
     def add(self, documents: Sequence[str | dict]) -> list[int]:
         """Add documents (strings, or dicts with ``text`` and optional filterable fields)."""
@@ -125,10 +148,14 @@ class ExampleBank(_Store):
     ) -> None:
         super().__init__(embedder, **kwargs)
         self.template = template
-        self.add(examples)
+        self._add_missing(self._format(examples))
 
     def add(self, examples: Sequence[str | dict]) -> list[int]:
         """Add examples: ready strings, or dicts formatted with ``template`` (or having ``text``)."""
+        return self.retriever.add(self._format(examples))
+
+    def _format(self, examples: Sequence[str | dict]) -> list[str | dict]:
+        """The examples as documents: a dict without ``text`` gets the ``template`` filled with its fields."""
         docs = []
         for i, example in enumerate(examples):
             if isinstance(example, dict) and "text" not in example:
@@ -137,7 +164,7 @@ class ExampleBank(_Store):
                 except KeyError as err:
                     raise ValueError(f"examples[{i}]: missing field {err.args[0]!r} for {self.template!r}") from None
             docs.append(example)
-        return self.retriever.add(docs)
+        return docs
 
     def retrieve(self, query: str, k: int = 8) -> list[Hit]:
         return self._search(query, k)
@@ -158,7 +185,7 @@ class ConversationalSearch(_Store):
     def __init__(self, embedder: Any, documents: Sequence[str | dict] = (), **kwargs: Any) -> None:
         super().__init__(embedder, **kwargs)
         self.history: list[str] = []
-        self.retriever.add(documents)
+        self._add_missing(documents)
 
     def add(self, documents: Sequence[str | dict]) -> list[int]:
         return self.retriever.add(documents)
