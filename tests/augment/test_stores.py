@@ -276,3 +276,9 @@ def test_stores_reopened_with_their_documents_do_not_add_them_again(tiny_embedde
     assert len(ExampleBank(tiny_embedder, examples, index_dir=tmp_path / "icl")) == 2
     ConversationalSearch(tiny_embedder, FACTS, index_dir=tmp_path / "cs")
     assert len(ConversationalSearch(tiny_embedder, FACTS, index_dir=tmp_path / "cs")) == 3
+
+
+def test_a_store_refuses_an_index_of_another_task(tiny_embedder, tmp_path: Path) -> None:
+    ConversationMemory(tiny_embedder, index_dir=tmp_path / "chat").add_turn("hi", "hello")
+    with pytest.raises(ValueError, match=r"chat holds an index for task 'chat', but KnowledgeBase stores task 'qa'"):
+        KnowledgeBase(tiny_embedder, index_dir=tmp_path / "chat")  # it would search with chat's instructions

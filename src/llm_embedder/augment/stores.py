@@ -30,6 +30,9 @@ class _Store:
         self.embedder = embedder
         if index_dir is not None and (Path(index_dir) / "meta.json").exists():
             self.retriever = Retriever.load(index_dir, embedder)
+            if self.retriever.task != self.task:  # its vectors and instructions are another task's
+                raise ValueError(f"{index_dir} holds an index for task {self.retriever.task!r}, but "
+                                 f"{type(self).__name__} stores task {self.task!r}; give it its own index_dir")
         else:
             self.retriever = Retriever.build(embedder, self.task, [], out_dir=index_dir, factory=factory)
 
