@@ -282,3 +282,28 @@ def test_a_store_refuses_an_index_of_another_task(tiny_embedder, tmp_path: Path)
     ConversationMemory(tiny_embedder, index_dir=tmp_path / "chat").add_turn("hi", "hello")
     with pytest.raises(ValueError, match=r"chat holds an index for task 'chat', but KnowledgeBase stores task 'qa'"):
         KnowledgeBase(tiny_embedder, index_dir=tmp_path / "chat")  # it would search with chat's instructions
+
+
+def test_example_bank_refuses_a_template_it_cannot_fill(tiny_embedder, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"template '\{input\} \{0\}': field \{0\} is positional; name an example's"):
+        ExampleBank(tiny_embedder, template="{input} {0}", index_dir=tmp_path / "icl")
+    assert not (tmp_path / "icl").exists()  # refused before anything was written
+    with pytest.raises(ValueError, match=r"template '\{input\} \{\}': field \{\} is positional"):
+        ExampleBank(tiny_embedder, template="{input} {}")
+    with pytest.raises(ValueError, match=r"template '\{input': .*'\}'"):
+        ExampleBank(tiny_embedder, template="{input")
+    bank = ExampleBank(tiny_embedder, template="{input.upper} {output:d}")
+    with pytest.raises(ValueError, match=r"examples\[0\]: cannot fill template '\{input.upper\} \{output:d\}' "
+                                         r"\(ValueError: Unknown format code 'd'"):
+        bank.add([{"input": "a", "output": "b"}])
+
+
+def test_toolbox_refuses_a_schema_with_malformed_parameters(tiny_embedder) -> None:
+    box = ToolBox(tiny_embedder)
+    with pytest.raises(ValueError, match=r"tool #0 \('x'\): field 'parameters.properties' must be an object mapping "
+                                         r"each parameter name to its schema, got list"):
+        box.register({"name": "x", "parameters": {"properties": ["a"]}})
+    with pytest.raises(ValueError, match=r"tool #0 \('x'\): field 'parameters.required' must be a list of parameter "
+                                         r"names, got str"):
+        box.register({"name": "x", "parameters": {"properties": {"city": {}}, "required": "city"}})
+    assert len(box) == 0 and len(box.retriever) == 0

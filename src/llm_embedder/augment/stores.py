@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import string
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -149,6 +151,7 @@ class ExampleBank(_Store):
         self, embedder: Any, examples: Sequence[str | dict] = (), *, template: str = "{input}\n{output}",
         **kwargs: Any,
     ) -> None:
+        _check_template(template)  # before super().__init__ creates index_dir
         super().__init__(embedder, **kwargs)
         self.template = template
         self._add_missing(self._format(examples))
@@ -166,6 +169,9 @@ class ExampleBank(_Store):
                     example = {**example, "text": self.template.format(**example)}
                 except KeyError as err:
                     raise ValueError(f"examples[{i}]: missing field {err.args[0]!r} for {self.template!r}") from None
+                except (AttributeError, IndexError, TypeError, ValueError) as err:
+                    raise ValueError(f"examples[{i}]: cannot fill template {self.template!r} "
+                                     f"({type(err).__name__}: {err})") from None
             docs.append(example)
         return docs
 
@@ -175,6 +181,20 @@ class ExampleBank(_Store):
     def prompt(self, query: str, k: int = 8, budget_tokens: int = 1024, tokenizer: Any = None) -> str:
         """Demonstrations most-similar-last, then the query (lowest-ranked dropped first to fit)."""
         return augment(self.task, query, self.retrieve(query, k), budget_tokens, tokenizer)
+
+
+def _check_template(template: str) -> None:
+    """Refuse an example template that ``template.format(**example)`` cannot fill whatever the example: one
+    that does not parse, or with a positional field (``{}``, ``{0}``) where each field must name a key."""
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as err:
+        raise ValueError(f"template {template!r}: {err}") from None
+    for name in names:
+        key = re.split(r"[.\[]", name, maxsplit=1)[0]
+        if not key or key.isdigit():
+            raise ValueError(f"template {template!r}: field {{{name}}} is positional; name an example's field, "
+                             "as in '{input}\\n{output}'")
 
 
 class ConversationalSearch(_Store):

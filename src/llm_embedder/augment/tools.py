@@ -123,9 +123,17 @@ def tool_from_schema(schema: Mapping[str, Any], where: str = "schema") -> Tool:
         raise ValueError(f"{where}: missing field 'name'")
     parameters = schema.get("parameters") or {}
     if not isinstance(parameters, Mapping):
-        raise ValueError(f"{where}: field 'parameters' must be an object")
+        raise ValueError(f"{where} ({name!r}): field 'parameters' must be an object")
+    where = f"{where} ({name!r})"
     properties = parameters.get("properties") or {}
-    required = set(parameters.get("required") or [])
+    if not isinstance(properties, Mapping):
+        raise ValueError(f"{where}: field 'parameters.properties' must be an object mapping each parameter name to "
+                         f"its schema, got {type(properties).__name__}")
+    required = parameters.get("required") or []
+    if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+        raise ValueError(f"{where}: field 'parameters.required' must be a list of parameter names, got "
+                         f"{type(required).__name__}")
+    required = set(required)
     params = [
         Param(p, str(spec.get("type", "any")) if isinstance(spec, Mapping) else "any",
               str(spec.get("description", "")) if isinstance(spec, Mapping) else "", p in required)
