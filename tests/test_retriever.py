@@ -181,3 +181,23 @@ def test_filter_on_a_field_the_index_did_not_store_is_refused(tiny_embedder, tmp
     del meta["filter_fields"]  # an index from before the fields were recorded: searched as before
     (tmp_path / "idx" / "meta.json").write_text(json.dumps(meta))
     assert Retriever.load(tmp_path / "idx", tiny_embedder).search("Paris", k=2, filter={"lang": "en"}) == [[]]
+
+
+def test_a_document_json_cannot_store_is_refused_before_anything_is_written(tiny_embedder, tmp_path: Path) -> None:
+    """A date in a document used to fail in json.dumps after its vector was in the index: the next add clashed on
+    its id, search hit a row docs.jsonl did not have. Now it is refused, naming it, and nothing is written."""
+    import datetime
+
+    out = tmp_path / "idx"
+    retriever = Retriever.build(tiny_embedder, "qa", DOCS, out_dir=out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(ValueError, match=r"documents\[1\]: field 'when' cannot be stored as JSON \(a date; give it "
+                                         r"as a string, number, boolean, list or dict\)"):
+        retriever.add([{"text": "Good doc one."}, {"text": "Bad doc", "when": datetime.date(2020, 1, 1)}])
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before and len(retriever) == 4
+    assert retriever.add([{"text": "Good doc one."}]) == [4]
+    assert {h.id: h.text for h in retriever.search("Good doc one.", k=5)[0]}[4] == "Good doc one."
+    assert len(Retriever.load(out, tiny_embedder)) == 5
+    with pytest.raises(ValueError, match=r"documents\[0\]: field 'when' cannot be stored as JSON \(a date"):
+        Retriever.build(tiny_embedder, "qa", [{"text": "Bad doc", "when": datetime.date(2020, 1, 1)}],
+                        out_dir=tmp_path / "idx2")

@@ -20,6 +20,7 @@ from llm_embedder.index.build import (
     MILVUS_FILE,
     OFFSETS_FILE,
     build_index,
+    doc_line,
     filterable,
     instruction_hash,
     iter_records,
@@ -62,16 +63,24 @@ class DocStore:
                 out.append(json.loads(handle.readline()))
         return out
 
-    def append(self, docs: list[dict]) -> None:
+    def lines(self, docs: list[dict]) -> list[bytes] | None:
+        """The docs.jsonl lines of ``docs`` (None in memory), made before anything is written: a document JSON
+        cannot store is refused, naming it, with the store unchanged."""
+        if self.directory is None:
+            return None
+        return [doc_line(doc, f"documents[{i}]") for i, doc in enumerate(docs)]
+
+    def append(self, docs: list[dict], lines: list[bytes] | None = None) -> None:
+        """Add ``docs`` (their ``lines`` when already made) after the stored ones."""
         if self.directory is None:
             self._docs.extend(docs)
             return
+        lines = self.lines(docs) if lines is None else lines
         path = self.directory / DOCS_FILE
         offset = path.stat().st_size
         new = []
         with path.open("ab") as handle:
-            for doc in docs:
-                line = (json.dumps(doc, ensure_ascii=False) + "\n").encode("utf-8")
+            for line in lines:
                 handle.write(line)
                 new.append(offset)
                 offset += len(line)
@@ -222,13 +231,14 @@ class Retriever:
         docs = normalise_documents(documents)
         if not docs:
             return []
+        lines = self.docs.lines(docs)  # before the index changes: a failure here leaves it as it was
         start = len(self.docs)
         ids = list(range(start, start + len(docs)))
         vectors = self.embedder.encode_keys([d["text"] for d in docs], self.task)
         fields = self.meta.get("filter_fields", []) if self.out_dir is not None else ["*"]
         metadata = [filterable(d, fields) for d in docs] if fields else None
         self.index.add(ids, vectors, metadata)
-        self.docs.append(docs)
+        self.docs.append(docs, lines)
         self.meta["count"] = len(self.docs)
         if self.out_dir is not None:
             with (self.out_dir / EMBEDDINGS_FILE).open("ab") as handle:

@@ -90,6 +90,21 @@ def iter_records(corpus: str | Path | Iterable[str | dict]) -> Iterator[tuple[st
             raise DataError(f"documents[{i}]: expected a string or a dict, got {type(item).__name__}")
 
 
+def doc_line(doc: dict, where: str) -> bytes:
+    """A document as its docs.jsonl line. A value JSON cannot store (a date, a set) is refused naming its field,
+    so that callers can check a batch before writing any of it."""
+    try:
+        return (json.dumps(doc, ensure_ascii=False) + "\n").encode("utf-8")
+    except (TypeError, ValueError) as err:  # ValueError: a circular reference, a lone surrogate
+        for key, value in doc.items():
+            try:
+                json.dumps(value, ensure_ascii=False).encode("utf-8")
+            except (TypeError, ValueError):
+                raise DataError(f"{where}: field {key!r} cannot be stored as JSON (a {type(value).__name__}; give it "
+                                "as a string, number, boolean, list or dict)") from None
+        raise DataError(f"{where}: the document cannot be stored as JSON ({err})") from None
+
+
 def corpus_fingerprint(corpus: Any) -> dict | None:
     if isinstance(corpus, str | Path):
         stat = Path(corpus).stat()
@@ -111,7 +126,7 @@ def write_docs(corpus: Any, out_dir: Path, field: str, template: str | None,
             doc["text"] = compose_text(record, field, template, where)
             if unseen:
                 unseen -= set(filterable(doc, unseen))
-            line = (json.dumps(doc, ensure_ascii=False) + "\n").encode("utf-8")
+            line = doc_line(doc, where)
             docs.write(line)
             offsets.write(np.int64(offset).tobytes())
             offset += len(line)
