@@ -249,3 +249,22 @@ def test_a_model_retrained_in_place_does_not_reuse_its_old_vectors(tiny_embedder
     del progress["settings"]["model_version"]
     (out / "progress.json").write_text(json.dumps(progress))
     assert build_index(corpus, out, Embedder(model, device="cpu"), "qa", progress=False) == meta
+
+
+def test_a_build_refused_for_its_data_runs_again_with_the_data_fixed(tiny_embedder, tmp_path: Path) -> None:
+    """A refused corpus (empty, a bad line, a filter field no document has) leaves no document files behind: they
+    made the folder one that is not an index build, and the same command with the corpus fixed was refused."""
+    corpus, out = tmp_path / "c.jsonl", tmp_path / "idx"
+    for text, message in [("\n\n", "no documents to index"), ('{"text": "ok"}\n{"title": "x"}\n', "missing field"),
+                          ('{"text": "ok"}\n{"text": "fine"}\n', "filter field 'lang': no document has it")]:
+        corpus.write_text(text)
+        with pytest.raises(DataError, match=message):
+            build_index(corpus, out, tiny_embedder, "qa", filter_fields=["lang"], progress=False)
+        assert list(out.iterdir()) == []
+    assert build_index(write_corpus(corpus, 3), out, tiny_embedder, "qa", progress=False)["count"] == 3
+    # a build cut between moving its document files in place and recording its progress is taken again
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    for name in ("docs.jsonl", "docs.offsets"):
+        (cut / name).write_bytes((out / name).read_bytes())
+    assert build_index(corpus, cut, tiny_embedder, "qa", progress=False)["count"] == 3

@@ -211,3 +211,16 @@ def test_texts_and_paths_with_brackets_are_printed_as_they_are(tiny_embedder_dir
     proc = subprocess.run([sys.executable, "-m", "llm_embedder", "search", "q", "--index", str(missing)],
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert proc.returncode == 2 and "idx[bold]" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_an_index_refused_for_an_empty_corpus_runs_again_with_the_corpus_fixed(tiny_embedder_dir: Path,
+                                                                               tmp_path: Path) -> None:
+    corpus, out = tmp_path / "empty.jsonl", tmp_path / "o_empty"
+    corpus.write_text("\n\n")
+    args = ["index", "--task", "qa", "--corpus", str(corpus), "--out", str(out), "--model", str(tiny_embedder_dir)]
+    result = runner.invoke(app, args)
+    assert "empty.jsonl: no documents to index" in str(result.exception) and list(out.iterdir()) == []
+    write_corpus(corpus)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.exception
+    assert json.loads((out / "meta.json").read_text())["count"] == 9

@@ -113,30 +113,37 @@ def corpus_fingerprint(corpus: Any) -> dict | None:
 
 
 def write_docs(corpus: Any, out_dir: Path, field: str, template: str | None,
-               filter_fields: Iterable[str] = ()) -> int:
+               filter_fields: Iterable[str] = (), allow_empty: bool = False) -> int:
     """Stream records into docs.jsonl + docs.offsets (via temp files); returns the document count. A named
     filter field that no document holds is refused before anything is encoded: every filter on it would match
-    nothing."""
+    nothing. So is a corpus without documents unless ``allow_empty``. Refused data leaves no file behind, so
+    that the same command with the data fixed runs (an interruption leaves the temp files, which mark the
+    folder as an index build's)."""
     docs_tmp, offsets_tmp = out_dir / (DOCS_FILE + ".tmp"), out_dir / (OFFSETS_FILE + ".tmp")
     count, offset = 0, 0
     unseen = set(filter_fields) - {"*"}
-    with docs_tmp.open("wb") as docs, offsets_tmp.open("wb") as offsets:
-        for where, record in iter_records(corpus):
-            doc = dict(record)
-            doc["text"] = compose_text(record, field, template, where)
-            if unseen:
-                unseen -= set(filterable(doc, unseen))
-            line = doc_line(doc, where)
-            docs.write(line)
-            offsets.write(np.int64(offset).tobytes())
-            offset += len(line)
-            count += 1
-    if unseen and count:
-        docs_tmp.unlink()
-        offsets_tmp.unlink()
-        missing = ", ".join(map(repr, sorted(unseen)))
-        raise DataError(f"filter field {missing}: no document has it (as a string, number or boolean); "
-                        "check the name against the corpus's fields")
+    try:
+        with docs_tmp.open("wb") as docs, offsets_tmp.open("wb") as offsets:
+            for where, record in iter_records(corpus):
+                doc = dict(record)
+                doc["text"] = compose_text(record, field, template, where)
+                if unseen:
+                    unseen -= set(filterable(doc, unseen))
+                line = doc_line(doc, where)
+                docs.write(line)
+                offsets.write(np.int64(offset).tobytes())
+                offset += len(line)
+                count += 1
+        if count == 0 and not allow_empty:
+            raise DataError(f"{corpus}: no documents to index")
+        if unseen and count:
+            missing = ", ".join(map(repr, sorted(unseen)))
+            raise DataError(f"filter field {missing}: no document has it (as a string, number or boolean); "
+                            "check the name against the corpus's fields")
+    except DataError:
+        docs_tmp.unlink(missing_ok=True)
+        offsets_tmp.unlink(missing_ok=True)
+        raise
     os.replace(offsets_tmp, out_dir / OFFSETS_FILE)
     os.replace(docs_tmp, out_dir / DOCS_FILE)
     return count
@@ -297,7 +304,9 @@ def build_index(
     check_index_settings(embedder, backend, factory, batch_size)
     if template:
         check_template(template, "the template")
-    out_dir = check_output_dir(out_dir, (PROGRESS_FILE, DOCS_FILE + ".tmp", OFFSETS_FILE + ".tmp"), "an index build")
+    # docs.offsets too: a build cut after moving its document files in place, before recording its progress
+    markers = (PROGRESS_FILE, OFFSETS_FILE, DOCS_FILE + ".tmp", OFFSETS_FILE + ".tmp")
+    out_dir = check_output_dir(out_dir, markers, "an index build")
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {
         "model": embedder.name, "model_path": str(Path(embedder.path).resolve()), "task": task,
@@ -333,9 +342,8 @@ def build_index(
         return json.loads((out_dir / META_FILE).read_text(encoding="utf-8"))
     if state is None or not state.get("docs_done"):
         (out_dir / META_FILE).unlink(missing_ok=True)
-        count = write_docs(corpus, out_dir, field, template, filter_fields)
-        if count == 0 and isinstance(corpus, (str, Path)):  # (an in-memory Retriever may start empty)
-            raise DataError(f"{corpus}: no documents to index")
+        in_memory = not isinstance(corpus, str | Path)  # (an in-memory Retriever may start empty)
+        count = write_docs(corpus, out_dir, field, template, filter_fields, allow_empty=in_memory)
         state = {"settings": settings, "corpus": fingerprint, "docs_done": True, "count": count, "rows_done": 0}
         write_progress(out_dir, state)
     encode_rows(embedder, task, out_dir, state, batch_size, progress)
