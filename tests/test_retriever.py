@@ -201,3 +201,51 @@ def test_a_document_json_cannot_store_is_refused_before_anything_is_written(tiny
     with pytest.raises(ValueError, match=r"documents\[0\]: field 'when' cannot be stored as JSON \(a date"):
         Retriever.build(tiny_embedder, "qa", [{"text": "Bad doc", "when": datetime.date(2020, 1, 1)}],
                         out_dir=tmp_path / "idx2")
+
+
+OTHER_DOCS = ["Quantum physics studies matter at small scales.", "Rivers flow to the sea.", "Bread is baked."]
+
+
+def test_an_index_directory_of_other_documents_is_refused(tiny_embedder, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-memory documents are fingerprinted by content: other documents are not answered with the old index, nor
+    resumed into an interrupted build of others; the same ones are re-used or resumed as before."""
+    out = tmp_path / "rb1"
+    Retriever.build(tiny_embedder, "qa", ["Cats purr.", "Dogs bark."], out_dir=out)
+    refused = r"rb1 holds a build of a different corpus \(other documents\); use another out_dir or delete it"
+    with pytest.raises(ValueError, match=refused):
+        Retriever.build(tiny_embedder, "qa", OTHER_DOCS, out_dir=out)
+    assert len(Retriever.build(tiny_embedder, "qa", [{"text": "Cats purr."}, "Dogs bark."], out_dir=out)) == 2
+    original, calls = tiny_embedder.encode_keys, []
+
+    def killed_at_the_second_batch(texts, task, **options):
+        calls.append(texts)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(texts, task, **options)
+
+    monkeypatch.setattr(tiny_embedder, "encode_keys", killed_at_the_second_batch)
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        Retriever.build(tiny_embedder, "qa", DOCS, out_dir=cut, batch_size=2)
+    with pytest.raises(ValueError, match=refused.replace("rb1", "cut")):
+        Retriever.build(tiny_embedder, "qa", OTHER_DOCS + ["Tea is a drink."], out_dir=cut, batch_size=2)
+    calls.clear()
+    resumed = Retriever.build(tiny_embedder, "qa", (d for d in DOCS), out_dir=cut, batch_size=2)  # streamed too
+    assert calls == [[DOCS[2]["text"], DOCS[3]["text"]]] and [h.text for h in resumed.search("x", k=4)[0]]
+
+
+def test_builds_recorded_before_documents_were_fingerprinted(tiny_embedder, tmp_path: Path) -> None:
+    """Such a build has no fingerprint of its in-memory documents: a finished one is re-used as before; an unfinished
+    one is checked against the documents it wrote."""
+    out = tmp_path / "idx"
+    Retriever.build(tiny_embedder, "qa", DOCS, out_dir=out)
+    progress_path = out / "progress.json"
+    progress = {**json.loads(progress_path.read_text()), "corpus": None}
+    progress_path.write_text(json.dumps(progress))
+    assert len(Retriever.build(tiny_embedder, "qa", DOCS, out_dir=out)) == 4
+    progress_path.write_text(json.dumps({**progress, "done": False, "rows_done": 2}))
+    (out / "meta.json").unlink()
+    with pytest.raises(ValueError, match="holds a build of a different corpus"):
+        Retriever.build(tiny_embedder, "qa", OTHER_DOCS, out_dir=out)
+    assert len(Retriever.build(tiny_embedder, "qa", DOCS, out_dir=out)) == 4

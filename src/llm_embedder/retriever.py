@@ -141,7 +141,7 @@ class Retriever:
         docs = normalise_documents(documents)
         if out_dir is not None:
             build_index(docs, out_dir, embedder, task, factory=factory, backend=backend, batch_size=batch_size,
-                        filter_fields=["*"], progress=False)
+                        filter_fields=["*"], progress=False, option="out_dir")
             return cls.load(out_dir, embedder)
         if backend != "faiss":
             raise ValueError("an in-memory Retriever uses FAISS; pass out_dir for Milvus")

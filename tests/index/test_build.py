@@ -108,6 +108,13 @@ def test_build_refuses_other_settings(tiny_embedder, tmp_path: Path) -> None:
     build_index(corpus, tmp_path / "idx", tiny_embedder, "qa", progress=False)
     with pytest.raises(ValueError, match="different task, instruction_hash"):
         build_index(corpus, tmp_path / "idx", tiny_embedder, "chat", progress=False)
+    write_corpus(tmp_path / "other.jsonl", 6)
+    with pytest.raises(ValueError, match=r"idx holds a build of a different corpus \(it was built from .*c\.jsonl\); "
+                                         "use another --out or delete it"):
+        build_index(tmp_path / "other.jsonl", tmp_path / "idx", tiny_embedder, "qa", progress=False)
+    write_corpus(corpus, 6)
+    with pytest.raises(ValueError, match=r"a different corpus \(.*c\.jsonl changed since: its size or time differs"):
+        build_index(corpus, tmp_path / "idx", tiny_embedder, "qa", progress=False)
 
 
 def test_resuming_at_another_document_length_is_refused(tiny_embedder_dir, tmp_path: Path) -> None:

@@ -105,7 +105,35 @@ def doc_line(doc: dict, where: str) -> bytes:
         raise DataError(f"{where}: the document cannot be stored as JSON ({err})") from None
 
 
+def iter_doc_lines(corpus: Any, field: str, template: str | None) -> Iterator[tuple[str, dict, bytes]]:
+    """(location, document, its docs.jsonl line) for each record: the text composed and checked."""
+    for where, record in iter_records(corpus):
+        doc = dict(record)
+        doc["text"] = compose_text(record, field, template, where)
+        yield where, doc, doc_line(doc, where)
+
+
+def documents_fingerprint(corpus: Any, field: str, template: str | None) -> dict:
+    """In-memory documents by content: the SHA-256 of their docs.jsonl lines, streamed (nothing is kept)."""
+    digest = hashlib.sha256()
+    for _, _, line in iter_doc_lines(corpus, field, template):
+        digest.update(line)
+    return {"sha256": digest.hexdigest()}
+
+
+def docs_file_fingerprint(path: Path) -> dict | None:
+    """The documents a build wrote, fingerprinted as ``documents_fingerprint`` does (None without the file)."""
+    if not path.exists():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return {"sha256": digest.hexdigest()}
+
+
 def corpus_fingerprint(corpus: Any) -> dict | None:
+    """A corpus file by path, size and time; None for in-memory documents (see ``documents_fingerprint``)."""
     if isinstance(corpus, str | Path):
         stat = Path(corpus).stat()
         return {"path": str(Path(corpus).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
@@ -113,24 +141,23 @@ def corpus_fingerprint(corpus: Any) -> dict | None:
 
 
 def write_docs(corpus: Any, out_dir: Path, field: str, template: str | None,
-               filter_fields: Iterable[str] = (), allow_empty: bool = False) -> int:
-    """Stream records into docs.jsonl + docs.offsets (via temp files); returns the document count. A named
+               filter_fields: Iterable[str] = (), allow_empty: bool = False) -> tuple[int, dict]:
+    """Stream records into docs.jsonl + docs.offsets (via temp files); returns the document count and the
+    documents' ``documents_fingerprint``. A named
     filter field that no document holds is refused before anything is encoded: every filter on it would match
     nothing. So is a corpus without documents unless ``allow_empty``. Refused data leaves no file behind, so
     that the same command with the data fixed runs (an interruption leaves the temp files, which mark the
     folder as an index build's)."""
     docs_tmp, offsets_tmp = out_dir / (DOCS_FILE + ".tmp"), out_dir / (OFFSETS_FILE + ".tmp")
-    count, offset = 0, 0
+    count, offset, digest = 0, 0, hashlib.sha256()
     unseen = set(filter_fields) - {"*"}
     try:
         with docs_tmp.open("wb") as docs, offsets_tmp.open("wb") as offsets:
-            for where, record in iter_records(corpus):
-                doc = dict(record)
-                doc["text"] = compose_text(record, field, template, where)
+            for _, doc, line in iter_doc_lines(corpus, field, template):
                 if unseen:
                     unseen -= set(filterable(doc, unseen))
-                line = doc_line(doc, where)
                 docs.write(line)
+                digest.update(line)
                 offsets.write(np.int64(offset).tobytes())
                 offset += len(line)
                 count += 1
@@ -146,7 +173,7 @@ def write_docs(corpus: Any, out_dir: Path, field: str, template: str | None,
         raise
     os.replace(offsets_tmp, out_dir / OFFSETS_FILE)
     os.replace(docs_tmp, out_dir / DOCS_FILE)
-    return count
+    return count, {"sha256": digest.hexdigest()}
 
 
 def filterable(doc: dict, fields: Iterable[str]) -> dict:
@@ -264,6 +291,17 @@ def build_vector_index(
     return name
 
 
+def corpus_change(corpus: Any, recorded: Any) -> str:
+    """How ``corpus`` differs from the corpus a build recorded, in words."""
+    if not isinstance(corpus, str | Path):
+        return "other documents"
+    if isinstance(recorded, dict) and recorded.get("path") == str(Path(corpus).resolve()):
+        return f"{corpus} changed since: its size or time differs"
+    if isinstance(recorded, dict) and "path" in recorded:
+        return f"it was built from {recorded['path']}"
+    return "it was built from in-memory documents"
+
+
 def check_index_settings(embedder: Any, backend: str, factory: str, batch_size: int) -> None:
     """Refuse a bad backend, factory string or batch size before any document is encoded."""
     from llm_embedder.index.faiss_index import FaissIndex
@@ -289,6 +327,7 @@ def build_index(
     batch_size: int = 256,
     filter_fields: Iterable[str] = (),
     progress: bool = True,
+    option: str = "--out",
 ) -> dict:
     """Encode a corpus for ``task`` into ``out_dir`` and index it; re-running continues an interrupted build.
 
@@ -296,7 +335,9 @@ def build_index(
     all scalar fields; keep it small for big corpora, FAISS holds them in memory).
 
     Returns the metadata written to meta.json. A directory holding a build with other settings (model,
-    task, instructions, document tokens, corpus, factory) is refused rather than mixed.
+    task, instructions, document tokens, corpus, factory) is refused rather than mixed. A corpus file is known
+    by path, size and time; in-memory documents by content (``documents_fingerprint``). ``option`` names
+    ``out_dir`` in messages.
     """
     from llm_embedder.tasks import get_task
 
@@ -306,7 +347,7 @@ def build_index(
         check_template(template, "the template")
     # docs.offsets too: a build cut after moving its document files in place, before recording its progress
     markers = (PROGRESS_FILE, OFFSETS_FILE, DOCS_FILE + ".tmp", OFFSETS_FILE + ".tmp")
-    out_dir = check_output_dir(out_dir, markers, "an index build")
+    out_dir = check_output_dir(out_dir, markers, "an index build", option)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {
         "model": embedder.name, "model_path": str(Path(embedder.path).resolve()), "task": task,
@@ -316,8 +357,12 @@ def build_index(
         # the weight files (sizes, times): a model retrained in place does not resume, or re-use, its old vectors
         "model_version": model_version(embedder.path),
     }
+    in_memory = not isinstance(corpus, str | Path)
     fingerprint = corpus_fingerprint(corpus)
     state = read_progress(out_dir)
+    resumable = state is not None and bool(state.get("docs_done"))
+    if in_memory and resumable:  # read once more here; a build re-used or resumed does not read them again
+        fingerprint = documents_fingerprint(corpus, field, template)
     old = state.get("settings", {}) if state is not None else {}
     # a build from before the document length was recorded: the same build if all else matches and it finished
     # (nothing is encoded again); an unfinished one cannot say at which length its rows were encoded
@@ -329,22 +374,31 @@ def build_index(
     if legacy and old == compared and not state.get("done"):
         raise ValueError(
             f"{out_dir} holds an unfinished build from an earlier version, which did not record how many tokens of a "
-            "document it kept; use another --out or delete it"
+            f"document it kept; use another {option} or delete it"
         )
-    if state is not None and (old != compared or state.get("corpus") != fingerprint):
-        diff = [k for k in compared if old.get(k) != compared[k]] or ["corpus"]
+    if state is not None and old != compared:
+        diff = [k for k in compared if old.get(k) != compared[k]] or ["settings"]
         if diff == ["model_version"]:
             diff = ["model weights (the model's weight files changed since: retrained in place?)"]
         raise ValueError(
-            f"{out_dir} holds a build with different {', '.join(diff)}; use another --out or delete it"
+            f"{out_dir} holds a build with different {', '.join(diff)}; use another {option} or delete it"
         )
+    recorded = state.get("corpus") if state is not None else None
+    if in_memory and resumable and recorded is None:
+        # recorded before in-memory documents were fingerprinted: a finished build is re-used as before; an
+        # unfinished one is checked against the documents it wrote
+        recorded = fingerprint if state.get("done") else docs_file_fingerprint(out_dir / DOCS_FILE)
+    if state is not None and recorded != fingerprint:
+        raise ValueError(f"{out_dir} holds a build of a different corpus ({corpus_change(corpus, recorded)}); use "
+                         f"another {option} or delete it")
     if state is not None and state.get("done") and (out_dir / META_FILE).exists():
         return json.loads((out_dir / META_FILE).read_text(encoding="utf-8"))
     if state is None or not state.get("docs_done"):
         (out_dir / META_FILE).unlink(missing_ok=True)
-        in_memory = not isinstance(corpus, str | Path)  # (an in-memory Retriever may start empty)
-        count = write_docs(corpus, out_dir, field, template, filter_fields, allow_empty=in_memory)
-        state = {"settings": settings, "corpus": fingerprint, "docs_done": True, "count": count, "rows_done": 0}
+        # (an in-memory Retriever may start empty)
+        count, content = write_docs(corpus, out_dir, field, template, filter_fields, allow_empty=in_memory)
+        state = {"settings": settings, "corpus": content if in_memory else fingerprint, "docs_done": True,
+                 "count": count, "rows_done": 0}
         write_progress(out_dir, state)
     encode_rows(embedder, task, out_dir, state, batch_size, progress)
     index_file = build_vector_index(out_dir, state, backend, factory, tuple(filter_fields))
