@@ -33,6 +33,8 @@ def test_in_memory_build_search_add(tiny_embedder) -> None:
         retriever.add([{"title": "no text"}])
     with pytest.raises(ValueError, match=r"documents\[1\]: a document's 'text' is empty"):
         retriever.add(["fine", {"text": "", "lang": "de"}])
+    with pytest.raises(ValueError, match=r"documents\[1\]: a document's 'text' holds only whitespace"):
+        retriever.add(["fine", "   "])
     assert len(retriever) == 6  # nothing of a refused batch was added
     with pytest.raises(ValueError, match=r"query 2 is empty; give the text to search for"):
         retriever.search(["Paris", "  "])  # it would return the documents nearest to the instruction alone

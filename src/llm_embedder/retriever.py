@@ -97,12 +97,14 @@ def _read_offsets(path: Path) -> np.ndarray:
 
 
 def normalise_documents(documents: Sequence[str | dict]) -> list[dict]:
+    """Documents as dicts with a string ``text`` that is not empty nor only whitespace (errors name the position)."""
     docs = []
     for where, record in iter_records(documents):
         if not isinstance(record.get("text"), str):
             raise ValueError(f"{where}: a document needs a string 'text' field")
-        if not record["text"]:  # embedded as the instruction alone, it would sit near every query
-            raise ValueError(f"{where}: a document's 'text' is empty")
+        if not record["text"].strip():  # embedded as the instruction alone, it would sit near every query
+            what = "holds only whitespace" if record["text"] else "is empty"
+            raise ValueError(f"{where}: a document's 'text' {what}")
         docs.append(dict(record))
     return docs
 

@@ -151,3 +151,17 @@ def test_encode_refuses_an_empty_text_or_no_texts(tmp_path, tiny_embedder_dir):
         assert message in " ".join(result.stderr.split())
     result = run_cli("encode", "--model", str(tiny_embedder_dir), stdin="")
     assert result.returncode == 2 and "<stdin>: no texts to encode" in result.stderr
+
+
+def test_encode_refuses_a_text_of_only_whitespace(tmp_path, tiny_embedder_dir):
+    """Refused like an empty line: it would be encoded as the instruction alone."""
+    from llm_embedder.cli.basic import read_texts
+    from llm_embedder.io import DataError
+
+    records = tmp_path / "texts.jsonl"
+    records.write_text('{"text": "a"}\n{"text": " \\t"}\n')
+    with pytest.raises(DataError, match=r"texts.jsonl:2: field 'text' holds only whitespace$"):
+        read_texts(records, None)
+    result = run_cli("encode", "--model", str(tiny_embedder_dir), stdin="a\n   \nb\n")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "<stdin>:2: line of only whitespace (one text per line)" in " ".join(result.stderr.split())

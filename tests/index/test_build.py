@@ -275,3 +275,14 @@ def test_a_build_refused_for_its_data_runs_again_with_the_data_fixed(tiny_embedd
     for name in ("docs.jsonl", "docs.offsets"):
         (cut / name).write_bytes((out / name).read_bytes())
     assert build_index(corpus, cut, tiny_embedder, "qa", progress=False)["count"] == 3
+
+
+def test_a_text_of_only_whitespace_is_refused(tiny_embedder, tmp_path: Path) -> None:
+    """Like an empty one, it would be embedded as the instruction alone, a vector near every query."""
+    corpus = tmp_path / "bad.jsonl"
+    corpus.write_text('{"text": "ok"}\n{"text": " \\t "}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: field 'text' holds only whitespace$"):
+        build_index(corpus, tmp_path / "idx", tiny_embedder, "qa", progress=False)
+    assert list((tmp_path / "idx").iterdir()) == []
+    with pytest.raises(DataError, match=r"documents\[1\]: field 'text' holds only whitespace$"):
+        build_index(["ok", "\n  "], tmp_path / "idx2", tiny_embedder, "qa", progress=False)

@@ -57,8 +57,9 @@ def read_texts(source: Path | None, field: str | None) -> list[str]:
         lines = list(iter_text_lines(name))  # bad UTF-8 names the file and line
     if field is None and not name.endswith(".jsonl"):
         for line_no, line in enumerate(lines, start=1):
-            if not line:  # a vector per line: a blank line is refused, not encoded as the instruction alone
-                raise DataError(f"{name}:{line_no}: empty line (one text per line)")
+            if not line.strip():  # a vector per line: a blank line is refused, not encoded as the instruction alone
+                what = "line of only whitespace" if line else "empty line"
+                raise DataError(f"{name}:{line_no}: {what} (one text per line)")
         texts = lines
     else:
         field = field or "text"
@@ -68,8 +69,9 @@ def read_texts(source: Path | None, field: str | None) -> list[str]:
                 raise DataError(f"{name}:{line_no}: missing field {field!r}")
             if not isinstance(record[field], str):
                 raise DataError(f"{name}:{line_no}: field {field!r} must be a string")
-            if not record[field]:
-                raise DataError(f"{name}:{line_no}: field {field!r} is empty")
+            if not record[field].strip():
+                what = "holds only whitespace" if record[field] else "is empty"
+                raise DataError(f"{name}:{line_no}: field {field!r} {what}")
             texts.append(record[field])
     if not texts:
         raise DataError(f"{name}: no texts to encode")
