@@ -224,3 +224,26 @@ def test_an_index_refused_for_an_empty_corpus_runs_again_with_the_corpus_fixed(t
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.exception
     assert json.loads((out / "meta.json").read_text())["count"] == 9
+
+
+def test_an_index_of_a_task_from_a_task_file_is_searched_and_augmented_with_it(tiny_embedder_dir: Path,
+                                                                               tmp_path: Path) -> None:
+    task_file = tmp_path / "legal.yaml"
+    task_file.write_text("tasks:\n  - name: legal\n    query_instruction: 'Find statutes for: '\n"
+                         "    key_instruction: 'Statute: '\n    loss: contrastive\n")
+    corpus, out = write_corpus(tmp_path / "corpus.jsonl"), tmp_path / "idx"
+
+    def cli(*args: str) -> subprocess.CompletedProcess:  # a process each: the task registry is process-wide
+        return subprocess.run([sys.executable, "-m", "llm_embedder", *args], capture_output=True, text=True,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+
+    built = cli("index", "--task", "legal", "--task-file", str(task_file), "--corpus", str(corpus), "--out", str(out),
+                "--model", str(tiny_embedder_dir))
+    assert built.returncode == 0, built.stderr
+    found = cli("search", "document 3", "--index", str(out), "--json", "--task-file", str(task_file))
+    assert found.returncode == 0 and len(json.loads(found.stdout)["hits"]) == 9, found.stderr
+    prompt = cli("augment", "document 3", "--task", "legal", "--index", str(out), "-k", "2", "--task-file",
+                 str(task_file))
+    assert prompt.returncode == 0 and "text of document" in prompt.stdout, prompt.stderr
+    refused = cli("augment", "q", "--index", str(out), "--budget", "0")
+    assert refused.returncode == 2 and "--budget must be at least 1" in refused.stderr

@@ -114,12 +114,14 @@ def search_command(
     ] = None,
     filter: FilterOption = None,
     json_out: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+    task_file: TaskFileOption = None,
 ) -> None:
     """Top-k documents with scores for each query, from an index directory."""
     from rich.table import Table
 
     from llm_embedder.retriever import check_queries
 
+    register_task_files(task_file)  # an index of a task from a task file needs its instructions
     check_queries(queries)  # before the model loads
     retriever = open_retriever(index, model, task)
     results = retriever.search(queries, k=k, filter=parse_filter(filter))
@@ -150,12 +152,16 @@ def augment_command(
         str | None, typer.Option(help="Count tokens with this LM (a HF directory or 'smollm2'); default approximate.")
     ] = None,
     model: Annotated[str | None, typer.Option(help="Embedder for --index (default: the index's).")] = None,
+    task_file: TaskFileOption = None,
 ) -> None:
     """Print the LLM prompt for a query with retrieved items laid out as the task expects (recipe §3)."""
     from llm_embedder.augment import augment
     from llm_embedder.tasks import get_task
 
+    register_task_files(task_file)
     get_task(task)  # a typo would silently get the generic layout
+    if budget < 1:  # before any model loads
+        raise ValueError(f"--budget must be at least 1 token, got {budget}")
     if not query.strip():
         raise ValueError("the query is empty; give the question the prompt is for")
     empty = [i for i, text in enumerate(item or [], 1) if not text.strip()]
