@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +113,16 @@ def test_a_failed_overwrite_keeps_the_old_export_and_the_model(tiny_embedder_dir
     assert (tiny_embedder_dir / "config_sentence_transformers.json").is_file()
     export_onnx(tiny_embedder_dir, out, overwrite=True)
     assert not out.with_name(out.name + ".partial").exists() and (out / ONNX_DIR / EXPORT_FILE).is_file()
+
+
+def test_overwrite_replaces_only_an_export_and_nothing_goes_inside_the_model(tiny_embedder_dir: Path, tmp_path: Path):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "precious.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not an ONNX export"):
+        export_onnx(tiny_embedder_dir, notes, overwrite=True)
+    assert (notes / "precious.txt").read_text() == "keep me"
+    model = shutil.copytree(tiny_embedder_dir, tmp_path / "model")
+    with pytest.raises(ValueError, match="inside the model directory"):
+        export_onnx(model, model / "onnx_export")
+    assert not (model / "onnx_export").exists()

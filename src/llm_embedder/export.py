@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from llm_embedder.io import check_output_dir
 from llm_embedder.models import resolve_embedder_path
 
 ONNX_DIR = "onnx"
@@ -71,8 +72,12 @@ def export_onnx(model: str | Path, out: str | Path, *, quantize: str | None = No
     out = Path(out)
     if out.resolve() == source.resolve() or out.resolve() in source.resolve().parents:
         raise ValueError(f"--out {out} would replace the model directory {source} (or a folder holding it)")
+    if source.resolve() in out.resolve().parents:  # its weights would count as the model's (model_version)
+        raise ValueError(f"--out {out} is inside the model directory {source}; export next to it")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; an export is a directory")
+    # --overwrite replaces an earlier export, never a folder of other files
+    check_output_dir(out, (f"{ONNX_DIR}/{EXPORT_FILE}", ), "an ONNX export")
     replace = out.exists() and any(out.iterdir())
     if replace and not overwrite:
         raise ValueError(f"{out} exists and is not empty; pass --overwrite to replace it")
