@@ -88,6 +88,14 @@ def test_filter(backend: str, tmp_path: Path) -> None:
     index.close()
 
 
+def test_a_filter_of_mixed_value_types_matches_any_of_them(backend: str, tmp_path: Path) -> None:
+    index = make(backend, tmp_path)
+    index.add(range(4), unit(4), [{"code": "1990"}, {"code": 1990}, {"code": "x"}, {"code": 1991}])
+    _, ids = index.search(unit(4)[0], k=4, filter={"code": [1990, "1990"]})  # what --filter code=1990 gives
+    assert sorted(i for i in ids[0].tolist() if i >= 0) == [0, 1]
+    index.close()
+
+
 def test_delete(backend: str, tmp_path: Path) -> None:
     index = make(backend, tmp_path)
     vectors = unit(6)

@@ -247,3 +247,10 @@ def test_an_index_of_a_task_from_a_task_file_is_searched_and_augmented_with_it(t
     assert prompt.returncode == 0 and "text of document" in prompt.stdout, prompt.stderr
     refused = cli("augment", "q", "--index", str(out), "--budget", "0")
     assert refused.returncode == 2 and "--budget must be at least 1" in refused.stderr
+
+
+def test_a_filter_value_that_reads_as_a_number_also_matches_its_text() -> None:
+    from llm_embedder.cli.index import parse_filter
+
+    assert parse_filter(["code=1990", "lang=en", "flag=true", 'name="1990"']) == {
+        "code": [1990, "1990"], "lang": ["en"], "flag": [True, "true"], "name": ["1990"]}

@@ -64,7 +64,11 @@ def index_command(
 
 
 def parse_filter(filters: list[str] | None) -> dict | None:
-    """``field=value`` options -> a filter mapping (repeating a field means any of the values)."""
+    """``field=value`` options -> a filter mapping (repeating a field means any of the values).
+
+    A value is read as JSON where it parses; a number, true, false or null also matches its text, so that
+    ``code=1990`` finds a document whose code is the string "1990" as well as the number (quote it,
+    ``code='"1990"'``, for the string alone)."""
     if not filters:
         return None
     out: dict[str, list] = {}
@@ -76,7 +80,10 @@ def parse_filter(filters: list[str] | None) -> dict | None:
             parsed = json.loads(value)
         except json.JSONDecodeError:
             parsed = value
-        out.setdefault(key.strip(), []).append(parsed)
+        values = out.setdefault(key.strip(), [])
+        values.append(parsed)
+        if parsed is None or isinstance(parsed, (bool, int, float)):
+            values.append(value.strip())
     return out
 
 

@@ -44,6 +44,16 @@ def _milvus():
     return MilvusClient, DataType, MilvusException
 
 
+def milvus_condition(field: str, values: Sequence[Any]) -> str:
+    """A filter expression matching any of ``values``; ``in`` needs one type, so mixed ones (1990 and "1990")
+    become equalities joined by ``or``."""
+    if len(values) == 1:
+        return f"{field} == {json.dumps(values[0])}"
+    if len({type(v) for v in values}) == 1:
+        return f"{field} in {json.dumps(list(values))}"
+    return "(" + " or ".join(f"{field} == {json.dumps(v)}" for v in values) + ")"
+
+
 def _index_params(factory: str) -> tuple[str, dict]:
     """Map a FAISS-style factory string to a Milvus index type (Flat, HNSW<M>, IVF<n>,...; else AUTOINDEX)."""
     if factory.strip().lower() == "flat":
@@ -166,10 +176,7 @@ class MilvusIndex:
             raise EmptyIndexError("the index is empty: add vectors before searching")
         expr = ""
         if conditions:
-            expr = " and ".join(
-                f"{field} in {json.dumps(values)}" if len(values) > 1 else f"{field} == {json.dumps(values[0])}"
-                for field, values in conditions.items()
-            )
+            expr = " and ".join(milvus_condition(field, values) for field, values in conditions.items())
         limit = min(k, count, MAX_LIMIT)
         result = self._call(
             self.client.search, self.collection, data=queries.tolist(), limit=limit, filter=expr,
