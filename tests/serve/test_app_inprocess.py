@@ -17,7 +17,8 @@ class FakeEmbedder:
     def count_tokens(self, texts: list[str], task: str | None = None, role: str = "query") -> int:
         return sum(len(t.split()) + 2 for t in texts)
 
-    def encode(self, texts: list[str], task: str, role: str) -> np.ndarray:
+    def encode(self, texts: list[str], task: str, role: str, show_progress: bool | None = None) -> np.ndarray:
+        assert show_progress is False  # a server's log gets no progress bars
         if self.fail:
             raise RuntimeError("CUDA out of memory (simulated)")
         vectors = np.array([[len(t), 1.0, 2.0, 3.0] for t in texts], dtype=np.float32)
@@ -56,3 +57,19 @@ def test_requests_refused_before_routing_are_counted_under_their_route() -> None
     for route, status in (("/v1/models", 401), ("/v1/models/{model_id:path}", 401), ("/v1/embeddings", 413),
                           ("other", 401)):
         assert f'llm_embedder_requests_total{{route="{route}",status="{status}"}} 1.0' in metrics, metrics
+
+
+def test_the_body_limit_fits_inputs_at_their_limit_escaped_as_json() -> None:
+    import json
+
+    settings = ServeSettings(max_inputs=2, max_chars=16384)
+    for char in ("a", "\u00e9", "\U0001f600"):  # the last: two ASCII escapes of 6 bytes each
+        body = json.dumps({"model": "m", "input": [char * 16384] * 2, "task": "qa", "role": "key"})
+        assert len(body.encode()) <= settings.body_limit(), char
+
+
+def test_an_error_quoting_a_lone_surrogate_is_still_answered() -> None:
+    from llm_embedder.serve.errors import ApiError, error_response
+
+    response = error_response(ApiError(400, "filter on '\ud800', which the index does not store", param="\ud800"))
+    assert response.status_code == 400 and b"\\\\ud800" in response.body

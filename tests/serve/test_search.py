@@ -106,6 +106,16 @@ def test_augment_builds_the_prompt_from_the_hits(search_server, tiny_embedder, i
         assert [h["id"] for h in payload["hits"]] == [h.id for h in hits]
         assert payload["prompt"] == augment("qa", query, [h.text for h in hits], budget_tokens=512)
         assert query in payload["prompt"] and payload["task"] == "qa" and payload["index"] == "docs"
+        assert payload["dropped"] == 0
+    # a budget for the query and one hit: the prompt holds the best hit, and only it is listed
+    one = augment("qa", query, [hits[0].text], budget_tokens=512)
+    from llm_embedder.augment.prompt import token_counter
+
+    budget = token_counter(None)(one)
+    payload = post(search_server, "/v1/augment", {"index": "docs", "query": query, "k": 2,
+                                                  "budget_tokens": budget}).json()
+    assert payload["prompt"] == one and [h["id"] for h in payload["hits"]] == [hits[0].id]
+    assert payload["dropped"] == 1
 
 
 def test_bad_augment_requests(search_server) -> None:

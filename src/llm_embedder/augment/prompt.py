@@ -115,6 +115,18 @@ def augment(
     ``sequential`` layout (lrlm) restore document order. Pass the target LLM's tokenizer for exact
     counts; without one the count is approximate. A query that alone exceeds the budget is an error.
     """
+    return fit_prompt(task, query, retrieved, budget_tokens, tokenizer, positions)[0]
+
+
+def fit_prompt(
+    task: str,
+    query: str,
+    retrieved: Sequence[Any],
+    budget_tokens: int = 1024,
+    tokenizer: Any = None,
+    positions: Sequence[int] | None = None,
+) -> tuple[str, int]:
+    """``augment``'s prompt and how many of the retrieved items (the best ones) it holds."""
     if not isinstance(query, str):
         raise TypeError(f"query must be a string, got {type(query).__name__}")
     if budget_tokens < 1:
@@ -139,4 +151,4 @@ def augment(
     n = len(items)
     while n > 0 and count(render(n)) > budget_tokens:
         n -= 1
-    return render(n)
+    return render(n), n

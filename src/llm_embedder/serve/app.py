@@ -58,7 +58,8 @@ class ServeSettings:
 
     def body_limit(self) -> int:
         """Bytes a valid request can need (every input at its limit, JSON-escaped), capped by max_body_bytes."""
-        return min(self.max_body_bytes, self.max_inputs * (self.max_chars * 6 + 8) + 64 * 1024)
+        # 12: a character outside the BMP, as JSON's ASCII escapes write it ("\\ud83d\\ude00")
+        return min(self.max_body_bytes, self.max_inputs * (self.max_chars * 12 + 8) + 64 * 1024)
 
 
 @dataclass
@@ -235,7 +236,7 @@ def build_router() -> APIRouter:
     @router.post("/v1/augment", response_model=AugmentResponse, responses=ERROR_RESPONSES)
     async def augment_route(body: AugmentRequest, request: Request) -> Response:
         """Retrieve for a query and return the prompt assembled for the LLM within a token budget."""
-        from llm_embedder.augment import augment
+        from llm_embedder.augment.prompt import fit_prompt
 
         state = _state(request)
         if body.task is not None:
@@ -245,13 +246,14 @@ def build_router() -> APIRouter:
         check_texts([body.query], state.settings, "query")
         hits = (await search_hits(state, retriever, [body.query], body.k, body.filter))[0]
         try:
-            prompt = await asyncio.to_thread(
-                augment, task, body.query, [h.text for h in hits], budget_tokens=body.budget_tokens
+            prompt, kept = await asyncio.to_thread(
+                fit_prompt, task, body.query, [h.text for h in hits], budget_tokens=body.budget_tokens
             )
         except ValueError as err:  # e.g. the query alone is over the budget
             raise ApiError(400, str(err), param="budget_tokens", code="invalid_value") from None
         return JSONResponse({"object": "augmentation", "index": name, "task": task, "model": state.settings.model_id,
-                             "prompt": prompt, "hits": [hit_dict(h) for h in hits]})
+                             "prompt": prompt, "hits": [hit_dict(h) for h in hits[:kept]],
+                             "dropped": len(hits) - kept})
 
     return router
 
@@ -263,7 +265,8 @@ def create_app(
     settings = settings or ServeSettings()
     metrics = ServeMetrics()
     batcher = Batcher(
-        embedder.encode, max_batch_tokens=settings.max_batch_tokens, max_batch_requests=settings.max_batch_requests,
+        partial(embedder.encode, show_progress=False),  # no progress bar in the server's log
+        max_batch_tokens=settings.max_batch_tokens, max_batch_requests=settings.max_batch_requests,
         max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue, on_batch=metrics.observe_batch,
     )
 

@@ -39,8 +39,15 @@ class ApiError(Exception):
         self.headers = headers
 
 
+def _encodable(text: str | None) -> str | None:
+    """The text with any lone surrogate (a client's bad field name quoted back) written as its escape, which
+    a JSON response can carry."""
+    return None if text is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_response(err: ApiError) -> JSONResponse:
-    body = {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
+    body = {"error": {"message": _encodable(err.message), "type": err.type, "param": _encodable(err.param),
+                      "code": err.code}}
     return JSONResponse(body, status_code=err.status, headers=err.headers)
 
 

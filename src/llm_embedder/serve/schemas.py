@@ -156,7 +156,8 @@ class AugmentResponse(BaseModel):
     task: str
     model: str
     prompt: str
-    hits: list[Hit]
+    hits: list[Hit]  # those the prompt holds, best first
+    dropped: int = 0  # hits retrieved but left out to keep the prompt within budget_tokens
 
 
 class ErrorDetail(BaseModel):
