@@ -1,10 +1,23 @@
 """train_once: skip a model trained on the same inputs, resume an interrupted one, start afresh otherwise."""
 
+import json
+from pathlib import Path
+
 import pytest
 from rich.console import Console
 
 from llm_embedder.train.once import STARTED_STAMP, TRAINED_STAMP, train_once
-from llm_embedder.train.trainer import CHECKPOINT_DIR
+from llm_embedder.train.trainer import CHECKPOINT_DIR, CHECKPOINT_FILES, TRAINER_STATE
+
+
+def write_checkpoint(folder: Path, step: int, complete: bool = True) -> None:
+    """A checkpoint folder as the HF trainer leaves it: whole, or cut off after the model (no optimizer, state)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.safetensors").write_text("weights")
+    if complete:
+        for name in CHECKPOINT_FILES:
+            (folder / name).write_text("state")
+        (folder / TRAINER_STATE).write_text(json.dumps({"global_step": step}))
 
 
 class FakeTraining:
@@ -15,7 +28,7 @@ class FakeTraining:
 
     def __call__(self, resume: bool) -> None:
         self.calls.append(resume)
-        (self.out / CHECKPOINT_DIR / "checkpoint-20").mkdir(parents=True, exist_ok=True)
+        write_checkpoint(self.out / CHECKPOINT_DIR / "checkpoint-20", 20)
         if self.fail:
             raise KeyboardInterrupt
         (self.out / "model.safetensors").write_text("weights")
@@ -62,3 +75,22 @@ def test_checkpoints_of_other_inputs_are_not_resumed(tmp_path):
     other = FakeTraining(out)
     assert train_once(out, {"lr": 5e-5}, other, console)
     assert other.calls == [False]
+
+
+def test_a_checkpoint_cut_off_while_saved_is_not_resumed_from(tmp_path):
+    """An interrupted run goes on from its newest complete checkpoint; with none complete, it starts afresh."""
+    out, console = tmp_path / "model", Console(record=True, width=500)
+    with pytest.raises(KeyboardInterrupt):
+        train_once(out, {"lr": 1e-4}, FakeTraining(out, fail=True), console)
+    write_checkpoint(out / CHECKPOINT_DIR / "checkpoint-30", 30, complete=False)  # killed while saving step 30
+    resumed = FakeTraining(out)
+    assert train_once(out, {"lr": 1e-4}, resumed, console)
+    assert resumed.calls == [True] and "resuming from checkpoint-20" in console.export_text()
+
+    out = tmp_path / "other"
+    with pytest.raises(KeyboardInterrupt):
+        train_once(out, {"lr": 1e-4}, FakeTraining(out, fail=True), console)
+    (out / CHECKPOINT_DIR / "checkpoint-20" / TRAINER_STATE).write_text('{"global_st')  # torn: cut off too
+    afresh = FakeTraining(out)
+    assert train_once(out, {"lr": 1e-4}, afresh, console)
+    assert afresh.calls == [False]

@@ -33,7 +33,8 @@ def train_once(out: Path, inputs: dict[str, Any], train_fn: Callable[[bool], Any
     """Call ``train_fn(resume)`` to train into ``out`` unless it holds a model trained on ``inputs``; True if called.
 
     ``inputs`` (JSON) is everything the model depends on. ``resume`` is True when ``out`` holds checkpoints of an
-    interrupted run on the same inputs. If ``train_fn`` raises, ``out`` keeps its checkpoints for the next try;
+    interrupted run on the same inputs (a complete one: ``latest_checkpoint`` skips a save cut off by a kill, and
+    the trainer says so when it resumes). If ``train_fn`` raises, ``out`` keeps its checkpoints for the next try;
     once it returns, they are removed (the final model is saved; they are about three times its size).
     """
     from llm_embedder.train.trainer import latest_checkpoint
@@ -42,7 +43,7 @@ def train_once(out: Path, inputs: dict[str, Any], train_fn: Callable[[bool], Any
     if read_stamp(trained) == inputs:
         console.print(f"{out}: already trained on these inputs")
         return False
-    checkpoint = latest_checkpoint(out) if read_stamp(started) == inputs else None
+    checkpoint = latest_checkpoint(out, say=False) if read_stamp(started) == inputs else None
     if checkpoint is not None:
         console.print(f"{out}: resuming from {Path(checkpoint).name}")
     else:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -27,13 +28,17 @@ from typing import Any
 from llm_embedder.io import check_output_dir
 from llm_embedder.train.config import TrainConfig
 from llm_embedder.train.examples import TrainingFile, load_training_files
-from llm_embedder.train.once import STARTED_STAMP, TRAINED_STAMP
+from llm_embedder.train.once import STARTED_STAMP, TRAINED_STAMP, read_stamp
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
 CONFIG_FILE = "train_config.json"  # written with the final model
+# HF's ``Trainer._save_checkpoint`` writes a checkpoint's model, then these (and the RNG state), then the trainer
+# state last: a folder without all of them, or with a torn trainer state, is a save cut off by a kill
+TRAINER_STATE = "trainer_state.json"
+CHECKPOINT_FILES = ("optimizer.pt", "scheduler.pt")
 
 
 def distributed_env() -> tuple[int, int]:
@@ -218,11 +223,44 @@ def build_trainer(config: TrainConfig, files: list[TrainingFile]):
     return trainer
 
 
-def latest_checkpoint(out: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
+def checkpoint_dirs(out: Path) -> list[Path]:
+    """Every ``OUT/checkpoints/checkpoint-N`` folder, complete or not, oldest step first."""
     folder = out / CHECKPOINT_DIR
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    if not folder.is_dir():
+        return []
+    found = [(int(match.group(1)), path) for path in folder.iterdir()
+             if path.is_dir() and (match := re.fullmatch(r"checkpoint-(\d+)", path.name))]
+    return [path for _, path in sorted(found)]
+
+
+def checkpoint_state(checkpoint: Path) -> dict[str, Any] | None:
+    """A checkpoint's trainer state (``global_step``, ``max_steps``, ...), or None where the checkpoint is
+    incomplete: its save was cut off (``TRAINER_STATE`` comes last), so the trainer cannot resume from it."""
+    if not all((checkpoint / name).is_file() for name in CHECKPOINT_FILES):
+        return None
+    state = read_stamp(checkpoint / TRAINER_STATE)  # None if missing or torn
+    return state if isinstance(state, dict) and isinstance(state.get("global_step"), int) else None
+
+
+def latest_checkpoint(out: Path, say: bool = True) -> str | None:
+    """The newest complete checkpoint in ``OUT/checkpoints``, or None.
+
+    Newer incomplete ones (a kill while a checkpoint was saved) are skipped, and ``say`` logs one line naming
+    them: resuming from one fails on its missing files, on every retry. Each is left in place; the trainer writes
+    that step's checkpoint into it again, whole, when it gets there.
+    """
+    skipped: list[str] = []
+    for checkpoint in reversed(checkpoint_dirs(out)):
+        if checkpoint_state(checkpoint) is not None:
+            break
+        skipped.append(checkpoint.name)
+    else:
+        checkpoint = None
+    if skipped and say and distributed_env()[0] == 0:
+        goes_on = f"resuming from {checkpoint.name}" if checkpoint else "no complete checkpoint"
+        log.warning("%s: skipped incomplete %s (no %s, %s: its save was cut off); %s", out / CHECKPOINT_DIR,
+                    ", ".join(reversed(skipped)), TRAINER_STATE, " or ".join(CHECKPOINT_FILES), goes_on)
+    return str(checkpoint) if checkpoint is not None else None
 
 
 def train(config: TrainConfig) -> Path:
@@ -251,12 +289,12 @@ def train(config: TrainConfig) -> Path:
     files = load_training_files(config.data, config.group_size, config.seed, hard_labels=config.hard_labels,
                                 loss_override=config.loss_override)  # all validation happens here
     batches = check_batches(files, config.batch_size, world_size)
-    resume_from = latest_checkpoint(out) if config.resume else None
-    if not config.resume and latest_checkpoint(out) is not None:
+    if not config.resume and checkpoint_dirs(out):
         raise ValueError(f"{out} already holds checkpoints; pass --resume to continue, or choose another --out")
+    resume_from = latest_checkpoint(out) if config.resume else None
     (out / LOG_DIR).mkdir(parents=True, exist_ok=True)
     if config.resume and resume_from is None:
-        log.warning("--resume: no checkpoint in %s, starting from scratch", out / CHECKPOINT_DIR)
+        log.warning("--resume: no complete checkpoint in %s, starting from scratch", out / CHECKPOINT_DIR)
     started = time.time()
     trainer = build_trainer(config, files)
     if resume_from is not None:

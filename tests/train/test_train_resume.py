@@ -1,0 +1,88 @@
+"""``train --resume`` edge cases: a checkpoint cut off mid-save."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from test_train import optimizer_state, run
+
+from llm_embedder.train import trainer as trainer_module
+from llm_embedder.train.card import read_step_log
+
+
+class Killed(Exception):
+    """Stands for the process being killed."""
+
+
+def files_state(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``folder`` (relative path -> bytes, mtime): to see that nothing was written."""
+    return {p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def checkpoint_names(out: Path) -> list[str]:
+    return sorted(p.name for p in (out / "checkpoints").iterdir())
+
+
+def losses(out: Path) -> list[float]:
+    return [s["loss"] for s in read_step_log(out / "logs" / "steps.rank0.jsonl")]
+
+
+def killed_while_saving(step: int, monkeypatch, out: Path, data: Path, base: Path, **extra) -> None:
+    """``run``, killed while it saved the checkpoint of ``step``: its model is written, the rest is not."""
+    original = trainer_module.build_trainer
+
+    def with_kill(config, files):
+        built = original(config, files)
+        save = built._save_optimizer_and_scheduler
+
+        def cut(output_dir):
+            if built.state.global_step == step:
+                raise Killed
+            save(output_dir)
+
+        built._save_optimizer_and_scheduler = cut
+        return built
+
+    monkeypatch.setattr(trainer_module, "build_trainer", with_kill)
+    try:
+        with pytest.raises(Killed):
+            run(out, data, base, **extra)
+    finally:
+        monkeypatch.setattr(trainer_module, "build_trainer", original)
+
+
+def test_resume_skips_a_checkpoint_cut_off_while_saved(tmp_path: Path, data_dir: Path, tiny_embedder_dir: Path,
+                                                       monkeypatch, caplog) -> None:
+    """The newest checkpoint, cut off mid-save (no optimizer, scheduler or trainer state), is skipped with a line
+    saying so; the run goes on from the one before, saves that step's checkpoint again (complete), rotates, and
+    ends as the uninterrupted run does."""
+    settings = dict(max_steps=6, save_steps=2, save_total_limit=2)
+    full = run(tmp_path / "full", data_dir, tiny_embedder_dir, **settings)
+    part = tmp_path / "part"
+    killed_while_saving(4, monkeypatch, part, data_dir, tiny_embedder_dir, **settings)
+    cut = part / "checkpoints" / "checkpoint-4"
+    assert cut.is_dir() and not (cut / "trainer_state.json").exists()
+    assert trainer_module.latest_checkpoint(part).endswith("checkpoint-2")
+    with pytest.raises(ValueError, match="--resume"):  # a cut-off checkpoint still counts as one
+        run(part, data_dir, tiny_embedder_dir, **settings)
+
+    caplog.set_level(logging.WARNING, logger="llm_embedder.train.trainer")
+    caplog.clear()
+    run(part, data_dir, tiny_embedder_dir, resume=True, **settings)
+    skipped = [r.getMessage() for r in caplog.records if "checkpoint-4" in r.getMessage()]
+    assert len(skipped) == 1 and "incomplete" in skipped[0] and "checkpoint-2" in skipped[0], skipped
+    assert checkpoint_names(part) == ["checkpoint-4", "checkpoint-6"]  # saved again, then rotated
+    for step in (4, 6):
+        folder = part / "checkpoints" / f"checkpoint-{step}"
+        assert json.loads((folder / "trainer_state.json").read_text())["global_step"] == step
+        assert (folder / "optimizer.pt").is_file() and (folder / "scheduler.pt").is_file()
+    assert losses(part) == pytest.approx(losses(full), rel=1e-4, abs=1e-6)
+    full_opt, part_opt = (optimizer_state(p / "checkpoints" / "checkpoint-6") for p in (full, part))
+    for key in full_opt:
+        torch.testing.assert_close(full_opt[key]["exp_avg_sq"], part_opt[key]["exp_avg_sq"], rtol=1e-4, atol=1e-9)
+    assert "Resumed from `" in (part / "TRAINING_CARD.md").read_text()
