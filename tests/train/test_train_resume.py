@@ -1,4 +1,4 @@
-"""``train --resume`` edge cases: a checkpoint cut off mid-save."""
+"""``train --resume`` edge cases: a checkpoint cut off mid-save; an unknown task in --loss-override."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 from test_train import optimizer_state, run
+from typer.testing import CliRunner
 
 from llm_embedder.train import trainer as trainer_module
 from llm_embedder.train.card import read_step_log
+from llm_embedder.train.config import TrainConfig, read_config_file
 
 
 class Killed(Exception):
@@ -86,3 +88,24 @@ def test_resume_skips_a_checkpoint_cut_off_while_saved(tmp_path: Path, data_dir:
     for key in full_opt:
         torch.testing.assert_close(full_opt[key]["exp_avg_sq"], part_opt[key]["exp_avg_sq"], rtol=1e-4, atol=1e-9)
     assert "Resumed from `" in (part / "TRAINING_CARD.md").read_text()
+
+
+def test_unknown_loss_override_task_is_refused(tmp_path: Path, data_dir: Path, tiny_embedder_dir: Path) -> None:
+    """A task --loss-override names that no registry holds is refused as an unknown --plain-task is, from the
+    CLI and from a YAML file, before anything is read or written."""
+    from llm_embedder.cli.app import app
+
+    out = tmp_path / "bad"
+    with pytest.raises(ValueError, match="^loss_override: unknown task 'nope'; known tasks: qa, "):
+        run(out, data_dir, tiny_embedder_dir, loss_override={"nope": "kl_distill"})
+    yaml = tmp_path / "train.yaml"
+    yaml.write_text("loss_override: {nope: kl_distill}\n")
+    config = TrainConfig(**{**read_config_file(yaml), "data": [str(data_dir)], "out": str(out),
+                            "base": str(tiny_embedder_dir)})
+    with pytest.raises(ValueError, match="^loss_override: unknown task 'nope'"):
+        trainer_module.train(config)
+    result = CliRunner().invoke(app, ["train", "--data", str(data_dir), "--out", str(out), "--base",
+                                      str(tiny_embedder_dir), "--loss-override", "nope=kl_distill"])
+    assert isinstance(result.exception, ValueError)
+    assert str(result.exception).startswith("loss_override: unknown task 'nope'")
+    assert not out.exists()

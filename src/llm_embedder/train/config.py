@@ -99,6 +99,18 @@ class TrainConfig:
         if self.self_paced and not self.homogeneous:
             raise ValueError("self_paced needs homogeneous batches (one task per step)")
 
+    def check_task_names(self) -> None:
+        """Refuse a task named in ``plain_tasks`` or ``loss_override`` that is not registered (call it once
+        ``task_files`` are): the trainer would silently ignore it, training that task as if it were not given."""
+        from llm_embedder.tasks import UnknownTaskError, get_task
+
+        for option, tasks in (("plain_tasks", self.plain_tasks), ("loss_override", list(self.loss_override))):
+            for task in tasks:
+                try:
+                    get_task(task)
+                except UnknownTaskError as err:
+                    raise ValueError(f"{option}: {err}") from None
+
     def loss_for(self, task: str) -> str:
         """The loss this run trains ``task`` with: contrastive under hard_labels, else override, else registry."""
         from llm_embedder.tasks import get_task

@@ -266,7 +266,7 @@ def latest_checkpoint(out: Path, say: bool = True) -> str | None:
 def train(config: TrainConfig) -> Path:
     """Validate all data, train, and write the model (with prompts), TRAINING_CARD.md and loss_curves.png."""
     from llm_embedder.models import check_device
-    from llm_embedder.tasks import UnknownTaskError, get_task, register_tasks_from_file
+    from llm_embedder.tasks import register_tasks_from_file
 
     check_device(config.device)  # a device this machine lacks fails before any data is read
     if not config.data:
@@ -278,11 +278,7 @@ def train(config: TrainConfig) -> Path:
                            "a training run")
     for task_file in config.task_files:
         register_tasks_from_file(task_file)
-    for task in config.plain_tasks:  # an unknown name fails here, before any data is read
-        try:
-            get_task(task)
-        except UnknownTaskError as err:
-            raise ValueError(f"plain_tasks: {err}") from None
+    config.check_task_names()  # an unknown name fails here, before any data is read
     rank, world_size = distributed_env()
     if world_size > 1 and not config.homogeneous:
         raise ValueError("homogeneous=False (mixed batches) runs in one process only")
