@@ -161,8 +161,8 @@ def test_out_of_another_kind_is_refused_before_data(tmp_path: Path, monkeypatch:
     assert result.stderr.strip() == f"error: {err.value}"
 
 
-@pytest.mark.parametrize("kept", ["logs", "checkpoints", "train_config.json", "training_inputs.json", ".DS_Store",
-                                  None])
+@pytest.mark.parametrize("kept", ["logs", "checkpoints", "train_config.json", "run_inputs.json",
+                                  "training_inputs.json", ".DS_Store", None])
 def test_out_a_run_started_or_empty_is_taken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               kept: str | None) -> None:
     """A folder a run (or the demo) started, an empty one, or one with hidden files only, passes the check."""

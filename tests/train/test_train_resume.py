@@ -1,14 +1,19 @@
-"""``train --resume`` edge cases: a checkpoint cut off mid-save; an unknown task in --loss-override."""
+"""``train --resume`` edge cases: a checkpoint cut off mid-save, other data or settings; an unknown task in
+--loss-override."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from test_train import optimizer_state, run
+from test_train import optimizer_state, run, run_cut_at
+from train_fixtures import write_task_file
 from typer.testing import CliRunner
 
 from llm_embedder.train import trainer as trainer_module
@@ -88,6 +93,61 @@ def test_resume_skips_a_checkpoint_cut_off_while_saved(tmp_path: Path, data_dir:
     for key in full_opt:
         torch.testing.assert_close(full_opt[key]["exp_avg_sq"], part_opt[key]["exp_avg_sq"], rtol=1e-4, atol=1e-9)
     assert "Resumed from `" in (part / "TRAINING_CARD.md").read_text()
+
+
+def test_resume_refuses_other_data_or_settings(tmp_path: Path, data_dir: Path, tiny_embedder_dir: Path,
+                                               monkeypatch) -> None:
+    """Other data (by content) or hyper-parameters than the run's are refused before anything is written, also
+    in a run folder of an earlier version (what it recorded is compared); progress, checkpoint and device options
+    may change."""
+    part = run_cut_at(8, monkeypatch, tmp_path / "part", data_dir, tiny_embedder_dir)
+    before = files_state(part)
+    tool = data_dir / "tool" / "train.jsonl"
+    with pytest.raises(ValueError) as err:
+        run(part, tool, tiny_embedder_dir, resume=True, lr=0.5)
+    message = str(err.value)
+    assert "\n" not in message and str(part) in message and "data" in message and "lr 0.001 (now 0.5)" in message
+    assert "same arguments" in message and "--out" in message
+    assert "max_steps" not in message and "batch_size" not in message
+    with pytest.raises(ValueError, match=r"temperature 0\.01 \(now 0\.05\)"):
+        run(part, data_dir, tiny_embedder_dir, resume=True, temperature=0.05)
+    with pytest.raises(ValueError, match="loss_override"):
+        run(part, data_dir, tiny_embedder_dir, resume=True, loss_override={"qa": "kl_distill"})
+    qa = data_dir / "qa" / "train.jsonl"
+    qa_text = qa.read_bytes()
+    write_task_file(qa, "qa", 9, scores=True)  # same path, other content
+    with pytest.raises(ValueError, match="data.*content") as err:
+        run(part, data_dir, tiny_embedder_dir, resume=True)
+    assert "qa" in str(err.value)
+    qa.write_bytes(qa_text)
+    assert files_state(part) == before  # nothing written
+
+    # a run folder of an earlier version records no settings: its checkpoint's max_steps is still compared
+    (part / "run_inputs.json").unlink()
+    with pytest.raises(ValueError, match=r"max_steps 9 \(now 12\)"):
+        run(part, data_dir, tiny_embedder_dir, resume=True, max_steps=12)
+    # options that do not change what is computed may change
+    run(part, data_dir, tiny_embedder_dir, resume=True, logging_steps=3, save_steps=4, save_total_limit=5,
+        device="cpu")
+    assert [s["step"] for s in read_step_log(part / "logs" / "steps.rank0.jsonl")] == list(range(1, 10))
+    assert json.loads((part / "run_inputs.json").read_text())["settings"]["lr"] == 1e-3
+
+    # the finished run: refused as well, its config and card untouched (tester's case: one task, lr 0.5)
+    finished = files_state(part)
+    result = subprocess.run(
+        [sys.executable, "-m", "llm_embedder", "train", "--data", str(tool), "--out", str(part), "--base",
+         str(tiny_embedder_dir), "--max-steps", "9", "--batch-size", "4", "--group-size", "3", "--lr", "0.5",
+         "--save-steps", "7", "--query-max-length", "32", "--key-max-length", "32", "--resume"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "1000"},
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+    assert "lr 0.001 (now 0.5)" in result.stderr and "data" in result.stderr
+    assert files_state(part) == finished
+    # a finished run of an earlier version: its train_config.json is compared
+    (part / "run_inputs.json").unlink()
+    with pytest.raises(ValueError, match=r"lr 0\.001 \(now 0\.5\)"):
+        run(part, data_dir, tiny_embedder_dir, resume=True, lr=0.5)
 
 
 def test_unknown_loss_override_task_is_refused(tmp_path: Path, data_dir: Path, tiny_embedder_dir: Path) -> None:

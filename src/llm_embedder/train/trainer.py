@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llm_embedder.io import check_output_dir
+from llm_embedder.io import atomic_write, check_output_dir, file_sha256
 from llm_embedder.train.config import TrainConfig
 from llm_embedder.train.examples import TrainingFile, load_training_files
 from llm_embedder.train.once import STARTED_STAMP, TRAINED_STAMP, read_stamp
@@ -39,6 +39,14 @@ CONFIG_FILE = "train_config.json"  # written with the final model
 # state last: a folder without all of them, or with a torn trainer state, is a save cut off by a kill
 TRAINER_STATE = "trainer_state.json"
 CHECKPOINT_FILES = ("optimizer.pt", "scheduler.pt")
+RUN_STAMP = "run_inputs.json"  # written as a run starts: its settings and data, compared on --resume
+# The options --resume may change: where and how fast the same steps are computed (device, mixed precision,
+# gradient checkpointing: the same maths, rounded as that hardware rounds) and how often progress is logged and
+# checkpoints are saved and kept. All else (data, base model, hyper-parameters, tasks, ablation switches, number
+# of processes) decides what the steps compute: a run resumed with another value would be neither run.
+RESUME_MAY_CHANGE = ("out", "resume", "device", "fp16", "cpu_bf16", "gradient_checkpointing", "save_steps",
+                     "save_total_limit", "logging_steps")
+BY_CONTENT = ("data", "task_files")  # compared by the files' content (a run folder may move), not by their paths
 
 
 def distributed_env() -> tuple[int, int]:
@@ -263,6 +271,78 @@ def latest_checkpoint(out: Path, say: bool = True) -> str | None:
     return str(checkpoint) if checkpoint is not None else None
 
 
+def run_inputs(config: TrainConfig, files: list[TrainingFile], world_size: int) -> dict[str, Any]:
+    """What a run's checkpoints depend on (``RUN_STAMP``, JSON): the settings --resume may not change, the number
+    of processes, and each data and task file (in order) by path and SHA-256, as the demo's stamps name them."""
+    digests: dict[str, str] = {}
+
+    def stamped(paths: list[str]) -> list[dict[str, str]]:
+        return [{"file": path, "sha256": digests.setdefault(path, file_sha256(path))} for path in paths]
+
+    settings = {name: value for name, value in config.to_dict().items()
+                if name not in RESUME_MAY_CHANGE + BY_CONTENT}
+    return json.loads(json.dumps({  # as read back from the file (tuples as lists)
+        "settings": {**settings, "world_size": world_size},
+        "data": stamped([str(f.path) for f in files]), "task_files": stamped(list(config.task_files)),
+    }))
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _files_differ(name: str, recorded: Any, current: list[dict[str, str]]) -> str | None:
+    """How ``current`` files differ from a record of them (path and digest each), or None if the same content."""
+    if not isinstance(recorded, list) or not all(isinstance(r, dict) for r in recorded):
+        return None  # nothing comparable recorded
+    if [r.get("sha256") for r in recorded] == [c["sha256"] for c in current]:
+        return None  # the same content, wherever it is now
+    paths = [r.get("file") for r in recorded]
+    if paths == [c["file"] for c in current]:
+        changed = [c["file"] for r, c in zip(recorded, current, strict=True) if r.get("sha256") != c["sha256"]]
+        return f"{name}: content of {', '.join(changed)} changed since the run started"
+    return f"{name}: {', '.join(map(str, paths)) or '-'} (now {', '.join(c['file'] for c in current) or '-'})"
+
+
+def resume_differences(out: Path, current: dict[str, Any], config: TrainConfig,
+                       resume_from: str | None) -> tuple[list[str], str]:
+    """What differs between ``current`` (``run_inputs``) and what ``out`` recorded of the run being resumed, and
+    where that record is. A run folder of an earlier version has no ``RUN_STAMP``: then what it has is compared,
+    the settings of its finished model's ``CONFIG_FILE`` (data by path, as given) and its checkpoint's max_steps."""
+    differ: list[str] = []
+    recorded = read_stamp(out / RUN_STAMP)
+    if isinstance(recorded, dict) and isinstance(recorded.get("settings"), dict):
+        where, settings = out / RUN_STAMP, recorded["settings"]
+        for name in BY_CONTENT:
+            found = _files_differ(name, recorded.get(name), current[name])
+            differ += [found] if found else []
+    else:
+        old = read_stamp(out / CONFIG_FILE)
+        where, settings = out / CONFIG_FILE, {}
+        if isinstance(old, dict):
+            settings = {name: value for name, value in old.items() if name not in RESUME_MAY_CHANGE}
+            for name in BY_CONTENT:
+                given = getattr(config, name)
+                if name in settings and settings.pop(name) != given:
+                    differ.append(f"{name}: {', '.join(map(str, old[name])) or '-'} (now {', '.join(given) or '-'})")
+        state = checkpoint_state(Path(resume_from)) if resume_from else None
+        if state is not None and "max_steps" in state and "max_steps" not in settings:
+            where, settings["max_steps"] = Path(resume_from) / TRAINER_STATE, state["max_steps"]
+    for name, value in current["settings"].items():
+        if name in settings and settings[name] != value:
+            differ.append(f"{name} {_shown(settings[name])} (now {_shown(value)})")
+    return differ, str(where)
+
+
+def check_resumable(out: Path, current: dict[str, Any], config: TrainConfig, resume_from: str | None) -> None:
+    """Refuse, in one line, to resume a run on other data (by content) or settings than it was started with: it
+    would be neither run, and its card and config would describe one that never happened."""
+    differ, where = resume_differences(out, current, config, resume_from)
+    if differ:
+        raise ValueError(f"--resume: {out} holds a run on other data or settings ({where}): {'; '.join(differ)}; "
+                         "resume it with the same arguments (data and settings), or give another --out to train anew")
+
+
 def train(config: TrainConfig) -> Path:
     """Validate all data, train, and write the model (with prompts), TRAINING_CARD.md and loss_curves.png."""
     from llm_embedder.models import check_device
@@ -274,8 +354,8 @@ def train(config: TrainConfig) -> Path:
     if not config.out:
         raise ValueError("no output directory given (--out runs/NAME)")
     # a folder of another kind is refused; one this trainer or the demo started (or finished) is its own
-    out = check_output_dir(config.out, (CONFIG_FILE, CHECKPOINT_DIR, LOG_DIR, TRAINED_STAMP, STARTED_STAMP),
-                           "a training run")
+    out = check_output_dir(config.out, (CONFIG_FILE, RUN_STAMP, CHECKPOINT_DIR, LOG_DIR, TRAINED_STAMP,
+                                        STARTED_STAMP), "a training run")
     for task_file in config.task_files:
         register_tasks_from_file(task_file)
     config.check_task_names()  # an unknown name fails here, before any data is read
@@ -288,6 +368,13 @@ def train(config: TrainConfig) -> Path:
     if not config.resume and checkpoint_dirs(out):
         raise ValueError(f"{out} already holds checkpoints; pass --resume to continue, or choose another --out")
     resume_from = latest_checkpoint(out) if config.resume else None
+    current = run_inputs(config, files, world_size)
+    if config.resume:
+        check_resumable(out, current, config, resume_from)
+    if rank == 0 and (resume_from is None or read_stamp(out / RUN_STAMP) is None):
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_write(out / RUN_STAMP) as handle:  # what later --resume calls compare with
+            json.dump(current, handle, indent=2)
     (out / LOG_DIR).mkdir(parents=True, exist_ok=True)
     if config.resume and resume_from is None:
         log.warning("--resume: no complete checkpoint in %s, starting from scratch", out / CHECKPOINT_DIR)
