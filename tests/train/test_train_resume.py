@@ -1,5 +1,5 @@
-"""``train --resume`` edge cases: a checkpoint cut off mid-save, other data or settings; an unknown task in
---loss-override."""
+"""``train --resume`` edge cases: a checkpoint cut off mid-save, other data or settings, a finished run; an unknown
+task in --loss-override."""
 
 from __future__ import annotations
 
@@ -148,6 +148,41 @@ def test_resume_refuses_other_data_or_settings(tmp_path: Path, data_dir: Path, t
     (part / "run_inputs.json").unlink()
     with pytest.raises(ValueError, match=r"lr 0\.001 \(now 0\.5\)"):
         run(part, data_dir, tiny_embedder_dir, resume=True, lr=0.5)
+
+
+def test_resume_of_a_finished_run_trains_nothing(tmp_path: Path, data_dir: Path, tiny_embedder_dir: Path,
+                                                 monkeypatch, caplog) -> None:
+    """A finished run (final model saved, last checkpoint at max_steps) is reported complete: no step is trained
+    and nothing is written. One cut off after its last checkpoint, before its final model was saved, saves the
+    model from that checkpoint, training no further step."""
+    settings = dict(max_steps=5, save_steps=5)
+    out = run(tmp_path / "done", data_dir, tiny_embedder_dir, **settings)
+    before = files_state(out)
+    caplog.set_level(logging.WARNING, logger="llm_embedder.train.trainer")
+    assert run(out, data_dir, tiny_embedder_dir, resume=True, **settings) == out
+    assert files_state(out) == before
+    assert any("already complete" in r.getMessage() for r in caplog.records)
+
+    original = trainer_module.save_outputs
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    monkeypatch.setattr(trainer_module, "save_outputs", killed)
+    cut = tmp_path / "cut"
+    with pytest.raises(Killed):
+        run(cut, data_dir, tiny_embedder_dir, **settings)
+    monkeypatch.setattr(trainer_module, "save_outputs", original)
+    assert not (cut / "train_config.json").exists()
+    run(cut, data_dir, tiny_embedder_dir, resume=True, **settings)
+    assert [s["step"] for s in read_step_log(cut / "logs" / "steps.rank0.jsonl")] == [1, 2, 3, 4, 5]
+    assert checkpoint_names(cut) == ["checkpoint-5"]
+    assert "Steps: 5 (max 5)" in (cut / "TRAINING_CARD.md").read_text()
+    from safetensors.torch import load_file
+
+    done, saved = (load_file(str(p / "model.safetensors")) for p in (out, cut))
+    for name, value in done.items():
+        torch.testing.assert_close(saved[name], value, rtol=1e-5, atol=1e-7)
 
 
 def test_unknown_loss_override_task_is_refused(tmp_path: Path, data_dir: Path, tiny_embedder_dir: Path) -> None:

@@ -84,7 +84,7 @@ def train_command(
         base_mix=base_mix,
     )
     result = train(cfg)
-    typer.echo(f"trained model written to {result}")
+    typer.echo(f"trained model: {result}")  # (a --resume of a finished run writes nothing and says so above)
 
 
 @app.command("mine")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_embedder.io import atomic_write, check_output_dir, file_sha256
+from llm_embedder.train.card import CARD_NAME
 from llm_embedder.train.config import TrainConfig
 from llm_embedder.train.examples import TrainingFile, load_training_files
 from llm_embedder.train.once import STARTED_STAMP, TRAINED_STAMP, read_stamp
@@ -371,6 +372,13 @@ def train(config: TrainConfig) -> Path:
     current = run_inputs(config, files, world_size)
     if config.resume:
         check_resumable(out, current, config, resume_from)
+    state = checkpoint_state(Path(resume_from)) if resume_from else None
+    trained = state is not None and state["global_step"] >= config.max_steps  # no step left to train
+    if trained and all((out / name).is_file() for name in (CONFIG_FILE, CARD_NAME)):
+        if rank == 0:
+            log.warning("--resume: %s is already complete (step %d of %d trained, final model saved); nothing to "
+                        "train or write", out, state["global_step"], config.max_steps)
+        return out
     if rank == 0 and (resume_from is None or read_stamp(out / RUN_STAMP) is None):
         out.mkdir(parents=True, exist_ok=True)
         with atomic_write(out / RUN_STAMP) as handle:  # what later --resume calls compare with
@@ -380,11 +388,21 @@ def train(config: TrainConfig) -> Path:
         log.warning("--resume: no complete checkpoint in %s, starting from scratch", out / CHECKPOINT_DIR)
     started = time.time()
     trainer = build_trainer(config, files)
-    if resume_from is not None:
-        for callback in trainer.callback_handler.callbacks:
-            if hasattr(callback, "load"):
-                callback.load(resume_from)
-    trainer.train(resume_from_checkpoint=resume_from)
+    if trained:  # cut off after its last checkpoint, before the final model was saved: save that checkpoint's
+        # (the HF loop, resumed at max_steps, would train one step past it)
+        from transformers import TrainerState
+
+        if rank == 0:
+            log.warning("--resume: %s was cut off after its last step (%s); saving the final model from it",
+                        out, Path(resume_from).name)
+        trainer._load_from_checkpoint(resume_from)  # what the HF loop's resume does
+        trainer.state = TrainerState.load_from_json(str(Path(resume_from) / TRAINER_STATE))
+    else:
+        if resume_from is not None:
+            for callback in trainer.callback_handler.callbacks:
+                if hasattr(callback, "load"):
+                    callback.load(resume_from)
+        trainer.train(resume_from_checkpoint=resume_from)
     if trainer.is_world_process_zero():
         save_outputs(trainer, config, files, batches, world_size, time.time() - started, resume_from)
     if trainer.args.world_size > 1:
