@@ -13,6 +13,9 @@ Ablations (``TrainConfig``): ``instructions=False`` tokenises plain text; ``homo
 uniformly from all datasets (``sampler.MixedBatchSampler``, one process only), the collator splits a batch by
 task and the loss is the count-weighted mean of each task subgroup's loss (in-batch negatives stay within a
 subgroup); ``hard_labels`` and ``loss_override`` change each task's loss (``TrainConfig.loss_for``).
+
+``train(resume=True)`` goes on from the newest complete checkpoint (``latest_checkpoint``), only with the data and
+settings the run started with (``RUN_STAMP``, ``check_resumable``), and trains nothing for a finished run.
 """
 
 from __future__ import annotations
