@@ -109,6 +109,18 @@ def test_a_file_given_for_data_is_named(tmp_path):
     assert "is a file; give the suite's folder (it holds <task>/test.jsonl)" in str(result.exception)
 
 
+def test_an_out_folder_of_other_files_or_a_file_is_refused(qa_suite, tmp_path):
+    from typer.testing import CliRunner
+
+    from llm_embedder.cli import app
+
+    for out, error, message in ((qa_suite / "qa", FileExistsError, "not evaluation results (corpus.jsonl, test.jsonl)"),
+                                (qa_suite / "qa" / "test.jsonl", NotADirectoryError, "is a file; give a folder")):
+        result = CliRunner().invoke(app, ["evaluate", "--data", str(qa_suite), "--out", str(out), "--llm", "none"])
+        assert isinstance(result.exception, error) and message in str(result.exception), result.exception
+    assert sorted(p.name for p in (qa_suite / "qa").iterdir()) == ["corpus.jsonl", "test.jsonl"]
+
+
 def test_a_model_retrained_in_place_is_measured_again(qa_suite, tiny_embedder_dir, tiny_lm_dir, tmp_path):
     import shutil
 

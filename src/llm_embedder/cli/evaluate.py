@@ -91,10 +91,14 @@ def evaluate_command(
 
     from llm_embedder.evaluate import run_evaluation, write_report
     from llm_embedder.evaluate.rankers import dense_systems
+    from llm_embedder.evaluate.run import PER_QUERY_FILE, RESULTS_FILE, SETTINGS_FILE
+    from llm_embedder.io import check_output_dir
     from llm_embedder.models import check_device
     from llm_embedder.tasks import get_task
 
     check_device(device)  # before the baselines run: embedders are built lazily
+    # a folder of other files (a task's data, a model) is refused: results, plots and caches would land among them
+    check_output_dir(out, (RESULTS_FILE, SETTINGS_FILE, PER_QUERY_FILE, "results.md", "plots"), "evaluation results")
     if data.is_file():
         raise NotADirectoryError(f"--data {data} is a file; give the suite's folder (it holds <task>/{split}.jsonl)")
     if not data.is_dir():
