@@ -19,3 +19,20 @@ def test_model_version_follows_the_weights_not_the_folder(tiny_embedder_dir, tmp
     moved = tmp_path / "moved"
     model.rename(moved)
     assert model_version(moved) is not None and model_version(model) is None
+
+
+def test_a_folder_that_is_not_a_model_is_named_as_such(tmp_path):
+    import pytest
+
+    from llm_embedder.cli import app
+    from llm_embedder.models import resolve_embedder_path
+
+    data = tmp_path / "suite"
+    (data / "qa").mkdir(parents=True)
+    (data / "qa" / "train.jsonl").write_text("{}\n")
+    with pytest.raises(FileNotFoundError, match="model '.*suite' is a folder but not a model"):
+        resolve_embedder_path(data)
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, ["train", "--data", str(data), "--base", str(data), "--out", str(tmp_path / "o")])
+    assert isinstance(result.exception, FileNotFoundError) and "is a folder but not a model" in str(result.exception)

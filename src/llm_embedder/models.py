@@ -35,6 +35,9 @@ def resolve_embedder_path(model: str | Path) -> Path:
         return root / sub_path
     path = Path(name).expanduser()
     if path.is_dir():
+        if not any((path / marker).is_file() for marker in ("config.json", "modules.json")):
+            raise FileNotFoundError(f"model {name!r} is a folder but not a model (it has no config.json or "
+                                    "modules.json)")
         return path
     raise FileNotFoundError(
         f"model {name!r} is neither a directory nor a bundled alias; aliases: {', '.join(EMBEDDER_ALIASES)}"
