@@ -135,3 +135,36 @@ def test_yaml_error_is_one_line_naming_file_line_and_column(tmp_path: Path) -> N
     line = yaml_error(tmp_path / "train.yaml", err.value)
     assert line.startswith(f"{tmp_path / 'train.yaml'}:2:") and "cannot parse YAML: " in line and "\n" not in line
     assert yaml_error("f.yaml", ValueError("plain\nerror")) == "f.yaml: cannot parse YAML: plain error"
+
+
+def test_exclusive_refuses_a_second_holder_until_the_first_is_gone(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from llm_embedder.io import RunInProgressError, exclusive
+
+    lock = tmp_path / "out.jsonl.lock"
+    with exclusive(lock, "out.jsonl"):
+        assert lock.read_text().strip().isdigit()  # the holder's pid
+        message = r"out.jsonl is being written by another run \(it holds .*\.lock\)"
+        with pytest.raises(RunInProgressError, match=message), exclusive(lock, "out.jsonl"):
+            pass
+    assert not lock.exists()
+    # a holder killed outright leaves the file, but not the lock
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from llm_embedder.io import exclusive\n"
+                               f"with exclusive({str(lock)!r}, 'x'):\n    print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(RunInProgressError):
+        with exclusive(lock, "out.jsonl"):
+            pass
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(30)
+    assert lock.exists()
+    with exclusive(lock, "out.jsonl"):
+        pass
+    # a folder it made for the lock goes again if the run left nothing in it
+    with pytest.raises(ValueError), exclusive(tmp_path / "new" / ".lock", "new"):
+        raise ValueError("bad data")
+    assert not (tmp_path / "new").exists()

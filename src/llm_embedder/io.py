@@ -7,6 +7,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,52 @@ def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
         for record in records:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     return path
+
+
+class RunInProgressError(FileExistsError):
+    """Another process is writing the same output (``exclusive``)."""
+
+
+@contextmanager
+def exclusive(lock: str | Path, what: str) -> Iterator[None]:
+    """Hold ``lock`` (a file, removed on exit) while writing ``what``: a second run on the same output, say the
+    same command started again while the first still runs, is refused instead of interleaving its writes.
+
+    An OS lock (``flock``) is released when its process dies, so a killed run never blocks the next one. Where
+    the OS has no ``flock`` (Windows), nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    lock = Path(lock)
+    made = not lock.parent.exists()  # removed again if the run leaves it empty (it failed before writing)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise RunInProgressError(f"{what} is being written by another run (it holds {lock}); let that run "
+                                     "finish, or stop it, then run this again") from None
+        try:
+            held = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            held = False
+        if held:  # not a file the run before us removed as we opened it
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+        if made and not any(lock.parent.iterdir()):
+            lock.parent.rmdir()
 
 
 def _umask() -> int:

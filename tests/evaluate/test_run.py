@@ -323,6 +323,17 @@ def test_an_llm_fine_tuned_in_place_measures_anew_and_an_unversioned_cache_is_ke
     assert lm.calls == calls and json.loads((out / "settings.json").read_text())["llm_version"] == "v2"
 
 
+def test_an_evaluation_into_a_folder_another_is_writing_is_refused(suite, tmp_path):
+    from llm_embedder.evaluate.run import LOCK_FILE
+    from llm_embedder.io import RunInProgressError, exclusive
+
+    out = tmp_path / "eval"
+    with exclusive(out / LOCK_FILE, "x"):
+        with pytest.raises(RunInProgressError, match="the evaluation .*eval is being written by another run"):
+            run_evaluation(suite, ["qa"], {}, out, lm=ContainsAnswerLM(), generate=False)
+    assert "qa" in run_evaluation(suite, ["qa"], {}, out, lm=ContainsAnswerLM(), generate=False)
+
+
 def test_prompts_hold_each_task_s_top_items_best_next_to_the_query():
     from llm_embedder.evaluate.downstream import DOWNSTREAM, build_prompts
 

@@ -286,3 +286,15 @@ def test_a_text_of_only_whitespace_is_refused(tiny_embedder, tmp_path: Path) -> 
     assert list((tmp_path / "idx").iterdir()) == []
     with pytest.raises(DataError, match=r"documents\[1\]: field 'text' holds only whitespace$"):
         build_index(["ok", "\n  "], tmp_path / "idx2", tiny_embedder, "qa", progress=False)
+
+
+def test_a_build_into_a_folder_another_build_is_writing_is_refused(tiny_embedder, tmp_path: Path) -> None:
+    from llm_embedder.index.build import LOCK_FILE
+    from llm_embedder.io import RunInProgressError, exclusive
+
+    corpus = write_corpus(tmp_path / "c.jsonl", 5)
+    with exclusive(tmp_path / "idx" / LOCK_FILE, "x"):
+        with pytest.raises(RunInProgressError, match=r"the index build .*idx is being written by another run"):
+            build_index(corpus, tmp_path / "idx", tiny_embedder, "qa", progress=False)
+    assert build_index(corpus, tmp_path / "idx", tiny_embedder, "qa", progress=False)["count"] == 5
+    assert not (tmp_path / "idx" / LOCK_FILE).exists()

@@ -136,6 +136,19 @@ def test_scoring_into_the_input_is_refused_before_anything_is_written(tiny_lm, t
     assert src.read_bytes() == before and not (tmp_path / "in.jsonl.meta.json").exists()
 
 
+def test_scoring_an_output_another_run_is_writing_is_refused(tiny_lm, tmp_path):
+    from llm_embedder.io import RunInProgressError, exclusive
+
+    src = write_records(tmp_path / "in.jsonl", n=4)
+    out = tmp_path / "out.jsonl"
+    with exclusive(tmp_path / "out.jsonl.lock", "x"):
+        with pytest.raises(RunInProgressError, match="out.jsonl is being written by another run"):
+            score_file(src, out, tiny_lm, chunk_pairs=8, show_progress=False)
+    assert not out.exists()
+    score_file(src, out, tiny_lm, chunk_pairs=8, show_progress=False)
+    assert count_done(out) == 4 and not (tmp_path / "out.jsonl.lock").exists()
+
+
 def test_count_done_drops_a_partial_last_line(tmp_path):
     path = tmp_path / "x.jsonl"
     path.write_text('{"a": 1}\n{"b": 2}\n{"c": ')

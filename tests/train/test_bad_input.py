@@ -182,3 +182,12 @@ def test_out_a_run_started_or_empty_is_taken(tmp_path: Path, monkeypatch: pytest
         (out / kept).write_text("{}")
     with pytest.raises(Checked):
         trainer_module.train(TrainConfig(data=[str(tmp_path / "d")], out=str(out), device="cpu"))
+
+
+def test_a_run_into_a_folder_another_run_is_writing_is_refused(tmp_path: Path) -> None:
+    from llm_embedder.io import RunInProgressError, exclusive
+
+    out = tmp_path / "run"
+    with exclusive(out / trainer_module.LOCK_FILE, "x"):
+        with pytest.raises(RunInProgressError, match=r"the training run .*run is being written by another run"):
+            trainer_module.train(TrainConfig(data=[str(tmp_path / "d")], out=str(out), device="cpu"))

@@ -31,12 +31,13 @@ from llm_embedder.evaluate.rankers import (
     RecencyRanker,
     TeacherRanker,
 )
-from llm_embedder.io import DataError, read_jsonl
+from llm_embedder.io import DataError, exclusive, read_jsonl
 from llm_embedder.progress import LoggedProgress
 
 RESULTS_FILE = "results.json"
 PER_QUERY_FILE = "per_query.json"
 SETTINGS_FILE = "settings.json"
+LOCK_FILE = ".lock"  # held while an evaluation writes the folder
 VERSIONS_FILE = "versions.json"  # task -> system -> the model version its cached results were measured with
 RETRIEVAL_DEPTH = 10
 
@@ -316,75 +317,77 @@ def run_evaluation(
         raise ValueError("the teacher row needs the LLM (lm)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    data_path = Path(data_dir).resolve()
-    settings = {
-        # relative to the results, so that a run dir moved or copied with its data keeps its cached results
-        "data": os.path.relpath(data_path, out_dir.resolve()), "split": split, "max_queries": max_queries,
-        "max_llm_queries": max_llm_queries, "max_corpus": max_corpus, "max_candidates": max_candidates,
-        "generate": generate, "llm": getattr(lm, "name", None),
-        "prompt_items": dict(sorted((prompt_items or {}).items())),
-        # 2: LLM metric from the retrieval pass's rankings; 3: corpus slices keep hard negatives; 4: icl prompts
-        # hold the top 8 examples (3 held 4); 5: scores independent of the prompts beside them
-        # (downstream.eval_batch_tokens); 6: embedders keep embed_max_length tokens (5: 256, whatever the model
-        # was trained at); 7: tool keys are their texts (the name was put before a text that begins with it)
-        "protocol": 7,
-        "embed_max_length": embed_max_length or "saved",
-    }
-    if embed_fast:  # absent when exact, so results cached before the fast mode existed stay valid
-        settings["embed_fast"] = embed_fast
-    if getattr(lm, "version", None) is not None:  # an LLM fine-tuned in place measures anew
-        settings["llm_version"] = lm.version
-    settings_file = out_dir / SETTINGS_FILE
-    stored = json.loads(settings_file.read_text(encoding="utf-8")) if settings_file.exists() else settings
-    # settings written by earlier versions held the data's absolute path, and no llm_version
-    same = settings if "llm_version" in stored else {k: v for k, v in settings.items() if k != "llm_version"}
-    if stored not in (same, {**same, "data": str(data_path)}):
-        save_results(out_dir, {})  # measured under other settings: start over rather than mix them
-        save_results(out_dir, {}, PER_QUERY_FILE)
-    settings_file.write_text(json.dumps(settings, indent=2), encoding="utf-8")
-    if versions:
-        forget_other_versions(out_dir, versions)
-    results = load_results(out_dir)
-    per_query = load_results(out_dir, PER_QUERY_FILE)
-    order: dict[str, list[str]] = {}  # per task, the systems in the order asked for
-    with LoggedProgress() as progress:
-        bar = progress.add_task("evaluating", total=len(tasks))
-        # the LLM's prompts of the system in hand: its minutes (lrlm's long chunks, the teacher row) show as they go
-        prompts_bar = progress.add_task("LLM prompts", total=None, visible=False)
+    # a second evaluation into the same folder (one started again while it runs) is refused: both would
+    # rewrite the same caches
+    with exclusive(out_dir / LOCK_FILE, f"the evaluation {out_dir}"):
+        data_path = Path(data_dir).resolve()
+        settings = {
+            # relative to the results, so that a run dir moved or copied with its data keeps its cached results
+            "data": os.path.relpath(data_path, out_dir.resolve()), "split": split, "max_queries": max_queries,
+            "max_llm_queries": max_llm_queries, "max_corpus": max_corpus, "max_candidates": max_candidates,
+            "generate": generate, "llm": getattr(lm, "name", None),
+            "prompt_items": dict(sorted((prompt_items or {}).items())),
+            # 2: LLM metric from the retrieval pass's rankings; 3: corpus slices keep hard negatives; 4: icl prompts
+            # hold the top 8 examples (3 held 4); 5: scores independent of the prompts beside them
+            # (downstream.eval_batch_tokens); 6: embedders keep embed_max_length tokens (5: 256, whatever the model
+            # was trained at); 7: tool keys are their texts (the name was put before a text that begins with it)
+            "protocol": 7,
+            "embed_max_length": embed_max_length or "saved",
+        }
+        if embed_fast:  # absent when exact, so results cached before the fast mode existed stay valid
+            settings["embed_fast"] = embed_fast
+        if getattr(lm, "version", None) is not None:  # an LLM fine-tuned in place measures anew
+            settings["llm_version"] = lm.version
+        settings_file = out_dir / SETTINGS_FILE
+        stored = json.loads(settings_file.read_text(encoding="utf-8")) if settings_file.exists() else settings
+        # settings written by earlier versions held the data's absolute path, and no llm_version
+        same = settings if "llm_version" in stored else {k: v for k, v in settings.items() if k != "llm_version"}
+        if stored not in (same, {**same, "data": str(data_path)}):
+            save_results(out_dir, {})  # measured under other settings: start over rather than mix them
+            save_results(out_dir, {}, PER_QUERY_FILE)
+        settings_file.write_text(json.dumps(settings, indent=2), encoding="utf-8")
+        if versions:
+            forget_other_versions(out_dir, versions)
+        results = load_results(out_dir)
+        per_query = load_results(out_dir, PER_QUERY_FILE)
+        order: dict[str, list[str]] = {}  # per task, the systems in the order asked for
+        with LoggedProgress() as progress:
+            bar = progress.add_task("evaluating", total=len(tasks))
+            # the LLM's prompts of the system in hand: its minutes (lrlm's long chunks, the teacher row) show as they go
+            prompts_bar = progress.add_task("LLM prompts", total=None, visible=False)
 
-        def prompts_done(done: int, total: int) -> None:
-            progress.update(prompts_bar, completed=done, total=total, visible=True)
-        for task in tasks:
-            limits = dict(max_corpus=max_corpus, max_candidates=max_candidates)
-            data = load_task_data(data_dir, task, split, max_queries, **limits)
-            memo: dict = {}
-            rankers = [(r.name, lambda r=r: r) for r in baseline_rankers(task, data.per_query)] if baselines else []
-            if gold:
-                rankers.append((GoldRanker.name, lambda g=data.golds: GoldRanker(g)))
-            if teacher and data.per_query and task in DOWNSTREAM:
-                rankers.append((TeacherRanker.name,
-                                lambda a=data.answers, m=memo: TeacherRanker(lm, a, m, progress=prompts_done)))
-            rankers += [(name, lambda f=factory, t=task: f(t)) for name, factory in systems.items()]
-            order[task] = [name for name, _ in rankers]
-            for name, make in rankers:
-                if name in results.get(task, {}):
-                    continue
-                progress.update(bar, description=f"{task}: {name}")
-                progress.update(prompts_bar, visible=False)
-                ranker = make()
-                if ranker is None:  # this system has no model for this task
-                    continue
-                metrics, values = evaluate_system(
-                    data, ranker, lm, generate=generate, llm_queries=max_llm_queries, memo=memo,
-                    items=(prompt_items or {}).get(task), progress=prompts_done,
-                )
-                per_query.setdefault(task, {})[name] = values
-                save_results(out_dir, per_query, PER_QUERY_FILE)
-                results.setdefault(task, {})[name] = metrics
-                save_results(out_dir, results)
-            progress.advance(bar)
-    return in_order(results, order, others=cached_others)
-
+            def prompts_done(done: int, total: int) -> None:
+                progress.update(prompts_bar, completed=done, total=total, visible=True)
+            for task in tasks:
+                limits = dict(max_corpus=max_corpus, max_candidates=max_candidates)
+                data = load_task_data(data_dir, task, split, max_queries, **limits)
+                memo: dict = {}
+                rankers = [(r.name, lambda r=r: r) for r in baseline_rankers(task, data.per_query)] if baselines else []
+                if gold:
+                    rankers.append((GoldRanker.name, lambda g=data.golds: GoldRanker(g)))
+                if teacher and data.per_query and task in DOWNSTREAM:
+                    rankers.append((TeacherRanker.name,
+                                    lambda a=data.answers, m=memo: TeacherRanker(lm, a, m, progress=prompts_done)))
+                rankers += [(name, lambda f=factory, t=task: f(t)) for name, factory in systems.items()]
+                order[task] = [name for name, _ in rankers]
+                for name, make in rankers:
+                    if name in results.get(task, {}):
+                        continue
+                    progress.update(bar, description=f"{task}: {name}")
+                    progress.update(prompts_bar, visible=False)
+                    ranker = make()
+                    if ranker is None:  # this system has no model for this task
+                        continue
+                    metrics, values = evaluate_system(
+                        data, ranker, lm, generate=generate, llm_queries=max_llm_queries, memo=memo,
+                        items=(prompt_items or {}).get(task), progress=prompts_done,
+                    )
+                    per_query.setdefault(task, {})[name] = values
+                    save_results(out_dir, per_query, PER_QUERY_FILE)
+                    results.setdefault(task, {})[name] = metrics
+                    save_results(out_dir, results)
+                progress.advance(bar)
+        return in_order(results, order, others=cached_others)
 
 def in_order(results: dict[str, dict[str, Any]], order: dict[str, list[str]],
              others: bool = True) -> dict[str, dict[str, Any]]:

@@ -25,12 +25,21 @@ from typing import Any
 
 import numpy as np
 
-from llm_embedder.io import DataError, atomic_write, check_output_dir, check_template, fill_template, iter_jsonl
+from llm_embedder.io import (
+    DataError,
+    atomic_write,
+    check_output_dir,
+    check_template,
+    exclusive,
+    fill_template,
+    iter_jsonl,
+)
 from llm_embedder.models import model_version
 from llm_embedder.progress import count_progress
 
 META_FILE = "meta.json"
 PROGRESS_FILE = "progress.json"
+LOCK_FILE = ".lock"  # held while a build writes the folder (hidden: check_output_dir ignores it)
 DOCS_FILE = "docs.jsonl"
 OFFSETS_FILE = "docs.offsets"
 EMBEDDINGS_FILE = "embeddings.memmap"
@@ -350,62 +359,64 @@ def build_index(
     markers = (PROGRESS_FILE, OFFSETS_FILE, DOCS_FILE + ".tmp", OFFSETS_FILE + ".tmp")
     out_dir = check_output_dir(out_dir, markers, "an index build", option)
     out_dir.mkdir(parents=True, exist_ok=True)
-    settings = {
-        "model": embedder.name, "model_path": str(Path(embedder.path).resolve()), "task": task,
-        "instruction_hash": instruction_hash(embedder, task), "key_max_length": key_max_length(embedder),
-        "dim": int(embedder.dim), "factory": factory,
-        "backend": backend, "field": field, "template": template, "filter_fields": list(filter_fields),
-        # the weight files (sizes, times): a model retrained in place does not resume, or re-use, its old vectors
-        "model_version": model_version(embedder.path),
-    }
-    in_memory = not isinstance(corpus, str | Path)
-    fingerprint = corpus_fingerprint(corpus)
-    state = read_progress(out_dir)
-    resumable = state is not None and bool(state.get("docs_done"))
-    if in_memory and resumable:  # read once more here; a build re-used or resumed does not read them again
-        fingerprint = documents_fingerprint(corpus, field, template)
-    old = state.get("settings", {}) if state is not None else {}
-    # a build from before the document length was recorded: the same build if all else matches and it finished
-    # (nothing is encoded again); an unfinished one cannot say at which length its rows were encoded
-    legacy = state is not None and "key_max_length" not in old
-    # one from before the weights were recorded is compared without them
-    unversioned = state is not None and "model_version" not in old
-    compared = {k: v for k, v in settings.items()
-                if not (legacy and k == "key_max_length") and not (unversioned and k == "model_version")}
-    if legacy and old == compared and not state.get("done"):
-        raise ValueError(
-            f"{out_dir} holds an unfinished build from an earlier version, which did not record how many tokens of a "
-            f"document it kept; use another {option} or delete it"
-        )
-    if state is not None and old != compared:
-        diff = [k for k in compared if old.get(k) != compared[k]] or ["settings"]
-        if diff == ["model_version"]:
-            diff = ["model weights (the model's weight files changed since: retrained in place?)"]
-        raise ValueError(
-            f"{out_dir} holds a build with different {', '.join(diff)}; use another {option} or delete it"
-        )
-    recorded = state.get("corpus") if state is not None else None
-    if in_memory and resumable and recorded is None:
-        # recorded before in-memory documents were fingerprinted: a finished build is re-used as before; an
-        # unfinished one is checked against the documents it wrote
-        recorded = fingerprint if state.get("done") else docs_file_fingerprint(out_dir / DOCS_FILE)
-    if state is not None and recorded != fingerprint:
-        raise ValueError(f"{out_dir} holds a build of a different corpus ({corpus_change(corpus, recorded)}); use "
-                         f"another {option} or delete it")
-    if state is not None and state.get("done") and (out_dir / META_FILE).exists():
-        return json.loads((out_dir / META_FILE).read_text(encoding="utf-8"))
-    if state is None or not state.get("docs_done"):
-        (out_dir / META_FILE).unlink(missing_ok=True)
-        # (an in-memory Retriever may start empty)
-        count, content = write_docs(corpus, out_dir, field, template, filter_fields, allow_empty=in_memory)
-        state = {"settings": settings, "corpus": content if in_memory else fingerprint, "docs_done": True,
-                 "count": count, "rows_done": 0}
+    # a second build into the same folder (the command started again while it runs) is refused
+    with exclusive(out_dir / LOCK_FILE, f"the index build {out_dir}"):
+        settings = {
+            "model": embedder.name, "model_path": str(Path(embedder.path).resolve()), "task": task,
+            "instruction_hash": instruction_hash(embedder, task), "key_max_length": key_max_length(embedder),
+            "dim": int(embedder.dim), "factory": factory,
+            "backend": backend, "field": field, "template": template, "filter_fields": list(filter_fields),
+            # the weight files (sizes, times): a model retrained in place does not resume, or re-use, its old vectors
+            "model_version": model_version(embedder.path),
+        }
+        in_memory = not isinstance(corpus, str | Path)
+        fingerprint = corpus_fingerprint(corpus)
+        state = read_progress(out_dir)
+        resumable = state is not None and bool(state.get("docs_done"))
+        if in_memory and resumable:  # read once more here; a build re-used or resumed does not read them again
+            fingerprint = documents_fingerprint(corpus, field, template)
+        old = state.get("settings", {}) if state is not None else {}
+        # a build from before the document length was recorded: the same build if all else matches and it finished
+        # (nothing is encoded again); an unfinished one cannot say at which length its rows were encoded
+        legacy = state is not None and "key_max_length" not in old
+        # one from before the weights were recorded is compared without them
+        unversioned = state is not None and "model_version" not in old
+        compared = {k: v for k, v in settings.items()
+                    if not (legacy and k == "key_max_length") and not (unversioned and k == "model_version")}
+        if legacy and old == compared and not state.get("done"):
+            raise ValueError(
+                f"{out_dir} holds an unfinished build from an earlier version, which did not record how many tokens "
+                f"of a document it kept; use another {option} or delete it"
+            )
+        if state is not None and old != compared:
+            diff = [k for k in compared if old.get(k) != compared[k]] or ["settings"]
+            if diff == ["model_version"]:
+                diff = ["model weights (the model's weight files changed since: retrained in place?)"]
+            raise ValueError(
+                f"{out_dir} holds a build with different {', '.join(diff)}; use another {option} or delete it"
+            )
+        recorded = state.get("corpus") if state is not None else None
+        if in_memory and resumable and recorded is None:
+            # recorded before in-memory documents were fingerprinted: a finished build is re-used as before; an
+            # unfinished one is checked against the documents it wrote
+            recorded = fingerprint if state.get("done") else docs_file_fingerprint(out_dir / DOCS_FILE)
+        if state is not None and recorded != fingerprint:
+            raise ValueError(f"{out_dir} holds a build of a different corpus ({corpus_change(corpus, recorded)}); use "
+                             f"another {option} or delete it")
+        if state is not None and state.get("done") and (out_dir / META_FILE).exists():
+            return json.loads((out_dir / META_FILE).read_text(encoding="utf-8"))
+        if state is None or not state.get("docs_done"):
+            (out_dir / META_FILE).unlink(missing_ok=True)
+            # (an in-memory Retriever may start empty)
+            count, content = write_docs(corpus, out_dir, field, template, filter_fields, allow_empty=in_memory)
+            state = {"settings": settings, "corpus": content if in_memory else fingerprint, "docs_done": True,
+                     "count": count, "rows_done": 0}
+            write_progress(out_dir, state)
+        encode_rows(embedder, task, out_dir, state, batch_size, progress)
+        index_file = build_vector_index(out_dir, state, backend, factory, tuple(filter_fields))
+        meta = {**settings, "count": state["count"], "index_file": index_file}
+        with atomic_write(out_dir / META_FILE) as handle:
+            json.dump(meta, handle, indent=2)
+        state["done"] = True
         write_progress(out_dir, state)
-    encode_rows(embedder, task, out_dir, state, batch_size, progress)
-    index_file = build_vector_index(out_dir, state, backend, factory, tuple(filter_fields))
-    meta = {**settings, "count": state["count"], "index_file": index_file}
-    with atomic_write(out_dir / META_FILE) as handle:
-        json.dump(meta, handle, indent=2)
-    state["done"] = True
-    write_progress(out_dir, state)
-    return meta
+        return meta

@@ -22,12 +22,13 @@ import datetime as dt
 import json
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from llm_embedder import __version__
 from llm_embedder.data.validate import raise_problems, validate_records
-from llm_embedder.io import DataError, atomic_write, check_output_file, file_sha256, iter_jsonl
+from llm_embedder.io import DataError, atomic_write, check_output_file, exclusive, file_sha256, iter_jsonl
 from llm_embedder.reward.records import KeyFitter, RecordPairs, build_all
 from llm_embedder.reward.scorer import ScoreStats, score_pairsets, with_scores
 
@@ -199,6 +200,31 @@ def score_file(
     ``reuse``: earlier outputs whose scores are taken for the records they hold (files scored otherwise are
     skipped, and the summary's ``reuse_skipped`` says why).
     """
+    rank, _ = dist_info()
+    held = exclusive(Path(f"{out_path}.lock"), str(out_path)) if rank == 0 else nullcontext()
+    with held:  # a second run on the same OUT (the command started again while it runs) is refused
+        return _score_file(
+            in_path, out_path, lm, batch_tokens=batch_tokens, default_task=default_task, rank_aware=rank_aware,
+            key_max_tokens=key_max_tokens, chunk_pairs=chunk_pairs, overwrite=overwrite,
+            show_progress=show_progress, reuse=reuse,
+        )
+
+
+def _score_file(
+    in_path: str | Path,
+    out_path: str | Path,
+    lm: Any,
+    *,
+    batch_tokens: int | None,
+    default_task: str | None,
+    rank_aware: int,
+    key_max_tokens: int | None,
+    chunk_pairs: int,
+    overwrite: bool,
+    show_progress: bool,
+    reuse: list[str | Path] | None,
+) -> dict[str, Any]:
+    """``score_file`` once its output is held."""
     from llm_embedder.progress import LoggedProgress
 
     in_path, out = Path(in_path), Path(out_path)

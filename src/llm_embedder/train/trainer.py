@@ -25,10 +25,11 @@ import logging
 import os
 import re
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from llm_embedder.io import atomic_write, check_output_dir, file_sha256
+from llm_embedder.io import atomic_write, check_output_dir, exclusive, file_sha256
 from llm_embedder.train.card import CARD_NAME
 from llm_embedder.train.config import TrainConfig
 from llm_embedder.train.examples import TrainingFile, load_training_files
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
 CONFIG_FILE = "train_config.json"  # written with the final model
+LOCK_FILE = ".lock"  # held while a run writes the folder (hidden: check_output_dir ignores it)
 # HF's ``Trainer._save_checkpoint`` writes a checkpoint's model, then these (and the RNG state), then the trainer
 # state last: a folder without all of them, or with a torn trainer state, is a save cut off by a kill
 TRAINER_STATE = "trainer_state.json"
@@ -350,7 +352,6 @@ def check_resumable(out: Path, current: dict[str, Any], config: TrainConfig, res
 def train(config: TrainConfig) -> Path:
     """Validate all data, train, and write the model (with prompts), TRAINING_CARD.md and loss_curves.png."""
     from llm_embedder.models import check_device, resolve_embedder_path
-    from llm_embedder.tasks import register_tasks_from_file
 
     check_device(config.device)  # a device this machine lacks fails before any data is read
     resolve_embedder_path(config.base)  # so does a base that is no model (a typo, a data folder)
@@ -361,6 +362,15 @@ def train(config: TrainConfig) -> Path:
     # a folder of another kind is refused; one this trainer or the demo started (or finished) is its own
     out = check_output_dir(config.out, (CONFIG_FILE, RUN_STAMP, CHECKPOINT_DIR, LOG_DIR, TRAINED_STAMP,
                                         STARTED_STAMP), "a training run")
+    rank, _ = distributed_env()
+    with exclusive(out / LOCK_FILE, f"the training run {out}") if rank == 0 else nullcontext():
+        return _train(config, out)
+
+
+def _train(config: TrainConfig, out: Path) -> Path:
+    """``train`` once its output folder is checked and held."""
+    from llm_embedder.tasks import register_tasks_from_file
+
     for task_file in config.task_files:
         register_tasks_from_file(task_file)
     config.check_task_names()  # an unknown name fails here, before any data is read
