@@ -117,6 +117,30 @@ def test_loading_with_a_model_retrained_since_the_build_warns(tiny_embedder_dir,
         Retriever.load(tmp_path / "idx", Embedder(model, device="cpu"))
 
 
+def test_a_model_of_the_same_name_in_another_folder_with_other_weights_warns(tiny_embedder_dir, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import shutil
+    import warnings
+
+    from llm_embedder.embedder import Embedder
+    from llm_embedder.models import ModelChangedWarning
+
+    for where in ("a", "b", "c"):
+        shutil.copytree(tiny_embedder_dir, tmp_path / where / "m1")  # copy2: file times kept
+    monkeypatch.chdir(tmp_path / "a")
+    Retriever.build(Embedder("m1", device="cpu"), "qa", DOCS, out_dir=tmp_path / "idx")
+    monkeypatch.chdir(tmp_path / "b")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a copy keeping its file times is the same model
+        Retriever.load(tmp_path / "idx", Embedder("m1", device="cpu"))
+    monkeypatch.chdir(tmp_path / "c")
+    weights = tmp_path / "c" / "m1" / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    with pytest.warns(ModelChangedWarning, match=r"the model 'm1' is .*c/m1, not the folder the index was built with"):
+        Retriever.load(tmp_path / "idx", Embedder("m1", device="cpu"))
+
+
 LONG_DOC = "A document far longer than sixteen tokens, " + " ".join(f"word{i}" for i in range(60))
 
 

@@ -27,7 +27,7 @@ from llm_embedder.index.build import (
     key_max_length,
 )
 from llm_embedder.io import atomic_write
-from llm_embedder.models import ModelChangedWarning, model_version
+from llm_embedder.models import EMBEDDER_ALIASES, ModelChangedWarning, model_version
 
 
 @dataclass
@@ -312,7 +312,14 @@ def check_compatible(meta: dict, embedder: Any, where: Path | str) -> None:
         )
     if problems:
         raise ValueError(f"{where}: embedder does not match the index ({'; '.join(problems)})")
-    if same_path and meta.get("model_version") is not None and model_version(embedder.path) != meta["model_version"]:
+    if meta.get("model_version") is None or str(embedder.name) in EMBEDDER_ALIASES:
+        return
+    if same_path and model_version(embedder.path) != meta["model_version"]:
         warnings.warn(f"{where}: the weight files of {embedder.path} changed since the index was built; if the model "
                       "was retrained, rebuild the index (its vectors come from the old weights)", ModelChangedWarning,
                       stacklevel=3)
+    elif not same_path and model_version(embedder.path) != meta["model_version"]:
+        # the same name, another folder (a relative path from elsewhere, a copy): a copy keeping file times passes
+        warnings.warn(f"{where}: the model {embedder.name!r} is {Path(embedder.path).resolve()}, not the folder the "
+                      f"index was built with ({meta.get('model_path')}), and its weight files differ; if it is another "
+                      "model, its vectors do not match the index's", ModelChangedWarning, stacklevel=3)
