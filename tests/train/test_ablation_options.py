@@ -88,6 +88,9 @@ def test_loss_override_picks_plain_kl(data_dir, tmp_path, tiny_embedder_dir) -> 
     yaml_file = tmp_path / "train.yaml"
     yaml_file.write_text("loss-override: [qa=kl_distill]\nhomogeneous: false\n")
     assert read_config_file(yaml_file) == {"loss_override": {"qa": "kl_distill"}, "homogeneous": False}
+    yaml_file.write_text("loss_override:\n  qa: 3\n")  # the file is named with its bad loss
+    with pytest.raises(ValueError, match=r"train\.yaml: loss_override: qa=3: unknown loss; known: contrastive"):
+        read_config_file(yaml_file)
 
 
 def test_mixed_batch_loss_is_the_count_weighted_mean_of_per_task_losses(data_dir, tmp_path, tiny_embedder_dir):

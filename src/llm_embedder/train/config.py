@@ -93,9 +93,6 @@ class TrainConfig:
                 setattr(self, f.name, check_value(f.name, getattr(self, f.name)))
             except ValueError as err:
                 raise ValueError(f"{f.name}: {err}") from None
-        for task, loss in self.loss_override.items():
-            if loss not in LOSSES:
-                raise ValueError(f"loss_override {task}={loss}: unknown loss; known: {', '.join(LOSSES)}")
         if self.self_paced and not self.homogeneous:
             raise ValueError("self_paced needs homogeneous batches (one task per step)")
 
@@ -223,6 +220,9 @@ def check_value(name: str, value: Any, from_file: bool = False) -> Any:
             value = parse_loss_override([value] if isinstance(value, str) else value)
         if not isinstance(value, dict):
             raise ValueError(f"must map task -> loss, got {value!r}")
+        for task, loss in value.items():  # here, so that a config file's bad loss is named with the file
+            if loss not in LOSSES:
+                raise ValueError(f"{task}={loss}: unknown loss; known: {', '.join(LOSSES)}")
         return value
     return value
 
