@@ -81,8 +81,9 @@ def validation_error(exc: RequestValidationError) -> ApiError:
         return ApiError(400, f"unknown field {param!r}", param=param, code="unknown_parameter")
     if param is None:
         text = f"the request body must be a JSON object (Content-Type: application/json): {message}"
-    elif message.startswith("["):
+    elif message.startswith("["):  # "[1] must be a string": the message names the element, so does param
         text = f"{param}{message}"
+        param = f"{param}{message[: message.index(']') + 1]}" if "]" in message else param
     else:
         text = f"{param}: {message}"
     if len(errors) > 1:
