@@ -149,6 +149,18 @@ def test_scoring_an_output_another_run_is_writing_is_refused(tiny_lm, tmp_path):
     assert count_done(out) == 4 and not (tmp_path / "out.jsonl.lock").exists()
 
 
+def test_stale_teacher_scores_in_the_input_are_replaced_not_refused(tiny_lm, tmp_path):
+    src = write_records(tmp_path / "in.jsonl", n=4)
+    fresh = tmp_path / "fresh.jsonl"
+    score_file(src, fresh, tiny_lm, chunk_pairs=8, show_progress=False)
+    stale = tmp_path / "stale.jsonl"
+    stale.write_text("".join(json.dumps({**json.loads(line), "teacher_scores": [float("nan")]}) + "\n"
+                             for line in src.read_text().splitlines()))
+    out = tmp_path / "out.jsonl"
+    score_file(stale, out, tiny_lm, chunk_pairs=8, show_progress=False)
+    assert out.read_bytes() == fresh.read_bytes()
+
+
 def test_count_done_drops_a_partial_last_line(tmp_path):
     path = tmp_path / "x.jsonl"
     path.write_text('{"a": 1}\n{"b": 2}\n{"c": ')

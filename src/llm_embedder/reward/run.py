@@ -236,7 +236,9 @@ def _score_file(
     fitter = KeyFitter(lm.tokenizer, lm.max_length, key_max_tokens)
     pairsets = build_all(numbered, str(in_path), fitter, default_task)
     # what training will check too (query ids, list fields, indices): refused now, not after hours of scoring
-    filled = [(line, r if "task" in r or not default_task else {**r, "task": default_task}) for line, r in numbered]
+    # each record as training will read it, without the teacher_scores this run replaces (stale ones may be NaN)
+    filled = [(line, {**{k: v for k, v in r.items() if k != "teacher_scores"},
+                      **({"task": default_task} if default_task and "task" not in r else {})}) for line, r in numbered]
     raise_problems(validate_records(filled, str(in_path)), str(in_path))
     stats = ScoreStats()
     stats.add(pairsets)
