@@ -285,13 +285,15 @@ def test_an_interrupted_run_with_reuse_resumes_to_the_same_output(tiny_lm, tmp_p
     first = tmp_path / "first.jsonl"
     score_file(tmp_path / "first_in.jsonl", first, tiny_lm, chunk_pairs=8, show_progress=False)
     whole = tmp_path / "whole.jsonl"
-    score_file(src, whole, tiny_lm, chunk_pairs=8, show_progress=False, reuse=[first])
+    assert score_file(src, whole, tiny_lm, chunk_pairs=8, show_progress=False, reuse=[first])["reused"] == 5
     out = tmp_path / "out.jsonl"
     with pytest.raises(Interrupted):
         score_file(src, out, FailingLM(tiny_lm, fail_on_call=2), chunk_pairs=8, show_progress=False, reuse=[first])
-    assert 0 < count_done(out) < 15 and whole.read_bytes().startswith(out.read_bytes())
-    score_file(src, out, tiny_lm, chunk_pairs=8, show_progress=False, reuse=[first])
+    done = count_done(out)
+    assert 0 < done < 15 and whole.read_bytes().startswith(out.read_bytes())
+    resumed = score_file(src, out, tiny_lm, chunk_pairs=8, show_progress=False, reuse=[first])
     assert out.read_bytes() == whole.read_bytes()
+    assert resumed["reused"] == len([i for i in range(5) if i >= done])  # what this run took, not the first's
 
 
 def test_a_malformed_reuse_file_names_its_line(tiny_lm, tmp_path):

@@ -57,6 +57,20 @@ def barrier() -> None:
         dist.barrier()
 
 
+def total_over_ranks(count: int) -> int:
+    """The sum of ``count`` over the processes of an initialised torch.distributed group, else ``count``."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return count
+    total = torch.tensor([count], dtype=torch.int64)
+    if dist.get_backend() == "nccl":  # a group a library caller made for GPUs reduces GPU tensors only
+        total = total.cuda()
+    dist.all_reduce(total)
+    return int(total.item())
+
+
 def count_done(path: Path) -> int:
     """Complete, valid JSON lines at the start of ``path``; anything after them (a partial line) is cut off."""
     if not path.exists():
@@ -290,6 +304,7 @@ def _score_file(
             todo_pairs += sum(len(pairsets[i].prompts) for i in chunk if i not in known)
         seen += len(chunk)
     start = time.time()
+    reused = 0
     with LoggedProgress(disable=not show_progress or rank != 0, transient=False) as progress:
         shown = f"{in_path.parent.name}/{in_path.name}" if in_path.parent.name else in_path.name  # qa/candidates.jsonl
         bar = progress.add_task(f"scoring {shown} (rank {rank}/{world})", total=todo_pairs)
@@ -309,7 +324,9 @@ def _score_file(
                         record = with_scores(numbered[i][1], known[i] if i in known else scores[i])
                         handle.write(json.dumps(record, ensure_ascii=False) + "\n")
                         handle.flush()
+                        reused += i in known
                     seen += 1
+    summary["reused"] = total_over_ranks(reused)  # this run's: a resume does not count what was written before
     barrier()
     if rank == 0:
         if world > 1:
