@@ -105,6 +105,7 @@ def test_a_failed_overwrite_keeps_the_old_export_and_the_model(tiny_embedder_dir
     not_a_model = tmp_path / "data"
     not_a_model.mkdir()
     (not_a_model / "train.jsonl").write_text("{}\n")
+    (not_a_model / "config.json").write_text("{}")  # looks like a model folder: fails only while exporting
     with pytest.raises(ValueError, match="Unrecognized model"):
         export_onnx(not_a_model, out, overwrite=True)
     assert (out / ONNX_DIR / EXPORT_FILE).is_file()  # replaced only once a new export is complete
