@@ -182,7 +182,7 @@ def exclusive(lock: str | Path, what: str) -> Iterator[None]:
     made = not lock.parent.exists()  # removed again if the run leaves it empty (it failed before writing)
     lock.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -207,7 +207,8 @@ def exclusive(lock: str | Path, what: str) -> Iterator[None]:
             lock.parent.rmdir()
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's file-creation mask (read without changing it), for files made 0600 by mkstemp."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -223,7 +224,7 @@ class atomic_write:  # noqa: N801 - used as a context manager like open()
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.chmod(self.tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        os.chmod(self.tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; give the file the usual permissions
         encoding = None if "b" in self.mode else "utf-8"
         self.handle = os.fdopen(fd, self.mode, encoding=encoding)
         return self.handle

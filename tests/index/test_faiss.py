@@ -101,3 +101,16 @@ def test_copy_false_normalises_in_place_and_builds_the_same_index(tmp_path: Path
     assert a.read_bytes() == b.read_bytes()
     with pytest.raises(ValueError, match="NaN"):
         handed_over.add([999], np.full((1, DIM), np.nan, np.float32), copy=False)
+
+
+def test_a_saved_index_gets_the_usual_file_permissions(tmp_path: Path) -> None:
+    import os
+
+    from llm_embedder.io import current_umask
+
+    index = FaissIndex(4)
+    index.add([0, 1], np.eye(4, dtype=np.float32)[:2], [{"lang": "en"}, {"lang": "fr"}])
+    path = index.save(tmp_path / "index.faiss")
+    expected = 0o666 & ~current_umask()
+    for saved in (path, Path(f"{path}.meta.json")):
+        assert os.stat(saved).st_mode & 0o777 == expected, saved  # mkstemp alone gives 0600

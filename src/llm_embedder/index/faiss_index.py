@@ -30,6 +30,7 @@ from llm_embedder.index.base import (
     check_vectors,
     matches,
 )
+from llm_embedder.io import current_umask
 
 DEFAULT_NPROBE = 16
 # HNSW defaults picked with benchmarks/bench_search.py (clustered 384-d vectors, see benchmarks/README.md):
@@ -272,6 +273,7 @@ class FaissIndex:
 def _temp_name(path: Path) -> str:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600: the saved index gets the usual permissions
     return tmp
 
 
