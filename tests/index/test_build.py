@@ -298,3 +298,20 @@ def test_a_build_into_a_folder_another_build_is_writing_is_refused(tiny_embedder
             build_index(corpus, tmp_path / "idx", tiny_embedder, "qa", progress=False)
     assert build_index(corpus, tmp_path / "idx", tiny_embedder, "qa", progress=False)["count"] == 5
     assert not (tmp_path / "idx" / LOCK_FILE).exists()
+
+
+def test_filter_fields_in_another_order_are_the_same_build(tiny_embedder, tmp_path: Path) -> None:
+    corpus = tmp_path / "c.jsonl"
+    rows = [{"text": f"doc {i}", "lang": "en", "year": 2000 + i} for i in range(4)]
+    corpus.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    meta = build_index(corpus, tmp_path / "idx", tiny_embedder, "qa", filter_fields=["year", "lang"], progress=False)
+    assert meta["filter_fields"] == ["lang", "year"]
+    again = build_index(corpus, tmp_path / "idx", tiny_embedder, "qa", filter_fields=["lang", "year", "lang"],
+                        progress=False)
+    assert again == meta
+    # a build recorded before the fields were sorted: the same set is the same build
+    progress = json.loads((tmp_path / "idx" / "progress.json").read_text())
+    progress["settings"]["filter_fields"] = ["year", "lang"]
+    (tmp_path / "idx" / "progress.json").write_text(json.dumps(progress))
+    assert build_index(corpus, tmp_path / "idx", tiny_embedder, "qa", filter_fields=["lang", "year"],
+                       progress=False)["count"] == 4

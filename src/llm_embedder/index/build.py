@@ -352,6 +352,7 @@ def build_index(
     from llm_embedder.tasks import get_task
 
     get_task(task)
+    filter_fields = sorted(set(filter_fields))  # a set of fields: given in another order, the same build
     check_index_settings(embedder, backend, factory, batch_size)
     if template:
         check_template(template, "the template")
@@ -376,6 +377,8 @@ def build_index(
         if in_memory and resumable:  # read once more here; a build re-used or resumed does not read them again
             fingerprint = documents_fingerprint(corpus, field, template)
         old = state.get("settings", {}) if state is not None else {}
+        if isinstance(old.get("filter_fields"), list):  # recorded in the order given before this version
+            old = {**old, "filter_fields": sorted(set(old["filter_fields"]))}
         # a build from before the document length was recorded: the same build if all else matches and it finished
         # (nothing is encoded again); an unfinished one cannot say at which length its rows were encoded
         legacy = state is not None and "key_max_length" not in old
