@@ -57,20 +57,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def total_over_ranks(count: int) -> int:
-    """The sum of ``count`` over the processes of an initialised torch.distributed group, else ``count``."""
-    import torch
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return count
-    total = torch.tensor([count], dtype=torch.int64)
-    if dist.get_backend() == "nccl":  # a group a library caller made for GPUs reduces GPU tensors only
-        total = total.cuda()
-    dist.all_reduce(total)
-    return int(total.item())
-
-
 def count_done(path: Path) -> int:
     """Complete, valid JSON lines at the start of ``path``; anything after them (a partial line) is cut off."""
     if not path.exists():
@@ -240,6 +226,7 @@ def _score_file(
 ) -> dict[str, Any]:
     """``score_file`` once its output is held."""
     from llm_embedder.progress import LoggedProgress
+    from llm_embedder.train.gather import sum_over_ranks
 
     in_path, out = Path(in_path), Path(out_path)
     check_output_file(out, inputs=[in_path])  # --overwrite would delete the input
@@ -326,7 +313,7 @@ def _score_file(
                         handle.flush()
                         reused += i in known
                     seen += 1
-    summary["reused"] = total_over_ranks(reused)  # this run's: a resume does not count what was written before
+    summary["reused"] = int(sum_over_ranks(reused))  # this run's: a resume does not count what was written before
     barrier()
     if rank == 0:
         if world > 1:

@@ -3,6 +3,7 @@
 ``gather_with_grad`` all-gathers a tensor from every rank and puts the *local* tensor back at its own rank's
 position, so autograd flows through the local slice (the other ranks' slices are constants here; each rank
 back-propagates through its own). Without an initialised process group both functions return the input.
+``sum_over_ranks`` adds one number over the ranks (the self-paced loss average, the scoring job's counts).
 """
 
 from __future__ import annotations
@@ -22,6 +23,17 @@ def world_size() -> int:
 
 def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
+
+
+def sum_over_ranks(value: float) -> float:
+    """``value`` summed over every rank of an initialised process group (``value`` alone without one)."""
+    if not is_distributed():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64)
+    if dist.get_backend() == "nccl":  # a GPU group reduces GPU tensors only
+        tensor = tensor.cuda()
+    dist.all_reduce(tensor)
+    return float(tensor.item())
 
 
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:

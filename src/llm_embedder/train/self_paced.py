@@ -80,13 +80,6 @@ class SelfPacedLRCallback(TrainerCallback):
 
 
 def _mean_over_ranks(value: float) -> float:
-    import torch
-    import torch.distributed as dist
+    from llm_embedder.train.gather import sum_over_ranks, world_size
 
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        tensor = tensor.cuda()
-    dist.all_reduce(tensor)
-    return float(tensor.item()) / dist.get_world_size()
+    return sum_over_ranks(value) / world_size()
