@@ -161,6 +161,9 @@ def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
     return path
 
 
+LOCK_FILE = ".lock"  # a job's lock inside the folder it writes (hidden: check_output_dir ignores it)
+
+
 class RunInProgressError(FileExistsError):
     """Another process is writing the same output (``exclusive``)."""
 

@@ -31,13 +31,12 @@ from llm_embedder.evaluate.rankers import (
     RecencyRanker,
     TeacherRanker,
 )
-from llm_embedder.io import DataError, exclusive, read_jsonl
+from llm_embedder.io import LOCK_FILE, DataError, exclusive, read_jsonl
 from llm_embedder.progress import LoggedProgress
 
 RESULTS_FILE = "results.json"
 PER_QUERY_FILE = "per_query.json"
 SETTINGS_FILE = "settings.json"
-LOCK_FILE = ".lock"  # held while an evaluation writes the folder
 VERSIONS_FILE = "versions.json"  # task -> system -> the model version its cached results were measured with
 RETRIEVAL_DEPTH = 10
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from llm_embedder.io import (
+    LOCK_FILE,
     DataError,
     atomic_write,
     check_output_dir,
@@ -39,7 +40,6 @@ from llm_embedder.progress import count_progress
 
 META_FILE = "meta.json"
 PROGRESS_FILE = "progress.json"
-LOCK_FILE = ".lock"  # held while a build writes the folder (hidden: check_output_dir ignores it)
 DOCS_FILE = "docs.jsonl"
 OFFSETS_FILE = "docs.offsets"
 EMBEDDINGS_FILE = "embeddings.memmap"

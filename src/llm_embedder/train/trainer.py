@@ -29,7 +29,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from llm_embedder.io import atomic_write, check_output_dir, exclusive, file_sha256
+from llm_embedder.io import LOCK_FILE, atomic_write, check_output_dir, exclusive, file_sha256
 from llm_embedder.train.card import CARD_NAME
 from llm_embedder.train.config import TrainConfig
 from llm_embedder.train.examples import TrainingFile, load_training_files
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
 CONFIG_FILE = "train_config.json"  # written with the final model
-LOCK_FILE = ".lock"  # held while a run writes the folder (hidden: check_output_dir ignores it)
 # HF's ``Trainer._save_checkpoint`` writes a checkpoint's model, then these (and the RNG state), then the trainer
 # state last: a folder without all of them, or with a torn trainer state, is a save cut off by a kill
 TRAINER_STATE = "trainer_state.json"
