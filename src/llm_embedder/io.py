@@ -40,6 +40,12 @@ def require_file(path: str | Path, option: str | None = None) -> Path:
     return path
 
 
+def as_recorded(settings: dict[str, Any], old: dict[str, Any], later: Iterable[str]) -> dict[str, Any]:
+    """``settings`` as an earlier run could have recorded them: without those of ``later`` (added to the record
+    since) that its record ``old`` lacks, so that a run of an earlier version compares equal on the rest."""
+    return {k: v for k, v in settings.items() if k not in later or k in old}
+
+
 def same_file(a: str | Path, b: str | Path) -> bool:
     """Whether two paths name one file (through links and ``..`` too)."""
     a, b = Path(a), Path(b)

@@ -31,7 +31,7 @@ from llm_embedder.evaluate.rankers import (
     RecencyRanker,
     TeacherRanker,
 )
-from llm_embedder.io import LOCK_FILE, DataError, exclusive, read_jsonl
+from llm_embedder.io import LOCK_FILE, DataError, as_recorded, exclusive, read_jsonl
 from llm_embedder.progress import LoggedProgress
 
 RESULTS_FILE = "results.json"
@@ -340,7 +340,7 @@ def run_evaluation(
         settings_file = out_dir / SETTINGS_FILE
         stored = json.loads(settings_file.read_text(encoding="utf-8")) if settings_file.exists() else settings
         # settings written by earlier versions held the data's absolute path, and no llm_version
-        same = settings if "llm_version" in stored else {k: v for k, v in settings.items() if k != "llm_version"}
+        same = as_recorded(settings, stored, ("llm_version",))
         if stored not in (same, {**same, "data": str(data_path)}):
             save_results(out_dir, {})  # measured under other settings: start over rather than mix them
             save_results(out_dir, {}, PER_QUERY_FILE)

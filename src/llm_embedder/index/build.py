@@ -28,6 +28,7 @@ import numpy as np
 from llm_embedder.io import (
     LOCK_FILE,
     DataError,
+    as_recorded,
     atomic_write,
     check_output_dir,
     check_template,
@@ -383,9 +384,7 @@ def build_index(
         # (nothing is encoded again); an unfinished one cannot say at which length its rows were encoded
         legacy = state is not None and "key_max_length" not in old
         # one from before the weights were recorded is compared without them
-        unversioned = state is not None and "model_version" not in old
-        compared = {k: v for k, v in settings.items()
-                    if not (legacy and k == "key_max_length") and not (unversioned and k == "model_version")}
+        compared = as_recorded(settings, old, ("key_max_length", "model_version"))
         if legacy and old == compared and not state.get("done"):
             raise ValueError(
                 f"{out_dir} holds an unfinished build from an earlier version, which did not record how many tokens "

@@ -28,7 +28,15 @@ from typing import Any
 
 from llm_embedder import __version__
 from llm_embedder.data.validate import raise_problems, validate_records
-from llm_embedder.io import DataError, atomic_write, check_output_file, exclusive, file_sha256, iter_jsonl
+from llm_embedder.io import (
+    DataError,
+    as_recorded,
+    atomic_write,
+    check_output_file,
+    exclusive,
+    file_sha256,
+    iter_jsonl,
+)
 from llm_embedder.reward.records import KeyFitter, RecordPairs, build_all
 from llm_embedder.reward.scorer import ScoreStats, score_pairsets, with_scores
 
@@ -119,8 +127,8 @@ LATER_SETTINGS = ("llm_version",)
 
 def changed_settings(old: dict[str, Any], new: dict[str, Any], keys: Sequence[str] | None = None) -> list[str]:
     """The settings (``keys``, or all of both) whose values differ between two runs, sorted."""
-    return sorted(k for k in (keys if keys is not None else set(old) | set(new))
-                  if old.get(k) != new.get(k) and not (k in LATER_SETTINGS and k not in old))
+    new = as_recorded(new, old, LATER_SETTINGS)
+    return sorted(k for k in (keys if keys is not None else set(old) | set(new)) if old.get(k) != new.get(k))
 
 
 # The settings that decide a record's scores (batch sizes and chunking only change float rounding).
