@@ -26,3 +26,13 @@ def test_help_lists_the_commands_by_stage_in_data_flow_order():
     # one line each at this width: the docstrings' own line breaks are joined
     train = next(line for line in lines if line.startswith("│ train "))
     assert "homogeneous batches, each task's loss and instructions (recipe §2)." in train
+
+
+def test_a_command_help_wraps_whole_paragraphs_not_the_docstring_lines():
+    result = runner.invoke(app, ["index", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    text = " ".join(line.strip() for line in result.output.splitlines())
+    # the docstring breaks its line after "OUT gets"; at 200 columns the help must not
+    lines = [line for line in result.output.splitlines() if "OUT gets" in line]
+    assert lines and "OUT gets embeddings.memmap" in lines[0], result.output
+    assert "Streams the corpus (memory stays flat)" in text

@@ -35,8 +35,9 @@ app = typer.Typer(
 
 
 def arrange_commands() -> None:
-    """Put every command in its stage's panel and give each a one-line summary: the first paragraph of its
-    docstring joined (typer's rich help would keep the docstring's line breaks in the command list)."""
+    """Put every command in its stage's panel, give each a one-line summary (the first paragraph of its docstring)
+    and a help text of whole paragraphs: typer 0.29's rich help keeps a docstring's line breaks, which then wrap
+    mid-sentence at the terminal's width."""
     panel = {name: title for title, names in STAGES.items() for name in names}
     for info in [*app.registered_commands, *app.registered_groups]:
         if info.name in panel:
@@ -46,4 +47,6 @@ def arrange_commands() -> None:
         commands += group.typer_instance.registered_commands if group.typer_instance else []
     for info in commands:
         if info.short_help is None and info.help is None and info.callback is not None and info.callback.__doc__:
-            info.short_help = " ".join(inspect.cleandoc(info.callback.__doc__).split("\n\n")[0].split())
+            paragraphs = [" ".join(part.split()) for part in inspect.cleandoc(info.callback.__doc__).split("\n\n")]
+            info.short_help = paragraphs[0]
+            info.help = "\n\n".join(paragraphs)
