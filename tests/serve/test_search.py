@@ -76,7 +76,7 @@ def test_search_single_query_and_filter(search_server) -> None:
     ({"index": "docs", "query": "x", "k": 0}, 400, "k"),
     ({"index": "docs", "query": "x", "k": "2"}, 400, "k"),
     ({"index": "docs", "query": "x", "k": True}, 400, "k"),
-    ({"index": "docs", "query": ["x", "  "]}, 400, "query"),
+    ({"index": "docs", "query": ["x", "  "]}, 400, "query[1]"),
     ({"index": "docs", "task": "chat", "query": "x"}, 400, "task"),
     ({"index": "docs", "query": []}, 400, "query"),
     ({"index": "docs", "query": "x", "filter": {"bad field": 1}}, 400, "filter"),

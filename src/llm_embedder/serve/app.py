@@ -19,7 +19,6 @@ import numpy as np
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from llm_embedder.retriever import check_queries
 from llm_embedder.serve.batcher import Batcher
 from llm_embedder.serve.errors import ApiError, install_error_handlers
 from llm_embedder.serve.metrics import ServeMetrics
@@ -97,6 +96,15 @@ def check_texts(texts: list[str], settings: ServeSettings, param: str) -> None:
                 413, f"{where} has {len(text)} characters, over the limit of {settings.max_chars}",
                 param=where, code="input_too_long",
             )
+
+
+def check_not_blank(texts: list[str], param: str) -> None:
+    """400 for a text of only whitespace: as a query it would be the instruction alone and find the documents
+    nearest to nothing. Named like the other checks: ``query``, or ``query[i]`` counted from 0 in a list."""
+    for i, text in enumerate(texts):
+        if not text.strip():
+            where = param if len(texts) == 1 else f"{param}[{i}]"
+            raise ApiError(400, f"{where} is blank; give the text to search for", param=where, code="invalid_value")
 
 
 def encode_vectors(vectors: np.ndarray, encoding_format: str) -> list[list[float]] | list[str]:
@@ -206,10 +214,7 @@ def build_router() -> APIRouter:
                           filter: dict[str, Any] | None) -> list[list[Any]]:
         if k > state.settings.max_k:
             raise ApiError(400, f"k must be at most {state.settings.max_k}, got {k}", param="k", code="invalid_value")
-        try:
-            check_queries(queries)  # a blank query: "" is refused by the schema, "  " here
-        except ValueError as err:
-            raise ApiError(400, str(err), param="query", code="invalid_value") from None
+        check_not_blank(queries, "query")  # "" is refused by the schema, "  " here
         try:
             return await state.batcher.run(partial(retriever.search, queries, k=k, filter=filter))
         except (ValueError, KeyError, TypeError) as err:
