@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -113,8 +114,22 @@ def test_build_refuses_other_settings(tiny_embedder, tmp_path: Path) -> None:
                                          "use another --out or delete it"):
         build_index(tmp_path / "other.jsonl", tmp_path / "idx", tiny_embedder, "qa", progress=False)
     write_corpus(corpus, 6)
-    with pytest.raises(ValueError, match=r"a different corpus \(.*c\.jsonl changed since: its size or time differs"):
+    with pytest.raises(ValueError, match=r"a different corpus \(.*c\.jsonl changed since: its documents differ"):
         build_index(corpus, tmp_path / "idx", tiny_embedder, "qa", progress=False)
+
+
+def test_a_touched_or_moved_corpus_with_the_same_documents_is_the_same_build(tiny_embedder, tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "c.jsonl", 5)
+    first = build_index(corpus, tmp_path / "idx", tiny_embedder, "qa", progress=False)
+    stat = corpus.stat()
+    os.utime(corpus, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # `touch`
+    assert build_index(corpus, tmp_path / "idx", tiny_embedder, "qa", progress=False) == first
+    moved = corpus.rename(tmp_path / "moved.jsonl")
+    assert build_index(moved, tmp_path / "idx", tiny_embedder, "qa", progress=False) == first
+    # the same records with the same size: a changed text is still another corpus
+    moved.write_text(moved.read_text().replace("number 0 ", "number X "))
+    with pytest.raises(ValueError, match="a different corpus"):
+        build_index(moved, tmp_path / "idx", tiny_embedder, "qa", progress=False)
 
 
 def test_resuming_at_another_document_length_is_refused(tiny_embedder_dir, tmp_path: Path) -> None:

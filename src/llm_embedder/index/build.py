@@ -151,6 +151,15 @@ def corpus_fingerprint(corpus: Any) -> dict | None:
     return None
 
 
+def same_documents(corpus: str | Path, out_dir: Path, field: str, template: str | None) -> bool:
+    """Whether a corpus file gives exactly the documents a build wrote to docs.jsonl (read once more: for a file
+    whose size, time or path differs from the recorded ones). A record it cannot read is another corpus."""
+    try:
+        return documents_fingerprint(corpus, field, template) == docs_file_fingerprint(out_dir / DOCS_FILE)
+    except DataError:
+        return False
+
+
 def write_docs(corpus: Any, out_dir: Path, field: str, template: str | None,
                filter_fields: Iterable[str] = (), allow_empty: bool = False) -> tuple[int, dict]:
     """Stream records into docs.jsonl + docs.offsets (via temp files); returns the document count and the
@@ -307,7 +316,7 @@ def corpus_change(corpus: Any, recorded: Any) -> str:
     if not isinstance(corpus, str | Path):
         return "other documents"
     if isinstance(recorded, dict) and recorded.get("path") == str(Path(corpus).resolve()):
-        return f"{corpus} changed since: its size or time differs"
+        return f"{corpus} changed since: its documents differ"
     if isinstance(recorded, dict) and "path" in recorded:
         return f"it was built from {recorded['path']}"
     return "it was built from in-memory documents"
@@ -347,7 +356,8 @@ def build_index(
 
     Returns the metadata written to meta.json. A directory holding a build with other settings (model,
     task, instructions, document tokens, corpus, factory) is refused rather than mixed. A corpus file is known
-    by path, size and time; in-memory documents by content (``documents_fingerprint``). ``option`` names
+    by path, size and time, and where those differ by its documents (touched, copied or moved, it is the same
+    corpus); in-memory documents by content (``documents_fingerprint``). ``option`` names
     ``out_dir`` in messages.
     """
     from llm_embedder.tasks import get_task
@@ -402,6 +412,11 @@ def build_index(
             # recorded before in-memory documents were fingerprinted: a finished build is re-used as before; an
             # unfinished one is checked against the documents it wrote
             recorded = fingerprint if state.get("done") else docs_file_fingerprint(out_dir / DOCS_FILE)
+        if state is not None and recorded != fingerprint and not in_memory and resumable \
+                and same_documents(corpus, out_dir, field, template):
+            # touched, copied or moved with the same records: this build is the corpus's, and known by its new stat
+            recorded = state["corpus"] = fingerprint
+            write_progress(out_dir, state)
         if state is not None and recorded != fingerprint:
             raise ValueError(f"{out_dir} holds a build of a different corpus ({corpus_change(corpus, recorded)}); use "
                              f"another {option} or delete it")
