@@ -197,6 +197,27 @@ def test_milvus_backend_build(tiny_embedder, tmp_path: Path) -> None:
     retriever.close()
 
 
+def test_filter_fields_the_index_owns_are_refused_first_and_left_out_of_every_field(tiny_embedder,
+                                                                                  tmp_path: Path) -> None:
+    from llm_embedder.retriever import Retriever
+
+    corpus = write_corpus(tmp_path / "c.jsonl", 4)
+    for name in ("id", "vector", "my-field"):
+        with pytest.raises(ValueError, match=f"filter field '{name}' must be an identifier other than"):
+            build_index(corpus, tmp_path / "refused", tiny_embedder, "qa", backend="milvus", filter_fields=[name],
+                        progress=False)
+        assert not (tmp_path / "refused").exists()  # before anything was written or encoded
+    # "*": every field a filter can name; Milvus used to fail after encoding on a document field named vector
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text("".join(json.dumps({"id": f"d{i}", "text": f"text {i}", "vector": "v", "my-field": 1, "lang": "en"})
+                           + "\n" for i in range(3)))
+    build_index(odd, tmp_path / "idx", tiny_embedder, "qa", backend="milvus", filter_fields=["*"], progress=False)
+    retriever = Retriever.load(tmp_path / "idx", tiny_embedder)
+    hits = retriever.search("text 1", k=3, filter={"lang": "en"})[0]
+    assert len(hits) == 3 and hits[0].metadata["vector"] == "v"  # the document keeps its fields
+    retriever.close()
+
+
 def test_read_rows_matches_direct_indexing(tmp_path):
     import numpy as np
 

@@ -14,7 +14,7 @@ Contract (every backend, tested by one parametrized suite):
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -119,6 +119,23 @@ _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED_FIELDS = ("id", "vector")
 
 
+def is_filter_field(name: Any) -> bool:
+    """A document field the index can store for filtering: an identifier, not the index's own ``id`` or
+    ``vector``."""
+    return isinstance(name, str) and bool(_FIELD.match(name)) and name not in RESERVED_FIELDS
+
+
+def check_filter_fields(fields: Iterable[str]) -> list[str]:
+    """The fields an index build stores for filtering, as a sorted set (``"*"``: every scalar field); a name
+    that ``search(filter=...)`` could not use is refused before anything is encoded."""
+    fields = sorted(set(fields))
+    for name in fields:
+        if name != "*" and not is_filter_field(name):
+            raise ValueError(f"filter field {name!r} must be an identifier other than {RESERVED_FIELDS} (the index's "
+                             "own); a corpus id is kept with each document and returned in a hit's metadata")
+    return fields
+
+
 def check_filter(filter: Mapping[str, Any] | None) -> dict[str, list[Any]] | None:
     """Normalise a filter to ``{field: [allowed values]}``; field names must be identifiers."""
     if filter is None:
@@ -127,7 +144,7 @@ def check_filter(filter: Mapping[str, Any] | None) -> dict[str, list[Any]] | Non
         raise ValueError(f"filter must be a mapping {{field: value or [values]}}, got {type(filter).__name__}")
     out = {}
     for field, value in filter.items():
-        if not isinstance(field, str) or not _FIELD.match(field) or field in RESERVED_FIELDS:
+        if not is_filter_field(field):
             raise ValueError(f"filter field {field!r} must be an identifier other than {RESERVED_FIELDS}")
         values = list(value) if isinstance(value, list | tuple | set) else [value]
         for v in values:

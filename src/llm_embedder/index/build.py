@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from llm_embedder.index.base import check_filter_fields, is_filter_field
 from llm_embedder.io import (
     LOCK_FILE,
     DataError,
@@ -199,8 +200,8 @@ def write_docs(corpus: Any, out_dir: Path, field: str, template: str | None,
 def filterable(doc: dict, fields: Iterable[str]) -> dict:
     """The fields of a document stored in the index for filtering (``"*"``: every scalar field)."""
     fields = tuple(fields)
-    if "*" in fields:
-        fields = tuple(k for k in doc if k not in ("text", "id"))
+    if "*" in fields:  # the fields a filter can name (not the index's own id and vector)
+        fields = tuple(k for k in doc if k != "text" and is_filter_field(k))
     return {f: doc[f] for f in fields if f in doc and isinstance(doc[f], str | int | float | bool)}
 
 
@@ -363,7 +364,7 @@ def build_index(
     from llm_embedder.tasks import get_task
 
     get_task(task)
-    filter_fields = sorted(set(filter_fields))  # a set of fields: given in another order, the same build
+    filter_fields = check_filter_fields(filter_fields)  # a set of fields: given in another order, the same build
     check_index_settings(embedder, backend, factory, batch_size)
     if template:
         check_template(template, "the template")
