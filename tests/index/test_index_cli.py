@@ -51,6 +51,15 @@ def test_index_search_augment(tiny_embedder_dir: Path, tmp_path: Path) -> None:
     assert "--filter-field title" in message
     assert all(h["text"].startswith("Title ") for h in line["hits"])
 
+    # the table shows the corpus's own id beside the index's number
+    result = runner.invoke(app, ["search", "text of document 3", "--index", str(out), "-k", "9"],
+                           env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.stdout.splitlines() if "rank" in line)
+    assert [name.strip() for name in header.strip("┃ ").split("┃")] == ["rank", "score", "id", "corpus id", "text"]
+    row = next(line for line in result.stdout.splitlines() if "Title 3 text of document 3" in line)
+    assert [cell.strip() for cell in row.strip("│ ").split("│")][2:4] == ["3", "d3"]
+
     result = runner.invoke(app, ["augment", "Which document?", "--task", "qa", "--index", str(out), "-k", "2"])
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("Knowledge: Title ") and result.stdout.endswith("Answer:\n")

@@ -123,7 +123,10 @@ def search_command(
     json_out: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
     task_file: TaskFileOption = None,
 ) -> None:
-    """Top-k documents with scores for each query, from an index directory."""
+    """Top-k documents with scores for each query, from an index directory.
+
+    A hit's id is the document's number in the index (its line in the corpus, from 0); the corpus's own "id"
+    field, where documents have one, is shown beside it and kept in the hit's metadata (--json)."""
     from rich.table import Table
 
     from llm_embedder.retriever import check_queries
@@ -139,10 +142,13 @@ def search_command(
             print(json.dumps({"query": query, "hits": rows}, ensure_ascii=False))
             continue
         table = Table(title=f"{retriever.task}: {query}", title_justify="left")
-        for column in ("rank", "score", "id", "text"):
+        # id: the document's number in the index; corpus id: the corpus's own "id" field, where it has one
+        corpus_ids = any("id" in h.metadata for h in hits)
+        for column in ("rank", "score", "id", *(["corpus id"] if corpus_ids else []), "text"):
             table.add_column(column)
         for rank, h in enumerate(hits, start=1):
-            table.add_row(str(rank), f"{h.score:.4f}", str(h.id), h.text[:200])
+            own = [str(h.metadata.get("id", ""))] if corpus_ids else []
+            table.add_row(str(rank), f"{h.score:.4f}", str(h.id), *own, h.text[:200])
         console.print(table)
     retriever.close()
 
