@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -95,7 +96,8 @@ def test_an_interrupted_mine_goes_on_where_it_stopped(tmp_path: Path, tiny_embed
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps({"query": f"topic {i}", "task": "qa", "pos_index": [i]}) + "\n"
                             for i in range(3)))
-    model = str(tiny_embedder_dir)
+    own = shutil.copytree(tiny_embedder_dir, tmp_path / "model")  # retrained in place below: not the shared one
+    model = str(own)
     mine_negatives(model, data, corpus, tmp_path / "uncut.jsonl", top_k=5, batch_size=4, progress=False)
     encoded: list[int] = []
     cut_at = [3]  # the call that is killed (0: none)
@@ -134,7 +136,7 @@ def test_an_interrupted_mine_goes_on_where_it_stopped(tmp_path: Path, tiny_embed
     cut_at[0] = 3
     with pytest.raises(Interrupt):  # cut again, then the model is retrained in place: its vectors are not reused
         mine_negatives(model, data, corpus, out, top_k=5, batch_size=4, progress=False)
-    weights = tiny_embedder_dir / "model.safetensors"
+    weights = own / "model.safetensors"
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     encoded.clear()
     cut_at[0] = 0
