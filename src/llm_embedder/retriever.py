@@ -255,11 +255,7 @@ class Retriever:
         directory rebuilds its state from (a deleted document stays in docs.jsonl but is left out)."""
         ids = range(len(self.docs))
         if self.index.count != len(self.docs):  # something was deleted: keep the ids the index still holds
-            if hasattr(self.index, "ids"):
-                live = {int(i) for i in self.index.ids()}
-            else:  # Milvus: ask which of the document ids it still holds
-                live = set(self.index._existing(np.arange(len(self.docs), dtype=np.int64)))
-            ids = [i for i in ids if i in live]
+            ids = self.index.held(ids)
         return list(zip(ids, self.docs.get(ids), strict=True))
 
     def delete(self, ids: Sequence[int]) -> int:

@@ -102,6 +102,7 @@ def test_delete(backend: str, tmp_path: Path) -> None:
     index.add(range(6), vectors, [{"g": 1}] * 6)
     assert index.delete([0, 1, 99]) == 2
     assert index.count == 4
+    assert index.held([5, 0, 99, 2, 1]) == [2, 5]  # which of the ids it holds, sorted
     _, ids = index.search(vectors[0], k=6)
     assert 0 not in ids and 1 not in ids
     index.add([0], vectors[0])  # a deleted id can be reused

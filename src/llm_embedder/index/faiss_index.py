@@ -92,6 +92,10 @@ class FaissIndex:
             return faiss.vector_to_array(self.index.id_map).astype(np.int64)
         return np.arange(self.count, dtype=np.int64)
 
+    def held(self, ids: Sequence[int] | np.ndarray) -> list[int]:
+        """Which of ``ids`` the index holds, sorted."""
+        return np.intersect1d(np.asarray(ids, dtype=np.int64), self.ids()).tolist()
+
     def _inner(self):
         return faiss.downcast_index(self.index.index) if hasattr(self.index, "index") else self.index
 

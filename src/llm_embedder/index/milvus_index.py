@@ -123,7 +123,9 @@ class MilvusIndex:
     def __len__(self) -> int:
         return self.count
 
-    def _existing(self, ids: np.ndarray) -> list[int]:
+    def held(self, ids: Sequence[int] | np.ndarray) -> list[int]:
+        """Which of ``ids`` the index holds, sorted."""
+        ids = np.asarray(ids, dtype=np.int64)
         found: list[int] = []
         for start in range(0, len(ids), BATCH):
             chunk = ids[start : start + BATCH].tolist()
@@ -142,7 +144,7 @@ class MilvusIndex:
             bad = [key for key in record if key in ("id", "vector")]
             if bad:
                 raise ValueError(f"metadata[{i}] uses reserved field(s) {bad}")
-        existing = self._existing(id_array)
+        existing = self.held(id_array)
         if existing:
             raise ValueError(f"ids already in the index: {existing[:10]}")
         for start in range(0, len(array), BATCH):
@@ -159,7 +161,7 @@ class MilvusIndex:
         id_array = np.unique(np.asarray(ids, dtype=np.int64))
         if not id_array.size:
             return 0
-        present = self._existing(id_array)
+        present = self.held(id_array)
         if present:
             self._call(self.client.delete, self.collection, ids=present)
         return len(present)
