@@ -200,6 +200,16 @@ def test_cli_scores_a_file_and_reports_bad_input(tiny_lm_dir, tmp_path):
                                       str(tiny_lm_dir)])
     assert isinstance(result.exception, DataError) and "bad.jsonl:2: field 'answers'" in str(result.exception)
     assert not (tmp_path / "o2.jsonl").exists()
+    # every record scoring cannot use is named at once, not only the first
+    record = {"task": "qa", "query": "q", "pos": ["p"], "neg": ["n"]}
+    lines = [{**record, "query_id": 0}, {**record, "answers": ["a"], "query_id": 1}, {**record, "answers": [],
+                                                                                     "query_id": 2}]
+    bad.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = CliRunner().invoke(app, ["score", str(bad), "--out", str(tmp_path / "o2.jsonl"), "--llm",
+                                      str(tiny_lm_dir)])
+    message = str(result.exception)
+    assert isinstance(result.exception, DataError) and "2 problem(s) in" in message, message
+    assert "bad.jsonl:1: field 'answers'" in message and "bad.jsonl:3: field 'answers'" in message
     # what training would refuse hours later is refused before scoring: a duplicate query_id, a string id
     good = {"task": "qa", "query": "q", "pos": ["p"], "neg": ["n"], "answers": ["a"], "query_id": 0}
     bad.write_text(json.dumps(good) + "\n" + json.dumps({**good, "query": "r"}) + "\n"

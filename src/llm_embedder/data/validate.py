@@ -7,7 +7,7 @@ the problems of many files at once.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,7 +224,7 @@ def validate_file(path: str | Path, corpus_size: int | None = None) -> list[Prob
     return _in_line_order(problems, bad, str(path), n_records)
 
 
-def raise_problems(problems: list[Problem], what: str) -> None:
+def raise_problems(problems: Sequence[Problem | str], what: str) -> None:
     """Raise one DataError listing the problems (at most MAX_LISTED); a single problem is just its own line."""
     if len(problems) == 1:
         raise DataError(str(problems[0]))

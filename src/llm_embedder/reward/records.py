@@ -129,6 +129,26 @@ def build_record_pairs(
     return pairs
 
 
+def pair_all(
+    numbered: Sequence[tuple[int, dict[str, Any]]],
+    source: str,
+    fitter: KeyFitter,
+    default_task: str | None = None,
+    on_record: Callable[[], None] | None = None,
+) -> tuple[list[RecordPairs], list[str]]:
+    """``build_record_pairs`` over every (line, record): the records that make prompts, and a line for each that
+    cannot (so that one error can name them all)."""
+    out, problems = [], []
+    for line, record in numbered:
+        try:
+            out.append(build_record_pairs(record, line, source, fitter, default_task))
+        except DataError as err:
+            problems.append(str(err))
+        if on_record is not None:
+            on_record()
+    return out, problems
+
+
 def build_all(
     numbered: Sequence[tuple[int, dict[str, Any]]],
     source: str,
@@ -136,10 +156,9 @@ def build_all(
     default_task: str | None = None,
     on_record: Callable[[], None] | None = None,
 ) -> list[RecordPairs]:
-    """``build_record_pairs`` over every (line, record); the whole input is checked before any scoring."""
-    out = []
-    for line, record in numbered:
-        out.append(build_record_pairs(record, line, source, fitter, default_task))
-        if on_record is not None:
-            on_record()
+    """``pair_all`` that refuses the input, naming every bad record, before any scoring."""
+    from llm_embedder.data.validate import raise_problems
+
+    out, problems = pair_all(numbered, source, fitter, default_task, on_record)
+    raise_problems(problems, source)
     return out

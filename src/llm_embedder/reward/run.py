@@ -37,7 +37,7 @@ from llm_embedder.io import (
     file_sha256,
     iter_jsonl,
 )
-from llm_embedder.reward.records import KeyFitter, RecordPairs, build_all
+from llm_embedder.reward.records import KeyFitter, RecordPairs, pair_all
 from llm_embedder.reward.scorer import ScoreStats, score_pairsets, with_scores
 
 
@@ -243,12 +243,12 @@ def _score_file(
     if not numbered:
         raise DataError(f"{in_path}: no records to score")
     fitter = KeyFitter(lm.tokenizer, lm.max_length, key_max_tokens)
-    pairsets = build_all(numbered, str(in_path), fitter, default_task)
     # what training will check too (query ids, list fields, indices): refused now, not after hours of scoring
     # each record as training will read it, without the teacher_scores this run replaces (stale ones may be NaN)
     filled = [(line, {**{k: v for k, v in r.items() if k != "teacher_scores"},
                       **({"task": default_task} if default_task and "task" not in r else {})}) for line, r in numbered]
-    raise_problems(validate_records(filled, str(in_path)), str(in_path))
+    pairsets, unscorable = pair_all(numbered, str(in_path), fitter, default_task)  # and what scoring needs (answers)
+    raise_problems([*validate_records(filled, str(in_path)), *unscorable], str(in_path))
     stats = ScoreStats()
     stats.add(pairsets)
     batch_tokens = batch_tokens or lm.batch_tokens
