@@ -244,6 +244,12 @@ class Embedder:
         return path
 
 
+def register_model_tasks(model: str | Path) -> None:
+    """Register the tasks a saved model carries (its llm_embedder_tasks.json) without loading it, so that a
+    command can look its task up, and refuse a bad one, before the model loads."""
+    _register_saved_tasks(resolve_embedder_path(model))
+
+
 def _register_saved_tasks(path: Path) -> None:
     """Register user tasks saved with a model, so a trained model carries its own instructions."""
     tasks_file = path / TASKS_FILE

@@ -165,3 +165,29 @@ def test_encode_refuses_a_text_of_only_whitespace(tmp_path, tiny_embedder_dir):
     result = run_cli("encode", "--model", str(tiny_embedder_dir), stdin="a\n   \nb\n")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "<stdin>:2: line of only whitespace (one text per line)" in " ".join(result.stderr.split())
+
+
+def test_encode_and_index_know_the_tasks_a_saved_model_carries(tiny_embedder_dir, tmp_path):
+    """A model saved with a user task carries it: the commands look the task up before the model loads, so
+    they register the model's tasks first (they said 'unknown task')."""
+    from llm_embedder.tasks import register_task, unregister_task
+
+    register_task(name="legal_cli", query_instruction="Find the statute for: ", key_instruction="Statute: ")
+    try:
+        Embedder(tiny_embedder_dir, device="cpu").save(tmp_path / "legal_model")
+    finally:
+        unregister_task("legal_cli")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a statute\n")
+    result = runner.invoke(app, ["encode", str(texts), "--model", str(tmp_path / "legal_model"), "--task",
+                                 "legal_cli", "--out", str(tmp_path / "v.npy")])
+    assert result.exit_code == 0, result.output
+    unregister_task("legal_cli")  # the model registered it in this process; a fresh one would not know it
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(json.dumps({"text": "a statute"}) + "\n")
+    try:
+        result = runner.invoke(app, ["index", "--task", "legal_cli", "--corpus", str(corpus), "--out",
+                                     str(tmp_path / "idx"), "--model", str(tmp_path / "legal_model")])
+        assert result.exit_code == 0, result.output
+    finally:
+        unregister_task("legal_cli")

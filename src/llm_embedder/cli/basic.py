@@ -95,11 +95,12 @@ def encode_command(
     """Embed texts for a task and role; writes a .npy matrix or JSONL lines with an `embedding` field."""
     import numpy as np
 
-    from llm_embedder.embedder import Embedder
+    from llm_embedder.embedder import Embedder, register_model_tasks
     from llm_embedder.io import check_output_file
     from llm_embedder.tasks import get_task
 
     register_task_files(task_file)
+    register_model_tasks(model)  # a task the model was trained with is known before the model loads
     get_task(task).instruction(role)  # fail fast on a bad task or role, before loading the model
     if out is not None and out.suffix not in (".npy", ".jsonl"):
         raise ValueError(f"--out must end in .npy or .jsonl, got {out}")

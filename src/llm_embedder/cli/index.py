@@ -45,11 +45,12 @@ def index_command(
     instruction hash, document tokens, dim, count, filter fields); search and serve keep the index's document
     tokens.
     """
-    from llm_embedder.embedder import Embedder
+    from llm_embedder.embedder import Embedder, register_model_tasks
     from llm_embedder.index.build import build_index
     from llm_embedder.tasks import get_task
 
     register_task_files(task_file)
+    register_model_tasks(model)  # a task the model was trained with is known before the model loads
     get_task(task)
     if not corpus.exists():
         raise FileNotFoundError(f"corpus not found: {corpus}")
