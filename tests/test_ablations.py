@@ -28,6 +28,22 @@ def test_missing_run_is_a_clear_error(tmp_path):
         run_ablations(tmp_path, console=Console(record=True))
 
 
+def test_a_run_file_that_is_not_its_json_is_named(tmp_path):
+    from llm_embedder.ablations import read_run
+    from llm_embedder.io import DataError
+
+    config = tmp_path / "models" / "unified" / "train_config.json"
+    config.parent.mkdir(parents=True)
+    (tmp_path / "pipeline.json").write_text("not json")
+    config.write_text("{}")
+    with pytest.raises(DataError, match=r"pipeline.json: not a demo run's JSON"):
+        read_run(tmp_path)
+    (tmp_path / "pipeline.json").write_text("{}")
+    config.write_text("[]")
+    with pytest.raises(DataError, match=r"train_config.json: expected a JSON object, got list"):
+        read_run(tmp_path)
+
+
 @pytest.fixture
 def no_demo(monkeypatch):
     """Calls of the demo pipeline, recorded instead of run (the real one takes half an hour)."""

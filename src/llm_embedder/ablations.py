@@ -26,7 +26,7 @@ from typing import Any
 
 from rich.console import Console
 
-from llm_embedder.io import atomic_write, file_sha256
+from llm_embedder.io import DataError, atomic_write, file_sha256
 
 ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "w/o LLM reward": ("no-llm-reward", {"hard_labels": True}),
@@ -41,10 +41,19 @@ SHARED_SYSTEMS = ("unified", "base (no instructions)", "base (instructions)")  #
 def read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(pipeline.json, the unified model's train_config.json) of a demo run, with clear errors."""
     paths = [run_dir / "pipeline.json", run_dir / "models" / "unified" / "train_config.json"]
+    read = []
     for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: run `llm-embedder demo --out {run_dir}` first")
-    return tuple(json.loads(p.read_text(encoding="utf-8")) for p in paths)  # type: ignore[return-value]
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise DataError(f"{path}: not a demo run's JSON ({err}); run `llm-embedder demo --out {run_dir}` "
+                            "again or use another --run") from None
+        if not isinstance(value, dict):
+            raise DataError(f"{path}: expected a JSON object, got {type(value).__name__}")
+        read.append(value)
+    return read[0], read[1]
 
 
 def locate_training_files(data: list[str], run_dir: Path) -> list[str]:
