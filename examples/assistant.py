@@ -131,7 +131,8 @@ def main() -> None:
 
     if args.turns is not None:
         for user in args.turns:
-            print(f"you> {user}\nassistant> {reply(user)}")
+            print(f"you> {user}")  # before reply(), which prints the tool calls it makes
+            print(f"assistant> {reply(user)}")
         return
     while user := input("you> ").strip():
         print(f"assistant> {reply(user)}")
