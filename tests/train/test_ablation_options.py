@@ -127,6 +127,10 @@ def test_mixed_training_runs_and_logs_per_task_losses(data_dir, tmp_path, tiny_e
     assert any(len(s["task_losses"]) > 1 for s in steps)
     card = (out / "TRAINING_CARD.md").read_text()
     assert "instructions: false" in card and "batches mix datasets" in card
+    # trained without instructions, it is saved without them: used anywhere, it retrieves as it was trained
+    prompts = json.loads((out / "config_sentence_transformers.json").read_text())["prompts"]
+    assert prompts and set(prompts.values()) == {""}
+    assert "saved as empty prompts: qa, icl, chat" in card
     with pytest.raises(ValueError, match="self_paced"):
         TrainConfig(homogeneous=False, self_paced=True)
 

@@ -46,12 +46,15 @@ def train_command(
     device: Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda if present).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in OUT.")] = False,
     instructions: Annotated[bool | None, typer.Option("--instructions/--no-instructions",
-                                                      help="Ablation: train without instruction prefixes.")] = None,
+                                                      help="Ablation (--no-instructions): train every task "
+                                                      "without instruction prefixes; the model saves empty "
+                                                      "prompts.")] = None,
     plain_task: Annotated[list[str] | None, typer.Option("--plain-task",
                                                          help="Train this task without its instructions; the "
                                                          "model saves empty prompts for it (repeatable).")] = None,
     homogeneous: Annotated[bool | None, typer.Option("--homogeneous/--no-homogeneous",
-                                                     help="Ablation: mix tasks within a batch (one process).")] = None,
+                                                     help="Ablation (--no-homogeneous): mix tasks within a "
+                                                     "batch (one process).")] = None,
     interleave_tasks: Annotated[bool | None, typer.Option("--interleave-tasks/--no-interleave-tasks",
                                                           help="Spread each dataset's batches evenly over every "
                                                           "epoch (default), or shuffle all batches.")] = None,

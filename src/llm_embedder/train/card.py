@@ -120,8 +120,8 @@ def write_training_card(out: Path, config, files, batches: dict[str, int], extra
            if any(f.unlabelled for f in files) else ""), "",
         "The task instructions are saved as named prompts (`<task>.query`, `<task>.key`) in "
         "`config_sentence_transformers.json`"
-        + (f"; trained without instructions, so saved as empty prompts: {', '.join(config.plain_tasks)}."
-           if config.plain_tasks else "."), "",
+        + (f"; trained without instructions, so saved as empty prompts: {', '.join(config.trained_plain())}."
+           if config.trained_plain() else "."), "",
     ]
     path = out / CARD_NAME
     path.write_text("\n".join(lines), encoding="utf-8")

@@ -75,7 +75,7 @@ class TrainConfig:
     resume: bool = False
     device: str | None = None
     # ablations (recipe §4): each default is the paper's method
-    instructions: bool = True  # False: queries and keys as plain text (prompts are still saved)
+    instructions: bool = True  # False: queries and keys as plain text (every task saved with empty prompts)
     # tasks trained without their instructions; the model saves empty prompts for them, so it retrieves them
     # plain too (``Embedder`` and plain sentence-transformers alike), every other task with its instructions
     plain_tasks: list[str] = field(default_factory=list)
@@ -107,6 +107,13 @@ class TrainConfig:
                     get_task(task)
                 except UnknownTaskError as err:
                     raise ValueError(f"{option}: {err}") from None
+
+    def trained_plain(self) -> list[str]:
+        """The tasks this run trains without instructions, which the model saves with empty prompts so that it
+        retrieves them plain wherever it is used: ``plain_tasks``, or every task under ``instructions=False``."""
+        from llm_embedder.tasks import list_tasks
+
+        return list(list_tasks()) if not self.instructions else list(self.plain_tasks)
 
     def loss_for(self, task: str) -> str:
         """The loss this run trains ``task`` with: contrastive under hard_labels, else override, else registry."""

@@ -438,7 +438,7 @@ def save_outputs(trainer, config: TrainConfig, files, batches: dict[str, int], w
         mix_into(trainer.model, trainer.start_weights, config.base_mix)
     trainer.model.save(str(out))
     Embedder(out, device="cpu", query_max_length=config.query_max_length,
-             key_max_length=config.key_max_length).save(out, plain_tasks=config.plain_tasks)
+             key_max_length=config.key_max_length).save(out, plain_tasks=config.trained_plain())
     config.save(out / CONFIG_FILE)
     extra: dict[str, Any] = {"world_size": world_size, "seconds": seconds, "resumed_from": resumed_from,
                              "global_step": trainer.state.global_step}
