@@ -138,8 +138,14 @@ class TrainConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
 
 
+# the command line's repeatable options are singular and its ablation switches negative: the same keys in a file
+OPTION_NAMES = {"plain_task": "plain_tasks", "task_file": "task_files"}
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read train.yaml; keys are CLI option names (``max-steps`` or ``max_steps``); unknown keys are errors."""
+    """Read train.yaml; keys are CLI option names (``max-steps`` or ``max_steps``, ``plain-task``,
+    ``no-instructions: true``) or the config's own (``plain_tasks``, ``instructions: false``); unknown keys are
+    errors."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"config file not found: {path}")
@@ -153,12 +159,20 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     values = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
+        name = OPTION_NAMES.get(name, name)
+        negated = name.startswith("no_") and name[3:] in BOOLS
+        if negated:
+            name = name[3:]
         if name not in known:
             raise ValueError(f"{path}: unknown option {key!r}; known: {', '.join(sorted(known))}")
+        if name in values:
+            raise ValueError(f"{path}: {key}: {name} is given twice")
         try:
             values[name] = check_value(name, value, from_file=True)
         except ValueError as err:
             raise ValueError(f"{path}: {key}: {err}") from None
+        if negated:
+            values[name] = not values[name]
     return values
 
 
