@@ -209,6 +209,22 @@ def test_filter_on_a_field_the_index_did_not_store_is_refused(tiny_embedder, tmp
     assert Retriever.load(tmp_path / "idx", tiny_embedder).search("Paris", k=2, filter={"lang": "en"}) == [[]]
 
 
+def test_a_filter_on_a_field_no_document_holds_is_refused_under_every_field(tiny_embedder, tmp_path: Path) -> None:
+    """Retriever.build stores every field ("*"): a mistyped field matched nothing, silently."""
+    for retriever in (Retriever.build(tiny_embedder, "qa", DOCS, out_dir=tmp_path / "idx"),
+                      Retriever.build(tiny_embedder, "qa", DOCS)):
+        assert len(retriever.search("Paris", k=4, filter={"lang": "en"})[0]) == 3
+        with pytest.raises(ValueError, match=r"filter on 'lnag', but no document in the index has that field; the "
+                                             r"fields are: lang"):
+            retriever.search("Paris", k=2, filter={"lnag": "en"})
+        retriever.add([{"text": "Tokyo is in Japan.", "country": "jp"}])  # a field added later is known at once
+        assert [h.text for h in retriever.search("Tokyo", k=4, filter={"country": "jp"})[0]] == ["Tokyo is in Japan."]
+    reopened = Retriever.load(tmp_path / "idx", tiny_embedder)
+    assert reopened.search("Tokyo", k=4, filter={"country": "jp"})[0][0].text == "Tokyo is in Japan."
+    with pytest.raises(ValueError, match="no document in the index has that field; the fields are: country, lang"):
+        reopened.search("Paris", k=2, filter={"lnag": "en"})
+
+
 def test_a_document_json_cannot_store_is_refused_before_anything_is_written(tiny_embedder, tmp_path: Path) -> None:
     """A date in a document used to fail in json.dumps after its vector was in the index: the next add clashed on
     its id, search hit a row docs.jsonl did not have. Now it is refused, naming it, and nothing is written."""

@@ -149,7 +149,7 @@ class Retriever:
             raise ValueError("an in-memory Retriever uses FAISS; pass out_dir for Milvus")
         meta = {"model": embedder.name, "task": task, "instruction_hash": instruction_hash(embedder, task),
                 "key_max_length": key_max_length(embedder), "dim": int(embedder.dim), "factory": factory,
-                "backend": "faiss", "count": 0}
+                "backend": "faiss", "count": 0, "stored_fields": []}
         retriever = cls(embedder, task, FaissIndex(int(embedder.dim), factory), DocStore(), None, meta)
         retriever.add(docs)
         return retriever
@@ -215,9 +215,17 @@ class Retriever:
         return results
 
     def check_filter_fields(self, filter: Mapping[str, Any] | None) -> None:
-        """Refuse a filter on a field the index never stored: it would match nothing, silently."""
+        """Refuse a filter on a field the index never stored: it would match nothing, silently. Under ``"*"``
+        (every field) that is a field no document holds, a typo most likely."""
         stored = self.meta.get("filter_fields") if self.out_dir is not None else ["*"]
-        if not filter or stored is None or "*" in stored:  # None: an index from before the field was recorded
+        if not filter or stored is None:  # None: an index from before the field was recorded
+            return
+        if "*" in stored:
+            held = self.meta.get("stored_fields")
+            missing = [field for field in filter if held is not None and field not in held]
+            if missing:
+                raise ValueError(f"filter on {', '.join(map(repr, missing))}, but no document in the index has "
+                                 f"that field; the fields are: {', '.join(held) or 'none'}")
             return
         missing = [field for field in filter if field not in stored]
         if missing:
@@ -240,6 +248,8 @@ class Retriever:
         fields = self.meta.get("filter_fields", []) if self.out_dir is not None else ["*"]
         metadata = [filterable(d, fields) for d in docs] if fields else None
         self.index.add(ids, vectors, metadata)
+        if metadata and isinstance(self.meta.get("stored_fields"), list):
+            self.meta["stored_fields"] = sorted({*self.meta["stored_fields"], *(k for m in metadata for k in m)})
         self.docs.append(docs, lines)
         self.meta["count"] = len(self.docs)
         if self.out_dir is not None:

@@ -293,6 +293,7 @@ def build_vector_index(
     add_options = {"copy": False} if backend == "faiss" else {}
     step = READ_BLOCK if backend == "faiss" and "HNSW" not in factory.upper() else ADD_CHUNK
     docs = (out_dir / DOCS_FILE).open("rb") if filter_fields else None
+    stored: set[str] = set()
     try:
         for lo in range(0, count, step):
             hi = min(lo + step, count)
@@ -300,6 +301,7 @@ def build_vector_index(
             if docs is not None:
                 records = [json.loads(docs.readline()) for _ in range(lo, hi)]
                 metadata = [filterable(r, filter_fields) for r in records]
+                stored.update(key for item in metadata for key in item)
             chunk = np.fromfile(out_dir / EMBEDDINGS_FILE, dtype=np.float32, count=(hi - lo) * dim, offset=lo * dim * 4)
             # a copied block, not a memmap (whose touched pages would stay resident), handed over to the index
             # (FAISS normalises it in place instead of copying it again)
@@ -309,7 +311,7 @@ def build_vector_index(
         if docs is not None:
             docs.close()
         index.close()
-    return name
+    return name, sorted(stored)
 
 
 def corpus_change(corpus: Any, recorded: Any) -> str:
@@ -431,8 +433,9 @@ def build_index(
                      "count": count, "rows_done": 0}
             write_progress(out_dir, state)
         encode_rows(embedder, task, out_dir, state, batch_size, progress)
-        index_file = build_vector_index(out_dir, state, backend, factory, tuple(filter_fields))
-        meta = {**settings, "count": state["count"], "index_file": index_file}
+        index_file, stored = build_vector_index(out_dir, state, backend, factory, tuple(filter_fields))
+        # the fields some document holds: a filter on another one (a typo, under "*") is refused, not empty
+        meta = {**settings, "count": state["count"], "index_file": index_file, "stored_fields": stored}
         with atomic_write(out_dir / META_FILE) as handle:
             json.dump(meta, handle, indent=2)
         state["done"] = True
