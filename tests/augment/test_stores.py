@@ -106,19 +106,18 @@ def get_weather(city: str, unit: str = "celsius") -> str:
 def test_toolbox_register_verbalise_retrieve_call(tiny_embedder) -> None:
     box = ToolBox(tiny_embedder)
     tool = box.register(get_weather)
+    # the key text is the form the tool task trains on (data.tool.verbalise), which the trained model knows
     assert tool.verbalise() == (
-        "get_weather: Current weather for a city. Parameters: city (string, required): name of the city; "
-        "unit (string, optional): celsius or fahrenheit."
+        "get_weather: Current weather for a city. | required: city (string): name of the city | optional: unit "
+        "(string): celsius or fahrenheit"
     )
     schema = {"type": "function", "function": {
         "name": "send_email", "description": "Send an email.",
         "parameters": {"type": "object", "properties": {"to": {"type": "string", "description": "recipient"}},
                        "required": ["to"]}}}
-    expected = "send_email: Send an email. Parameters: to (string, required): recipient."
+    expected = "send_email: Send an email. | required: to (string): recipient"
     assert box.register(schema).verbalise() == expected
-    assert box.register({"name": "noop", "description": "Do nothing"}).verbalise() == (
-        "noop: Do nothing. Parameters: none."
-    )
+    assert box.register({"name": "noop", "description": "Do nothing"}).verbalise() == "noop: Do nothing"
     keys = [t.verbalise() for t in box.tools.values()]
     assert [t.name for t in box.retrieve("rain?", k=3)] == [list(box.tools)[i] for i in ranked(
         tiny_embedder, "tool", "rain?", keys)]
@@ -240,11 +239,13 @@ def test_toolbox_reopened_knows_its_tools_until_they_are_registered_again(tiny_e
 def test_toolbox_reopens_an_index_from_before_tools_stored_their_description(tiny_embedder, tmp_path: Path) -> None:
     from llm_embedder.augment.tools import tool_from_callable
 
-    key = tool_from_callable(get_weather).verbalise()
+    key = ("get_weather: Current weather for a city. Parameters: city (string, required): name of the city; "
+           "unit (string, optional): celsius or fahrenheit.")  # the key text of that version
     old = [{"text": key, "name": "get_weather"}] * 2  # written twice: re-registering used to add a duplicate
     Retriever.build(tiny_embedder, "tool", old, out_dir=tmp_path / "tools")
     box = ToolBox(tiny_embedder, index_dir=tmp_path / "tools")
-    assert box.tools["get_weather"].verbalise() == key
+    parsed, registered = box.tools["get_weather"], tool_from_callable(get_weather)  # parsed back from the key
+    assert parsed.description == "Current weather for a city" and parsed.parameters == registered.parameters
     assert [t.name for t in box.retrieve("weather in Paris", k=5)] == ["get_weather"]
     box.register(get_weather)
     assert len(box.retriever) == 1 and box.retrieve("weather in Paris", k=5)[0].fn is get_weather

@@ -1,5 +1,5 @@
 """``ToolBox`` (task ``tool``): register functions from JSON schema or Python callables, retrieve the ones a
-request needs, verbalised as ``name: description. Parameters: ...``."""
+request needs, verbalised as the tool task trains on: ``name: description | required: p (type): text; ...``."""
 
 from __future__ import annotations
 
@@ -34,14 +34,14 @@ class Tool:
     fn: Callable[..., Any] | None = None
 
     def verbalise(self) -> str:
-        """``name: description. Parameters: p (type, required): text; ...`` — the key text that is embedded."""
-        description = self.description.strip().rstrip(".")
-        params = "; ".join(
-            f"{p.name} ({p.type}, {'required' if p.required else 'optional'})" + (f": {p.description}" if
-                                                                                   p.description else "")
-            for p in self.parameters
-        )
-        return f"{self.name}: {description}. Parameters: {params or 'none'}."
+        """``name: description | required: p (type): text; ... | optional: ...`` — the key text that is embedded,
+        in the form the tool task trains and evaluates on (``data.tool.verbalise``)."""
+        from llm_embedder.data.tool import verbalise
+
+        properties = {p.name: {"type": p.type, "description": p.description} for p in self.parameters}
+        required = [p.name for p in self.parameters if p.required]
+        return verbalise({"name": self.name, "description": self.description,
+                          "parameters": {"properties": properties, "required": required}})
 
     def __call__(self, **kwargs: Any) -> Any:
         if self.fn is None:
