@@ -8,8 +8,8 @@ is the title. Every scorer sees the same token sequences (our encoding); it then
 - naive:     one candidate per forward pass, logits and log-softmax at every position;
 - reference: the reference code's way, batches of 4 in input order, left-padded, full logits;
 - exact:     our scorer (length-bucketed batches, LM head only at answer positions) - scores within 1e-4;
-- fast:      exact plus the CPU fast modes (opt-in ``--fast``): bf16 autocast of the transformer body (where the
-             CPU has AVX512-BF16/AMX) and int8 dynamic quantization, judged by Spearman per query.
+- fast:      exact plus the CPU fast modes (opt-in ``--fast``): the Linear layers' weights in bf16 (where the CPU
+             has AVX512-BF16/AMX; ``llm.fast``) and int8 dynamic quantization, judged by Spearman per query.
 
 Prints scores/s and ratios over naive; the exact-mode ratio is printed last. ``--profile`` prints where the
 time goes (torch.profiler, top ops) for naive and exact.

@@ -25,8 +25,8 @@ sys.path.insert(0, str(HERE))
 
 from _common import RESULTS_DIR, machine_info, write_json  # noqa: E402
 
-# name -> (script, extra args in full mode, extra args in quick mode). The quick sizes keep the whole run near
-# 3 minutes on a 2-core box with a co-tenant (benchmarks/README.md), each benchmark still printing its ratios.
+# name -> (script, extra args in full mode, extra args in quick mode). The quick sizes keep the whole run under
+# 5 minutes on a 2-core box with a co-tenant (benchmarks/README.md), each benchmark still printing its ratios.
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "encode": ("bench_encode.py", [], ["--quick"]),
     "search": ("bench_search.py", [], ["--quick"]),
