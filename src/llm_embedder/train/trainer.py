@@ -172,6 +172,10 @@ def build_trainer(config: TrainConfig, files: list[TrainingFile]):
     cuda = torch.cuda.is_available() and (device or "cuda").startswith("cuda")
     device = device or ("cuda" if cuda else "cpu")
     model = SentenceTransformer(str(resolve_embedder_path(config.base)), device=device, local_files_only=True)
+    # our card is TRAINING_CARD.md: no widget examples (a tqdm bar in every log, draws from the global random);
+    # sentence-transformers 6.2 does not read generate_widget_examples on this path, so the call itself is replaced
+    model.model_card_data.generate_widget_examples = False
+    model.model_card_data.set_widget_examples = lambda dataset: None
     train_dataset = DatasetDict({f.name: Dataset.from_list(f.examples) for f in files if f.examples})
     losses = {f.name: loss_for_task(f.task, model, config.temperature, config.loss_for(f.task))
               for f in files if f.name in train_dataset}
