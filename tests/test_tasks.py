@@ -206,3 +206,24 @@ def test_a_task_defined_twice_in_one_file_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"t\.yaml: task 'mytask' is defined twice with different settings"):
         register_tasks_from_file(path)
     assert "mytask" not in list_tasks()
+
+
+@pytest.mark.parametrize("name", ["/tmp/x/evil", "../up", "my task/x", " qa", "qa ", "a.b", "-rf", "", "a\n", 5])
+def test_a_task_name_that_is_no_simple_name_is_refused(tmp_path, name):
+    """A task name becomes a folder (mine's and index's per-task work) and a prompt name: an absolute path, a
+    separator, a space or a leading '-' was accepted (mine then built its index at '/tmp/x/evil')."""
+    message = f"task name must be letters, digits, '_' or '-' (not starting with '-'), got {name!r}"
+    with pytest.raises(ValueError) as err:
+        register_task(name=name, query_instruction="q: ", key_instruction="k: ")
+    assert str(err.value) == f"task: {message}"
+    path = tmp_path / "t.yaml"
+    path.write_text(TASK_HEAD + f"  - name: {json.dumps(name)}\n    query_instruction: ''\n    key_instruction: ''\n")
+    with pytest.raises(ValueError) as err:
+        register_tasks_from_file(path)
+    assert str(err.value) == f"{path}: task #1: {message}"
+    assert "mytask" not in list_tasks() and name not in list_tasks()
+
+
+@pytest.mark.parametrize("name", ["qa", "legal_cli", "my-task", "t2", "1990", "_x", "médical"])
+def test_simple_task_names_are_accepted(name):
+    assert Task(name=name, query_instruction="", key_instruction="").name == name

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from importlib import resources
@@ -31,6 +32,16 @@ NUMERIC_FIELDS: dict[str, tuple[type, float | None, bool, bool]] = {
     "teacher_scores_min": (float, None, True, True),
     "max_sample_num": (int, 1, True, True),
 }
+
+
+# a task name is part of file paths (an index or mining folder per task) and prompt names (``qa.query``): letters,
+# digits, '_' and '-', not starting with '-' (it would read as an option)
+TASK_NAME = re.compile(r"\w[\w-]*")
+
+
+def is_task_name(name: Any) -> bool:
+    """Whether ``name`` can name a task (``TASK_NAME``): no path separator, dot, space or leading '-'."""
+    return isinstance(name, str) and TASK_NAME.fullmatch(name) is not None
 
 
 class UnknownTaskError(KeyError):
@@ -62,8 +73,9 @@ class Task:
     scenario: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.strip() or "." in self.name:
-            raise ValueError(f"task name must be a non-empty string without dots, got {self.name!r}")
+        if not is_task_name(self.name):
+            raise ValueError(f"task name must be letters, digits, '_' or '-' (not starting with '-'), got "
+                             f"{self.name!r}")
         for field_name in ("query_instruction", "key_instruction", "reward_template", "scenario"):
             value = getattr(self, field_name)
             if not isinstance(value, str):
@@ -171,7 +183,7 @@ def task_from_dict(data: dict[str, Any], where: str | None = None, position: int
     Errors read ``<where>: task '<name>': <problem>`` (``task #<position>`` while the name is unusable).
     """
     name = data.get("name") if isinstance(data, dict) else None
-    if isinstance(name, str) and name.strip() and "." not in name:
+    if is_task_name(name):
         label = f"task {name!r}"
     else:
         label = f"task #{position}" if position is not None else "task"
