@@ -227,3 +227,24 @@ def test_a_task_name_that_is_no_simple_name_is_refused(tmp_path, name):
 @pytest.mark.parametrize("name", ["qa", "legal_cli", "my-task", "t2", "1990", "_x", "médical"])
 def test_simple_task_names_are_accepted(name):
     assert Task(name=name, query_instruction="", key_instruction="").name == name
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_a_task_file_that_is_not_utf8_is_named(tmp_path, suffix):
+    """Bad UTF-8 said only "'utf-8' codec can't decode byte 0xff in position 0", without the file."""
+    path = tmp_path / f"t{suffix}"
+    path.write_bytes(TASK_HEAD.encode() + b"    scenario: caf\xe9\n")
+    with pytest.raises(ValueError) as err:
+        register_tasks_from_file(path)
+    assert str(err.value) == f"{path}:5: not valid UTF-8 (byte 0xe9 at column 18)"
+    assert "mytask" not in list_tasks()
+
+
+def test_a_task_file_may_start_with_a_bom(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps([{"name": "bom", "query_instruction": "", "key_instruction": ""}])
+                     .encode())
+    try:
+        assert [task.name for task in register_tasks_from_file(path)] == ["bom"]
+    finally:
+        unregister_task("bom")

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from llm_embedder.io import check_template, yaml_error
+from llm_embedder.io import check_template, decode_line, yaml_error
 
 LOSSES = ("contrastive", "kl_distill", "stable_distill")
 POSITIVE_SELECTIONS = ("first", "random", "teacher", "teacher-pos")
@@ -211,7 +211,9 @@ def register_tasks_from_file(path: str | Path, *, overwrite: bool = False) -> li
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"task file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    # decoded per line: bad UTF-8 names the file and line (read_text named neither); a BOM on line 1 is dropped
+    text = "".join(decode_line(raw, str(path), line_no)
+                   for line_no, raw in enumerate(path.read_bytes().splitlines(keepends=True), start=1))
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except json.JSONDecodeError as err:
