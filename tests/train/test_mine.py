@@ -150,3 +150,37 @@ def test_an_interrupted_mine_goes_on_where_it_stopped(tmp_path: Path, tiny_embed
                                               "a mining run's work"):
         mine_negatives(model, data, corpus, tmp_path / "notes.jsonl", top_k=5, progress=False)
     assert (foreign / "mine.txt").read_text() == "my notes"
+
+
+def test_a_second_mine_on_the_same_out_is_refused_while_the_first_runs(tmp_path: Path, tiny_embedder_dir: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second run deleted the first's work folder (the first then failed on its missing memmap and left a
+    folder every later run refused); now it is refused in one line, and the first finishes as if alone."""
+    from llm_embedder.embedder import Embedder
+    from llm_embedder.io import RunInProgressError
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"passage {i} on topic {i % 4}"}) + "\n" for i in range(12)))
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps({"query": "topic 1", "task": "qa", "pos": ["passage 1 on topic 1"], "neg": [],
+                                "query_id": 0}) + "\n")
+    out = tmp_path / "mined.jsonl"
+    (tmp_path / "mined.jsonl.lock").write_text("12345\n")  # left by a killed run: its OS lock went with it
+    refused: list[Exception] = []
+    original = Embedder.encode_keys
+
+    def second_run_meanwhile(self, texts, task, **kwargs):
+        if not refused:  # another key template: unlocked, this run deleted the first's work folder as stale
+            with pytest.raises(RunInProgressError) as err:
+                mine_negatives(str(tiny_embedder_dir), data, corpus, out, top_k=3, key_template="{text}",
+                               progress=False)
+            refused.append(err.value)
+        return original(self, texts, task, **kwargs)
+
+    monkeypatch.setattr(Embedder, "encode_keys", second_run_meanwhile)
+    assert mine_negatives(str(tiny_embedder_dir), data, corpus, out, top_k=3, batch_size=4, progress=False) == 1
+    assert str(refused[0]) == (f"the mined negatives {out} is being written by another run (it holds {out}.lock); "
+                               "let that run finish, or stop it, then run this again")
+    (record,) = read_jsonl(out)
+    assert len(record["neg"]) == 3 and "passage 1 on topic 1" not in record["neg"]
+    assert not (tmp_path / "mined.jsonl.work").exists() and not (tmp_path / "mined.jsonl.lock").exists()

@@ -7,7 +7,8 @@ that contains one of the record's ``answers`` (case-insensitive), and keep the f
 
 The corpus is encoded per task by the resumable index build (``llm_embedder.index.build``) into ``OUT.work/<task>/``
 beside the output, so a mine cut short goes on where it stopped when run again; the folder goes once ``OUT`` is
-written.
+written. A run holds ``OUT.lock`` (``llm_embedder.io.exclusive``) from before it looks at the work folder until it
+ends: a second run on the same ``OUT`` is refused instead of deleting the first's work.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from llm_embedder.io import (
     check_output_dir,
     check_output_file,
     check_template,
+    exclusive,
     fill_template,
     iter_jsonl,
     write_jsonl,
@@ -109,17 +111,30 @@ def mine_negatives(
     batch_size: int = 64, progress: bool = True,
 ) -> int:
     """Write ``out``: each record of ``data`` with mined ``neg``/``neg_index``. Returns the record count."""
-    import numpy as np
-
-    from llm_embedder.embedder import Embedder
-    from llm_embedder.index.build import corpus_fingerprint, key_max_length
-    from llm_embedder.models import check_device, model_version
-    from llm_embedder.tasks import UnknownTaskError, get_task
+    from llm_embedder.models import check_device
 
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a whole number of at least 1, got {top_k!r}")
     check_device(device)  # before the data and corpus are read
     check_output_file(out, "--out", inputs=[data, corpus])  # before the model loads and the corpus is encoded
+    # held before the work folder is checked, kept or deleted: a second run on OUT would delete this one's vectors
+    with exclusive(Path(f"{out}.lock"), f"the mined negatives {out}"):
+        return _mine_negatives(model, data, corpus, out, top_k=top_k, filter_answers=filter_answers,
+                               key_template=key_template, device=device, batch_size=batch_size, progress=progress)
+
+
+def _mine_negatives(
+    model: str, data: str | Path, corpus: str | Path, out: str | Path, *, top_k: int, filter_answers: bool,
+    key_template: str | None, device: str | None, batch_size: int, progress: bool,
+) -> int:
+    """``mine_negatives`` once its output is held."""
+    import numpy as np
+
+    from llm_embedder.embedder import Embedder
+    from llm_embedder.index.build import corpus_fingerprint, key_max_length
+    from llm_embedder.models import model_version
+    from llm_embedder.tasks import UnknownTaskError, get_task
+
     work = Path(f"{out}{WORK_SUFFIX}")
     check_output_dir(work, (WORK_STAMP,), "a mining run's work", option="the work folder")
     records = []
