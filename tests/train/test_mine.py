@@ -55,7 +55,8 @@ def test_mine_cli(tmp_path: Path, tiny_embedder_dir: Path) -> None:
 def test_mine_refuses_an_empty_corpus_text(tmp_path: Path, tiny_embedder_dir: Path) -> None:
     # an empty passage embeds as the instruction alone, near every query: it would be every record's hard negative
     data = tmp_path / "qa.jsonl"
-    data.write_text(json.dumps({"query": "q", "task": "qa", "pos": ["a"], "neg": [], "answers": ["a"]}) + "\n")
+    data.write_text(json.dumps({"query": "q", "task": "qa", "pos": ["a"], "neg": [], "answers": ["a"], "query_id": 0})
+                    + "\n")
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text(json.dumps({"text": "a passage"}) + "\n" + json.dumps({"text": "  ", "id": 2}) + "\n")
     with pytest.raises(DataError, match=r"corpus.jsonl:2: the record has an empty text"):
@@ -66,11 +67,11 @@ def test_mine_refuses_an_empty_corpus_text(tmp_path: Path, tiny_embedder_dir: Pa
     with pytest.raises(ValueError, match=r"the key template '\{\} \{text\}': \{\} is not a field name"):
         mine_negatives(str(tiny_embedder_dir), data, corpus, tmp_path / "out.jsonl", key_template="{} {text}")
     corpus.write_text(json.dumps({"text": "a passage"}) + "\n")
-    for record, message in [({"query": 5, "task": "qa"}, r"qa.jsonl:1:query: must be a string, got int"),
-                            ({"query": "q", "task": "nosuch"}, r"qa.jsonl:1:task: unknown task 'nosuch'"),
-                            ({"query": "q", "task": "qa", "pos_index": [3]},
-                             r"qa.jsonl: record 1: pos_index 3 is not a row of .*corpus.jsonl \(1 passages\)")]:
-        data.write_text(json.dumps(record) + "\n")
+    good = {"query": "q", "task": "qa", "pos": ["a"], "query_id": 0}
+    for change, message in [({"query": 5}, r"qa.jsonl:1:query: must be a string, got int"),
+                            ({"task": "nosuch"}, r"qa.jsonl:1:task: unknown task 'nosuch'"),
+                            ({"pos_index": [3]}, r"qa.jsonl:1:pos_index: index 3 out of corpus range of size 1")]:
+        data.write_text(json.dumps(good | change) + "\n")
         with pytest.raises(DataError, match=message):
             mine_negatives(str(tiny_embedder_dir), data, corpus, tmp_path / "out.jsonl")
     with pytest.raises(IsADirectoryError, match="is a directory; give a file path"):
@@ -94,8 +95,8 @@ def test_an_interrupted_mine_goes_on_where_it_stopped(tmp_path: Path, tiny_embed
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": f"passage {i} on topic {i % 4}"}) + "\n" for i in range(20)))
     data = tmp_path / "qa.jsonl"
-    data.write_text("".join(json.dumps({"query": f"topic {i}", "task": "qa", "pos_index": [i]}) + "\n"
-                            for i in range(3)))
+    data.write_text("".join(json.dumps({"query": f"topic {i}", "task": "qa", "pos": [f"passage {i} on topic {i % 4}"],
+                                        "pos_index": [i], "query_id": i}) + "\n" for i in range(3)))
     own = shutil.copytree(tiny_embedder_dir, tmp_path / "model")  # retrained in place below: not the shared one
     model = str(own)
     mine_negatives(model, data, corpus, tmp_path / "uncut.jsonl", top_k=5, batch_size=4, progress=False)
@@ -184,3 +185,61 @@ def test_a_second_mine_on_the_same_out_is_refused_while_the_first_runs(tmp_path:
     (record,) = read_jsonl(out)
     assert len(record["neg"]) == 3 and "passage 1 on topic 1" not in record["neg"]
     assert not (tmp_path / "mined.jsonl.work").exists() and not (tmp_path / "mined.jsonl.lock").exists()
+
+
+GOOD = {"query": "q", "task": "qa", "pos": ["p"], "query_id": 0}
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llm_embedder.embedder import Embedder
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model loaded before the records were checked")
+
+    monkeypatch.setattr(Embedder, "__init__", no_loading)
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    ({"pos": "Paris is in France"}, "pos: must be a list of strings, got str"),  # was mined as its characters
+    ({"answers": "Paris"}, "answers: must be a list of strings, got str"),  # filtered passages by its letters
+    ({"pos": [5]}, "pos: item 0 must be a string, got int"),  # a traceback, OUT.work left behind
+    ({"pos": ["Rome", " "]}, "pos: item 1 is empty"),
+    ({"neg": [], "query_id": "7"}, "query_id: must be an integer, got str"),
+    ({"pos": None}, "pos: missing field (or give `history` for chat records)"),
+])
+def test_a_bad_record_is_named_before_the_model_loads(tmp_path: Path, tiny_embedder_dir: Path, no_model_loading: None,
+                                                      change: dict, problem: str) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(json.dumps({"text": "Paris is in France"}) + "\n" + json.dumps({"text": "Rome"}) + "\n")
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps({k: v for k, v in (GOOD | change).items() if v is not None}) + "\n")
+    with pytest.raises(DataError) as err:
+        mine_negatives(str(tiny_embedder_dir), data, corpus, tmp_path / "out.jsonl", top_k=1, filter_answers=True)
+    assert str(err.value) == f"{data}:1:{problem}"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["corpus.jsonl", "qa.jsonl"]  # no OUT, work or lock
+
+
+def test_mine_names_every_bad_record_and_ignores_what_it_writes_anew(tmp_path: Path, tiny_embedder_dir: Path,
+                                                                     no_model_loading: None) -> None:
+    """Every bad record is named at once, by data check's rules; what mining writes anew (neg, neg_index,
+    teacher_scores) may be anything."""
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(json.dumps({"text": "Paris is in France"}) + "\n" + json.dumps({"text": "Rome"}) + "\n")
+    data = tmp_path / "qa.jsonl"
+    changes = [{"pos": "Paris is in France"}, {"answers": "Paris"}, {"pos": [5]}, {"pos_index": [7]},
+               {"neg": "stale", "neg_index": [9], "teacher_scores": ["x"]}, {"query_id": 0}, {"query": " "}]
+    data.write_text("".join(json.dumps(GOOD | {"query_id": i} | change) + "\n" for i, change in enumerate(changes)))
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(DataError) as err:
+        mine_negatives(str(tiny_embedder_dir), data, corpus, out, top_k=1, filter_answers=True)
+    assert str(err.value).splitlines() == [
+        f"6 problem(s) in {data}:",
+        f"{data}:1:pos: must be a list of strings, got str",
+        f"{data}:2:answers: must be a list of strings, got str",
+        f"{data}:3:pos: item 0 must be a string, got int",
+        f"{data}:4:pos_index: index 7 out of corpus range of size 2",
+        f"{data}:6:query_id: duplicate query_id 0 (first on line 1)",
+        f"{data}:7:query: empty query",
+    ]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["corpus.jsonl", "qa.jsonl"]  # no OUT, work or lock

@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from llm_embedder.data.validate import Problem, raise_problems, validate_records
 from llm_embedder.io import (
     DataError,
     atomic_write,
@@ -60,6 +61,18 @@ def corpus_texts(path: str | Path, key_template: str | None = None) -> list[str]
     if not texts:
         raise DataError(f"{path}: empty corpus")
     return texts
+
+
+MINED_FIELDS = ("neg", "neg_index", "teacher_scores")  # what mining writes anew (teacher_scores: dropped)
+
+
+def input_problems(records: list[tuple[int, dict[str, Any]]], source: str, corpus_size: int) -> list[Problem]:
+    """The problems of the records to mine for, as ``data check`` finds them (``pos_index`` a row of the corpus),
+    less those of the fields mining writes anew (``MINED_FIELDS``): a record fit to mine for is then fit to train
+    on once mined."""
+    checked = [(line, {k: v for k, v in record.items() if k not in MINED_FIELDS} | {"neg": []})
+               for line, record in records]
+    return validate_records(checked, source, corpus_size)
 
 
 def select_negatives(
@@ -133,30 +146,17 @@ def _mine_negatives(
     from llm_embedder.embedder import Embedder
     from llm_embedder.index.build import corpus_fingerprint, key_max_length
     from llm_embedder.models import model_version
-    from llm_embedder.tasks import UnknownTaskError, get_task
 
     work = Path(f"{out}{WORK_SUFFIX}")
     check_output_dir(work, (WORK_STAMP,), "a mining run's work", option="the work folder")
-    records = []
-    for line_no, record in iter_jsonl(data):
-        for field in ("query", "task"):
-            if field not in record:
-                raise DataError(f"{data}:{line_no}:{field}: missing field")
-            if not isinstance(record[field], str):
-                raise DataError(f"{data}:{line_no}:{field}: must be a string, got {type(record[field]).__name__}")
-        try:
-            get_task(record["task"])
-        except UnknownTaskError as err:
-            raise DataError(f"{data}:{line_no}:task: {err}") from None
-        records.append(record)
+    numbered = list(iter_jsonl(data))
+    records = [record for _, record in numbered]
     if not records:
         raise DataError(f"{data}: no records to mine negatives for")
     texts = corpus_texts(corpus, key_template)
-    for i, record in enumerate(records):  # a positive's row must be a row of this corpus
-        bad = [row for row in record.get("pos_index") or [] if not isinstance(row, int) or not 0 <= row < len(texts)]
-        if bad:
-            raise DataError(f"{data}: record {i + 1}: pos_index {bad[0]!r} is not a row of {corpus} "
-                            f"({len(texts)} passages)")
+    # data check's rules, before anything is encoded: a string for pos was mined as its characters, a string for
+    # answers filtered out every passage holding one of its letters, [5] for pos failed with a traceback
+    raise_problems(input_problems(numbered, str(data), len(texts)), str(data))
     embedder = Embedder(model, device=device, batch_size=batch_size)
     start_work(work, {"corpus": corpus_fingerprint(corpus), "key_template": key_template,
                       "model": str(Path(embedder.path).resolve()),
