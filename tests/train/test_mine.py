@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from llm_embedder.data.validate import validate_file
 from llm_embedder.io import DataError, read_jsonl
 from llm_embedder.train.mine import mine_negatives, select_negatives
 
@@ -45,6 +46,7 @@ def test_mine_cli(tmp_path: Path, tiny_embedder_dir: Path) -> None:
     assert "Capital the answer is Paris" not in record["neg"]
     assert record["neg_index"] and 1 not in record["neg_index"] and 12 not in record["neg_index"]
     assert not (tmp_path / "mined.jsonl.work").exists()  # the corpus vectors go once the output is written
+    assert validate_file(out, corpus_size=13) == []  # what mine writes is fit to train on
     before = data.read_bytes()
     result = CliRunner().invoke(app, ["mine", "--model", str(tiny_embedder_dir), "--data", str(data), "--corpus",
                                       str(corpus), "--out", str(data)])
@@ -206,7 +208,15 @@ def no_model_loading(monkeypatch: pytest.MonkeyPatch) -> None:
     ({"pos": [5]}, "pos: item 0 must be a string, got int"),  # a traceback, OUT.work left behind
     ({"pos": ["Rome", " "]}, "pos: item 1 is empty"),
     ({"neg": [], "query_id": "7"}, "query_id: must be an integer, got str"),
-    ({"pos": None}, "pos: missing field (or give `history` for chat records)"),
+    ({"pos": None}, "pos: missing field: the record's positives, kept out of its negatives"),
+    # chat: the history went, no positive came, and data check refused what mine wrote
+    ({"task": "chat", "pos": None, "history": ["turn one", "turn two"], "teacher_scores": [0.2, 0.8]},
+     "history: a chat record: its candidates are its history turns, not corpus passages, so there is nothing to "
+     "mine for it; leave it out of the file to mine (score and train take it as it is)"),
+    # lrlm: no labelled positive; the passages that answer the query would come back as its negatives
+    ({"task": "lrlm", "pos": [], "neg": ["an earlier chunk"]},
+     "pos: no positive (pos and pos_index are empty): the passages that answer the query would be mined as its "
+     "negatives"),
 ])
 def test_a_bad_record_is_named_before_the_model_loads(tmp_path: Path, tiny_embedder_dir: Path, no_model_loading: None,
                                                       change: dict, problem: str) -> None:

@@ -69,10 +69,25 @@ MINED_FIELDS = ("neg", "neg_index", "teacher_scores")  # what mining writes anew
 def input_problems(records: list[tuple[int, dict[str, Any]]], source: str, corpus_size: int) -> list[Problem]:
     """The problems of the records to mine for, as ``data check`` finds them (``pos_index`` a row of the corpus),
     less those of the fields mining writes anew (``MINED_FIELDS``): a record fit to mine for is then fit to train
-    on once mined."""
-    checked = [(line, {k: v for k, v in record.items() if k not in MINED_FIELDS} | {"neg": []})
-               for line, record in records]
-    return validate_records(checked, source, corpus_size)
+    on once mined. Also refused: a chat record (``history``; its candidates are its history turns, recipe §2.3, so
+    a corpus has nothing to offer it, and mining dropped its history and wrote it with no positive) and a record
+    with no positive (``pos`` and ``pos_index`` empty, as lrlm's), whose right passages would be mined as negatives."""
+    checked, own = [], []
+    for line, record in records:
+        view = {k: v for k, v in record.items() if k not in MINED_FIELDS} | {"neg": []}
+        if "history" in record:
+            own.append(Problem(source, line, "history", "a chat record: its candidates are its history turns, not "
+                               "corpus passages, so there is nothing to mine for it; leave it out of the file to mine "
+                               "(score and train take it as it is)"))
+        elif "pos" not in record:  # data check's hint, "or give `history`", does not apply here
+            view["pos"] = []
+            own.append(Problem(source, line, "pos", "missing field: the record's positives, kept out of its negatives"))
+        elif record["pos"] == [] and not record.get("pos_index"):
+            own.append(Problem(source, line, "pos", "no positive (pos and pos_index are empty): the passages that "
+                               "answer the query would be mined as its negatives"))
+        checked.append((line, view))
+    problems = validate_records(checked, source, corpus_size) + own
+    return sorted(problems, key=lambda problem: problem.line)  # stable: a line keeps data check's order first
 
 
 def select_negatives(
@@ -175,7 +190,6 @@ def _mine_negatives(
             record = dict(records[i])
             chosen = select_negatives([int(h) for h in hits if h >= 0], texts, record, top_k, filter_answers)
             record.pop("teacher_scores", None)
-            record.pop("history", None)
             record["neg"] = [texts[j] for j in chosen]
             record["neg_index"] = chosen
             results[i] = record
