@@ -11,7 +11,7 @@ import pytest
 
 from llm_embedder.data.validate import validate_file
 from llm_embedder.io import DataError, read_jsonl
-from llm_embedder.train.mine import mine_negatives, select_negatives
+from llm_embedder.train.mine import FewNegativesWarning, mine_negatives, select_negatives
 
 
 def test_select_negatives_excludes_positives_and_answers() -> None:
@@ -35,8 +35,9 @@ def test_mine_cli(tmp_path: Path, tiny_embedder_dir: Path) -> None:
     data.write_text(json.dumps({"query": "topic 1 question", "task": "qa", "pos": ["T1 passage number 1 about topic 1"],
                                 "neg": [], "answers": ["paris"], "teacher_scores": [1.0], "query_id": 0}) + "\n")
     out = tmp_path / "mined.jsonl"
-    result = CliRunner().invoke(app, ["mine", "--model", str(tiny_embedder_dir), "--data", str(data), "--corpus",
-                                      str(corpus), "--out", str(out), "--top-k", "20", "--filter-answers"])
+    with pytest.warns(FewNegativesWarning, match="1 of 1 records got fewer than 20 negatives"):  # 11 are left
+        result = CliRunner().invoke(app, ["mine", "--model", str(tiny_embedder_dir), "--data", str(data), "--corpus",
+                                          str(corpus), "--out", str(out), "--top-k", "20", "--filter-answers"])
     assert result.exit_code == 0, result.output
     # CliRunner's output is no terminal: the corpus encoding reports as a plain line, as in a log
     assert "encoding qa keys: 13/13 (100%)" in result.output, result.output
@@ -253,3 +254,38 @@ def test_mine_names_every_bad_record_and_ignores_what_it_writes_anew(tmp_path: P
         f"{data}:7:query: empty query",
     ]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["corpus.jsonl", "qa.jsonl"]  # no OUT, work or lock
+
+
+def test_records_left_with_fewer_than_top_k_negatives_are_reported(tmp_path: Path, tiny_embedder_dir: Path) -> None:
+    """They were written silently: a record whose passages were nearly all positives or answer-bearing trained on
+    fewer negatives than asked (or none) without anyone knowing."""
+    import warnings
+
+    from typer.testing import CliRunner
+
+    from llm_embedder.cli import app, show_user_warnings
+
+    corpus = tmp_path / "corpus.jsonl"
+    texts = ["Paris is the capital", "Paris in spring", "Rome is old", "Rome has seven hills", "Oslo is cold",
+             "Lima is in Peru", "Quito is high", "Kyiv has a river"]
+    corpus.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
+    data = tmp_path / "qa.jsonl"
+    records = [GOOD | {"query_id": 0, "pos": ["Paris is the capital"], "answers": ["paris"]},  # 6 are left
+               GOOD | {"query_id": 1, "pos": ["Oslo is cold"], "answers": ["rome", "is"]},  # 1 is left
+               GOOD | {"query_id": 2, "pos": ["Lima is in Peru"], "pos_index": [5], "answers": ["i"]}]  # 0 are left
+    data.write_text("".join(json.dumps(record) + "\n" for record in records))
+    out = tmp_path / "mined.jsonl"
+    with pytest.warns(FewNegativesWarning) as caught:
+        mine_negatives(str(tiny_embedder_dir), data, corpus, out, top_k=4, filter_answers=True, progress=False)
+    assert [str(w.message) for w in caught] == [
+        f"2 of 3 records got fewer than 4 negatives ({data}:2 has 1, {data}:3 has 0): too few of the 8 passages "
+        "retrieved for each were left once positives and answer-bearing passages were left out"]
+    assert [len(record["neg"]) for record in read_jsonl(out)] == [4, 1, 0]
+    with warnings.catch_warnings():  # the command prints it as one warning line
+        warnings.simplefilter("always")
+        show_user_warnings()
+        result = CliRunner().invoke(app, ["mine", "--model", str(tiny_embedder_dir), "--data", str(data), "--corpus",
+                                          str(corpus), "--out", str(out), "--top-k", "8"])
+    assert result.exit_code == 0, result.output
+    assert (f"warning: 3 of 3 records got fewer than 8 negatives ({data}:1 has 7, {data}:2 has 7, {data}:3 has 7)"
+            in " ".join(result.output.split()))

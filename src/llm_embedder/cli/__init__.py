@@ -13,6 +13,7 @@ from llm_embedder.cli.app import app, arrange_commands
 from llm_embedder.io import DataError
 from llm_embedder.models import ModelChangedWarning
 from llm_embedder.tasks import UnknownTaskError
+from llm_embedder.train.mine import FewNegativesWarning
 
 arrange_commands()
 
@@ -24,7 +25,7 @@ USER_ERRORS = (
 
 
 # warnings meant for the user, printed as one line like the errors (not Python's file:line and source line)
-USER_WARNINGS = (ModelChangedWarning,)
+USER_WARNINGS = (ModelChangedWarning, FewNegativesWarning)
 
 
 def show_user_warnings() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,27 @@ def corpus_texts(path: str | Path, key_template: str | None = None) -> list[str]
     if not texts:
         raise DataError(f"{path}: empty corpus")
     return texts
+
+
+class FewNegativesWarning(UserWarning):
+    """Some records got fewer than ``top_k`` negatives: written as they are, but the user asked for more."""
+
+
+MAX_SHORT_LISTED = 5  # records named in the FewNegativesWarning; the rest are counted
+
+
+def warn_short(short: list[tuple[int, int]], total: int, data: str | Path, top_k: int, searched: int,
+               filter_answers: bool) -> None:
+    """Warn, naming them, of the records (line, negatives) that got fewer than ``top_k`` negatives: written
+    silently, they trained on fewer negatives than asked without anyone knowing."""
+    if not short:
+        return
+    listed = ", ".join(f"{data}:{line} has {count}" for line, count in short[:MAX_SHORT_LISTED])
+    more = f", and {len(short) - MAX_SHORT_LISTED} more" if len(short) > MAX_SHORT_LISTED else ""
+    left_out = "positives and answer-bearing passages" if filter_answers else "positives"
+    warnings.warn(f"{len(short)} of {total} records got fewer than {top_k} negatives ({listed}{more}): too few of "
+                  f"the {searched} passages retrieved for each were left once {left_out} were left out",
+                  FewNegativesWarning, stacklevel=4)  # at the call of mine_negatives
 
 
 MINED_FIELDS = ("neg", "neg_index", "teacher_scores")  # what mining writes anew (teacher_scores: dropped)
@@ -193,6 +215,9 @@ def _mine_negatives(
             record["neg"] = [texts[j] for j in chosen]
             record["neg_index"] = chosen
             results[i] = record
+    short = [(line, len(mined["neg"])) for (line, _), mined in zip(numbered, results, strict=True)
+             if len(mined["neg"]) < top_k]
     write_jsonl(out, results)
+    warn_short(short, len(results), data, top_k, depth, filter_answers)
     shutil.rmtree(work, ignore_errors=True)
     return len(results)
