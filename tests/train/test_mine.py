@@ -289,3 +289,55 @@ def test_records_left_with_fewer_than_top_k_negatives_are_reported(tmp_path: Pat
     assert result.exit_code == 0, result.output
     assert (f"warning: 3 of 3 records got fewer than 8 negatives ({data}:1 has 7, {data}:2 has 7, {data}:3 has 7)"
             in " ".join(result.output.split()))
+
+
+@pytest.fixture
+def statutes(tmp_path: Path) -> tuple[Path, Path]:
+    """A corpus of six statutes and a data file (written by the test)."""
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"statute {i} on topic {i % 3}"}) + "\n" for i in range(6)))
+    return corpus, tmp_path / "legal.jsonl"
+
+
+def test_mine_takes_task_files(tmp_path: Path, tiny_embedder_dir: Path, statutes: tuple[Path, Path]) -> None:
+    """mine had no --task-file: a custom task could never be mined."""
+    from typer.testing import CliRunner
+
+    from llm_embedder.cli import app
+    from llm_embedder.tasks import unregister_task
+
+    corpus, data = statutes
+    task_file = tmp_path / "tasks.yaml"
+    task_file.write_text("tasks:\n  - name: legal_file\n    query_instruction: 'Find the statute for: '\n"
+                         "    key_instruction: 'Statute: '\n")
+    data.write_text(json.dumps(GOOD | {"task": "legal_file", "pos": ["statute 1 on topic 1"]}) + "\n")
+    try:
+        result = CliRunner().invoke(app, ["mine", "--model", str(tiny_embedder_dir), "--data", str(data), "--corpus",
+                                          str(corpus), "--out", str(tmp_path / "file.jsonl"), "--top-k", "2",
+                                          "--task-file", str(task_file)])
+        assert result.exit_code == 0, result.output
+        assert [len(r["neg"]) for r in read_jsonl(tmp_path / "file.jsonl")] == [2]
+    finally:
+        unregister_task("legal_file")
+
+
+def test_mine_knows_the_tasks_a_saved_model_carries(tmp_path: Path, tiny_embedder_dir: Path,
+                                                    statutes: tuple[Path, Path]) -> None:
+    """mine looked the records' tasks up before the model loaded and registered its own: a model's own task was
+    'unknown' (as encode and index did before 977d24a)."""
+    from llm_embedder.embedder import Embedder
+    from llm_embedder.tasks import list_tasks, register_task, unregister_task
+
+    corpus, data = statutes
+    register_task(name="legal_model", query_instruction="Find the statute for: ", key_instruction="Statute: ")
+    try:
+        Embedder(tiny_embedder_dir, device="cpu").save(tmp_path / "legal_model")
+    finally:
+        unregister_task("legal_model")
+    data.write_text(json.dumps(GOOD | {"task": "legal_model", "pos": ["statute 1 on topic 1"]}) + "\n")
+    try:
+        assert "legal_model" not in list_tasks()  # only the model knows it
+        mine_negatives(str(tmp_path / "legal_model"), data, corpus, tmp_path / "model.jsonl", top_k=2, progress=False)
+        assert [len(r["neg"]) for r in read_jsonl(tmp_path / "model.jsonl")] == [2]
+    finally:
+        unregister_task("legal_model")

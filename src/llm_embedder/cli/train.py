@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from llm_embedder.cli.app import app
+from llm_embedder.cli.basic import TaskFileOption, register_task_files
 from llm_embedder.train.config import MAX_SEED
 
 
@@ -100,10 +101,12 @@ def mine_command(
     filter_answers: Annotated[bool, typer.Option("--filter-answers", help="Drop answer-bearing passages.")] = False,
     key_template: Annotated[str | None, typer.Option("--key-template", help="e.g. '{title} {text}'.")] = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu or cuda.")] = None,
+    task_file: TaskFileOption = None,
 ) -> None:
     """Mine hard negatives with a dense retriever, excluding positives (and optionally answer-bearing passages)."""
     from llm_embedder.train.mine import mine_negatives
 
+    register_task_files(task_file)  # a custom task's records can be mined (a model's own tasks: mine_negatives)
     count = mine_negatives(model, data, corpus, out, top_k=top_k, filter_answers=filter_answers,
                            key_template=key_template, device=device)
     typer.echo(f"wrote {count} records with mined negatives to {out}")

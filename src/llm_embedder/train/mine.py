@@ -161,12 +161,14 @@ def mine_negatives(
     batch_size: int = 64, progress: bool = True,
 ) -> int:
     """Write ``out``: each record of ``data`` with mined ``neg``/``neg_index``. Returns the record count."""
+    from llm_embedder.embedder import register_model_tasks
     from llm_embedder.models import check_device
 
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a whole number of at least 1, got {top_k!r}")
     check_device(device)  # before the data and corpus are read
     check_output_file(out, "--out", inputs=[data, corpus])  # before the model loads and the corpus is encoded
+    register_model_tasks(model)  # a task the model was trained with is known when the records' tasks are looked up
     # held before the work folder is checked, kept or deleted: a second run on OUT would delete this one's vectors
     with exclusive(Path(f"{out}.lock"), f"the mined negatives {out}"):
         return _mine_negatives(model, data, corpus, out, top_k=top_k, filter_answers=filter_answers,
