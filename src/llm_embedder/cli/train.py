@@ -94,7 +94,8 @@ def train_command(
 @app.command("mine")
 def mine_command(
     model: Annotated[str, typer.Option("--model", "-m", help="Embedder dir or alias used to retrieve.")],
-    data: Annotated[Path, typer.Option("--data", help="Task JSONL file (query, pos, task ...).")],
+    data: Annotated[Path, typer.Option("--data", help="Task JSONL file (query, query_id, pos, task ...), checked "
+                                       "as `data check` checks it; no chat (history) records.")],
     corpus: Annotated[Path, typer.Option("--corpus", help="Corpus JSONL ({text} or {title,text} or {contents}).")],
     out: Annotated[Path, typer.Option("--out", help="Output JSONL with mined `neg`.")],
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Negatives kept per query (100).")] = 100,
