@@ -108,7 +108,7 @@ class OnnxEncoder:
         if self.pooling == "cls":
             return hidden[:, 0]
         if self.pooling == "lasttoken":
-            return hidden[np.arange(len(hidden)), mask.sum(1) - 1]
+            return hidden[np.arange(len(hidden)), last_token_positions(mask)]
         if prompt and not self.info.get("include_prompt", True):
             mask = mask.copy()
             mask[:, : self._prompt_length(prompt)] = 0
@@ -124,3 +124,14 @@ class OnnxEncoder:
             length = len(ids) - (1 if ids and ids[-1] in self.tokenizer.all_special_ids else 0)
             self._prompt_lengths[prompt] = length
         return self._prompt_lengths[prompt]
+
+
+def last_token_positions(mask: np.ndarray) -> np.ndarray:
+    """Per row, the last position the attention mask keeps (the last column for a row it keeps none of).
+
+    As sentence-transformers pools ``lasttoken``: with a left-padding tokenizer the pads come first, so the count
+    of kept tokens minus one would point into the text (or at a pad), not at its last token.
+    """
+    kept = mask > 0
+    last = mask.shape[1] - 1 - np.argmax(kept[:, ::-1], axis=1)
+    return np.where(kept.any(axis=1), last, mask.shape[1] - 1)
