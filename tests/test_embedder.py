@@ -267,3 +267,48 @@ def test_missing_accelerator_is_named(monkeypatch):
 def test_cuda_on_a_cpu_machine_is_a_clear_error(tiny_embedder_dir):
     with pytest.raises(ValueError, match="^device 'cuda': CUDA is not available on this machine$"):
         Embedder(tiny_embedder_dir, device="cuda")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"query_max_length": -5}, "query_max_length must be a whole number of at least 1, got -5"),
+        ({"query_max_length": 0}, "query_max_length must be a whole number of at least 1, got 0"),
+        ({"key_max_length": 0}, "key_max_length must be a whole number of at least 1, got 0"),
+        ({"key_max_length": 8.5}, "key_max_length must be a whole number of at least 1, got 8.5"),
+        ({"batch_size": 0}, "batch_size must be a whole number of at least 1, got 0"),
+        ({"batch_size": -3}, "batch_size must be a whole number of at least 1, got -3"),
+        ({"batch_size": True}, "batch_size must be a whole number of at least 1, got True"),
+    ],
+)
+def test_bad_lengths_and_batch_sizes_are_refused_before_the_model_loads(tiny_embedder_dir, monkeypatch, kwargs,
+                                                                        message):
+    """A negative length failed at the first encode (OverflowError), 0 silently meant the saved length, a batch
+    size of 0 was kept until the first encode: each is refused where it is given."""
+    import sentence_transformers
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", no_loading)
+    with pytest.raises(ValueError) as err:
+        Embedder(tiny_embedder_dir, device="cpu", **kwargs)
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize("batch_size", [0, -1])
+def test_a_bad_batch_size_for_one_encode_is_refused(tiny_embedder, batch_size):
+    """``encode(..., batch_size=0)`` silently used the embedder's default."""
+    with pytest.raises(ValueError, match=f"^batch_size must be a whole number of at least 1, got {batch_size}$"):
+        tiny_embedder.encode_queries(["a text"], "qa", batch_size=batch_size)
+    assert tiny_embedder.encode_queries(["a text"], "qa", batch_size=1).shape == (1, tiny_embedder.dim)
+
+
+def test_a_max_length_beyond_the_model_positions_is_refused(tiny_embedder_dir):
+    """The tiny BERT has 512 positions: 1000 tokens failed inside the model (RuntimeError) at the first encode."""
+    for kwargs in ({"query_max_length": 1000}, {"key_max_length": 513}):
+        with pytest.raises(ValueError, match=r"more than model .* can encode: 512 positions .* give at most 512$"):
+            Embedder(tiny_embedder_dir, device="cpu", **kwargs)
+    at_limit = Embedder(tiny_embedder_dir, device="cpu", query_max_length=512, key_max_length=512)
+    assert at_limit.position_limit() == 512
+    assert at_limit.encode_keys(["word " * 600], "qa").shape == (1, at_limit.dim)

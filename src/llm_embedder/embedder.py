@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import operator
 import threading
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -41,6 +42,22 @@ def check_texts(texts: Sequence[str] | str) -> list[str]:
     return texts
 
 
+def positive_int(value: object, name: str) -> int:
+    """``value`` as an int if it is a whole number of at least 1, else a one-line ValueError naming ``name``.
+
+    Refused up front: a batch size or max length of 0 or below failed only at the first encode (or 0 silently
+    meant the default).
+    """
+    if not isinstance(value, bool):
+        try:
+            number = operator.index(value)  # an int or a numpy integer, not a float or a string
+        except TypeError:
+            number = None
+        if number is not None and number >= 1:
+            return number
+    raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+
+
 class Embedder:
     """Encode queries and keys of any registered task with its instructions.
 
@@ -74,7 +91,10 @@ class Embedder:
         self.path = resolve_embedder_path(model)
         self.name = str(model)
         self.device = check_device(device) or default_device()  # a bad or missing device fails before loading
-        self.batch_size = batch_size
+        self.batch_size = positive_int(batch_size, "batch_size")
+        for name, length in (("query_max_length", query_max_length), ("key_max_length", key_max_length)):
+            if length is not None:
+                positive_int(length, name)  # before the model loads
         self.use_instructions = use_instructions
         _register_saved_tasks(self.path)
         if backend not in BACKENDS:
@@ -119,10 +139,29 @@ class Embedder:
         self.dtype = dtype
 
     def _set_max_lengths(self, query_max_length: int | None, key_max_length: int | None) -> None:
-        # the length the model was saved with (trained at, for a model ``llm-embedder train`` wrote) by default
+        """The tokens each role keeps: the length the model was saved with (trained at, for a model ``llm-embedder
+        train`` wrote) by default; a length beyond the model's positions is refused (it failed inside the model)."""
         saved = int(self.model.max_seq_length or 512)
-        self.query_max_length = int(query_max_length or saved)
-        self.key_max_length = int(key_max_length or saved)
+        limit = self.position_limit()
+        lengths = {}
+        for name, length in (("query_max_length", query_max_length), ("key_max_length", key_max_length)):
+            lengths[name] = saved if length is None else positive_int(length, name)
+            if length is not None and limit is not None and lengths[name] > limit:
+                raise ValueError(f"max length {lengths[name]} ({name}) is more than model {self.name} can encode: "
+                                 f"{limit} positions (max_position_embeddings of its config); give at most {limit}")
+        self.query_max_length, self.key_max_length = lengths["query_max_length"], lengths["key_max_length"]
+
+    def position_limit(self) -> int | None:
+        """The most tokens the transformer has positions for (its config's ``max_position_embeddings``), or None
+        where its config has none."""
+        if self.backend == "torch":
+            config = getattr(getattr(self.model[0], "auto_model", None), "config", None)
+            limit = getattr(config, "max_position_embeddings", None)
+        else:  # an export is the model directory copied: its transformer config is at the root
+            config_file = self.path / "config.json"
+            config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+            limit = config.get("max_position_embeddings") if isinstance(config, dict) else None
+        return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
 
     @property
     def dim(self) -> int:
@@ -170,6 +209,8 @@ class Embedder:
         (so a GPU caller computes scores there without a round trip through host memory).
         """
         texts = check_texts(texts)
+        if batch_size is not None:
+            batch_size = positive_int(batch_size, "batch_size")
         prompt = self.instruction(task, role)
         if not texts:
             vectors = np.zeros((0, self.dim), dtype=np.float32)
@@ -186,7 +227,7 @@ class Embedder:
             vectors = self.model.encode(
                 texts,
                 prompt=prompt or None,
-                batch_size=batch_size or self.batch_size,
+                batch_size=self.batch_size if batch_size is None else batch_size,
                 show_progress_bar=show_progress,
                 convert_to_numpy=not convert_to_tensor,
                 convert_to_tensor=convert_to_tensor,

@@ -103,6 +103,7 @@ def test_encode_jsonl_field_from_stdin_to_stdout(tiny_embedder_dir):
         (["encode", "--field", "text"], '{"text": "ok"}\n{"text": \n', "<stdin>:2: malformed JSON"),
         (["encode", "--field", "text"], '{"text": "ok"}\n{"other": 1}\n', "<stdin>:2: missing field 'text'"),
         (["encode", "missing-file.txt"], None, "input file not found: missing-file.txt"),
+        (["encode", "--max-length", "1000"], "x\n", "give at most 512"),
     ],
 )
 def test_cli_errors_are_one_clear_line(tiny_embedder_dir, args, stdin, message):

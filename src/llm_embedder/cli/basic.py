@@ -87,7 +87,7 @@ def encode_command(
     model: ModelOption = "minilm",
     field: Annotated[str | None, typer.Option(help="JSONL field holding the text (default 'text').")] = None,
     out: Annotated[Path | None, typer.Option(help="OUT.npy or OUT.jsonl; JSONL to stdout if absent.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Texts per model batch.")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="Texts per model batch.")] = 64,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present).")] = None,
     max_length: MaxLengthOption = None,
     task_file: TaskFileOption = None,
