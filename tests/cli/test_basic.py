@@ -68,6 +68,44 @@ def test_encode_out_makes_its_folder_and_refuses_a_directory(tiny_embedder_dir, 
     assert isinstance(result.exception, FileExistsError) and lines.read_text() == '{"text": "first"}\n'
 
 
+@pytest.mark.parametrize("suffix", [".npy", ".jsonl"])
+def test_encode_out_is_replaced_only_once_written(tiny_embedder_dir, tmp_path, monkeypatch, suffix):
+    """--out was written in place: a run that died while writing left a truncated file, and the earlier good output
+    was already gone. Now a temp file is renamed over it once complete."""
+    from llm_embedder.cli import basic
+
+    source = tmp_path / "texts.txt"
+    source.write_text("first line\nsecond line\n")
+    out = tmp_path / f"vectors{suffix}"
+    args = ["encode", str(source), "--model", str(tiny_embedder_dir), "--out", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    good = out.read_bytes()
+    real_save, real_dumps = np.save, json.dumps
+    written = []  # what the dying run wrote before it died
+
+    def save_half(file, array, *args, **kwargs):  # the first bytes, then the run dies
+        handle = open(file, "wb") if isinstance(file, str | os.PathLike) else file
+        written.append(handle.write(b"\x93NUMPY"))
+        handle.flush()
+        raise KeyboardInterrupt
+
+    def dumps_once(obj, *args, **kwargs):  # the first line, then the run dies (other JSON, as loading writes, goes)
+        if isinstance(obj, dict) and "embedding" in obj:
+            if written:
+                raise KeyboardInterrupt
+            written.append(obj)
+        return real_dumps(obj, *args, **kwargs)
+
+    monkeypatch.setattr(np, "save", save_half)
+    monkeypatch.setattr(basic.json, "dumps", dumps_once)
+    result = runner.invoke(app, args)
+    monkeypatch.setattr(np, "save", real_save)
+    monkeypatch.setattr(basic.json, "dumps", real_dumps)
+    assert result.exit_code != 0 and written  # it died while writing
+    assert out.read_bytes() == good  # the earlier output stays whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["texts.txt", f"vectors{suffix}"]  # no temp file left
+
+
 def test_encode_max_length_cuts_long_texts(tiny_embedder_dir, tmp_path):
     long_text = "a long text " + " ".join(f"word{i}" for i in range(40))
     source = tmp_path / "texts.txt"

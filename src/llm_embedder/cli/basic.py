@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO
 
 import typer
 from rich.console import Console
@@ -96,7 +97,7 @@ def encode_command(
     import numpy as np
 
     from llm_embedder.embedder import Embedder, register_model_tasks
-    from llm_embedder.io import check_output_file
+    from llm_embedder.io import atomic_write, check_output_file
     from llm_embedder.tasks import get_task
 
     register_task_files(task_file)
@@ -110,15 +111,19 @@ def encode_command(
     embedder = Embedder(model, device=device, batch_size=batch_size, query_max_length=max_length,
                         key_max_length=max_length)
     vectors = embedder.encode(texts, task, role)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    if out is not None and out.suffix == ".npy":
-        np.save(out, vectors)
-    else:
-        handle = out.open("w", encoding="utf-8") if out else sys.stdout
-        for text, vector in zip(texts, vectors, strict=True):
-            handle.write(json.dumps({"text": text, "embedding": [round(float(x), 7) for x in vector]}) + "\n")
-        if out:
-            handle.close()
-    if out is not None:
-        Console(stderr=True, markup=False).print(f"wrote {len(texts)} x {embedder.dim} vectors to {out}")
+    if out is None:
+        write_embedding_lines(sys.stdout, texts, vectors)
+        return
+    # through a temp file renamed over --out: a killed run leaves no truncated file and keeps an earlier output
+    with atomic_write(out, "wb" if out.suffix == ".npy" else "w") as handle:
+        if out.suffix == ".npy":
+            np.save(handle, vectors)
+        else:
+            write_embedding_lines(handle, texts, vectors)
+    Console(stderr=True, markup=False).print(f"wrote {len(texts)} x {embedder.dim} vectors to {out}")
+
+
+def write_embedding_lines(handle: TextIO, texts: list[str], vectors: Sequence[Sequence[float]]) -> None:
+    """One JSON line per text: the text and its embedding (7 decimals)."""
+    for text, vector in zip(texts, vectors, strict=True):
+        handle.write(json.dumps({"text": text, "embedding": [round(float(x), 7) for x in vector]}) + "\n")
