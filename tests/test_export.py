@@ -146,3 +146,30 @@ def test_lasttoken_pooling_matches_torch_with_either_padding_side(tiny_embedder_
         torch_vecs = torch_embedder.encode(TEXTS, "qa", role)
         onnx_vecs = onnx_embedder.encode(TEXTS, "qa", role)
         assert np.abs(onnx_vecs - torch_vecs).max() < 1e-4
+
+
+def test_export_removes_only_a_partial_folder_it_made(tiny_embedder_dir: Path, tmp_path: Path, monkeypatch):
+    """The export is built in <out>.partial: a folder of that name that is not ours was deleted unasked."""
+    import llm_embedder.export as export_module
+
+    out = tmp_path / "model_onnx"
+    foreign = tmp_path / "model_onnx.partial"
+    foreign.mkdir()
+    (foreign / "draft.txt").write_text("someone's work")
+    with pytest.raises(FileExistsError, match="model_onnx.partial exists and is not an unfinished llm-embedder export"):
+        export_onnx(tiny_embedder_dir, out)
+    assert (foreign / "draft.txt").read_text() == "someone's work" and not out.exists()
+    shutil.rmtree(foreign)
+
+    def die(*args, **kwargs):  # the run stops while quantizing: its partial folder stays behind
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_module, "quantize_int8", die)
+    with pytest.raises(KeyboardInterrupt):
+        export_onnx(tiny_embedder_dir, out, quantize="int8")
+    assert foreign.is_dir() and not out.exists()
+    monkeypatch.undo()
+    export_onnx(tiny_embedder_dir, out, quantize="int8")  # an unfinished export of ours is replaced
+    assert not foreign.exists() and (out / ONNX_DIR / EXPORT_FILE).is_file()
+    assert not any(path.name.startswith(".llm_embedder") for path in out.rglob("*"))  # no marker in the export
+

@@ -29,6 +29,8 @@ EXPORT_FILE = "export.json"
 OPSET = 17
 OUTPUT = "last_hidden_state"
 SUPPORTED_POOLING = ("mean", "cls", "max", "lasttoken")
+PARTIAL_SUFFIX = ".partial"  # the export is built in <out>.partial, renamed to <out> once complete
+PARTIAL_MARKER = ".llm_embedder_partial_export"  # in a partial folder this tool made: only such a one is removed
 
 
 def describe_model(st_model: Any) -> dict:
@@ -81,12 +83,16 @@ def export_onnx(model: str | Path, out: str | Path, *, quantize: str | None = No
     replace = out.exists() and any(out.iterdir())
     if replace and not overwrite:
         raise ValueError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    tmp = out.with_name(out.name + PARTIAL_SUFFIX)
+    check_partial_dir(tmp)  # before the model loads
     st_model = SentenceTransformer(str(source), device="cpu", local_files_only=True)
     info = describe_model(st_model)
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
+    if tmp.exists():  # an earlier export of ours that did not finish
         shutil.rmtree(tmp)
-    shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(ONNX_DIR, "__pycache__"))
+    tmp.mkdir(parents=True)
+    (tmp / PARTIAL_MARKER).write_text("an unfinished llm-embedder export (safe to delete)\n", encoding="utf-8")
+    shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(ONNX_DIR, "__pycache__", PARTIAL_MARKER),
+                    dirs_exist_ok=True)
     onnx_dir = tmp / ONNX_DIR
     onnx_dir.mkdir()
     wrapper = _HiddenStates(st_model[0].auto_model.float().eval())
@@ -105,10 +111,21 @@ def export_onnx(model: str | Path, out: str | Path, *, quantize: str | None = No
         files["int8"] = INT8_FILE
     info["files"] = files
     (onnx_dir / EXPORT_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
+    (tmp / PARTIAL_MARKER).unlink()
     if out.exists():  # the old export goes only once the new one is complete
         shutil.rmtree(out)
     tmp.rename(out)
     return out
+
+
+def check_partial_dir(tmp: Path) -> None:
+    """Refuse a ``<out>.partial`` that this tool did not make (it has no ``PARTIAL_MARKER``): it was deleted
+    unasked to build the export in; an unfinished export of an earlier run is fine (it is replaced)."""
+    if not (tmp.exists() or tmp.is_symlink()):
+        return
+    if tmp.is_symlink() or not tmp.is_dir() or not (tmp / PARTIAL_MARKER).is_file():
+        raise FileExistsError(f"{tmp} exists and is not an unfinished llm-embedder export (the export is built "
+                              "there first); move it away or give another --out")
 
 
 def quantize_int8(src: Path, dst: Path) -> Path:
