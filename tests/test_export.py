@@ -173,3 +173,19 @@ def test_export_removes_only_a_partial_folder_it_made(tiny_embedder_dir: Path, t
     assert not foreign.exists() and (out / ONNX_DIR / EXPORT_FILE).is_file()
     assert not any(path.name.startswith(".llm_embedder") for path in out.rglob("*"))  # no marker in the export
 
+
+@pytest.mark.parametrize("given", [".", "..", "sub/.."])
+def test_export_into_the_current_folder_is_a_clear_error(tiny_embedder_dir: Path, tmp_path: Path, monkeypatch,
+                                                        given: str):
+    """--out . said "PosixPath('.') has an empty name"; an export replaces its folder, so the one this runs in (or
+    one holding it) is refused by name."""
+    here = tmp_path / "outer" / "here"  # empty, as a new folder one exports into
+    here.mkdir(parents=True)
+    if given.startswith("sub/"):
+        (here / "sub").mkdir()
+    monkeypatch.chdir(here)
+    before = sorted(tmp_path.rglob("*"))
+    result = CliRunner().invoke(app, ["export", "--model", str(tiny_embedder_dir), "--out", given])
+    assert isinstance(result.exception, ValueError)
+    assert str(result.exception).startswith(f"--out {given} is the folder this runs in, or holds it")
+    assert sorted(tmp_path.rglob("*")) == before  # nothing made or removed

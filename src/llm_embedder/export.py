@@ -72,6 +72,10 @@ def export_onnx(model: str | Path, out: str | Path, *, quantize: str | None = No
         raise ValueError(f"quantize must be 'int8' or None, got {quantize!r}")
     source = resolve_embedder_path(model)
     out = Path(out)
+    target = out.resolve()  # '.' or '..' has no name to put the partial folder beside
+    if target == Path.cwd().resolve() or target in Path.cwd().resolve().parents:
+        raise ValueError(f"--out {out} is the folder this runs in, or holds it ({target}): an export replaces its "
+                         "whole folder; give a new folder, e.g. --out model-onnx")
     if out.resolve() == source.resolve() or out.resolve() in source.resolve().parents:
         raise ValueError(f"--out {out} would replace the model directory {source} (or a folder holding it)")
     if source.resolve() in out.resolve().parents:  # its weights would count as the model's (model_version)
@@ -83,7 +87,7 @@ def export_onnx(model: str | Path, out: str | Path, *, quantize: str | None = No
     replace = out.exists() and any(out.iterdir())
     if replace and not overwrite:
         raise ValueError(f"{out} exists and is not empty; pass --overwrite to replace it")
-    tmp = out.with_name(out.name + PARTIAL_SUFFIX)
+    tmp = target.with_name(target.name + PARTIAL_SUFFIX)
     check_partial_dir(tmp)  # before the model loads
     st_model = SentenceTransformer(str(source), device="cpu", local_files_only=True)
     info = describe_model(st_model)
@@ -112,9 +116,9 @@ def export_onnx(model: str | Path, out: str | Path, *, quantize: str | None = No
     info["files"] = files
     (onnx_dir / EXPORT_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
     (tmp / PARTIAL_MARKER).unlink()
-    if out.exists():  # the old export goes only once the new one is complete
-        shutil.rmtree(out)
-    tmp.rename(out)
+    if target.exists():  # the old export goes only once the new one is complete
+        shutil.rmtree(target)
+    tmp.rename(target)
     return out
 
 
