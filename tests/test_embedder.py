@@ -312,3 +312,29 @@ def test_a_max_length_beyond_the_model_positions_is_refused(tiny_embedder_dir):
     at_limit = Embedder(tiny_embedder_dir, device="cpu", query_max_length=512, key_max_length=512)
     assert at_limit.position_limit() == 512
     assert at_limit.encode_keys(["word " * 600], "qa").shape == (1, at_limit.dim)
+
+
+def test_count_tokens_takes_what_encode_takes(tiny_embedder):
+    """No texts raised IndexError; a plain string was counted a character at a time."""
+    assert tiny_embedder.count_tokens([], "qa") == 0 and tiny_embedder.count_tokens([]) == 0
+    assert tiny_embedder.count_tokens("hello there", "qa") == tiny_embedder.count_tokens(["hello there"], "qa")
+    assert tiny_embedder.count_tokens("hello there") == len(tiny_embedder.tokenizer("hello there")["input_ids"])
+    with pytest.raises(UnknownTaskError):
+        tiny_embedder.count_tokens([], "bogus")
+
+
+@pytest.mark.parametrize(
+    ("texts", "message"),
+    [
+        ({"a": 1}, r"^texts must be a string or a list of strings, got a dict \(a dict gives its keys\); pass a list$"),
+        ({"a", "b"}, r"^texts must be a string or a list of strings, got a set \(its order is arbitrary.*pass a list$"),
+        (frozenset({"a"}), r"got a frozenset \(its order is arbitrary"),
+        ({"a": 1}.keys(), r"got a dict_keys"),
+    ],
+)
+def test_dicts_and_sets_of_texts_are_refused(tiny_embedder, texts, message):
+    """A dict was encoded as its keys, a set in an arbitrary order the vectors could not be mapped back by."""
+    with pytest.raises(TypeError, match=message):
+        tiny_embedder.encode_queries(texts, "qa")
+    with pytest.raises(TypeError, match=message):
+        tiny_embedder.count_tokens(texts, "qa")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import operator
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,9 +31,18 @@ def default_device() -> str:
 
 
 def check_texts(texts: Sequence[str] | str) -> list[str]:
-    """Validate an encode input: a string or a sequence of strings (a non-string names its index)."""
+    """Validate an encode input: a string or a sequence of strings (a non-string names its index).
+
+    A dict or a set is refused: a dict would give its keys, a set an arbitrary order that the vectors could not
+    be matched back to.
+    """
     if isinstance(texts, str):
         return [texts]
+    if isinstance(texts, Mapping | AbstractSet):
+        kind = type(texts).__name__
+        why = "its order is arbitrary, so the vectors could not be matched to the texts" if isinstance(
+            texts, AbstractSet) else "a dict gives its keys"
+        raise TypeError(f"texts must be a string or a list of strings, got a {kind} ({why}); pass a list")
     if not isinstance(texts, Sequence) and not hasattr(texts, "__iter__"):
         raise TypeError(f"texts must be a string or a list of strings, got {type(texts).__name__}")
     texts = list(texts)
@@ -237,14 +247,19 @@ class Embedder:
             return vectors.float()  # fp16 on a GPU by default: float32, as the arrays are
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
-    def count_tokens(self, texts: Sequence[str], task: str | Task | None = None, role: str = "query") -> int:
+    def count_tokens(self, texts: Sequence[str] | str, task: str | Task | None = None, role: str = "query") -> int:
         """Number of tokens the model sees for these texts as ``encode(texts, task, role)`` would: the task's
-        instruction (none without a task), the special tokens, at most the role's max length per text.
+        instruction (none without a task), the special tokens, at most the role's max length per text. Takes what
+        ``encode`` takes: a plain string is one text, no texts count 0.
 
         Thread-safe beside ``encode`` and never waiting on it: a fast tokenizer keeps its padding/truncation
         settings in shared state, so counting with the encoder's own tokenizer from another thread (the server
         does) could corrupt a batch being encoded. Each thread counts with its own copy.
         """
+        texts = check_texts(texts)
+        prompt = self.instruction(task, role) if task is not None else ""  # a bad task fails for no texts too
+        if not texts:  # the tokenizer fails on an empty batch
+            return 0
         tokenizer = getattr(self._count_local, "tokenizer", None)
         if tokenizer is None:
             import copy
@@ -253,7 +268,6 @@ class Embedder:
                 if self._count_base is None:
                     self._count_base = copy.deepcopy(self.tokenizer)
                 tokenizer = self._count_local.tokenizer = copy.deepcopy(self._count_base)
-        prompt = self.instruction(task, role) if task is not None else ""
         max_length = self.query_max_length if role == "query" else self.key_max_length
         encoded = tokenizer([prompt + t for t in texts], add_special_tokens=True, truncation=True,
                             max_length=max_length)["input_ids"]
