@@ -338,3 +338,18 @@ def test_dicts_and_sets_of_texts_are_refused(tiny_embedder, texts, message):
         tiny_embedder.encode_queries(texts, "qa")
     with pytest.raises(TypeError, match=message):
         tiny_embedder.count_tokens(texts, "qa")
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_half_precision_vectors_are_normalised_in_float32(tiny_embedder_dir, dtype):
+    """Normalised in bf16 (fp16 on a GPU) and then cast, the vectors had norms like 1.0011 and 0.9990, not the
+    L2-normalised float32 the docstring promises."""
+    texts = ["what is a planet?", "hello there", "a third, longer text about the solar system " * 5]
+    half = Embedder(tiny_embedder_dir, device="cpu", dtype=dtype)
+    for convert_to_tensor in (False, True):
+        vectors = half.encode_queries(texts, "qa", convert_to_tensor=convert_to_tensor)
+        vectors = vectors.numpy() if convert_to_tensor else vectors
+        assert vectors.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    exact = Embedder(tiny_embedder_dir, device="cpu").encode_queries(texts, "qa")
+    assert (exact * half.encode_queries(texts, "qa")).sum(axis=1).min() > 0.99  # the same vectors, in half precision

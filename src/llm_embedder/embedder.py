@@ -243,9 +243,20 @@ class Embedder:
                 convert_to_tensor=convert_to_tensor,
                 normalize_embeddings=True,
             )
+        # fp16 on a GPU by default (or bf16): float32, as the arrays are, and normalised again in float32, as the
+        # model normalised them in its own precision (norms like 1.001 in bf16)
+        renormalise = self.dtype in ("fp16", "bf16")
         if convert_to_tensor:
-            return vectors.float()  # fp16 on a GPU by default: float32, as the arrays are
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+            vectors = vectors.float()
+            if renormalise:
+                import torch
+
+                vectors = torch.nn.functional.normalize(vectors, dim=-1)
+            return vectors
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if renormalise:
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors
 
     def count_tokens(self, texts: Sequence[str] | str, task: str | Task | None = None, role: str = "query") -> int:
         """Number of tokens the model sees for these texts as ``encode(texts, task, role)`` would: the task's
