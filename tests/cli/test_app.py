@@ -36,3 +36,14 @@ def test_a_command_help_wraps_whole_paragraphs_not_the_docstring_lines():
     lines = [line for line in result.output.splitlines() if "OUT gets" in line]
     assert lines and "OUT gets embeddings.memmap" in lines[0], result.output
     assert "Streams the corpus (memory stays flat)" in text
+
+
+def test_a_flag_shows_no_value_type():
+    """typer 0.29 showed `--json <bool>`, as if `--json true` were how to give it (`true` then became a query)."""
+    result = runner.invoke(app, ["search", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    flag = next(line for line in lines if "--json " in line and "│" in line)
+    assert "<bool>" not in flag and "JSON lines instead of a table." in flag
+    assert "<path>" in next(line for line in lines if "--index" in line)  # options that take a value still show it
+    assert "<bool>" not in runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output

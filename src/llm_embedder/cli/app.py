@@ -6,7 +6,7 @@ import inspect
 
 import click
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 # ``--help`` lists the commands by stage, each in the order the data flows through it
 STAGES = {
@@ -14,6 +14,16 @@ STAGES = {
     "Use a model": ("tasks", "encode", "index", "search", "augment", "serve", "export"),
 }
 ORDER = [name for names in STAGES.values() for name in names]
+
+
+def _flag_shows_no_type(self: TyperOption, ctx: click.Context) -> str | None:
+    """typer 0.29's rich help shows a flag as taking a value (``--json <bool>``), so ``--json true`` looked right
+    and read ``true`` as the next argument; a flag takes none, and shows none."""
+    return None if self.is_flag else _option_type(self, ctx)
+
+
+_option_type = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_shows_no_type  # type: ignore[method-assign]
 
 
 class StageOrderedGroup(TyperGroup):
