@@ -129,17 +129,21 @@ def test_overwrite_replaces_only_an_export_and_nothing_goes_inside_the_model(tin
     assert not (model / "onnx_export").exists()
 
 
+@pytest.mark.parametrize("include_prompt", [True, False])
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_lasttoken_pooling_matches_torch_with_either_padding_side(tiny_embedder_dir: Path, tmp_path: Path, side: str):
+@pytest.mark.parametrize("mode", ["lasttoken", "cls", "mean"])
+def test_pooling_matches_torch_with_either_padding_side(tiny_embedder_dir: Path, tmp_path: Path, side: str,
+                                                        mode: str, include_prompt: bool):
     """A left-padding tokenizer puts the pads first: the last real token is the last position the mask keeps, not
-    ``mask.sum() - 1`` (a pad for every shorter text of the batch)."""
-    model = shutil.copytree(tiny_embedder_dir, tmp_path / "lasttoken")
+    ``mask.sum() - 1``; the first is not position 0; and the prompt a model does not pool comes after the pads."""
+    model = shutil.copytree(tiny_embedder_dir, tmp_path / mode)
     pooling = json.loads((model / "1_Pooling" / "config.json").read_text())
-    (model / "1_Pooling" / "config.json").write_text(json.dumps({**pooling, "pooling_mode": "lasttoken"}))
+    (model / "1_Pooling" / "config.json").write_text(json.dumps({**pooling, "pooling_mode": mode,
+                                                                 "include_prompt": include_prompt}))
     tokenizer = json.loads((model / "tokenizer_config.json").read_text())
     (model / "tokenizer_config.json").write_text(json.dumps({**tokenizer, "padding_side": side}))
-    out = export_onnx(model, tmp_path / "lasttoken_onnx")
-    assert json.loads((out / ONNX_DIR / EXPORT_FILE).read_text())["pooling"] == "lasttoken"
+    out = export_onnx(model, tmp_path / f"{mode}_onnx")
+    assert json.loads((out / ONNX_DIR / EXPORT_FILE).read_text())["pooling"] == mode
     torch_embedder, onnx_embedder = Embedder(out, device="cpu"), Embedder(out, backend="onnx")
     assert torch_embedder.tokenizer.padding_side == onnx_embedder.tokenizer.padding_side == side
     for role in ("query", "key"):

@@ -105,13 +105,15 @@ class OnnxEncoder:
         return self._pool(hidden, mask, prompt)
 
     def _pool(self, hidden: np.ndarray, mask: np.ndarray, prompt: str) -> np.ndarray:
-        if self.pooling == "cls":
-            return hidden[:, 0]
-        if self.pooling == "lasttoken":
-            return hidden[np.arange(len(hidden)), last_token_positions(mask)]
+        """As sentence-transformers' Pooling pools, left padding included: the prompt left out of the mask first
+        (for a model that does not pool it), then cls takes the first position the mask keeps, lasttoken the last."""
         if prompt and not self.info.get("include_prompt", True):
-            mask = mask.copy()
-            mask[:, : self._prompt_length(prompt)] = 0
+            mask = without_prompt(mask, self._prompt_length(prompt))
+        rows = np.arange(len(hidden))
+        if self.pooling == "cls":
+            return hidden[rows, np.argmax(mask > 0, axis=1)]
+        if self.pooling == "lasttoken":
+            return hidden[rows, last_token_positions(mask)] * mask.any(axis=1, keepdims=True)
         weights = mask[..., None].astype(hidden.dtype)
         if self.pooling == "max":
             return np.where(weights > 0, hidden, -1e9).max(axis=1)
@@ -124,6 +126,13 @@ class OnnxEncoder:
             length = len(ids) - (1 if ids and ids[-1] in self.tokenizer.all_special_ids else 0)
             self._prompt_lengths[prompt] = length
         return self._prompt_lengths[prompt]
+
+
+def without_prompt(mask: np.ndarray, prompt_length: int) -> np.ndarray:
+    """The mask with each row's first ``prompt_length`` kept positions dropped: the prompt's tokens, which come
+    after the pads with a left-padding tokenizer."""
+    starts = np.argmax(mask > 0, axis=1)  # a row's pads (0 without left padding)
+    return np.where(np.arange(mask.shape[1])[None, :] < (starts + prompt_length)[:, None], 0, mask)
 
 
 def last_token_positions(mask: np.ndarray) -> np.ndarray:
