@@ -75,3 +75,45 @@ def test_register_layout_for_user_task() -> None:
         Layout(query="no placeholder")
     with pytest.raises(TypeError, match="retrieved items must be strings"):
         augment("qa", "q", [3])
+
+
+def test_an_item_over_the_budget_is_left_out_and_later_ones_still_fit() -> None:
+    """It used to drop every item after the first that did not fit: the prompt lost 'Ada wrote it.' too."""
+    from llm_embedder.augment.prompt import fit_prompt
+
+    items = ["word " * 300, "Ada wrote it.", "word " * 300, "Hamlet is a play."]
+    prompt, kept = fit_prompt("qa", "who?", items, budget_tokens=50)
+    assert kept == [1, 3] and prompt == "Knowledge: Ada wrote it.\nHamlet is a play.\n\nQuestion: who?\nAnswer:"
+
+
+def test_fitting_many_items_counts_each_once_not_the_whole_list_again_and_again() -> None:
+    """300 items that do not fit were counted as whole prompts of 300, 299, ... items (a minute with a tokenizer)."""
+    from llm_embedder.augment.prompt import approximate_tokens, fit_prompt
+
+    counted: list[int] = []
+
+    def counter(text: str) -> int:
+        counted.append(len(text))
+        return approximate_tokens(text)
+
+    items = ["lorem ipsum dolor sit amet " * 40] * 300
+    prompt, kept = fit_prompt("qa", "q", items, budget_tokens=1024, tokenizer=counter)
+    assert 0 < len(kept) < 300 and approximate_tokens(prompt) <= 1024
+    assert sum(counted) < 3 * sum(len(item) for item in items)  # the old way counted ~100x that
+
+
+def test_the_estimate_without_a_tokenizer_errs_high() -> None:
+    """Words alone counted a line of Japanese as 1 token and a 500-character URL as 9: budgets were exceeded 600x."""
+    from transformers import AutoTokenizer
+
+    from llm_embedder.augment.prompt import approximate_tokens
+    from llm_embedder.demo import load_demo_corpus
+    from llm_embedder.llm.loading import resolve_llm_path
+
+    tok = AutoTokenizer.from_pretrained(str(resolve_llm_path("smollm2")))
+    english = " ".join(key for task in load_demo_corpus().values() for key in task["keys"])
+    texts = [english, "東京は日本の首都です" * 30, "https://example.com/" + "abcdefghij" * 50, "3.14159 2.71828 " * 20]
+    for text in texts:
+        real = len(tok.encode(text, add_special_tokens=False))
+        assert 0.85 * real <= approximate_tokens(text), (text[:30], real, approximate_tokens(text))
+    assert approximate_tokens(english) <= 1.5 * len(tok.encode(english, add_special_tokens=False))

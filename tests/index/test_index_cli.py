@@ -263,3 +263,23 @@ def test_a_filter_value_that_reads_as_a_number_also_matches_its_text() -> None:
 
     assert parse_filter(["code=1990", "lang=en", "flag=true", 'name="1990"']) == {
         "code": [1990, "1990"], "lang": ["en"], "flag": [True, "true"], "name": ["1990"]}
+
+
+def test_augment_lays_out_a_chunk_index_in_text_order_and_says_what_it_left_out(tiny_embedder_dir: Path,
+                                                                                 tmp_path: Path) -> None:
+    """`augment --task lrlm --index` printed the chunks in rank order (ChunkMemory.prompt keeps text order), and
+    items left out for the budget were left out silently."""
+    from llm_embedder.augment import ChunkMemory
+    from llm_embedder.embedder import Embedder
+
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]
+    memory = ChunkMemory(Embedder(tiny_embedder_dir, device="cpu"), chunk_tokens=1, index_dir=tmp_path / "cm")
+    memory.add_text(" ".join(words))
+    result = runner.invoke(app, ["augment", "pi rho", "--task", "lrlm", "--index", str(tmp_path / "cm"), "-k", "6"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "alpha beta gamma delta epsilon zetapi rho\n"  # concatenated, as the recipe does
+    result = runner.invoke(app, ["augment", "who?", "--item", "word " * 300, "--item", "Ada wrote it.", "--budget",
+                                 "50"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "Knowledge: Ada wrote it.\n\nQuestion: who?\nAnswer:\n"
+    assert "left out for the budget of 50 tokens: item(s) 1 of 2" in " ".join(result.stderr.split())

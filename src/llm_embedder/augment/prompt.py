@@ -10,6 +10,7 @@ uses ``GENERIC``; ``register_layout`` adds or replaces one.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -75,13 +76,32 @@ def get_layout(task: str) -> Layout:
 
 
 _APPROX = re.compile(r"\w+|[^\w\s]")
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+
+
+def approximate_tokens(text: str) -> int:
+    """A token count without a tokenizer, meant to err high for the BPE tokenizers of small LLMs: a punctuation
+    mark, a digit and a word of up to 7 letters are a token each, a longer word (a rare one, a compound, a URL's
+    run) one per 2.5 letters, and a CJK character two (byte-level BPE splits its UTF-8 bytes). Against SmolLM2's
+    tokenizer it reads 908 for English text of 744 tokens, 600 for 540 of Japanese and 208 for a URL of 206;
+    counting words alone read 1 for the Japanese and 9 for the URL."""
+    count = 0
+    for piece in _APPROX.findall(text):
+        if not (piece[0].isalnum() or piece[0] == "_"):
+            count += 1
+            continue
+        cjk = len(_CJK.findall(piece))
+        digits = sum(char.isdigit() for char in piece)
+        letters = len(piece) - cjk - digits
+        count += 2 * cjk + digits + ((1 if letters <= 7 else math.ceil(letters / 2.5)) if letters else 0)
+    return count
 
 
 def token_counter(tokenizer: Any = None) -> Callable[[str], int]:
     """A function text -> token count: a HF tokenizer, an object with ``count_tokens`` (``CausalLM``),
-    a callable returning a count or ids, or ``None`` for an approximation (words and punctuation marks)."""
+    a callable returning a count or ids, or ``None`` for an estimate that errs high (``approximate_tokens``)."""
     if tokenizer is None:
-        return lambda text: len(_APPROX.findall(text))
+        return approximate_tokens
     if hasattr(tokenizer, "count_tokens"):
         return lambda text: int(tokenizer.count_tokens([text])[0])
     if hasattr(tokenizer, "encode"):
@@ -111,9 +131,10 @@ def augment(
 ) -> str:
     """The LLM prompt for ``task`` with the retrieved items (best first), at most ``budget_tokens`` long.
 
-    The lowest-ranked items are dropped first until the prompt fits. ``positions`` (one per item) lets a
-    ``sequential`` layout (lrlm) restore document order. Pass the target LLM's tokenizer for exact
-    counts; without one the count is approximate. A query that alone exceeds the budget is an error.
+    Items are taken best first; one that does not fit in what the budget has left is left out, and the ones after
+    it still get their chance (a long second passage does not cost the prompt the third). ``positions`` (one per
+    item) lets a ``sequential`` layout (lrlm) restore document order. Pass the target LLM's tokenizer for exact
+    counts; without one the count is an estimate that errs high. A query that alone exceeds the budget is an error.
     """
     return fit_prompt(task, query, retrieved, budget_tokens, tokenizer, positions)[0]
 
@@ -126,7 +147,7 @@ def fit_prompt(
     tokenizer: Any = None,
     positions: Sequence[int] | None = None,
 ) -> tuple[str, int]:
-    """``augment``'s prompt and how many of the retrieved items (the best ones) it holds."""
+    """``augment``'s prompt and the indices of the retrieved items it holds, in rank order."""
     if not isinstance(query, str):
         raise TypeError(f"query must be a string, got {type(query).__name__}")
     if budget_tokens < 1:
@@ -137,18 +158,35 @@ def fit_prompt(
     layout = get_layout(task)
     count = token_counter(tokenizer)
 
-    def render(n: int) -> str:
-        kept = list(range(n))
+    def render(chosen: list[int]) -> str:
+        order = list(chosen)
         if layout.order == "reversed":
-            kept.reverse()
+            order.reverse()
         elif layout.order == "sequential" and positions is not None:
-            kept.sort(key=lambda i: positions[i])
-        return layout.render(query, [items[i] for i in kept])
+            order.sort(key=lambda i: positions[i])
+        return layout.render(query, [items[i] for i in order])
 
-    base = count(render(0))
+    base = count(render([]))
     if base > budget_tokens:
         raise ValueError(f"the query alone takes {base} tokens, over the budget of {budget_tokens}")
-    n = len(items)
-    while n > 0 and count(render(n)) > budget_tokens:
-        n -= 1
-    return render(n), n
+    kept: list[int] = []
+    used = base
+    for i, item in enumerate(items):
+        # an item longer than what is left cannot fit (counted alone: no rendering of the whole prompt, which made
+        # hundreds of items take a minute); the others are tried in the prompt, counted whole
+        if count(item) > budget_tokens - used:
+            continue
+        total = count(render([*kept, i]))
+        if total <= budget_tokens:
+            kept.append(i)
+            used = total
+    return render(kept), kept
+
+
+def hit_positions(hits: Sequence[Any]) -> list[int] | None:
+    """The source positions of retrieved hits (``metadata["position"]``, as ``ChunkMemory`` stores them), for a
+    ``sequential`` layout; None unless every hit has one."""
+    positions = [getattr(hit, "metadata", {}).get("position") for hit in hits]
+    if positions and all(isinstance(p, int) and not isinstance(p, bool) for p in positions):
+        return positions
+    return None

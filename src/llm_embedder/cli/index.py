@@ -169,7 +169,7 @@ def augment_command(
     task_file: TaskFileOption = None,
 ) -> None:
     """Print the LLM prompt for a query with retrieved items laid out as the task expects (recipe §3)."""
-    from llm_embedder.augment import augment
+    from llm_embedder.augment.prompt import fit_prompt, hit_positions
     from llm_embedder.tasks import get_task
 
     register_task_files(task_file)
@@ -184,10 +184,14 @@ def augment_command(
     if tokenizer and tokenizer != "smollm2" and not Path(tokenizer).is_dir():
         raise FileNotFoundError(f"--tokenizer {tokenizer!r} is neither a model directory nor 'smollm2'")
     items = list(item or [])
+    positions = None
     if index is not None:
         retriever = open_retriever(index, model, task)
-        items += [h.text for h in retriever.search(query, k=k)[0]]
+        hits = retriever.search(query, k=k)[0]
         retriever.close()
+        items += [h.text for h in hits]
+        # chunks of a ChunkMemory index keep their place in the text: lrlm lays them out in that order
+        positions = hit_positions(hits) if not item else None
     counter = None
     if tokenizer:
         from transformers import AutoTokenizer
@@ -198,4 +202,9 @@ def augment_command(
 
             path = str(resolve_llm_path(tokenizer))
         counter = AutoTokenizer.from_pretrained(path)
-    print(augment(task, query, items, budget_tokens=budget, tokenizer=counter))
+    prompt, kept = fit_prompt(task, query, items, budget_tokens=budget, tokenizer=counter, positions=positions)
+    if len(kept) < len(items):
+        left = ", ".join(str(i + 1) for i in range(len(items)) if i not in kept)
+        Console(stderr=True, markup=False).print(f"left out for the budget of {budget} tokens: item(s) {left} of "
+                                                 f"{len(items)}", highlight=False)
+    print(prompt)

@@ -241,7 +241,7 @@ def build_router() -> APIRouter:
     @router.post("/v1/augment", response_model=AugmentResponse, responses=ERROR_RESPONSES)
     async def augment_route(body: AugmentRequest, request: Request) -> Response:
         """Retrieve for a query and return the prompt assembled for the LLM within a token budget."""
-        from llm_embedder.augment.prompt import fit_prompt
+        from llm_embedder.augment.prompt import fit_prompt, hit_positions
 
         state = _state(request)
         if body.task is not None:
@@ -251,14 +251,15 @@ def build_router() -> APIRouter:
         check_texts([body.query], state.settings, "query")
         hits = (await search_hits(state, retriever, [body.query], body.k, body.filter))[0]
         try:
-            prompt, kept = await asyncio.to_thread(
-                fit_prompt, task, body.query, [h.text for h in hits], budget_tokens=body.budget_tokens
+            prompt, kept = await asyncio.to_thread(  # lrlm's chunks in document order, where the index has them
+                fit_prompt, task, body.query, [h.text for h in hits], budget_tokens=body.budget_tokens,
+                positions=hit_positions(hits),
             )
         except ValueError as err:  # e.g. the query alone is over the budget
             raise ApiError(400, str(err), param="budget_tokens", code="invalid_value") from None
         return JSONResponse({"object": "augmentation", "index": name, "task": task, "model": state.settings.model_id,
-                             "prompt": prompt, "hits": [hit_dict(h) for h in hits[:kept]],
-                             "dropped": len(hits) - kept})
+                             "prompt": prompt, "hits": [hit_dict(hits[i]) for i in kept],
+                             "dropped": len(hits) - len(kept)})
 
     return router
 
