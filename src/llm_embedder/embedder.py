@@ -258,10 +258,12 @@ class Embedder:
             vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return vectors
 
-    def count_tokens(self, texts: Sequence[str] | str, task: str | Task | None = None, role: str = "query") -> int:
+    def count_tokens(self, texts: Sequence[str] | str, task: str | Task | None = None, role: str = "query", *,
+                     truncate: bool = True) -> int:
         """Number of tokens the model sees for these texts as ``encode(texts, task, role)`` would: the task's
-        instruction (none without a task), the special tokens, at most the role's max length per text. Takes what
-        ``encode`` takes: a plain string is one text, no texts count 0.
+        instruction (none without a task), the special tokens, at most the role's max length per text
+        (``truncate=False``: all of each text, to tell whether the model would cut it). Takes what ``encode``
+        takes: a plain string is one text, no texts count 0.
 
         Thread-safe beside ``encode`` and never waiting on it: a fast tokenizer keeps its padding/truncation
         settings in shared state, so counting with the encoder's own tokenizer from another thread (the server
@@ -280,8 +282,8 @@ class Embedder:
                     self._count_base = copy.deepcopy(self.tokenizer)
                 tokenizer = self._count_local.tokenizer = copy.deepcopy(self._count_base)
         max_length = self.query_max_length if role == "query" else self.key_max_length
-        encoded = tokenizer([prompt + t for t in texts], add_special_tokens=True, truncation=True,
-                            max_length=max_length)["input_ids"]
+        encoded = tokenizer([prompt + t for t in texts], add_special_tokens=True, truncation=truncate,
+                            max_length=max_length if truncate else None)["input_ids"]
         return int(sum(len(ids) for ids in encoded))
 
     def save(self, path: str | Path, plain_tasks: Collection[str] = ()) -> Path:

@@ -146,6 +146,25 @@ def test_conversational_search_uses_the_whole_conversation(tiny_embedder) -> Non
     assert search.search("Q2", k=1)[0].text == docs[ranked(tiny_embedder, "convsearch", "Q2", docs)[0]]
 
 
+def test_a_long_conversation_keeps_its_latest_turns_and_the_question(tiny_embedder_dir) -> None:
+    """The embedder cuts a query at its max length from the end: after enough turns the current question was cut
+    off (every question found the same passages), and the prompt refused the query as over the budget."""
+    from llm_embedder.embedder import Embedder
+
+    embedder = Embedder(tiny_embedder_dir, device="cpu", query_max_length=32)
+    docs = ["The Eiffel Tower is 330 metres tall.", "Python was created by Guido van Rossum."]
+    search = ConversationalSearch(embedder, docs)
+    for i in range(40):
+        search.add_turn(f"question number {i} about the weather", f"answer number {i}: it is sunny")
+    query = search.query_for("Who created Python?", search._encodable)
+    assert query.endswith("answer number 39: it is sunny Who created Python?")
+    assert embedder.count_tokens([query], "convsearch", "query", truncate=False) <= 32
+    assert search.search("Who created Python?", k=1)[0].text == Retriever.build(embedder, "convsearch", docs).search(
+        query, k=1)[0][0].text  # what it searched with is the query it keeps
+    prompt = search.prompt("Who created Python?", k=2, budget_tokens=120)
+    assert prompt.endswith("Who created Python?\nAnswer:") and "question number 0 " not in prompt
+
+
 @pytest.mark.integration
 def test_real_minilm_picks_tools_and_memories(minilm) -> None:
     def convert_currency(amount: float, source: str, target: str) -> float:

@@ -15,11 +15,11 @@ import math
 import re
 import string
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from llm_embedder.augment.prompt import augment
+from llm_embedder.augment.prompt import augment, get_layout, token_counter
 from llm_embedder.retriever import Hit, Retriever, normalise_documents
 
 
@@ -200,7 +200,10 @@ def _check_template(template: str) -> None:
 class ConversationalSearch(_Store):
     """Search passages with the whole conversation as the query (task ``convsearch``).
 
-    The query is the previous questions and answers joined by spaces, the current question last.
+    The query is the previous questions and answers joined by spaces, the current question last. A long
+    conversation keeps its most recent part: what the embedder can encode (it cuts a query at its max length, from
+    the end, which would cut the current question), and in a prompt at most half the budget (the rest is for the
+    passages).
     """
 
     task = "convsearch"
@@ -222,11 +225,27 @@ class ConversationalSearch(_Store):
     def reset(self) -> None:
         self.history.clear()
 
-    def query_for(self, question: str) -> str:
-        return " ".join([*self.history, question])
+    def query_for(self, question: str, fits: Callable[[str], bool] | None = None) -> str:
+        """The conversation as one query, the current question last; with ``fits``, the oldest turns are left out
+        until it fits (the question itself always stays)."""
+        start = 0
+        while fits is not None and start < len(self.history) and not fits(" ".join([*self.history[start:], question])):
+            start += 1
+        return " ".join([*self.history[start:], question])
+
+    def _encodable(self, query: str) -> bool:
+        """Whether the embedder keeps all of ``query`` (an embedder that cannot count is trusted)."""
+        embedder = self.retriever.embedder
+        limit = getattr(embedder, "query_max_length", None)
+        if limit is None or not hasattr(embedder, "count_tokens"):
+            return True
+        return embedder.count_tokens([query], self.task, "query", truncate=False) <= limit
 
     def search(self, question: str, k: int = 3) -> list[Hit]:
-        return self._search(self.query_for(question), k)
+        return self._search(self.query_for(question, self._encodable), k)
 
     def prompt(self, question: str, k: int = 3, budget_tokens: int = 1024, tokenizer: Any = None) -> str:
-        return augment(self.task, self.query_for(question), self.search(question, k), budget_tokens, tokenizer)
+        count = token_counter(tokenizer)
+        layout = get_layout(self.task)
+        query = self.query_for(question, lambda text: count(layout.render(text, [])) <= budget_tokens // 2)
+        return augment(self.task, query, self.search(question, k), budget_tokens, tokenizer)
