@@ -220,3 +220,23 @@ def test_training_files_are_found_in_a_moved_run(tmp_path):
     assert locate_training_files(recorded, run) == [
         str(run / "train" / "qa" / "train.abc.jsonl"), str(kept), "runs/demo/train/icl/train.gone.jsonl"
     ]
+
+
+def test_the_demo_s_rows_are_shared_only_with_an_evaluation_under_its_settings(tmp_path):
+    """ablate copied the demo's unified and base rows whatever they were measured under: with another LLM, or a
+    dev run's other query count, the table compared rows measured two ways."""
+    from llm_embedder.ablations import seed_shared_results
+    from llm_embedder.evaluate.run import RESULTS_FILE, SETTINGS_FILE
+
+    demo, out = tmp_path / "eval", tmp_path / "ablations"
+    demo.mkdir()
+    (demo / SETTINGS_FILE).write_text(json.dumps({"llm": "smollm2", "max_queries": 60}))
+    (demo / RESULTS_FILE).write_text(json.dumps({"tool": {"unified": {"ndcg@5": 0.5}, "bm25": {"ndcg@5": 0.4}}}))
+    seed_shared_results(demo, out)  # a new ablation cache: the rows come with the settings they were measured under
+    assert json.loads((out / RESULTS_FILE).read_text()) == {"tool": {"unified": {"ndcg@5": 0.5}}}
+    assert json.loads((out / SETTINGS_FILE).read_text()) == {"llm": "smollm2", "max_queries": 60}
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / SETTINGS_FILE).write_text(json.dumps({"llm": "tinylm2", "max_queries": 60}))
+    seed_shared_results(demo, other)  # an ablation cache measured with another LLM gets nothing
+    assert not (other / RESULTS_FILE).exists()

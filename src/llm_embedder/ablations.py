@@ -139,10 +139,26 @@ def drop_stale_results(out: Path, pipeline_cfg: dict[str, Any]) -> bool:
 
 
 def seed_shared_results(demo_eval: Path, out: Path) -> None:
-    """Copy the demo's own results (metrics and per-query values) for the unified and base models (same
-    settings) into the ablation cache."""
-    from llm_embedder.evaluate.run import PER_QUERY_FILE, RESULTS_FILE, load_results, save_results
+    """Copy the demo's own results (metrics and per-query values) for the unified and base models into the
+    ablation cache, with the settings they were measured under: the evaluation then keeps them only if it runs
+    under the same ones (another LLM, split or query count measures every row anew). An ablation cache measured
+    under other settings than the demo's gets nothing: its rows and the demo's would not compare."""
+    from llm_embedder.evaluate.run import PER_QUERY_FILE, RESULTS_FILE, SETTINGS_FILE, load_results, save_results
 
+    demo_settings, ours = demo_eval / SETTINGS_FILE, out / SETTINGS_FILE
+    if not demo_settings.is_file():
+        return
+    measured = json.loads(demo_settings.read_text(encoding="utf-8"))
+    if ours.is_file():
+        try:
+            if json.loads(ours.read_text(encoding="utf-8")) != measured:
+                return
+        except json.JSONDecodeError:
+            return
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_write(ours) as handle:
+            json.dump(measured, handle, indent=2)
     for name in (RESULTS_FILE, PER_QUERY_FILE):
         demo = load_results(demo_eval, name) if demo_eval.is_dir() else {}
         results = load_results(out, name)
