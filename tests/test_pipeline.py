@@ -211,6 +211,18 @@ def test_pipeline_runs_end_to_end_and_resumes(tiny_embedder_dir, tiny_lm_dir, tm
                         cfg=TINY.with_overrides({"train_seeds": "2"}))
     assert "stale" not in torn["qa"]["unified (seed 1)"] and torn["tool"] == two["tool"]
     assert json.loads((out / "eval" / "models.json").read_text())["unified (seed 1)"] is not None
+    # the base rows follow the base model: measured with another one (another --base under the same row names),
+    # they are measured again, while the trained models' results stay cached
+    versions = json.loads((out / "eval" / "versions.json").read_text())
+    versions["qa"]["base (instructions)"] = [["model.safetensors", 1, 1]]
+    (out / "eval" / "versions.json").write_text(json.dumps(versions))
+    sentinel = json.loads((out / "eval" / "results.json").read_text())
+    for name in ("base (instructions)", "unified"):
+        sentinel["qa"][name]["stale"] = 1.0
+    (out / "eval" / "results.json").write_text(json.dumps(sentinel))
+    rebased = run_pipeline(out, base=str(tiny_embedder_dir), llm=str(tiny_lm_dir), console=Console(record=True),
+                           cfg=TINY.with_overrides({"train_seeds": "2"}))
+    assert "stale" not in rebased["qa"]["base (instructions)"] and rebased["qa"]["unified"]["stale"] == 1.0
 
     dev = Console(record=True, width=200)
     dev_results = run_pipeline(out, base=str(tiny_embedder_dir), llm=str(tiny_lm_dir), console=dev,

@@ -475,7 +475,7 @@ class Pipeline:
         ``task-specific`` (suffixed `` (seed N)`` for a further seed); the report holds this run's systems."""
         from llm_embedder.evaluate import run_evaluation, write_report
         from llm_embedder.evaluate.rankers import dense_systems
-        from llm_embedder.evaluate.run import forget_systems
+        from llm_embedder.evaluate.run import forget_systems, system_versions
 
         self.step(f"4/5 evaluation with the LLM in the loop ({self.cfg.split} split)")
         suffixes = self.training_seeds()
@@ -516,6 +516,8 @@ class Pipeline:
             max_candidates=self.cfg.max_candidates, generate=self.cfg.generate,
             prompt_items=prompt_items(vars(self.cfg)), embed_fast=self.cfg.embed_fast,
             embed_max_length=self.cfg.max_length, gold=self.cfg.gold, teacher=self.cfg.teacher,
+            # the base rows follow the base model (another --base, or one replaced in place, measures them anew)
+            versions=system_versions({}, str(self.base), tasks),
             # what this run did not ask for (a further seed's results, a reference row, a system someone evaluated
             # into this folder) stays cached, out of its report and verdict
             cached_others=False,

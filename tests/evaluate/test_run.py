@@ -61,7 +61,7 @@ def test_load_task_data_shapes(suite):
 
 def test_bad_gold_index_names_file_and_line(suite):
     write_jsonl(suite / "qa" / "test.jsonl", [{"query": "q", "pos_index": [7], "answers": ["a"]}])
-    with pytest.raises(DataError, match=r"test.jsonl:1: field 'pos_index'"):
+    with pytest.raises(DataError, match=r"test.jsonl:1:pos_index: index 7 out of corpus range"):
         load_task_data(suite, "qa")
 
 
@@ -368,10 +368,10 @@ def test_the_split_is_validated_as_training_data_is(suite):
     """A typo'd task, an empty query or an empty file is refused with its file and line, not evaluated."""
     good = {"query": "capital of France", "answers": ["Paris"], "pos_index": [1], "task": "qa", "query_id": 0}
     write_jsonl(suite / "qa" / "test.jsonl", [good, {**good, "query_id": 1, "task": "qaa"}])
-    with pytest.raises(DataError, match=r"test.jsonl:2: field 'task' is 'qaa', but the file is 'qa'"):
+    with pytest.raises(DataError, match=r"test.jsonl:2:task: unknown task 'qaa'"):
         load_task_data(suite, "qa")
     write_jsonl(suite / "qa" / "test.jsonl", [good, {**good, "query_id": 1, "query": ""}])
-    with pytest.raises(DataError, match=r"test.jsonl:2: field 'query' must be a non-empty string"):
+    with pytest.raises(DataError, match=r"test.jsonl:2:query: empty query"):
         load_task_data(suite, "qa")
     (suite / "qa" / "test.jsonl").write_text("")
     with pytest.raises(DataError, match=r"test.jsonl: no records"):
@@ -405,3 +405,55 @@ def test_a_result_measured_with_another_model_version_is_measured_again(suite, t
     # results of unknown provenance (no version recorded for them) are measured again too
     (out / "versions.json").unlink()
     assert evaluate({"qa": right, "chat": [[0, 1]]}, "v3")["chat"]["m"]["ndcg@1"] == 0.0
+
+
+def test_results_measured_on_other_data_are_measured_again(suite, tmp_path):
+    """A suite rebuilt in place (another seed) kept its cached rows: the demo compared models measured on
+    different queries. A task's data is known by content; a task whose data is unchanged keeps its results."""
+    lm = ContainsAnswerLM()
+    out = tmp_path / "eval"
+    run_evaluation(suite, ["qa", "chat"], {}, out, lm=lm, generate=False)
+    calls = lm.calls
+    run_evaluation(suite, ["qa", "chat"], {}, out, lm=lm, generate=False)
+    assert lm.calls == calls  # the same data: read from the cache
+    records = [json.loads(line) for line in (suite / "qa" / "test.jsonl").read_text().splitlines()]
+    records[0]["query"] = "which planet is the largest"
+    write_jsonl(suite / "qa" / "test.jsonl", records)
+    lm.prompts.clear()
+    run_evaluation(suite, ["qa", "chat"], {}, out, lm=lm, generate=False)
+    assert any("which planet is the largest" in p for p in lm.prompts)  # qa measured again
+    assert not any("What colour is my car?" in p for p in lm.prompts)  # chat kept
+
+
+def test_a_system_named_like_a_baseline_or_base_row_is_refused(suite, tmp_path, tiny_embedder_dir):
+    """`--model bm25=PATH` was never evaluated (the bm25 baseline's row stood in for it); a model named like a base
+    row replaced that row."""
+    from llm_embedder.evaluate.rankers import dense_systems
+
+    with pytest.raises(ValueError, match="a system is named 'bm25', the name of a baseline row"):
+        run_evaluation(suite, ["qa"], {"bm25": lambda t: FixedRanker("bm25", [[0, 1, 2]] * 2)}, tmp_path / "e")
+    with pytest.raises(ValueError, match="a model is named 'base \\(instructions\\)', the name of a base model row"):
+        dense_systems({"base (instructions)": str(tiny_embedder_dir)}, "minilm", "cpu")
+
+
+def test_a_damaged_cache_file_is_named_or_measured_anew(suite, tmp_path):
+    lm = ContainsAnswerLM()
+    out = tmp_path / "eval"
+    run_evaluation(suite, ["qa"], {}, out, lm=lm, generate=False)
+    (out / "settings.json").write_text("")  # a kill while it was written
+    calls = lm.calls
+    run_evaluation(suite, ["qa"], {}, out, lm=lm, generate=False)
+    assert lm.calls > calls  # settings unknown: measured again, not an error on every run
+    (out / "results.json").write_text("[1, 2]")
+    with pytest.raises(DataError, match=r"results.json: not a results cache"):
+        run_evaluation(suite, ["qa"], {}, out, lm=lm, generate=False)
+
+
+def test_a_split_that_fails_data_check_is_refused_with_every_problem(suite):
+    records = [json.loads(line) for line in (suite / "qa" / "test.jsonl").read_text().splitlines()]
+    records[0]["answers"] = [5]
+    records[1]["pos_index"] = [999]
+    write_jsonl(suite / "qa" / "test.jsonl", records)
+    with pytest.raises(DataError, match=r"2 problem\(s\)") as err:
+        load_task_data(suite, "qa")
+    assert "test.jsonl:1:answers" in str(err.value) and "test.jsonl:2:pos_index" in str(err.value)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -36,20 +36,6 @@ def parse_prompt_items(specs: list[str]) -> dict[str, int]:
             raise ValueError(f"--prompt-items {spec!r}: expected TASK=N with N a whole number") from None
     check_prompt_items(items, label="--prompt-items")
     return items
-
-
-def system_versions(models: dict[str, str], base: str | None, tasks: list[str]) -> dict[str, dict[str, Any]]:
-    """System -> task -> its model's version (``model_version``), so that a model retrained in place since the
-    results in ``--out`` were measured is measured again rather than reported from the cache."""
-    from llm_embedder.models import model_version
-
-    paths = dict(models)
-    if base:
-        paths.update({"base (no instructions)": base, "base (instructions)": base})
-    seen: dict[str, Any] = {}
-    for path in {path.replace("{task}", task) for path in paths.values() for task in tasks}:
-        seen[path] = model_version(path)
-    return {name: {task: seen[path.replace("{task}", task)] for task in tasks} for name, path in paths.items()}
 
 
 @app.command("evaluate")
@@ -91,7 +77,7 @@ def evaluate_command(
 
     from llm_embedder.evaluate import run_evaluation, write_report
     from llm_embedder.evaluate.rankers import dense_systems
-    from llm_embedder.evaluate.run import PER_QUERY_FILE, RESULTS_FILE, SETTINGS_FILE
+    from llm_embedder.evaluate.run import PER_QUERY_FILE, RESULTS_FILE, SETTINGS_FILE, system_versions
     from llm_embedder.io import check_output_dir
     from llm_embedder.models import check_device
     from llm_embedder.tasks import get_task

@@ -239,5 +239,8 @@ def dense_systems(
     if base:
         systems["base (no instructions)"] = ranker(base, instructions=False)
         systems["base (instructions)"] = ranker(base)
+    taken = [name for name in models if name in systems]
+    if taken:  # it silently replaced the base model's row
+        raise ValueError(f"a model is named {taken[0]!r}, the name of a base model row: rename it")
     systems.update({name: ranker(path, instructions=name not in plain) for name, path in models.items()})
     return systems

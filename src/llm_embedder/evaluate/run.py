@@ -11,6 +11,7 @@ a model retrained in place is measured again rather than reported from the cache
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -31,13 +32,23 @@ from llm_embedder.evaluate.rankers import (
     RecencyRanker,
     TeacherRanker,
 )
-from llm_embedder.io import LOCK_FILE, DataError, as_recorded, exclusive, read_jsonl
+from llm_embedder.io import (
+    LOCK_FILE,
+    DataError,
+    as_recorded,
+    atomic_write,
+    exclusive,
+    file_sha256,
+    iter_jsonl,
+    read_jsonl,
+)
 from llm_embedder.progress import LoggedProgress
 
 RESULTS_FILE = "results.json"
 PER_QUERY_FILE = "per_query.json"
 SETTINGS_FILE = "settings.json"
 VERSIONS_FILE = "versions.json"  # task -> system -> the model version its cached results were measured with
+DATA_VERSIONS_FILE = "data_versions.json"  # task -> {"sha256": the data its cached results were measured on}
 RETRIEVAL_DEPTH = 10
 
 
@@ -100,6 +111,27 @@ def recent_window(candidates: list[str], gold: list[int], size: int) -> tuple[li
     return [candidates[i] for i in keep], [new_id[g] for g in gold if g in new_id]
 
 
+def check_split(path: Path, task: str) -> None:
+    """Refuse an evaluation split that data check would refuse, naming every problem (a number in ``answers``
+    failed deep in the LLM pass, a ``pos_index`` out of range or an empty history turn was scored silently). What
+    only training needs may be missing: ``pos`` and ``neg`` (the labels are ``pos_index``), ``query_id``, and
+    ``task`` (the folder's)."""
+    from llm_embedder.data.validate import corpus_size_of, raise_problems, validate_records
+
+    corpus = path.parent / "corpus.jsonl"
+    views = []
+    for line_no, record in iter_jsonl(path):
+        view = dict(record)
+        if "history" not in view:
+            view.setdefault("pos", [])
+            view.setdefault("neg", [])
+        view.setdefault("query_id", 10**15 + line_no)  # not a record's own id: no clash with those given
+        view.setdefault("task", task)
+        views.append((line_no, view))
+    raise_problems(validate_records(views, str(path), corpus_size_of(corpus) if corpus.is_file() else None),
+                   str(path))
+
+
 def load_task_data(
     data_dir: str | Path, task: str, split: str = "test", max_queries: int | None = None,
     max_corpus: int | None = None, max_candidates: int | None = None,
@@ -115,6 +147,7 @@ def load_task_data(
     path = task_dir / f"{split}.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"no {split} split for task {task!r}: {path} (run `llm-embedder data build`)")
+    check_split(path, task)
     records = read_jsonl(path)[:max_queries]
     if not records:
         raise DataError(f"{path}: no records")
@@ -221,14 +254,22 @@ def per_query_gap(
 
 
 def load_results(out_dir: Path, name: str = RESULTS_FILE) -> dict[str, dict[str, Any]]:
-    """task -> system -> metrics (``results.json``), or -> per-query values (``name=PER_QUERY_FILE``)."""
+    """task -> system -> metrics (``results.json``), or -> per-query values (``name=PER_QUERY_FILE``); a cache
+    file that is not such a mapping (cut short, or edited) is refused, naming it."""
     path = out_dir / name
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not a results cache ({err}); delete it to measure again") from None
+    if not isinstance(results, dict) or not all(isinstance(v, dict) for v in results.values()):
+        raise DataError(f"{path}: not a results cache (expected task -> system -> values); delete it to measure "
+                        "again")
+    return results
 
 
 def save_results(out_dir: Path, results: dict, name: str = RESULTS_FILE) -> None:
-    from llm_embedder.io import atomic_write
-
     with atomic_write(out_dir / name) as handle:
         json.dump(results, handle, indent=2, sort_keys=True)
 
@@ -258,6 +299,42 @@ def forget_other_versions(out_dir: Path, versions: dict[str, dict[str, Any]]) ->
         for task, version in by_task.items():
             stored.setdefault(task, {})[system] = version
     save_results(out_dir, stored, VERSIONS_FILE)
+
+
+def data_version(data_dir: str | Path, task: str, split: str) -> str:
+    """What a task's evaluation data is, by content: the SHA-256 of its split file and its corpus (where it has
+    one). Results measured on other data (a suite rebuilt with another seed, in place) are measured again."""
+    digest = hashlib.sha256()
+    for path in (Path(data_dir) / task / f"{split}.jsonl", Path(data_dir) / task / "corpus.jsonl"):
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0")
+            digest.update(file_sha256(path).encode())
+    return digest.hexdigest()
+
+
+def forget_other_data(out_dir: Path, data_dir: str | Path, tasks: Sequence[str], split: str) -> None:
+    """Drop the cached results of each task whose data changed since they were measured (``data_version``); a
+    task measured before the data was recorded keeps its results (as other settings recorded later are kept)."""
+    stored = load_results(out_dir, DATA_VERSIONS_FILE)
+    current = {task: {"sha256": data_version(data_dir, task, split)} for task in tasks}
+    changed = {task for task, version in current.items() if stored.get(task, version) != version}
+    if changed:
+        drop_results(out_dir, lambda task, system: task in changed)
+    save_results(out_dir, {**stored, **current}, DATA_VERSIONS_FILE)
+
+
+def system_versions(models: dict[str, str], base: str | None, tasks: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """System -> task -> its model's version (``model_version``), so that a model retrained in place (or another
+    base model under the same row names) since the cached results were measured is measured again."""
+    from llm_embedder.models import model_version
+
+    paths = dict(models)
+    if base:
+        paths.update({"base (no instructions)": base, "base (instructions)": base})
+    seen: dict[str, Any] = {}
+    for path in {path.replace("{task}", task) for path in paths.values() for task in tasks}:
+        seen[path] = model_version(path)
+    return {name: {task: seen[path.replace("{task}", task)] for task in tasks} for name, path in paths.items()}
 
 
 def check_prompt_items(prompt_items: dict[str, int], label: str = "prompt_items") -> None:
@@ -312,6 +389,10 @@ def run_evaluation(
     for asked, row in ((gold, GoldRanker.name), (teacher, TeacherRanker.name)):
         if asked and row in systems:
             raise ValueError(f"a system is named {row!r}, the name of the {row} row: rename it")
+    baseline_rows = [r.name for r in (NoRetrieval, RandomRanker, BM25Ranker, RecencyRanker)]
+    taken = [name for name in systems if baselines and name in baseline_rows]
+    if taken:  # it was never evaluated: the baseline's cached row stood in for it
+        raise ValueError(f"a system is named {taken[0]!r}, the name of a baseline row: rename it")
     if teacher and lm is None:
         raise ValueError("the teacher row needs the LLM (lm)")
     out_dir = Path(out_dir)
@@ -338,13 +419,18 @@ def run_evaluation(
         if getattr(lm, "version", None) is not None:  # an LLM fine-tuned in place measures anew
             settings["llm_version"] = lm.version
         settings_file = out_dir / SETTINGS_FILE
-        stored = json.loads(settings_file.read_text(encoding="utf-8")) if settings_file.exists() else settings
+        try:
+            stored = json.loads(settings_file.read_text(encoding="utf-8")) if settings_file.exists() else settings
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            stored = None  # cut short by a kill while written: the results' settings are unknown, measure anew
         # settings written by earlier versions held the data's absolute path, and no llm_version
         same = as_recorded(settings, stored, ("llm_version",))
         if stored not in (same, {**same, "data": str(data_path)}):
             save_results(out_dir, {})  # measured under other settings: start over rather than mix them
             save_results(out_dir, {}, PER_QUERY_FILE)
-        settings_file.write_text(json.dumps(settings, indent=2), encoding="utf-8")
+        with atomic_write(settings_file) as handle:
+            json.dump(settings, handle, indent=2)
+        forget_other_data(out_dir, data_dir, tasks, split)
         if versions:
             forget_other_versions(out_dir, versions)
         results = load_results(out_dir)
