@@ -245,6 +245,14 @@ def test_a_document_json_cannot_store_is_refused_before_anything_is_written(tiny
                         out_dir=tmp_path / "idx2")
 
 
+def test_a_reopened_hnsw_index_names_its_factory(tiny_embedder, tmp_path: Path) -> None:
+    """Documents without fields leave no FAISS sidecar, so the reopened index named its factory '?' in the delete
+    error; meta.json records it."""
+    Retriever.build(tiny_embedder, "qa", ["Cats purr.", "Dogs bark."], out_dir=tmp_path / "idx", factory="HNSW8")
+    with pytest.raises(ValueError, match=r"^the FAISS factory 'HNSW8' does not support delete"):
+        Retriever.load(tmp_path / "idx", tiny_embedder).delete([0])
+
+
 OTHER_DOCS = ["Quantum physics studies matter at small scales.", "Rivers flow to the sea.", "Bread is baked."]
 
 

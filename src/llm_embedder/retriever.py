@@ -185,7 +185,7 @@ class Retriever:
 
             index: VectorIndex = MilvusIndex.load(index_dir / MILVUS_FILE)
         else:
-            index = FaissIndex.load(index_dir / FAISS_FILE)
+            index = FaissIndex.load(index_dir / FAISS_FILE, factory=meta.get("factory"))
         if index.dim != dim:
             raise IndexFormatError(f"{index_dir}: index has dimension {index.dim}, meta.json says {dim}")
         docs = DocStore(index_dir)

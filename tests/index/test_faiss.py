@@ -47,6 +47,18 @@ def test_hnsw_delete_is_a_clear_error() -> None:
     assert index.count == 5
 
 
+def test_a_loaded_index_names_its_factory_or_its_faiss_class(tmp_path: Path) -> None:
+    """Without metadata no sidecar records the factory: the delete error named it '?'. Now it names the factory the
+    caller gives load (an index directory's meta.json), else the FAISS class."""
+    index = FaissIndex(DIM, "HNSW8")
+    index.add(range(3), unit(3))
+    index.save(tmp_path / "index.faiss")
+    with pytest.raises(ValueError, match=r"^the FAISS factory 'HNSW8' does not support delete"):
+        FaissIndex.load(tmp_path / "index.faiss", factory="HNSW8").delete([1])
+    with pytest.raises(ValueError, match=r"^the FAISS index IndexHNSWFlat does not support delete"):
+        FaissIndex.load(tmp_path / "index.faiss").delete([1])
+
+
 def test_failed_save_keeps_previous_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "index.faiss"
     index = FaissIndex(DIM)

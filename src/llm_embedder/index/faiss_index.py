@@ -96,6 +96,14 @@ class FaissIndex:
         """Which of ``ids`` the index holds, sorted."""
         return np.intersect1d(np.asarray(ids, dtype=np.int64), self.ids()).tolist()
 
+    @property
+    def kind(self) -> str:
+        """The index in words for messages: its factory string, or where that is unknown (an index file read
+        without it) the FAISS class of the inner index, e.g. ``index IndexHNSWFlat``."""
+        if self.factory != "?":
+            return f"factory {self.factory!r}"
+        return f"index {type(self._inner()).__name__}"
+
     def _inner(self):
         return faiss.downcast_index(self.index.index) if hasattr(self.index, "index") else self.index
 
@@ -159,9 +167,7 @@ class FaissIndex:
         try:
             removed = int(self.index.remove_ids(faiss.IDSelectorBatch(id_array)))
         except RuntimeError:
-            raise ValueError(
-                f"the FAISS factory {self.factory!r} does not support delete; use Flat or IVF, or rebuild"
-            ) from None
+            raise ValueError(f"the FAISS {self.kind} does not support delete; use Flat or IVF, or rebuild") from None
         for id_ in id_array.tolist():
             self.metadata.pop(id_, None)
         return removed
@@ -235,8 +241,11 @@ class FaissIndex:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> FaissIndex:
-        """Read an index written by ``save``; a missing, truncated or corrupt file is an IndexFormatError."""
+    def load(cls, path: str | Path, factory: str | None = None) -> FaissIndex:
+        """Read an index written by ``save``; a missing, truncated or corrupt file is an IndexFormatError.
+
+        ``factory``: the factory string it was built with, where the caller knows it (an index directory's
+        meta.json); the sidecar, written only with metadata, records it too. Messages name it."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"FAISS index file not found: {path}")
@@ -249,13 +258,13 @@ class FaissIndex:
         self = cls.__new__(cls)
         self.index = index
         self.path = path
-        self.factory = "?"
+        self.factory = factory or "?"
         self.metadata = {}
         sidecar = Path(f"{path}.meta.json")
         if sidecar.exists():
             try:
                 payload = json.loads(sidecar.read_text(encoding="utf-8"))
-                self.factory = payload.get("factory", "?")
+                self.factory = payload.get("factory", self.factory)
                 self.metadata = {int(k): v for k, v in payload["metadata"].items()}
                 checksum = payload["ids_checksum"]
             except (json.JSONDecodeError, KeyError, ValueError, AttributeError) as err:
