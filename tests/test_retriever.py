@@ -245,6 +245,23 @@ def test_a_document_json_cannot_store_is_refused_before_anything_is_written(tiny
                         out_dir=tmp_path / "idx2")
 
 
+def test_a_string_of_documents_is_refused_a_path_is_a_jsonl_file(tiny_embedder, tmp_path: Path) -> None:
+    """A plain string was read as a JSONL path: a document was "file not found", a file name indexed that file."""
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text('{"text": "Cats purr."}\n{"text": "Dogs bark."}\n')
+    refused = r"documents is a string \('Paris is the capital of France.'\); pass a list of documents, e.g. \['Paris"
+    with pytest.raises(TypeError, match=refused):
+        Retriever.build(tiny_embedder, "qa", "Paris is the capital of France.")
+    with pytest.raises(TypeError, match=refused):
+        Retriever.build(tiny_embedder, "qa", "Paris is the capital of France.", out_dir=tmp_path / "idx")
+    assert not (tmp_path / "idx").exists()
+    retriever = Retriever.build(tiny_embedder, "qa", facts)  # a Path is a JSONL file, as before
+    assert sorted(h.text for h in retriever.search("x", k=5)[0]) == ["Cats purr.", "Dogs bark."]
+    with pytest.raises(TypeError, match=r"documents is a string \('/.*'\); pass a list of .* or a Path for a JSONL"):
+        retriever.add(str(facts))
+    assert len(retriever) == 2
+
+
 def test_a_reopened_hnsw_index_names_its_factory(tiny_embedder, tmp_path: Path) -> None:
     """Documents without fields leave no FAISS sidecar, so the reopened index named its factory '?' in the delete
     error; meta.json records it."""

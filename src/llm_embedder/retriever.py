@@ -96,8 +96,17 @@ def _read_offsets(path: Path) -> np.ndarray:
     return np.memmap(path, dtype=np.int64, mode="r")
 
 
-def normalise_documents(documents: Sequence[str | dict]) -> list[dict]:
-    """Documents as dicts with a string ``text`` that is not empty nor only whitespace (errors name the position)."""
+def normalise_documents(documents: Sequence[str | dict] | Path) -> list[dict]:
+    """Documents as dicts with a string ``text`` that is not empty nor only whitespace (errors name the position).
+
+    ``documents`` is a list (any iterable) of strings or dicts, or a ``Path`` of a JSONL file. A plain string is
+    refused: read as a file path, a document was "file not found", and a file name given as a document indexed
+    that file.
+    """
+    if isinstance(documents, str):
+        shown = documents if len(documents) <= 40 else documents[:37] + "..."
+        raise TypeError(f"documents is a string ({shown!r}); pass a list of documents, e.g. [{shown!r}], or a Path "
+                        "for a JSONL file")
     docs = []
     for where, record in iter_records(documents):
         if not isinstance(record.get("text"), str):
@@ -132,10 +141,11 @@ class Retriever:
 
     @classmethod
     def build(
-        cls, embedder: Any, task: str, documents: Sequence[str | dict] = (), out_dir: str | Path | None = None,
+        cls, embedder: Any, task: str, documents: Sequence[str | dict] | Path = (), out_dir: str | Path | None = None,
         factory: str = "Flat", backend: str = "faiss", batch_size: int = 64,
     ) -> Retriever:
-        """Encode ``documents`` (strings or dicts with ``text``) for ``task`` and index them."""
+        """Encode ``documents`` (a list of strings or of dicts with ``text``, or a ``Path`` of a JSONL file) for
+        ``task`` and index them."""
         from llm_embedder.index.faiss_index import FaissIndex
         from llm_embedder.tasks import get_task
 
@@ -235,9 +245,9 @@ class Retriever:
                 f"{kept}; build it with --filter-field {missing[0]} (Python: filter_fields=[{missing[0]!r}])"
             )
 
-    def add(self, documents: Sequence[str | dict]) -> list[int]:
-        """Encode and index more documents; returns their ids (saved at once for an index directory, whose
-        embeddings file grows with them, so it keeps one row per document)."""
+    def add(self, documents: Sequence[str | dict] | Path) -> list[int]:
+        """Encode and index more documents (as ``build`` takes them); returns their ids (saved at once for an index
+        directory, whose embeddings file grows with them, so it keeps one row per document)."""
         docs = normalise_documents(documents)
         if not docs:
             return []

@@ -39,6 +39,15 @@ def test_knowledge_base(tiny_embedder, tmp_path: Path) -> None:
     assert [h.text for h in reopened.search("x", k=4, filter={"kind": "animal"})] == ["Dogs bark."]
 
 
+def test_a_store_refuses_a_string_of_documents(tiny_embedder) -> None:
+    with pytest.raises(TypeError, match=r"documents is a string \('Paris is the capital of France.'\); pass a list"):
+        KnowledgeBase(tiny_embedder, "Paris is the capital of France.")
+    kb = KnowledgeBase(tiny_embedder)
+    with pytest.raises(TypeError, match=r"documents is a string \('Cats are mammals.'\)"):
+        kb.add("Cats are mammals.")
+    assert len(kb) == 0
+
+
 def test_conversation_memory_relevance_and_recency(tiny_embedder) -> None:
     memory = ConversationMemory(tiny_embedder, min_score=-1.0)
     assert memory.retrieve("hi") == [] and memory.prompt("hi") == "Speaker 1: hi\nSpeaker 2:"
