@@ -13,7 +13,9 @@ def chunk_text(text: str, tokenizer: Any, chunk_tokens: int) -> list[str]:
     """Split ``text`` into pieces of ``chunk_tokens`` tokens each (the last may be shorter).
 
     With a fast tokenizer the pieces are slices of the original text (lossless: they concatenate back to
-    it); otherwise the token ids are decoded.
+    it); otherwise the token ids are decoded. A piece of only whitespace (blank lines of code, with a tokenizer
+    that has whitespace tokens) is joined to the piece before it (the first, to the one after), so that every
+    piece has something to embed; such a piece holds more tokens. A text of only whitespace stays one piece.
     """
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be positive, got {chunk_tokens}")
@@ -25,9 +27,21 @@ def chunk_text(text: str, tokenizer: Any, chunk_tokens: int) -> list[str]:
             return [text]
         starts = [0] + [offsets[i][0] for i in range(chunk_tokens, len(offsets), chunk_tokens)]
         ends = starts[1:] + [len(text)]
-        return [text[a:b] for a, b in zip(starts, ends, strict=True) if text[a:b]]
+        return _join_blank([text[a:b] for a, b in zip(starts, ends, strict=True) if text[a:b]])
     ids = tokenizer.encode(text, add_special_tokens=False)
-    return [tokenizer.decode(ids[i : i + chunk_tokens]) for i in range(0, len(ids), chunk_tokens)]
+    return _join_blank([tokenizer.decode(ids[i : i + chunk_tokens]) for i in range(0, len(ids), chunk_tokens)])
+
+
+def _join_blank(pieces: list[str]) -> list[str]:
+    """``pieces`` with each whitespace-only one joined to its neighbour (the one before, or for leading ones the
+    one after): a store refuses a blank document, which would embed as the instruction alone. Lossless."""
+    joined: list[str] = []
+    for piece in pieces:
+        if joined and (not piece.strip() or not joined[-1].strip()):
+            joined[-1] += piece
+        else:
+            joined.append(piece)
+    return joined
 
 
 class ChunkMemory(_Store):
