@@ -22,3 +22,35 @@ def test_a_whitespace_only_piece_is_joined_to_its_neighbour(tiny_embedder, tiny_
     positions = memory.add_text(CODE, source="code.py")
     assert "".join(memory.chunks) == CODE and positions == list(range(len(memory.chunks))) and len(memory) > 5
     assert chunk_text("  \n ", tokenizer, 2) == ["  \n "]  # nothing to join a blank text to
+
+
+def test_a_continuation_stays_within_its_text(tiny_embedder, tmp_path: Path) -> None:
+    """The next position was appended whatever text it came from: 'The launch code is 1234.' continued with the
+    shopping list added after it. Each chunk records its text's first position; a text's last chunk gets nothing."""
+    memory = ChunkMemory(tiny_embedder, index_dir=tmp_path / "lrlm")
+    memory.add_text("The launch code is 1234.", source="a.txt")
+    memory.add_text("Shopping list: eggs, milk.", source="b.txt")
+    memory.add_text("Another note in b.", source="b.txt")  # the same source, another text
+    texts = ["The launch code is 1234.", "Shopping list: eggs, milk.", "Another note in b."]
+    hits = memory.retrieve("launch code", k=5, continuation=True)
+    assert sorted(h.text for h in hits) == sorted(texts)
+    assert {h.metadata["position"]: h.metadata["text_start"] for h in hits} == {0: 0, 1: 1, 2: 2}
+    reopened = ChunkMemory(tiny_embedder, index_dir=tmp_path / "lrlm")
+    assert sorted(h.text for h in reopened.retrieve("launch code", k=5, continuation=True)) == sorted(texts)
+    first = reopened.add_text("word " * 300, source="c.txt")  # several chunks: each continues with the next one
+    assert len(first) > 1 and first[0] == 3
+    hits = {h.metadata["position"]: h.text for h in reopened.retrieve("word", k=len(reopened), continuation=True)}
+    assert hits[first[0]] == reopened.chunks[first[0]] + reopened.chunks[first[1]]
+    assert hits[first[-1]] == reopened.chunks[first[-1]] and hits[2] == texts[2]
+
+
+def test_chunks_written_before_they_recorded_their_text(tiny_embedder, tmp_path: Path) -> None:
+    """An index from before ``text_start``: consecutive held chunks of one source are taken for one text."""
+    from llm_embedder.retriever import Retriever
+
+    old = [{"text": "one ", "position": 0, "source": "a"}, {"text": "two", "position": 1, "source": "a"},
+           {"text": "three", "position": 2, "source": "b"}]
+    Retriever.build(tiny_embedder, "lrlm", old, out_dir=tmp_path / "lrlm")
+    memory = ChunkMemory(tiny_embedder, index_dir=tmp_path / "lrlm")
+    hits = {h.metadata["position"]: h.text for h in memory.retrieve("x", k=3, continuation=True)}
+    assert hits == {0: "one two", 1: "two", 2: "three"}

@@ -215,7 +215,7 @@ def test_chunk_memory_reopened_keeps_its_chunks(tiny_embedder, tmp_path: Path) -
     assert reopened.chunks == memory.chunks and len(reopened.chunks) == len(reopened) > 1
     top = ranked(tiny_embedder, "lrlm", "secret code", memory.chunks)[0]
     hit = reopened.retrieve("secret code", k=1, continuation=True)[0]
-    assert hit.metadata == {"position": top, "source": "a"}
+    assert hit.metadata == {"position": top, "source": "a", "text_start": 0}
     assert hit.text == "".join(memory.chunks[top : top + 2])
     n = len(memory.chunks)
     assert reopened.add_text("more text here", source="b")[0] == n  # positions continue

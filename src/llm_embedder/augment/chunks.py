@@ -49,7 +49,9 @@ class ChunkMemory(_Store):
     LM's; default the embedder's) and ``retrieve`` finds the earlier chunks most useful for the current text.
 
     ``chunks[p]`` is the chunk at position ``p``; reopened from ``index_dir`` they come from the index (a chunk
-    deleted from it reads as ``""``) and new texts are appended after them.
+    deleted from it reads as ``""``) and new texts are appended after them. Each chunk records, besides its
+    ``position`` and ``source``, ``text_start``: the position of the first chunk of its text (its ``add_text``
+    call), so that a continuation never runs into another text.
     """
 
     task = "lrlm"
@@ -59,23 +61,39 @@ class ChunkMemory(_Store):
         self.tokenizer = tokenizer if tokenizer is not None else embedder.tokenizer
         self.chunk_tokens = chunk_tokens
         self.chunks: list[str] = []
+        self._text_starts: list[int] = []  # per position, its text's first position (-1: not held, unknown)
+        previous: dict | None = None
         for _, doc in self._held("position"):
-            self.chunks.extend([""] * (doc["position"] + 1 - len(self.chunks)))
-            self.chunks[doc["position"]] = doc["text"]
+            position = doc["position"]
+            self.chunks.extend([""] * (position + 1 - len(self.chunks)))
+            self._text_starts.extend([-1] * (position + 1 - len(self._text_starts)))
+            self.chunks[position] = doc["text"]
+            start = doc.get("text_start")
+            if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start <= position:
+                # written before chunks recorded their text: the one before, held and of the same source, is
+                # taken for the same text
+                same = previous is not None and previous["position"] == position - 1 \
+                    and previous.get("source") == doc.get("source")
+                start = self._text_starts[position - 1] if same else position
+            self._text_starts[position] = start
+            previous = doc
 
     def add_text(self, text: str, source: str = "") -> list[int]:
         """Chunk and store a text (appended after earlier ones); returns the chunks' positions."""
         pieces = chunk_text(text, self.tokenizer, self.chunk_tokens)
         start = len(self.chunks)
-        docs = [{"text": piece, "position": start + i, "source": source} for i, piece in enumerate(pieces)]
+        docs = [{"text": piece, "position": start + i, "source": source, "text_start": start}
+                for i, piece in enumerate(pieces)]
         self.retriever.add(docs)
         self.chunks.extend(pieces)
+        self._text_starts.extend([start] * len(pieces))
         return list(range(start, start + len(pieces)))
 
     def retrieve(self, query: str, k: int = 8, before: int | None = None, continuation: bool = False) -> list[Hit]:
         """The ``k`` best chunks for ``query`` (only positions < ``before`` when given), best first.
 
-        ``continuation=True`` appends each chunk's following chunk to its text, as in the paper's setup.
+        ``continuation=True`` appends each chunk's following chunk of the same text to its text, as in the
+        paper's setup (a text's last chunk gets none).
         """
         limit = min(len(self.chunks), k if before is None else k + max(0, len(self.chunks) - before))
         hits = self._search(query, max(limit, 1)) if limit else []
@@ -84,8 +102,10 @@ class ChunkMemory(_Store):
         hits = hits[:k]
         if continuation:
             for hit in hits:
-                nxt = hit.metadata["position"] + 1
-                if nxt < len(self.chunks) and (before is None or nxt < before):
+                position = hit.metadata["position"]
+                nxt = position + 1
+                if nxt < len(self.chunks) and (before is None or nxt < before) \
+                        and self._text_starts[nxt] == self._text_starts[position] != -1:
                     hit.text += self.chunks[nxt]
         return hits
 
