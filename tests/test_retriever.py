@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -316,3 +318,65 @@ def test_builds_recorded_before_documents_were_fingerprinted(tiny_embedder, tmp_
     with pytest.raises(ValueError, match="holds a build of a different corpus"):
         Retriever.build(tiny_embedder, "qa", OTHER_DOCS, out_dir=out)
     assert len(Retriever.build(tiny_embedder, "qa", DOCS, out_dir=out)) == 4
+
+
+def slowed(monkeypatch: pytest.MonkeyPatch, obj: object, name: str, seconds: float = 0.05) -> None:
+    """Make ``obj.name`` sleep first: it widens the window in which another thread can run."""
+    original = getattr(obj, name)
+
+    def slow(*args, **kwargs):
+        time.sleep(seconds)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(obj, name, slow)
+
+
+def assert_paired(retriever: Retriever) -> None:
+    """Each document the index holds has its own text's vector under its id."""
+    held = retriever.documents()
+    vectors = retriever.embedder.encode_keys([doc["text"] for _, doc in held], retriever.task)
+    for (i, _), vector in zip(held, vectors, strict=True):
+        np.testing.assert_allclose(retriever.index.index.reconstruct(i), vector, atol=1e-5)
+
+
+def run_threads(*targets) -> list[BaseException]:
+    """Run the targets in threads at once; the exceptions they raised."""
+    errors: list[BaseException] = []
+
+    def guarded(target):
+        try:
+            target()
+        except BaseException as err:  # reported by the test
+            errors.append(err)
+
+    threads = [threading.Thread(target=guarded, args=(target,)) for target in targets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return errors
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_one_retriever_is_safe_to_share_between_threads(tiny_embedder, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch, on_disk: bool) -> None:
+    """Two threads adding numbered their documents from the same count ('ids already in the index', documents
+    lost), and a search between the index's update and the documents' hit an id the documents lacked."""
+    retriever = Retriever.build(tiny_embedder, "qa", ["Seed document."], out_dir=tmp_path / "idx" if on_disk else None)
+    slowed(monkeypatch, tiny_embedder, "encode_keys")
+    slowed(monkeypatch, retriever.docs, "append")  # the index holds the new ids, the documents not yet
+    texts = {name: [f"{name} document {i}." for i in range(8)] for name in ("first", "second")}
+
+    def adding(name: str):
+        return lambda: [retriever.add(texts[name][i : i + 2]) for i in range(0, 8, 2)]
+
+    def searching() -> None:
+        for _ in range(40):
+            assert all(hit.text for hit in retriever.search("document", k=20)[0])
+
+    assert run_threads(adding("first"), adding("second"), searching) == []
+    assert len(retriever) == 17 and sorted(doc["text"] for _, doc in retriever.documents()) == \
+        sorted(["Seed document.", *texts["first"], *texts["second"]])
+    assert_paired(retriever)
+    if on_disk:
+        assert_paired(Retriever.load(tmp_path / "idx", tiny_embedder))

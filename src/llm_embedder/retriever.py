@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -123,6 +124,9 @@ class Retriever:
 
     Build in memory (``out_dir=None``) or into an index directory (see ``llm_embedder.index.build``);
     ``load`` reopens a directory and refuses an embedder whose model or instructions differ from the index's.
+
+    One object is safe to share between threads: ``add``, ``delete``, ``search`` and ``documents`` take turns on
+    ``lock`` (encoding runs outside it).
     """
 
     def __init__(
@@ -135,6 +139,7 @@ class Retriever:
         self.docs = docs
         self.out_dir = out_dir
         self.meta = meta or {}
+        self.lock = threading.RLock()  # reentrant: a store holds it around its own bookkeeping and the add
 
     def __len__(self) -> int:
         return self.index.count
@@ -213,16 +218,17 @@ class Retriever:
         texts = [queries] if isinstance(queries, str) else list(queries)
         check_queries(texts)
         vectors = self.embedder.encode_queries(texts, self.task)
-        scores, ids = self.index.search(vectors, k, filter=filter)
-        results = []
-        for row_scores, row_ids in zip(scores, ids, strict=True):
-            keep = [(float(s), int(i)) for s, i in zip(row_scores, row_ids, strict=True) if i >= 0]
-            docs = self.docs.get(i for _, i in keep)
-            results.append([
-                Hit(id=i, score=s, text=doc["text"], metadata={k2: v for k2, v in doc.items() if k2 != "text"})
-                for (s, i), doc in zip(keep, docs, strict=True)
-            ])
-        return results
+        with self.lock:  # an add between the index and the documents would hit an id the documents lack
+            scores, ids = self.index.search(vectors, k, filter=filter)
+            rows = []
+            for row_scores, row_ids in zip(scores, ids, strict=True):
+                keep = [(float(s), int(i)) for s, i in zip(row_scores, row_ids, strict=True) if i >= 0]
+                rows.append((keep, self.docs.get(i for _, i in keep)))
+        return [
+            [Hit(id=i, score=s, text=doc["text"], metadata={k2: v for k2, v in doc.items() if k2 != "text"})
+             for (s, i), doc in zip(keep, docs, strict=True)]
+            for keep, docs in rows
+        ]
 
     def check_filter_fields(self, filter: Mapping[str, Any] | None) -> None:
         """Refuse a filter on a field the index never stored: it would match nothing, silently. Under ``"*"``
@@ -252,37 +258,40 @@ class Retriever:
         if not docs:
             return []
         lines = self.docs.lines(docs)  # before the index changes: a failure here leaves it as it was
-        start = len(self.docs)
-        ids = list(range(start, start + len(docs)))
         vectors = self.embedder.encode_keys([d["text"] for d in docs], self.task)
         fields = self.meta.get("filter_fields", []) if self.out_dir is not None else ["*"]
         metadata = [filterable(d, fields) for d in docs] if fields else None
-        self.index.add(ids, vectors, metadata)
-        if metadata and isinstance(self.meta.get("stored_fields"), list):
-            self.meta["stored_fields"] = sorted({*self.meta["stored_fields"], *(k for m in metadata for k in m)})
-        self.docs.append(docs, lines)
-        self.meta["count"] = len(self.docs)
-        if self.out_dir is not None:
-            with (self.out_dir / EMBEDDINGS_FILE).open("ab") as handle:
-                handle.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
-            self.index.save(self.out_dir / (MILVUS_FILE if self.index.backend == "milvus" else FAISS_FILE))
-            with atomic_write(self.out_dir / META_FILE) as handle:
-                json.dump(self.meta, handle, indent=2)
+        with self.lock:  # ids follow the documents stored when the add's turn comes
+            start = len(self.docs)
+            ids = list(range(start, start + len(docs)))
+            self.index.add(ids, vectors, metadata)
+            if metadata and isinstance(self.meta.get("stored_fields"), list):
+                self.meta["stored_fields"] = sorted({*self.meta["stored_fields"], *(k for m in metadata for k in m)})
+            self.docs.append(docs, lines)
+            self.meta["count"] = len(self.docs)
+            if self.out_dir is not None:
+                with (self.out_dir / EMBEDDINGS_FILE).open("ab") as handle:
+                    handle.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+                self.index.save(self.out_dir / (MILVUS_FILE if self.index.backend == "milvus" else FAISS_FILE))
+                with atomic_write(self.out_dir / META_FILE) as handle:
+                    json.dump(self.meta, handle, indent=2)
         return ids
 
     def documents(self) -> list[tuple[int, dict]]:
         """``(id, document)`` for every document still in the index, by id: what a store reopened from its
         directory rebuilds its state from (a deleted document stays in docs.jsonl but is left out)."""
-        ids = range(len(self.docs))
-        if self.index.count != len(self.docs):  # something was deleted: keep the ids the index still holds
-            ids = self.index.held(ids)
-        return list(zip(ids, self.docs.get(ids), strict=True))
+        with self.lock:
+            ids = range(len(self.docs))
+            if self.index.count != len(self.docs):  # something was deleted: keep the ids the index still holds
+                ids = self.index.held(ids)
+            return list(zip(ids, self.docs.get(ids), strict=True))
 
     def delete(self, ids: Sequence[int]) -> int:
         """Remove documents from the index (their text stays in docs.jsonl); returns how many were removed."""
-        removed = self.index.delete(ids)
-        if self.out_dir is not None:
-            self.index.save(self.out_dir / (MILVUS_FILE if self.index.backend == "milvus" else FAISS_FILE))
+        with self.lock:
+            removed = self.index.delete(ids)
+            if self.out_dir is not None:
+                self.index.save(self.out_dir / (MILVUS_FILE if self.index.backend == "milvus" else FAISS_FILE))
         return removed
 
     def close(self) -> None:

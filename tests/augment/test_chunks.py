@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import pytest
 
 from llm_embedder.augment import ChunkMemory, chunk_text
 
@@ -54,3 +58,19 @@ def test_chunks_written_before_they_recorded_their_text(tiny_embedder, tmp_path:
     memory = ChunkMemory(tiny_embedder, index_dir=tmp_path / "lrlm")
     hits = {h.metadata["position"]: h.text for h in memory.retrieve("x", k=3, continuation=True)}
     assert hits == {0: "one two", 1: "two", 2: "three"}
+
+
+def test_threads_adding_texts_get_their_own_positions(tiny_embedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two threads in add_text numbered their chunks from the same position: both texts claimed positions 0, 1, ..."""
+    memory = ChunkMemory(tiny_embedder, chunk_tokens=4)
+    encode = tiny_embedder.encode_keys
+    monkeypatch.setattr(tiny_embedder, "encode_keys", lambda *a, **kw: time.sleep(0.05) or encode(*a, **kw))
+    texts = {"a": "the first text is about cats and their habits", "b": "the second text is about ships at sea"}
+    with ThreadPoolExecutor(2) as pool:
+        futures = {name: pool.submit(memory.add_text, text, source=name) for name, text in texts.items()}
+    got = {name: future.result() for name, future in futures.items()}
+    assert sorted(got["a"] + got["b"]) == list(range(len(memory.chunks))) == list(range(len(memory)))
+    for name, positions in got.items():
+        assert "".join(memory.chunks[p] for p in positions) == texts[name]
+    held = {doc["position"]: doc["text"] for _, doc in memory.retriever.documents()}
+    assert held == dict(enumerate(memory.chunks))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -140,6 +142,17 @@ def test_toolbox_register_verbalise_retrieve_call(tiny_embedder) -> None:
     with pytest.raises(ValueError, match="missing field 'name'"):
         box.register({"description": "nameless"})
     assert box.prompt("weather", k=3).startswith("Available tools:\n")
+
+
+def test_threads_registering_one_name_get_one_tool(tiny_embedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two threads registering the same name both passed the 'already registered' check: two keys, one tool."""
+    box = ToolBox(tiny_embedder)
+    encode = tiny_embedder.encode_keys
+    monkeypatch.setattr(tiny_embedder, "encode_keys", lambda *a, **kw: time.sleep(0.05) or encode(*a, **kw))
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(box.register, get_weather) for _ in range(2)]
+    errors = sorted(str(future.exception()) for future in futures if future.exception())
+    assert errors == ["a tool named 'get_weather' is already registered"] and len(box.retriever) == len(box) == 1
 
 
 def test_conversational_search_uses_the_whole_conversation(tiny_embedder) -> None:

@@ -81,12 +81,13 @@ class ChunkMemory(_Store):
     def add_text(self, text: str, source: str = "") -> list[int]:
         """Chunk and store a text (appended after earlier ones); returns the chunks' positions."""
         pieces = chunk_text(text, self.tokenizer, self.chunk_tokens)
-        start = len(self.chunks)
-        docs = [{"text": piece, "position": start + i, "source": source, "text_start": start}
-                for i, piece in enumerate(pieces)]
-        self.retriever.add(docs)
-        self.chunks.extend(pieces)
-        self._text_starts.extend([start] * len(pieces))
+        with self.retriever.lock:  # two threads adding texts would number their chunks from the same position
+            start = len(self.chunks)
+            docs = [{"text": piece, "position": start + i, "source": source, "text_start": start}
+                    for i, piece in enumerate(pieces)]
+            self.retriever.add(docs)
+            self.chunks.extend(pieces)
+            self._text_starts.extend([start] * len(pieces))
         return list(range(start, start + len(pieces)))
 
     def retrieve(self, query: str, k: int = 8, before: int | None = None, continuation: bool = False) -> list[Hit]:
@@ -101,12 +102,13 @@ class ChunkMemory(_Store):
             hits = [h for h in hits if h.metadata["position"] < before]
         hits = hits[:k]
         if continuation:
-            for hit in hits:
-                position = hit.metadata["position"]
-                nxt = position + 1
-                if nxt < len(self.chunks) and (before is None or nxt < before) \
-                        and self._text_starts[nxt] == self._text_starts[position] != -1:
-                    hit.text += self.chunks[nxt]
+            with self.retriever.lock:  # not halfway through another thread's add_text
+                for hit in hits:
+                    position = hit.metadata["position"]
+                    nxt = position + 1
+                    if nxt < len(self.chunks) and (before is None or nxt < before) \
+                            and self._text_starts[nxt] == self._text_starts[position] != -1:
+                        hit.text += self.chunks[nxt]
         return hits
 
     def prompt(

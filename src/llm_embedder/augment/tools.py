@@ -183,17 +183,18 @@ class ToolBox(_Store):
             entry = tool_from_callable(tool, name, description)
         else:
             raise TypeError(f"cannot register {type(tool).__name__} as a tool: pass a callable or a JSON schema")
-        if entry.name in self.tools and entry.name not in self._stored:
-            raise ValueError(f"a tool named {entry.name!r} is already registered")
-        doc, old = entry.document(), self._ids.get(entry.name, [])
-        if self._stored.pop(entry.name, None) != doc or len(old) > 1:
-            self._ids[entry.name] = self.retriever.add([doc])  # the new key first: nothing is lost if it fails
-            try:
-                if old:
-                    self.retriever.delete(old)
-            except ValueError:  # a factory that cannot delete: the old key stays, retrieval skips it by name
-                self._ids[entry.name] = [*old, *self._ids[entry.name]]
-        self.tools[entry.name] = entry
+        with self.retriever.lock:  # two threads registering one name would both pass the check
+            if entry.name in self.tools and entry.name not in self._stored:
+                raise ValueError(f"a tool named {entry.name!r} is already registered")
+            doc, old = entry.document(), self._ids.get(entry.name, [])
+            if self._stored.pop(entry.name, None) != doc or len(old) > 1:
+                self._ids[entry.name] = self.retriever.add([doc])  # the new key first: nothing is lost if it fails
+                try:
+                    if old:
+                        self.retriever.delete(old)
+                except ValueError:  # a factory that cannot delete: the old key stays, retrieval skips it by name
+                    self._ids[entry.name] = [*old, *self._ids[entry.name]]
+            self.tools[entry.name] = entry
         return entry
 
     def retrieve(self, request: str, k: int = 3) -> list[Tool]:
