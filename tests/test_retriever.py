@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from llm_embedder.index import EmptyIndexError
-from llm_embedder.retriever import Hit, Retriever
+from llm_embedder.io import LOCK_FILE, RunInProgressError, exclusive
+from llm_embedder.retriever import Hit, IndexChangedError, Retriever
 
 DOCS = [
     {"text": "The Eiffel Tower is in Paris.", "lang": "en"},
@@ -380,3 +381,30 @@ def test_one_retriever_is_safe_to_share_between_threads(tiny_embedder, tmp_path:
     assert_paired(retriever)
     if on_disk:
         assert_paired(Retriever.load(tmp_path / "idx", tiny_embedder))
+
+
+def test_a_second_writer_of_an_index_directory_is_refused(tiny_embedder, tmp_path: Path) -> None:
+    """Two objects opened on one directory both numbered their new document 1 and the later save replaced the other's
+    index: id 1 had the text 'Cats...' and the vector of 'Water boils', meta.json said 3 documents, the index held 2.
+    Now a writer holds the directory's lock file and refuses to write where another changed it since it read it."""
+    out = tmp_path / "idx"
+    Retriever.build(tiny_embedder, "qa", ["Paris is the capital of France."], out_dir=out)
+    first, second = Retriever.load(out, tiny_embedder), Retriever.load(out, tiny_embedder)
+    assert first.add(["Cats are mammals."]) == [1]
+    changed = rf"^the index {out} changed since it was opened \(another writer\?\); open it again$"
+    with pytest.raises(IndexChangedError, match=changed):
+        second.add(["Water boils at 100 C."])
+    with pytest.raises(IndexChangedError, match=changed):
+        second.delete([0])
+    again = Retriever.load(out, tiny_embedder)
+    assert len(again) == 2 and json.loads((out / "meta.json").read_text())["count"] == 2
+    assert [doc["text"] for _, doc in again.documents()] == ["Paris is the capital of France.", "Cats are mammals."]
+    assert_paired(again)
+    assert again.add(["Water boils at 100 C."]) == [2] and again.delete([0]) == 1  # its own writes: fine
+    with pytest.raises(IndexChangedError, match=changed):
+        first.delete([1])  # the other deleted meanwhile
+    with exclusive(out / LOCK_FILE, "a test"), pytest.raises(RunInProgressError, match="is being written by another"):
+        Retriever.load(out, tiny_embedder).add(["Dogs bark."])
+    final = Retriever.load(out, tiny_embedder)
+    assert [i for i, _ in final.documents()] == [1, 2] and len(final) == 2 and not (out / LOCK_FILE).exists()
+    assert_paired(final)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import threading
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from llm_embedder.index.build import (
     iter_records,
     key_max_length,
 )
-from llm_embedder.io import atomic_write
+from llm_embedder.io import LOCK_FILE, atomic_write, exclusive
 from llm_embedder.models import EMBEDDER_ALIASES, ModelChangedWarning, model_version
 
 
@@ -126,7 +127,8 @@ class Retriever:
     ``load`` reopens a directory and refuses an embedder whose model or instructions differ from the index's.
 
     One object is safe to share between threads: ``add``, ``delete``, ``search`` and ``documents`` take turns on
-    ``lock`` (encoding runs outside it).
+    ``lock`` (encoding runs outside it). Writers of an index directory hold its lock file while they write, and
+    an object refuses to write (``IndexChangedError``) once another has changed the directory since it read it.
     """
 
     def __init__(
@@ -140,6 +142,7 @@ class Retriever:
         self.out_dir = out_dir
         self.meta = meta or {}
         self.lock = threading.RLock()  # reentrant: a store holds it around its own bookkeeping and the add
+        self._disk = _disk_state(out_dir, index.backend) if out_dir is not None else None
 
     def __len__(self) -> int:
         return self.index.count
@@ -195,6 +198,7 @@ class Retriever:
                 model = meta.get("model_path") if Path(meta.get("model_path", "")).is_dir() else meta["model"]
             embedder = Embedder(model, key_max_length=meta.get("key_max_length"))
         check_compatible(meta, embedder, index_dir)
+        disk = _disk_state(index_dir, meta.get("backend", "faiss"))  # before reading: a write meanwhile shows
         if meta.get("backend", "faiss") == "milvus":
             from llm_embedder.index.milvus_index import MilvusIndex
 
@@ -208,7 +212,9 @@ class Retriever:
             raise IndexFormatError(
                 f"{index_dir}: {DOCS_FILE} has {len(docs)} documents, meta.json says {meta['count']}"
             )
-        return cls(embedder, task, index, docs, index_dir, meta)
+        retriever = cls(embedder, task, index, docs, index_dir, meta)
+        retriever._disk = disk
+        return retriever
 
     def search(
         self, queries: str | Sequence[str], k: int = 10, filter: Mapping[str, Any] | None = None
@@ -261,7 +267,7 @@ class Retriever:
         vectors = self.embedder.encode_keys([d["text"] for d in docs], self.task)
         fields = self.meta.get("filter_fields", []) if self.out_dir is not None else ["*"]
         metadata = [filterable(d, fields) for d in docs] if fields else None
-        with self.lock:  # ids follow the documents stored when the add's turn comes
+        with self.lock, self._writing():  # ids follow the documents stored when the add's turn comes
             start = len(self.docs)
             ids = list(range(start, start + len(docs)))
             self.index.add(ids, vectors, metadata)
@@ -272,7 +278,7 @@ class Retriever:
             if self.out_dir is not None:
                 with (self.out_dir / EMBEDDINGS_FILE).open("ab") as handle:
                     handle.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
-                self.index.save(self.out_dir / (MILVUS_FILE if self.index.backend == "milvus" else FAISS_FILE))
+                self.index.save(self.out_dir / index_file(self.index.backend))
                 with atomic_write(self.out_dir / META_FILE) as handle:
                     json.dump(self.meta, handle, indent=2)
         return ids
@@ -288,14 +294,51 @@ class Retriever:
 
     def delete(self, ids: Sequence[int]) -> int:
         """Remove documents from the index (their text stays in docs.jsonl); returns how many were removed."""
-        with self.lock:
+        with self.lock, self._writing():
             removed = self.index.delete(ids)
             if self.out_dir is not None:
-                self.index.save(self.out_dir / (MILVUS_FILE if self.index.backend == "milvus" else FAISS_FILE))
+                self.index.save(self.out_dir / index_file(self.index.backend))
         return removed
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """For an index directory: hold its lock file (a second writer is refused, ``RunInProgressError``) and
+        write only if it still holds what this object read. Two objects opened on one directory each numbered
+        new documents after what they had read and saved their own index over the other's, pairing a vector
+        with another document's text."""
+        if self.out_dir is None:
+            yield
+            return
+        with exclusive(self.out_dir / LOCK_FILE, f"the index {self.out_dir}"):
+            now = _disk_state(self.out_dir, self.index.backend)
+            if now != self._disk or now[0] != len(self.docs):
+                raise IndexChangedError(f"the index {self.out_dir} changed since it was opened (another writer?); "
+                                        "open it again")
+            yield
+            self._disk = _disk_state(self.out_dir, self.index.backend)
 
     def close(self) -> None:
         self.index.close()
+
+
+class IndexChangedError(RuntimeError):
+    """An index directory changed since this object read it: another writer added or deleted documents."""
+
+
+def index_file(backend: str) -> str:
+    """The file name of an index directory's vector index (Milvus: its descriptor)."""
+    return MILVUS_FILE if backend == "milvus" else FAISS_FILE
+
+
+def _disk_state(out_dir: Path, backend: str) -> tuple[int, tuple[int, int, int] | None]:
+    """What an index directory holds, cheaply: its documents (rows of docs.offsets) and its index file's identity
+    (inode, size, modification time; a save replaces the file). Equal before and after: nobody wrote."""
+    rows = (out_dir / OFFSETS_FILE).stat().st_size // np.dtype(np.int64).itemsize
+    try:
+        stat = (out_dir / index_file(backend)).stat()
+    except FileNotFoundError:
+        return rows, None
+    return rows, (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
 def check_queries(queries: Sequence[str]) -> None:
