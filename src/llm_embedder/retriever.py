@@ -98,6 +98,15 @@ def _read_offsets(path: Path) -> np.ndarray:
     return np.memmap(path, dtype=np.int64, mode="r")
 
 
+def refuse_a_string(documents: Any, what: str = "documents") -> None:
+    """A plain string where a list of documents belongs is refused: read as a file path it was "file not found",
+    and read as a sequence, one document per character."""
+    if isinstance(documents, str):
+        shown = documents if len(documents) <= 40 else documents[:37] + "..."
+        raise TypeError(f"{what} is a string ({shown!r}); pass a list of {what}, e.g. [{shown!r}], or a Path "
+                        "for a JSONL file")
+
+
 def normalise_documents(documents: Sequence[str | dict] | Path) -> list[dict]:
     """Documents as dicts with a string ``text`` that is not empty nor only whitespace (errors name the position).
 
@@ -105,10 +114,7 @@ def normalise_documents(documents: Sequence[str | dict] | Path) -> list[dict]:
     refused: read as a file path, a document was "file not found", and a file name given as a document indexed
     that file.
     """
-    if isinstance(documents, str):
-        shown = documents if len(documents) <= 40 else documents[:37] + "..."
-        raise TypeError(f"documents is a string ({shown!r}); pass a list of documents, e.g. [{shown!r}], or a Path "
-                        "for a JSONL file")
+    refuse_a_string(documents)
     docs = []
     for where, record in iter_records(documents):
         if not isinstance(record.get("text"), str):

@@ -349,3 +349,25 @@ def test_toolbox_refuses_a_schema_with_malformed_parameters(tiny_embedder) -> No
                                          r"names, got str"):
         box.register({"name": "x", "parameters": {"properties": {"city": {}}, "required": "city"}})
     assert len(box) == 0 and len(box.retriever) == 0
+
+
+def test_stores_refuse_a_string_before_making_their_folder_and_number_turns_across_threads(tiny_embedder,
+                                                                                          tmp_path: Path) -> None:
+    """ExampleBank took a string as one example per character; KnowledgeBase made its index_dir before refusing
+    one; two threads' add_turn got one turn number."""
+    import threading
+
+    for make in (lambda: ExampleBank(tiny_embedder, "2+2=\n4", index_dir=tmp_path / "eb"),
+                 lambda: KnowledgeBase(tiny_embedder, "Paris is in France.", index_dir=tmp_path / "kb"),
+                 lambda: ExampleBank(tiny_embedder).add("2+2=\n4")):
+        with pytest.raises(TypeError, match="is a string"):
+            make()
+    assert not (tmp_path / "eb").exists() and not (tmp_path / "kb").exists()
+    memory = ConversationMemory(tiny_embedder)
+    threads = [threading.Thread(target=lambda i=i: [memory.add_turn(f"u{i}{j}", "a") for j in range(3)])
+               for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(memory._numbers) == list(range(6)) and len(memory.retriever) == 6

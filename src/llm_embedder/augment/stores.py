@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_embedder.augment.prompt import augment, get_layout, token_counter
-from llm_embedder.retriever import Hit, Retriever, normalise_documents
+from llm_embedder.retriever import Hit, Retriever, normalise_documents, refuse_a_string
 
 
 class _Store:
@@ -45,16 +45,17 @@ class _Store:
         """Add the documents the index does not hold yet, so that reopening a store with the documents it was
         built from does not index them twice (each held copy matches one given document, so repeats count)."""
         docs = normalise_documents(documents)
-        if not docs or len(self.retriever) == 0:
-            return self.retriever.add(docs)
-        held = Counter(_identity(doc) for _, doc in self.retriever.documents())
-        new = []
-        for doc in docs:
-            if held[_identity(doc)] > 0:
-                held[_identity(doc)] -= 1
-            else:
-                new.append(doc)
-        return self.retriever.add(new)
+        with self.retriever.lock:  # what is held, then the rest added: no other thread's add between the two
+            if not docs or len(self.retriever) == 0:
+                return self.retriever.add(docs)
+            held = Counter(_identity(doc) for _, doc in self.retriever.documents())
+            new = []
+            for doc in docs:
+                if held[_identity(doc)] > 0:
+                    held[_identity(doc)] -= 1
+                else:
+                    new.append(doc)
+            return self.retriever.add(new)
 
     def _held(self, field: str) -> list[tuple[int, dict]]:
         """The documents a reopened store holds, ordered by their number in ``field`` (turn, position); one
@@ -86,6 +87,7 @@ class KnowledgeBase(_Store):
     task = "qa"
 
     def __init__(self, embedder: Any, documents: Sequence[str | dict] = (), **kwargs: Any) -> None:
+        refuse_a_string(documents)  # before an index_dir is made for it
         super().__init__(embedder, **kwargs)
         self._add_missing(documents)
 
@@ -119,10 +121,11 @@ class ConversationMemory(_Store):
     def add_turn(self, user: str, assistant: str) -> int:
         """Remember one exchange; returns its turn number (one after the last turn held)."""
         text = f"Speaker 1: {user}\nSpeaker 2: {assistant}"
-        turn = self._numbers[-1] + 1 if self._numbers else 0
-        self.retriever.add([{"text": text, "turn": turn}])
-        self.turns.append(text)
-        self._numbers.append(turn)
+        with self.retriever.lock:  # two threads' turns get two numbers
+            turn = self._numbers[-1] + 1 if self._numbers else 0
+            self.retriever.add([{"text": text, "turn": turn}])
+            self.turns.append(text)
+            self._numbers.append(turn)
         return turn
 
     def recent(self, n: int = 1) -> list[Hit]:
@@ -152,6 +155,7 @@ class ExampleBank(_Store):
         **kwargs: Any,
     ) -> None:
         _check_template(template)  # before super().__init__ creates index_dir
+        refuse_a_string(examples, "examples")
         super().__init__(embedder, **kwargs)
         self.template = template
         self._add_missing(self._format(examples))
@@ -162,6 +166,7 @@ class ExampleBank(_Store):
 
     def _format(self, examples: Sequence[str | dict]) -> list[str | dict]:
         """The examples as documents: a dict without ``text`` gets the ``template`` filled with its fields."""
+        refuse_a_string(examples, "examples")  # one example per character otherwise
         docs = []
         for i, example in enumerate(examples):
             if isinstance(example, dict) and "text" not in example:
@@ -209,6 +214,7 @@ class ConversationalSearch(_Store):
     task = "convsearch"
 
     def __init__(self, embedder: Any, documents: Sequence[str | dict] = (), **kwargs: Any) -> None:
+        refuse_a_string(documents)  # before an index_dir is made for it
         super().__init__(embedder, **kwargs)
         self.history: list[str] = []
         self._add_missing(documents)
