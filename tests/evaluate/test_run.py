@@ -457,3 +457,16 @@ def test_a_split_that_fails_data_check_is_refused_with_every_problem(suite):
     with pytest.raises(DataError, match=r"2 problem\(s\)") as err:
         load_task_data(suite, "qa")
     assert "test.jsonl:1:answers" in str(err.value) and "test.jsonl:2:pos_index" in str(err.value)
+
+
+@pytest.mark.parametrize(("call", "error", "message"), [
+    (dict(tasks="qa"), TypeError, "tasks must be a list of task names, got the string 'qa'"),
+    (dict(systems={"m": "some/path"}), TypeError, "systems must map a name to a factory"),
+    (dict(max_queries=-1), ValueError, "max_queries must be a whole number of at least 1"),
+    (dict(max_llm_queries=-1), ValueError, "max_llm_queries must be a whole number of at least 0"),
+    (dict(max_corpus=0), ValueError, "max_corpus must be a whole number of at least 1"),
+])
+def test_run_evaluation_refuses_arguments_it_would_misread(suite, tmp_path, call, error, message):
+    args = {"tasks": ["qa"], "systems": {}, **call}
+    with pytest.raises(error, match=message):
+        run_evaluation(suite, args.pop("tasks"), args.pop("systems"), tmp_path / "e", **args)

@@ -337,6 +337,21 @@ def system_versions(models: dict[str, str], base: str | None, tasks: Sequence[st
     return {name: {task: seen[path.replace("{task}", task)] for task in tasks} for name, path in paths.items()}
 
 
+def check_run_arguments(tasks: Any, systems: Any, **limits: Any) -> None:
+    """Refuse what ``run_evaluation`` would misread: a string of tasks (one task per letter), systems that are
+    not name -> factory (a path string failed as "'str' object is not callable"), a limit below 1 (-1 silently
+    dropped the last query)."""
+    if isinstance(tasks, str):
+        raise TypeError(f"tasks must be a list of task names, got the string {tasks!r}; pass [{tasks!r}]")
+    if not isinstance(systems, dict) or not all(callable(make) for make in systems.values()):
+        raise TypeError("systems must map a name to a factory (task -> Ranker), as dense_systems({name: path}, ...) "
+                        "builds them")
+    for name, value in limits.items():
+        least = 0 if name == "max_llm_queries" else 1  # 0 LLM queries: no LLM metric
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise ValueError(f"{name} must be a whole number of at least {least} (or None for all), got {value!r}")
+
+
 def check_prompt_items(prompt_items: dict[str, int], label: str = "prompt_items") -> None:
     """Refuse a ``prompt_items`` override for a task without an LLM prompt, or of fewer than one item; ``label``
     names the setting in the message (the CLI's ``--prompt-items``)."""
@@ -386,6 +401,8 @@ def run_evaluation(
     measured with another version, or an unknown one, is measured again, so a model retrained in place is not
     reported stale."""
     check_prompt_items(prompt_items or {})
+    check_run_arguments(tasks, systems, max_queries=max_queries, max_llm_queries=max_llm_queries,
+                        max_corpus=max_corpus, max_candidates=max_candidates)
     for asked, row in ((gold, GoldRanker.name), (teacher, TeacherRanker.name)):
         if asked and row in systems:
             raise ValueError(f"a system is named {row!r}, the name of the {row} row: rename it")
