@@ -507,3 +507,17 @@ def test_demo_cli_rejects_a_bad_setting_before_any_work(tmp_path, setting, messa
                           capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2 and message in proc.stderr
     assert not run.exists()
+
+
+def test_a_max_length_beyond_the_base_positions_stops_the_pipeline_before_any_stage(tiny_embedder_dir, tiny_lm_dir,
+                                                                                      tmp_path):
+    """max_length 1000 on a 512-position model ran data, reward and training, then failed saving the model."""
+    import dataclasses
+
+    out = tmp_path / "run"
+    with pytest.raises(ValueError) as err:
+        run_pipeline(out, base=str(tiny_embedder_dir), llm=str(tiny_lm_dir), console=Console(record=True),
+                     cfg=dataclasses.replace(TINY, max_length=1000))
+    assert str(err.value) == (f"demo setting max_length 1000 is more than model {tiny_embedder_dir} can encode: 512 "
+                              "positions (max_position_embeddings of its config); give at most 512")
+    assert not out.exists()

@@ -44,6 +44,42 @@ def resolve_embedder_path(model: str | Path) -> Path:
     )
 
 
+def config_position_limit(path: str | Path) -> int | None:
+    """The most tokens a model folder's transformer has positions for (``max_position_embeddings`` of the
+    transformer module's config.json), read without loading weights, so that a max length beyond it fails before
+    any work; None where no config says."""
+    import json
+
+    path = Path(path)
+    folder = path
+    modules = path / "modules.json"
+    try:
+        entries = json.loads(modules.read_text(encoding="utf-8")) if modules.is_file() else []
+    except (OSError, ValueError):
+        entries = []
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, dict) and str(entry.get("type", "")).endswith(".Transformer"):
+            folder = path / str(entry.get("path") or "")
+            break
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    limit = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
+
+
+def check_max_lengths(model: str | Path, lengths: dict[str, int]) -> None:
+    """Refuse, before any work, a max length (option or setting name -> tokens) beyond the positions of the model
+    ``model`` (an alias or folder): it would train or evaluate fully and fail only when the model is saved or
+    loaded with it."""
+    limit = config_position_limit(resolve_embedder_path(model))
+    for name, length in lengths.items():
+        if limit is not None and length > limit:
+            raise ValueError(f"{name} {length} is more than model {model} can encode: {limit} positions "
+                             f"(max_position_embeddings of its config); give at most {limit}")
+
+
 class ModelChangedWarning(UserWarning):
     """A model's weight files changed since something was built from it (an index's vectors): retrained in place?"""
 

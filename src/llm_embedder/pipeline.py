@@ -678,8 +678,12 @@ def seed_mean(results: dict[str, Any], per_query: dict[str, Any] | None,
 def run_pipeline(out: str | Path = "runs/demo", quick: bool = False, base: str = "minilm", llm: str = "smollm2",
                  console: Console | None = None, cfg: PipelineConfig | None = None) -> dict[str, Any]:
     """Run (or resume) every stage and print the results table, the plot files and the verdict."""
+    from llm_embedder.models import check_max_lengths
+
     cfg = cfg or PipelineConfig.preset(quick)
     resolve_models(base, llm)
+    # the base model's positions: a max_length beyond them would run data, reward and training, then fail at saving
+    check_max_lengths(base, {"demo setting max_length": cfg.max_length})
     pipeline = Pipeline(out, cfg, base=base, llm=llm, console=console)
     pipeline.out.mkdir(parents=True, exist_ok=True)
     (pipeline.out / "pipeline.json").write_text(json.dumps(asdict(cfg), indent=2), encoding="utf-8")

@@ -201,3 +201,28 @@ def test_a_run_into_a_folder_another_run_is_writing_is_refused(tmp_path: Path) -
     with exclusive(out / trainer_module.LOCK_FILE, "x"):
         with pytest.raises(RunInProgressError, match=r"the training run .*run is being written by another run"):
             trainer_module.train(TrainConfig(data=[str(tmp_path / "d")], out=str(out), device="cpu"))
+
+
+@pytest.mark.parametrize("option", ["query_max_length", "key_max_length"])
+def test_max_length_beyond_the_base_positions_fails_before_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 tiny_embedder_dir: Path, option: str) -> None:
+    """A max length the base model has no positions for fails before training (saving refused it, half-saved)."""
+    def no_loading(*args, **kwargs):
+        raise AssertionError("data read before the max length was checked")
+
+    monkeypatch.setattr(trainer_module, "load_training_files", no_loading)
+    config = TrainConfig(data=[str(tmp_path / "d")], out=str(tmp_path / "out"), base=str(tiny_embedder_dir),
+                         device="cpu", **{option: 1000})
+    with pytest.raises(ValueError) as err:
+        trainer_module.train(config)
+    assert str(err.value) == (f"{option} 1000 is more than model {tiny_embedder_dir} can encode: 512 positions "
+                              "(max_position_embeddings of its config); give at most 512")
+    assert not (tmp_path / "out").exists()
+    result = subprocess.run(
+        [sys.executable, "-m", "llm_embedder", "train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o"),
+         "--query-max-length", "1000"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "400"},
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: query_max_length 1000 is more than model minilm can encode: 512 "
+                                     "positions (max_position_embeddings of its config); give at most 512")

@@ -354,10 +354,13 @@ def check_resumable(out: Path, current: dict[str, Any], config: TrainConfig, res
 
 def train(config: TrainConfig) -> Path:
     """Validate all data, train, and write the model (with prompts), TRAINING_CARD.md and loss_curves.png."""
-    from llm_embedder.models import check_device, resolve_embedder_path
+    from llm_embedder.models import check_device, check_max_lengths, resolve_embedder_path
 
     check_device(config.device)  # a device this machine lacks fails before any data is read
     resolve_embedder_path(config.base)  # so does a base that is no model (a typo, a data folder)
+    # and a max length beyond its positions (saving the trained model refused it, leaving a half-saved model)
+    check_max_lengths(config.base, {"query_max_length": config.query_max_length,
+                                    "key_max_length": config.key_max_length})
     if not config.data:
         raise ValueError("no training data given (--data FILE_OR_DIR ...)")
     if not config.out:
