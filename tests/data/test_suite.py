@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from llm_embedder.cli import app
+from llm_embedder.data import suite
 from llm_embedder.data.chat import GREETINGS, SMALL_TALK, turn
 from llm_embedder.data.suite import TASKS, build_suite, positive_texts
 from llm_embedder.data.validate import validate_file
 from llm_embedder.evaluate.run import corpus_text
-from llm_embedder.io import read_jsonl
+from llm_embedder.io import DataError, read_jsonl
 from llm_embedder.train.mine import corpus_texts
 
 pytestmark = pytest.mark.integration
 CORPUS_TASKS = {"qa", "icl", "tool", "convsearch"}
+runner = CliRunner()
 
 
 def test_layout_counts_and_build_time(small_suite) -> None:
@@ -123,3 +128,59 @@ def test_resume_keeps_finished_tasks(small_suite) -> None:
 def test_unknown_task_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="buildable tasks"):
         build_suite(tmp_path, tasks=["nope"])
+
+
+def test_a_folder_of_other_files_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    """--out holding a user's files (their own qa/train.jsonl) and no manifest.json is refused before writing."""
+    (tmp_path / "qa").mkdir()
+    (tmp_path / "qa" / "train.jsonl").write_text("mine\n")
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError) as err:
+        build_suite(tmp_path, tasks=["tool"])
+    assert str(err.value) == (f"--out {tmp_path} already holds files that are not a task suite build (notes.txt, "
+                              "qa); give a new or empty folder")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["notes.txt", "qa", "train.jsonl"]
+    assert (tmp_path / "qa" / "train.jsonl").read_text() == "mine\n"
+    result = runner.invoke(app, ["data", "build", "--out", str(tmp_path), "--task", "tool"])
+    assert isinstance(result.exception, FileExistsError) and str(result.exception) == str(err.value)  # main: exit 2
+
+
+def test_an_interrupted_first_task_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The manifest is written before the first task: a folder cut off there is still the build's own."""
+    out = tmp_path / "suite"
+
+    def cut_off(cfg):
+        (out / "chat").mkdir(parents=True, exist_ok=True)
+        (out / "chat" / "train.jsonl").write_text("")
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(suite.BUILDERS, "chat", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        build_suite(out, tasks=["chat"])
+    monkeypatch.undo()
+    assert list(build_suite(out, tasks=["chat"])["tasks"]) == ["chat"]
+
+
+def test_another_seed_into_a_suite_of_other_tasks_is_refused(tmp_path: Path) -> None:
+    """A seed-1 tool build into a seed-0 suite left a manifest saying seed 1 over seed-0 task folders."""
+    build_suite(tmp_path, seed=0, tasks=["chat", "tool"])
+    before = (tmp_path / "manifest.json").read_text()
+    with pytest.raises(ValueError) as err:
+        build_suite(tmp_path, seed=1, tasks=["tool"])
+    assert str(err.value) == (f"--out {tmp_path} holds tasks built with other settings (size small, seed 0): chat; "
+                              "a build with size small, seed 1 would mix them in one suite: build it with its "
+                              "settings, build every task it holds, or give another --out")
+    assert (tmp_path / "manifest.json").read_text() == before
+    result = runner.invoke(app, ["data", "build", "--out", str(tmp_path), "--task", "tool", "--seed", "1"])
+    assert isinstance(result.exception, ValueError) and str(result.exception) == str(err.value)  # main: exit 2
+    # rebuilding every task it holds with the new seed is one suite again; --fresh of one task keeps the others listed
+    assert build_suite(tmp_path, seed=1, tasks=["tool", "chat"])["seed"] == 1
+    assert list(build_suite(tmp_path, seed=1, tasks=["tool"], resume=False)["tasks"]) == ["chat", "tool"]
+
+
+@pytest.mark.parametrize("content", ["[]", "{\"tasks\": []}", "not json"])
+def test_a_manifest_that_is_no_manifest_is_named(tmp_path: Path, content: str) -> None:
+    (tmp_path / "manifest.json").write_text(content)
+    with pytest.raises(DataError, match=f"^{re.escape(str(tmp_path / 'manifest.json'))}: not a task suite manifest"):
+        build_suite(tmp_path, tasks=["tool"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]

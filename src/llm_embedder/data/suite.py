@@ -20,7 +20,7 @@ from llm_embedder.data.lrlm import build_lrlm
 from llm_embedder.data.qa import build_qa
 from llm_embedder.data.sources import SOURCES, source_versions
 from llm_embedder.data.tool import build_tool
-from llm_embedder.io import atomic_write, write_jsonl
+from llm_embedder.io import DataError, atomic_write, check_output_dir, write_jsonl
 
 FORMAT_VERSION = 2  # 2: the tool corpus names a function in "name", not "title"
 BUILDERS: dict[str, Callable[[BuildConfig], TaskData]] = {
@@ -89,27 +89,55 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
         handle.write(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
 
 
-def _resumable(out: Path, cfg: BuildConfig) -> dict[str, Any]:
-    """Finished task entries of an earlier build with the same settings (empty when none)."""
+def _settings(manifest: dict[str, Any]) -> tuple[Any, ...]:
+    """What a build's files depend on: size, seed, format version and source package versions."""
+    return manifest.get("size"), manifest.get("seed"), manifest.get("format_version"), manifest.get("sources")
+
+
+def _read_manifest(out: Path) -> dict[str, Any] | None:
+    """An earlier build's manifest in ``out`` (None where there is none); one that is no suite manifest is
+    refused naming the file."""
     path = out / "manifest.json"
     if not path.exists():
-        return {}
+        return None
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return {}
-    if (old.get("size"), old.get("seed"), old.get("format_version"), old.get("sources")) != (
-        cfg.size, cfg.seed, FORMAT_VERSION, source_versions()
-    ):
-        return {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: not a task suite manifest ({err}); remove it or give another --out") from None
+    if not isinstance(old, dict) or not isinstance(old.get("tasks", {}), dict):
+        raise DataError(f"{path}: not a task suite manifest (expected a JSON object with a 'tasks' object); "
+                        "remove it or give another --out")
+    return old
+
+
+def _finished(out: Path, old: dict[str, Any] | None) -> dict[str, Any]:
+    """The task entries of an earlier build whose files are all there."""
     done = {}
-    for task, entry in (old.get("tasks") or {}).items():
+    for task, entry in ((old or {}).get("tasks") or {}).items():
+        counts = entry.get("counts", {}) if isinstance(entry, dict) else {}
         files = [out / task / f"{s}.jsonl" for s in SPLITS]
-        if "corpus" in entry.get("counts", {}):
+        if "corpus" in counts:
             files.append(out / task / "corpus.jsonl")
-        if all(f.exists() for f in files):
+        if isinstance(entry, dict) and all(f.exists() for f in files):
             done[task] = entry
     return done
+
+
+def _check_same_settings(out: Path, cfg: BuildConfig, old: dict[str, Any] | None, chosen: list[str]) -> None:
+    """Refuse a build whose settings differ from those of tasks it would leave in ``out``: the manifest
+    records one size and seed for the suite, so those tasks would be listed under settings they were not built
+    with."""
+    if old is None or _settings(old) == _settings(_manifest(cfg, {}, complete=False)):
+        return
+    left = [task for task in _finished(out, old) if task not in chosen]
+    if not left:  # every task it holds is rebuilt with the new settings
+        return
+    how = f"size {old.get('size')}, seed {old.get('seed')}"
+    if (old.get("size"), old.get("seed")) == (cfg.size, cfg.seed):
+        how += ", another format or source package versions"
+    raise ValueError(f"--out {out} holds tasks built with other settings ({how}): {', '.join(left)}; a build with "
+                     f"size {cfg.size}, seed {cfg.seed} would mix them in one suite: build it with its settings, "
+                     "build every task it holds, or give another --out")
 
 
 def build_suite(
@@ -120,14 +148,24 @@ def build_suite(
     resume: bool = True,
     progress: Callable[[str, str], None] | None = None,
 ) -> dict[str, Any]:
-    """Build the tasks into ``out``; returns the manifest. ``progress(task, status)`` is called per task."""
+    """Build the tasks into ``out``; returns the manifest. ``progress(task, status)`` is called per task.
+
+    A folder that holds files but no manifest.json is refused (the build would replace a user's files), as is
+    one holding tasks built with other settings that this build would leave beside its own."""
     cfg = BuildConfig(size=size, seed=seed)
-    out = Path(out)
+    out = check_output_dir(out, ("manifest.json",), "a task suite build")
     chosen = list(tasks or TASKS)
     unknown = [t for t in chosen if t not in BUILDERS]
     if unknown:
         raise ValueError(f"no builder for task(s) {unknown}; buildable tasks: {', '.join(TASKS)}")
-    done = _resumable(out, cfg) if resume else {}
+    old = _read_manifest(out)
+    _check_same_settings(out, cfg, old, chosen)
+    same = old is not None and _settings(old) == _settings(_manifest(cfg, {}, complete=False))
+    # finished tasks of an earlier build with the same settings: kept (resume), and listed when not rebuilt
+    earlier = _finished(out, old) if same else {}
+    done = earlier if resume else {t: e for t, e in earlier.items() if t not in chosen}
+    # the manifest first: it marks the folder as a suite build, so an interrupted first task resumes
+    _write_json(out / "manifest.json", _manifest(cfg, done, complete=False))
     entries: dict[str, Any] = {}
     for task in chosen:
         if task in done:
