@@ -521,3 +521,27 @@ def test_a_max_length_beyond_the_base_positions_stops_the_pipeline_before_any_st
     assert str(err.value) == (f"demo setting max_length 1000 is more than model {tiny_embedder_dir} can encode: 512 "
                               "positions (max_position_embeddings of its config); give at most 512")
     assert not out.exists()
+
+
+def test_a_folder_of_other_files_stops_the_pipeline_before_any_stage(tiny_embedder_dir, tiny_lm_dir, tmp_path,
+                                                                      monkeypatch):
+    """--out holding a user's files is refused untouched (pipeline.json would replace theirs); a run's own passes."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError) as err:
+        run_pipeline(out, base=str(tiny_embedder_dir), llm=str(tiny_lm_dir), console=Console(record=True), cfg=TINY)
+    assert str(err.value) == f"--out {out} already holds files that are not a demo run (notes.txt); give a new or " \
+                             "empty folder"
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+    class Reached(Exception):
+        pass
+
+    def reached(self):
+        raise Reached
+
+    monkeypatch.setattr(Pipeline, "build_data", reached)
+    (out / "pipeline.json").write_text("{}")  # a demo run's folder (README and all): resumed
+    with pytest.raises(Reached):
+        run_pipeline(out, base=str(tiny_embedder_dir), llm=str(tiny_lm_dir), console=Console(record=True), cfg=TINY)

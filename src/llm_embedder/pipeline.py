@@ -22,7 +22,7 @@ from typing import Any
 
 from rich.console import Console
 
-from llm_embedder.io import atomic_write, file_sha256, read_jsonl, write_jsonl
+from llm_embedder.io import atomic_write, check_output_dir, file_sha256, read_jsonl, write_jsonl
 from llm_embedder.tasks import BUILTIN_TASKS, get_task
 from llm_embedder.train.once import TRAINED_STAMP, read_stamp
 
@@ -684,6 +684,9 @@ def run_pipeline(out: str | Path = "runs/demo", quick: bool = False, base: str =
     resolve_models(base, llm)
     # the base model's positions: a max_length beyond them would run data, reward and training, then fail at saving
     check_max_lengths(base, {"demo setting max_length": cfg.max_length})
+    # a folder of the user's is refused (pipeline.json and data/<task>/train.jsonl would replace theirs); one a demo
+    # run started (its pipeline.json is written first) is its own, resumed
+    check_output_dir(out, ("pipeline.json",), "a demo run")
     pipeline = Pipeline(out, cfg, base=base, llm=llm, console=console)
     pipeline.out.mkdir(parents=True, exist_ok=True)
     (pipeline.out / "pipeline.json").write_text(json.dumps(asdict(cfg), indent=2), encoding="utf-8")
