@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,34 @@ def test_build_one_task(tmp_path: Path) -> None:
         "seed"] == 3
     check = runner.invoke(app, ["data", "check", *map(str, sorted((tmp_path / "tool").glob("*.jsonl")))])
     assert check.exit_code == 0, check.output
+
+
+@pytest.mark.parametrize(("lines", "problem"), [
+    # null candidates were skipped as absent; train read them as none and refused the record
+    ([{"pos": None, "neg": None}], "1:pos: must be a list of strings, got null"),
+    ([{"neg": None}], "1:neg: must be a list of strings, got null"),
+    # a chat record inside a tool file: train trains one task per file
+    ([{}, {"task": "chat", "query_id": 1, "history": ["a", "b"]}],
+     "2:task: 'chat' differs from the file's task 'tool' (one task per file)"),
+    # tool selects its positive with 'first': a record without one cannot train
+    ([{"pos": []}], "1:pos: no positive, but task 'tool' selects one with 'first'"),
+])
+def test_check_reports_what_train_refuses(tmp_path: Path, lines: list[dict], problem: str) -> None:
+    from llm_embedder.io import DataError
+    from llm_embedder.train.examples import load_training_file
+
+    data = tmp_path / "tool" / "train.jsonl"
+    data.parent.mkdir()
+    data.write_text("".join(json.dumps(RECORD | line) + "\n" for line in lines))
+    result = runner.invoke(app, ["data", "check", str(data)])
+    assert result.exit_code == 1
+    assert f"{data}:{problem}" in result.output.replace("\n", "")
+    with pytest.raises(DataError, match=re.escape(f"{data}:{problem}")):
+        load_training_file(data, 0, group_size=2)
+
+
+def test_check_an_eval_file_needs_no_positive_to_train(tmp_path: Path) -> None:
+    """An evaluation split is not trained on: a record with no positive (pos_index into a corpus) is fine there."""
+    data = tmp_path / "test.jsonl"
+    data.write_text(json.dumps(RECORD | {"pos": []}) + "\n")
+    assert runner.invoke(app, ["data", "check", str(data)]).exit_code == 0

@@ -65,7 +65,9 @@ def build_command(
 @data_app.command("check")
 def check_command(
     files: Annotated[
-        list[Path], typer.Argument(help="Task data JSONL files (a corpus*.jsonl is checked as a corpus).")
+        list[Path], typer.Argument(help="Task data JSONL files (a corpus*.jsonl is checked as a corpus, any other "
+                                   "but dev*/test*.jsonl also as train reads it: one task, a positive where it "
+                                   "selects one).")
     ],
     corpus: Annotated[
         Path | None, typer.Option(help="Corpus for the index range check (default: a corpus.jsonl next to each file).")
@@ -85,7 +87,8 @@ def check_command(
         if path.is_dir():
             raise IsADirectoryError(f"{path} is a directory, expected a JSONL file{folder_hint(path)}")
         require_file(path)
-        problems = validate_file(path, corpus_size)
+        # a file that is no evaluation split is checked as train reads it (one task, a positive where it selects one)
+        problems = validate_file(path, corpus_size, training=not path.name.startswith(("dev", "test")))
         for problem in problems:
             console.print(str(problem), highlight=False, markup=False, soft_wrap=True)
         n_problems += len(problems)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_embedder.io import DataError, JsonlError, iter_jsonl, require_file
-from llm_embedder.tasks import UnknownTaskError, get_task
+from llm_embedder.tasks import Task, UnknownTaskError, get_task
 
 STR_LISTS = ("pos", "neg", "answers", "history")
 INT_LISTS = ("pos_index", "neg_index")
@@ -41,6 +41,19 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def missing_positive(task: Task, n_pos: int) -> str | None:
+    """Why a record with ``n_pos`` positives cannot train ``task`` (one that picks its positive from ``pos``), or
+    None: the rule ``train`` applies, shared with ``data check``."""
+    if task.select_positive in ("first", "random", "teacher-pos") and not n_pos:
+        return f"no positive, but task {task.name!r} selects one with {task.select_positive!r}"
+    return None
+
+
+def other_task(name: str, file_task: str) -> str:
+    """The problem of a record whose task is not its file's: one task per file, as ``train`` reads it."""
+    return f"{name!r} differs from the file's task {file_task!r} (one task per file)"
 
 
 def validate_record(record: dict[str, Any], source: str, line: int, corpus_size: int | None = None) -> list[Problem]:
@@ -74,7 +87,7 @@ def validate_record(record: dict[str, Any], source: str, line: int, corpus_size:
     elif not _is_int(record["query_id"]):
         bad("query_id", f"must be an integer, got {type(record['query_id']).__name__}")
 
-    chat = "history" in record
+    chat = record.get("history") is not None  # a null history is none, as train reads it
     if not chat:
         for field in ("pos", "neg"):
             if field not in record:
@@ -82,6 +95,8 @@ def validate_record(record: dict[str, Any], source: str, line: int, corpus_size:
     for field in STR_LISTS:
         value = record.get(field)
         if value is None:
+            if field in ("pos", "neg") and field in record and not chat:  # train reads it as no candidates
+                bad(field, "must be a list of strings, got null")
             continue
         if not isinstance(value, list):
             bad(field, f"must be a list of strings, got {type(value).__name__}")
@@ -141,14 +156,31 @@ def validate_record(record: dict[str, Any], source: str, line: int, corpus_size:
 
 
 def validate_records(
-    records: Iterable[tuple[int, dict[str, Any]] | dict[str, Any]], source: str, corpus_size: int | None = None
+    records: Iterable[tuple[int, dict[str, Any]] | dict[str, Any]], source: str, corpus_size: int | None = None,
+    training: bool = False,
 ) -> list[Problem]:
-    """Problems of many records: each record's own, plus duplicate query_ids. Records may be (line, record)."""
+    """Problems of many records: each record's own, plus duplicate query_ids. Records may be (line, record).
+
+    ``training`` adds what train needs beyond the schema: one task per file, a positive where the task selects
+    one."""
     problems: list[Problem] = []
     seen: dict[int, int] = {}
+    file_task: str | None = None
     for position, item in enumerate(records, start=1):
         line, record = item if isinstance(item, tuple) else (position, item)
         problems += validate_record(record, source, line, corpus_size)
+        name = record.get("task")
+        if training and isinstance(name, str):
+            file_task = file_task or name
+            if name != file_task:
+                problems.append(Problem(source, line, "task", other_task(name, file_task)))
+            elif record.get("history") is None and isinstance(record.get("pos", []), list):
+                try:
+                    why = missing_positive(get_task(name), len(record.get("pos") or []))
+                except UnknownTaskError:
+                    why = None  # reported by validate_record
+                if why:
+                    problems.append(Problem(source, line, "pos", why))
         query_id = record.get("query_id")
         if _is_int(query_id):
             if query_id in seen:
@@ -201,10 +233,10 @@ def is_corpus_path(path: str | Path) -> bool:
     return Path(path).name.startswith("corpus")
 
 
-def validate_file(path: str | Path, corpus_size: int | None = None) -> list[Problem]:
+def validate_file(path: str | Path, corpus_size: int | None = None, training: bool = False) -> list[Problem]:
     """Problems of a task data file (or of a corpus file), bad lines and emptiness included.
 
-    A sibling corpus.jsonl sets the index range.
+    A sibling corpus.jsonl sets the index range; ``training`` adds train's own needs (``validate_records``).
     """
     path = Path(path)
     if is_corpus_path(path):
@@ -220,7 +252,7 @@ def validate_file(path: str | Path, corpus_size: int | None = None) -> list[Prob
             n_records += 1
             yield item
 
-    problems = validate_records(counted(), str(path), corpus_size)
+    problems = validate_records(counted(), str(path), corpus_size, training)
     return _in_line_order(problems, bad, str(path), n_records)
 
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from llm_embedder.data.validate import raise_problems, validate_file
+from llm_embedder.data.validate import missing_positive, other_task, raise_problems, validate_file
 from llm_embedder.io import DataError, iter_jsonl
 from llm_embedder.tasks import Task, UnknownTaskError, get_task
 
@@ -118,8 +118,9 @@ def parse_record(
     )
     if needs_scores and scores is None:
         raise DataError(f"{where}:teacher_scores: missing, but task {task.name!r} ({task.loss}) needs teacher scores")
-    if task.select_positive in ("first", "random", "teacher-pos") and not pos:
-        raise DataError(f"{where}:pos: no positive, but task {task.name!r} selects one with {task.select_positive!r}")
+    why = missing_positive(task, len(pos))
+    if why:
+        raise DataError(f"{where}:pos: {why}")
     candidates_left = len(neg) if task.select_positive != "teacher" else len(pos) + len(neg) - 1
     if not neg or candidates_left < 1:
         raise DataError(f"{where}:neg: record has no negative (every example needs at least one)")
@@ -236,7 +237,7 @@ def load_training_file(
         if task is None:
             task = record_task
         elif record_task.name != task.name:
-            raise DataError(f"{where}:task: {name!r} differs from the file's task {task.name!r} (one task per file)")
+            raise DataError(f"{where}:task: {other_task(name, task.name)}")
         if hard_labels:
             record = hard_label_record(record)
             if record is None:
