@@ -545,3 +545,19 @@ def test_a_folder_of_other_files_stops_the_pipeline_before_any_stage(tiny_embedd
     (out / "pipeline.json").write_text("{}")  # a demo run's folder (README and all): resumed
     with pytest.raises(Reached):
         run_pipeline(out, base=str(tiny_embedder_dir), llm=str(tiny_lm_dir), console=Console(record=True), cfg=TINY)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    # split="train" ran data, reward and training, then the evaluation refused it
+    ({"split": "train"}, "demo setting split must be test or dev, got 'train'"),
+    # a string was taken as true
+    ({"train_bf16": "false"}, "demo setting train_bf16 must be True or False, got 'false'"),
+    ({"interleave_tasks": 0}, "demo setting interleave_tasks must be True or False, got 0"),
+    ({"generate": None}, "demo setting generate must be True or False, got None"),
+    ({"gold": "yes"}, "demo setting gold must be True or False, got 'yes'"),
+    ({"teacher": 1}, "demo setting teacher must be True or False, got 1"),
+])
+def test_settings_built_directly_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        PipelineConfig(**kwargs)
+    assert PipelineConfig(split="dev", train_bf16=False).split == "dev"

@@ -57,6 +57,7 @@ SETTING_MINIMUMS: dict[str, tuple[int, str]] = {
 POSITIVE_SETTINGS = ("lr", "temperature")  # finite and above 0
 OPTIONAL_SETTINGS = ("llm_fast", "embed_fast")  # "none" sets them to None (exact)
 LIST_SETTINGS = ("repetition", "plain_tasks")  # "none" sets them to "" (off)
+BOOL_SETTINGS = ("train_bf16", "interleave_tasks", "generate", "gold", "teacher")
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,13 @@ class PipelineConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"demo setting {name} must be a finite number above 0, got {value!r}")
+        for name in BOOL_SETTINGS:  # a string such as "false" was taken as true
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"demo setting {name} must be True or False, got {getattr(self, name)!r}")
+        try:  # else data, reward and training ran before the evaluation refused it
+            split_suffix(self.split)
+        except ValueError as err:
+            raise ValueError(f"demo setting {err}") from None
         from llm_embedder.train.config import check_value
 
         try:  # the trainer's own check, here so that a bad --set fails before the reward stage
