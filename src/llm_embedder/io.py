@@ -108,20 +108,37 @@ def iter_text_lines(path: str | Path, option: str | None = None) -> Iterator[str
 
 
 def iter_jsonl(
-    path: str | Path, *, option: str | None = None, on_error: Callable[[JsonlError], None] | None = None
+    path: str | Path, *, option: str | None = None, on_error: Callable[[JsonlError], None] | None = None,
+    unique_keys: bool = False,
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """Stream (line number, record) for each non-blank line; a bad line raises JsonlError naming file and line.
 
     ``option`` names the command-line option the path came from in errors; with ``on_error`` bad lines are
-    passed to it and skipped instead.
+    passed to it and skipped instead; ``unique_keys`` makes a key given twice in a line a bad line.
     """
     path = require_file(path, option)
     with path.open("rb") as handle:  # bytes, decoded per line: bad UTF-8 gets a file:line error, memory stays flat
-        yield from parse_jsonl_lines(handle, str(path), on_error)
+        yield from parse_jsonl_lines(handle, str(path), on_error, unique_keys)
 
 
-def parse_jsonl_line(line: str | bytes, source: str, line_no: int) -> dict[str, Any] | None:
-    """One JSONL line as a record (None when blank); raises JsonlError naming the source and line."""
+class _DuplicateKey(Exception):
+    """A key an object of one line gives twice (raised by ``_unique_keys``)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An ``object_pairs_hook`` that refuses a key given twice (json.loads keeps the last, silently)."""
+    record: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in record:
+            raise _DuplicateKey(key)
+        record[key] = value
+    return record
+
+
+def parse_jsonl_line(line: str | bytes, source: str, line_no: int,
+                     unique_keys: bool = False) -> dict[str, Any] | None:
+    """One JSONL line as a record (None when blank); raises JsonlError naming the source and line. With
+    ``unique_keys`` a key given twice in an object is an error (a validator's choice: it costs parsing time)."""
     if isinstance(line, bytes):
         line = decode_line(line, source, line_no)
     elif line_no == 1:
@@ -129,21 +146,25 @@ def parse_jsonl_line(line: str | bytes, source: str, line_no: int) -> dict[str, 
     if not line.strip():
         return None
     try:
-        record = json.loads(line)
+        record = json.loads(line, object_pairs_hook=_unique_keys) if unique_keys else json.loads(line)
     except json.JSONDecodeError as err:
         raise JsonlError(source, line_no, "json", f"malformed JSON: {err.msg} (column {err.colno})") from None
+    except _DuplicateKey as err:
+        key = str(err.args[0])
+        raise JsonlError(source, line_no, key, f"duplicate key {key!r} (JSON keeps only its last value)") from None
     if not isinstance(record, dict):
         raise JsonlError(source, line_no, "json", f"expected a JSON object, got {type(record).__name__}")
     return record
 
 
 def parse_jsonl_lines(
-    lines: Iterable[str | bytes], source: str, on_error: Callable[[JsonlError], None] | None = None
+    lines: Iterable[str | bytes], source: str, on_error: Callable[[JsonlError], None] | None = None,
+    unique_keys: bool = False,
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, record) for each non-blank line (text or UTF-8 bytes); bad lines raise, or go to ``on_error``."""
     for line_no, line in enumerate(lines, start=1):
         try:
-            record = parse_jsonl_line(line, source, line_no)
+            record = parse_jsonl_line(line, source, line_no, unique_keys)
         except JsonlError as err:
             if on_error is None:
                 raise

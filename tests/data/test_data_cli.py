@@ -139,3 +139,21 @@ def test_check_an_eval_file_needs_no_positive_to_train(tmp_path: Path) -> None:
     data = tmp_path / "test.jsonl"
     data.write_text(json.dumps(RECORD | {"pos": []}) + "\n")
     assert runner.invoke(app, ["data", "check", str(data)]).exit_code == 0
+
+
+def test_check_reports_a_key_given_twice(tmp_path: Path) -> None:
+    """{"pos": ["a"], "pos": []} was read as its last value, silently; train refuses it too."""
+    from llm_embedder.io import DataError
+    from llm_embedder.train.examples import load_training_file
+
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps(RECORD) + "\n" + json.dumps(RECORD | {"query_id": 1})[:-1] + ', "pos": []}\n')
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"text": "a", "text": "b"}\n')
+    result = runner.invoke(app, ["data", "check", str(data), str(corpus)])
+    assert result.exit_code == 1
+    output = result.output.replace("\n", "")
+    assert f"{data}:2:pos: duplicate key 'pos' (JSON keeps only its last value)" in output
+    assert f"{corpus}:1:text: duplicate key 'text' (JSON keeps only its last value)" in output
+    with pytest.raises(DataError, match=re.escape(f"{data}:2:pos: duplicate key 'pos'")):
+        load_training_file(data, 0, group_size=2)

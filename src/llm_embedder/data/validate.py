@@ -208,7 +208,7 @@ def validate_corpus_file(path: str | Path) -> list[Problem]:
     problems: list[Problem] = []
     bad: list[Problem] = []
     n_records = 0
-    for line, record in iter_jsonl(path, on_error=_bad_line(bad)):
+    for line, record in iter_jsonl(path, on_error=_bad_line(bad), unique_keys=True):
         position = n_records + len(bad)  # entries count non-blank lines, bad ones included (as corpus_size_of)
         n_records += 1
         if not isinstance(record.get("text"), str):
@@ -248,7 +248,7 @@ def validate_file(path: str | Path, corpus_size: int | None = None, training: bo
 
     def counted() -> Iterator[tuple[int, dict[str, Any]]]:
         nonlocal n_records
-        for item in iter_jsonl(path, on_error=_bad_line(bad)):
+        for item in iter_jsonl(path, on_error=_bad_line(bad), unique_keys=True):  # a repeated key: one is lost
             n_records += 1
             yield item
 
