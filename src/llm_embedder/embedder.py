@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from llm_embedder.models import check_device, resolve_embedder_path
+from llm_embedder.models import check_device, config_position_limit, resolve_embedder_path
 from llm_embedder.tasks import Task, get_task, list_tasks, register_task, task_from_dict
 
 if TYPE_CHECKING:
@@ -163,15 +163,8 @@ class Embedder:
 
     def position_limit(self) -> int | None:
         """The most tokens the transformer has positions for (its config's ``max_position_embeddings``), or None
-        where its config has none."""
-        if self.backend == "torch":
-            config = getattr(getattr(self.model[0], "auto_model", None), "config", None)
-            limit = getattr(config, "max_position_embeddings", None)
-        else:  # an export is the model directory copied: its transformer config is at the root
-            config_file = self.path / "config.json"
-            config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
-            limit = config.get("max_position_embeddings") if isinstance(config, dict) else None
-        return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
+        where its config has none (an ONNX export keeps the model's config)."""
+        return config_position_limit(self.path)
 
     @property
     def dim(self) -> int:
