@@ -21,3 +21,16 @@ def test_showcase_reports_first_hits_and_hits_in_the_top_k(tiny_embedder_dir, ti
         "Queries with a relevant key in the top 2: " + ", ".join(f"{t} {s['in_top_k']:.2f}" for t, s in shares.items())
         in text
     )
+
+
+def test_search_only_refuses_the_options_it_would_ignore(tmp_path):
+    """`demo --search-only --set lr=1 --out X` ran the mini search and silently ignored the rest."""
+    from typer.testing import CliRunner
+
+    from llm_embedder.cli import app
+
+    for extra in (["--set", "lr=1"], ["--out", str(tmp_path / "x")], ["--quick"], ["--split", "dev"]):
+        result = CliRunner().invoke(app, ["demo", "--search-only", *extra])
+        assert isinstance(result.exception, ValueError), result.output
+        assert f"{extra[0]} would have no effect" in str(result.exception)
+    assert not (tmp_path / "x").exists()

@@ -31,6 +31,12 @@ def demo_command(
     from llm_embedder.pipeline import PipelineConfig, run_pipeline
 
     if search_only:
+        given = {"--out": out != Path("runs/demo"), "--quick": quick, "--llm": llm != "smollm2",
+                 "--split": split != "test", "--set": bool(setting)}
+        ignored = [option for option, was_given in given.items() if was_given]
+        if ignored:  # they used to be ignored silently
+            raise ValueError(f"--search-only searches the bundled mini corpus with --base and runs nothing else: "
+                             f"{', '.join(ignored)} would have no effect")
         run_demo(model=base)
         return
     overrides = {"split": split}
