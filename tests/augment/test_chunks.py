@@ -74,3 +74,12 @@ def test_threads_adding_texts_get_their_own_positions(tiny_embedder, monkeypatch
         assert "".join(memory.chunks[p] for p in positions) == texts[name]
     held = {doc["position"]: doc["text"] for _, doc in memory.retriever.documents()}
     assert held == dict(enumerate(memory.chunks))
+
+
+def test_chunk_memory_takes_the_llm_as_its_tokenizer(tiny_embedder, tiny_lm) -> None:
+    """augment takes a CausalLM as its tokenizer; ChunkMemory failed on it ('CausalLM' has no attribute 'encode')."""
+    memory = ChunkMemory(tiny_embedder, tokenizer=tiny_lm, chunk_tokens=4)
+    text = "The quick brown fox jumps over the lazy dog. Jupiter is the largest planet."
+    positions = memory.add_text(text)
+    assert len(positions) > 1 and "".join(memory.chunks) == text
+    assert memory.prompt("What is the largest planet?", k=2, tokenizer=tiny_lm).endswith("What is the largest planet?")

@@ -58,7 +58,11 @@ class ChunkMemory(_Store):
 
     def __init__(self, embedder: Any, tokenizer: Any = None, chunk_tokens: int = 128, **kwargs: Any) -> None:
         super().__init__(embedder, **kwargs)
-        self.tokenizer = tokenizer if tokenizer is not None else embedder.tokenizer
+        tokenizer = tokenizer if tokenizer is not None else embedder.tokenizer
+        # a CausalLM (what augment takes as a tokenizer) chunks with its own tokenizer
+        if not hasattr(tokenizer, "encode") and hasattr(getattr(tokenizer, "tokenizer", None), "encode"):
+            tokenizer = tokenizer.tokenizer
+        self.tokenizer = tokenizer
         self.chunk_tokens = chunk_tokens
         self.chunks: list[str] = []
         self._text_starts: list[int] = []  # per position, its text's first position (-1: not held, unknown)
