@@ -111,16 +111,15 @@ def recent_window(candidates: list[str], gold: list[int], size: int) -> tuple[li
     return [candidates[i] for i in keep], [new_id[g] for g in gold if g in new_id]
 
 
-def check_split(path: Path, task: str) -> None:
-    """Refuse an evaluation split that data check would refuse, naming every problem (a number in ``answers``
-    failed deep in the LLM pass, a ``pos_index`` out of range or an empty history turn was scored silently). What
-    only training needs may be missing: ``pos`` and ``neg`` (the labels are ``pos_index``), ``query_id``, and
-    ``task`` (the folder's)."""
-    from llm_embedder.data.validate import corpus_size_of, raise_problems, validate_records
+def check_split(numbered: list[tuple[int, dict[str, Any]]], path: Path, task: str, corpus_size: int | None) -> None:
+    """Refuse an evaluation split (its (line, record) pairs) that data check would refuse, naming every problem (a
+    number in ``answers`` failed deep in the LLM pass, a ``pos_index`` out of range or an empty history turn was
+    scored silently). What only training needs may be missing: ``pos`` and ``neg`` (the labels are ``pos_index``),
+    ``query_id``, and ``task`` (the folder's)."""
+    from llm_embedder.data.validate import raise_problems, validate_records
 
-    corpus = path.parent / "corpus.jsonl"
     views = []
-    for line_no, record in iter_jsonl(path):
+    for line_no, record in numbered:
         view = dict(record)
         if "history" not in view:
             view.setdefault("pos", [])
@@ -128,8 +127,7 @@ def check_split(path: Path, task: str) -> None:
         view.setdefault("query_id", 10**15 + line_no)  # not a record's own id: no clash with those given
         view.setdefault("task", task)
         views.append((line_no, view))
-    raise_problems(validate_records(views, str(path), corpus_size_of(corpus) if corpus.is_file() else None),
-                   str(path))
+    raise_problems(validate_records(views, str(path), corpus_size), str(path))
 
 
 def load_task_data(
@@ -147,17 +145,16 @@ def load_task_data(
     path = task_dir / f"{split}.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"no {split} split for task {task!r}: {path} (run `llm-embedder data build`)")
-    check_split(path, task)
-    records = read_jsonl(path)[:max_queries]
-    if not records:
-        raise DataError(f"{path}: no records")
     corpus_path = task_dir / "corpus.jsonl"
     corpus = [corpus_text(doc) for doc in read_jsonl(corpus_path)] if corpus_path.exists() else None
+    numbered = list(iter_jsonl(path))  # read once: checked whole, the first max_queries evaluated
+    # a query that is no text, or a pos_index outside the corpus, is among the problems it names
+    check_split(numbered, path, task, None if corpus is None else len(corpus))
+    if not numbered:
+        raise DataError(f"{path}: no records")
     queries, answers, candidates, golds, hard = [], [], [], [], []
-    for line_no, record in enumerate(records, start=1):
+    for line_no, record in numbered[:max_queries]:
         where = f"{path}:{line_no}"
-        if not isinstance(record.get("query"), str) or not record["query"].strip():
-            raise DataError(f"{where}: field 'query' must be a non-empty string")
         if record.get("task", task) != task:  # a typo'd or misplaced record would be scored as this task
             raise DataError(f"{where}: field 'task' is {record['task']!r}, but the file is {task!r}'s split")
         queries.append(record["query"])
@@ -166,10 +163,7 @@ def load_task_data(
             candidates.append(record["history"])
             golds.append(list(record.get("pos_index") or []))
         elif corpus is not None:
-            gold = list(record.get("pos_index") or [])
-            if any(not 0 <= g < len(corpus) for g in gold):
-                raise DataError(f"{where}: field 'pos_index' points outside {corpus_path} ({len(corpus)} docs)")
-            golds.append(gold)
+            golds.append(list(record.get("pos_index") or []))
             hard.append([i for i in record.get("neg_index") or [] if isinstance(i, int)])
         else:
             pos, neg = list(record.get("pos") or []), list(record.get("neg") or [])
