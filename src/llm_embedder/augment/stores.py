@@ -162,11 +162,11 @@ class ExampleBank(_Store):
 
     def add(self, examples: Sequence[str | dict]) -> list[int]:
         """Add examples: ready strings, or dicts formatted with ``template`` (or having ``text``)."""
+        refuse_a_string(examples, "examples")  # one example per character otherwise
         return self.retriever.add(self._format(examples))
 
     def _format(self, examples: Sequence[str | dict]) -> list[str | dict]:
         """The examples as documents: a dict without ``text`` gets the ``template`` filled with its fields."""
-        refuse_a_string(examples, "examples")  # one example per character otherwise
         docs = []
         for i, example in enumerate(examples):
             if isinstance(example, dict) and "text" not in example:
