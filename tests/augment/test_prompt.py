@@ -65,6 +65,23 @@ def test_real_tokenizer_counts(tiny_embedder) -> None:
     assert len(tok.encode(one_more, add_special_tokens=False)) > 20
 
 
+def test_an_embedder_or_a_model_counts_with_its_tokenizer(tiny_embedder) -> None:
+    """A model passed as the tokenizer counts whole texts with its HF tokenizer, as that tokenizer does: an
+    Embedder's own count_tokens (special tokens, its max length) is not what a prompt budget means."""
+    tok = tiny_embedder.tokenizer
+    long_item = "word " * 400  # past the tiny embedder's max length: a truncating count would let it in
+    items = ["one two three four five", long_item, "six seven"]
+    by_model = augment("qa", "q", items, budget_tokens=60, tokenizer=tiny_embedder)
+    assert by_model == augment("qa", "q", items, budget_tokens=60, tokenizer=tok)
+    assert "word word" not in by_model and "six seven" in by_model
+
+    class CountsOnly:  # an object with a count_tokens per text and nothing else still counts
+        def count_tokens(self, texts):
+            return [len(tok.encode(t, add_special_tokens=False)) for t in texts]
+
+    assert augment("qa", "q", items, budget_tokens=60, tokenizer=CountsOnly()) == by_model
+
+
 def test_register_layout_for_user_task() -> None:
     register_layout("recipes", {"header": "Recipes:\n", "query": "Cook: {query}\n", "separator": "\n---\n"})
     try:

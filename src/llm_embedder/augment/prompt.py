@@ -98,20 +98,28 @@ def approximate_tokens(text: str) -> int:
 
 
 def token_counter(tokenizer: Any = None) -> Callable[[str], int]:
-    """A function text -> token count: a HF tokenizer, an object with ``count_tokens`` (``CausalLM``),
-    a callable returning a count or ids, or ``None`` for an estimate that errs high (``approximate_tokens``)."""
+    """A function text -> token count: a HF tokenizer, a model that holds one as ``.tokenizer`` (``CausalLM``,
+    ``Embedder``: its tokenizer counts the whole text, without special tokens or the embedder's truncation), a
+    callable returning a count or ids, or ``None`` for an estimate that errs high (``approximate_tokens``)."""
     if tokenizer is None:
         return approximate_tokens
-    if hasattr(tokenizer, "count_tokens"):
-        return lambda text: int(tokenizer.count_tokens([text])[0])
+    inner = getattr(tokenizer, "tokenizer", None)
+    if hasattr(inner, "encode"):
+        tokenizer = inner
     if hasattr(tokenizer, "encode"):
         return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
+    if hasattr(tokenizer, "count_tokens"):  # counts per text, or a total
+        def count_with(text: str) -> int:
+            out = tokenizer.count_tokens([text])
+            return int(out if isinstance(out, int) else out[0])
+        return count_with
     if callable(tokenizer):
         def count(text: str) -> int:
             out = tokenizer(text)
             return out if isinstance(out, int) else len(out)
         return count
-    raise TypeError(f"tokenizer must be a tokenizer, a CausalLM or a callable, got {type(tokenizer).__name__}")
+    raise TypeError("tokenizer must be a tokenizer, a CausalLM, an Embedder or a callable, "
+                    f"got {type(tokenizer).__name__}")
 
 
 def _text(item: Any) -> str:
