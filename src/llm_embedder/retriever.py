@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from llm_embedder.index.base import IndexFormatError, VectorIndex
+from llm_embedder.index.base import IndexFormatError, VectorIndex, check_k
 from llm_embedder.index.build import (
     DOCS_FILE,
     EMBEDDINGS_FILE,
@@ -226,6 +226,7 @@ class Retriever:
         self, queries: str | Sequence[str], k: int = 10, filter: Mapping[str, Any] | None = None
     ) -> list[list[Hit]]:
         """Top-k hits per query (fewer when the index holds fewer matching documents)."""
+        check_k(k)  # before the queries are encoded
         self.check_filter_fields(filter)
         texts = [queries] if isinstance(queries, str) else list(queries)
         check_queries(texts)

@@ -371,3 +371,35 @@ def test_stores_refuse_a_string_before_making_their_folder_and_number_turns_acro
     for thread in threads:
         thread.join()
     assert sorted(memory._numbers) == list(range(6)) and len(memory.retriever) == 6
+
+
+@pytest.mark.parametrize("k", [0, -1, 1.5, True])
+def test_every_store_refuses_a_bad_k_whether_empty_or_not(tiny_embedder, k) -> None:
+    """k=0 used to give [] on an empty store and an error (or a wrong slice) on a full one."""
+    def stores():
+        memory = ConversationMemory(tiny_embedder)
+        chunks = ChunkMemory(tiny_embedder, chunk_tokens=4)
+        box = ToolBox(tiny_embedder)
+        yield lambda: KnowledgeBase(tiny_embedder).search("q", k)
+        yield lambda: ExampleBank(tiny_embedder).retrieve("q", k)
+        yield lambda: ConversationalSearch(tiny_embedder).search("q", k)
+        yield lambda: memory.retrieve("q", k)
+        yield lambda: chunks.retrieve("q", k)
+        yield lambda: box.retrieve("q", k)
+        memory.add_turn("hi", "hello")
+        memory.add_turn("how are you", "fine")
+        chunks.add_text("one two three four five six seven eight nine ten")
+        box.register(get_weather)
+        yield lambda: KnowledgeBase(tiny_embedder, FACTS).search("q", k)
+        yield lambda: ExampleBank(tiny_embedder, ["a\nb", "c\nd"]).retrieve("q", k)
+        yield lambda: ConversationalSearch(tiny_embedder, FACTS).search("q", k)
+        yield lambda: memory.retrieve("q", k)
+        yield lambda: chunks.retrieve("q", k)
+        yield lambda: box.retrieve("q", k)
+
+    for call in stores():
+        with pytest.raises(ValueError, match="k must be a positive integer"):
+            call()
+    retriever = Retriever.build(tiny_embedder, "qa", FACTS)
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        retriever.search("q", k)

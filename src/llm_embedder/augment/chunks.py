@@ -6,6 +6,7 @@ from typing import Any
 
 from llm_embedder.augment.prompt import augment
 from llm_embedder.augment.stores import _Store
+from llm_embedder.index.base import check_k
 from llm_embedder.retriever import Hit
 
 
@@ -100,6 +101,7 @@ class ChunkMemory(_Store):
         ``continuation=True`` appends each chunk's following chunk of the same text to its text, as in the
         paper's setup (a text's last chunk gets none).
         """
+        check_k(k)
         limit = min(len(self.chunks), k if before is None else k + max(0, len(self.chunks) - before))
         hits = self._search(query, max(limit, 1)) if limit else []
         if before is not None:

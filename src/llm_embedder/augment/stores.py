@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_embedder.augment.prompt import augment, get_layout, token_counter
+from llm_embedder.index.base import check_k
 from llm_embedder.retriever import Hit, Retriever, normalise_documents, refuse_a_string
 
 
@@ -71,6 +72,7 @@ class _Store:
         return sorted(held, key=lambda item: item[1][field])
 
     def _search(self, query: str, k: int, filter: Mapping[str, Any] | None = None) -> list[Hit]:
+        check_k(k)  # a bad k is refused on an empty store as on a full one
         if len(self.retriever) == 0:
             return []
         return self.retriever.search(query, k=k, filter=filter)[0]
@@ -136,6 +138,7 @@ class ConversationMemory(_Store):
 
     def retrieve(self, query: str, k: int = 1) -> list[Hit]:
         """The ``k`` most relevant past turns, or the ``k`` most recent when nothing is relevant enough."""
+        check_k(k)
         if len(self.turns) <= k:
             return self.recent(k)
         relevant = [hit for hit in self._search(query, k) if hit.score >= self.min_score]

@@ -11,6 +11,7 @@ from typing import Any
 
 from llm_embedder.augment.prompt import augment
 from llm_embedder.augment.stores import _Store
+from llm_embedder.index.base import check_k
 
 _PY_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean", list: "array", dict: "object"}
 _PY_NAMES = {t.__name__: name for t, name in _PY_TYPES.items()}
@@ -203,6 +204,7 @@ class ToolBox(_Store):
 
     def retrieve_scored(self, request: str, k: int = 3) -> list[tuple[Tool, float]]:
         """Like ``retrieve``, with each tool's similarity score (to decide whether to use a tool at all)."""
+        check_k(k)
         extra = max(0, len(self.retriever) - len(self.tools))  # older duplicates, each tool counted once
         out: dict[str, float] = {}
         for hit in self._search(request, k + extra):
