@@ -241,7 +241,7 @@ def test_reopened_store_skips_a_deleted_document(tiny_embedder, tmp_path: Path) 
     memory.retriever.delete([2])
     reopened = ConversationMemory(tiny_embedder, index_dir=tmp_path / "chat")
     assert [h.metadata["turn"] for h in reopened.recent(3)] == [0, 1]
-    assert reopened.add_turn("user 3", "assistant 3") == 2  # one after the last turn held
+    assert reopened.add_turn("user 3", "assistant 3") == 3  # a deleted turn's number is not given again
 
 
 def test_a_store_refuses_an_index_whose_documents_it_cannot_place(tiny_embedder, tmp_path: Path) -> None:
@@ -403,3 +403,42 @@ def test_every_store_refuses_a_bad_k_whether_empty_or_not(tiny_embedder, k) -> N
     retriever = Retriever.build(tiny_embedder, "qa", FACTS)
     with pytest.raises(ValueError, match="k must be a positive integer"):
         retriever.search("q", k)
+
+
+def test_conversation_memory_forgets_turns_for_good(tiny_embedder, tmp_path: Path) -> None:
+    memory = ConversationMemory(tiny_embedder, min_score=-1.0, index_dir=tmp_path / "chat")
+    for i in range(4):
+        memory.add_turn(f"user {i}", f"assistant {i}")
+    assert memory.forget([3, 1]) == 2
+    assert [h.metadata["turn"] for h in memory.recent(4)] == [0, 2]
+    assert {h.metadata["turn"] for h in memory.retrieve("user 1", k=2)} == {0, 2}
+    assert len(memory) == 2
+    with pytest.raises(ValueError, match="no turn numbered 1, 7"):
+        memory.forget([1, 7])
+    assert len(memory) == 2  # a refused call forgets nothing
+    assert memory.add_turn("user 4", "assistant 4") == 4  # the forgotten 3 names no other turn
+    reopened = ConversationMemory(tiny_embedder, min_score=-1.0, index_dir=tmp_path / "chat")
+    assert [h.metadata["turn"] for h in reopened.recent(5)] == [0, 2, 4]
+    assert reopened.add_turn("user 5", "assistant 5") == 5
+
+
+def test_a_memory_whose_index_cannot_delete_refuses_to_forget(tiny_embedder) -> None:
+    memory = ConversationMemory(tiny_embedder, factory="HNSW8")
+    memory.add_turn("a", "b")
+    with pytest.raises(ValueError, match="does not support delete"):
+        memory.forget([0])
+    assert [h.metadata["turn"] for h in memory.recent(1)] == [0]
+
+
+def test_toolbox_unregisters_a_tool(tiny_embedder, tmp_path: Path) -> None:
+    box = ToolBox(tiny_embedder, [get_weather, SEND_EMAIL], index_dir=tmp_path / "tools")
+    assert box.unregister("get_weather").name == "get_weather"
+    assert [t.name for t in box.retrieve("weather in Paris", k=2)] == ["send_email"]
+    with pytest.raises(KeyError, match="unknown tool 'get_weather'"):
+        box.call("get_weather", city="Paris")
+    with pytest.raises(KeyError, match="unknown tool 'nope'; registered: send_email"):
+        box.unregister("nope")
+    reopened = ToolBox(tiny_embedder, index_dir=tmp_path / "tools")
+    assert list(reopened.tools) == ["send_email"]
+    reopened.register(get_weather)  # the name is free again
+    assert sorted(t.name for t in reopened.retrieve("weather", k=3)) == ["get_weather", "send_email"]

@@ -119,16 +119,37 @@ class ConversationMemory(_Store):
         held = self._held("turn")  # reopened: the turns the index holds, oldest first
         self.turns: list[str] = [doc["text"] for _, doc in held]
         self._numbers: list[int] = [doc["turn"] for _, doc in held]  # turn number of each of self.turns
+        self._ids: list[int] = [i for i, _ in held]  # index id of each of self.turns
+        # numbers go on after every turn ever stored, forgotten ones too: a number names one turn only
+        every = self.retriever.docs.get(range(len(self.retriever.docs)))
+        self._next = 1 + max((d["turn"] for d in every if isinstance(d.get("turn"), int)), default=-1)
 
     def add_turn(self, user: str, assistant: str) -> int:
-        """Remember one exchange; returns its turn number (one after the last turn held)."""
+        """Remember one exchange; returns its turn number (one after the last turn stored)."""
         text = f"Speaker 1: {user}\nSpeaker 2: {assistant}"
         with self.retriever.lock:  # two threads' turns get two numbers
-            turn = self._numbers[-1] + 1 if self._numbers else 0
-            self.retriever.add([{"text": text, "turn": turn}])
+            turn = self._next
+            self._ids.extend(self.retriever.add([{"text": text, "turn": turn}]))
             self.turns.append(text)
             self._numbers.append(turn)
+            self._next = turn + 1
         return turn
+
+    def forget(self, turns: Sequence[int]) -> int:
+        """Remove these turns (numbers from ``add_turn``) from the memory: neither retrieval nor recency returns
+        them again. Returns how many were removed. With an ``index_dir``, the text stays in its docs.jsonl (as
+        ``Retriever.delete`` leaves it); an index that cannot delete (HNSW) refuses and keeps them all."""
+        refuse_a_string(turns, "turns")
+        with self.retriever.lock:
+            where = {number: i for i, number in enumerate(self._numbers)}
+            unknown = [t for t in turns if t not in where]
+            if unknown:
+                raise ValueError(f"no turn numbered {', '.join(map(repr, unknown))} in this memory")
+            gone = sorted({where[t] for t in turns})
+            self.retriever.delete([self._ids[i] for i in gone])
+            for i in reversed(gone):
+                del self.turns[i], self._numbers[i], self._ids[i]
+        return len(gone)
 
     def recent(self, n: int = 1) -> list[Hit]:
         """The last ``n`` turns, oldest first (score NaN: chosen by recency)."""

@@ -198,6 +198,17 @@ class ToolBox(_Store):
             self.tools[entry.name] = entry
         return entry
 
+    def unregister(self, name: str) -> Tool:
+        """Remove a tool: retrieval no longer returns it and ``call`` no longer knows it. An index that cannot
+        delete (HNSW) refuses and keeps it."""
+        with self.retriever.lock:
+            if name not in self.tools:
+                raise KeyError(f"unknown tool {name!r}; registered: {', '.join(self.tools) or 'none'}")
+            self.retriever.delete(self._ids[name])
+            del self._ids[name]
+            self._stored.pop(name, None)
+            return self.tools.pop(name)
+
     def retrieve(self, request: str, k: int = 3) -> list[Tool]:
         """The ``k`` tools most useful for ``request``, best first."""
         return [tool for tool, _ in self.retrieve_scored(request, k)]
