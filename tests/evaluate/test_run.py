@@ -205,6 +205,9 @@ def test_run_evaluation_resumes_and_reports(suite, tiny_embedder, tmp_path):
     assert lm.calls == calls
     plots = write_report(results, out)
     assert {p.name for p in plots} == {"qa.png", "chat.png"}
+    write_report({"qa": results["qa"]}, out)  # a later report without chat leaves no chat plot behind
+    assert {p.name for p in (out / "plots").iterdir()} == {"qa.png"}
+    write_report(results, out)
     table = (out / "results.md").read_text()
     assert "| bm25 |" in table and "perplexity" in table
 

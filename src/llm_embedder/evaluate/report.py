@@ -34,7 +34,8 @@ def detail_table(task: str, metrics: dict[str, dict[str, float]]) -> str:
 
 
 def write_report(results: dict[str, dict[str, dict[str, float]]], out_dir: str | Path) -> list[Path]:
-    """results.md (summary + per-task detail) and plots/<task>.png; returns the plot paths."""
+    """results.md (summary + per-task detail) and plots/<task>.png; returns the plot paths. Other plots in
+    plots/ (of tasks an earlier evaluation under other settings had) are removed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,4 +66,6 @@ def write_report(results: dict[str, dict[str, dict[str, float]]], out_dir: str |
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)
+    for stale in set(plot_dir.glob("*.png")) - set(paths):  # a task no longer in the results: its plot would mislead
+        stale.unlink()
     return paths
