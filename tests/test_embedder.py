@@ -121,6 +121,24 @@ def test_saved_prompts_round_trip_through_sentence_transformers(tiny_embedder, t
     unregister_task("custom")
 
 
+def test_a_task_registered_otherwise_than_the_model_saved_it_warns_and_the_model_wins(tiny_embedder, tmp_path):
+    from llm_embedder.embedder import TaskRedefinedWarning
+
+    try:
+        register_task(name="custom", query_instruction="Custom query: ", key_instruction="Custom key: ")
+        out = tiny_embedder.save(tmp_path / "model")
+        trained_with = tiny_embedder.encode_queries(["x"], "custom")
+    finally:
+        unregister_task("custom")
+    try:  # a --task-file of another definition, registered before the model loads
+        register_task(name="custom", query_instruction="Other query: ", key_instruction="Custom key: ")
+        with pytest.warns(TaskRedefinedWarning, match="task 'custom' is registered with other instructions"):
+            reloaded = Embedder(out, device="cpu")
+        np.testing.assert_allclose(reloaded.encode_queries(["x"], "custom"), trained_with, atol=1e-6)
+    finally:
+        unregister_task("custom")
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("task", list(load_demo_corpus()))
 def test_minilm_ranks_relevant_keys_above_irrelevant(minilm, task):

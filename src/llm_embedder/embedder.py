@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import operator
 import threading
+import warnings
 from collections.abc import Collection, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from pathlib import Path
@@ -305,6 +306,10 @@ class Embedder:
         return path
 
 
+class TaskRedefinedWarning(UserWarning):
+    """A task registered (from a task file) with other instructions than a model saved: the model's win."""
+
+
 def register_model_tasks(model: str | Path) -> None:
     """Register the tasks a saved model carries (its llm_embedder_tasks.json) without loading it, so that a
     command can look its task up, and refuse a bad one, before the model loads."""
@@ -319,6 +324,11 @@ def _register_saved_tasks(path: Path) -> None:
     for item in json.loads(tasks_file.read_text(encoding="utf-8")).get("tasks", []):
         task = task_from_dict(item, where=str(tasks_file))
         try:
-            get_task(task.name)
+            held = get_task(task.name)
         except KeyError:
             register_task(task)
+            continue
+        if (held.query_instruction, held.key_instruction) != (task.query_instruction, task.key_instruction):
+            warnings.warn(f"task {task.name!r} is registered with other instructions (a --task-file?) than the "
+                          f"model {path} was saved with; encoding uses the model's own, which it was trained with",
+                          TaskRedefinedWarning, stacklevel=3)
