@@ -157,3 +157,24 @@ def test_check_reports_a_key_given_twice(tmp_path: Path) -> None:
     assert f"{corpus}:1:text: duplicate key 'text' (JSON keeps only its last value)" in output
     with pytest.raises(DataError, match=re.escape(f"{data}:2:pos: duplicate key 'pos'")):
         load_training_file(data, 0, group_size=2)
+
+
+def test_check_takes_task_files(tmp_path: Path) -> None:
+    """Records of a task from a task file were all "unknown task 'legal'", and --task-file was no option."""
+    from llm_embedder.tasks import list_tasks, unregister_task
+
+    tasks = tmp_path / "legal.json"
+    tasks.write_text(json.dumps({"tasks": [{"name": "legal_check", "query_instruction": "Find: ",
+                                            "key_instruction": "Statute: "}]}))
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps(RECORD | {"task": "legal_check"}) + "\n")
+    assert "legal_check" not in list_tasks()
+    try:
+        result = runner.invoke(app, ["data", "check", "--task-file", str(tasks), str(data)])
+        assert result.exit_code == 0, result.output
+        assert "legal" in result.output and "problem" not in result.output
+    finally:
+        unregister_task("legal_check")
+    result = runner.invoke(app, ["data", "check", str(data)])
+    assert result.exit_code == 1 and "unknown task 'legal_check'" in result.output
+

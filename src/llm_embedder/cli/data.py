@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from llm_embedder.cli.app import app
+from llm_embedder.cli.basic import TaskFileOption, register_task_files
 
 data_app = typer.Typer(
     help="Build the offline six-task suite from installed packages, and validate task data files.",
@@ -72,11 +73,13 @@ def check_command(
     corpus: Annotated[
         Path | None, typer.Option(help="Corpus for the index range check (default: a corpus.jsonl next to each file).")
     ] = None,
+    task_file: TaskFileOption = None,
 ) -> None:
     """Validate task data files: print file:line:field for each problem and exit 1, else a per-task summary."""
     from llm_embedder.data.validate import corpus_size_of, is_corpus_path, summarise, validate_file
     from llm_embedder.io import iter_jsonl, require_file
 
+    register_task_files(task_file)  # records of a task defined there are checked against it
     console = Console(markup=False)  # file paths are text, not style tags
     corpus_size = corpus_size_of(corpus, "--corpus") if corpus is not None else None
     table = Table(title="valid task data")
