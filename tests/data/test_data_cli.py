@@ -178,3 +178,17 @@ def test_check_takes_task_files(tmp_path: Path) -> None:
     result = runner.invoke(app, ["data", "check", str(data)])
     assert result.exit_code == 1 and "unknown task 'legal_check'" in result.output
 
+
+def test_check_accepts_an_icl_corpus_of_contents(tmp_path: Path) -> None:
+    """FlagEmbedding's icl corpus lines {"contents": "input\\noutput"} were refused for lacking text."""
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(json.dumps({"contents": "2+2?\n4"}) + "\n" + json.dumps({"text": "plain"}) + "\n")
+    result = runner.invoke(app, ["data", "check", str(corpus)])
+    assert result.exit_code == 0, result.output
+    corpus.write_text(json.dumps({"contents": "2+2?\n4"}) + "\n" + json.dumps({"title": 3}) + "\n"
+                      + json.dumps({"contents": " "}) + "\n")
+    result = runner.invoke(app, ["data", "check", str(corpus)])
+    assert result.exit_code == 1
+    output = result.output.replace("\n", "")
+    assert f"{corpus}:2:text: missing or not a string" in output and f"{corpus}:3:contents: empty" in output
+

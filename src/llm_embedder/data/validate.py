@@ -203,16 +203,19 @@ def _bad_line(problems: list[Problem]) -> Callable[[JsonlError], None]:
 
 
 def validate_corpus_file(path: str | Path) -> list[Problem]:
-    """A corpus: each line has ``text`` (a string, not empty unless there is a ``title``), and ``id`` equals its
-    position when present."""
+    """A corpus: each line has ``text`` (a string, not empty unless there is a ``title``) or, in FlagEmbedding's icl
+    form, a non-empty ``contents`` string instead, and ``id`` equals its position when present."""
     problems: list[Problem] = []
     bad: list[Problem] = []
     n_records = 0
     for line, record in iter_jsonl(path, on_error=_bad_line(bad), unique_keys=True):
         position = n_records + len(bad)  # entries count non-blank lines, bad ones included (as corpus_size_of)
         n_records += 1
-        if not isinstance(record.get("text"), str):
-            problems.append(Problem(str(path), line, "text", "missing or not a string"))
+        if "text" not in record and isinstance(record.get("contents"), str):  # FlagEmbedding's icl form
+            if not record["contents"].strip():
+                problems.append(Problem(str(path), line, "contents", "empty"))
+        elif not isinstance(record.get("text"), str):
+            problems.append(Problem(str(path), line, "text", "missing or not a string (and no `contents` string)"))
         elif not record["text"] and not record.get("title"):  # BEIR-style title-only documents are fine
             problems.append(Problem(str(path), line, "text", "empty, and no title"))
         if "id" in record and record["id"] != position:
