@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,101 @@ def test_beir_errors(tmp_path: Path) -> None:
         load_beir(folder)
     with pytest.raises(FileNotFoundError, match="dev.tsv"):
         load_beir(folder, split="dev")
+
+
+def test_format_key_treats_null_as_empty(tmp_path: Path) -> None:
+    """A null title was formatted as the text "None": keys read "None Rome, ..."."""
+    assert format_key({"title": None, "text": "x"}) == "x"
+    corpus = jsonl(tmp_path / "corpus.json", [{"title": None, "text": "Rome, capital of Italy"}])
+    train = jsonl(tmp_path / "test.json", [{"query": "italy?", "task": "qa", "pos_index": [0]}])
+    assert load_flag_jsonl(train, corpus=corpus)[0]["pos"] == ["Rome, capital of Italy"]
+
+
+@pytest.mark.parametrize(("template", "message"), [
+    ("{text.upper}", "is not a field name"),  # was "<built-in method upper ...>" as every key
+    ("plain", "names no field"),  # was "plain" as every key
+    ("{title", "expected '}'"),  # was a bare ValueError
+    ("{nosuch}", "no corpus entry has 'nosuch'"),  # was "item 0 is empty", blaming the record
+])
+def test_key_template_is_checked_up_front(tmp_path: Path, template: str, message: str) -> None:
+    corpus = jsonl(tmp_path / "corpus.json", CORPUS)
+    data = jsonl(tmp_path / "test.json", [{"query": "italy?", "task": "qa", "pos_index": [1], "neg_index": [0]}])
+    with pytest.raises(ValueError, match=rf"key_template '{re.escape(template)}'.*{re.escape(message)}"):
+        load_flag_jsonl(data, corpus=corpus, key_template=template)
+    folder = beir(tmp_path / "b", "q1\td2\t1\n")
+    with pytest.raises(ValueError, match=rf"key_template '{re.escape(template)}'.*{re.escape(message)}"):
+        load_beir(folder, key_template=template)
+
+
+def test_flag_empty_key_names_the_corpus_entry(tmp_path: Path) -> None:
+    corpus = jsonl(tmp_path / "corpus.json", [{"title": "Paris", "text": "capital"}, {"title": "Rome"}])
+    data = jsonl(tmp_path / "test.json", [{"query": "q", "task": "qa", "pos_index": [1]}])
+    with pytest.raises(DataError, match=r"corpus\.json:2 \(used by .*test\.json:1:pos_index\): empty key under "
+                                        r"key_template '\{text\}'"):
+        load_flag_jsonl(data, corpus=corpus, key_template="{text}")
+
+
+@pytest.mark.parametrize("name", ["corpus.jsonl", "queries.jsonl"])
+def test_beir_duplicate_ids_are_refused(tmp_path: Path, name: str) -> None:
+    """A repeated _id silently replaced the earlier line."""
+    folder = beir(tmp_path / "b", "q1\td2\t1\n")
+    path = folder / name
+    path.write_text(path.read_text() + json.dumps({"_id": "d1" if name == "corpus.jsonl" else "q1", "text": "again"})
+                    + "\n")
+    with pytest.raises(DataError, match=rf"{re.escape(name)}:3:_id: duplicate _id '(d1|q1)' \(first on line 1\)"):
+        load_beir(folder)
+
+
+def test_beir_qrels_with_a_bom(tmp_path: Path) -> None:
+    folder = beir(tmp_path / "b", "query-id\tcorpus-id\tscore\nq1\td2\t1\n")
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td2\t1\n", encoding="utf-8-sig")
+    records, _ = load_beir(folder)
+    assert [r["source_id"] for r in records] == ["q1"]
+
+
+def test_beir_errors_name_the_file_and_line_of_the_bad_text(tmp_path: Path) -> None:
+    folder = beir(tmp_path / "b", "q1\td2\t1\nq2\td1\t1\n")
+    jsonl(folder / "queries.jsonl", [{"_id": "q1", "text": "where is rome?"}, {"_id": "q2", "text": " "}])
+    with pytest.raises(DataError, match=r"queries\.jsonl:2:text: empty query"):
+        load_beir(folder)
+    folder = beir(tmp_path / "c", "q1\td2\t1\n")
+    jsonl(folder / "corpus.jsonl", [{"_id": "d1", "title": "Paris", "text": "capital of France"},
+                                    {"_id": "d2", "title": "", "text": ""}])
+    with pytest.raises(DataError, match=r"corpus\.jsonl:2:text: empty, and no title"):
+        load_beir(folder)
+    jsonl(folder / "corpus.jsonl", [{"_id": "d1", "title": "Paris", "text": "capital of France"},
+                                    {"_id": "d2", "title": "Rome", "text": ""}])
+    with pytest.raises(DataError, match=r"corpus\.jsonl:2: empty key under key_template '\{text\}'"):
+        load_beir(folder, key_template="{text}")
+
+
+def test_flag_corpus_ids_without_a_corpus(tmp_path: Path) -> None:
+    """Records with pos_index/neg_index but no corpus got pos/neg = [] and a misleading range error."""
+    data = jsonl(tmp_path / "test.json", [{"query": "q", "task": "qa", "pos_index": [0], "neg_index": [1]}])
+    with pytest.raises(DataError, match=r"test\.json:1:pos_index: the record gives corpus ids but no `pos` texts, "
+                                        r"and no corpus was passed"):
+        load_flag_jsonl(data)
+    text_ids = jsonl(tmp_path / "s.json", [{"query": "q", "task": "qa", "pos_index": "0"}])
+    corpus = jsonl(tmp_path / "corpus.json", CORPUS)
+    for given in (None, corpus):
+        with pytest.raises(DataError, match=r"s\.json:1:pos_index: must be a list of integers"):
+            load_flag_jsonl(text_ids, corpus=given)
+    negative = jsonl(tmp_path / "n.json", [{"query": "q", "task": "qa", "pos_index": [-1]}])
+    with pytest.raises(DataError, match=r"n\.json:1:pos_index: ids \[-1\] not in a corpus of 3"):
+        load_flag_jsonl(negative, corpus=corpus)
+    # FlagEmbedding's icl form: pos_index into the record's own candidates needs no corpus
+    [record] = load_flag_jsonl(jsonl(tmp_path / "icl.json", [{"query": "q", "task": "icl", "neg": ["a", "b"],
+                                                                "pos_index": [1]}]))
+    assert record["pos"] == [] and record["pos_index"] == [1]
+
+
+def test_empty_inputs_are_errors(tmp_path: Path) -> None:
+    empty = tmp_path / "train.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(DataError, match=r"train\.jsonl: no records"):
+        load_flag_jsonl(empty, task="qa")
+    for qrels in ("", "query-id\tcorpus-id\tscore\n"):
+        folder = beir(tmp_path / f"b{len(qrels)}", qrels)
+        with pytest.raises(DataError, match=r"test\.tsv: no records"):
+            load_beir(folder)
+
