@@ -192,3 +192,77 @@ def test_check_accepts_an_icl_corpus_of_contents(tmp_path: Path) -> None:
     output = result.output.replace("\n", "")
     assert f"{corpus}:2:text: missing or not a string" in output and f"{corpus}:3:contents: empty" in output
 
+
+def test_import_each_format(tmp_path: Path) -> None:
+    mmlu = tmp_path / "astronomy_test.csv"
+    mmlu.write_text("Which planet is largest?,Mars,Jupiter,Venus,Earth,B\nWhat is 2+2?,3,4,5,6,B\n")
+    out = tmp_path / "mmlu" / "test.jsonl"
+    result = runner.invoke(app, ["data", "import", "--format", "mmlu", str(mmlu), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"wrote 2 records to {out}" in result.output.replace("\n", "")
+    assert [json.loads(line)["answers"] for line in out.read_text().splitlines()] == [["Jupiter"], ["4"]]
+    assert runner.invoke(app, ["data", "check", str(out)]).exit_code == 0
+
+    popqa = tmp_path / "popQA.tsv"
+    popqa.write_text('question\tpossible_answers\tprop_id\nWho?\t["A", "B"]\t22\n')
+    out = tmp_path / "popqa" / "test.jsonl"
+    assert runner.invoke(app, ["data", "import", "-f", "popqa", str(popqa), "-o", str(out)]).exit_code == 0
+    assert json.loads(out.read_text())["prop_id"] == 22
+    assert runner.invoke(app, ["data", "check", str(out)]).exit_code == 0
+
+    beir = tmp_path / "scifact"
+    (beir / "qrels").mkdir(parents=True)
+    (beir / "corpus.jsonl").write_text(json.dumps({"_id": "d1", "title": "Paris", "text": "capital of France"}) + "\n")
+    (beir / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "france?"}) + "\n")
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    out = tmp_path / "beir" / "test.jsonl"
+    result = runner.invoke(app, ["data", "import", "--format", "beir", str(beir), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["pos"] == ["Paris capital of France"]
+    assert json.loads((out.parent / "corpus.jsonl").read_text())["doc_id"] == "d1"
+    assert runner.invoke(app, ["data", "check", str(out), str(out.parent / "corpus.jsonl")]).exit_code == 0
+
+    flag = tmp_path / "flag.jsonl"
+    flag.write_text(json.dumps({"query": "france?", "task": "qa", "pos_index": [0]}) + "\n")
+    out = tmp_path / "flag" / "test.jsonl"
+    result = runner.invoke(app, ["data", "import", "--format", "flag", str(flag), "--corpus",
+                                 str(beir.parent / "beir" / "corpus.jsonl"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["pos"] == ["Paris capital of France"]
+
+
+def test_import_refuses_to_overwrite_and_bad_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    popqa = tmp_path / "popQA.tsv"
+    popqa.write_text('question\tpossible_answers\nWho?\t["A"]\n')
+    out = tmp_path / "test.jsonl"
+    out.write_text("keep me\n")
+    code, output = run_main(monkeypatch, capsys, "data", "import", "--format", "popqa", str(popqa), "--out", str(out))
+    assert code == 2 and f"--out {out} exists; give --overwrite to replace it" in output
+    assert out.read_text() == "keep me\n"
+    code, output = run_main(monkeypatch, capsys, "data", "import", "--format", "popqa", str(popqa), "--out", str(out),
+                            "--overwrite")
+    assert code == 0 and "wrote 1 records" in output and json.loads(out.read_text())["answers"] == ["A"]
+    popqa.write_text("question\tpossible_answers\nWho?\tA\n")
+    code, output = run_main(monkeypatch, capsys, "data", "import", "--format", "popqa", str(popqa), "--out", str(out),
+                            "--overwrite")
+    assert code == 2 and f"{popqa}:2:possible_answers: not a JSON list" in output
+    assert json.loads(out.read_text())["answers"] == ["A"]  # nothing written over a good file
+    code, output = run_main(monkeypatch, capsys, "data", "import", "--format", "csv", str(popqa), "--out", str(out))
+    assert code == 2 and "--format must be one of flag, beir, mmlu, popqa, got 'csv'" in output
+
+
+def test_import_beir_never_replaces_its_own_corpus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    beir = tmp_path / "scifact"
+    (beir / "qrels").mkdir(parents=True)
+    corpus = json.dumps({"_id": "d1", "title": "Paris", "text": "capital of France"}) + "\n"
+    (beir / "corpus.jsonl").write_text(corpus)
+    (beir / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "france?"}) + "\n")
+    (beir / "qrels" / "test.tsv").write_text("q1\td1\t1\n")
+    code, output = run_main(monkeypatch, capsys, "data", "import", "--format", "beir", str(beir), "--out",
+                            str(beir / "test.jsonl"), "--overwrite")
+    assert code == 2 and "is the input file" in output and (beir / "corpus.jsonl").read_text() == corpus
+    assert not (beir / "test.jsonl").exists()

@@ -1,4 +1,5 @@
-"""`data build` and `data check`: build the offline task suite, validate task data files."""
+"""`data build`, `data check` and `data import`: build the offline task suite, validate task data files, convert
+the paper's own data formats (FlagEmbedding, BEIR, MMLU, PopQA) into task data."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from llm_embedder.cli.app import app
 from llm_embedder.cli.basic import TaskFileOption, register_task_files
 
 data_app = typer.Typer(
-    help="Build the offline six-task suite from installed packages, and validate task data files.",
+    help="Build the offline six-task suite from installed packages, validate task data files, and import the "
+    "paper's own data formats.",
     no_args_is_help=True,
 )
 app.add_typer(data_app, name="data")
@@ -110,6 +112,79 @@ def check_command(
     if n_problems:
         Console(stderr=True).print(f"[bold red]{n_problems} problem(s) found[/]")
         raise typer.Exit(1)
+
+
+IMPORT_FORMATS = ("flag", "beir", "mmlu", "popqa")
+
+
+@data_app.command("import")
+def import_command(
+    source: Annotated[
+        Path, typer.Argument(help="flag: a FlagEmbedding JSONL file; beir: a BEIR folder (corpus.jsonl, queries.jsonl, "
+                             "qrels/<split>.tsv); mmlu: a JSONL file, a <subject>_test.csv or a folder of them; popqa: "
+                             "popQA.tsv, a CSV with its header, or JSONL.")
+    ],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="flag, beir, mmlu or popqa.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output JSONL of task records (name an evaluation file "
+                                      "dev*/test*.jsonl: `data check` then checks it as evaluation data).")],
+    corpus: Annotated[
+        Path | None, typer.Option(help="flag: the corpus JSONL that pos_index/neg_index point into.")
+    ] = None,
+    corpus_out: Annotated[
+        Path | None, typer.Option(help="beir: where to write its corpus (default: corpus.jsonl beside --out).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="beir: the qrels split, qrels/<split>.tsv.")] = "test",
+    task: Annotated[
+        str | None, typer.Option("--task", "-t", help="Task of the records (default: qa; flag: the file's own).")
+    ] = None,
+    key_template: Annotated[
+        str, typer.Option(help="flag and beir: how a corpus entry becomes key text.")
+    ] = "{title} {text}",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out (and corpus).")] = False,
+    task_file: TaskFileOption = None,
+) -> None:
+    """Convert FlagEmbedding JSONL, a BEIR folder, MMLU or PopQA questions into validated task records (JSONL).
+
+    mmlu and popqa give qa evaluation records (query, answers; choices, subject, prop_id kept); beir also writes
+    its corpus. Nothing is written unless every record is valid.
+    """
+    from llm_embedder.data.loaders import load_beir, load_flag_jsonl, load_mmlu, load_popqa
+    from llm_embedder.io import check_output_file, write_jsonl
+
+    if fmt not in IMPORT_FORMATS:
+        raise ValueError(f"--format must be one of {', '.join(IMPORT_FORMATS)}, got {fmt!r}")
+    for option, value in (("--corpus", corpus if fmt != "flag" else None),
+                          ("--corpus-out", corpus_out if fmt != "beir" else None)):
+        if value is not None:
+            raise ValueError(f"{option} does not apply to --format {fmt}")
+    register_task_files(task_file)
+    inputs = [source] + ([corpus] if corpus is not None else [])
+    if fmt == "beir":  # its files, not the folder, are read (--out beside them must not replace them)
+        inputs += [source / "corpus.jsonl", source / "queries.jsonl", source / "qrels" / f"{split}.tsv"]
+    outputs = [("--out", out)]
+    if fmt == "beir":
+        outputs.append(("--corpus-out", corpus_out or out.parent / "corpus.jsonl"))
+    for option, path in outputs:
+        check_output_file(path, option, inputs)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{option} {path} exists; give --overwrite to replace it")
+    if len(outputs) == 2 and outputs[0][1].resolve() == outputs[1][1].resolve():
+        raise ValueError(f"--out and --corpus-out are both {out}")
+    corpus_records = None
+    if fmt == "flag":
+        records = load_flag_jsonl(source, corpus=corpus, key_template=key_template, task=task)
+    elif fmt == "beir":
+        records, corpus_records = load_beir(source, split=split, task=task or "qa", key_template=key_template)
+    elif fmt == "mmlu":
+        records = load_mmlu(source, task=task or "qa")
+    else:
+        records = load_popqa(source, task=task or "qa")
+    console = Console(markup=False, highlight=False)
+    write_jsonl(out, records)
+    console.print(f"wrote {len(records):,} records to {out}", soft_wrap=True)
+    if corpus_records is not None:
+        write_jsonl(outputs[1][1], corpus_records)
+        console.print(f"wrote {len(corpus_records):,} corpus entries to {outputs[1][1]}", soft_wrap=True)
 
 
 def folder_hint(folder: Path, shown: int = 6) -> str:

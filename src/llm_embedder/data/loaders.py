@@ -4,18 +4,21 @@
   key template ("{title} {text}" by default); ``qid`` is accepted for ``query_id``; the task is read from the
   first record when a record lacks it.
 - BEIR folders: ``corpus.jsonl`` (_id, title, text), ``queries.jsonl`` (_id, text), ``qrels/<split>.tsv``.
+- MMLU-style and PopQA-style question files (``load_mmlu``, ``load_popqa``): qa evaluation records (query,
+  answers, no candidates: retrieval comes from a corpus at evaluation time).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from llm_embedder.data.common import Record
 from llm_embedder.data.validate import raise_problems, validate_records
-from llm_embedder.io import DataError, check_template, iter_jsonl
+from llm_embedder.io import DataError, check_template, iter_jsonl, require_file
 
 
 class _Fields(dict):
@@ -215,3 +218,170 @@ def load_beir(
     raise_problems(validate_records(records, str(queries_path), len(corpus)), str(queries_path))
     return [record for _, record in records], corpus
 
+
+MMLU_OPTIONS = "ABCDEFGHIJ"
+_MMLU_SPLITS = ("_test", "_dev", "_val", "_validation", "_train", "_auxiliary_train")
+
+
+def _mmlu_subject(path: Path) -> str:
+    """``abstract_algebra`` for ``abstract_algebra_test.csv`` (the subject of a file of the CSV release)."""
+    stem = path.stem
+    for suffix in _MMLU_SPLITS:
+        if stem.endswith(suffix):
+            return stem.removesuffix(suffix)
+    return stem
+
+
+def _mmlu_record(
+    question: Any, choices: Any, answer: Any, subject: Any, where: str
+) -> tuple[str, list[str], int, str | None]:
+    """The checked parts of one MMLU question; ``answer`` is an index into ``choices`` or its letter."""
+    if not isinstance(question, str) or not question.strip():
+        raise DataError(f"{where}:question: missing or empty question")
+    if (not isinstance(choices, list) or len(choices) < 2
+            or not all(isinstance(c, str | int | float) and not isinstance(c, bool) for c in choices)):
+        raise DataError(f"{where}:choices: must be a list of at least 2 answer options")
+    choices = [str(c) for c in choices]
+    if isinstance(answer, str) and answer.strip().upper() in MMLU_OPTIONS[: len(choices)]:
+        index = MMLU_OPTIONS.index(answer.strip().upper())
+    elif _is_int(answer) and 0 <= answer < len(choices):
+        index = answer
+    else:
+        letters = MMLU_OPTIONS[: len(choices)]
+        raise DataError(f"{where}:answer: expected one of {', '.join(letters)} or 0-{len(choices) - 1}, "
+                        f"got {answer!r}")
+    if not choices[index].strip():
+        raise DataError(f"{where}:choices: the correct option {MMLU_OPTIONS[index]} is empty")
+    if subject is not None and not isinstance(subject, str):
+        raise DataError(f"{where}:subject: must be a string, got {type(subject).__name__}")
+    return question, choices, index, subject
+
+
+def _mmlu_rows(path: Path) -> Iterator[tuple[int, tuple[str, list[str], int, str | None]]]:
+    if path.suffix.lower() == ".csv":
+        subject = _mmlu_subject(path)
+        for line, row in _read_table(path, ","):
+            if line == 1 and [c.strip().lower() for c in row] in (
+                    ["question", "a", "b", "c", "d", "answer"], ["input", "a", "b", "c", "d", "target"]):
+                continue  # a header row (the CSV release has none; some copies add one)
+            if len(row) != 6:
+                raise DataError(f"{path}:{line}: expected 6 columns (question, A, B, C, D, answer), got {len(row)}")
+            yield line, _mmlu_record(row[0], row[1:5], row[5], subject, f"{path}:{line}")
+        return
+    for line, record in iter_jsonl(path):
+        question = record.get("query", record.get("question"))
+        parts = _mmlu_record(question, record.get("choices"), record.get("answer"), record.get("subject"),
+                             f"{path}:{line}")
+        yield line, parts
+
+
+def load_mmlu(path: str | Path, task: str = "qa") -> list[Record]:
+    """MMLU-style multiple-choice questions as qa evaluation records, validated.
+
+    Accepted forms:
+
+    - JSON Lines, one question a line (llm-embedder's ``qa/mmlu/test.json``, HF ``cais/mmlu`` exported with
+      ``to_json``): ``query`` or ``question``, ``choices`` (a list of options), ``answer`` (the index of the
+      correct option, or its letter ``A``-``D``) and ``subject``;
+    - the CSV release (``data/test/<subject>_test.csv``): rows ``question,A,B,C,D,answer`` (answer a letter), no
+      header (a ``question,A,B,C,D,answer`` header is skipped); the subject is the file name less ``_test``,
+      ``_dev`` or ``_val``;
+    - a folder: every ``*.csv`` in it, by name (the CSV release's ``test/`` folder, one file per subject).
+
+    Each record: ``query`` (the question), ``answers`` (the correct option's text), ``choices``,
+    ``answer_index`` (0-based into ``choices``: the letter is ``"ABCD"[answer_index]``), ``subject`` (when known),
+    and empty ``pos``/``neg``: the knowledge is retrieved from a corpus at evaluation time.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.glob("*.csv") if p.is_file())
+        if not files:
+            raise FileNotFoundError(f"{path} holds no *.csv files (expected MMLU's <subject>_test.csv files)")
+    else:
+        files = [require_file(path)]
+    records: list[Record] = []
+    problems = []
+    for file in files:
+        in_file: list[tuple[int, Record]] = []
+        for line, (question, choices, index, subject) in _mmlu_rows(file):
+            record: Record = {"query": question, "task": task, "query_id": len(records), "pos": [], "neg": [],
+                              "answers": [choices[index]], "choices": choices, "answer_index": index}
+            if subject is not None:
+                record["subject"] = subject
+            records.append(record)
+            in_file.append((line, record))
+        problems += validate_records(in_file, str(file))  # query ids run on across files: unique in each
+    if not records:
+        raise DataError(f"{path}: no records")
+    raise_problems(problems, str(path))
+    return records
+
+
+POPQA_KEPT = ("subj", "prop", "obj", "prop_id", "s_pop")
+
+
+def _answers(value: Any, where: str) -> list[str]:
+    """``possible_answers``: a list of strings, or (in the TSV/CSV release) such a list as a JSON string."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise DataError(f"{where}:possible_answers: not a JSON list: {value[:60]!r}") from None
+    if not isinstance(value, list) or not value or not all(isinstance(a, str) and a.strip() for a in value):
+        raise DataError(f"{where}:possible_answers: must be a non-empty list of non-empty strings")
+    return value
+
+
+def _number(value: Any) -> Any:
+    """A numeric TSV cell (prop_id, s_pop) as an int; anything else as it is."""
+    return int(value) if isinstance(value, str) and value.strip().lstrip("-").isdigit() else value
+
+
+def _popqa_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    suffix = path.suffix.lower()
+    if suffix not in (".tsv", ".csv"):
+        yield from iter_jsonl(path)
+        return
+    header: list[str] | None = None
+    for line, row in _read_table(path, "\t" if suffix == ".tsv" else ","):
+        if header is None:
+            header = [cell.strip() for cell in row]
+            missing = [name for name in ("question", "possible_answers") if name not in header]
+            if missing:
+                raise DataError(f"{path}:{line}: header lacks {', '.join(missing)} (got {', '.join(header)})")
+            continue
+        if len(row) != len(header):
+            raise DataError(f"{path}:{line}: {len(row)} columns, the header has {len(header)}")
+        cells = zip(header, row, strict=True)
+        yield line, {name: _number(cell) if name in ("prop_id", "s_pop") else cell for name, cell in cells}
+
+
+def load_popqa(path: str | Path, task: str = "qa") -> list[Record]:
+    """PopQA-style questions as qa evaluation records, validated.
+
+    Accepted forms: the TSV release (``popQA.tsv``, tab-separated with a header) or a CSV with the same header,
+    needing ``question`` and ``possible_answers`` (a JSON list as text, e.g. ``["Ohio", "OH"]``); or JSON Lines
+    with ``question`` (or ``query``) and ``possible_answers`` (a list, or the same JSON text; ``answers`` is
+    accepted for it). ``prop_id`` (the relation, which the recipe's few-shot prompt groups by), ``subj``,
+    ``prop``, ``obj`` and ``s_pop`` are kept when given, and ``id`` as ``source_id``.
+
+    Each record: ``query``, ``answers`` (the possible answers), the kept fields, and empty ``pos``/``neg``.
+    """
+    path = require_file(path)
+    records: list[tuple[int, Record]] = []
+    for line, row in _popqa_rows(path):
+        where = f"{path}:{line}"
+        question = row.get("question", row.get("query"))
+        if not isinstance(question, str) or not question.strip():
+            raise DataError(f"{where}:question: missing or empty question")
+        answers = _answers(row.get("possible_answers", row.get("answers")), where)
+        record: Record = {"query": question, "task": task, "query_id": len(records), "pos": [], "neg": [],
+                          "answers": answers}
+        record.update({name: row[name] for name in POPQA_KEPT if row.get(name) not in (None, "")})
+        if row.get("id") not in (None, ""):
+            record["source_id"] = row["id"]
+        records.append((line, record))
+    if not records:
+        raise DataError(f"{path}: no records")
+    raise_problems(validate_records(records, str(path)), str(path))
+    return [record for _, record in records]

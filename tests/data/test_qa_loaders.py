@@ -1,0 +1,100 @@
+"""MMLU-style and PopQA-style question files load into qa evaluation records (tiny fixtures written here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llm_embedder.data.loaders import load_mmlu, load_popqa
+from llm_embedder.data.validate import validate_file
+from llm_embedder.io import DataError
+
+
+def jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+MMLU_CSV = ('"Which of these is a prime?\nPick one.",4,6,7,9,C\n'
+            "What is 2+2?,3,4,5,6,B\n")
+
+
+def test_mmlu_csv_release_and_jsonl(tmp_path: Path) -> None:
+    folder = tmp_path / "test"
+    folder.mkdir()
+    (folder / "elementary_mathematics_test.csv").write_text(MMLU_CSV, encoding="utf-8")
+    (folder / "astronomy_test.csv").write_text("Which planet is largest?,Mars,Jupiter,Venus,Earth,B\n")
+    records = load_mmlu(folder)
+    assert [(r["subject"], r["answers"], r["answer_index"]) for r in records] == [
+        ("astronomy", ["Jupiter"], 1), ("elementary_mathematics", ["7"], 2), ("elementary_mathematics", ["4"], 1)]
+    assert records[1]["query"] == "Which of these is a prime?\nPick one."
+    assert records[1]["choices"] == ["4", "6", "7", "9"]
+    assert [r["query_id"] for r in records] == [0, 1, 2] and all(r["task"] == "qa" for r in records)
+    out = tmp_path / "qa" / "test.jsonl"
+    jsonl(out, records)
+    assert validate_file(out) == []  # qa evaluation data as `data check` reads it
+    data = jsonl(tmp_path / "mmlu.json", [
+        {"query": "What is 2+2?", "choices": ["3", "4", "5", "6"], "answer": 1, "subject": "elementary_mathematics",
+         "query_id": 11},
+        {"question": "Largest planet?", "choices": ["Mars", "Jupiter", "Venus", "Earth"], "answer": "B",
+         "subject": "astronomy"},
+    ])
+    assert [(r["query"], r["answers"], r["subject"]) for r in load_mmlu(data)] == [
+        ("What is 2+2?", ["4"], "elementary_mathematics"), ("Largest planet?", ["Jupiter"], "astronomy")]
+
+
+def test_mmlu_errors_name_file_line_field(tmp_path: Path) -> None:
+    bad = tmp_path / "anatomy_test.csv"
+    bad.write_text("What is 2+2?,3,4,5,6,B\nAnd 3+3?,5,6,7,8,E\n")
+    with pytest.raises(DataError, match=r"anatomy_test\.csv:2:answer: expected one of A, B, C, D"):
+        load_mmlu(bad)
+    bad.write_text("What is 2+2?,3,4,5,B\n")
+    with pytest.raises(DataError, match=r"anatomy_test\.csv:1: expected 6 columns"):
+        load_mmlu(bad)
+    empty = jsonl(tmp_path / "e.json", [{"query": " ", "choices": ["a", "b"], "answer": 0}])
+    with pytest.raises(DataError, match=r"e\.json:1:question: missing or empty question"):
+        load_mmlu(empty)
+    (tmp_path / "none.csv").write_text("")
+    with pytest.raises(DataError, match=r"none\.csv: no records"):
+        load_mmlu(tmp_path / "none.csv")
+
+
+POPQA_TSV = ("id\tsubj\tprop\tobj\tprop_id\tquestion\tpossible_answers\n"
+             '4222362\tGeorge Rankin\toccupation\tpolitician\t22\tWhat is George Rankin\'s occupation?\t'
+             '["politician", "political leader"]\n'
+             '"5"\tSan Marino\tcapital\tCity of San Marino\t36\tWhat is the capital of San Marino?\t'
+             '"[""City of San Marino"", ""San Marino""]"\n')
+
+
+def test_popqa_tsv_and_jsonl(tmp_path: Path) -> None:
+    tsv = tmp_path / "popQA.tsv"
+    tsv.write_text(POPQA_TSV, encoding="utf-8")
+    records = load_popqa(tsv)
+    assert records[0]["answers"] == ["politician", "political leader"] and records[0]["prop_id"] == 22
+    assert records[1]["answers"] == ["City of San Marino", "San Marino"] and records[1]["source_id"] == "5"
+    assert records[0]["query"] == "What is George Rankin's occupation?" and records[0]["subj"] == "George Rankin"
+    out = jsonl(tmp_path / "qa" / "test.jsonl", records)
+    assert validate_file(out) == []
+    data = jsonl(tmp_path / "popqa.jsonl", [{"question": "Who?", "possible_answers": '["A", "B"]', "prop_id": 9},
+                                            {"query": "What?", "answers": ["C"]}])
+    assert [(r["query"], r["answers"], r.get("prop_id")) for r in load_popqa(data)] == [
+        ("Who?", ["A", "B"], 9), ("What?", ["C"], None)]
+
+
+def test_popqa_errors_name_file_line_field(tmp_path: Path) -> None:
+    tsv = tmp_path / "popQA.tsv"
+    tsv.write_text("question\tpossible_answers\nWho?\t[\"A\"]\nWhat?\tnot json\n")
+    with pytest.raises(DataError, match=r"popQA\.tsv:3:possible_answers: not a JSON list"):
+        load_popqa(tsv)
+    tsv.write_text("question\tanswer\nWho?\tA\n")
+    with pytest.raises(DataError, match=r"popQA\.tsv:1: header lacks possible_answers"):
+        load_popqa(tsv)
+    tsv.write_text("question\tpossible_answers\n")
+    with pytest.raises(DataError, match=r"popQA\.tsv: no records"):
+        load_popqa(tsv)
+    data = jsonl(tmp_path / "p.jsonl", [{"question": "Who?", "possible_answers": []}])
+    with pytest.raises(DataError, match=r"p\.jsonl:1:possible_answers: must be a non-empty list"):
+        load_popqa(data)
