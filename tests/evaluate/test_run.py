@@ -59,6 +59,13 @@ def test_load_task_data_shapes(suite):
     assert chat.per_query and chat.golds == [[1]]
 
 
+def test_a_corpus_of_flagembedding_contents_is_read(suite):
+    """``data check`` accepts {"contents": ...} corpus lines (the icl form); evaluation read only ``text``."""
+    write_jsonl(suite / "qa" / "corpus.jsonl", [{"contents": "Jupiter\nthe largest planet"}, {"contents": "Paris"},
+                                                {"contents": "Nile"}])
+    assert load_task_data(suite, "qa").candidates == ["Jupiter\nthe largest planet", "Paris", "Nile"]
+
+
 def test_bad_gold_index_names_file_and_line(suite):
     write_jsonl(suite / "qa" / "test.jsonl", [{"query": "q", "pos_index": [7], "answers": ["a"]}])
     with pytest.raises(DataError, match=r"test.jsonl:1:pos_index: index 7 out of corpus range"):

@@ -72,7 +72,10 @@ class TaskData:
 
 
 def corpus_text(doc: dict[str, Any]) -> str:
-    """The key text of a corpus document: "{title} {text}" as in the training positives."""
+    """The key text of a corpus document: "{title} {text}" as in the training positives, or FlagEmbedding's icl
+    form, ``contents`` (which ``data check`` accepts for a line without ``text``)."""
+    if "text" not in doc and isinstance(doc.get("contents"), str):
+        return doc["contents"]
     return f"{doc['title']} {doc['text']}" if doc.get("title") else doc["text"]
 
 
