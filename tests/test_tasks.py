@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -123,10 +124,33 @@ def test_a_yaml_syntax_error_is_one_line_with_file_line_and_column(tmp_path):
                               "'<block mapping start>'")
 
 
-def test_reregistering_with_other_settings_needs_overwrite():
-    with pytest.raises(ValueError, match="overwrite"):
-        register_task(Task(name="qa", query_instruction="other: ", key_instruction=""))
+def test_reregistering_a_user_task_with_other_settings_needs_overwrite():
+    try:
+        register_task(name="mine", query_instruction="q: ", key_instruction="k: ")
+        with pytest.raises(ValueError, match="give it another name, or pass overwrite=True to replace it"):
+            register_task(name="mine", query_instruction="other: ", key_instruction="k: ")
+        assert register_task(name="mine", query_instruction="other: ", key_instruction="k: ",
+                             overwrite=True).query_instruction == "other: "
+    finally:
+        unregister_task("mine")
+
+
+def test_a_builtin_task_is_never_replaced_even_with_overwrite(tmp_path):
+    """overwrite=True replaced qa's instructions (part of the model contract), while unregister_task('qa') was
+    refused; the collision message advised overwrite=True for a built-in too."""
+    other = Task(name="qa", query_instruction="other: ", key_instruction="")
+    for overwrite in (False, True):
+        with pytest.raises(ValueError) as err:
+            register_task(other, overwrite=overwrite)
+        assert str(err.value) == ("task 'qa' is built in and cannot be replaced (its instructions are part of the "
+                                  "model contract); give your task another name")
+    path = tmp_path / "t.yaml"  # nor from a file, and nothing of the file is registered
+    path.write_text(TASK_HEAD + "  - name: qa\n    query_instruction: 'other: '\n    key_instruction: ''\n")
+    with pytest.raises(ValueError, match=f"{re.escape(str(path))}: task 'qa' is built in and cannot be replaced"):
+        register_tasks_from_file(path, overwrite=True)
+    assert "mytask" not in list_tasks()
     assert get_task("qa").query_instruction == EXPECTED["qa"][0]
+    assert register_task(get_task("qa"), overwrite=True) == get_task("qa")  # the same settings are fine
 
 
 TASK_HEAD = "tasks:\n  - name: mytask\n    query_instruction: 'Q: '\n    key_instruction: 'D: '\n"
@@ -193,7 +217,8 @@ def test_redefining_a_builtin_in_a_file_names_the_file(tmp_path):
     path.write_text("- name: qa\n  query_instruction: 'other: '\n  key_instruction: ''\n")
     with pytest.raises(ValueError) as err:
         register_tasks_from_file(path)
-    assert str(err.value) == f"{path}: task 'qa' is already registered with other settings; give it another name"
+    assert str(err.value) == (f"{path}: task 'qa' is built in and cannot be replaced (its instructions are part of "
+                              "the model contract); give your task another name")
     assert get_task("qa").query_instruction == EXPECTED["qa"][0]
     same = tmp_path / "same.yaml"  # the same settings again are fine
     same.write_text(json.dumps([get_task("qa").to_dict()]))

@@ -168,13 +168,30 @@ BUILTIN_TASKS: tuple[str, ...] = ()
 
 
 def register_task(task: Task | None = None, /, *, overwrite: bool = False, **kwargs: Any) -> Task:
-    """Register a task, given as a ``Task`` or as keyword arguments. Returns the registered task."""
+    """Register a task, given as a ``Task`` or as keyword arguments. Returns the registered task.
+
+    ``overwrite`` replaces a user task registered with other settings; a built-in task is never replaced (its
+    instructions are part of the model contract), as it is never unregistered.
+    """
     if task is None:
         task = task_from_dict(kwargs)
-    if task.name in _REGISTRY and not overwrite and _REGISTRY[task.name] != task:
-        raise ValueError(f"task {task.name!r} is already registered with other settings; pass overwrite=True")
+    _check_collision(task, overwrite)
     _REGISTRY[task.name] = task
     return task
+
+
+def _check_collision(task: Task, overwrite: bool, where: str = "") -> None:
+    """Refuse ``task`` where its name is registered with other settings: always for a built-in task, without
+    ``overwrite`` for a user task. ``where`` (a task file) prefixes the message."""
+    if _REGISTRY.get(task.name, task) == task:
+        return
+    prefix = f"{where}: " if where else ""
+    if task.name in BUILTIN_TASKS:
+        raise ValueError(f"{prefix}task {task.name!r} is built in and cannot be replaced (its instructions are part "
+                         "of the model contract); give your task another name")
+    if not overwrite:
+        advice = "give it another name" if where else "give it another name, or pass overwrite=True to replace it"
+        raise ValueError(f"{prefix}task {task.name!r} is already registered with other settings; {advice}")
 
 
 def task_from_dict(data: dict[str, Any], where: str | None = None, position: int | None = None) -> Task:
@@ -232,9 +249,7 @@ def register_tasks_from_file(path: str | Path, *, overwrite: bool = False) -> li
         if seen.get(task.name, task) != task:
             raise ValueError(f"{path}: task {task.name!r} is defined twice with different settings")
         seen[task.name] = task
-        if not overwrite and _REGISTRY.get(task.name, task) != task:
-            raise ValueError(f"{path}: task {task.name!r} is already registered with other settings; "
-                             "give it another name")
+        _check_collision(task, overwrite, where=str(path))
     return [register_task(task, overwrite=overwrite) for task in tasks]
 
 
