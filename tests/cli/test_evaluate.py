@@ -141,3 +141,63 @@ def test_a_model_retrained_in_place_is_measured_again(qa_suite, tiny_embedder_di
     weights = next(model.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes())  # retrained in place (the same bytes, a new file time)
     assert not run_with_sentinel()
+
+
+LEGAL_TASK = {"name": "legal_eval", "query_instruction": "Find statutes for: ", "key_instruction": "Statute: ",
+              "loss": "stable_distill", "reward_template": "Statute: {key}\n\nCase: {query}\n\nRuling: {answer}"}
+
+
+@pytest.fixture
+def legal_suite(tmp_path):
+    """A suite holding a user task's folder (``legal_eval``), answers included, and its task file."""
+    corpus = [{"id": i, "text": text} for i, text in enumerate(
+        ["Theft is punished by law.", "A contract needs consent.", "The speed limit in towns is 50."])]
+    write_jsonl(tmp_path / "suite" / "legal_eval" / "corpus.jsonl", corpus)
+    write_jsonl(tmp_path / "suite" / "legal_eval" / "test.jsonl", [
+        {"query": "someone stole a bike", "answers": ["guilty of theft"], "pos_index": [0], "query_id": 0},
+        {"query": "signed under duress", "answers": ["void contract"], "pos_index": [1], "query_id": 1},
+    ])
+    task_file = tmp_path / "legal.json"
+    task_file.write_text(json.dumps({"tasks": [LEGAL_TASK]}))
+    return tmp_path / "suite", task_file
+
+
+def save_legal_model(tiny_embedder_dir, out):
+    """A model saved while the user task was registered: it carries the task in its llm_embedder_tasks.json."""
+    from llm_embedder.embedder import Embedder
+    from llm_embedder.tasks import register_task, unregister_task
+
+    register_task(**LEGAL_TASK)
+    try:
+        Embedder(tiny_embedder_dir, device="cpu").save(out)
+    finally:
+        unregister_task("legal_eval")
+    return out
+
+
+def test_a_user_task_is_evaluated_from_a_task_file_or_the_model_that_carries_it(legal_suite, tiny_embedder_dir,
+                                                                                 tmp_path):
+    """evaluate had no --task-file and never registered a --model's saved tasks: it said "unknown task 'legal'"."""
+    suite, task_file = legal_suite
+    model = save_legal_model(tiny_embedder_dir, tmp_path / "models" / "legal_eval")
+    # the model carries the task; without --task the suite's folders are evaluated, the user task among them
+    result = run_cli("evaluate", "--data", str(suite), "--model", f"m1={model}", "--base", "", "--llm", "none",
+                     "--out", str(tmp_path / "by_model"))
+    assert result.returncode == 0, result.stderr
+    assert set(json.loads((tmp_path / "by_model" / "results.json").read_text())["legal_eval"]) == {
+        "random", "bm25", "m1"}
+    # one model per task ({task} in the path) carries it too
+    result = run_cli("evaluate", "--data", str(suite), "--model", f"per_task={tmp_path / 'models' / '{task}'}",
+                     "--base", "", "--llm", "none", "--no-baselines", "--task", "legal_eval",
+                     "--out", str(tmp_path / "per_task"))
+    assert result.returncode == 0, result.stderr
+    # a task file registers it for the baselines alone
+    result = run_cli("evaluate", "--data", str(suite), "--task-file", str(task_file), "--base", "", "--llm", "none",
+                     "--out", str(tmp_path / "by_file"))
+    assert result.returncode == 0, result.stderr
+    assert "legal_eval" in json.loads((tmp_path / "by_file" / "results.json").read_text())
+    # neither: refused before anything is written, saying how the task becomes known
+    result = run_cli("evaluate", "--data", str(suite), "--base", "", "--llm", "none", "--out", str(tmp_path / "none"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "unknown task 'legal_eval'" in result.stderr and "--task-file" in result.stderr
+    assert not (tmp_path / "none").exists()

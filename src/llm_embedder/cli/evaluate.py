@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from llm_embedder.cli.app import app
+from llm_embedder.cli.basic import TaskFileOption, register_task_files
 
 
 def parse_model_specs(specs: list[str]) -> dict[str, str]:
@@ -21,6 +23,23 @@ def parse_model_specs(specs: list[str]) -> dict[str, str]:
             raise ValueError(f"--model name {name!r} given twice")
         models[name] = path
     return models
+
+
+def register_models_tasks(paths: Iterable[str], tasks: Sequence[str]) -> None:
+    """Register the user tasks the models carry (their ``llm_embedder_tasks.json``) without loading them, so that
+    a task a model was trained with is known when the task names are checked. A path with ``{task}`` (one model
+    per task) is read for each of ``tasks`` whose model folder exists; a missing model is left to fail where it
+    loads, as before."""
+    from llm_embedder.embedder import register_model_tasks
+
+    for path in paths:
+        if "{task}" not in path:
+            register_model_tasks(path)
+            continue
+        for task in tasks:
+            resolved = path.replace("{task}", task)
+            if Path(resolved).is_dir():
+                register_model_tasks(resolved)
 
 
 def parse_prompt_items(specs: list[str]) -> dict[str, int]:
@@ -43,7 +62,9 @@ def evaluate_command(
     data: Annotated[Path, typer.Option(help="Task-suite directory (DIR/<task>/test.jsonl, corpus.jsonl).")],
     model: Annotated[list[str] | None, typer.Option(help="NAME=PATH of an embedder (repeatable).")] = None,
     base: Annotated[str | None, typer.Option(help="Base embedder evaluated with and without instructions.")] = "minilm",
-    tasks: Annotated[list[str] | None, typer.Option("--task", help="Tasks to evaluate (default: all in DIR).")] = None,
+    tasks: Annotated[list[str] | None, typer.Option("--task", help=(
+        "Tasks to evaluate (default: every task with a <task>/<split>.jsonl in DIR, a user task among them; a user "
+        "task is known from --task-file or from a --model or --base trained with it)."))] = None,
     llm: Annotated[str | None, typer.Option(help="LLM for downstream metrics: smollm2, a HF dir, none.")] = "smollm2",
     out: Annotated[Path, typer.Option(help="Run directory for results.json, results.md, plots/.")] = Path("runs/eval"),
     split: Annotated[str, typer.Option(help="Split to evaluate (tune on dev, report test).")] = "test",
@@ -71,6 +92,7 @@ def evaluate_command(
     max_length: Annotated[int | None, typer.Option(
         min=1, help="Tokens every embedder keeps of a query or key (default: each model's saved length, the "
                     "training length for a model llm-embedder train wrote).")] = None,
+    task_file: TaskFileOption = None,
 ) -> None:
     """Evaluate embedders and baselines on the task suite; writes JSON, a markdown table and PNG plots."""
     from rich.console import Console
@@ -80,7 +102,7 @@ def evaluate_command(
     from llm_embedder.evaluate.run import PER_QUERY_FILE, RESULTS_FILE, SETTINGS_FILE, system_versions
     from llm_embedder.io import check_output_dir
     from llm_embedder.models import check_device
-    from llm_embedder.tasks import get_task
+    from llm_embedder.tasks import UnknownTaskError, get_task
 
     check_device(device)  # before the baselines run: embedders are built lazily
     # a folder of other files (a task's data, a model) is refused: results, plots and caches would land among them
@@ -92,11 +114,19 @@ def evaluate_command(
     task_names = tasks or sorted(p.name for p in data.iterdir() if (p / f"{split}.jsonl").exists())
     if not task_names:
         raise FileNotFoundError(f"no <task>/{split}.jsonl under {data}")
+    specs = parse_model_specs(model or [])
+    # the user tasks of a task file and those the models carry (trained with --task-file) are known before the
+    # task names are checked, as encode, index, search and serve know them
+    register_task_files(task_file)
+    register_models_tasks([*specs.values(), *([base] if base else [])], task_names)
     for name in task_names:
-        get_task(name)
+        try:
+            get_task(name)
+        except UnknownTaskError as err:
+            raise ValueError(f"{err} (a user task is known from --task-file, or from a --model or --base trained "
+                             "with it)") from None
     items = parse_prompt_items(prompt_items or [])
     embed_fast = "bf16" if fast else None
-    specs = parse_model_specs(model or [])
     systems = dense_systems(specs, base, device, fast=embed_fast, max_length=max_length)
     if teacher and (not llm or llm == "none"):
         raise ValueError("--teacher ranks candidates with the LLM: give --llm")
