@@ -201,3 +201,18 @@ def test_a_user_task_is_evaluated_from_a_task_file_or_the_model_that_carries_it(
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "unknown task 'legal_eval'" in result.stderr and "--task-file" in result.stderr
     assert not (tmp_path / "none").exists()
+
+
+def test_a_user_task_with_answers_gets_the_llm_metric_and_its_prompt_items(legal_suite, tiny_embedder_dir,
+                                                                            tiny_lm_dir, tmp_path):
+    """A user task's reward template went unused: retrieval metrics only, and --prompt-items refused it."""
+    suite, task_file = legal_suite
+    runs = {}
+    for items in ("3", "1"):
+        out = tmp_path / f"items{items}"
+        result = evaluate(suite, out, tiny_embedder_dir, tiny_lm_dir, "--task-file", str(task_file),
+                          *(["--prompt-items", f"legal_eval={items}"] if items == "1" else []))
+        assert result.returncode == 0, result.stderr
+        runs[items] = json.loads((out / "results.json").read_text())["legal_eval"]["tiny"]
+        assert "| tiny |" in (out / "results.md").read_text() and "legal_eval ndcg@10" in result.stdout
+    assert {"gold_loglik", "ndcg@10"} <= set(runs["3"]) and runs["3"]["gold_loglik"] != runs["1"]["gold_loglik"]

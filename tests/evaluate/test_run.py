@@ -480,3 +480,95 @@ def test_run_evaluation_refuses_arguments_it_would_misread(suite, tmp_path, call
     args = {"tasks": ["qa"], "systems": {}, **call}
     with pytest.raises(error, match=message):
         run_evaluation(suite, args.pop("tasks"), args.pop("systems"), tmp_path / "e", **args)
+
+
+@pytest.fixture
+def legal_task():
+    """A user task with its own reward template, registered for the test."""
+    from llm_embedder.tasks import register_task, unregister_task
+
+    task = register_task(name="legal_run", query_instruction="Find statutes for: ", key_instruction="Statute: ",
+                         loss="stable_distill", reward_template="Statute: {key}\n\nCase: {query}\n\nRuling: {answer}")
+    yield task
+    unregister_task("legal_run")
+
+
+def write_legal(suite, answers=True):
+    corpus = [{"id": i, "text": f"statute {i}" + (" theft is a crime" if i == 1 else "")} for i in range(5)]
+    write_jsonl(suite / "legal_run" / "corpus.jsonl", corpus)
+    records = [{"query": "someone stole a bike", "answers": ["theft"], "pos_index": [1], "query_id": 0},
+               {"query": "a signed paper", "answers": ["contract"], "pos_index": [3], "query_id": 1}]
+    write_jsonl(suite / "legal_run" / "test.jsonl",
+                [{k: v for k, v in r.items() if answers or k != "answers"} for r in records])
+
+
+def test_a_user_task_with_answers_gets_the_llm_metric_in_its_reward_template(suite, legal_task, tmp_path):
+    """A user task's reward template went unused: it got retrieval metrics only, with no word said."""
+    write_legal(suite)
+    lm = ContainsAnswerLM()
+    ranked = {"m": lambda t: FixedRanker("m", [[0, 2, 1, 3, 4], [4, 0, 2, 1, 3]])}
+    results = run_evaluation(suite, ["legal_run"], ranked, tmp_path / "eval", lm=lm, generate=False)
+    legal = results["legal_run"]
+    assert list(legal) == ["none", "random", "bm25", "m"]  # no retrieval beside the retrievers, as for qa
+    # the top 3 items in the task's own template, the best nearest the query; the answer is scored after it
+    assert "Statute: statute 1 theft is a crime\nstatute 2\nstatute 0\n\nCase: someone stole a bike\n\nRuling: " in (
+        lm.prompts)
+    assert legal["m"]["gold_loglik"] == pytest.approx((-0.5 - 4.0) / 2)  # "theft" in query 0's top 3 only
+    assert legal["none"] == {"gold_loglik": -4.0} and "accuracy" not in legal["m"]
+    # the main metric (table, verdicts, per_query.json) stays the retrieval one
+    from llm_embedder.evaluate import main_metric
+    from llm_embedder.evaluate.run import paired_metric
+
+    assert main_metric("legal_run") == ("ndcg@10", True) and paired_metric("legal_run") == "ndcg@10"
+    per_query = json.loads((tmp_path / "eval" / "per_query.json").read_text())["legal_run"]
+    assert np.mean(per_query["m"]) == pytest.approx(legal["m"]["ndcg@10"])
+    # --prompt-items overrides its 3 items
+    top_one = run_evaluation(suite, ["legal_run"], ranked, tmp_path / "one", lm=ContainsAnswerLM(),
+                             baselines=False, generate=False, prompt_items={"legal_run": 1})
+    assert top_one["legal_run"]["m"]["gold_loglik"] == -4.0
+
+
+def test_a_user_task_s_rows_cached_without_the_llm_metric_are_measured_again_the_builtin_ones_kept(
+    suite, legal_task, tmp_path
+):
+    write_legal(suite)
+    out, lm = tmp_path / "eval", ContainsAnswerLM()
+    systems = {"m": lambda t: FixedRanker("m", [[0, 2, 1, 3, 4], [4, 0, 2, 1, 3]] if t == "legal_run" else
+                                          [[0, 1, 2], [1, 0, 2]])}
+    first = run_evaluation(suite, ["qa", "legal_run"], systems, out, lm=lm, baselines=False, generate=False)
+    results = json.loads((out / "results.json").read_text())  # as the version without the user task's LLM metric
+    del results["legal_run"]["m"]["gold_loglik"]
+    results["qa"]["m"]["stale"] = 1.0  # a mark only a result read from the cache keeps
+    (out / "results.json").write_text(json.dumps(results))
+    again = run_evaluation(suite, ["qa", "legal_run"], systems, out, lm=lm, baselines=False, generate=False)
+    assert again["legal_run"]["m"] == first["legal_run"]["m"]
+    assert again["qa"]["m"]["stale"] == 1.0
+
+
+def test_a_user_task_without_answers_gets_retrieval_metrics_and_a_line_saying_so(suite, legal_task, tmp_path,
+                                                                                  capsys):
+    write_legal(suite, answers=False)
+    results = run_evaluation(suite, ["legal_run"], {"m": lambda t: FixedRanker("m", [[1, 0, 2]] * 2)},
+                             tmp_path / "eval", lm=ContainsAnswerLM(), generate=False)
+    assert list(results["legal_run"]) == ["random", "bm25", "m"] and "gold_loglik" not in results["legal_run"]["m"]
+    out = capsys.readouterr().out
+    assert "task legal_run: its records have no 'answers', so it gets retrieval metrics only" in out
+
+
+def test_a_user_task_s_best_item_goes_nearest_the_query_wherever_its_template_puts_it(legal_task):
+    from llm_embedder.evaluate.downstream import build_prompts, downstream_spec
+    from llm_embedder.tasks import register_task, unregister_task
+
+    spec = downstream_spec("legal_run")
+    assert (spec.items, spec.metric, spec.most_similar_last) == (3, "loglik", True)
+    (prompt,) = build_prompts("legal_run", ["q"], [["best", "second", "third", "fourth"]], spec)
+    assert prompt == "Statute: third\nsecond\nbest\n\nCase: q\n\nRuling: "
+    register_task(name="query_first", query_instruction="", key_instruction="",
+                  reward_template="Case: {query}\nStatutes: {key}\nRuling: {answer}")
+    try:
+        spec = downstream_spec("query_first")
+        (prompt,) = build_prompts("query_first", ["q"], [["best", "second", "third", "fourth"]], spec)
+        assert prompt == "Case: q\nStatutes: best\nsecond\nthird\nRuling: "
+    finally:
+        unregister_task("query_first")
+    assert downstream_spec("tool") is None and downstream_spec("nope") is None

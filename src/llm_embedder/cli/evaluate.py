@@ -84,7 +84,8 @@ def evaluate_command(
              "the LLM with the answer, best first (needs --llm).")] = False,
     generate: Annotated[bool, typer.Option(help="Also measure greedy-answer accuracy (qa; slower).")] = True,
     prompt_items: Annotated[list[str] | None, typer.Option(
-        help="TASK=N: N retrieved items in that task's LLM prompt instead of its default (repeatable).")] = None,
+        help="TASK=N: N retrieved items in that task's LLM prompt instead of its default (repeatable; qa 3, icl 8, "
+             "chat 1, lrlm 2, a user task with answers 3).")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if present).")] = None,
     fast: Annotated[bool, typer.Option(
         help="CPU fast mode: bf16 Linear layers in the embedders and the LLM (approximate; for CPUs with "

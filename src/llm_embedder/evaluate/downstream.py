@@ -7,7 +7,12 @@ at ``{answer}``. Per task (recipe §3, scaled to a 135M LLM):
 - qa (top 3 passages), icl (top 8 examples): mean log-likelihood of the gold answer per token (higher is
   better); qa also reports the accuracy of a greedy answer (normalised match) when ``generate`` is on;
 - chat (top turn), lrlm (top 2 chunks): perplexity of the gold continuation, exp(-mean log-likelihood) (lower
-  is better).
+  is better);
+- a user task (registered, not built in) whose records carry answers: the gold answer's mean log-likelihood with its
+  top 3 items in its own reward template, the best nearest the query (``user_task_spec``); its main metric stays
+  NDCG@10.
+
+tool and convsearch are judged by retrieval metrics only.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from llm_embedder.evaluate.metrics import answer_match
+from llm_embedder.io import check_template
 from llm_embedder.reward.records import split_template
-from llm_embedder.tasks import get_task
+from llm_embedder.tasks import BUILTIN_TASKS, get_task, list_tasks
 
 
 @dataclass(frozen=True)
@@ -34,7 +40,8 @@ class DownstreamSpec:
     generate: bool = False
 
 
-# Tasks without an entry (tool, convsearch, user tasks) are judged by retrieval metrics only.
+# The built-in tasks judged by the LLM. tool and convsearch, without an entry, are judged by retrieval metrics only;
+# a user task gets ``user_task_spec``.
 DOWNSTREAM: dict[str, DownstreamSpec] = {
     # a 135M LLM attends mostly to the nearest text: the best passage goes next to the question
     "qa": DownstreamSpec(items=3, metric="loglik", most_similar_last=True, generate=True),
@@ -53,8 +60,33 @@ MAIN_METRIC: dict[str, tuple[str, bool]] = {  # task -> (metric name, higher is 
 }
 
 
+USER_TASK_ITEMS = 3  # as qa: a user task's template is qa's by default ("Knowledge: {key}...")
+
+
 def main_metric(task: str) -> tuple[str, bool]:
     return MAIN_METRIC.get(task, ("ndcg@10", True))
+
+
+def is_user_task(task: str) -> bool:
+    """Whether ``task`` is registered and not built in."""
+    return task not in BUILTIN_TASKS and task in list_tasks()
+
+
+def user_task_spec(task: str) -> DownstreamSpec:
+    """A user task's LLM prompt: its top ``USER_TASK_ITEMS`` items in its reward template, the best nearest the
+    query (a small LLM attends mostly to the nearest text), so last where ``{key}`` comes before ``{query}`` in the
+    template (the default, qa's layout) and first where it comes after; the gold answer's log-likelihood."""
+    fields = check_template(get_task(task).reward_template, "reward_template")
+    key_first = fields.index("key") < fields.index("query")
+    return DownstreamSpec(items=USER_TASK_ITEMS, metric="loglik", most_similar_last=key_first)
+
+
+def downstream_spec(task: str) -> DownstreamSpec | None:
+    """How the LLM judges a task: its ``DOWNSTREAM`` entry, ``user_task_spec`` for a user task, None for a built-in
+    task judged by retrieval alone (tool, convsearch) or an unknown name."""
+    if task in DOWNSTREAM:
+        return DOWNSTREAM[task]
+    return user_task_spec(task) if is_user_task(task) else None
 
 
 def prompt_prefix(template: str, key: str, query: str) -> str:
@@ -144,11 +176,11 @@ def downstream_metrics(
     """Score the gold answers with the retrieved items in the prompt; None for tasks without an LLM metric.
 
     ``memo`` maps (prompt, answer) to a log-likelihood already computed; only the others are sent to the LLM.
-    ``items`` overrides how many retrieved items the prompt holds (the task's ``DOWNSTREAM`` entry).
+    ``items`` overrides how many retrieved items the prompt holds (the task's ``downstream_spec``).
     ``batch_tokens`` caps the padded tokens per forward pass; None: ``eval_batch_tokens(lm)``. ``progress(done,
     total)`` follows the prompts scored (``memo_logprobs``).
     """
-    spec = DOWNSTREAM.get(task)
+    spec = downstream_spec(task)
     if spec is None:
         return None
     if items is not None:

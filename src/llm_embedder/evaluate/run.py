@@ -21,7 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from llm_embedder.evaluate.downstream import DOWNSTREAM, downstream_metrics, main_metric
+from llm_embedder.evaluate.downstream import (
+    DOWNSTREAM,
+    downstream_metrics,
+    downstream_spec,
+    is_user_task,
+    main_metric,
+)
 from llm_embedder.evaluate.metrics import per_query_metric, retrieval_metrics
 from llm_embedder.evaluate.rankers import (
     BM25Ranker,
@@ -182,9 +188,16 @@ def load_task_data(
     return TaskData(task, queries, answers, candidates, golds)
 
 
-def baseline_rankers(task: str, per_query: bool) -> list[Ranker]:
-    """The retrieval-free and lexical baselines that apply to a task."""
-    rankers: list[Ranker] = [NoRetrieval()] if task in DOWNSTREAM else []
+def judged_by_llm(data: TaskData) -> bool:
+    """Whether a task's data gets the LLM metric (given an LLM): a built-in task with a ``DOWNSTREAM`` entry always,
+    a user task when its records carry answers (scored in its reward template); tool and convsearch never."""
+    return data.task in DOWNSTREAM or (downstream_spec(data.task) is not None and any(data.answers))
+
+
+def baseline_rankers(task: str, per_query: bool, llm_metric: bool = False) -> list[Ranker]:
+    """The retrieval-free and lexical baselines that apply to a task; no retrieval (``none``) where the LLM judges
+    it: a built-in LLM task, or another (a user task) with ``llm_metric``."""
+    rankers: list[Ranker] = [NoRetrieval()] if task in DOWNSTREAM or llm_metric else []
     rankers += [RandomRanker(), BM25Ranker()]
     if per_query:
         rankers.append(RecencyRanker())
@@ -217,23 +230,27 @@ def evaluate_system(
         metrics.update(retrieval_metrics(rankings, data.golds))
         if data.task not in DOWNSTREAM:
             per_query = per_query_metric(rankings, data.golds, main_metric(data.task)[0])
-    if lm is not None and data.task in DOWNSTREAM:
-        n = len(data.queries) if llm_queries is None else min(llm_queries, len(data.queries))
+    n = len(data.queries) if llm_queries is None else min(llm_queries, len(data.queries))
+    builtin = data.task in DOWNSTREAM  # else a user task with answers (judged_by_llm)
+    if lm is not None and judged_by_llm(data) and (builtin or n > 0):
         if any(not a for a in data.answers[:n]):
-            raise DataError(f"task {data.task}: every test record needs 'answers' for the LLM metric")
+            hint = "" if builtin else " (or none, for retrieval metrics only)"
+            raise DataError(f"task {data.task}: every test record needs 'answers' for the LLM metric{hint}")
         retrieved = [data.texts(i, ids) for i, ids in enumerate(rankings[:n])]
         result = downstream_metrics(
             data.task, data.queries[:n], data.answers[:n], retrieved, lm, generate=generate, memo=memo, items=items,
             progress=progress,
         )
         metrics.update(result.metrics)
-        per_query = result.per_query
+        if builtin:  # a user task's paired metric is its main one, NDCG@10
+            per_query = result.per_query
     return metrics, per_query
 
 
 def paired_metric(task: str) -> str:
     """What ``per_query.json`` holds per query, higher always better: the gold answer's log-likelihood for the
-    tasks judged by the LLM (perplexity is exp(-mean) of it), else the task's main retrieval metric."""
+    built-in tasks judged by the LLM (perplexity is exp(-mean) of it), else the task's main retrieval metric (a user
+    task's too, whose main metric is NDCG@10 whether or not the LLM also judges it)."""
     return "gold_loglik" if task in DOWNSTREAM else main_metric(task)[0]
 
 
@@ -353,12 +370,13 @@ def check_prompt_items(prompt_items: dict[str, int], label: str = "prompt_items"
     """Refuse a ``prompt_items`` override for a task without an LLM prompt, or of fewer than one item; ``label``
     names the setting in the message (the CLI's ``--prompt-items``)."""
     for task, count in prompt_items.items():
-        if task not in DOWNSTREAM:
+        if downstream_spec(task) is None:
             from llm_embedder.tasks import list_tasks
 
             problem = "has no LLM prompt; the tasks with one" if task in list_tasks() else (
                 "is not a known task; the tasks with an LLM prompt")
-            raise ValueError(f"{label}: task {task!r} {problem} are {', '.join(DOWNSTREAM)}")
+            raise ValueError(f"{label}: task {task!r} {problem} are {', '.join(DOWNSTREAM)} and the user tasks "
+                             "(registered ones, whose records carry answers)")
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ValueError(f"{label}: {task}={count!r}, expected a whole number of at least 1")
 
@@ -394,6 +412,9 @@ def run_evaluation(
     None: each model's saved length): both are kept with the settings, so results encoded otherwise are not mixed
     in. The results hold the systems asked for, then (``cached_others``) any others ``out_dir`` holds from earlier
     calls, so that models evaluated one call at a time share one table; without it, only those asked for.
+    A user task (registered, not built in) whose records carry answers gets the LLM metric too (``downstream_spec``:
+    its top 3 items in its reward template) and the ``none`` row; its main metric stays NDCG@10. One without answers
+    gets retrieval metrics only, with a line saying so.
     ``versions`` (system -> task -> what its model is, e.g. ``models.model_version(path)``): a cached result
     measured with another version, or an unknown one, is measured again, so a model retrained in place is not
     reported stale."""
@@ -460,17 +481,29 @@ def run_evaluation(
             for task in tasks:
                 limits = dict(max_corpus=max_corpus, max_candidates=max_candidates)
                 data = load_task_data(data_dir, task, split, max_queries, **limits)
+                user_task = is_user_task(task)
+                llm_metric = lm is not None and judged_by_llm(data) and not (user_task and max_llm_queries == 0)
+                if lm is not None and user_task and not any(data.answers):
+                    progress.console.print(
+                        f"task {task}: its records have no 'answers', so it gets retrieval metrics only (the LLM "
+                        "metric scores a record's gold answer in the task's reward template)",
+                        markup=False, highlight=False, soft_wrap=True)
+                # a user task's rows cached by a version that gave it no LLM metric are measured again (the
+                # built-in tasks' cached rows are kept: their protocol is unchanged)
+                stale = llm_metric and user_task
                 memo: dict = {}
-                rankers = [(r.name, lambda r=r: r) for r in baseline_rankers(task, data.per_query)] if baselines else []
+                rankers = [(r.name, lambda r=r: r) for r in baseline_rankers(task, data.per_query, llm_metric)
+                           ] if baselines else []
                 if gold:
                     rankers.append((GoldRanker.name, lambda g=data.golds: GoldRanker(g)))
-                if teacher and data.per_query and task in DOWNSTREAM:
+                if teacher and data.per_query and llm_metric:
                     rankers.append((TeacherRanker.name,
                                     lambda a=data.answers, m=memo: TeacherRanker(lm, a, m, progress=prompts_done)))
                 rankers += [(name, lambda f=factory, t=task: f(t)) for name, factory in systems.items()]
                 order[task] = [name for name, _ in rankers]
                 for name, make in rankers:
-                    if name in results.get(task, {}):
+                    cached = results.get(task, {}).get(name)
+                    if cached is not None and not (stale and "gold_loglik" not in cached):
                         continue
                     progress.update(bar, description=f"{task}: {name}")
                     progress.update(prompts_bar, visible=False)
