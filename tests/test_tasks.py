@@ -273,3 +273,51 @@ def test_a_task_file_may_start_with_a_bom(tmp_path):
         assert [task.name for task in register_tasks_from_file(path)] == ["bom"]
     finally:
         unregister_task("bom")
+
+
+def test_a_task_file_sets_a_user_task_s_augment_layout(tmp_path):
+    """A task file could not set a layout (only Python's register_layout): augment and /v1/augment laid a user task
+    out as qa ("Knowledge: ...")."""
+    from llm_embedder.augment.prompt import LAYOUTS, augment
+
+    path = tmp_path / "legal.json"
+    path.write_text(json.dumps({"tasks": [{
+        "name": "legal_layout", "query_instruction": "Find statutes for: ", "key_instruction": "Statute: ",
+        "layout": {"header": "Statutes:\n", "query": "Case: {query}\nRuling:", "order": "reversed"}}]}))
+    try:
+        register_tasks_from_file(path)
+        assert augment("legal_layout", "a stolen bike", ["best", "second"]) == (
+            "Statutes:\nsecond\nbest\n\nCase: a stolen bike\nRuling:")
+        assert register_tasks_from_file(path)  # the same file again is fine
+    finally:
+        unregister_task("legal_layout")
+        LAYOUTS.pop("legal_layout", None)
+
+
+@pytest.mark.parametrize(("layout", "message"), [
+    ("Case: {query}", "layout must be a mapping with any of ['query', 'header', 'separator', 'footer', 'order']"),
+    ({"colour": "red"}, "layout: unknown field(s) ['colour']; allowed: ['query', 'header'"),
+    ({"query": "Case:"}, "layout query template must contain {query}, got 'Case:'"),
+    ({"order": "best-last"}, "layout order must be one of ('ranked', 'reversed', 'sequential'), got 'best-last'"),
+    ({"header": 5}, "layout header must be a string, got 5"),
+])
+def test_a_bad_layout_in_a_task_file_names_the_file_and_task(tmp_path, layout, message):
+    from llm_embedder.augment.prompt import LAYOUTS
+
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps([{"name": "mytask", "query_instruction": "", "key_instruction": "", "layout": layout}]))
+    with pytest.raises(ValueError) as err:
+        register_tasks_from_file(path)
+    assert str(err.value).startswith(f"{path}: task 'mytask': ") and message in str(err.value)
+    assert "mytask" not in list_tasks() and "mytask" not in LAYOUTS  # nothing of a bad file is registered
+
+
+def test_a_task_file_cannot_replace_a_builtin_layout(tmp_path):
+    from llm_embedder.augment.prompt import LAYOUTS
+
+    qa_layout = LAYOUTS["qa"]
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps([{**get_task("qa").to_dict(), "layout": {"query": "Q: {query}"}}]))
+    with pytest.raises(ValueError, match="task 'qa' is built in: a task file cannot replace its layout"):
+        register_tasks_from_file(path, overwrite=True)
+    assert LAYOUTS["qa"] == qa_layout

@@ -223,6 +223,8 @@ def task_from_dict(data: dict[str, Any], where: str | None = None, position: int
 def register_tasks_from_file(path: str | Path, *, overwrite: bool = False) -> list[Task]:
     """Register the tasks defined in a YAML or JSON file (a list, or a mapping with a ``tasks`` list).
 
+    A task may carry a ``layout`` (the fields of ``augment.prompt.Layout``: query, header, separator, footer,
+    order), its prompt layout for ``augment`` and ``/v1/augment``, registered with it (``register_layout``).
     Every task is checked before any is registered; an error names the file, the task and the field.
     """
     path = Path(path)
@@ -243,14 +245,55 @@ def register_tasks_from_file(path: str | Path, *, overwrite: bool = False) -> li
         data = [data]
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a list of tasks or a mapping with a 'tasks' list")
-    tasks = [task_from_dict(item, where=str(path), position=i) for i, item in enumerate(data)]
+    tasks, layouts = [], {}
+    for i, item in enumerate(data):
+        layout = None
+        if isinstance(item, dict) and "layout" in item:  # the augment prompt's layout, registered with the task
+            item = dict(item)
+            layout = item.pop("layout")
+        task = task_from_dict(item, where=str(path), position=i)
+        tasks.append(task)
+        if layout is not None:
+            layout = _task_layout(layout, f"{path}: task {task.name!r}")
+            if layouts.get(task.name, layout) != layout:
+                raise ValueError(f"{path}: task {task.name!r} is defined twice with different layouts")
+            layouts[task.name] = layout
     seen: dict[str, Task] = {}
     for task in tasks:
         if seen.get(task.name, task) != task:
             raise ValueError(f"{path}: task {task.name!r} is defined twice with different settings")
         seen[task.name] = task
         _check_collision(task, overwrite, where=str(path))
-    return [register_task(task, overwrite=overwrite) for task in tasks]
+    if layouts:
+        from llm_embedder.augment.prompt import LAYOUTS, register_layout
+
+        for name, layout in layouts.items():
+            if LAYOUTS.get(name, layout) != layout and (name in BUILTIN_TASKS or not overwrite):
+                why = "is built in" if name in BUILTIN_TASKS else "already has another layout; give it another name"
+                raise ValueError(f"{path}: task {name!r} {why}: a task file cannot replace its layout")
+    registered = [register_task(task, overwrite=overwrite) for task in tasks]
+    for name, layout in layouts.items():
+        register_layout(name, layout)
+    return registered
+
+
+def _task_layout(value: Any, label: str) -> Any:
+    """A task file's ``layout`` entry as an ``augment.prompt.Layout``, checked as ``Layout`` checks it; errors
+    start with ``label`` (the file and task)."""
+    from dataclasses import fields as layout_fields
+
+    from llm_embedder.augment.prompt import Layout
+
+    allowed = [f.name for f in layout_fields(Layout)]
+    if not isinstance(value, dict):
+        raise ValueError(f"{label}: layout must be a mapping with any of {allowed}, got {value!r}")
+    unknown = sorted(str(k) for k in set(value) - set(allowed))
+    if unknown:
+        raise ValueError(f"{label}: layout: unknown field(s) {unknown}; allowed: {allowed}")
+    try:
+        return Layout(**value)
+    except ValueError as err:
+        raise ValueError(f"{label}: {err}") from None
 
 
 def get_task(name: str | Task) -> Task:

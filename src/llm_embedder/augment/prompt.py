@@ -35,6 +35,10 @@ class Layout:
     order: str = "ranked"
 
     def __post_init__(self) -> None:
+        for name in ("query", "header", "separator", "footer", "order"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise ValueError(f"layout {name} must be a string, got {value!r}")
         if "{query}" not in self.query:
             raise ValueError(f"layout query template must contain {{query}}, got {self.query!r}")
         if self.order not in ORDERS:
