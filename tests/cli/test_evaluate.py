@@ -143,6 +143,34 @@ def test_a_model_retrained_in_place_is_measured_again(qa_suite, tiny_embedder_di
     assert not run_with_sentinel()
 
 
+def test_a_cached_system_whose_model_was_retrained_since_is_left_out(qa_suite, tiny_embedder_dir, tiny_lm_dir,
+                                                                       tmp_path):
+    """A later call shows the systems of earlier calls from the cache; one whose model folder now holds other
+    weights used to be shown with its old figures."""
+    import shutil
+
+    model, out = tmp_path / "model", tmp_path / "out"
+    shutil.copytree(tiny_embedder_dir, model)
+    first = run_cli("evaluate", "--data", str(qa_suite), "--model", f"old={model}", "--base", "", "--llm", "none",
+                    "--no-baselines", "--out", str(out))
+    assert first.returncode == 0, first.stderr
+
+    def other_call():
+        result = run_cli("evaluate", "--data", str(qa_suite), "--model", f"other={tiny_embedder_dir}", "--base", "",
+                         "--llm", "none", "--no-baselines", "--out", str(out))
+        assert result.returncode == 0, result.stderr
+        return result, json.loads((out / "results.json").read_text())["qa"]
+
+    result, cached = other_call()
+    assert set(cached) == {"old", "other"} and "warning" not in result.stderr  # unchanged: still shown
+    weights = next(model.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes())  # retrained in place (the same bytes, a new file time)
+    result, cached = other_call()
+    assert set(cached) == {"other"}
+    assert "warning: the model of 'old'" in result.stderr and f"--model old={model}" in result.stderr
+    assert "| old |" not in result.stdout
+
+
 LEGAL_TASK = {"name": "legal_eval", "query_instruction": "Find statutes for: ", "key_instruction": "Statute: ",
               "loss": "stable_distill", "reward_template": "Statute: {key}\n\nCase: {query}\n\nRuling: {answer}"}
 

@@ -42,6 +42,17 @@ def register_models_tasks(paths: Iterable[str], tasks: Sequence[str]) -> None:
                 register_model_tasks(resolved)
 
 
+def recorded_paths(specs: dict[str, str], base: str | None) -> dict[str, str]:
+    """System -> its model's folder as a later call from another directory finds it: a path made absolute (a
+    ``{task}`` template too), an alias (``minilm``) as it is."""
+    from llm_embedder.models import EMBEDDER_ALIASES
+
+    paths = dict(specs)
+    if base:
+        paths.update({"base (no instructions)": base, "base (instructions)": base})
+    return {name: path if path in EMBEDDER_ALIASES else str(Path(path).absolute()) for name, path in paths.items()}
+
+
 def parse_prompt_items(specs: list[str]) -> dict[str, int]:
     """``TASK=N`` (repeatable): N retrieved items in that task's LLM prompt instead of its default."""
     from llm_embedder.evaluate.run import check_prompt_items
@@ -140,7 +151,7 @@ def evaluate_command(
         data, task_names, systems, out, lm=lm, baselines=baselines, gold=gold, teacher=teacher, split=split,
         max_queries=max_queries, max_llm_queries=max_llm_queries, max_corpus=max_corpus, max_candidates=max_candidates,
         generate=generate, prompt_items=items, embed_fast=embed_fast, embed_max_length=max_length,
-        versions=system_versions(specs, base, task_names),
+        versions=system_versions(specs, base, task_names), model_paths=recorded_paths(specs, base),
     )
     plots = write_report(results, out)
     console = Console(markup=False)  # system names and paths are text, not style tags

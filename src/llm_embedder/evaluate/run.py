@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ from llm_embedder.io import (
     iter_jsonl,
     read_jsonl,
 )
+from llm_embedder.models import ModelChangedWarning
 from llm_embedder.progress import LoggedProgress
 
 RESULTS_FILE = "results.json"
@@ -55,6 +57,7 @@ PER_QUERY_FILE = "per_query.json"
 SETTINGS_FILE = "settings.json"
 VERSIONS_FILE = "versions.json"  # task -> system -> the model version its cached results were measured with
 DATA_VERSIONS_FILE = "data_versions.json"  # task -> {"sha256": the data its cached results were measured on}
+MODEL_PATHS_FILE = "model_paths.json"  # system -> {"path": its model's folder (a {task} template)}, as last given
 RETRIEVAL_DEPTH = 10
 
 
@@ -315,6 +318,41 @@ def forget_other_versions(out_dir: Path, versions: dict[str, dict[str, Any]]) ->
     save_results(out_dir, stored, VERSIONS_FILE)
 
 
+def forget_changed_others(out_dir: Path, asked: Sequence[str], paths: dict[str, str]) -> list[str]:
+    """Record each asked system's model folder (``paths``: system -> path, ``{task}`` for one model per task), and
+    drop the cached results of the systems not asked for this time whose recorded folder now holds other weights
+    than their results were measured with (``versions.json``): the table shows those systems from the cache, and
+    would show a retrained model's old figures. A folder gone or never recorded keeps its results. Returns a line
+    per system dropped."""
+    from llm_embedder.models import model_version
+
+    recorded = load_results(out_dir, MODEL_PATHS_FILE)
+    versions = load_results(out_dir, VERSIONS_FILE)
+    stale: set[tuple[str, str]] = set()
+    dropped = []
+    for system, entry in recorded.items():
+        path = entry.get("path")
+        if system in asked or not isinstance(path, str):
+            continue
+        changed = []
+        for task, by_system in versions.items():
+            if system not in by_system:
+                continue
+            now = model_version(path.replace("{task}", task))
+            if now is not None and now != by_system[system]:
+                changed.append(task)
+        if changed:
+            stale.update((task, system) for task in changed)
+            dropped.append(f"the model of {system!r} ({path}) changed since its cached results on "
+                           f"{', '.join(changed)} were measured: they are left out; evaluate it again with "
+                           f"--model {system}={path}")
+    if stale:
+        drop_results(out_dir, lambda task, system: (task, system) in stale)
+    save_results(out_dir, {**recorded, **{system: {"path": path} for system, path in paths.items()}},
+                 MODEL_PATHS_FILE)
+    return dropped
+
+
 def data_version(data_dir: str | Path, task: str, split: str) -> str:
     """What a task's evaluation data is, by content: the SHA-256 of its split file and its corpus (where it has
     one). Results measured on other data (a suite rebuilt with another seed, in place) are measured again."""
@@ -402,6 +440,7 @@ def run_evaluation(
     embed_max_length: int | None = None,
     cached_others: bool = True,
     versions: dict[str, dict[str, Any]] | None = None,
+    model_paths: dict[str, str] | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Evaluate every system (name -> factory(task) -> Ranker, or None to skip the task) and the baselines on
     each task; resumable. ``prompt_items`` (task -> n) puts n retrieved items in that task's LLM prompt instead
@@ -417,7 +456,9 @@ def run_evaluation(
     gets retrieval metrics only, with a line saying so.
     ``versions`` (system -> task -> what its model is, e.g. ``models.model_version(path)``): a cached result
     measured with another version, or an unknown one, is measured again, so a model retrained in place is not
-    reported stale."""
+    reported stale. ``model_paths`` (system -> its model's folder) is recorded, so that a later call showing this
+    system from the cache (``cached_others``) leaves its results out once that folder holds other weights
+    (``forget_changed_others``, with a ``ModelChangedWarning``)."""
     check_prompt_items(prompt_items or {})
     check_run_arguments(tasks, systems, max_queries=max_queries, max_llm_queries=max_llm_queries,
                         max_corpus=max_corpus, max_candidates=max_candidates)
@@ -468,6 +509,9 @@ def run_evaluation(
         forget_other_data(out_dir, data_dir, tasks, split)
         if versions:
             forget_other_versions(out_dir, versions)
+        if cached_others or model_paths:
+            for line in forget_changed_others(out_dir, list(systems), model_paths or {}):
+                warnings.warn(line, ModelChangedWarning, stacklevel=2)
         results = load_results(out_dir)
         per_query = load_results(out_dir, PER_QUERY_FILE)
         order: dict[str, list[str]] = {}  # per task, the systems in the order asked for
