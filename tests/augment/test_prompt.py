@@ -40,7 +40,13 @@ def test_tool_and_convsearch_layouts() -> None:
 
 def test_no_items_gives_query_only_and_generic_fallback() -> None:
     assert augment("qa", "q?", []) == "Question: q?\nAnswer:"
-    assert augment("my_task", "q?", ["k"]) == "Knowledge: k\n\nQuestion: q?\nAnswer:"
+    from llm_embedder.tasks import register_task, unregister_task
+
+    register_task(name="my_task", query_instruction="q: ", key_instruction="k: ")  # a user task without a layout
+    try:
+        assert augment("my_task", "q?", ["k"]) == "Knowledge: k\n\nQuestion: q?\nAnswer:"
+    finally:
+        unregister_task("my_task")
 
 
 def test_budget_drops_lowest_ranked_first() -> None:
@@ -134,3 +140,25 @@ def test_the_estimate_without_a_tokenizer_errs_high() -> None:
         real = len(tok.encode(text, add_special_tokens=False))
         assert 0.85 * real <= approximate_tokens(text), (text[:30], real, approximate_tokens(text))
     assert approximate_tokens(english) <= 1.5 * len(tok.encode(english, add_special_tokens=False))
+
+
+def test_augment_refuses_what_it_would_misread(tiny_embedder_dir) -> None:
+    from llm_embedder.tasks import UnknownTaskError
+
+    with pytest.raises(TypeError, match="retrieved is a string"):  # was one item per character
+        augment("qa", "who wrote Hamlet?", "Shakespeare wrote it", 200)
+    with pytest.raises(UnknownTaskError, match="unknown task 'QA'"):  # was laid out with the generic layout
+        augment("QA", "q", ["a"], 100)
+    with pytest.raises(ValueError, match="budget_tokens must be a positive whole number, got '100'"):
+        augment("qa", "q", [], "100")
+
+
+def test_a_tokenizer_given_by_folder_is_loaded(tiny_embedder_dir) -> None:
+    """A str has .encode, so a folder name was taken for a tokenizer and failed on add_special_tokens."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_embedder_dir))
+    items = ["one two three four five"] * 4
+    assert augment("qa", "q", items, 20, tokenizer=str(tiny_embedder_dir)) == augment("qa", "q", items, 20, tok)
+    with pytest.raises(FileNotFoundError, match="neither a model folder nor 'smollm2'"):
+        augment("qa", "q", items, 20, tokenizer="no-such-folder")

@@ -14,6 +14,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 ORDERS = ("ranked", "reversed", "sequential")
@@ -75,8 +76,28 @@ def register_layout(task: str, layout: Layout | dict[str, Any], *, overwrite: bo
 
 
 def get_layout(task: str) -> Layout:
-    """The layout of ``task``, or the generic knowledge layout for a task without one."""
-    return LAYOUTS.get(task, GENERIC)
+    """The layout of ``task``, or the generic knowledge layout for a registered task without one; a name that is
+    neither (a typo, ``"QA"``) is refused, as the embedder and retriever refuse it."""
+    if task in LAYOUTS:
+        return LAYOUTS[task]
+    from llm_embedder.tasks import get_task
+
+    get_task(task)  # UnknownTaskError, listing the tasks
+    return GENERIC
+
+
+def load_tokenizer(name_or_path: str | Path) -> Any:
+    """The HF tokenizer of ``smollm2`` (the bundled LLM) or of a model folder, for exact prompt budgets."""
+    from transformers import AutoTokenizer
+
+    path = str(name_or_path)
+    if path == "smollm2":
+        from llm_embedder.llm.loading import resolve_llm_path
+
+        path = str(resolve_llm_path(path))
+    elif not Path(path).is_dir():
+        raise FileNotFoundError(f"tokenizer {str(name_or_path)!r} is neither a model folder nor 'smollm2'")
+    return AutoTokenizer.from_pretrained(path)
 
 
 _APPROX = re.compile(r"\w+|[^\w\s]")
@@ -102,11 +123,14 @@ def approximate_tokens(text: str) -> int:
 
 
 def token_counter(tokenizer: Any = None) -> Callable[[str], int]:
-    """A function text -> token count: a HF tokenizer, a model that holds one as ``.tokenizer`` (``CausalLM``,
+    """A function text -> token count: a HF tokenizer (or ``smollm2`` or a model folder, ``load_tokenizer``), a
+    model that holds one as ``.tokenizer`` (``CausalLM``,
     ``Embedder``: its tokenizer counts the whole text, without special tokens or the embedder's truncation), a
     callable returning a count or ids, or ``None`` for an estimate that errs high (``approximate_tokens``)."""
     if tokenizer is None:
         return approximate_tokens
+    if isinstance(tokenizer, str | Path):  # a name or folder (a str has .encode too, which is no tokenizer's)
+        tokenizer = load_tokenizer(tokenizer)
     inner = getattr(tokenizer, "tokenizer", None)
     if hasattr(inner, "encode"):
         tokenizer = inner
@@ -162,8 +186,10 @@ def fit_prompt(
     """``augment``'s prompt and the indices of the retrieved items it holds, in rank order."""
     if not isinstance(query, str):
         raise TypeError(f"query must be a string, got {type(query).__name__}")
-    if budget_tokens < 1:
-        raise ValueError(f"budget_tokens must be positive, got {budget_tokens}")
+    if isinstance(retrieved, str):  # one item per character otherwise
+        raise TypeError(f"retrieved is a string; pass a list of retrieved items, e.g. [{retrieved[:40]!r}]")
+    if isinstance(budget_tokens, bool) or not isinstance(budget_tokens, int) or budget_tokens < 1:
+        raise ValueError(f"budget_tokens must be a positive whole number, got {budget_tokens!r}")
     items = [_text(item) for item in retrieved]
     if positions is not None and len(positions) != len(items):
         raise ValueError(f"got {len(positions)} positions for {len(items)} retrieved items")

@@ -169,7 +169,7 @@ def augment_command(
     task_file: TaskFileOption = None,
 ) -> None:
     """Print the LLM prompt for a query with retrieved items laid out as the task expects (recipe §3)."""
-    from llm_embedder.augment.prompt import fit_prompt, hit_positions
+    from llm_embedder.augment.prompt import fit_prompt, hit_positions, load_tokenizer
     from llm_embedder.tasks import get_task
 
     register_task_files(task_file)
@@ -192,16 +192,7 @@ def augment_command(
         items += [h.text for h in hits]
         # chunks of a ChunkMemory index keep their place in the text: lrlm lays them out in that order
         positions = hit_positions(hits) if not item else None
-    counter = None
-    if tokenizer:
-        from transformers import AutoTokenizer
-
-        path = tokenizer
-        if tokenizer == "smollm2":
-            from llm_embedder.llm.loading import resolve_llm_path
-
-            path = str(resolve_llm_path(tokenizer))
-        counter = AutoTokenizer.from_pretrained(path)
+    counter = load_tokenizer(tokenizer) if tokenizer else None
     prompt, kept = fit_prompt(task, query, items, budget_tokens=budget, tokenizer=counter, positions=positions)
     if len(kept) < len(items):
         left = ", ".join(str(i + 1) for i in range(len(items)) if i not in kept)
