@@ -371,3 +371,16 @@ def test_half_precision_vectors_are_normalised_in_float32(tiny_embedder_dir, dty
         np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     exact = Embedder(tiny_embedder_dir, device="cpu").encode_queries(texts, "qa")
     assert (exact * half.encode_queries(texts, "qa")).sum(axis=1).min() > 0.99  # the same vectors, in half precision
+
+
+def test_the_package_exports_its_public_names_lazily():
+    """The README's Python API names import from the package; importing it alone does not load torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, llm_embedder; assert 'torch' not in sys.modules; "
+            "from llm_embedder import CausalLM, Embedder, Retriever, register_task, register_tasks_from_file; "
+            "from llm_embedder.retriever import Retriever as R; assert Retriever is R; "
+            "assert set(llm_embedder.__all__) <= set(dir(llm_embedder))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
