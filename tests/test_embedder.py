@@ -348,6 +348,7 @@ def test_count_tokens_takes_what_encode_takes(tiny_embedder):
         ({"a", "b"}, r"^texts must be a string or a list of strings, got a set \(its order is arbitrary.*pass a list$"),
         (frozenset({"a"}), r"got a frozenset \(its order is arbitrary"),
         ({"a": 1}.keys(), r"got a dict_keys"),
+        (b"hello", r"got bytes; decode it first"),  # was "texts[0] must be a string, got int"
     ],
 )
 def test_dicts_and_sets_of_texts_are_refused(tiny_embedder, texts, message):

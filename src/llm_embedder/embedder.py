@@ -39,6 +39,9 @@ def check_texts(texts: Sequence[str] | str) -> list[str]:
     """
     if isinstance(texts, str):
         return [texts]
+    if isinstance(texts, bytes | bytearray):  # a sequence of ints, each refused as "not a string"
+        raise TypeError(f"texts must be a string or a list of strings, got {type(texts).__name__}; decode it first "
+                        "(e.g. texts.decode('utf-8'))")
     if isinstance(texts, Mapping | AbstractSet):
         kind = type(texts).__name__
         why = "its order is arbitrary, so the vectors could not be matched to the texts" if isinstance(
