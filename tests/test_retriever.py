@@ -408,3 +408,179 @@ def test_a_second_writer_of_an_index_directory_is_refused(tiny_embedder, tmp_pat
     final = Retriever.load(out, tiny_embedder)
     assert [i for i, _ in final.documents()] == [1, 2] and len(final) == 2 and not (out / LOCK_FILE).exists()
     assert_paired(final)
+
+
+def directory_files(out: Path) -> dict[str, int]:
+    """The sizes of an index directory's document, embedding and meta files."""
+    return {name: (out / name).stat().st_size for name in ("docs.jsonl", "docs.offsets", "embeddings.memmap")}
+
+
+def fail(monkeypatch: pytest.MonkeyPatch, target: object, name: str, after: bool = False) -> None:
+    """Make ``target.name`` raise "No space left on device" once, before or ``after`` doing its work."""
+    original, calls = getattr(target, name), []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:  # the space freed since (the roll back writes too)
+            return original(*args, **kwargs)
+        if after:
+            original(*args, **kwargs)
+        raise OSError("No space left on device (simulated)")
+
+    monkeypatch.setattr(target, name, failing)
+
+
+def injected_failures(retriever: Retriever) -> list[tuple[object, str, bool]]:
+    """Each write of an add, failing before or after it wrote (the index's own add: after it inserted)."""
+    import llm_embedder.retriever as module
+    from llm_embedder.retriever import DocStore
+
+    index = type(retriever.index)
+    return [(DocStore, "append", False), (DocStore, "append", True), (index, "add", True), (index, "save", False),
+            (index, "save", True), (module, "atomic_write", False)]
+
+
+@pytest.mark.parametrize("backend", ["faiss", "milvus"])
+def test_an_add_that_fails_midway_is_rolled_back(tiny_embedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 backend: str) -> None:
+    """An add that failed after its vectors went into the index (a full disk writing docs.jsonl) left the index
+    broken for good: id 2 in the index (Milvus: stored; FAISS: in the object) without a document, so every search
+    reaching it raised IndexError and every later add 'ids already in the index: [2]'. Now documents go first,
+    vectors after, meta.json last, and a failure anywhere takes the add back."""
+    out = tmp_path / "idx"
+    retriever = Retriever.build(tiny_embedder, "qa", DOCS, out_dir=out, backend=backend)
+    for target, name, after in injected_failures(retriever):
+        before = directory_files(out)
+        with monkeypatch.context() as patch:
+            fail(patch, target, name, after)
+            with pytest.raises(OSError, match="No space left on device"):
+                retriever.add([{"text": "Apple strudel is a pastry.", "kind": "dessert"}])
+        where = f"{name} failing {'after' if after else 'before'} writing"
+        assert len(retriever) == 4 and len(retriever.docs) == 4, where
+        assert directory_files(out) == before, where
+        assert sorted(h.id for h in retriever.search("Apple strudel", k=10)[0]) == [0, 1, 2, 3], where
+        assert "kind" not in retriever.meta["stored_fields"], where
+    assert retriever.add(["Apple strudel is a pastry."]) == [4]
+    assert retriever.search("Apple strudel is a pastry.", k=5)[0][0].text == "Apple strudel is a pastry."
+    reopened = Retriever.load(out, tiny_embedder)
+    assert len(reopened) == 5 and [i for i, _ in reopened.documents()] == [0, 1, 2, 3, 4]
+    rows = np.fromfile(out / "embeddings.memmap", dtype=np.float32).reshape(-1, tiny_embedder.dim)
+    assert len(rows) == 5
+    if backend == "faiss":
+        assert_paired(reopened)
+    reopened.close()
+
+
+def killed_add(monkeypatch: pytest.MonkeyPatch, retriever: Retriever, target: object, name: str) -> None:
+    """An add that stops for good after ``target.name`` did its work, as a killed process does: nothing is undone
+    and the object is not used again."""
+    original = getattr(target, name)
+
+    class Killed(BaseException):
+        pass
+
+    def work_then_die(*args, **kwargs):
+        original(*args, **kwargs)
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(target, name, work_then_die)
+        patch.setattr(Retriever, "_undo", lambda *args: None, raising=False)
+        with pytest.raises(Killed):
+            retriever.add(["Apple strudel is a pastry.", "Cherry pie is a pastry."])
+
+
+@pytest.mark.parametrize("backend", ["faiss", "milvus"])
+def test_what_a_killed_add_left_is_rolled_back_by_load(tiny_embedder, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
+    """Killed between its writes, an add left documents past meta.json's count (load: "docs.jsonl has 6 documents,
+    meta.json says 4") or vectors without documents (search: IndexError). Load now rolls it back, and says so."""
+    from llm_embedder.retriever import DocStore, IndexRepairedWarning
+
+    for step, (target, name) in enumerate([(DocStore, "append"), ("index", "add"), ("index", "save")]):
+        out = tmp_path / f"idx{step}"
+        built = Retriever.build(tiny_embedder, "qa", DOCS, out_dir=out, backend=backend)
+        before = directory_files(out)
+        killed_add(monkeypatch, built, type(built.index) if target == "index" else target, name)
+        built.close()
+        with pytest.warns(IndexRepairedWarning, match=r"rolled back an add that did not finish: 2 document\(s\) and "
+                                                      r"[02] vector\(s\) past the 4 documents meta.json counts"):
+            reopened = Retriever.load(out, tiny_embedder)
+        assert directory_files(out) == before and len(reopened) == 4, name
+        assert sorted(h.id for h in reopened.search("Apple strudel", k=10)[0]) == [0, 1, 2, 3], name
+        assert reopened.add(["Plum cake."]) == [4]
+        reopened.close()
+        again = Retriever.load(out, tiny_embedder)
+        assert [doc["text"] for _, doc in again.documents()][4:] == ["Plum cake."] and len(again) == 5
+        again.close()
+
+
+def test_a_killed_add_whose_vectors_an_hnsw_index_saved_is_kept(tiny_embedder, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """HNSW cannot delete: an add killed after its index was saved, before meta.json, is complete but for the count;
+    it is counted in."""
+    from llm_embedder.index import FaissIndex
+    from llm_embedder.retriever import IndexRepairedWarning
+
+    out = tmp_path / "idx"
+    built = Retriever.build(tiny_embedder, "qa", DOCS, out_dir=out, factory="HNSW8")
+    killed_add(monkeypatch, built, FaissIndex, "save")
+    with pytest.warns(IndexRepairedWarning, match=r"kept an add of 2 document\(s\) that did not finish"):
+        reopened = Retriever.load(out, tiny_embedder)
+    assert len(reopened) == 6 and len(reopened.docs) == 6 and json.loads((out / "meta.json").read_text())["count"] == 6
+    assert "Cherry pie is a pastry." in [h.text for h in reopened.search("Cherry pie is a pastry.", k=6)[0]]
+    assert reopened.add(["Plum cake."]) == [6]
+    assert_paired(Retriever.load(out, tiny_embedder))
+
+
+def test_a_reader_does_not_read_an_add_another_writer_is_making(tiny_embedder, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opened while another process holds the directory's lock mid-add, the index reads the documents meta.json
+    counts and leaves the rest alone (it was refused: 'docs.jsonl has 6 documents, meta.json says 4')."""
+    from llm_embedder.retriever import DocStore
+
+    out = tmp_path / "idx"
+    built = Retriever.build(tiny_embedder, "qa", DOCS, out_dir=out, backend="milvus")
+    killed_add(monkeypatch, built, type(built.index), "add")
+    built.close()
+    with exclusive(out / LOCK_FILE, "another writer"):
+        reader = Retriever.load(out, tiny_embedder)
+        assert len(reader.docs) == 4 and sorted(h.id for h in reader.search("Apple", k=10)[0]) == [0, 1, 2, 3]
+        reader.close()
+    assert len(DocStore(out)) == 6  # left for the writer (here: rolled back at the next load)
+    assert len(Retriever.load(out, tiny_embedder).docs) == 4 and len(DocStore(out)) == 4
+
+
+@pytest.mark.parametrize("backend", ["faiss", "milvus"])
+def test_an_add_killed_for_real_is_rolled_back(tiny_embedder_dir, tmp_path: Path, backend: str) -> None:
+    """SIGKILL between the documents and the index's save (in a process of its own, which builds the index too:
+    Milvus Lite serves a database to one process)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from llm_embedder.embedder import Embedder
+
+    out = tmp_path / "idx"
+    script = (
+        "import json, os, signal, sys\n"
+        "from llm_embedder.embedder import Embedder\n"
+        "from llm_embedder.retriever import Retriever\n"
+        "e = Embedder(sys.argv[2], device='cpu')\n"
+        f"r = Retriever.build(e, 'qa', {json.dumps(DOCS)}, out_dir=sys.argv[1], backend={backend!r})\n"
+        "original = type(r.index).add\n"
+        "def add_then_die(*args, **kwargs):\n"
+        "    original(*args, **kwargs)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "type(r.index).add = add_then_die\n"
+        "r.add(['Apple strudel is a pastry.'])\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    proc = subprocess.run([sys.executable, "-c", script, str(out), str(tiny_embedder_dir)], env=env, timeout=300,
+                          capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    with pytest.warns(UserWarning, match=r"rolled back an add that did not finish: 1 document\(s\) and [01] vector"):
+        reopened = Retriever.load(out, Embedder(tiny_embedder_dir, device="cpu"))
+    assert len(reopened) == 4 and sorted(h.id for h in reopened.search("Apple", k=10)[0]) == [0, 1, 2, 3]
+    assert reopened.add(["Plum cake."]) == [4]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -45,12 +46,14 @@ class Hit:
 class DocStore:
     """Documents by id: in memory, or docs.jsonl + an int64 offsets file (random access, flat memory)."""
 
-    def __init__(self, directory: Path | None = None) -> None:
+    def __init__(self, directory: Path | None = None, count: int | None = None) -> None:
+        """``count``: read only the first ``count`` documents of ``directory`` (those meta.json counts; rows past
+        them are an add that did not finish)."""
         self.directory = directory
         self._docs: list[dict] = []
         self._offsets = np.zeros(0, dtype=np.int64)
         if directory is not None:
-            self._offsets = _read_offsets(directory / OFFSETS_FILE)
+            self._offsets = _read_offsets(directory / OFFSETS_FILE)[:count]
 
     def __len__(self) -> int:
         return len(self._offsets) if self.directory is not None else len(self._docs)
@@ -89,6 +92,33 @@ class DocStore:
         with (self.directory / OFFSETS_FILE).open("ab") as handle:
             handle.write(np.asarray(new, dtype=np.int64).tobytes())
         self._offsets = _read_offsets(self.directory / OFFSETS_FILE)
+
+    def end(self) -> int:
+        """Where the documents end in docs.jsonl (bytes); 0 in memory."""
+        if self.directory is None or not len(self._offsets):
+            return 0
+        with (self.directory / DOCS_FILE).open("rb") as handle:
+            handle.seek(int(self._offsets[-1]))
+            handle.readline()
+            return handle.tell()
+
+    def truncate(self, count: int) -> None:
+        """Keep the first ``count`` documents; in a directory docs.jsonl and docs.offsets are cut back to them."""
+        if self.directory is None:
+            del self._docs[count:]
+            return
+        self._offsets = self._offsets[:count]
+        end = self.end()
+        self._offsets = np.zeros(0, dtype=np.int64)  # no map of the offsets file while it shrinks
+        _shrink(self.directory / DOCS_FILE, end)
+        _shrink(self.directory / OFFSETS_FILE, count * np.dtype(np.int64).itemsize)
+        self._offsets = _read_offsets(self.directory / OFFSETS_FILE)
+
+
+def _shrink(path: Path, size: int) -> None:
+    """Cut ``path`` to ``size`` bytes where it is longer."""
+    if path.exists() and path.stat().st_size > size:
+        os.truncate(path, size)
 
 
 def _read_offsets(path: Path) -> np.ndarray:
@@ -149,6 +179,7 @@ class Retriever:
         self.meta = meta or {}
         self.lock = threading.RLock()  # reentrant: a store holds it around its own bookkeeping and the add
         self._disk = _disk_state(out_dir, index.backend) if out_dir is not None else None
+        self._broken: str | None = None  # why this object no longer writes (a failed add it could not undo)
 
     def __len__(self) -> int:
         return self.index.count
@@ -214,13 +245,30 @@ class Retriever:
         if index.dim != dim:
             raise IndexFormatError(f"{index_dir}: index has dimension {index.dim}, meta.json says {dim}")
         docs = DocStore(index_dir)
-        if len(docs) != meta.get("count", len(docs)):
-            raise IndexFormatError(
-                f"{index_dir}: {DOCS_FILE} has {len(docs)} documents, meta.json says {meta['count']}"
-            )
-        retriever = cls(embedder, task, index, docs, index_dir, meta)
+        count = meta.get("count", len(docs))
+        if len(docs) < count:
+            raise IndexFormatError(f"{index_dir}: {DOCS_FILE} has {len(docs)} documents, meta.json says {count}")
+        # documents past meta.json's count, and vectors past them: an add that did not finish (killed), or one a
+        # writer is making now; they are not read, and rolled back under the directory's lock
+        retriever = cls(embedder, task, index, DocStore(index_dir, count), index_dir, {**meta, "count": count})
         retriever._disk = disk
+        retriever._settle_on_load()
         return retriever
+
+    def _settle_on_load(self) -> None:
+        """Roll back what an add that did not finish left in the directory, where no writer holds it now."""
+        if self._leftovers() is None:
+            return
+        try:
+            with exclusive(self.out_dir / LOCK_FILE, f"the index {self.out_dir}"):
+                if _disk_state(self.out_dir, self.index.backend) != self._disk:
+                    return  # written meanwhile: this object is stale, its next write says so
+                done = self._settle()
+                self._disk = _disk_state(self.out_dir, self.index.backend)
+        except OSError:  # a writer at work (its add is not read meanwhile), or a folder this process cannot write
+            return
+        if done:
+            warnings.warn(f"{self.out_dir}: {done}", IndexRepairedWarning, stacklevel=3)
 
     def search(
         self, queries: str | Sequence[str], k: int = 10, filter: Mapping[str, Any] | None = None
@@ -234,8 +282,9 @@ class Retriever:
         with self.lock:  # an add between the index and the documents would hit an id the documents lack
             scores, ids = self.index.search(vectors, k, filter=filter)
             rows = []
+            known = len(self.docs)  # an id past the documents is an add not finished (see _settle): left out
             for row_scores, row_ids in zip(scores, ids, strict=True):
-                keep = [(float(s), int(i)) for s, i in zip(row_scores, row_ids, strict=True) if i >= 0]
+                keep = [(float(s), int(i)) for s, i in zip(row_scores, row_ids, strict=True) if 0 <= i < known]
                 rows.append((keep, self.docs.get(i for _, i in keep)))
         return [
             [Hit(id=i, score=s, text=doc["text"], metadata={k2: v for k2, v in doc.items() if k2 != "text"})
@@ -277,18 +326,113 @@ class Retriever:
         with self.lock, self._writing():  # ids follow the documents stored when the add's turn comes
             start = len(self.docs)
             ids = list(range(start, start + len(docs)))
-            self.index.add(ids, vectors, metadata)
-            if metadata and isinstance(self.meta.get("stored_fields"), list):
-                self.meta["stored_fields"] = sorted({*self.meta["stored_fields"], *(k for m in metadata for k in m)})
-            self.docs.append(docs, lines)
-            self.meta["count"] = len(self.docs)
-            if self.out_dir is not None:
-                with (self.out_dir / EMBEDDINGS_FILE).open("ab") as handle:
-                    handle.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
-                self.index.save(self.out_dir / index_file(self.index.backend))
-                with atomic_write(self.out_dir / META_FILE) as handle:
-                    json.dump(self.meta, handle, indent=2)
+            meta = {**self.meta, "count": start + len(docs)}
+            if metadata and isinstance(meta.get("stored_fields"), list):
+                meta["stored_fields"] = sorted({*meta["stored_fields"], *(k for m in metadata for k in m)})
+            try:
+                # documents first, vectors after, meta.json last: an add is in once meta.json counts it, and one
+                # that fails (or is killed) is rolled back to the documents meta.json counts (see _settle)
+                self.docs.append(docs, lines)
+                if self.out_dir is not None:
+                    with (self.out_dir / EMBEDDINGS_FILE).open("ab") as handle:
+                        handle.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+                self.index.add(ids, vectors, metadata)
+                if self.out_dir is not None:
+                    self.index.save(self.out_dir / index_file(self.index.backend))
+                    with atomic_write(self.out_dir / META_FILE) as handle:
+                        json.dump(meta, handle, indent=2)
+            except BaseException as err:
+                self._undo(start, err)
+                raise
+            self.meta = meta
         return ids
+
+    def _undo(self, start: int, err: BaseException) -> None:
+        """Take a failed add back: the index, documents and embeddings as they were with ``start`` documents.
+        Where that fails too, this object refuses to write again (``Retriever.load`` repairs the directory)."""
+        try:
+            if self.out_dir is None:
+                stray = self.index.held_from(start)
+                if stray:
+                    self.index.delete(stray)  # a FAISS index that cannot delete (HNSW) refuses: broken below
+                self.docs.truncate(start)
+                return
+            if self.index.backend == "faiss":  # the vectors saved before this add (it saves last but meta.json)
+                from llm_embedder.index.faiss_index import FaissIndex
+
+                self.index = FaissIndex.load(self.out_dir / FAISS_FILE, factory=self.meta.get("factory"))
+            done = self._settle()
+            self._disk = _disk_state(self.out_dir, self.index.backend)
+            if done and "kept" in done:
+                err.add_note(f"{self.out_dir}: {done}")
+        except Exception as undo_err:  # noqa: BLE001 - the add's own error is the one raised
+            where = f"the index {self.out_dir}" if self.out_dir is not None else "this in-memory index"
+            self._broken = (f"an add to {where} failed ({err}) and could not be undone ({undo_err}); open it again "
+                            "(Retriever.load rolls the add back)")
+            err.add_note(self._broken)
+
+    def _leftovers(self) -> tuple[list[int], int] | None:
+        """What an index directory holds past the documents meta.json counts, None if nothing: the index's ids
+        from that count on, and the document rows on disk."""
+        count, out = int(self.meta["count"]), self.out_dir
+        rows = (out / OFFSETS_FILE).stat().st_size // np.dtype(np.int64).itemsize
+        stray = self.index.held_from(count)
+        embeddings = out / EMBEDDINGS_FILE
+        row_bytes = int(self.meta["dim"]) * np.dtype(np.float32).itemsize
+        longer = (embeddings.exists() and embeddings.stat().st_size > count * row_bytes) or \
+            (out / OFFSETS_FILE).stat().st_size % np.dtype(np.int64).itemsize or \
+            (out / DOCS_FILE).stat().st_size > DocStore(out, count).end()
+        return (stray, rows) if stray or rows > count or longer else None
+
+    def _settle(self) -> str | None:
+        """With the directory's lock held: roll back an add that did not finish (documents, embedding rows and
+        vectors past the documents meta.json counts); returns what was done, in words, or None.
+
+        An add whose vectors are all in a FAISS index that cannot delete them (HNSW), with its documents and
+        embeddings written, is kept instead: only meta.json's count was missing."""
+        leftovers = self._leftovers()
+        if leftovers is None:
+            return None
+        stray, rows = leftovers
+        count, out = int(self.meta["count"]), self.out_dir
+        row_bytes = int(self.meta["dim"]) * np.dtype(np.float32).itemsize
+        embeddings = out / EMBEDDINGS_FILE
+        if stray:
+            try:
+                self.index.delete(stray)
+            except ValueError as err:
+                whole = stray == list(range(count, rows)) and embeddings.stat().st_size >= rows * row_bytes
+                if not whole:
+                    raise IndexFormatError(
+                        f"{out}: the index holds {len(stray)} vector(s) past its {count} documents (ids "
+                        f"{stray[:5]}...), left by an add that did not finish, and they cannot be removed ({err}); "
+                        "rebuild the index") from None
+                return self._keep(count, rows)
+        added = rows - count
+        self.docs = DocStore(out)
+        self.docs.truncate(count)  # cutting files back needs no space: before the index's save, which does
+        _shrink(embeddings, count * row_bytes)
+        if stray:
+            self.index.save(out / index_file(self.index.backend))
+        return (f"rolled back an add that did not finish: {max(added, 0)} document(s) and {len(stray)} vector(s) "
+                f"past the {count} documents meta.json counts were removed")
+
+    def _keep(self, count: int, rows: int) -> str:
+        """Count the documents ``count..rows`` in (their vectors are all in the index; see ``_settle``)."""
+        out = self.out_dir
+        docs = DocStore(out, rows)
+        meta = {**self.meta, "count": rows}
+        fields = meta.get("filter_fields") or []
+        if fields and isinstance(meta.get("stored_fields"), list):
+            added = [filterable(doc, fields) for doc in docs.get(range(count, rows))]
+            meta["stored_fields"] = sorted({*meta["stored_fields"], *(k for m in added for k in m)})
+        _shrink(out / DOCS_FILE, docs.end())
+        _shrink(out / EMBEDDINGS_FILE, rows * int(meta["dim"]) * np.dtype(np.float32).itemsize)
+        with atomic_write(out / META_FILE) as handle:
+            json.dump(meta, handle, indent=2)
+        self.docs, self.meta = docs, meta
+        return (f"kept an add of {rows - count} document(s) that did not finish: its vectors were all saved in an "
+                "index that cannot delete them, only meta.json's count was missing")
 
     def documents(self) -> list[tuple[int, dict]]:
         """``(id, document)`` for every document still in the index, by id: what a store reopened from its
@@ -313,14 +457,18 @@ class Retriever:
         write only if it still holds what this object read. Two objects opened on one directory each numbered
         new documents after what they had read and saved their own index over the other's, pairing a vector
         with another document's text."""
+        if self._broken:
+            raise IndexChangedError(self._broken)
         if self.out_dir is None:
             yield
             return
         with exclusive(self.out_dir / LOCK_FILE, f"the index {self.out_dir}"):
-            now = _disk_state(self.out_dir, self.index.backend)
-            if now != self._disk or now[0] != len(self.docs):
+            if _disk_state(self.out_dir, self.index.backend) != self._disk:
                 raise IndexChangedError(f"the index {self.out_dir} changed since it was opened (another writer?); "
                                         "open it again")
+            done = self._settle()  # what a killed add left (seen at load while another writer held the lock)
+            if done:
+                warnings.warn(f"{self.out_dir}: {done}", IndexRepairedWarning, stacklevel=4)
             yield
             self._disk = _disk_state(self.out_dir, self.index.backend)
 
@@ -329,7 +477,12 @@ class Retriever:
 
 
 class IndexChangedError(RuntimeError):
-    """An index directory changed since this object read it: another writer added or deleted documents."""
+    """An index directory changed since this object read it (another writer added or deleted documents), or a
+    failed add could not be undone: open it again."""
+
+
+class IndexRepairedWarning(UserWarning):
+    """An index directory held what an add that did not finish left behind; it was rolled back (or kept)."""
 
 
 def index_file(backend: str) -> str:

@@ -96,6 +96,13 @@ class FaissIndex:
         """Which of ``ids`` the index holds, sorted."""
         return np.intersect1d(np.asarray(ids, dtype=np.int64), self.ids()).tolist()
 
+    def held_from(self, start: int) -> list[int]:
+        """The ids the index holds from ``start`` on, sorted (vectors past an index directory's documents)."""
+        if self._max_id < start:  # an upper bound (a delete does not lower it): nothing to look at
+            return []
+        ids = self.ids()
+        return np.sort(ids[ids >= start]).tolist()
+
     @property
     def kind(self) -> str:
         """The index in words for messages: its factory string, or where that is unknown (an index file read

@@ -133,6 +133,26 @@ class MilvusIndex:
             found.extend(int(r["id"]) for r in rows)
         return sorted(found)
 
+    def held_from(self, start: int) -> list[int]:
+        """The ids the index holds from ``start`` on, sorted (vectors past an index directory's documents)."""
+        where = f"id >= {int(start)}"
+        rows = self._call(self.client.query, self.collection, filter=where, output_fields=["count(*)"])
+        total = int(rows[0]["count(*)"])
+        if total == 0:  # nearly always
+            return []
+        if total <= MAX_LIMIT:  # a query returns up to MAX_LIMIT rows
+            rows = self._call(self.client.query, self.collection, filter=where, output_fields=["id"], limit=total)
+            return sorted(int(r["id"]) for r in rows)
+        iterator = self._call(self.client.query_iterator, self.collection, batch_size=BATCH, filter=where,
+                              output_fields=["id"])
+        found: list[int] = []
+        try:
+            while rows := self._call(iterator.next):
+                found.extend(int(r["id"]) for r in rows)
+        finally:
+            iterator.close()
+        return sorted(found)
+
     def add(self, ids: Sequence[int], vectors: np.ndarray, metadata: list[dict] | None = None) -> None:
         """Insert vectors under caller ids; duplicates (in the batch or the collection) are refused first."""
         array = check_vectors(vectors, self.dim)
