@@ -283,3 +283,17 @@ def test_augment_lays_out_a_chunk_index_in_text_order_and_says_what_it_left_out(
     assert result.exit_code == 0, result.output
     assert result.stdout == "Knowledge: Ada wrote it.\n\nQuestion: who?\nAnswer:\n"
     assert "left out for the budget of 50 tokens: item(s) 1 of 2" in " ".join(result.stderr.split())
+
+
+def test_a_null_filter_value_matches_its_text_on_both_backends(tiny_embedder, tmp_path: Path) -> None:
+    """`--filter tag=null` was refused ("filter value for 'tag' must be str, int, float or bool, got None") though
+    parse_filter said null also matches its text. It matches the text "null" (an index stores no null field)."""
+    from llm_embedder.cli.index import parse_filter
+    from llm_embedder.retriever import Retriever
+
+    assert parse_filter(["tag=null"]) == {"tag": ["null"]}
+    docs = [{"text": "one", "tag": "null"}, {"text": "two", "tag": None}, {"text": "three"}, {"text": "four", "tag": 1}]
+    for backend in ("faiss", "milvus"):
+        retriever = Retriever.build(tiny_embedder, "qa", docs, out_dir=tmp_path / backend, backend=backend)
+        assert [h.id for h in retriever.search("x", k=4, filter=parse_filter(["tag=null"]))[0]] == [0], backend
+        retriever.close()

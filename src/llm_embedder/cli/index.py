@@ -67,9 +67,10 @@ def index_command(
 def parse_filter(filters: list[str] | None) -> dict | None:
     """``field=value`` options -> a filter mapping (repeating a field means any of the values).
 
-    A value is read as JSON where it parses; a number, true, false or null also matches its text, so that
+    A value is read as JSON where it parses; a number, true or false also matches its text, so that
     ``code=1990`` finds a document whose code is the string "1990" as well as the number (quote it,
-    ``code='"1990"'``, for the string alone)."""
+    ``code='"1990"'``, for the string alone). ``null`` matches the text "null" alone: an index stores no null
+    field (a document's null is not stored for filtering), so JSON null would match nothing."""
     if not filters:
         return None
     out: dict[str, list] = {}
@@ -82,7 +83,8 @@ def parse_filter(filters: list[str] | None) -> dict | None:
         except json.JSONDecodeError:
             parsed = value
         values = out.setdefault(key.strip(), [])
-        values.append(parsed)
+        if parsed is not None:
+            values.append(parsed)
         if parsed is None or isinstance(parsed, (bool, int, float)):
             values.append(value.strip())
     return out
