@@ -584,3 +584,15 @@ def test_an_add_killed_for_real_is_rolled_back(tiny_embedder_dir, tmp_path: Path
         reopened = Retriever.load(out, Embedder(tiny_embedder_dir, device="cpu"))
     assert len(reopened) == 4 and sorted(h.id for h in reopened.search("Apple", k=10)[0]) == [0, 1, 2, 3]
     assert reopened.add(["Plum cake."]) == [4]
+
+
+def test_a_filter_on_a_name_that_cannot_be_a_field_says_so(tiny_embedder, tmp_path: Path) -> None:
+    """`--filter bad-field=1` advised "build it with --filter-field bad-field", which the build then refused."""
+    from llm_embedder.index.build import build_index
+
+    build_index(DOCS, tmp_path / "idx", tiny_embedder, "qa", filter_fields=["lang"], progress=False)
+    for retriever in (Retriever.load(tmp_path / "idx", tiny_embedder), Retriever.build(tiny_embedder, "qa", DOCS)):
+        for name in ("bad-field", "id"):
+            with pytest.raises(ValueError, match=rf"^filter field '{name}' must be an identifier other than") as err:
+                retriever.search("Paris", k=2, filter={name: 1})
+            assert "--filter-field" not in str(err.value)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from llm_embedder.index.base import IndexFormatError, VectorIndex, check_k
+from llm_embedder.index.base import IndexFormatError, VectorIndex, check_filter, check_k
 from llm_embedder.index.build import (
     DOCS_FILE,
     EMBEDDINGS_FILE,
@@ -295,6 +295,7 @@ class Retriever:
     def check_filter_fields(self, filter: Mapping[str, Any] | None) -> None:
         """Refuse a filter on a field the index never stored: it would match nothing, silently. Under ``"*"``
         (every field) that is a field no document holds, a typo most likely."""
+        check_filter(filter)  # a name that cannot be a filter field is refused as such, not advised as one to store
         stored = self.meta.get("filter_fields") if self.out_dir is not None else ["*"]
         if not filter or stored is None:  # None: an index from before the field was recorded
             return
