@@ -180,3 +180,15 @@ def test_corrupt_and_truncated_files(backend: str, tmp_path: Path) -> None:
         load(backend, path)
     with pytest.raises(FileNotFoundError):
         load(backend, tmp_path / "missing" / path.name)
+
+
+def test_exact_ties_come_in_id_order(backend: str, tmp_path: Path) -> None:
+    """Equal vectors came back [1, 0] from FAISS and [0, 1] from Milvus: the same corpus, two orders."""
+    index = make(backend, tmp_path)
+    same, other = unit(1)[0], unit(1, seed=5)[0]
+    near = same + 0.3 * other
+    index.add([3, 7, 9, 1, 4, 2], np.stack([same, same, near, same, near, other]))
+    scores, ids = index.search(same, k=6)
+    assert ids[0, :3].tolist() == [1, 3, 7] and ids[0, 3:5].tolist() == [4, 9]
+    assert (np.diff(scores[0]) <= 1e-6).all()  # only ties move: still best first
+    index.close()

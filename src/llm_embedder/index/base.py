@@ -163,14 +163,29 @@ def matches(metadata: Mapping[str, Any], filter: dict[str, list[Any]]) -> bool:
 
 
 def pad_results(rows: list[list[tuple[float, int]]], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Lists of (score, id) per query -> (scores, ids) arrays of shape (n, k), padded with -inf / -1."""
+    """Lists of (score, id) per query -> (scores, ids) arrays of shape (n, k), padded with -inf / -1, exact ties
+    ordered by id."""
     scores = np.full((len(rows), k), PAD_SCORE, dtype=np.float32)
     ids = np.full((len(rows), k), PAD_ID, dtype=np.int64)
     for i, row in enumerate(rows):
         for j, (score, id_) in enumerate(row[:k]):
             scores[i, j] = score
             ids[i, j] = id_
+    order_ties(scores, ids)
     return scores, ids
+
+
+def order_ties(scores: np.ndarray, ids: np.ndarray) -> None:
+    """Put hits of exactly equal score in id order, in place, so that every backend gives one order; nothing else
+    moves (a run of equal scores keeps its place in the row)."""
+    for row_scores, row_ids in zip(scores, ids, strict=True):
+        same = row_scores[1:] == row_scores[:-1]
+        if not same.any():
+            continue
+        runs = np.concatenate([[0], np.cumsum(~same)])  # one number per run of equal scores, in row order
+        order = np.lexsort((row_ids, runs))
+        row_scores[:] = row_scores[order]
+        row_ids[:] = row_ids[order]
 
 
 def is_milvus_uri(uri_or_path: str | Path) -> bool:

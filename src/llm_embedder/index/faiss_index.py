@@ -29,6 +29,7 @@ from llm_embedder.index.base import (
     check_metadata,
     check_vectors,
     matches,
+    order_ties,
 )
 from llm_embedder.io import current_umask
 
@@ -197,8 +198,10 @@ class FaissIndex:
             params = self._search_params(faiss.IDSelectorBatch(allowed))
         scores, ids = self.index.search(queries, k, params=params) if params else self.index.search(queries, k)
         scores = scores.astype(np.float32)
+        ids = ids.astype(np.int64)
         scores[ids < 0] = PAD_SCORE
-        return scores, ids.astype(np.int64)
+        order_ties(scores, ids)
+        return scores, ids
 
     def _search_params(self, selector):
         inner = self._inner()
