@@ -297,3 +297,33 @@ def test_a_null_filter_value_matches_its_text_on_both_backends(tiny_embedder, tm
         retriever = Retriever.build(tiny_embedder, "qa", docs, out_dir=tmp_path / backend, backend=backend)
         assert [h.id for h in retriever.search("x", k=4, filter=parse_filter(["tag=null"]))[0]] == [0], backend
         retriever.close()
+
+
+def test_search_reads_queries_from_a_file_or_stdin(tiny_embedder_dir: Path, tmp_path: Path) -> None:
+    """`search` took positional queries only; --queries FILE ('-': stdin) gives one per line, after any arguments,
+    a blank line refused naming it (as encode does), and the output as before: with --json one line per query."""
+    corpus, out = write_corpus(tmp_path / "corpus.jsonl"), tmp_path / "idx"
+    args = ["index", "--task", "qa", "--corpus", str(corpus), "--out", str(out), "--model", str(tiny_embedder_dir)]
+    assert runner.invoke(app, args).exit_code == 0
+    queries = tmp_path / "queries.jsonl"  # read as lines whatever its name
+    queries.write_text("text of document 3\n{\"text\": \"document 5\"}\n")
+    result = runner.invoke(app, ["search", "document 1", "--index", str(out), "-k", "2", "--json", "--queries",
+                                 str(queries)])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["query"] for line in lines] == ["document 1", "text of document 3", '{"text": "document 5"}']
+    assert all(len(line["hits"]) == 2 for line in lines)
+    alone = runner.invoke(app, ["search", "text of document 3", "--index", str(out), "-k", "2", "--json"])
+    assert json.loads(alone.stdout) == lines[1]
+    result = runner.invoke(app, ["search", "--index", str(out), "-k", "1", "--json", "--queries", "-"],
+                           input="first query\nsecond query\n")
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["query"] for line in result.stdout.splitlines()] == ["first query", "second query"]
+    queries.write_text("one\n\nthree\n")
+    result = runner.invoke(app, ["search", "--index", str(out), "--queries", str(queries)])
+    assert f"{queries}:2: empty line (one query per line)" in str(result.exception)
+    queries.write_text("")
+    result = runner.invoke(app, ["search", "--index", str(out), "--queries", str(queries)])
+    assert f"{queries}: no queries to search" in str(result.exception)
+    result = runner.invoke(app, ["search", "--index", str(out)])
+    assert "no query: give one or more as arguments, or --queries FILE" in str(result.exception)

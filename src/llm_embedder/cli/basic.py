@@ -46,8 +46,11 @@ def tasks_command(task_file: TaskFileOption = None) -> None:
     Console(markup=False).print(table)  # user task names and instructions are text, not style tags
 
 
-def read_texts(source: Path | None, field: str | None) -> list[str]:
-    """Text lines, or one field of JSONL records, from a file or stdin ('-' or no file)."""
+def read_texts(source: Path | None, field: str | None, noun: str = "text", use: str = "encode",
+               lines_only: bool = False) -> list[str]:
+    """Text lines, or one field of JSONL records, from a file or stdin ('-' or no file). ``noun`` and ``use`` word
+    the messages ("one text per line", "no texts to encode"); ``lines_only``: a .jsonl file is read as lines too."""
+    plural = "queries" if noun == "query" else f"{noun}s"
     name = "<stdin>" if source is None or str(source) == "-" else str(source)
     if name == "<stdin>":  # bytes, decoded per line: bad UTF-8 names its line
         raw_lines = getattr(sys.stdin, "buffer", None) or (line.encode() for line in sys.stdin)
@@ -56,11 +59,11 @@ def read_texts(source: Path | None, field: str | None) -> list[str]:
         if not Path(name).exists():
             raise FileNotFoundError(f"input file not found: {name}")
         lines = list(iter_text_lines(name))  # bad UTF-8 names the file and line
-    if field is None and not name.endswith(".jsonl"):
+    if field is None and (lines_only or not name.endswith(".jsonl")):
         for line_no, line in enumerate(lines, start=1):
             if not line.strip():  # a vector per line: a blank line is refused, not encoded as the instruction alone
                 what = "line of only whitespace" if line else "empty line"
-                raise DataError(f"{name}:{line_no}: {what} (one text per line)")
+                raise DataError(f"{name}:{line_no}: {what} (one {noun} per line)")
         texts = lines
     else:
         field = field or "text"
@@ -75,7 +78,7 @@ def read_texts(source: Path | None, field: str | None) -> list[str]:
                 raise DataError(f"{name}:{line_no}: field {field!r} {what}")
             texts.append(record[field])
     if not texts:
-        raise DataError(f"{name}: no texts to encode")
+        raise DataError(f"{name}: no {plural} to {use}")
     return texts
 
 

@@ -115,8 +115,8 @@ def open_retriever(index: Path, model: str | None, task: str | None):
 
 @app.command("search")
 def search_command(
-    queries: Annotated[list[str], typer.Argument(help="One or more query texts.")],
     index: IndexOption,
+    queries: Annotated[list[str] | None, typer.Argument(help="One or more query texts.")] = None,
     k: Annotated[int, typer.Option("-k", help="Hits per query.")] = 10,
     model: Annotated[str | None, typer.Option(help="Embedder (default: the one named in the index).")] = None,
     task: Annotated[
@@ -124,18 +124,27 @@ def search_command(
     ] = None,
     filter: FilterOption = None,
     json_out: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+    queries_file: Annotated[Path | None, typer.Option(
+        "--queries", help="File of queries, one per line ('-': stdin); after any given as arguments.")] = None,
     task_file: TaskFileOption = None,
 ) -> None:
     """Top-k documents with scores for each query, from an index directory.
 
     A hit's id is the document's number in the index (its line in the corpus, from 0); the corpus's own "id"
-    field, where documents have one, is shown beside it and kept in the hit's metadata (--json)."""
+    field, where documents have one, is shown beside it and kept in the hit's metadata (--json: one line per query,
+    in the order given)."""
     from rich.table import Table
 
+    from llm_embedder.cli.basic import read_texts
     from llm_embedder.retriever import check_queries
 
     register_task_files(task_file)  # an index of a task from a task file needs its instructions
+    queries = list(queries or [])
     check_queries(queries)  # before the model loads
+    if queries_file is not None:  # a blank line is refused, naming it, as encode does
+        queries += read_texts(queries_file, None, noun="query", use="search", lines_only=True)
+    if not queries:
+        raise ValueError("no query: give one or more as arguments, or --queries FILE")
     retriever = open_retriever(index, model, task)
     results = retriever.search(queries, k=k, filter=parse_filter(filter))
     console = Console(markup=False)  # documents are text: "list[int]" is not a style tag
