@@ -596,3 +596,14 @@ def test_a_filter_on_a_name_that_cannot_be_a_field_says_so(tiny_embedder, tmp_pa
             with pytest.raises(ValueError, match=rf"^filter field '{name}' must be an identifier other than") as err:
                 retriever.search("Paris", k=2, filter={name: 1})
             assert "--filter-field" not in str(err.value)
+
+
+def test_search_takes_the_search_effort(tiny_embedder, tmp_path: Path) -> None:
+    """Retriever.search passes nprobe / ef_search to the index, checked before the queries are encoded."""
+    retriever = Retriever.build(tiny_embedder, "qa", DOCS * 10, factory="IVF4,Flat")
+    assert len(retriever.search("Paris", k=40, nprobe=4)[0]) == 40
+    assert len(retriever.search("Paris", k=40, nprobe=1)[0]) < 40
+    with pytest.raises(ValueError, match="ef_search applies to an HNSW index, not to the FAISS factory 'IVF4,Flat'"):
+        retriever.search("Paris", k=3, ef_search=64)
+    with pytest.raises(ValueError, match="ef_search must be a positive integer, got -1"):
+        retriever.search([None], k=3, ef_search=-1)  # before the query is looked at

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from llm_embedder.index.base import IndexFormatError, VectorIndex, check_filter, check_k
+from llm_embedder.index.base import IndexFormatError, VectorIndex, check_effort, check_filter, check_k
 from llm_embedder.index.build import (
     DOCS_FILE,
     EMBEDDINGS_FILE,
@@ -271,16 +271,21 @@ class Retriever:
             warnings.warn(f"{self.out_dir}: {done}", IndexRepairedWarning, stacklevel=3)
 
     def search(
-        self, queries: str | Sequence[str], k: int = 10, filter: Mapping[str, Any] | None = None
+        self, queries: str | Sequence[str], k: int = 10, filter: Mapping[str, Any] | None = None, *,
+        nprobe: int | None = None, ef_search: int | None = None,
     ) -> list[list[Hit]]:
-        """Top-k hits per query (fewer when the index holds fewer matching documents)."""
+        """Top-k hits per query (fewer when the index holds fewer matching documents).
+
+        ``nprobe`` (IVF indexes: lists searched; FAISS default 16) and ``ef_search`` (HNSW: candidates kept;
+        FAISS default 128) raise recall at some speed for this search; an index without IVF or HNSW refuses them."""
         check_k(k)  # before the queries are encoded
+        effort = check_effort(nprobe, ef_search)
         self.check_filter_fields(filter)
         texts = [queries] if isinstance(queries, str) else list(queries)
         check_queries(texts)
         vectors = self.embedder.encode_queries(texts, self.task)
         with self.lock:  # an add between the index and the documents would hit an id the documents lack
-            scores, ids = self.index.search(vectors, k, filter=filter)
+            scores, ids = self.index.search(vectors, k, filter=filter, **effort)
             rows = []
             known = len(self.docs)  # an id past the documents is an add not finished (see _settle): left out
             for row_scores, row_ids in zip(scores, ids, strict=True):

@@ -192,3 +192,32 @@ def test_exact_ties_come_in_id_order(backend: str, tmp_path: Path) -> None:
     assert ids[0, :3].tolist() == [1, 3, 7] and ids[0, 3:5].tolist() == [4, 9]
     assert (np.diff(scores[0]) <= 1e-6).all()  # only ties move: still best first
     index.close()
+
+
+@pytest.mark.parametrize("factory", ["IVF16,Flat", "HNSW8"])
+def test_the_search_effort_can_be_set_per_search(backend: str, factory: str, tmp_path: Path) -> None:
+    """IVF nprobe (16) and HNSW efSearch (128) were fixed; a search may now set them."""
+    index = open_index(tmp_path / ("index.faiss" if backend == "faiss" else "index.db"), DIM, factory=factory)
+    vectors = unit(400)
+    index.add(range(400), vectors)
+    setting = {"nprobe": 1} if factory.startswith("IVF") else {"ef_search": 400}
+    other = {"ef_search": 400} if factory.startswith("IVF") else {"nprobe": 1}
+    if backend == "milvus":  # Milvus Lite searches a collection this small exhaustively: look at what is asked
+        asked, search = [], index.client.search
+        index.client.search = lambda *args, **kwargs: asked.append(kwargs["search_params"]) or search(*args, **kwargs)
+        index.search(vectors[:3], k=10, **setting)
+        index.search(vectors[:3], k=10)
+        expected = {"nprobe": 1} if factory.startswith("IVF") else {"ef": 400}
+        assert asked == [{"metric_type": "IP", "params": expected}, {"metric_type": "IP"}]
+    else:
+        _, ids = index.search(vectors[:3], k=400, **setting)
+        found = (ids >= 0).sum(axis=1)
+        if factory.startswith("IVF"):  # one list of 16 searched: part of the index
+            assert (found < 400).all() and (index.search(vectors[:3], k=400)[1] >= 0).all()
+        else:
+            assert (found == 400).all()
+    with pytest.raises(ValueError, match=f"^{next(iter(other))} applies to an (IVF|HNSW) index, not to the"):
+        index.search(vectors[:1], k=3, **other)
+    with pytest.raises(ValueError, match="nprobe must be a positive integer, got 0"):
+        index.search(vectors[:1], k=3, nprobe=0)
+    index.close()

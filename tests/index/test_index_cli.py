@@ -327,3 +327,15 @@ def test_search_reads_queries_from_a_file_or_stdin(tiny_embedder_dir: Path, tmp_
     assert f"{queries}: no queries to search" in str(result.exception)
     result = runner.invoke(app, ["search", "--index", str(out)])
     assert "no query: give one or more as arguments, or --queries FILE" in str(result.exception)
+
+
+def test_search_sets_the_search_effort(tiny_embedder_dir: Path, tmp_path: Path) -> None:
+    corpus, out = write_corpus(tmp_path / "corpus.jsonl"), tmp_path / "idx"
+    args = ["index", "--task", "qa", "--corpus", str(corpus), "--out", str(out), "--model", str(tiny_embedder_dir),
+            "--factory", "HNSW8"]
+    assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(app, ["search", "document 1", "--index", str(out), "-k", "9", "--json", "--ef-search", "9"])
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)["hits"]) == 9
+    result = runner.invoke(app, ["search", "document 1", "--index", str(out), "--nprobe", "4"])
+    assert "nprobe applies to an IVF index, not to the FAISS factory 'HNSW8'" in str(result.exception)

@@ -124,6 +124,10 @@ def search_command(
     ] = None,
     filter: FilterOption = None,
     json_out: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+    nprobe: Annotated[int | None, typer.Option(
+        min=1, help="IVF index: lists searched (default 16 on FAISS); more finds more of the true top k.")] = None,
+    ef_search: Annotated[int | None, typer.Option(
+        min=1, help="HNSW index: candidates kept (default 128 on FAISS); more finds more of the true top k.")] = None,
     queries_file: Annotated[Path | None, typer.Option(
         "--queries", help="File of queries, one per line ('-': stdin); after any given as arguments.")] = None,
     task_file: TaskFileOption = None,
@@ -146,7 +150,7 @@ def search_command(
     if not queries:
         raise ValueError("no query: give one or more as arguments, or --queries FILE")
     retriever = open_retriever(index, model, task)
-    results = retriever.search(queries, k=k, filter=parse_filter(filter))
+    results = retriever.search(queries, k=k, filter=parse_filter(filter), nprobe=nprobe, ef_search=ef_search)
     console = Console(markup=False)  # documents are text: "list[int]" is not a style tag
     for query, hits in zip(queries, results, strict=True):
         if json_out:

@@ -48,7 +48,8 @@ class VectorIndex(Protocol):
     def add(self, ids: Sequence[int], vectors: np.ndarray, metadata: list[dict] | None = None) -> None: ...
 
     def search(
-        self, vectors: np.ndarray, k: int, filter: Mapping[str, Any] | None = None
+        self, vectors: np.ndarray, k: int, filter: Mapping[str, Any] | None = None, *, nprobe: int | None = None,
+        ef_search: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]: ...
 
     def delete(self, ids: Sequence[int]) -> int: ...
@@ -117,6 +118,22 @@ def check_k(k: int) -> int:
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     return int(k)
+
+
+def check_effort(nprobe: int | None, ef_search: int | None) -> dict[str, int]:
+    """The search-effort settings given (IVF ``nprobe``, HNSW ``ef_search``), as keyword arguments; each a
+    positive integer."""
+    given = {name: value for name, value in (("nprobe", nprobe), ("ef_search", ef_search)) if value is not None}
+    for name, value in given.items():
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return {name: int(value) for name, value in given.items()}
+
+
+def effort_refused(name: str, kind: str) -> ValueError:
+    """The error for a search-effort setting the index has no use for."""
+    needs = "an IVF index" if name == "nprobe" else "an HNSW index"
+    return ValueError(f"{name} applies to {needs}, not to the {kind}")
 
 
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

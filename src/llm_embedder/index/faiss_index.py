@@ -23,11 +23,13 @@ from llm_embedder.index.base import (
     PAD_SCORE,
     EmptyIndexError,
     IndexFormatError,
+    check_effort,
     check_filter,
     check_ids,
     check_k,
     check_metadata,
     check_vectors,
+    effort_refused,
     matches,
     order_ties,
 )
@@ -182,20 +184,31 @@ class FaissIndex:
 
     # -- reading ----------------------------------------------------------------------------------
     def search(
-        self, vectors: np.ndarray, k: int, filter: Mapping[str, Any] | None = None
+        self, vectors: np.ndarray, k: int, filter: Mapping[str, Any] | None = None, *, nprobe: int | None = None,
+        ef_search: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, ids), shape (n, k), padded with -inf / -1 when fewer than k items match."""
+        """Top-k (scores, ids), shape (n, k), padded with -inf / -1 when fewer than k items match.
+
+        ``nprobe`` (IVF: lists searched, default 16) and ``ef_search`` (HNSW: candidates kept, default 128) trade
+        speed for recall in this search only; an index without IVF or HNSW refuses them."""
         queries = check_vectors(vectors, self.dim, "query vectors")
         k = check_k(k)
         conditions = check_filter(filter)
+        effort = check_effort(nprobe, ef_search)
+        inner = self._inner()
+        if "nprobe" in effort and faiss.try_extract_index_ivf(inner) is None:
+            raise effort_refused("nprobe", f"FAISS {self.kind}")
+        if "ef_search" in effort and not hasattr(inner, "hnsw"):
+            raise effort_refused("ef_search", f"FAISS {self.kind}")
         if self.count == 0:
             raise EmptyIndexError("the index is empty: add vectors before searching")
-        params = None
+        selector = None
         if conditions is not None:
             allowed = np.array([i for i, m in self.metadata.items() if matches(m, conditions)], dtype=np.int64)
             if not allowed.size:
                 return (np.full((len(queries), k), PAD_SCORE, np.float32), np.full((len(queries), k), PAD_ID, np.int64))
-            params = self._search_params(faiss.IDSelectorBatch(allowed))
+            selector = faiss.IDSelectorBatch(allowed)
+        params = self._search_params(selector, **effort) if selector is not None or effort else None
         scores, ids = self.index.search(queries, k, params=params) if params else self.index.search(queries, k)
         scores = scores.astype(np.float32)
         ids = ids.astype(np.int64)
@@ -203,14 +216,17 @@ class FaissIndex:
         order_ties(scores, ids)
         return scores, ids
 
-    def _search_params(self, selector):
+    def _search_params(self, selector, nprobe: int | None = None, ef_search: int | None = None):
+        """Parameters of one search: a filter's ``selector`` (or None) and the search effort, the index's own
+        where not given."""
         inner = self._inner()
         ivf = faiss.try_extract_index_ivf(inner)
+        options = {"sel": selector} if selector is not None else {}
         if ivf is not None:
-            return faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)
+            return faiss.SearchParametersIVF(**options, nprobe=nprobe or ivf.nprobe)
         if hasattr(inner, "hnsw"):
-            return faiss.SearchParametersHNSW(sel=selector, efSearch=inner.hnsw.efSearch)
-        return faiss.SearchParameters(sel=selector)
+            return faiss.SearchParametersHNSW(**options, efSearch=ef_search or inner.hnsw.efSearch)
+        return faiss.SearchParameters(**options)
 
     # -- persistence ------------------------------------------------------------------------------
     def save(self, path: str | Path | None = None) -> Path:

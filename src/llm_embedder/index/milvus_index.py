@@ -20,11 +20,13 @@ from llm_embedder.index.base import (
     MILVUS_SCHEMES,
     EmptyIndexError,
     IndexFormatError,
+    check_effort,
     check_filter,
     check_ids,
     check_k,
     check_metadata,
     check_vectors,
+    effort_refused,
     pad_results,
 )
 from llm_embedder.io import atomic_write
@@ -63,6 +65,21 @@ def _index_params(factory: str) -> tuple[str, dict]:
     if m := re.fullmatch(r"IVF(\d+)(,.*)?", factory.strip()):
         return "IVF_FLAT", {"nlist": int(m.group(1))}
     return "AUTOINDEX", {}
+
+
+def _search_params(index_type: str, effort: dict[str, int], limit: int, kind: str) -> dict:
+    """Milvus search parameters: inner product, and the search effort given (IVF nprobe; HNSW ef, at least the
+    hits asked for, as FAISS takes it); Milvus's own defaults otherwise."""
+    params: dict[str, int] = {}
+    if "nprobe" in effort:
+        if not index_type.startswith("IVF"):
+            raise effort_refused("nprobe", kind)
+        params["nprobe"] = effort["nprobe"]
+    if "ef_search" in effort:
+        if index_type != "HNSW":
+            raise effort_refused("ef_search", kind)
+        params["ef"] = max(effort["ef_search"], limit)
+    return {"metric_type": "IP", **({"params": params} if params else {})}
 
 
 class MilvusIndex:
@@ -187,12 +204,17 @@ class MilvusIndex:
         return len(present)
 
     def search(
-        self, vectors: np.ndarray, k: int, filter: Mapping[str, Any] | None = None
+        self, vectors: np.ndarray, k: int, filter: Mapping[str, Any] | None = None, *, nprobe: int | None = None,
+        ef_search: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, ids), shape (n, k), padded with -inf / -1 when fewer than k items match."""
+        """Top-k (scores, ids), shape (n, k), padded with -inf / -1 when fewer than k items match; ``nprobe``
+        (IVF) and ``ef_search`` (HNSW) set the search effort (Milvus's defaults otherwise)."""
         queries = check_vectors(vectors, self.dim, "query vectors")
         k = check_k(k)
         conditions = check_filter(filter)
+        effort = check_effort(nprobe, ef_search)
+        index_type, kind = _index_params(self.factory)[0], f"Milvus index {self.factory!r}"
+        _search_params(index_type, effort, 1, kind)  # a setting the index has no use for: refused first
         count = self.count
         if count == 0:
             raise EmptyIndexError("the index is empty: add vectors before searching")
@@ -202,7 +224,7 @@ class MilvusIndex:
         limit = min(k, count, MAX_LIMIT)
         result = self._call(
             self.client.search, self.collection, data=queries.tolist(), limit=limit, filter=expr,
-            output_fields=["id"], search_params={"metric_type": "IP"},
+            output_fields=["id"], search_params=_search_params(index_type, effort, limit, kind),
         )
         rows = [[(float(hit["distance"]), int(hit["id"])) for hit in hits] for hits in result]
         return pad_results(rows, k)
