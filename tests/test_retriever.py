@@ -607,3 +607,14 @@ def test_search_takes_the_search_effort(tiny_embedder, tmp_path: Path) -> None:
         retriever.search("Paris", k=3, ef_search=64)
     with pytest.raises(ValueError, match="ef_search must be a positive integer, got -1"):
         retriever.search([None], k=3, ef_search=-1)  # before the query is looked at
+
+
+@pytest.mark.parametrize(("queries", "message"), [
+    ({"who wrote Hamlet?", "capital of France"}, "got a set"),  # was searched in the set's arbitrary order
+    ({"who wrote Hamlet?": 1}, "got a dict"),  # was searched by its keys
+    (b"who", "got bytes"),  # was "query 1 is a int, not a string"
+])
+def test_search_refuses_queries_encode_refuses(tiny_embedder, queries, message):
+    retriever = Retriever.build(tiny_embedder, "qa", ["a", "b"])
+    with pytest.raises(TypeError, match=message):
+        retriever.search(queries, k=1)

@@ -32,28 +32,31 @@ def default_device() -> str:
 
 
 def check_texts(texts: Sequence[str] | str) -> list[str]:
-    """Validate an encode input: a string or a sequence of strings (a non-string names its index).
-
-    A dict or a set is refused: a dict would give its keys, a set an arbitrary order that the vectors could not
-    be matched back to.
-    """
-    if isinstance(texts, str):
-        return [texts]
-    if isinstance(texts, bytes | bytearray):  # a sequence of ints, each refused as "not a string"
-        raise TypeError(f"texts must be a string or a list of strings, got {type(texts).__name__}; decode it first "
-                        "(e.g. texts.decode('utf-8'))")
-    if isinstance(texts, Mapping | AbstractSet):
-        kind = type(texts).__name__
-        why = "its order is arbitrary, so the vectors could not be matched to the texts" if isinstance(
-            texts, AbstractSet) else "a dict gives its keys"
-        raise TypeError(f"texts must be a string or a list of strings, got a {kind} ({why}); pass a list")
-    if not isinstance(texts, Sequence) and not hasattr(texts, "__iter__"):
-        raise TypeError(f"texts must be a string or a list of strings, got {type(texts).__name__}")
-    texts = list(texts)
+    """Validate an encode input: a string or a sequence of strings (a non-string names its index)."""
+    texts = text_list(texts)
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"texts[{i}] must be a string, got {type(text).__name__}")
     return texts
+
+
+def text_list(texts: Sequence[str] | str, what: str = "texts") -> list[str]:
+    """A string or a sequence of texts as a list (its items unchecked). A dict or a set is refused: a dict would give
+    its keys, a set an arbitrary order that the results could not be matched back to; bytes would be read as ints.
+    """
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, bytes | bytearray):
+        raise TypeError(f"{what} must be a string or a list of strings, got {type(texts).__name__}; decode it first "
+                        "(e.g. .decode('utf-8'))")
+    if isinstance(texts, Mapping | AbstractSet):
+        kind = type(texts).__name__
+        why = "its order is arbitrary, so the vectors could not be matched to the texts" if isinstance(
+            texts, AbstractSet) else "a dict gives its keys"
+        raise TypeError(f"{what} must be a string or a list of strings, got a {kind} ({why}); pass a list")
+    if not isinstance(texts, Sequence) and not hasattr(texts, "__iter__"):
+        raise TypeError(f"{what} must be a string or a list of strings, got {type(texts).__name__}")
+    return list(texts)
 
 
 def positive_int(value: object, name: str) -> int:

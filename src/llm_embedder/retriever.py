@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from llm_embedder.embedder import text_list
 from llm_embedder.index.base import IndexFormatError, VectorIndex, check_effort, check_filter, check_k
 from llm_embedder.index.build import (
     DOCS_FILE,
@@ -281,7 +282,7 @@ class Retriever:
         check_k(k)  # before the queries are encoded
         effort = check_effort(nprobe, ef_search)
         self.check_filter_fields(filter)
-        texts = [queries] if isinstance(queries, str) else list(queries)
+        texts = text_list(queries, "queries")  # a set, a dict or bytes refused as encode refuses them
         check_queries(texts)
         vectors = self.embedder.encode_queries(texts, self.task)
         with self.lock:  # an add between the index and the documents would hit an id the documents lack
