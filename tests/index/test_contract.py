@@ -221,3 +221,76 @@ def test_the_search_effort_can_be_set_per_search(backend: str, factory: str, tmp
     with pytest.raises(ValueError, match="nprobe must be a positive integer, got 0"):
         index.search(vectors[:1], k=3, nprobe=0)
     index.close()
+
+
+ODD_VALUES = {"lang": "français", "emoji": "😀", "quote": 'say "hi"', "slash": "a\\b", "lines": "a\nb\r\tc",
+              "ctrl": "a\x01\x08\x0cb", "in": "kw", "and": "kw", "like": "kw", "not": "kw"}
+
+
+def test_filters_on_any_text_and_any_field_name_match_on_every_backend(backend: str, tmp_path: Path) -> None:
+    """Milvus got non-ASCII values as JSON's \\u escapes, which its parser refuses, and field names that are its
+    keywords (in, and, like...) as bare names, which break the expression; FAISS matched them all."""
+    index = make(backend, tmp_path)
+    index.add(range(3), unit(3), [ODD_VALUES, {k: "other" for k in ODD_VALUES}, {"lang": "english"}])
+    for field, value in ODD_VALUES.items():
+        _, ids = index.search(unit(3)[0], k=3, filter={field: value})
+        assert [i for i in ids[0].tolist() if i >= 0] == [0], field
+    _, ids = index.search(unit(3)[0], k=3, filter={"lang": ["français", "english"]})
+    assert sorted(i for i in ids[0].tolist() if i >= 0) == [0, 2]
+    _, ids = index.search(unit(3)[0], k=3, filter={"in": ["kw", "other"], "lang": "français"})
+    assert [i for i in ids[0].tolist() if i >= 0] == [0]
+    index.close()
+
+
+def test_a_failing_milvus_call_is_one_line_without_pymilvus_traceback(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    index = make("milvus", tmp_path)
+    index.add([1], unit(1))
+    with pytest.raises(ValueError, match="Milvus") as caught:  # a filter Milvus's parser refuses
+        index._call(index.client.query, index.collection, filter='id == "', output_fields=["id"])
+    assert "\n" not in str(caught.value)
+    assert not [r for r in caplog.records if r.name.startswith("pymilvus") and r.levelname == "ERROR"]
+    index.close()
+
+
+def test_an_unreachable_milvus_is_one_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import time
+
+    from llm_embedder.index.milvus_index import MilvusUnavailableError
+
+    start = time.monotonic()
+    with pytest.raises(MilvusUnavailableError, match=r"^cannot reach Milvus at http://127\.0\.0\.1:1 \([^\n]*\)"):
+        open_index("http://127.0.0.1:1", DIM)
+    # a descriptor naming such a server (index.milvus.json of an index folder)
+    descriptor = tmp_path / "index.milvus.json"
+    descriptor.write_text('{"backend": "milvus", "uri": "http://127.0.0.1:1", "collection": "c", "dim": 8}')
+    with pytest.raises(MilvusUnavailableError, match="cannot reach Milvus at http://127.0.0.1:1"):
+        open_index(descriptor)
+    assert time.monotonic() - start < 30  # a refused port fails at once (pymilvus waits 10 s for a silent host)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_a_milvus_lite_db_another_process_holds_is_one_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import subprocess
+    import sys
+
+    from llm_embedder.index.milvus_index import MilvusUnavailableError
+
+    db = tmp_path / "held.db"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pymilvus import MilvusClient; c = MilvusClient(sys.argv[1]); "
+         "print('ready', flush=True); time.sleep(120)", str(db)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(MilvusUnavailableError, match="in use by another process \\(a running serve\\?\\)"):
+            open_index(db, DIM)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]  # milvus-lite's traceback was not printed
+    index = open_index(db, DIM)  # free again once the holder is gone
+    assert index.count == 0
+    index.close()
+

@@ -339,3 +339,22 @@ def test_search_sets_the_search_effort(tiny_embedder_dir: Path, tmp_path: Path) 
     assert len(json.loads(result.stdout)["hits"]) == 9
     result = runner.invoke(app, ["search", "document 1", "--index", str(out), "--nprobe", "4"])
     assert "nprobe applies to an IVF index, not to the FAISS factory 'HNSW8'" in str(result.exception)
+
+
+def test_a_milvus_index_whose_server_is_unreachable_is_one_line(tiny_embedder, tiny_embedder_dir: Path,
+                                                                tmp_path: Path) -> None:
+    """MilvusClient(...) was not wrapped: a raw MilvusException traceback."""
+    from llm_embedder.index.build import build_index
+
+    out = tmp_path / "idx"
+    build_index(write_corpus(tmp_path / "corpus.jsonl"), out, tiny_embedder, "qa", backend="milvus", progress=False)
+    descriptor = json.loads((out / "index.milvus.json").read_text())
+    (out / "index.milvus.json").write_text(json.dumps({**descriptor, "uri": "http://127.0.0.1:1"}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "llm_embedder", "search", "text of document 3", "--index", str(out), "--model",
+         str(tiny_embedder_dir)], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("error: cannot reach Milvus at http://127.0.0.1:1 (")
+    assert len(proc.stderr.strip().splitlines()) == 1

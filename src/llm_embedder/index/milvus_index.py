@@ -9,8 +9,12 @@ so filters run inside Milvus. Requires the ``milvus`` extra (``pip install 'llm-
 from __future__ import annotations
 
 import json
+import logging
 import re
-from collections.abc import Mapping, Sequence
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,61 @@ from llm_embedder.io import atomic_write
 MAX_LIMIT = 16384  # Milvus caps topk
 BATCH = 1000  # rows per insert / ids per lookup
 DEFAULT_COLLECTION = "llm_embedder"
+# the loggers that print a traceback for a failure they also raise: pymilvus's RPC error log, milvus-lite's
+# "Failed to start MilvusLite server" (a database another process holds)
+QUIET_LOGGERS = ("pymilvus.decorators", "milvus_lite.server_manager")
+
+
+class MilvusUnavailableError(ValueError):
+    """Milvus cannot be reached at a URI, or a Milvus Lite database is held by another process."""
+
+
+_reporting = threading.local()
+
+
+class _DropReported(logging.Filter):
+    """Drops a record logged (with a traceback) for a Milvus failure that ``reported()`` turns into one line of
+    its own, keeping the failure for the message; every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        caught = getattr(_reporting, "caught", None)
+        if caught is None:
+            return True
+        error = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+        if error is None or not _is_milvus_error(error):
+            return True
+        caught.append(error)
+        return False
+
+
+def _is_milvus_error(error: BaseException) -> bool:
+    module = type(error).__module__
+    return module.startswith(("pymilvus", "milvus_lite"))
+
+
+_FILTER = _DropReported()
+
+
+@contextmanager
+def reported() -> Iterator[list[BaseException]]:
+    """While a Milvus call runs whose failure is raised again as one line: the loggers' records of that failure
+    are dropped (and collected in the list given) instead of printing a traceback on stderr."""
+    for name in QUIET_LOGGERS:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+    outer = getattr(_reporting, "caught", None)
+    _reporting.caught = caught = []
+    try:
+        yield caught
+    finally:
+        _reporting.caught = outer
+
+
+def one_line(message: Any) -> str:
+    """A Milvus error message on one line: the parser's expression and caret lines joined, the carets left out."""
+    lines = [line.strip() for line in str(message).splitlines()]
+    return "; ".join(line for line in lines if line and set(line) != {"^"})
 
 
 def _milvus():
@@ -46,14 +105,39 @@ def _milvus():
     return MilvusClient, DataType, MilvusException
 
 
+def milvus_string(text: str) -> str:
+    r"""``text`` as a Milvus expression string literal. Milvus's parser knows the escapes ``\\ \" \n \r \t`` only
+    (not JSON's ``\uXXXX``, ``\b`` or ``\f``) and takes every other character as it is, non-ASCII ones included;
+    a raw line break would end the literal, so it is escaped."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return f'"{escaped}"'
+
+
+def milvus_literal(value: str | int | float | bool) -> str:
+    """A filter value as a Milvus expression literal."""
+    if isinstance(value, str):
+        return milvus_string(value)
+    return json.dumps(value)  # true / false, an integer, a float
+
+
+def milvus_field(field: str) -> str:
+    """A metadata field in a Milvus expression. Metadata are dynamic fields: ``$meta["name"]`` names one whatever
+    it is called, where a bare name that is a keyword of the expression language (``in``, ``and``, ``like``...)
+    breaks the expression."""
+    return f"$meta[{milvus_string(field)}]"
+
+
 def milvus_condition(field: str, values: Sequence[Any]) -> str:
-    """A filter expression matching any of ``values``; ``in`` needs one type, so mixed ones (1990 and "1990")
-    become equalities joined by ``or``."""
-    if len(values) == 1:
-        return f"{field} == {json.dumps(values[0])}"
-    if len({type(v) for v in values}) == 1:
-        return f"{field} in {json.dumps(list(values))}"
-    return "(" + " or ".join(f"{field} == {json.dumps(v)}" for v in values) + ")"
+    """A filter expression matching any of ``values``: equalities joined by ``or`` (Milvus takes ``in`` after a
+    bare field name only, not after ``$meta[...]``, and with values of one type only)."""
+    name = milvus_field(field)
+    terms = [f"{name} == {milvus_literal(v)}" for v in values]
+    return terms[0] if len(terms) == 1 else "(" + " or ".join(terms) + ")"
+
+
+def is_lite(uri: str | Path) -> bool:
+    """A Milvus Lite database (a file path), not a server URI."""
+    return not str(uri).startswith(MILVUS_SCHEMES)
 
 
 def _index_params(factory: str) -> tuple[str, dict]:
@@ -96,11 +180,11 @@ class MilvusIndex:
         self.uri = str(uri)
         self.collection = collection
         self.factory = factory
-        if not self.uri.startswith(MILVUS_SCHEMES):
+        if is_lite(self.uri):
             Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
-        self.client = MilvusClient(self.uri, token=token) if token else MilvusClient(self.uri)
-        if self.client.has_collection(collection):
-            fields = self.client.describe_collection(collection)["fields"]
+        self.client = self._connect(MilvusClient, token)
+        if self._call(self.client.has_collection, collection):
+            fields = self._call(self.client.describe_collection, collection)["fields"]
             vector = next((f for f in fields if f["name"] == "vector"), None)
             if vector is None:
                 raise IndexFormatError(f"{self.uri}: collection {collection!r} has no 'vector' field")
@@ -122,11 +206,32 @@ class MilvusIndex:
             params.add_index(field_name="vector", index_type=index_type, metric_type="IP", params=build)
             self._call(self.client.create_collection, collection, schema=schema, index_params=params)
 
-    def _call(self, fn, *args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except self._error as err:
-            raise ValueError(f"Milvus ({self.uri}): {getattr(err, 'message', err)}") from None
+    def _connect(self, client_class: Callable[..., Any], token: str) -> Any:
+        """A client for ``self.uri``; a server that does not answer (pymilvus waits 10 s for one) or a Lite
+        database that another process holds is a ``MilvusUnavailableError`` of one line."""
+        with reported() as caught:
+            try:
+                return client_class(self.uri, token=token) if token else client_class(self.uri)
+            except self._error as err:
+                cause = next((e for e in caught if type(e).__name__ == "DataDirLockedError"), None)
+                if cause is not None:
+                    raise MilvusUnavailableError(
+                        f"Milvus Lite: the DB {self.uri} is in use by another process (a running serve?); stop it "
+                        "or use another index") from None
+                if is_lite(self.uri):
+                    why = "; ".join(one_line(e) for e in caught) or one_line(getattr(err, "message", err))
+                    raise MilvusUnavailableError(f"Milvus Lite cannot open the DB {self.uri} ({why})") from None
+                raise MilvusUnavailableError(
+                    f"cannot reach Milvus at {self.uri} ({one_line(getattr(err, 'message', err))}); is the server "
+                    "running, and the URI right?") from None
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a client call; a Milvus failure is a ValueError of one line (pymilvus's traceback log dropped)."""
+        with reported():
+            try:
+                return fn(*args, **kwargs)
+            except self._error as err:
+                raise ValueError(f"Milvus ({self.uri}): {one_line(getattr(err, 'message', err))}") from None
 
     @property
     def dim(self) -> int:
@@ -235,7 +340,7 @@ class MilvusIndex:
             raise ValueError("pass the descriptor path, e.g. DIR/index.milvus.json")
         path = Path(path)
         uri = self.uri
-        if not uri.startswith(MILVUS_SCHEMES):
+        if is_lite(uri):
             db = Path(uri).resolve()
             if db.parent == path.parent.resolve():
                 uri = db.name
@@ -256,7 +361,7 @@ class MilvusIndex:
             uri, collection, dim = descriptor["uri"], descriptor["collection"], int(descriptor["dim"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise IndexFormatError(f"{path}: corrupt Milvus index descriptor: {err}") from None
-        if not str(uri).startswith(MILVUS_SCHEMES):
+        if is_lite(uri):
             db = Path(uri) if Path(uri).is_absolute() else path.parent / uri
             if not db.exists():
                 raise IndexFormatError(f"{path}: the Milvus Lite database {db} is missing")
