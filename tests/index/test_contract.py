@@ -294,3 +294,21 @@ def test_a_milvus_lite_db_another_process_holds_is_one_line(tmp_path: Path, capl
     assert index.count == 0
     index.close()
 
+
+
+def test_milvus_returns_all_k_hits_and_a_server_refuses_k_above_its_cap(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every search was cut at MAX_LIMIT (16384) hits and padded with -1 as if no more matched; FAISS returns all k.
+    Milvus Lite returns them all too; a Milvus server cannot (it caps topk, and offset + limit), so it refuses."""
+    from llm_embedder.index import milvus_index
+
+    monkeypatch.setattr(milvus_index, "MAX_LIMIT", 5)  # the cap, made small enough to reach here
+    index = make("milvus", tmp_path)
+    index.add(range(10), unit(10))
+    _, ids = index.search(unit(10)[0], k=8)
+    assert (ids >= 0).all() and len(set(ids[0].tolist())) == 8
+    index.close()
+    with pytest.raises(ValueError, match="k=8: a Milvus server returns at most 5 hits per query and the index holds"):
+        milvus_index.search_limit(8, 10, lite=False)
+    assert milvus_index.search_limit(8, 5, lite=False) == 5  # no more than the cap held: padding says the truth
+    assert milvus_index.search_limit(5, 10, lite=False) == 5

@@ -35,7 +35,7 @@ from llm_embedder.index.base import (
 )
 from llm_embedder.io import atomic_write
 
-MAX_LIMIT = 16384  # Milvus caps topk
+MAX_LIMIT = 16384  # a Milvus server caps topk, and offset + limit (so paging cannot pass it); Lite does not
 BATCH = 1000  # rows per insert / ids per lookup
 DEFAULT_COLLECTION = "llm_embedder"
 # the loggers that print a traceback for a failure they also raise: pymilvus's RPC error log, milvus-lite's
@@ -138,6 +138,16 @@ def milvus_condition(field: str, values: Sequence[Any]) -> str:
 def is_lite(uri: str | Path) -> bool:
     """A Milvus Lite database (a file path), not a server URI."""
     return not str(uri).startswith(MILVUS_SCHEMES)
+
+
+def search_limit(k: int, count: int, lite: bool) -> int:
+    """The hits to ask Milvus for: all ``k`` (no more than the index holds). A Milvus server returns at most
+    MAX_LIMIT, so a larger ``k`` on an index holding more is refused, not padded as if no more matched; Milvus Lite
+    returns all ``k``, as FAISS does."""
+    if not lite and k > MAX_LIMIT and count > MAX_LIMIT:
+        raise ValueError(f"k={k}: a Milvus server returns at most {MAX_LIMIT} hits per query and the index holds "
+                         f"{count} vectors; ask for k <= {MAX_LIMIT}")
+    return min(k, count)
 
 
 def _index_params(factory: str) -> tuple[str, dict]:
@@ -326,7 +336,7 @@ class MilvusIndex:
         expr = ""
         if conditions:
             expr = " and ".join(milvus_condition(field, values) for field, values in conditions.items())
-        limit = min(k, count, MAX_LIMIT)
+        limit = search_limit(k, count, is_lite(self.uri))
         result = self._call(
             self.client.search, self.collection, data=queries.tolist(), limit=limit, filter=expr,
             output_fields=["id"], search_params=_search_params(index_type, effort, limit, kind),
