@@ -351,3 +351,75 @@ def test_filter_fields_in_another_order_are_the_same_build(tiny_embedder, tmp_pa
     (tmp_path / "idx" / "progress.json").write_text(json.dumps(progress))
     assert build_index(corpus, tmp_path / "idx", tiny_embedder, "qa", filter_fields=["lang", "year"],
                        progress=False)["count"] == 4
+
+
+def watched(embedder, calls: list[int]):
+    """The embedder, recording how many texts it is asked to encode per call."""
+    encode = embedder.encode_keys
+
+    class Watched:
+        def __getattr__(self, name):
+            return getattr(embedder, name)
+
+        def encode_keys(self, texts, task, **options):
+            calls.append(len(texts))
+            return encode(texts, task, **options)
+
+    return Watched()
+
+
+@pytest.mark.parametrize(("factory", "part"), [
+    ("IVF64,Flat", "IVF with 64 lists needs at least 64"),
+    ("PQ8", "PQ with 256 centroids per sub-quantizer needs at least 256"),
+    ("IVF4,PQ8", "PQ with 256 centroids per sub-quantizer needs at least 256"),
+])
+def test_a_factory_that_cannot_be_trained_is_refused_before_encoding_and_flat_reuses_the_folder(
+        tiny_embedder, tmp_path: Path, factory: str, part: str) -> None:
+    """It failed after the whole corpus was encoded, and the advised --factory Flat on the same --out was then refused
+    ("holds a build with different factory")."""
+    corpus, out, calls = write_corpus(tmp_path / "c.jsonl", 20), tmp_path / "idx", []
+    embedder = watched(tiny_embedder, calls)
+    with pytest.raises(ValueError, match=f"factory '{factory}' cannot be trained on 20 documents: its {part}"):
+        build_index(corpus, out, embedder, "qa", factory=factory, batch_size=8, progress=False)
+    assert calls == []
+    meta = build_index(corpus, out, embedder, "qa", factory="Flat", batch_size=8, progress=False)
+    assert meta["factory"] == "Flat" and meta["count"] == 20 and calls == [8, 8, 4]
+    # the same factories FAISS trains are taken (IVF4: 4 lists, 20 vectors)
+    calls.clear()
+    assert build_index(corpus, out, embedder, "qa", factory="IVF4,Flat", progress=False)["factory"] == "IVF4,Flat"
+    assert calls == []
+
+
+def test_another_factory_or_backend_rebuilds_the_index_from_the_vectors_encoded(
+        tiny_embedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llm_embedder.retriever import Retriever
+
+    corpus, out, calls = write_corpus(tmp_path / "c.jsonl", 24), tmp_path / "idx", []
+    embedder = watched(tiny_embedder, calls)
+    original = embedder.encode_keys
+
+    def cut(texts, task, **kw):
+        if len(calls) == 1:
+            calls.append(len(texts))
+            raise Interrupt("killed")
+        return original(texts, task, **kw)
+
+    monkeypatch.setattr(embedder, "encode_keys", cut, raising=False)
+    with pytest.raises(Interrupt):  # cut after 8 of 24 rows, with Flat
+        build_index(corpus, out, embedder, "qa", batch_size=8, progress=False)
+    monkeypatch.undo()
+    calls.clear()
+    meta = build_index(corpus, out, embedder, "qa", factory="HNSW32", batch_size=8, progress=False)
+    assert meta["factory"] == "HNSW32" and calls == [8, 8]  # only the rows the cut build had not encoded
+    calls.clear()
+    meta = build_index(corpus, out, embedder, "qa", backend="milvus", factory="IVF4,Flat", progress=False)
+    assert calls == [] and meta["backend"] == "milvus" and not (out / "index.faiss").exists()
+    retriever = Retriever.load(out, tiny_embedder)
+    assert retriever.index.client.describe_index(retriever.index.collection, "vector")["index_type"] == "IVF_FLAT"
+    assert retriever.search("document number 5 about topic 5", k=1)[0][0].id == 5
+    retriever.add(["one more document"])  # the folder now holds more than the build wrote
+    retriever.close()
+    with pytest.raises(ValueError, match="different factory, backend, changed since it was built"):
+        build_index(corpus, out, embedder, "qa", factory="Flat", progress=False)
+    assert Retriever.load(out, tiny_embedder).index.count == 25  # left as it was
+

@@ -54,6 +54,8 @@ MILVUS_FILE = "index.milvus.json"
 ADD_CHUNK = 65536
 READ_BLOCK = 16384
 TRAIN_SAMPLE = 100_000
+# settings of the index built from the vectors, not of the vectors: a build with other ones re-uses what was encoded
+INDEX_SETTINGS = ("factory", "backend")
 
 
 def instruction_hash(embedder: Any, task: str) -> str:
@@ -337,6 +339,26 @@ def check_index_settings(embedder: Any, backend: str, factory: str, batch_size: 
         FaissIndex(int(embedder.dim), factory).close()  # an empty index: parses the factory string, allocates nothing
 
 
+def check_trainable(factory: str, dim: int, count: int) -> None:
+    """Refuse, before any document is encoded, a factory whose training FAISS would refuse for ``count``
+    documents (an IVF with more lists than vectors, a PQ with more centroids): the count FAISS itself requires
+    of each part (``FaissIndex.training_needs``), for the sample the build trains on. The Milvus backend builds
+    the same structures from the same factory strings, and is held to the same rule."""
+    from llm_embedder.index.faiss_index import FaissIndex
+
+    if count == 0:
+        return
+    needs = FaissIndex(dim, factory).training_needs()
+    sample = min(count, TRAIN_SAMPLE)
+    short = [(points, part) for points, part in needs or [] if points > sample]
+    if short:
+        points, part = max(short)
+        docs = f"{count} documents" if sample == count else f"a sample of {sample} documents"
+        raise ValueError(f"factory {factory!r} cannot be trained on {docs}: its {part} needs at least {points} "
+                         "training vectors; use a smaller factory (e.g. Flat or HNSW32) on the same output, which "
+                         "re-uses the documents and vectors encoded so far, or index more documents")
+
+
 def build_index(
     corpus: str | Path | Iterable[str | dict],
     out_dir: str | Path,
@@ -398,6 +420,12 @@ def build_index(
         legacy = state is not None and "key_max_length" not in old
         # one from before the weights were recorded is compared without them
         compared = as_recorded(settings, old, ("key_max_length", "model_version"))
+        # the vectors do not depend on the index built from them: another factory or backend re-uses the documents
+        # and vectors a build wrote (finished or not) and builds only the index again; a build that did not record
+        # all it was made with (an earlier version's) is not taken for one of these settings
+        recorded_all = state is not None and set(settings) <= set(old)
+        reindex = [k for k in INDEX_SETTINGS if recorded_all and old.get(k) != compared[k]]
+        old = {**old, **{k: compared[k] for k in reindex}}
         if legacy and old == compared and not state.get("done"):
             raise ValueError(
                 f"{out_dir} holds an unfinished build from an earlier version, which did not record how many tokens "
@@ -423,6 +451,18 @@ def build_index(
         if state is not None and recorded != fingerprint:
             raise ValueError(f"{out_dir} holds a build of a different corpus ({corpus_change(corpus, recorded)}); use "
                              f"another {option} or delete it")
+        if reindex:
+            if state.get("done") and state.get("built") != built_files(out_dir, state["settings"]["backend"]):
+                raise ValueError(f"{out_dir} holds a build with different {', '.join(reindex)}, changed since it was "
+                                 "built (documents added or deleted, or built by an earlier version), so its index "
+                                 f"cannot be built again from what the build wrote; use another {option} or delete it")
+            check_trainable(factory, int(embedder.dim), int(state.get("count", 0)))  # before the old index goes
+            (out_dir / META_FILE).unlink(missing_ok=True)  # first: a folder with meta.json is a finished build
+            for name in (FAISS_FILE, FAISS_FILE + ".meta.json", MILVUS_FILE):
+                (out_dir / name).unlink(missing_ok=True)
+            shutil.rmtree(out_dir / MILVUS_DB, ignore_errors=True)
+            state = {**state, "settings": {**state["settings"], **{k: settings[k] for k in reindex}}, "done": False}
+            write_progress(out_dir, state)
         if state is not None and state.get("done") and (out_dir / META_FILE).exists():
             return json.loads((out_dir / META_FILE).read_text(encoding="utf-8"))
         if state is None or not state.get("docs_done"):
@@ -432,6 +472,8 @@ def build_index(
             state = {"settings": settings, "corpus": content if in_memory else fingerprint, "docs_done": True,
                      "count": count, "rows_done": 0}
             write_progress(out_dir, state)
+        # the documents are counted: a factory that cannot be trained on them is refused before they are encoded
+        check_trainable(factory, int(embedder.dim), state["count"])
         encode_rows(embedder, task, out_dir, state, batch_size, progress)
         index_file, stored = build_vector_index(out_dir, state, backend, factory, tuple(filter_fields))
         # the fields some document holds: a filter on another one (a typo, under "*") is refused, not empty
@@ -439,5 +481,20 @@ def build_index(
         with atomic_write(out_dir / META_FILE) as handle:
             json.dump(meta, handle, indent=2)
         state["done"] = True
+        state["built"] = built_files(out_dir, backend)  # what a later build with another factory checks
         write_progress(out_dir, state)
         return meta
+
+
+def built_files(out_dir: Path, backend: str) -> dict | None:
+    """The identity of a finished build's document offsets and index file (size; inode, size, time): a later
+    ``Retriever.add`` or ``delete`` changes both, and a build with another factory then refuses to build the index
+    again from the build's own documents and vectors, which would drop what was added and bring back what was
+    deleted."""
+    index = out_dir / (MILVUS_FILE if backend == "milvus" else FAISS_FILE)
+    try:
+        stat = index.stat()
+        offsets = (out_dir / OFFSETS_FILE).stat().st_size
+    except FileNotFoundError:
+        return None
+    return {"offsets_size": offsets, "index": [stat.st_ino, stat.st_size, stat.st_mtime_ns]}

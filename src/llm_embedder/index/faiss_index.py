@@ -126,6 +126,13 @@ class FaissIndex:
         if hasattr(inner, "hnsw"):
             inner.hnsw.efSearch = max(inner.hnsw.efSearch, DEFAULT_EF_SEARCH)
 
+    def training_needs(self) -> list[tuple[int, str]] | None:
+        """What training asks of the sample, as FAISS checks it: ``(fewest vectors, the part that needs them)`` for
+        each part still to train (an IVF's lists, a PQ's centroids per sub-quantizer, OPQ's, a PCA's output
+        dimensions); ``None`` where a part is of a kind not known here (its training says so itself)."""
+        needs: list[tuple[int, str]] = []
+        return needs if _training_needs(self.index, needs) else None
+
     # -- writing ----------------------------------------------------------------------------------
     def train(self, vectors: np.ndarray, *, copy: bool = True) -> None:
         """Train IVF/PQ quantisers on a sample; a factory that needs more points says how many.
@@ -307,6 +314,42 @@ class FaissIndex:
 
     def __repr__(self) -> str:
         return f"FaissIndex(dim={self.dim}, factory={self.factory!r}, count={self.count})"
+
+
+def _training_needs(index: Any, needs: list[tuple[int, str]]) -> bool:
+    """Append what ``index`` needs to train (see ``FaissIndex.training_needs``); False for an unknown part.
+    (A downcast object does not own its index: the caller keeps ``index`` alive.)"""
+    if index.is_trained:
+        return True
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexPreTransform):
+        for i in range(index.chain.size()):
+            transform = faiss.downcast_VectorTransform(index.chain.at(i))
+            if transform.is_trained:
+                continue
+            if isinstance(transform, faiss.OPQMatrix):  # trains a PQ of 256 centroids per sub-quantizer
+                needs.append((256, "OPQ (256 centroids per sub-quantizer)"))
+            elif isinstance(transform, faiss.PCAMatrix):
+                needs.append((int(transform.d_out), f"PCA to {transform.d_out} dimensions"))
+            else:
+                return False
+        return _training_needs(index.index, needs)
+    if isinstance(index, faiss.IndexIDMap | faiss.IndexIDMap2):
+        return _training_needs(index.index, needs)
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        needs.append((int(ivf.nlist), f"IVF with {ivf.nlist} lists"))
+        if not _training_needs(ivf.quantizer, needs):
+            return False
+    if isinstance(index, faiss.IndexHNSW):
+        return _training_needs(index.storage, needs)
+    pq = getattr(index, "pq", None)  # IndexPQ, IndexIVFPQ and their fast-scan kinds
+    if isinstance(pq, faiss.ProductQuantizer):
+        needs.append((int(pq.ksub), f"PQ with {pq.ksub} centroids per sub-quantizer"))
+        return True
+    if ivf is not None:
+        return isinstance(index, faiss.IndexIVFFlat | faiss.IndexIVFScalarQuantizer)
+    return isinstance(index, faiss.IndexScalarQuantizer | faiss.IndexFlat)
 
 
 def _temp_name(path: Path) -> str:
