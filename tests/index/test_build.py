@@ -423,3 +423,33 @@ def test_another_factory_or_backend_rebuilds_the_index_from_the_vectors_encoded(
         build_index(corpus, out, embedder, "qa", factory="Flat", progress=False)
     assert Retriever.load(out, tiny_embedder).index.count == 25  # left as it was
 
+@pytest.mark.parametrize(("factory", "message"), [
+    ("Bogus12", "the Milvus backend has no index for the factory 'Bogus12'; it takes Flat, HNSW<M>"),
+    ("IVF1024,PQ32", "Milvus Lite does not build IVF_PQ"),
+    ("IVF16,PQ8x4,Refine(Flat)", "no index for the factory"),
+    ("HNSW1", "Milvus HNSW takes M from 2 to 2048"),
+    ("IVF1024,Flat", "factory 'IVF1024,Flat' cannot be trained on 5 documents: its IVF with 1024 lists"),
+])
+def test_milvus_refuses_a_factory_it_cannot_build_as_given(tiny_embedder, tmp_path: Path, factory: str,
+                                                           message: str) -> None:
+    """Any factory was taken: Bogus12 built AUTOINDEX, IVF1024,PQ32 an IVF_FLAT without its PQ."""
+    calls: list[int] = []
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        build_index(write_corpus(tmp_path / "c.jsonl", 5), tmp_path / "idx", watched(tiny_embedder, calls), "qa",
+                    backend="milvus", factory=factory, progress=False)
+    assert calls == []
+
+
+def test_milvus_maps_each_factory_it_takes_faithfully(tmp_path: Path) -> None:
+    from llm_embedder.index import open_index
+    from llm_embedder.index.milvus_index import _index_params
+
+    assert _index_params("HNSW32,SQ8") == ("HNSW_SQ", {"M": 32, "efConstruction": 200, "sq_type": "SQ8"})
+    assert _index_params("IVF8,SQ8") == ("IVF_SQ8", {"nlist": 8})
+    assert _index_params("IVF1024,PQ32x4", lite=False) == ("IVF_PQ", {"nlist": 1024, "m": 32, "nbits": 4})
+    index = open_index(tmp_path / "x.db", 8, factory="HNSW16,SQ8")
+    assert index.client.describe_index(index.collection, "vector")["index_type"] == "HNSW_SQ"
+    index.close()
+    with pytest.raises(ValueError, match="no index for the factory 'Bogus'"):
+        open_index(tmp_path / "y.db", 8, factory="Bogus")
+

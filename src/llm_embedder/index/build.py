@@ -337,6 +337,10 @@ def check_index_settings(embedder: Any, backend: str, factory: str, batch_size: 
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if backend == "faiss":
         FaissIndex(int(embedder.dim), factory).close()  # an empty index: parses the factory string, allocates nothing
+    else:  # the build writes a Milvus Lite database; the factory maps to its index or is refused
+        from llm_embedder.index.milvus_index import check_milvus_factory
+
+        check_milvus_factory(factory, int(embedder.dim), lite=True)
 
 
 def check_trainable(factory: str, dim: int, count: int) -> None:

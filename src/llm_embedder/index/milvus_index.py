@@ -41,6 +41,7 @@ DEFAULT_COLLECTION = "llm_embedder"
 # the loggers that print a traceback for a failure they also raise: pymilvus's RPC error log, milvus-lite's
 # "Failed to start MilvusLite server" (a database another process holds)
 QUIET_LOGGERS = ("pymilvus.decorators", "milvus_lite.server_manager")
+MILVUS_FORMS = "Flat, HNSW<M>, HNSW<M>,Flat, HNSW<M>,SQ8, IVF<nlist>,Flat, IVF<nlist>,SQ8"
 
 
 class MilvusUnavailableError(ValueError):
@@ -150,15 +151,47 @@ def search_limit(k: int, count: int, lite: bool) -> int:
     return min(k, count)
 
 
-def _index_params(factory: str) -> tuple[str, dict]:
-    """Map a FAISS-style factory string to a Milvus index type (Flat, HNSW<M>, IVF<n>,...; else AUTOINDEX)."""
-    if factory.strip().lower() == "flat":
+def _index_params(factory: str, lite: bool = True) -> tuple[str, dict]:
+    """Map a FAISS factory string to the Milvus index that builds the same structure; a factory Milvus has no
+    such index for is refused (naming what it accepts) rather than built as another kind or with parts left out.
+
+    ``Flat`` -> FLAT, ``HNSW<M>`` / ``HNSW<M>,Flat`` -> HNSW, ``HNSW<M>,SQ8`` -> HNSW_SQ, ``IVF<nlist>,Flat`` ->
+    IVF_FLAT, ``IVF<nlist>,SQ8`` -> IVF_SQ8, and on a Milvus server (not Lite, which does not build it)
+    ``IVF<nlist>,PQ<m>[x<nbits>]`` -> IVF_PQ."""
+    text = factory.strip() if isinstance(factory, str) else ""
+    if text == "Flat":
         return "FLAT", {}
-    if m := re.fullmatch(r"HNSW(\d+)(,.*)?", factory.strip()):
-        return "HNSW", {"M": int(m.group(1)), "efConstruction": 200}
-    if m := re.fullmatch(r"IVF(\d+)(,.*)?", factory.strip()):
-        return "IVF_FLAT", {"nlist": int(m.group(1))}
-    return "AUTOINDEX", {}
+    if m := re.fullmatch(r"HNSW(\d+)(,Flat|,SQ8)?", text):
+        degree = int(m.group(1))
+        if not 2 <= degree <= 2048:
+            raise ValueError(f"Milvus HNSW takes M from 2 to 2048, got {degree} ({factory!r})")
+        params = {"M": degree, "efConstruction": 200}
+        return ("HNSW_SQ", {**params, "sq_type": "SQ8"}) if m.group(2) == ",SQ8" else ("HNSW", params)
+    if m := re.fullmatch(r"IVF(\d+),(Flat|SQ8|PQ(\d+)(?:x(\d+))?)", text):
+        nlist = int(m.group(1))
+        if not 1 <= nlist <= 65536:
+            raise ValueError(f"Milvus IVF takes nlist from 1 to 65536, got {nlist} ({factory!r})")
+        if m.group(2) == "Flat":
+            return "IVF_FLAT", {"nlist": nlist}
+        if m.group(2) == "SQ8":
+            return "IVF_SQ8", {"nlist": nlist}
+        if lite:
+            raise ValueError(f"Milvus Lite does not build IVF_PQ ({factory!r}); it takes the factories {MILVUS_FORMS}"
+                             " (a Milvus server also IVF<nlist>,PQ<m>[x<nbits>])")
+        nbits = int(m.group(4) or 8)
+        if not 1 <= nbits <= 16:
+            raise ValueError(f"Milvus IVF_PQ takes nbits from 1 to 16, got {nbits} ({factory!r})")
+        return "IVF_PQ", {"nlist": nlist, "m": int(m.group(3)), "nbits": nbits}
+    server = "" if lite else ", IVF<nlist>,PQ<m>[x<nbits>]"
+    raise ValueError(f"the Milvus backend has no index for the factory {factory!r}; it takes {MILVUS_FORMS}{server} "
+                     "(M, nlist, m, nbits: numbers, e.g. HNSW32 or IVF1024,Flat)")
+
+
+def check_milvus_factory(factory: str, dim: int, lite: bool = True) -> None:
+    """Refuse a factory the Milvus backend cannot build for vectors of ``dim`` (before anything is encoded)."""
+    index_type, params = _index_params(factory, lite)
+    if index_type == "IVF_PQ" and dim % params["m"]:
+        raise ValueError(f"Milvus IVF_PQ needs m to divide the dimension {dim}, got m={params['m']} ({factory!r})")
 
 
 def _search_params(index_type: str, effort: dict[str, int], limit: int, kind: str) -> dict:
@@ -211,8 +244,8 @@ class MilvusIndex:
             schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=True)
             schema.add_field("id", DataType.INT64, is_primary=True)
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+            index_type, build = _index_params(factory, is_lite(self.uri))
             params = self.client.prepare_index_params()
-            index_type, build = _index_params(factory)
             params.add_index(field_name="vector", index_type=index_type, metric_type="IP", params=build)
             self._call(self.client.create_collection, collection, schema=schema, index_params=params)
 
