@@ -618,3 +618,33 @@ def test_search_refuses_queries_encode_refuses(tiny_embedder, queries, message):
     retriever = Retriever.build(tiny_embedder, "qa", ["a", "b"])
     with pytest.raises(TypeError, match=message):
         retriever.search(queries, k=1)
+
+
+@pytest.mark.parametrize("backend", ["faiss", "milvus", None])
+def test_an_integer_outside_int64_is_refused_by_add_before_encoding(tiny_embedder, tmp_path: Path,
+                                                                    backend: str | None) -> None:
+    """Milvus failed on it after encoding ("The Input data type is inconsistent with defined schema"), FAISS took it:
+    every backend (and an in-memory Retriever, None) refuses it, naming the document, with nothing written."""
+    out = tmp_path / "idx" if backend else None
+    retriever = Retriever.build(tiny_embedder, "qa", DOCS, out_dir=out, backend=backend or "faiss")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} if out else None
+    encoded = []
+    original = tiny_embedder.encode_keys
+
+    def watch(texts, task, **kw):
+        encoded.append(len(texts))
+        return original(texts, task, **kw)
+
+    retriever.embedder = type("Watched", (), {"__getattr__": lambda self, n: getattr(tiny_embedder, n),
+                                              "encode_keys": staticmethod(watch)})()
+    with pytest.raises(ValueError, match=r"documents\[1\]: field 'big' holds the integer -1180591620717411303424, "
+                                         "outside the 64-bit range"):
+        retriever.add([{"text": "fine", "big": 2**63 - 1}, {"text": "too big", "big": -(2**70)}])
+    assert encoded == [] and len(retriever) == 4
+    if out:
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert retriever.add([{"text": "fine", "big": 2**63 - 1}]) == [4]  # int64's own limits are taken
+    assert [h.id for h in retriever.search("fine", k=5, filter={"big": 2**63 - 1})[0]] == [4]
+    with pytest.raises(ValueError, match="outside the 64-bit integer range"):
+        retriever.search("fine", k=5, filter={"big": 2**63})
+    retriever.close()

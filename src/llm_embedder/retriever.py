@@ -327,9 +327,10 @@ class Retriever:
         if not docs:
             return []
         lines = self.docs.lines(docs)  # before the index changes: a failure here leaves it as it was
-        vectors = self.embedder.encode_keys([d["text"] for d in docs], self.task)
         fields = self.meta.get("filter_fields", []) if self.out_dir is not None else ["*"]
-        metadata = [filterable(d, fields) for d in docs] if fields else None
+        # before encoding too: a field no index can store for filtering is refused, naming the document
+        metadata = [filterable(d, fields, f"documents[{i}]") for i, d in enumerate(docs)] if fields else None
+        vectors = self.embedder.encode_keys([d["text"] for d in docs], self.task)
         with self.lock, self._writing():  # ids follow the documents stored when the add's turn comes
             start = len(self.docs)
             ids = list(range(start, start + len(docs)))

@@ -171,6 +171,8 @@ def check_filter(filter: Mapping[str, Any] | None) -> dict[str, list[Any]] | Non
         for v in values:
             if not isinstance(v, str | int | float | bool):
                 raise ValueError(f"filter value for {field!r} must be str, int, float or bool, got {v!r}")
+            if isinstance(v, int) and not -(2**63) <= v < 2**63:  # no index stores one (see build.filterable)
+                raise ValueError(f"filter value for {field!r} is outside the 64-bit integer range: {v}")
         out[field] = values
     return out
 

@@ -171,14 +171,16 @@ def write_docs(corpus: Any, out_dir: Path, field: str, template: str | None,
     nothing. So is a corpus without documents unless ``allow_empty``. Refused data leaves no file behind, so
     that the same command with the data fixed runs (an interruption leaves the temp files, which mark the
     folder as an index build's)."""
+    filter_fields = tuple(filter_fields)
     docs_tmp, offsets_tmp = out_dir / (DOCS_FILE + ".tmp"), out_dir / (OFFSETS_FILE + ".tmp")
     count, offset, digest = 0, 0, hashlib.sha256()
     unseen = set(filter_fields) - {"*"}
     try:
         with docs_tmp.open("wb") as docs, offsets_tmp.open("wb") as offsets:
-            for _, doc, line in iter_doc_lines(corpus, field, template):
+            for where, doc, line in iter_doc_lines(corpus, field, template):
+                stored = filterable(doc, filter_fields, where) if filter_fields else {}
                 if unseen:
-                    unseen -= set(filterable(doc, unseen))
+                    unseen -= set(stored)
                 docs.write(line)
                 digest.update(line)
                 offsets.write(np.int64(offset).tobytes())
@@ -199,12 +201,24 @@ def write_docs(corpus: Any, out_dir: Path, field: str, template: str | None,
     return count, {"sha256": digest.hexdigest()}
 
 
-def filterable(doc: dict, fields: Iterable[str]) -> dict:
-    """The fields of a document stored in the index for filtering (``"*"``: every scalar field)."""
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def filterable(doc: dict, fields: Iterable[str], where: str | None = None) -> dict:
+    """The fields of a document stored in the index for filtering (``"*"``: every scalar field).
+
+    An integer outside int64 is refused (naming ``where`` and the field), by every backend alike: Milvus stores
+    none, and said so only after the whole corpus was encoded, naming nothing."""
     fields = tuple(fields)
     if "*" in fields:  # the fields a filter can name (not the index's own id and vector)
         fields = tuple(k for k in doc if k != "text" and is_filter_field(k))
-    return {f: doc[f] for f in fields if f in doc and isinstance(doc[f], str | int | float | bool)}
+    stored = {f: doc[f] for f in fields if f in doc and isinstance(doc[f], str | int | float | bool)}
+    for name, value in stored.items():
+        if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+            raise DataError(f"{where or 'a document'}: field {name!r} holds the integer {value}, outside the 64-bit "
+                            "range a filter field can hold; give it as a string, or leave the field out of the "
+                            "filter fields")
+    return stored
 
 
 def read_progress(out_dir: Path) -> dict | None:
@@ -302,7 +316,8 @@ def build_vector_index(
             metadata = None
             if docs is not None:
                 records = [json.loads(docs.readline()) for _ in range(lo, hi)]
-                metadata = [filterable(r, filter_fields) for r in records]
+                metadata = [filterable(r, filter_fields, f"{out_dir / DOCS_FILE}:{lo + i + 1}")
+                            for i, r in enumerate(records)]
                 stored.update(key for item in metadata for key in item)
             chunk = np.fromfile(out_dir / EMBEDDINGS_FILE, dtype=np.float32, count=(hi - lo) * dim, offset=lo * dim * 4)
             # a copied block, not a memmap (whose touched pages would stay resident), handed over to the index
