@@ -312,3 +312,16 @@ def test_milvus_returns_all_k_hits_and_a_server_refuses_k_above_its_cap(tmp_path
         milvus_index.search_limit(8, 10, lite=False)
     assert milvus_index.search_limit(8, 5, lite=False) == 5  # no more than the cap held: padding says the truth
     assert milvus_index.search_limit(5, 10, lite=False) == 5
+
+
+def test_milvus_search_effort_on_hnsw_sq_and_an_index_of_an_old_factory(tmp_path: Path) -> None:
+    """HNSW_SQ takes ef like HNSW; an index built by an earlier version with a factory now refused (it built
+    AUTOINDEX) stays searchable."""
+    index = open_index(tmp_path / "index.db", DIM, factory="HNSW8,SQ8")
+    index.add(range(20), unit(20))
+    assert index.search(unit(20)[:1], k=3, ef_search=50)[1][0, 0] == 0
+    index.factory = "Bogus12"  # as an earlier version recorded it
+    assert index.search(unit(20)[:1], k=3)[1][0, 0] == 0
+    with pytest.raises(ValueError, match="ef_search applies to an HNSW index"):
+        index.search(unit(20)[:1], k=3, ef_search=50)
+    index.close()

@@ -203,7 +203,7 @@ def _search_params(index_type: str, effort: dict[str, int], limit: int, kind: st
             raise effort_refused("nprobe", kind)
         params["nprobe"] = effort["nprobe"]
     if "ef_search" in effort:
-        if index_type != "HNSW":
+        if not index_type.startswith("HNSW"):  # HNSW or HNSW_SQ
             raise effort_refused("ef_search", kind)
         params["ef"] = max(effort["ef_search"], limit)
     return {"metric_type": "IP", **({"params": params} if params else {})}
@@ -361,7 +361,7 @@ class MilvusIndex:
         k = check_k(k)
         conditions = check_filter(filter)
         effort = check_effort(nprobe, ef_search)
-        index_type, kind = _index_params(self.factory)[0], f"Milvus index {self.factory!r}"
+        index_type, kind = self._index_type(), f"Milvus index {self.factory!r}"
         _search_params(index_type, effort, 1, kind)  # a setting the index has no use for: refused first
         count = self.count
         if count == 0:
@@ -376,6 +376,14 @@ class MilvusIndex:
         )
         rows = [[(float(hit["distance"]), int(hit["id"])) for hit in hits] for hits in result]
         return pad_results(rows, k)
+
+    def _index_type(self) -> str:
+        """The Milvus index type of this collection's factory; AUTOINDEX for a factory this version no longer takes
+        (an index built by an earlier one, which built AUTOINDEX for it), so that it stays searchable."""
+        try:
+            return _index_params(self.factory, is_lite(self.uri))[0]
+        except ValueError:
+            return "AUTOINDEX"
 
     def save(self, path: str | Path | None = None) -> Path:
         """Write a JSON descriptor (``*.milvus.json``) that ``load`` reconnects from; data is already durable."""
