@@ -7,6 +7,7 @@ interleaved rounds (A B C, B C A, ...), so a co-tenant that slows the box slows 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -40,9 +41,43 @@ def machine_info() -> dict:
     return info
 
 
-def time_interleaved(systems: dict[str, Callable[[], object]], rounds: int) -> dict[str, dict]:
-    """Warm each system once, then ``rounds`` rotations; best and median wall seconds plus CPU seconds."""
-    for fn in systems.values():
+def int_at_least(minimum: int, why: str = "") -> Callable[[str], int]:
+    """An argparse ``type``: an integer >= ``minimum``, else a one-line usage error (no traceback, no work done);
+    ``why`` is added to the message."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}{why}, got {value}")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in its "invalid int value" fallback
+    return parse
+
+
+positive_int = int_at_least(1)
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type``: a finite float > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return value
+
+
+def time_interleaved(systems: dict[str, Callable[[], object]], rounds: int, warm: bool = True) -> dict[str, dict]:
+    """Warm each system once (unless ``warm`` is False: the caller warmed them), then ``rounds`` rotations; best
+    and median wall seconds plus CPU seconds."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    for fn in systems.values() if warm else ():
         fn()
     names = list(systems)
     walls: dict[str, list[float]] = {n: [] for n in names}

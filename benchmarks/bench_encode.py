@@ -25,7 +25,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from _common import CACHE_DIR, machine_info, ratio, time_interleaved, wiki_articles, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    CACHE_DIR,
+    machine_info,
+    positive_int,
+    ratio,
+    time_interleaved,
+    wiki_articles,
+    write_json,
+)
 
 MAX_LENGTH = 128
 BATCH = 32
@@ -105,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="64 queries, 32 passages, 2 timed rounds, NDCG on 80 queries (about a minute)")
-    parser.add_argument("--threads", type=int, default=1, help="torch and ORT intra-op threads (same for all)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch and ORT intra-op threads (same for all)")
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
                         help="cpu: process CPU seconds (robust on a shared box); wall: best wall seconds")
     parser.add_argument("--json", default=None, help="write the results here")

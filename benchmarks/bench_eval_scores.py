@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import CACHE_DIR, machine_info, ratio, time_interleaved, write_json  # noqa: E402
+from _common import CACHE_DIR, machine_info, positive_int, ratio, time_interleaved, write_json  # noqa: E402
 
 
 def eval_prompts(data: Path, n_queries: int) -> tuple[list[str], list[str]]:
@@ -39,14 +39,14 @@ def eval_prompts(data: Path, n_queries: int) -> tuple[list[str], list[str]]:
     return prompts, golds
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--queries", type=int, default=40, help="test queries per task (qa, icl)")
+    parser.add_argument("--queries", type=positive_int, default=40, help="test queries per task (qa, icl)")
     parser.add_argument("--fast", default="auto", help="the LLM's fast mode: bf16, none, or auto (the demo's)")
     parser.add_argument("--data", type=Path, help="a built task suite (default: the small suite, built once)")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=positive_int, default=2, help="interleaved timing rounds")
     parser.add_argument("--json", help="write the figures here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     from llm_embedder.data.suite import build_suite
     from llm_embedder.evaluate.downstream import EVAL_BATCH_TOKENS

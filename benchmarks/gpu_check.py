@@ -223,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checks", default="train,reward,neighbours,code", help="which checks, comma-separated")
     parser.add_argument("--tokenizer", default=None, help="MiniLM's tokenizer dir for the tiny embedder of 'code'")
     args = parser.parse_args(argv)
+    checks = set(args.checks.split(","))
+    unknown = checks - set(CHECKS)
+    if unknown:  # before the CUDA test: a misspelt check must not pass silently on a machine without a GPU
+        parser.error(f"unknown checks {sorted(unknown)}; choose from {', '.join(CHECKS)}")
     import numpy as np
     import torch
 
@@ -235,10 +239,6 @@ def main(argv: list[str] | None = None) -> int:
               "Run it on a lent GPU machine: python benchmarks/gpu_check.py --json gpu.json")
         write_json(args.json, {"skipped": "no CUDA device", "machine": machine_info()})
         return 0
-    checks = set(args.checks.split(","))
-    unknown = checks - set(CHECKS)
-    if unknown:
-        parser.error(f"unknown checks {sorted(unknown)}; choose from {', '.join(CHECKS)}")
     results: dict = {"machine": machine_info(), "device": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
     if "train" in checks:
         fp32 = train_steps_per_s(device, "fp32", bert, queries, group, steps)

@@ -79,18 +79,31 @@ def examples(n: int) -> list[dict]:
     return [{"input": r["question"], "output": r["answer"].split("####")[-1].strip()} for r in rows]
 
 
-def main() -> None:
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (a usage error otherwise, before any model is loaded)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--turns", nargs="*", help="A scripted conversation (runs non-interactively).")
+    parser.add_argument("--turns", nargs="+", metavar="TURN",
+                        help="A scripted conversation, one or more turns (runs non-interactively); "
+                             "without --turns the assistant is interactive.")
     parser.add_argument("--model", default="minilm", help="Embedder (sentence-transformers dir or alias).")
     parser.add_argument("--llm", default="smollm2", help="Causal LM (HF dir or alias).")
-    parser.add_argument("--kb-stride", type=int, default=50, help="Keep every n-th Wikipedia page (speed).")
-    parser.add_argument("--budget", type=int, default=768, help="Prompt token budget.")
+    parser.add_argument("--kb-stride", type=positive_int, default=50, help="Keep every n-th Wikipedia page (speed).")
+    parser.add_argument("--budget", type=positive_int, default=768, help="Prompt token budget.")
     parser.add_argument("--essay", default="addiction.txt", help="Paul Graham essay kept as long-text memory.")
     parser.add_argument("--convsearch", action="store_true",
                         help="Search knowledge with the whole conversation as the query (ConversationalSearch).")
     parser.add_argument("--tool-threshold", type=float, default=0.6, help="Min. score to call a tool.")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     from llm_embedder.embedder import Embedder
     from llm_embedder.llm import CausalLM  # imported lazily: loading the LM is the slow part
