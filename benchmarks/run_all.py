@@ -5,6 +5,11 @@ box). Scripts that take ``--json`` write their figures there; for the others the
 kept. Everything lands in benchmarks/results/latest.json (written atomically, also after each benchmark,
 so an interrupted run keeps what finished).
 
+A run of every benchmark replaces the file. ``--only NAME ...`` re-runs those benchmarks and merges them into
+the existing file: the other benchmarks' entries are kept as they were, every entry records when it ran
+(``run_at``), in which mode (``quick``) and on what machine, and the top level lists what this run re-ran
+(``rerun``).
+
     python benchmarks/run_all.py [--quick] [--only encode search ...]
 """
 
@@ -70,21 +75,60 @@ def _text(data: bytes | str | None) -> str:
     return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
 
 
+def load_previous(path: Path) -> dict:
+    """The benchmarks of an earlier report at ``path`` (empty if there is none or it cannot be read), each entry
+    given the run_at / quick / machine of the run that made it where it does not carry them (older files)."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        print(f"note: {path} is not a readable report ({err}); it is replaced, not merged")
+        return {}
+    if not isinstance(old, dict) or not isinstance(old.get("benchmarks"), dict):
+        print(f"note: {path} holds no benchmarks; it is replaced, not merged")
+        return {}
+    kept = {}
+    for name, record in old["benchmarks"].items():
+        if isinstance(record, dict):
+            kept[name] = {"run_at": old.get("started"), "quick": old.get("quick"), "machine": old.get("machine"),
+                          **record}
+    return kept
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: the whole run in under 5 minutes")
-    parser.add_argument("--only", nargs="*", choices=list(BENCHMARKS), default=None)
+    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=None, metavar="NAME",
+                        help=f"run only these ({', '.join(BENCHMARKS)}) and merge them into --out")
     parser.add_argument("--out", default=str(RESULTS_DIR / "latest.json"))
     args = parser.parse_args(argv)
-    names = args.only or list(BENCHMARKS)
+    names = list(dict.fromkeys(args.only)) if args.only else list(BENCHMARKS)
     timeout = 240 if args.quick else 3 * 3600
-    report: dict = {"started": datetime.now(UTC).isoformat(timespec="seconds"), "quick": args.quick,
-                    "machine": machine_info(), "benchmarks": {}}
+    machine = machine_info()
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    previous = load_previous(Path(args.out)) if args.only else {}
+    kept = {name: record for name, record in previous.items() if name not in names}
+    report: dict = {"started": started, "quick": args.quick, "machine": machine, "benchmarks": {}}
+    if args.only:
+        report["rerun"] = names
+        if kept:
+            print("kept from earlier runs: " + ", ".join(
+                f"{name} ({'quick' if record.get('quick') else 'full'}, {record.get('run_at')})"
+                for name, record in kept.items()))
+
+    def collect(done: dict) -> dict:  # BENCHMARKS order, then any names this script no longer knows
+        merged = {**kept, **done}
+        return {name: merged[name] for name in [*BENCHMARKS, *merged] if name in merged}
+
+    done: dict = {}
     failed = []
     for name in names:
         print(f"== {name}", flush=True)
-        record = run_one(name, args.quick, timeout)
-        report["benchmarks"][name] = record
+        run_at = datetime.now(UTC).isoformat(timespec="seconds")
+        record = {"run_at": run_at, "quick": args.quick, "machine": machine, **run_one(name, args.quick, timeout)}
+        done[name] = record
+        report["benchmarks"] = collect(done)
         for line in record.get("output_tail", []):
             print(f"   {line}")
         if record["status"] == "failed":
@@ -95,8 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.out, report)
     report["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     write_json(args.out, report)
-    total = sum(r.get("seconds", 0) for r in report["benchmarks"].values())
-    print(f"wrote {args.out} ({total:.0f}s of benchmarks{'; failed: ' + ', '.join(failed) if failed else ''})")
+    total = sum(r.get("seconds", 0) for r in done.values())
+    merged_note = f"; kept {len(kept)} earlier entries" if kept else ""
+    print(f"wrote {args.out} ({total:.0f}s of benchmarks{merged_note}"
+          f"{'; failed: ' + ', '.join(failed) if failed else ''})")
     return 1 if failed else 0
 
 
