@@ -5,6 +5,9 @@ subspace plus a little isotropic noise, because real text embeddings have low in
 clusters are a worst case where HNSW needs a far larger efSearch). Queries are fresh draws from the same
 mixture. Ground truth: exact inner-product top-10 (batched flat search). Single-query latency is measured on
 one thread as process CPU time per query, so a busy co-tenant does not inflate it; build time is wall.
+An index's memory is its serialized size (the bytes ``faiss.write_index`` writes: the vectors or codes, the
+graph and the ids, counted without keeping them), which does not depend on what the allocator reuses, as an RSS
+difference does; ``peak_rss_mb`` is the process's peak.
 
     python benchmarks/bench_search.py [--n 1000000] [--quick] [--json out.json]
 """
@@ -12,7 +15,6 @@ one thread as process CPU time per query, so a busy co-tenant does not inflate i
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import sys
 import time
@@ -21,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from _common import machine_info, ratio, write_json  # noqa: E402
+from _common import int_at_least, machine_info, positive_int, ratio, write_json  # noqa: E402
 
 DIM = 384
 CLUSTERS = 1024
@@ -46,16 +48,28 @@ def mixture(n: int, seed: int, chunk: int = 4000) -> np.ndarray:
     return out
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def index_mb(index) -> float:
+    """The index's serialized size in MB (vectors or codes, graph links, ids): its data, whatever the allocator
+    keeps. An RSS difference read 0 MB when the allocator reused memory freed by the previous index."""
+    import faiss
+
+    written = 0
+
+    def count(chunk: bytes) -> int:  # counts what write_index would write, without holding a copy in memory
+        nonlocal written
+        written += len(chunk)
+        return len(chunk)
+
+    writer = faiss.PyCallbackIOWriter(count)
+    faiss.write_index(index.index, writer)
+    del writer  # flushes its buffer into count()
+    return written / 2**20
 
 
 def build(vectors: np.ndarray, factory: str, ef_construction: int | None = None):
-    """A FaissIndex filled in chunks; returns (index, wall seconds, MB of RSS it added)."""
+    """A FaissIndex filled in chunks; returns (index, wall seconds, serialized MB)."""
     from llm_embedder.index import FaissIndex
 
-    before = rss_mb()
     start = time.perf_counter()
     index = FaissIndex(DIM, factory)
     if ef_construction is not None:
@@ -63,7 +77,8 @@ def build(vectors: np.ndarray, factory: str, ef_construction: int | None = None)
     step = 100_000
     for s in range(0, len(vectors), step):
         index.add(np.arange(s, min(s + step, len(vectors))), vectors[s:s + step])
-    return index, time.perf_counter() - start, rss_mb() - before
+    seconds = time.perf_counter() - start
+    return index, seconds, index_mb(index)
 
 
 def single_query_ms(index, queries: np.ndarray) -> float:
@@ -80,7 +95,13 @@ def single_query_ms(index, queries: np.ndarray) -> float:
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth, strict=True)]))
+    """Mean share of each query's true neighbours that were found. FAISS pads a result with id -1 when it has
+    fewer than k hits; -1 is no neighbour, so it never counts as one found (nor as one to find)."""
+    shares = []
+    for f, t in zip(found, truth, strict=True):
+        wanted = {int(i) for i in t} - {-1}
+        shares.append(len(wanted & {int(i) for i in f}) / len(wanted) if wanted else 1.0)
+    return float(np.mean(shares))
 
 
 def set_ef(index, ef: int) -> None:
@@ -89,15 +110,18 @@ def set_ef(index, ef: int) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=1_000_000, help="vectors in the index (default 1M)")
+    parser.add_argument("--n", type=int_at_least(K, f" (k={K} neighbours per query)"), default=None,
+                        help=f"vectors in the index, at least k={K} (default 1M; quick: 20k)")
     parser.add_argument("--quick", action="store_true",
-                        help="20k vectors, 200 queries, efSearch 16-64, no M/efConstruction sweep")
-    parser.add_argument("--queries", type=int, default=None, help="default 500 (quick: 200)")
+                        help="20k vectors, 200 queries, efSearch 16-64, no M/efConstruction sweep (an explicit "
+                             "--n / --queries is kept)")
+    parser.add_argument("--queries", type=positive_int, default=None, help="default 500 (quick: 200)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    n = 20_000 if args.quick else args.n
-    n_queries = args.queries or (200 if args.quick else 500)
-    results: dict = {"machine": machine_info(), "n": n, "dim": DIM, "k": K}
+    n = args.n if args.n is not None else (20_000 if args.quick else 1_000_000)
+    n_queries = args.queries if args.queries is not None else (200 if args.quick else 500)
+    results: dict = {"machine": machine_info(), "n": n, "dim": DIM, "k": K,
+                     "index_mb_is": "the bytes faiss.write_index writes for each index, in MiB"}
     t0 = time.perf_counter()
     data = mixture(n, seed=1)
     queries = mixture(n_queries, seed=2)
@@ -106,11 +130,12 @@ def main(argv: list[str] | None = None) -> dict:
     flat, flat_build, flat_mb = build(data, "Flat")
     start = time.perf_counter()
     _, truth = flat.search(queries, K)
-    results["flat"] = {"build_s": round(flat_build, 1), "memory_mb": round(flat_mb),
+    results["flat"] = {"build_s": round(flat_build, 1), "index_mb": round(flat_mb, 1),
                        "batched_ms_per_query": round((time.perf_counter() - start) / len(queries) * 1000, 3),
                        "single_query_ms": round(single_query_ms(flat, queries[:20]), 2)}
     del flat
-    print(f"  flat: single query {results['flat']['single_query_ms']} ms", flush=True)
+    print(f"  flat: single query {results['flat']['single_query_ms']} ms, index {flat_mb:.1f} MB serialized",
+          flush=True)
 
     if not args.quick:  # choose M / efConstruction on a 100k slice (each 1M build takes many minutes here)
         slice_n = min(100_000, n)
@@ -119,19 +144,20 @@ def main(argv: list[str] | None = None) -> dict:
         for m in (16, 32):
             for efc in (40, 80):
                 index, secs, mb = build(data[:slice_n], f"HNSW{m}", efc)
-                row = {"M": m, "efConstruction": efc, "build_s": round(secs, 1), "memory_mb": round(mb)}
+                row = {"M": m, "efConstruction": efc, "build_s": round(secs, 1), "index_mb": round(mb, 1)}
                 for ef in (32, 64):
                     set_ef(index, ef)
                     row[f"recall@10_ef{ef}"] = round(recall_at_k(index.search(queries, K)[1], sub_truth), 4)
                 sweep.append(row)
                 print(f"  sweep {slice_n}: {row}", flush=True)
-        results["sweep_100k"] = sweep
+        results["sweep"] = {"n": slice_n, "rows": sweep}
     m = 32  # efConstruction / efSearch: the FaissIndex defaults, chosen from this benchmark's sweep
     index, secs, mb = build(data, f"HNSW{m}")
     efc = index._inner().hnsw.efConstruction
-    results["hnsw"] = {"factory": f"HNSW{m}", "efConstruction": efc, "build_s": round(secs, 1), "memory_mb": round(mb),
-                       "efSearch": []}
-    print(f"  HNSW{m} efC={efc}: built in {secs:.0f}s, +{mb:.0f} MB", flush=True)
+    results["hnsw"] = {"factory": f"HNSW{m}", "efConstruction": efc, "build_s": round(secs, 1),
+                       "index_mb": round(mb, 1), "efSearch": []}
+    print(f"  HNSW{m} efC={efc}: built in {secs:.0f}s, index {mb:.1f} MB serialized (flat: {flat_mb:.1f} MB)",
+          flush=True)
     for ef in (16, 32, 64) if args.quick else (16, 32, 64, 128, 256):
         set_ef(index, ef)
         rec = recall_at_k(index.search(queries, K)[1], truth)
