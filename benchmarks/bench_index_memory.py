@@ -28,9 +28,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine_info, write_json  # noqa: E402
+from _common import machine_info, positive_int, write_json  # noqa: E402
 
 LIMIT_MB = 2048
+DIM = 384  # the random embedder's hidden size (MiniLM's)
 WORDS = ("retrieval augmented language model memory tool search answer question passage dense vector index "
          "embedding instruction task reward teacher student contrastive distillation chat history").split()
 
@@ -58,12 +59,12 @@ def child(n: int, factory: str, work: Path, batch_size: int = 256) -> dict:
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(str(resolve_embedder_path("minilm")))
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=384, num_hidden_layers=0, num_attention_heads=1,
-                        intermediate_size=384, max_position_embeddings=512)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=DIM, num_hidden_layers=0, num_attention_heads=1,
+                        intermediate_size=DIM, max_position_embeddings=512)
     BertModel(config, add_pooling_layer=False).save_pretrained(work / "hf")
     tokenizer.save_pretrained(work / "hf")
     st = SentenceTransformer(modules=[models.Transformer(str(work / "hf"), max_seq_length=64),
-                                      models.Pooling(384, pooling_mode="mean")], device="cpu")
+                                      models.Pooling(DIM, pooling_mode="mean")], device="cpu")
     st.save(str(work / "st"))
     embedder = Embedder(work / "st", device="cpu", key_max_length=64)
     baseline_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -78,16 +79,28 @@ def child(n: int, factory: str, work: Path, batch_size: int = 256) -> dict:
             "index_file_mb": round((work / "index" / "index.faiss").stat().st_size / 2**20)}
 
 
+def check_factory(parser: argparse.ArgumentParser, factory: str) -> None:
+    """Refuse a factory string FAISS cannot parse (for 384-d vectors) in one line, before the child starts."""
+    from llm_embedder.index.faiss_index import FaissIndex
+
+    try:
+        FaissIndex(DIM, factory).close()  # an empty index: parses the string, allocates nothing
+    except ValueError as err:
+        parser.error(f"argument --factory: {err}")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=1_000_000)
-    parser.add_argument("--quick", action="store_true", help="10k passages")
+    parser.add_argument("--n", type=positive_int, default=None, help="passages (default 1M; quick: 10k)")
+    parser.add_argument("--quick", action="store_true", help="10k passages (an explicit --n is kept)")
     parser.add_argument("--factory", default="SQ8", help="FAISS factory of the index that is built")
-    parser.add_argument("--batch-size", type=int, default=256, help="texts per encoding batch")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="texts per encoding batch")
     parser.add_argument("--json", default=None)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    n = 10_000 if args.quick else args.n
+    n = args.n if args.n is not None else (10_000 if args.quick else 1_000_000)
+    if not args.child:
+        check_factory(parser, args.factory)
     if args.child:
         print(json.dumps(child(n, args.factory, Path(args.child), args.batch_size)))
         return {}
@@ -97,7 +110,9 @@ def main(argv: list[str] | None = None) -> dict:
                "--child", work]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
-            raise SystemExit(f"index build failed:\n{proc.stderr[-3000:]}")
+            lines = proc.stderr.strip().splitlines() or ["(no output)"]
+            raise SystemExit(f"index build failed (child exit {proc.returncode}): {lines[-1]}\n"
+                             "--- the child's stderr, last 3000 characters:\n" + proc.stderr[-3000:])
         result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["machine"] = machine_info()
     result["limit_mb"] = LIMIT_MB
