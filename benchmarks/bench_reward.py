@@ -11,8 +11,9 @@ is the title. Every scorer sees the same token sequences (our encoding); it then
 - fast:      exact plus the CPU fast modes (opt-in ``--fast``): the Linear layers' weights in bf16 (where the CPU
              has AVX512-BF16/AMX; ``llm.fast``) and int8 dynamic quantization, judged by Spearman per query.
 
-Prints scores/s and ratios over naive; the exact-mode ratio is printed last. ``--profile`` prints where the
-time goes (torch.profiler, top ops) for naive and exact.
+The modes are timed in interleaved rounds (naive, reference, exact[, fast ...]; then rotated), after a
+warm-up on 2 pairs; each mode's best round is its rate. Prints scores/s and ratios over naive; the exact-mode
+ratio is printed last. ``--profile`` prints where the time goes (torch.profiler, top ops) for naive and exact.
 """
 
 from __future__ import annotations
@@ -20,9 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import int_at_least, positive_int, time_interleaved  # noqa: E402
 
 
 def build_records(n_queries: int, n_candidates: int, seed: int = 0) -> list[dict]:
@@ -43,28 +49,25 @@ def build_records(n_queries: int, n_candidates: int, seed: int = 0) -> list[dict
     return records
 
 
-def timed(fn, n_pairs: int) -> tuple[np.ndarray, float]:
-    start = time.perf_counter()
-    scores = fn()
-    seconds = time.perf_counter() - start
-    return scores, n_pairs / seconds
-
-
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a ~1 minute run (fewer records)")
-    parser.add_argument("--queries", type=int, default=None)
-    parser.add_argument("--candidates", type=int, default=8)
-    parser.add_argument("--batch-tokens", type=int, default=None)
+    parser.add_argument("--quick", action="store_true",
+                        help="a ~1 minute run: 3 queries x 5 candidates, 2 rounds (explicit values are kept)")
+    parser.add_argument("--queries", type=positive_int, default=None, help="default 10 (quick: 3)")
+    parser.add_argument("--candidates", type=int_at_least(2, " (the positive and a negative)"), default=None,
+                        help="per query, the positive included (default 8; quick: 5)")
+    parser.add_argument("--rounds", type=positive_int, default=None,
+                        help="interleaved timing rounds; a mode's best round counts (default 3; quick: 2)")
+    parser.add_argument("--batch-tokens", type=positive_int, default=None)
     parser.add_argument("--device", default=None)
     parser.add_argument("--fast", action="store_true", help="also measure the CPU fast modes (bf16, int8)")
     parser.add_argument("--profile", action="store_true", help="print the top ops of naive and exact")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     import torch
 
@@ -72,8 +75,9 @@ def main() -> None:
     from llm_embedder.llm.scoring import bucketed_logprob, encode_pairs, full_logits_logprob
     from llm_embedder.reward.records import KeyFitter, build_all
 
-    n_queries = args.queries or (3 if args.quick else 10)
-    n_cand = 5 if args.quick and args.candidates == 8 else args.candidates
+    n_queries = args.queries if args.queries is not None else (3 if args.quick else 10)
+    n_cand = args.candidates if args.candidates is not None else (5 if args.quick else 8)
+    rounds = args.rounds if args.rounds is not None else (2 if args.quick else 3)
     lm = CausalLM("smollm2", device=args.device)
     batch_tokens = args.batch_tokens or lm.batch_tokens
     records = build_records(n_queries, n_cand)
@@ -101,26 +105,41 @@ def main() -> None:
             print(f"--- profile: {name} (4 pairs)")
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
 
-    naive, naive_rate = timed(lambda: full_logits_logprob(lm.model, enc, batch_size=1), n)
-    ref, ref_rate = timed(lambda: full_logits_logprob(lm.model, enc, batch_size=4, padding_side="left"), n)
-    exact, exact_rate = timed(lambda: bucketed_logprob(lm.model, enc, batch_tokens), n)
-    print(f"naive     {naive_rate:7.2f} scores/s")
-    print(f"reference {ref_rate:7.2f} scores/s  ({ref_rate / naive_rate:.2f}x naive), "
-          f"max |diff| {np.abs(ref - naive).max():.1e}")
     groups = np.cumsum([len(ps.prompts) for ps in pairsets])[:-1]
+    scores: dict[str, np.ndarray] = {}
+
+    def keep(name: str, fn):  # a timed system that keeps its latest scores for the checks below
+        def run() -> None:
+            scores[name] = np.asarray(fn())
+        return run
+
+    systems = {"naive": keep("naive", lambda: full_logits_logprob(lm.model, enc, batch_size=1)),
+               "reference": keep("reference",
+                                 lambda: full_logits_logprob(lm.model, enc, batch_size=4, padding_side="left")),
+               "exact": keep("exact", lambda: bucketed_logprob(lm.model, enc, batch_tokens))}
+    fast_lms = {}
     if args.fast:
         from llm_embedder.llm.fast import cpu_has_bf16
 
         for mode in ("bf16", "int8") if cpu_has_bf16() else ("int8",):
-            fast_lm = CausalLM("smollm2", device="cpu", fast=mode)
-            fast_lm.answer_logprob(prompts[:2], answers[:2], batch_tokens=batch_tokens)
-            score = fast_lm.answer_logprob
-            fast, fast_rate = timed(lambda f=score: f(prompts, answers, batch_tokens=batch_tokens), n)
-            rhos = [spearman(a, b) for a, b in zip(np.split(exact, groups), np.split(fast, groups), strict=True)]
-            print(f"fast {mode} {fast_rate:7.2f} scores/s  ({fast_rate / naive_rate:.2f}x naive, "
-                  f"{fast_rate / exact_rate:.2f}x exact), Spearman vs exact per query: mean {np.mean(rhos):.3f}, "
-                  f"min {np.min(rhos):.3f} (target >= 0.98)")
-            del fast_lm
+            fast_lms[mode] = fast_lm = CausalLM("smollm2", device="cpu", fast=mode)
+            fast_lm.answer_logprob(prompts[:2], answers[:2], batch_tokens=batch_tokens)  # warm-up, as above
+            systems[f"fast {mode}"] = keep(f"fast {mode}", lambda f=fast_lm.answer_logprob: f(
+                prompts, answers, batch_tokens=batch_tokens))
+    timing = time_interleaved(systems, rounds, warm=False)
+    rate = {name: n / t["best_s"] for name, t in timing.items()}
+    naive, ref, exact = scores["naive"], scores["reference"], scores["exact"]
+    naive_rate, exact_rate = rate["naive"], rate["exact"]
+    print(f"timed in {rounds} interleaved rounds, best round per mode")
+    print(f"naive     {naive_rate:7.2f} scores/s")
+    print(f"reference {rate['reference']:7.2f} scores/s  ({rate['reference'] / naive_rate:.2f}x naive), "
+          f"max |diff| {np.abs(ref - naive).max():.1e}")
+    for mode in fast_lms:
+        fast, fast_rate = scores[f"fast {mode}"], rate[f"fast {mode}"]
+        rhos = [spearman(a, b) for a, b in zip(np.split(exact, groups), np.split(fast, groups), strict=True)]
+        print(f"fast {mode} {fast_rate:7.2f} scores/s  ({fast_rate / naive_rate:.2f}x naive, "
+              f"{fast_rate / exact_rate:.2f}x exact), Spearman vs exact per query: mean {np.mean(rhos):.3f}, "
+              f"min {np.min(rhos):.3f} (target >= 0.98)")
     top1 = np.mean([int(np.argmax(g) == 0) for g in np.split(exact, groups)])
     print(f"exact: positive ranked first for {top1:.0%} of queries; max |exact - naive| "
           f"{np.abs(exact - naive).max():.1e} (target <= 1e-4)")
