@@ -2,8 +2,10 @@
 
 Starts `llm-embedder serve` twice on loopback (default flags, and `--max-batch-requests 1`), then drives each
 with N concurrent clients (asyncio + httpx), one text per request, bounded by a request count and a time
-limit. Prints requests/s, p50/p99 latency, errors and the mean batch size the server reports, and the
-throughput ratio last. Exit code 1 if any request failed.
+limit per mode. The modes take turns: the budget is split into ``--rounds`` rounds (default 2), the order
+rotating each round (batched, one-at-a-time; then one-at-a-time, batched; ...), so a co-tenant's load falls on
+both alike; a mode's figures are summed over its rounds. Prints requests/s, p50/p99 latency, errors and the
+mean batch size the server reports, and the throughput ratio last. Exit code 1 if any request failed.
 
     python benchmarks/bench_serve.py               # MiniLM, 32 clients
     python benchmarks/bench_serve.py --quick       # under a minute
@@ -29,6 +31,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import positive_float, positive_int  # noqa: E402
+
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 MODES = {"batched": [], "one-at-a-time": ["--max-batch-requests", "1"]}
 
@@ -40,7 +46,17 @@ class Result:
     errors: int
     seconds: float
     latencies: list[float]
-    mean_batch: float
+    merged: float  # requests the server put into model batches during the timed run
+    batches: float  # and how many batches those were
+
+    @property
+    def mean_batch(self) -> float:
+        return self.merged / max(self.batches, 1.0)
+
+    def __add__(self, other: Result) -> Result:  # one mode's rounds, summed
+        return Result(self.mode, self.requests + other.requests, self.errors + other.errors,
+                      self.seconds + other.seconds, self.latencies + other.latencies, self.merged + other.merged,
+                      self.batches + other.batches)
 
     @property
     def throughput(self) -> float:
@@ -112,14 +128,14 @@ def batch_totals(url: str) -> tuple[float, float]:
 
 
 async def load(url: str, model_id: str, pool: list[str], clients: int, requests: int, seconds: float,
-               mode: str) -> Result:
+               mode: str, warm: bool = True) -> Result:
     latencies: list[float] = []
     errors = 0
     issued = 0
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
         await asyncio.gather(*(client.get("/health") for _ in range(clients)))  # warm connections
-        for _ in range(2):  # warm the model (first calls are slow)
+        for _ in range(2 if warm else 0):  # warm the model (first calls are slow)
             await asyncio.gather(*(client.post("/v1/embeddings", json={"input": t, "model": model_id})
                                    for t in pool[:clients]))
         batched_before = batch_totals(url)
@@ -146,21 +162,28 @@ async def load(url: str, model_id: str, pool: list[str], clients: int, requests:
         elapsed = time.perf_counter() - start
         batched_after = batch_totals(url)
     merged, batches = (after - before for after, before in zip(batched_after, batched_before, strict=True))
-    return Result(mode, issued, errors, elapsed, latencies, merged / max(batches, 1.0))
+    return Result(mode, issued, errors, elapsed, latencies, merged, batches)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="minilm", help="minilm, tiny, or a sentence-transformers directory")
-    parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--requests", type=int, default=None, help="requests per mode (default 3000, quick 600)")
-    parser.add_argument("--seconds", type=float, default=None, help="time limit per mode (default 60, quick 12)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--clients", type=positive_int, default=32)
+    parser.add_argument("--requests", type=positive_int, default=None,
+                        help="requests per mode, all rounds together (default 3000, quick 600)")
+    parser.add_argument("--seconds", type=positive_float, default=None,
+                        help="time limit per mode, all rounds together (default 60, quick 12)")
+    parser.add_argument("--rounds", type=positive_int, default=2,
+                        help="rounds the modes take turns in, each with an equal share of the budget (default 2)")
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch threads per server (serve --threads); 1 suits a busy shared CPU")
     parser.add_argument("--quick", action="store_true", help="a smaller run, under a minute")
-    args = parser.parse_args()
-    requests = args.requests or (600 if args.quick else 3000)
-    seconds = args.seconds or (12.0 if args.quick else 60.0)
+    args = parser.parse_args(argv)
+    requests = args.requests if args.requests is not None else (600 if args.quick else 3000)
+    seconds = args.seconds if args.seconds is not None else (12.0 if args.quick else 60.0)
+    if requests < args.rounds:
+        parser.error(f"--requests ({requests}) must be at least --rounds ({args.rounds}): each round needs one")
+    shares = [requests // args.rounds + (1 if r < requests % args.rounds else 0) for r in range(args.rounds)]
     pool = texts()
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench_serve_") as tmp:
@@ -173,9 +196,15 @@ def main() -> int:
         try:
             for i, (process, url) in enumerate(servers.values()):
                 wait_ready(process, url, work / f"{i}.log")
-            results = []
-            for mode, (_, url) in servers.items():
-                results.append(asyncio.run(load(url, model_id, pool, args.clients, requests, seconds, mode)))
+            totals: dict[str, Result] = {}
+            modes = list(servers)
+            for r, share in enumerate(shares):
+                for mode in modes[r % len(modes):] + modes[: r % len(modes)]:
+                    url = servers[mode][1]
+                    part = asyncio.run(load(url, model_id, pool, args.clients, share, seconds / args.rounds, mode,
+                                            warm=r == 0))
+                    totals[mode] = totals[mode] + part if mode in totals else part
+            results = [totals[mode] for mode in modes]
         finally:
             for process, _ in servers.values():
                 process.terminate()
@@ -183,7 +212,8 @@ def main() -> int:
                 process.wait(timeout=30)
     print(f"model {args.model}, {args.clients} concurrent clients, 1 text per request, loopback, "
           f"{os.cpu_count()} CPUs, torch threads {args.threads or 'default'}; load average before the run "
-          f"{load_before:.1f} (a shared CPU makes figures vary from run to run)")
+          f"{load_before:.1f} (a shared CPU makes figures vary from run to run); {args.rounds} interleaved "
+          f"rounds per mode, summed")
     print("batch = mean requests per model batch during the timed run")
     print(f"{'mode':<15}{'requests':>9}{'errors':>8}{'seconds':>9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
           f"{'batch':>8}")
