@@ -141,6 +141,25 @@ def test_check_an_eval_file_needs_no_positive_to_train(tmp_path: Path) -> None:
     assert runner.invoke(app, ["data", "check", str(data)]).exit_code == 0
 
 
+def test_check_reads_an_eval_file_as_evaluate_does(tmp_path: Path) -> None:
+    """task, query_id, pos and neg, which only training needs, were required of test.jsonl though evaluate reads it
+    without them (the task is its folder's)."""
+    data = tmp_path / "qa" / "test.jsonl"
+    data.parent.mkdir()
+    (tmp_path / "qa" / "corpus.jsonl").write_text(json.dumps({"text": "Theft is a crime."}) + "\n")
+    data.write_text(json.dumps({"query": "someone stole a bike", "pos_index": [0], "answers": ["theft"]}) + "\n")
+    result = runner.invoke(app, ["data", "check", str(data)])
+    assert result.exit_code == 0, result.output
+    assert "qa" in result.output and "?" not in result.output  # summarised under its folder's task
+    data.write_text(json.dumps({"query": "q", "pos_index": [3], "answers": ["a"]}) + "\n")  # still checked
+    result = runner.invoke(app, ["data", "check", str(data)])
+    assert result.exit_code == 1 and "pos_index" in result.output
+    train = tmp_path / "qa" / "train.jsonl"  # a training file still needs them
+    train.write_text(json.dumps({"query": "q", "pos": ["a"], "neg": ["b"]}) + "\n")
+    result = runner.invoke(app, ["data", "check", str(train)])
+    assert result.exit_code == 1 and "task" in result.output
+
+
 def test_check_reports_a_key_given_twice(tmp_path: Path) -> None:
     """{"pos": ["a"], "pos": []} was read as its last value, silently; train refuses it too."""
     from llm_embedder.io import DataError

@@ -78,7 +78,14 @@ def check_command(
     task_file: TaskFileOption = None,
 ) -> None:
     """Validate task data files: print file:line:field for each problem and exit 1, else a per-task summary."""
-    from llm_embedder.data.validate import corpus_size_of, is_corpus_path, summarise, validate_file
+    from llm_embedder.data.validate import (
+        as_evaluation_record,
+        corpus_size_of,
+        folder_task,
+        is_corpus_path,
+        summarise,
+        validate_file,
+    )
     from llm_embedder.io import iter_jsonl, require_file
 
     register_task_files(task_file)  # records of a task defined there are checked against it
@@ -93,7 +100,8 @@ def check_command(
             raise IsADirectoryError(f"{path} is a directory, expected a JSONL file{folder_hint(path)}")
         require_file(path)
         # a file that is no evaluation split is checked as train reads it (one task, a positive where it selects one)
-        problems = validate_file(path, corpus_size, training=not path.name.startswith(("dev", "test")))
+        evaluation = path.name.startswith(("dev", "test"))  # checked as evaluate reads it, the others as train
+        problems = validate_file(path, corpus_size, training=not evaluation, evaluation=evaluation)
         for problem in problems:
             console.print(str(problem), highlight=False, markup=False, soft_wrap=True)
         n_problems += len(problems)
@@ -102,7 +110,10 @@ def check_command(
         if is_corpus_path(path):
             table.add_row(str(path), "(corpus)", f"{corpus_size_of(path):,}", "", "", "", "")
             continue
-        for name, stats in summarise(record for _, record in iter_jsonl(path)).items():
+        task = folder_task(path)
+        records = (as_evaluation_record(record, line, task) if evaluation else record
+                   for line, record in iter_jsonl(path))
+        for name, stats in summarise(records).items():
             table.add_row(
                 str(path), name, f"{stats['records']:,}", f"{stats['avg_pos']:.2f}", f"{stats['avg_neg']:.2f}",
                 f"{stats['avg_history']:.2f}", stats["has_scores"],

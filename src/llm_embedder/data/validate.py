@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_embedder.io import DataError, JsonlError, iter_jsonl, require_file
-from llm_embedder.tasks import Task, UnknownTaskError, get_task
+from llm_embedder.tasks import Task, UnknownTaskError, get_task, list_tasks
 
 STR_LISTS = ("pos", "neg", "answers", "history")
 INT_LISTS = ("pos_index", "neg_index")
@@ -236,10 +236,33 @@ def is_corpus_path(path: str | Path) -> bool:
     return Path(path).name.startswith("corpus")
 
 
-def validate_file(path: str | Path, corpus_size: int | None = None, training: bool = False) -> list[Problem]:
+def as_evaluation_record(record: dict[str, Any], line: int, task: str | None) -> dict[str, Any]:
+    """A record as evaluation reads it: what only training needs may be missing, so it is filled in before the
+    checks (``pos`` and ``neg``, the labels being ``pos_index``; a ``query_id`` no record's own can clash with;
+    ``task``, the folder's where known)."""
+    view = dict(record)
+    if "history" not in view:
+        view.setdefault("pos", [])
+        view.setdefault("neg", [])
+    view.setdefault("query_id", 10**15 + line)
+    if task is not None:
+        view.setdefault("task", task)
+    return view
+
+
+def folder_task(path: Path) -> str | None:
+    """The task a data file's folder is named after (a suite's ``<task>/test.jsonl``), None where it names none."""
+    return path.parent.name if path.parent.name in list_tasks() else None
+
+
+def validate_file(
+    path: str | Path, corpus_size: int | None = None, training: bool = False, evaluation: bool = False
+) -> list[Problem]:
     """Problems of a task data file (or of a corpus file), bad lines and emptiness included.
 
-    A sibling corpus.jsonl sets the index range; ``training`` adds train's own needs (``validate_records``).
+    A sibling corpus.jsonl sets the index range; ``training`` adds train's own needs (``validate_records``);
+    ``evaluation`` checks the file as evaluation reads it (``as_evaluation_record``: the task is the folder's where
+    the folder is named after a known task).
     """
     path = Path(path)
     if is_corpus_path(path):
@@ -249,11 +272,14 @@ def validate_file(path: str | Path, corpus_size: int | None = None, training: bo
     bad: list[Problem] = []  # lines that are not UTF-8 JSON objects: reported like any other problem, then skipped
     n_records = 0
 
+
+    task = folder_task(path)
+
     def counted() -> Iterator[tuple[int, dict[str, Any]]]:
         nonlocal n_records
-        for item in iter_jsonl(path, on_error=_bad_line(bad), unique_keys=True):  # a repeated key: one is lost
+        for line, record in iter_jsonl(path, on_error=_bad_line(bad), unique_keys=True):  # a repeated key: one lost
             n_records += 1
-            yield item
+            yield line, (as_evaluation_record(record, line, task) if evaluation else record)
 
     problems = validate_records(counted(), str(path), corpus_size, training)
     return _in_line_order(problems, bad, str(path), n_records)

@@ -128,17 +128,9 @@ def check_split(numbered: list[tuple[int, dict[str, Any]]], path: Path, task: st
     number in ``answers`` failed deep in the LLM pass, a ``pos_index`` out of range or an empty history turn was
     scored silently). What only training needs may be missing: ``pos`` and ``neg`` (the labels are ``pos_index``),
     ``query_id``, and ``task`` (the folder's)."""
-    from llm_embedder.data.validate import raise_problems, validate_records
+    from llm_embedder.data.validate import as_evaluation_record, raise_problems, validate_records
 
-    views = []
-    for line_no, record in numbered:
-        view = dict(record)
-        if "history" not in view:
-            view.setdefault("pos", [])
-            view.setdefault("neg", [])
-        view.setdefault("query_id", 10**15 + line_no)  # not a record's own id: no clash with those given
-        view.setdefault("task", task)
-        views.append((line_no, view))
+    views = [(line_no, as_evaluation_record(record, line_no, task)) for line_no, record in numbered]
     raise_problems(validate_records(views, str(path), corpus_size), str(path))
 
 
