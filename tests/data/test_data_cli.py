@@ -285,3 +285,38 @@ def test_import_beir_never_replaces_its_own_corpus(
                             str(beir / "test.jsonl"), "--overwrite")
     assert code == 2 and "is the input file" in output and (beir / "corpus.jsonl").read_text() == corpus
     assert not (beir / "test.jsonl").exists()
+
+
+def test_import_reads_one_mmlu_split_and_never_writes_over_what_it_reads(tmp_path: Path) -> None:
+    """A folder's dev and val CSVs were merged into the test records, and --out naming one of its CSVs replaced it."""
+    folder = tmp_path / "mmlu"
+    folder.mkdir()
+    for split, question in (("test", "Largest planet?"), ("dev", "Smallest planet?"), ("val", "Hottest planet?")):
+        (folder / f"astronomy_{split}.csv").write_text(f"{question},Mars,Jupiter,Venus,Mercury,B\n")
+    out = tmp_path / "test.jsonl"
+    result = runner.invoke(app, ["data", "import", "--format", "mmlu", str(folder), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["query"] for line in out.read_text().splitlines()] == ["Largest planet?"]
+    result = runner.invoke(app, ["data", "import", "--format", "mmlu", str(folder), "--split", "dev", "--out",
+                                 str(out), "--overwrite"])
+    assert result.exit_code == 0 and json.loads(out.read_text())["query"] == "Smallest planet?"
+    csv = folder / "astronomy_test.csv"
+    before = csv.read_text()
+    result = runner.invoke(app, ["data", "import", "--format", "mmlu", str(folder), "--out", str(csv), "--overwrite"])
+    assert result.exit_code != 0 and csv.read_text() == before
+
+
+def test_import_refuses_a_flag_file_of_two_tasks(tmp_path: Path) -> None:
+    """--task filled the records without one, so the file held two tasks, which data check then refused."""
+    source = tmp_path / "flag.jsonl"
+    source.write_text(json.dumps({"query": "q1", "pos": ["a"], "neg": ["b"], "task": "qa"}) + "\n"
+                      + json.dumps({"query": "q2", "pos": ["c"], "neg": ["d"]}) + "\n")
+    out = tmp_path / "train.jsonl"
+    result = runner.invoke(app, ["data", "import", "--format", "flag", str(source), "--task", "chat",
+                                 "--out", str(out)])
+    assert result.exit_code != 0 and not out.exists()
+    assert "1:task: 'qa' differs from the task given, 'chat'; one task per file" in str(result.exception)
+    source.write_text(json.dumps({"query": "q1", "pos": ["a"], "neg": ["b"], "task": "qa"}) + "\n"
+                      + json.dumps({"query": "q2", "pos": ["c"], "neg": ["d"], "task": "chat"}) + "\n")
+    result = runner.invoke(app, ["data", "import", "--format", "flag", str(source), "--out", str(out)])
+    assert result.exit_code != 0 and "2:task: 'chat' differs from the file's task" in str(result.exception)

@@ -144,7 +144,8 @@ def import_command(
     corpus_out: Annotated[
         Path | None, typer.Option(help="beir: where to write its corpus (default: corpus.jsonl beside --out).")
     ] = None,
-    split: Annotated[str, typer.Option(help="beir: the qrels split, qrels/<split>.tsv.")] = "test",
+    split: Annotated[str, typer.Option(
+        help="beir: the qrels split, qrels/<split>.tsv; mmlu, a folder: its <subject>_<split>.csv files.")] = "test",
     task: Annotated[
         str | None, typer.Option("--task", "-t", help="Task of the records (default: qa; flag: the file's own).")
     ] = None,
@@ -159,7 +160,7 @@ def import_command(
     mmlu and popqa give qa evaluation records (query, answers; choices, subject, prop_id kept); beir also writes
     its corpus. Nothing is written unless every record is valid.
     """
-    from llm_embedder.data.loaders import load_beir, load_flag_jsonl, load_mmlu, load_popqa
+    from llm_embedder.data.loaders import load_beir, load_flag_jsonl, load_mmlu, load_popqa, mmlu_files
     from llm_embedder.io import check_output_file, write_jsonl
 
     if fmt not in IMPORT_FORMATS:
@@ -172,6 +173,8 @@ def import_command(
     inputs = [source] + ([corpus] if corpus is not None else [])
     if fmt == "beir":  # its files, not the folder, are read (--out beside them must not replace them)
         inputs += [source / "corpus.jsonl", source / "queries.jsonl", source / "qrels" / f"{split}.tsv"]
+    if fmt == "mmlu" and source.is_dir():  # likewise the CSV files of a folder
+        inputs += mmlu_files(source, split)
     outputs = [("--out", out)]
     if fmt == "beir":
         outputs.append(("--corpus-out", corpus_out or out.parent / "corpus.jsonl"))
@@ -187,7 +190,7 @@ def import_command(
     elif fmt == "beir":
         records, corpus_records = load_beir(source, split=split, task=task or "qa", key_template=key_template)
     elif fmt == "mmlu":
-        records = load_mmlu(source, task=task or "qa")
+        records = load_mmlu(source, task=task or "qa", split=split)
     else:
         records = load_popqa(source, task=task or "qa")
     console = Console(markup=False, highlight=False)

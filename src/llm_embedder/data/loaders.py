@@ -108,8 +108,13 @@ def load_flag_jsonl(
         if default_task is None:
             default_task = record.get("task")
             if default_task is None:
-                raise DataError(f"{path}:{line}:task: the first record must name its task (or pass task=...)")
+                raise DataError(f"{path}:{line}:task: the first record must name its task (or give the task: "
+                                "task=..., the command line's --task)")
         record.setdefault("task", default_task)
+        if record["task"] != default_task:  # one task per file, as train reads it
+            given = "the task given" if task is not None else "the file's task (its first record's)"
+            raise DataError(f"{path}:{line}:task: {record['task']!r} differs from {given}, {default_task!r}; "
+                            "one task per file")
         if "history" not in record:
             for field in ("pos", "neg"):
                 ids = record.get(f"{field}_index")
@@ -275,7 +280,21 @@ def _mmlu_rows(path: Path) -> Iterator[tuple[int, tuple[str, list[str], int, str
         yield line, parts
 
 
-def load_mmlu(path: str | Path, task: str = "qa") -> list[Record]:
+def mmlu_files(path: Path, split: str = "test") -> list[Path]:
+    """The CSV files a folder of MMLU's release holds for ``split`` (``<subject>_<split>.csv``): one split only, so
+    that dev or val questions do not end up among the test ones."""
+    files = sorted(p for p in path.glob("*.csv") if p.is_file())
+    if not files:
+        raise FileNotFoundError(f"{path} holds no *.csv files (expected MMLU's <subject>_test.csv files)")
+    chosen = [p for p in files if p.stem.endswith(f"_{split}")]
+    if not chosen:
+        shown = ", ".join(p.name for p in files[:4]) + (", ..." if len(files) > 4 else "")
+        raise FileNotFoundError(f"{path} holds no <subject>_{split}.csv files (it holds {shown}); give the split "
+                                "its files are named for, or one file")
+    return chosen
+
+
+def load_mmlu(path: str | Path, task: str = "qa", split: str = "test") -> list[Record]:
     """MMLU-style multiple-choice questions as qa evaluation records, validated.
 
     Accepted forms:
@@ -286,7 +305,8 @@ def load_mmlu(path: str | Path, task: str = "qa") -> list[Record]:
     - the CSV release (``data/test/<subject>_test.csv``): rows ``question,A,B,C,D,answer`` (answer a letter), no
       header (a ``question,A,B,C,D,answer`` header is skipped); the subject is the file name less ``_test``,
       ``_dev`` or ``_val``;
-    - a folder: every ``*.csv`` in it, by name (the CSV release's ``test/`` folder, one file per subject).
+    - a folder: its ``<subject>_<split>.csv`` files, by name (the CSV release's ``test/`` folder, one file per
+      subject; ``split`` picks them, so that dev and val files beside them are not mixed in).
 
     Each record: ``query`` (the question), ``answers`` (the correct option's text), ``choices``,
     ``answer_index`` (0-based into ``choices``: the letter is ``"ABCD"[answer_index]``), ``subject`` (when known),
@@ -294,9 +314,7 @@ def load_mmlu(path: str | Path, task: str = "qa") -> list[Record]:
     """
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.glob("*.csv") if p.is_file())
-        if not files:
-            raise FileNotFoundError(f"{path} holds no *.csv files (expected MMLU's <subject>_test.csv files)")
+        files = mmlu_files(path, split)
     else:
         files = [require_file(path)]
     records: list[Record] = []
