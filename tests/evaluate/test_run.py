@@ -572,3 +572,24 @@ def test_a_user_task_s_best_item_goes_nearest_the_query_wherever_its_template_pu
     finally:
         unregister_task("query_first")
     assert downstream_spec("tool") is None and downstream_spec("nope") is None
+
+
+def test_without_the_llm_an_llm_task_shows_its_retrieval_metric(suite, tiny_embedder, tmp_path, capsys):
+    """qa's main metric is the LLM's: with --llm none every cell read '–', and the plot list was empty."""
+    systems = {"tiny": lambda task: DenseRanker(tiny_embedder)}
+    out = tmp_path / "eval"
+    results = run_evaluation(suite, ["qa"], systems, out, baselines=False)
+    plots = write_report(results, out)
+    table = (out / "results.md").read_text()
+    assert "| qa ndcg@10 ↑ |" in table and f"| tiny | {results['qa']['tiny']['ndcg@10']:.4f} |" in table
+    assert [p.name for p in plots] == ["qa.png"]
+
+
+def test_a_task_with_nothing_to_measure_says_so_and_reports(suite, tiny_embedder, tmp_path, capsys):
+    """Records without labels, and no LLM: every row was empty, silently, and the detail table had no columns."""
+    write_jsonl(suite / "qa" / "test.jsonl", [{"query": "which is the largest planet", "answers": ["Jupiter"]}])
+    out = tmp_path / "eval"
+    results = run_evaluation(suite, ["qa"], {"tiny": lambda task: DenseRanker(tiny_embedder)}, out, baselines=False)
+    assert "task qa: nothing to measure" in capsys.readouterr().out.replace("\n", "")
+    write_report(results, out)
+    assert "nothing measured" in (out / "results.md").read_text()

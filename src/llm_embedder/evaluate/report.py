@@ -8,18 +8,29 @@ from llm_embedder.evaluate.downstream import main_metric
 from llm_embedder.evaluate.rankers import GoldRanker, TeacherRanker
 
 
+def shown_metric(task: str, metrics: dict[str, dict[str, float]]) -> tuple[str, bool]:
+    """The metric a task's column and plot show: its main one, or NDCG@10 where no system has the main one (an
+    LLM task evaluated without the LLM, ``--llm none``)."""
+    name, higher = main_metric(task)
+    if not any(name in values for values in metrics.values()) and any("ndcg@10" in v for v in metrics.values()):
+        return "ndcg@10", True
+    return name, higher
+
+
 def markdown_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
-    """One row per system, one column per task's main metric (arrow says which way is better)."""
+    """One row per system, one column per task's main metric (``shown_metric``; the arrow says which way is
+    better)."""
     tasks = list(results)
     systems: list[str] = []
     for task in tasks:
         systems += [s for s in results[task] if s not in systems]
-    header = ["system"] + [f"{t} {main_metric(t)[0]} {'↑' if main_metric(t)[1] else '↓'}" for t in tasks]
+    shown = {t: shown_metric(t, results[t]) for t in tasks}
+    header = ["system"] + [f"{t} {shown[t][0]} {'↑' if shown[t][1] else '↓'}" for t in tasks]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for system in systems:
         cells = [system]
         for task in tasks:
-            value = results[task].get(system, {}).get(main_metric(task)[0])
+            value = results[task].get(system, {}).get(shown[task][0])
             cells.append("–" if value is None else f"{value:.4f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -27,6 +38,8 @@ def markdown_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
 
 def detail_table(task: str, metrics: dict[str, dict[str, float]]) -> str:
     names = sorted({m for values in metrics.values() for m in values})
+    if not names:  # labels none and no LLM: a table without columns would not render
+        return f"### {task}\n\nnothing measured: no record has labelled items (pos_index) and no LLM was given\n"
     lines = [f"### {task}", "", "| system | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
     for system, values in metrics.items():
         lines.append(f"| {system} | " + " | ".join(f"{values[m]:.4f}" if m in values else "–" for m in names) + " |")
@@ -50,7 +63,7 @@ def write_report(results: dict[str, dict[str, dict[str, float]]], out_dir: str |
     plot_dir.mkdir(exist_ok=True)
     paths = []
     for task, metrics in results.items():
-        name, higher = main_metric(task)
+        name, higher = shown_metric(task, metrics)
         systems = [s for s in metrics if name in metrics[s]]
         if not systems:
             continue

@@ -519,6 +519,12 @@ def run_evaluation(
                 data = load_task_data(data_dir, task, split, max_queries, **limits)
                 user_task = is_user_task(task)
                 llm_metric = lm is not None and judged_by_llm(data) and not (user_task and max_llm_queries == 0)
+                if not any(data.golds) and not llm_metric:
+                    progress.console.print(
+                        f"task {task}: nothing to measure: no record has labelled items (pos_index) for the retrieval "
+                        "metrics, and " + ("no LLM was given for the LLM metric" if lm is None else
+                                           "the task has no LLM metric"),
+                        markup=False, highlight=False, soft_wrap=True)
                 if lm is not None and user_task and not any(data.answers):
                     progress.console.print(
                         f"task {task}: its records have no 'answers', so it gets retrieval metrics only (the LLM "
