@@ -322,6 +322,10 @@ def test_search_reads_queries_from_a_file_or_stdin(tiny_embedder_dir: Path, tmp_
     queries.write_text("one\n\nthree\n")
     result = runner.invoke(app, ["search", "--index", str(out), "--queries", str(queries)])
     assert f"{queries}:2: empty line (one query per line)" in str(result.exception)
+    queries.write_text("one\r\nthree\r\n\r\n \n")  # blank lines at the end were refused as an empty line
+    result = runner.invoke(app, ["search", "--index", str(out), "--json", "--queries", str(queries)])
+    assert result.exit_code == 0, result.exception
+    assert [json.loads(line)["query"] for line in result.stdout.splitlines()] == ["one", "three"]
     queries.write_text("")
     result = runner.invoke(app, ["search", "--index", str(out), "--queries", str(queries)])
     assert f"{queries}: no queries to search" in str(result.exception)

@@ -49,7 +49,9 @@ def tasks_command(task_file: TaskFileOption = None) -> None:
 def read_texts(source: Path | None, field: str | None, noun: str = "text", use: str = "encode",
                lines_only: bool = False) -> list[str]:
     """Text lines, or one field of JSONL records, from a file or stdin ('-' or no file). ``noun`` and ``use`` word
-    the messages ("one text per line", "no texts to encode"); ``lines_only``: a .jsonl file is read as lines too."""
+    the messages ("one text per line", "no texts to encode"); ``lines_only``: a .jsonl file is read as lines too.
+    A blank line among the texts is refused (it would be encoded as the instruction alone); blank lines at the end
+    are left out."""
     plural = "queries" if noun == "query" else f"{noun}s"
     name = "<stdin>" if source is None or str(source) == "-" else str(source)
     if name == "<stdin>":  # bytes, decoded per line: bad UTF-8 names its line
@@ -60,6 +62,8 @@ def read_texts(source: Path | None, field: str | None, noun: str = "text", use: 
             raise FileNotFoundError(f"input file not found: {name}")
         lines = list(iter_text_lines(name))  # bad UTF-8 names the file and line
     if field is None and (lines_only or not name.endswith(".jsonl")):
+        while lines and not lines[-1].strip():  # blank lines at the end (an editor's last newline) hold no text
+            lines.pop()
         for line_no, line in enumerate(lines, start=1):
             if not line.strip():  # a vector per line: a blank line is refused, not encoded as the instruction alone
                 what = "line of only whitespace" if line else "empty line"
