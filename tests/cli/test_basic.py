@@ -137,6 +137,7 @@ def test_encode_jsonl_field_from_stdin_to_stdout(tiny_embedder_dir):
     ("args", "stdin", "message"),
     [
         (["encode", "--task", "nope"], "x\n", "known tasks: qa, icl, chat"),
+        (["encode", "--task", "nope"], "x\n", "(a task of your own is known from --task-file, or from a model"),
         (["encode", "--role", "doc"], "x\n", "role must be one of"),
         (["encode", "--field", "text"], '{"text": "ok"}\n{"text": \n', "<stdin>:2: malformed JSON"),
         (["encode", "--field", "text"], '{"text": "ok"}\n{"other": 1}\n', "<stdin>:2: missing field 'text'"),

@@ -52,6 +52,9 @@ def main() -> None:
     try:
         app()
     except USER_ERRORS as err:
-        text = escape(str(err))  # a path or text with brackets is not a style tag
+        message = str(err)
+        if isinstance(err, UnknownTaskError):  # the commands that take a task take --task-file too
+            message += " (a task of your own is known from --task-file, or from a model trained with it)"
+        text = escape(message)  # a path or text with brackets is not a style tag
         Console(stderr=True).print(f"[bold red]error:[/] {text}", highlight=False, soft_wrap=True)  # one line
         sys.exit(2)
