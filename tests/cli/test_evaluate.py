@@ -244,3 +244,18 @@ def test_a_user_task_with_answers_gets_the_llm_metric_and_its_prompt_items(legal
         runs[items] = json.loads((out / "results.json").read_text())["legal_eval"]["tiny"]
         assert "| tiny |" in (out / "results.md").read_text() and "legal_eval ndcg@10" in result.stdout
     assert {"gold_loglik", "ndcg@10"} <= set(runs["3"]) and runs["3"]["gold_loglik"] != runs["1"]["gold_loglik"]
+
+
+def test_prompt_items_given_twice_or_without_an_llm_is_refused(qa_suite, tmp_path):
+    """The last of two values was kept without a word, and --prompt-items was taken silently with --llm none."""
+    from typer.testing import CliRunner
+
+    from llm_embedder.cli import app
+    from llm_embedder.cli.evaluate import parse_prompt_items
+
+    with pytest.raises(ValueError, match=r"--prompt-items gives qa twice \(qa=2, then qa=3\); give it once"):
+        parse_prompt_items(["qa=2", "qa=3"])
+    result = CliRunner().invoke(app, ["evaluate", "--data", str(qa_suite), "--llm", "none", "--prompt-items", "qa=2",
+                                      "--out", str(tmp_path / "out")])
+    assert "--prompt-items sets what the LLM's prompt holds, and --llm none gives no LLM" in str(result.exception)
+    assert not (tmp_path / "out").exists()

@@ -60,6 +60,8 @@ def parse_prompt_items(specs: list[str]) -> dict[str, int]:
     items: dict[str, int] = {}
     for spec in specs:
         task, _, count = spec.partition("=")
+        if task in items:
+            raise ValueError(f"--prompt-items gives {task} twice ({task}={items[task]}, then {spec}); give it once")
         try:
             items[task] = int(count)
         except ValueError:
@@ -142,6 +144,8 @@ def evaluate_command(
     systems = dense_systems(specs, base, device, fast=embed_fast, max_length=max_length)
     if teacher and (not llm or llm == "none"):
         raise ValueError("--teacher ranks candidates with the LLM: give --llm")
+    if items and (not llm or llm == "none"):
+        raise ValueError("--prompt-items sets what the LLM's prompt holds, and --llm none gives no LLM: give --llm")
     lm = None
     if llm and llm != "none":
         from llm_embedder.llm import CausalLM
