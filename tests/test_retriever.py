@@ -606,7 +606,8 @@ def test_search_takes_the_search_effort(tiny_embedder, tmp_path: Path) -> None:
     retriever = Retriever.build(tiny_embedder, "qa", DOCS * 10, factory="IVF4,Flat")
     assert len(retriever.search("Paris", k=40, nprobe=4)[0]) == 40
     assert len(retriever.search("Paris", k=40, nprobe=1)[0]) < 40
-    with pytest.raises(ValueError, match="ef_search applies to an HNSW index, not to the FAISS factory 'IVF4,Flat'"):
+    refused = r"ef_search \(--ef-search\) applies to an HNSW index, not to the FAISS factory 'IVF4,Flat'"
+    with pytest.raises(ValueError, match=refused):
         retriever.search("Paris", k=3, ef_search=64)
     with pytest.raises(ValueError, match="ef_search must be a positive integer, got -1"):
         retriever.search([None], k=3, ef_search=-1)  # before the query is looked at

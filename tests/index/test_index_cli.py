@@ -342,7 +342,7 @@ def test_search_sets_the_search_effort(tiny_embedder_dir: Path, tmp_path: Path) 
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.stdout)["hits"]) == 9
     result = runner.invoke(app, ["search", "document 1", "--index", str(out), "--nprobe", "4"])
-    assert "nprobe applies to an IVF index, not to the FAISS factory 'HNSW8'" in str(result.exception)
+    assert "nprobe (--nprobe) applies to an IVF index, not to the FAISS factory 'HNSW8'" in str(result.exception)
 
 
 def test_a_milvus_index_whose_server_is_unreachable_is_one_line(tiny_embedder, tiny_embedder_dir: Path,

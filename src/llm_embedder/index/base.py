@@ -133,7 +133,8 @@ def check_effort(nprobe: int | None, ef_search: int | None) -> dict[str, int]:
 def effort_refused(name: str, kind: str) -> ValueError:
     """The error for a search-effort setting the index has no use for."""
     needs = "an IVF index" if name == "nprobe" else "an HNSW index"
-    return ValueError(f"{name} applies to {needs}, not to the {kind}")
+    flag = "--" + name.replace("_", "-")  # the command line's name beside Python's
+    return ValueError(f"{name} ({flag}) applies to {needs}, not to the {kind}")
 
 
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
