@@ -362,3 +362,28 @@ def test_a_milvus_index_whose_server_is_unreachable_is_one_line(tiny_embedder, t
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.startswith("error: cannot reach Milvus at http://127.0.0.1:1 (")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_augment_knows_the_task_of_the_index_model(tiny_embedder: object, tmp_path: Path) -> None:
+    """An index built with a model trained on a task of its own: augment refused the task as unknown (search knew
+    it, from the model the index loads)."""
+    from llm_embedder.embedder import Embedder
+    from llm_embedder.retriever import Retriever
+    from llm_embedder.tasks import list_tasks, register_task, unregister_task
+
+    try:
+        register_task(name="statutes_aug", query_instruction="Find: ", key_instruction="Statute: ")
+        model = tiny_embedder.save(tmp_path / "model")
+        Retriever.build(Embedder(model, device="cpu"), "statutes_aug", ["Theft is a crime.", "Contracts bind."],
+                        out_dir=tmp_path / "idx")
+    finally:
+        unregister_task("statutes_aug")
+    assert "statutes_aug" not in list_tasks()
+    try:
+        result = runner.invoke(app, ["augment", "who stole?", "--task", "statutes_aug", "--index",
+                                     str(tmp_path / "idx"), "-k", "1"])
+        assert result.exit_code == 0, result.exception
+        assert "Question: who stole?" in result.stdout
+    finally:
+        if "statutes_aug" in list_tasks():
+            unregister_task("statutes_aug")

@@ -93,15 +93,35 @@ def parse_filter(filters: list[str] | None) -> dict | None:
 FilterOption = Annotated[list[str] | None, typer.Option("--filter", help="field=value (repeatable).")]
 
 
-def open_retriever(index: Path, model: str | None, task: str | None):
-    from llm_embedder.retriever import Retriever
-
+def index_meta(index: Path) -> dict:
+    """An index folder's meta.json, or {} where there is none or it cannot be read (Retriever.load names it)."""
     meta_path = index / "meta.json"
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
-    except json.JSONDecodeError:
-        meta = {}  # Retriever.load names the corrupt file
-    meta = meta if isinstance(meta, dict) else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        meta = {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def register_index_tasks(index: Path, model: str | None) -> None:
+    """Register the user tasks of the model an index is read with (``model``, else the index's own), without
+    loading it: a task that model was trained with is known before the task name is checked."""
+    from llm_embedder.embedder import register_model_tasks
+
+    meta = index_meta(index)
+    for source in (model, meta.get("model_path"), meta.get("model")):
+        if source and (source == model or Path(str(source)).is_dir()):
+            try:
+                register_model_tasks(source)
+            except FileNotFoundError:  # Retriever.load names a model that is not there
+                pass
+            return
+
+
+def open_retriever(index: Path, model: str | None, task: str | None):
+    from llm_embedder.retriever import Retriever
+
+    meta = index_meta(index)
     built_for = meta.get("task")
     if task is not None:
         from llm_embedder.tasks import get_task
@@ -188,6 +208,8 @@ def augment_command(
     from llm_embedder.tasks import get_task
 
     register_task_files(task_file)
+    if index is not None:
+        register_index_tasks(index, model)
     get_task(task)  # a typo would silently get the generic layout
     if budget < 1:  # before any model loads
         raise ValueError(f"--budget must be at least 1 token, got {budget}")
