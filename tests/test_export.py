@@ -193,3 +193,15 @@ def test_export_into_the_current_folder_is_a_clear_error(tiny_embedder_dir: Path
     assert isinstance(result.exception, ValueError)
     assert str(result.exception).startswith(f"--out {given} is the folder this runs in, or holds it")
     assert sorted(tmp_path.rglob("*")) == before  # nothing made or removed
+
+
+def test_an_export_leaves_the_training_run_behind(tiny_embedder_dir: Path, tmp_path: Path):
+    """A trained model's checkpoints (optimizer state) and step logs were copied into the export."""
+    model = shutil.copytree(tiny_embedder_dir, tmp_path / "model")
+    (model / "checkpoints" / "checkpoint-4").mkdir(parents=True)
+    (model / "checkpoints" / "checkpoint-4" / "optimizer.pt").write_bytes(b"\0" * 1024)
+    (model / "logs").mkdir()
+    (model / "logs" / "steps.rank0.jsonl").write_text("{}\n")
+    out = export_onnx(model, tmp_path / "export")
+    assert not (out / "checkpoints").exists() and not (out / "logs").exists()
+    assert (out / ONNX_DIR / "model.onnx").is_file()
