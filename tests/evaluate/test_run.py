@@ -593,3 +593,20 @@ def test_a_task_with_nothing_to_measure_says_so_and_reports(suite, tiny_embedder
     assert "task qa: nothing to measure" in capsys.readouterr().out.replace("\n", "")
     write_report(results, out)
     assert "nothing measured" in (out / "results.md").read_text()
+
+
+def test_without_a_corpus_a_query_is_ranked_among_its_own_texts_and_warned(suite):
+    """pos_index (a corpus id beside the pos texts) was read as a place among the query's own pos and neg texts:
+    every system scored alike, only the query whose id was 0 found its positive, and nothing was said."""
+    from llm_embedder.evaluate.run import CorpusMissingWarning
+
+    (suite / "qa" / "corpus.jsonl").unlink()
+    write_jsonl(suite / "qa" / "test.jsonl", [
+        {"query": "largest planet", "pos": ["Jupiter is the largest planet."], "neg": ["Paris is in France."],
+         "pos_index": [5], "answers": ["Jupiter"]},
+        {"query": "capital of France", "pos": ["Paris is the capital of France."], "neg": ["The Nile."],
+         "pos_index": [0], "answers": ["Paris"]},
+    ])
+    with pytest.warns(CorpusMissingWarning, match="give corpus ids .*corpus.jsonl is missing"):
+        data = load_task_data(suite, "qa")
+    assert data.golds == [[0], [0]] and data.candidates[0][0] == "Jupiter is the largest planet."

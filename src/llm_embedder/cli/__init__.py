@@ -11,6 +11,7 @@ from rich.markup import escape
 from llm_embedder.cli import ablate, basic, data, demo, evaluate, export, index, score, serve, train  # noqa: F401  (registers commands)
 from llm_embedder.cli.app import app, arrange_commands
 from llm_embedder.embedder import TaskRedefinedWarning
+from llm_embedder.evaluate.run import CorpusMissingWarning
 from llm_embedder.io import DataError
 from llm_embedder.models import ModelChangedWarning
 from llm_embedder.tasks import UnknownTaskError
@@ -26,7 +27,7 @@ USER_ERRORS = (
 
 
 # warnings meant for the user, printed as one line like the errors (not Python's file:line and source line)
-USER_WARNINGS = (ModelChangedWarning, FewNegativesWarning, TaskRedefinedWarning)
+USER_WARNINGS = (ModelChangedWarning, FewNegativesWarning, TaskRedefinedWarning, CorpusMissingWarning)
 
 
 def show_user_warnings() -> None:

@@ -80,6 +80,10 @@ class TaskData:
         return [pool[j] for j in ids]
 
 
+class CorpusMissingWarning(UserWarning):
+    """An evaluation split names corpus ids but its task folder holds no corpus.jsonl."""
+
+
 def corpus_text(doc: dict[str, Any]) -> str:
     """The key text of a corpus document: "{title} {text}" as in the training positives, or FlagEmbedding's icl
     form, ``contents`` (which ``data check`` accepts for a line without ``text``)."""
@@ -157,6 +161,10 @@ def load_task_data(
     if not numbered:
         raise DataError(f"{path}: no records")
     queries, answers, candidates, golds, hard = [], [], [], [], []
+    if corpus is None and any(r.get("pos") and r.get("pos_index") for _, r in numbered if "history" not in r):
+        warnings.warn(f"{path}: its records give corpus ids (pos_index) but {corpus_path} is missing, so each query "
+                      "is ranked among its own pos and neg texts only; put the corpus there to rank against it",
+                      CorpusMissingWarning, stacklevel=2)
     for line_no, record in numbered[:max_queries]:
         where = f"{path}:{line_no}"
         if record.get("task", task) != task:  # a typo'd or misplaced record would be scored as this task
@@ -172,7 +180,9 @@ def load_task_data(
         else:
             pos, neg = list(record.get("pos") or []), list(record.get("neg") or [])
             candidates.append(pos + neg)
-            golds.append(list(record.get("pos_index") or range(len(pos))))
+            # the positives lead the candidates; pos_index is a corpus id beside pos texts (it was read as a place in
+            # the candidates, so one query in a corpus of them found its positive), a place in neg without them
+            golds.append(list(range(len(pos))) if pos else list(record.get("pos_index") or []))
     if max_candidates:
         for i, (group, gold) in enumerate(zip(candidates, golds, strict=False)):
             candidates[i], golds[i] = recent_window(group, gold, max_candidates)
