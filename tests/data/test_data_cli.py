@@ -248,6 +248,14 @@ def test_import_each_format(tmp_path: Path) -> None:
                                  str(beir.parent / "beir" / "corpus.jsonl"), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["pos"] == ["Paris capital of France"]
+    # its corpus lands beside it, where evaluate looks (without it each query was ranked among its own texts)
+    written = [json.loads(line) for line in (out.parent / "corpus.jsonl").read_text().splitlines()]
+    assert [d["text"] for d in written] == ["capital of France"] and "wrote 1 corpus entries" in result.output
+    assert runner.invoke(app, ["data", "check", str(out), str(out.parent / "corpus.jsonl")]).exit_code == 0
+    again = runner.invoke(app, ["data", "import", "--format", "flag", str(flag), "--corpus",
+                                str(out.parent / "corpus.jsonl"), "--out", str(out), "--overwrite"])
+    assert again.exit_code == 0, again.output  # a corpus already beside the records is not written again
+    assert "corpus entries" not in again.output
 
 
 def test_import_refuses_to_overwrite_and_bad_input(

@@ -142,7 +142,8 @@ def import_command(
         Path | None, typer.Option(help="flag: the corpus JSONL that pos_index/neg_index point into.")
     ] = None,
     corpus_out: Annotated[
-        Path | None, typer.Option(help="beir: where to write its corpus (default: corpus.jsonl beside --out).")
+        Path | None, typer.Option(help="beir, flag with --corpus: where to write the corpus (default: corpus.jsonl "
+                                  "beside --out, where evaluate and data check look for it).")
     ] = None,
     split: Annotated[str, typer.Option(
         help="beir: the qrels split, qrels/<split>.tsv; mmlu, a folder: its <subject>_<split>.csv files.")] = "test",
@@ -157,18 +158,28 @@ def import_command(
 ) -> None:
     """Convert FlagEmbedding JSONL, a BEIR folder, MMLU or PopQA questions into validated task records (JSONL).
 
-    mmlu and popqa give qa evaluation records (query, answers; choices, subject, prop_id kept); beir also writes
-    its corpus. Nothing is written unless every record is valid.
+    mmlu and popqa give qa evaluation records (query, answers; choices, subject, prop_id kept); beir, and flag with
+    --corpus, also write the corpus beside --out (unless it is there already). Nothing is written unless every
+    record is valid.
     """
-    from llm_embedder.data.loaders import load_beir, load_flag_jsonl, load_mmlu, load_popqa, mmlu_files
+    from llm_embedder.data.loaders import (
+        load_beir,
+        load_corpus,
+        load_flag_jsonl,
+        load_mmlu,
+        load_popqa,
+        mmlu_files,
+    )
     from llm_embedder.io import check_output_file, write_jsonl
 
     if fmt not in IMPORT_FORMATS:
         raise ValueError(f"--format must be one of {', '.join(IMPORT_FORMATS)}, got {fmt!r}")
     for option, value in (("--corpus", corpus if fmt != "flag" else None),
-                          ("--corpus-out", corpus_out if fmt != "beir" else None)):
+                          ("--corpus-out", corpus_out if fmt not in ("beir", "flag") else None)):
         if value is not None:
             raise ValueError(f"{option} does not apply to --format {fmt}")
+    if fmt == "flag" and corpus_out is not None and corpus is None:
+        raise ValueError("--corpus-out writes the --corpus the records point into: give --corpus")
     register_task_files(task_file)
     inputs = [source] + ([corpus] if corpus is not None else [])
     if fmt == "beir":  # its files, not the folder, are read (--out beside them must not replace them)
@@ -176,8 +187,11 @@ def import_command(
     if fmt == "mmlu" and source.is_dir():  # likewise the CSV files of a folder
         inputs += mmlu_files(source, split)
     outputs = [("--out", out)]
-    if fmt == "beir":
-        outputs.append(("--corpus-out", corpus_out or out.parent / "corpus.jsonl"))
+    # the corpus goes beside the records, where evaluate and data check look for it (without it evaluate ranks each
+    # query among its own texts); a flag --corpus already there is not written again
+    corpus_target = corpus_out or out.parent / "corpus.jsonl"
+    if fmt == "beir" or (fmt == "flag" and corpus is not None and corpus_target.resolve() != corpus.resolve()):
+        outputs.append(("--corpus-out", corpus_target))
     for option, path in outputs:
         check_output_file(path, option, inputs)
         if path.exists() and not overwrite:
@@ -187,6 +201,8 @@ def import_command(
     corpus_records = None
     if fmt == "flag":
         records = load_flag_jsonl(source, corpus=corpus, key_template=key_template, task=task)
+        if len(outputs) == 2:
+            corpus_records = load_corpus(corpus)
     elif fmt == "beir":
         records, corpus_records = load_beir(source, split=split, task=task or "qa", key_template=key_template)
     elif fmt == "mmlu":
