@@ -610,3 +610,14 @@ def test_without_a_corpus_a_query_is_ranked_among_its_own_texts_and_warned(suite
     with pytest.warns(CorpusMissingWarning, match="give corpus ids .*corpus.jsonl is missing"):
         data = load_task_data(suite, "qa")
     assert data.golds == [[0], [0]] and data.candidates[0][0] == "Jupiter is the largest planet."
+
+
+def test_records_without_answers_are_named_with_the_way_out(suite, tmp_path):
+    """'every test record needs answers' named neither the records nor that --llm none still measures retrieval
+    (what a BEIR import, which has no answers, can have)."""
+    write_jsonl(suite / "qa" / "test.jsonl", [
+        {"query": "which is the largest planet", "answers": ["Jupiter"], "pos_index": [0]},
+        {"query": "capital of France", "pos_index": [1]},
+    ])
+    with pytest.raises(DataError, match=r"record\(s\) 2 of the split have no 'answers'.*--llm none"):
+        run_evaluation(suite, ["qa"], {}, tmp_path / "eval", lm=ContainsAnswerLM())

@@ -238,9 +238,13 @@ def evaluate_system(
     n = len(data.queries) if llm_queries is None else min(llm_queries, len(data.queries))
     builtin = data.task in DOWNSTREAM  # else a user task with answers (judged_by_llm)
     if lm is not None and judged_by_llm(data) and (builtin or n > 0):
-        if any(not a for a in data.answers[:n]):
-            hint = "" if builtin else " (or none, for retrieval metrics only)"
-            raise DataError(f"task {data.task}: every test record needs 'answers' for the LLM metric{hint}")
+        missing = [i + 1 for i, a in enumerate(data.answers[:n]) if not a]
+        if missing:
+            hint = ("evaluate without the LLM (--llm none) for the retrieval metrics alone (a BEIR import has no "
+                    "answers)") if builtin else "give none of them answers, for retrieval metrics only"
+            raise DataError(f"task {data.task}: the LLM metric scores each record's gold answer, and record(s) "
+                            f"{', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''} of the split have "
+                            f"no 'answers'; give them answers, or {hint}")
         retrieved = [data.texts(i, ids) for i, ids in enumerate(rankings[:n])]
         result = downstream_metrics(
             data.task, data.queries[:n], data.answers[:n], retrieved, lm, generate=generate, memo=memo, items=items,
