@@ -652,3 +652,37 @@ def test_an_integer_outside_int64_is_refused_by_add_before_encoding(tiny_embedde
     with pytest.raises(ValueError, match="outside the 64-bit integer range"):
         retriever.search("fine", k=5, filter={"big": 2**63})
     retriever.close()
+
+
+@pytest.mark.parametrize("backend", ["faiss", "milvus"])
+def test_a_load_never_rolls_back_an_add_committed_while_it_loads(tiny_embedder, tmp_path: Path, backend: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process's add, committed while this one loaded (loading the model takes seconds), was taken for an
+    add that did not finish and rolled back; meta.json kept its count, so the index could not be opened again."""
+    import warnings
+
+    import llm_embedder.retriever as retriever_module
+    from llm_embedder.retriever import IndexChangedError
+
+    out = tmp_path / "idx"
+    Retriever.build(tiny_embedder, "qa", DOCS, out_dir=out, backend=backend).close()
+    writer = Retriever.load(out, tiny_embedder)
+    check = retriever_module.check_compatible
+
+    def commit_meanwhile(meta, embedder, where):  # the window between reading meta.json and opening the index
+        check(meta, embedder, where)
+        monkeypatch.setattr(retriever_module, "check_compatible", check)
+        writer.add(["A document the other process added."])
+
+    monkeypatch.setattr(retriever_module, "check_compatible", commit_meanwhile)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no IndexRepairedWarning: nothing was rolled back
+        reader = Retriever.load(out, tiny_embedder)
+    assert len(reader.docs) == len(DOCS)  # the snapshot it read
+    with pytest.raises(IndexChangedError, match="changed since it was opened"):
+        reader.add(["A stale writer's document."])
+    reader.close()
+    writer.close()
+    again = Retriever.load(out, tiny_embedder)
+    assert len(again.docs) == len(DOCS) + 1 == json.loads((out / "meta.json").read_text())["count"]
+    again.close()

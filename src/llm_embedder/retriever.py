@@ -222,12 +222,16 @@ class Retriever:
             what = f"is not a finished index directory (no {META_FILE})" if index_dir.exists() else "not found"
             raise FileNotFoundError(f"index {index_dir} {what}")
         try:
+            backend = json.loads(meta_path.read_text(encoding="utf-8")).get("backend", "faiss")
+            # what the folder holds before the meta.json read from: an add another process commits from here on
+            # shows as a change, and this object then neither rolls it back (_settle_on_load) nor writes over it
+            disk = _disk_state(index_dir, backend)
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             task, dim = meta["task"], int(meta["dim"])
             length = meta.get("key_max_length")
             if length is not None and (not isinstance(length, int) or isinstance(length, bool) or length < 1):
                 raise ValueError(f"key_max_length must be a positive integer, got {length!r}")
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
             raise IndexFormatError(f"{meta_path}: corrupt index metadata: {err}") from None
         if embedder is None:
             from llm_embedder.embedder import Embedder
@@ -236,7 +240,6 @@ class Retriever:
                 model = meta.get("model_path") if Path(meta.get("model_path", "")).is_dir() else meta["model"]
             embedder = Embedder(model, key_max_length=meta.get("key_max_length"))
         check_compatible(meta, embedder, index_dir)
-        disk = _disk_state(index_dir, meta.get("backend", "faiss"))  # before reading: a write meanwhile shows
         if meta.get("backend", "faiss") == "milvus":
             from llm_embedder.index.milvus_index import MilvusIndex
 
@@ -401,6 +404,10 @@ class Retriever:
         leftovers = self._leftovers()
         if leftovers is None:
             return None
+        committed = json.loads((self.out_dir / META_FILE).read_text(encoding="utf-8")).get("count")
+        if committed != self.meta["count"]:  # another writer committed since this object read meta.json: not ours
+            raise IndexChangedError(f"the index {self.out_dir} changed since it was opened (another writer?); "
+                                    "open it again")
         stray, rows = leftovers
         count, out = int(self.meta["count"]), self.out_dir
         row_bytes = int(self.meta["dim"]) * np.dtype(np.float32).itemsize
@@ -498,15 +505,20 @@ def index_file(backend: str) -> str:
     return MILVUS_FILE if backend == "milvus" else FAISS_FILE
 
 
-def _disk_state(out_dir: Path, backend: str) -> tuple[int, tuple[int, int, int] | None]:
-    """What an index directory holds, cheaply: its documents (rows of docs.offsets) and its index file's identity
-    (inode, size, modification time; a save replaces the file). Equal before and after: nobody wrote."""
+def _disk_state(out_dir: Path, backend: str) -> tuple[int, tuple[int, int, int] | None, tuple[int, int, int] | None]:
+    """What an index directory holds, cheaply: its documents (rows of docs.offsets), and its index file's and
+    meta.json's identities (inode, size, modification time; a save replaces the file). Equal before and after:
+    nobody wrote. meta.json is in it because an add commits by writing it last, changing nothing else."""
     rows = (out_dir / OFFSETS_FILE).stat().st_size // np.dtype(np.int64).itemsize
+    return rows, _identity(out_dir / index_file(backend)), _identity(out_dir / META_FILE)
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
     try:
-        stat = (out_dir / index_file(backend)).stat()
+        stat = path.stat()
     except FileNotFoundError:
-        return rows, None
-    return rows, (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def check_queries(queries: Sequence[str]) -> None:
