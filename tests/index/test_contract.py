@@ -326,3 +326,23 @@ def test_milvus_search_effort_on_hnsw_sq_and_an_index_of_an_old_factory(tmp_path
     with pytest.raises(ValueError, match=r"ef_search \(--ef-search\) applies to an HNSW index"):
         index.search(unit(20)[:1], k=3, ef_search=50)
     index.close()
+
+
+def test_a_closed_milvus_lite_index_is_free_for_another_process(tmp_path: Path) -> None:
+    """close() kept Milvus Lite's server, and its lock on the database, until the process ended: the next process (a
+    serve, the next writer) was refused 'in use by another process'. Two objects on one database share the server:
+    the last to close releases it."""
+    import subprocess
+    import sys
+
+    first = open_index(tmp_path / "index.db", DIM)
+    first.add([1, 2], unit(2))
+    second = open_index(tmp_path / "index.db", DIM)
+    first.close()
+    assert second.count == 2  # still served to the object left open
+    second.close()
+    code = ("import sys; from llm_embedder.index import open_index; "
+            f"index = open_index({str(tmp_path / 'index.db')!r}, {DIM}); print(index.count); index.close()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "2"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import threading
@@ -35,6 +36,10 @@ from llm_embedder.index.base import (
 )
 from llm_embedder.io import atomic_write
 
+# Milvus Lite serves each database from one server per process, which holds the database's folder locked until
+# it is released: the open MilvusIndex objects per database, so that the last one to close releases it
+_LITE_OPEN: dict[str, int] = {}
+_LITE_LOCK = threading.Lock()
 MAX_LIMIT = 16384  # a Milvus server caps topk, and offset + limit (so paging cannot pass it); Lite does not
 BATCH = 1000  # rows per insert / ids per lookup
 DEFAULT_COLLECTION = "llm_embedder"
@@ -226,6 +231,10 @@ class MilvusIndex:
         if is_lite(self.uri):
             Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
         self.client = self._connect(MilvusClient, token)
+        self._lite_path = os.path.abspath(self.uri) if is_lite(self.uri) else None  # as milvus-lite keys it
+        if self._lite_path is not None:
+            with _LITE_LOCK:
+                _LITE_OPEN[self._lite_path] = _LITE_OPEN.get(self._lite_path, 0) + 1
         if self._call(self.client.has_collection, collection):
             fields = self._call(self.client.describe_collection, collection)["fields"]
             vector = next((f for f in fields if f["name"] == "vector"), None)
@@ -424,11 +433,27 @@ class MilvusIndex:
         return index
 
     def close(self) -> None:
-        """Close the client connection (Milvus Lite releases its database folder)."""
+        """Close the client connection; the last one open on a Milvus Lite database in this process also stops its
+        server, which releases the database's folder for another process (a ``serve``, the next writer)."""
         try:
             self.client.close()
         except Exception:  # noqa: BLE001 - closing twice or a dead server must not mask the real error
             pass
+        path, self._lite_path = getattr(self, "_lite_path", None), None
+        if path is None:
+            return
+        with _LITE_LOCK:
+            _LITE_OPEN[path] -= 1
+            last = _LITE_OPEN[path] == 0
+            if last:
+                del _LITE_OPEN[path]
+        if last:
+            try:
+                from milvus_lite.server_manager import server_manager_instance
+
+                server_manager_instance.release_server(path)
+            except Exception:  # noqa: BLE001 - an older milvus-lite: the folder is released at exit, as before
+                pass
 
     def __repr__(self) -> str:
         return f"MilvusIndex(uri={self.uri!r}, collection={self.collection!r}, dim={self.dim})"
