@@ -64,6 +64,8 @@ def test_train_outputs_and_resume(tmp_path: Path, data_dir: Path, tiny_embedder_
     st_config = json.loads((full / "config_sentence_transformers.json").read_text())
     assert st_config["prompts"]["qa.query"] == "Represent this query for retrieving relevant documents: "
     assert st_config["prompts"]["chat.key"] == "Embed this historical dialogue for retrieval: "
+    # sentence-transformers' card gives the length the model was trained at (it gave the base's 256)
+    assert "**Maximum Sequence Length:** 32 tokens" in (full / "README.md").read_text()
     card = (full / "TRAINING_CARD.md").read_text()
     assert "stable_distill" in card and "kl_distill" in card and "contrastive" in card
     assert (full / "loss_curves.png").stat().st_size > 1000

@@ -443,6 +443,8 @@ def save_outputs(trainer, config: TrainConfig, files, batches: dict[str, int], w
         from llm_embedder.train.base_mix import mix_into
 
         mix_into(trainer.model, trainer.start_weights, config.base_mix)
+    # the length Embedder.save records, set before sentence-transformers writes its card (which keeps it)
+    trainer.model.max_seq_length = max(config.query_max_length, config.key_max_length)
     trainer.model.save(str(out))
     Embedder(out, device="cpu", query_max_length=config.query_max_length,
              key_max_length=config.key_max_length).save(out, plain_tasks=config.trained_plain())
