@@ -160,5 +160,5 @@ def test_a_tokenizer_given_by_folder_is_loaded(tiny_embedder_dir) -> None:
     tok = AutoTokenizer.from_pretrained(str(tiny_embedder_dir))
     items = ["one two three four five"] * 4
     assert augment("qa", "q", items, 20, tokenizer=str(tiny_embedder_dir)) == augment("qa", "q", items, 20, tok)
-    with pytest.raises(FileNotFoundError, match="neither a model folder nor 'smollm2'"):
+    with pytest.raises(FileNotFoundError, match="neither a model directory nor 'smollm2'"):
         augment("qa", "q", items, 20, tokenizer="no-such-folder")

@@ -86,17 +86,23 @@ def get_layout(task: str) -> Layout:
     return GENERIC
 
 
+def check_tokenizer_name(name_or_path: str | Path, label: str = "tokenizer") -> None:
+    """Refuse a tokenizer that is neither ``smollm2`` nor a model folder, before anything loads; ``label`` names
+    the setting (the CLI's ``--tokenizer``)."""
+    if str(name_or_path) != "smollm2" and not Path(name_or_path).is_dir():
+        raise FileNotFoundError(f"{label} {str(name_or_path)!r} is neither a model directory nor 'smollm2'")
+
+
 def load_tokenizer(name_or_path: str | Path) -> Any:
     """The HF tokenizer of ``smollm2`` (the bundled LLM) or of a model folder, for exact prompt budgets."""
     from transformers import AutoTokenizer
 
+    check_tokenizer_name(name_or_path)
     path = str(name_or_path)
     if path == "smollm2":
         from llm_embedder.llm.loading import resolve_llm_path
 
         path = str(resolve_llm_path(path))
-    elif not Path(path).is_dir():
-        raise FileNotFoundError(f"tokenizer {str(name_or_path)!r} is neither a model folder nor 'smollm2'")
     return AutoTokenizer.from_pretrained(path)
 
 

@@ -204,7 +204,7 @@ def augment_command(
     task_file: TaskFileOption = None,
 ) -> None:
     """Print the LLM prompt for a query with retrieved items laid out as the task expects (recipe §3)."""
-    from llm_embedder.augment.prompt import fit_prompt, hit_positions, load_tokenizer
+    from llm_embedder.augment.prompt import check_tokenizer_name, fit_prompt, hit_positions, load_tokenizer
     from llm_embedder.tasks import get_task
 
     register_task_files(task_file)
@@ -218,8 +218,8 @@ def augment_command(
     empty = [i for i, text in enumerate(item or [], 1) if not text.strip()]
     if empty:
         raise ValueError(f"--item {empty[0]} is empty; give each item its text")
-    if tokenizer and tokenizer != "smollm2" and not Path(tokenizer).is_dir():
-        raise FileNotFoundError(f"--tokenizer {tokenizer!r} is neither a model directory nor 'smollm2'")
+    if tokenizer:
+        check_tokenizer_name(tokenizer, "--tokenizer")  # before the index and the model load
     items = list(item or [])
     positions = None
     if index is not None:
