@@ -95,10 +95,12 @@ def export_onnx(model: str | Path, out: str | Path, *, quantize: str | None = No
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     (tmp / PARTIAL_MARKER).write_text("an unfinished llm-embedder export (safe to delete)\n", encoding="utf-8")
-    # a trained model's folder also holds its run: checkpoints (optimizer state, hundreds of MB) and step logs
-    # (train.trainer's CHECKPOINT_DIR, LOG_DIR), which a deployed model does not need
-    shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(ONNX_DIR, "__pycache__", PARTIAL_MARKER, "checkpoints",
-                                                               "logs"), dirs_exist_ok=True)
+    from llm_embedder.train.trainer import CHECKPOINT_DIR, LOG_DIR
+
+    # a trained model's folder also holds its run: checkpoints (optimizer state, hundreds of MB) and step logs,
+    # which a deployed model does not need
+    ignored = shutil.ignore_patterns(ONNX_DIR, "__pycache__", PARTIAL_MARKER, CHECKPOINT_DIR, LOG_DIR)
+    shutil.copytree(source, tmp, ignore=ignored, dirs_exist_ok=True)
     onnx_dir = tmp / ONNX_DIR
     onnx_dir.mkdir()
     wrapper = _HiddenStates(st_model[0].auto_model.float().eval())
