@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -137,6 +139,34 @@ def test_a_task_registered_otherwise_than_the_model_saved_it_warns_and_the_model
         np.testing.assert_allclose(reloaded.encode_queries(["x"], "custom"), trained_with, atol=1e-6)
     finally:
         unregister_task("custom")
+
+
+def test_a_saved_model_carries_its_user_task_s_augment_layout(tiny_embedder, tmp_path):
+    """A model trained with a task file's layout lost it: augment and serve, given the model alone, laid the task out
+    as qa ("Knowledge: ..."), unless the same --task-file was given again."""
+    from llm_embedder.augment.prompt import LAYOUTS, augment, register_layout
+
+    try:
+        register_task(name="custom", query_instruction="Custom query: ", key_instruction="Custom key: ")
+        register_layout("custom", {"header": "Cases:\n", "query": "Case: {query}\nRuling:"})
+        out = tiny_embedder.save(tmp_path / "model")
+    finally:
+        unregister_task("custom")
+    assert "custom" not in LAYOUTS  # unregistering a task drops its layout too
+    try:
+        Embedder(out, device="cpu")
+        assert augment("custom", "a stolen bike", ["best"]) == "Cases:\nbest\n\nCase: a stolen bike\nRuling:"
+    finally:
+        unregister_task("custom")
+    try:  # a layout registered before the model loads (a --task-file given with it) is the one used
+        register_task(name="custom", query_instruction="Custom query: ", key_instruction="Custom key: ")
+        register_layout("custom", {"query": "Q: {query}"})
+        Embedder(out, device="cpu")
+        assert augment("custom", "a stolen bike", ["best"]) == "best\n\nQ: a stolen bike"
+    finally:
+        unregister_task("custom")
+    saved = json.loads((out / "llm_embedder_tasks.json").read_text())
+    assert set(saved["layouts"]) == {"custom"}  # built-in tasks keep their layouts in code
 
 
 @pytest.mark.integration

@@ -308,7 +308,11 @@ class Embedder:
         self.model.max_seq_length = max(self.query_max_length, self.key_max_length)
         self.model.save(str(path))
         tasks = [get_task(name).to_dict() for name in list_tasks()]
-        (path / TASKS_FILE).write_text(json.dumps({"tasks": tasks}, indent=2), encoding="utf-8")
+        saved: dict = {"tasks": tasks}
+        layouts = user_task_layouts()
+        if layouts:  # a user task's augment prompt travels with the model, as its instructions do
+            saved["layouts"] = layouts
+        (path / TASKS_FILE).write_text(json.dumps(saved, indent=2), encoding="utf-8")
         return path
 
 
@@ -322,12 +326,24 @@ def register_model_tasks(model: str | Path) -> None:
     _register_saved_tasks(resolve_embedder_path(model))
 
 
+def user_task_layouts() -> dict[str, dict[str, str]]:
+    """The augment layouts of the registered user tasks (built-in tasks keep theirs in code), as saved."""
+    from dataclasses import asdict
+
+    from llm_embedder.augment.prompt import LAYOUTS
+    from llm_embedder.tasks import BUILTIN_TASKS
+
+    return {name: asdict(LAYOUTS[name]) for name in list_tasks() if name in LAYOUTS and name not in BUILTIN_TASKS}
+
+
 def _register_saved_tasks(path: Path) -> None:
-    """Register user tasks saved with a model, so a trained model carries its own instructions."""
+    """Register user tasks saved with a model, so a trained model carries its own instructions, and their augment
+    layouts where none is registered yet (a --task-file given with the model sets its own)."""
     tasks_file = path / TASKS_FILE
     if not tasks_file.exists():
         return
-    for item in json.loads(tasks_file.read_text(encoding="utf-8")).get("tasks", []):
+    saved = json.loads(tasks_file.read_text(encoding="utf-8"))
+    for item in saved.get("tasks", []):
         task = task_from_dict(item, where=str(tasks_file))
         try:
             held = get_task(task.name)
@@ -338,3 +354,9 @@ def _register_saved_tasks(path: Path) -> None:
             warnings.warn(f"task {task.name!r} is registered with other instructions (a --task-file?) than the "
                           f"model {path} was saved with; encoding uses the model's own, which it was trained with",
                           TaskRedefinedWarning, stacklevel=3)
+    from llm_embedder.augment.prompt import LAYOUTS, register_layout
+    from llm_embedder.tasks import task_layout
+
+    for name, layout in saved.get("layouts", {}).items():
+        if name not in LAYOUTS:
+            register_layout(name, task_layout(layout, f"{tasks_file}: task {name!r}"))

@@ -254,7 +254,7 @@ def register_tasks_from_file(path: str | Path, *, overwrite: bool = False) -> li
         task = task_from_dict(item, where=str(path), position=i)
         tasks.append(task)
         if layout is not None:
-            layout = _task_layout(layout, f"{path}: task {task.name!r}")
+            layout = task_layout(layout, f"{path}: task {task.name!r}")
             if layouts.get(task.name, layout) != layout:
                 raise ValueError(f"{path}: task {task.name!r} is defined twice with different layouts")
             layouts[task.name] = layout
@@ -277,7 +277,7 @@ def register_tasks_from_file(path: str | Path, *, overwrite: bool = False) -> li
     return registered
 
 
-def _task_layout(value: Any, label: str) -> Any:
+def task_layout(value: Any, label: str) -> Any:
     """A task file's ``layout`` entry as an ``augment.prompt.Layout``, checked as ``Layout`` checks it; errors
     start with ``label`` (the file and task)."""
     from dataclasses import fields as layout_fields
@@ -316,6 +316,9 @@ def unregister_task(name: str) -> None:
     if name in BUILTIN_TASKS:
         raise ValueError(f"cannot unregister built-in task {name!r}")
     _REGISTRY.pop(name, None)
+    from llm_embedder.augment.prompt import LAYOUTS
+
+    LAYOUTS.pop(name, None)  # a task registered again under this name does not inherit the old prompt
 
 
 def _load_builtin() -> tuple[str, ...]:

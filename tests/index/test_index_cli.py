@@ -387,3 +387,29 @@ def test_augment_knows_the_task_of_the_index_model(tiny_embedder: object, tmp_pa
     finally:
         if "statutes_aug" in list_tasks():
             unregister_task("statutes_aug")
+
+
+def test_augment_lays_out_a_task_in_the_layout_its_model_carries(tiny_embedder: object, tmp_path: Path) -> None:
+    """A model trained with a task file's layout: augment (with its index, or --model with --item) laid the task out
+    as qa ("Knowledge: ... Question:") unless the same --task-file was given again."""
+    from llm_embedder.augment.prompt import register_layout
+    from llm_embedder.embedder import Embedder
+    from llm_embedder.retriever import Retriever
+    from llm_embedder.tasks import list_tasks, register_task, unregister_task
+
+    try:
+        register_task(name="statutes_lay", query_instruction="Find: ", key_instruction="Statute: ")
+        register_layout("statutes_lay", {"header": "Statutes:\n", "query": "Case: {query}\nRuling:"})
+        model = tiny_embedder.save(tmp_path / "model")
+        Retriever.build(Embedder(model, device="cpu"), "statutes_lay", ["Theft is a crime."], out_dir=tmp_path / "idx")
+    finally:
+        unregister_task("statutes_lay")
+    with_index = ["--index", str(tmp_path / "idx"), "-k", "1"]
+    for where in (with_index, ["--model", str(model), "--item", "Theft is a crime."]):
+        try:
+            result = runner.invoke(app, ["augment", "who stole?", "--task", "statutes_lay", *where])
+            assert result.exit_code == 0, result.exception
+            assert result.stdout == "Statutes:\nTheft is a crime.\n\nCase: who stole?\nRuling:\n", where
+        finally:
+            if "statutes_lay" in list_tasks():
+                unregister_task("statutes_lay")

@@ -200,7 +200,9 @@ def augment_command(
     tokenizer: Annotated[
         str | None, typer.Option(help="Count tokens with this LM (a HF directory or 'smollm2'); default approximate.")
     ] = None,
-    model: Annotated[str | None, typer.Option(help="Embedder for --index (default: the index's).")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="Embedder for --index (default: the index's); with --item alone, the model whose tasks (and their "
+             "prompt layouts) to know.")] = None,
     task_file: TaskFileOption = None,
 ) -> None:
     """Print the LLM prompt for a query with retrieved items laid out as the task expects (recipe §3)."""
@@ -210,6 +212,10 @@ def augment_command(
     register_task_files(task_file)
     if index is not None:
         register_index_tasks(index, model)
+    elif model is not None:
+        from llm_embedder.embedder import register_model_tasks
+
+        register_model_tasks(model)
     get_task(task)  # a typo would silently get the generic layout
     if budget < 1:  # before any model loads
         raise ValueError(f"--budget must be at least 1 token, got {budget}")
