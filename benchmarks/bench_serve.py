@@ -66,6 +66,13 @@ class Result:
         return float(np.percentile(self.latencies, q) * 1000) if self.latencies else float("nan")
 
 
+def throughput_ratio(batched: Result, single: Result) -> str:
+    """The ratio as printed; where no one-at-a-time request succeeded there is none (the exit code says why)."""
+    if single.throughput <= 0:
+        return "none (no one-at-a-time request succeeded)"
+    return f"{batched.throughput / single.throughput:.2f}x"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -222,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r.percentile(50):>9.1f}{r.percentile(99):>9.1f}{r.mean_batch:>8.1f}")
     errors = sum(r.errors for r in results)
     print(f"errors: {errors}")
-    print(f"throughput ratio, dynamic batching / one-at-a-time: {results[0].throughput / results[1].throughput:.2f}x")
+    print(f"throughput ratio, dynamic batching / one-at-a-time: {throughput_ratio(results[0], results[1])}")
     return 1 if errors else 0
 
 

@@ -211,3 +211,12 @@ def test_serve_rounds_sum_into_one_result():
     total = first + second
     assert (total.requests, total.errors, total.seconds, len(total.latencies)) == (16, 1, 3.0, 15)
     assert total.mean_batch == pytest.approx(15 / 4) and total.throughput == pytest.approx(15 / 3.0)
+
+
+def test_serve_ratio_when_every_one_at_a_time_request_failed():
+    """The benchmark divided by zero (ZeroDivisionError after the table) when no one-at-a-time request succeeded."""
+    serve = load(BENCH / "bench_serve.py")
+    batched = serve.Result("batched", 10, 0, 2.0, [0.1] * 10, merged=10, batches=2)
+    failed = serve.Result("one-at-a-time", 4, 4, 2.0, [], merged=0, batches=0)
+    assert serve.throughput_ratio(batched, failed) == "none (no one-at-a-time request succeeded)"
+    assert serve.throughput_ratio(batched, batched) == "1.00x"
