@@ -413,3 +413,19 @@ def test_augment_lays_out_a_task_in_the_layout_its_model_carries(tiny_embedder: 
         finally:
             if "statutes_lay" in list_tasks():
                 unregister_task("statutes_lay")
+
+
+def test_index_notes_a_title_that_the_default_field_leaves_out(tiny_embedder_dir: Path, tmp_path: Path) -> None:
+    """`index` embedded `text` alone by default, silently, where the corpus has titles and the models train on
+    '{title} {text}' keys; now it says so (and nothing when --template is given, or the records have no title)."""
+    corpus = write_corpus(tmp_path / "corpus.jsonl")
+    base = ["index", "--task", "qa", "--corpus", str(corpus), "--model", str(tiny_embedder_dir)]
+    result = runner.invoke(app, [*base, "--out", str(tmp_path / "plain")])
+    assert result.exit_code == 0, result.output
+    assert "records have a 'title' that --field text leaves out" in result.stderr
+    result = runner.invoke(app, [*base, "--out", str(tmp_path / "titled"), "--template", "{title} {text}"])
+    assert result.exit_code == 0 and "note:" not in result.stderr, result.output
+    untitled = tmp_path / "untitled.jsonl"
+    untitled.write_text('{"text": "a"}\n{"text": "b"}\n')
+    result = runner.invoke(app, [*base[:4], str(untitled), *base[5:], "--out", str(tmp_path / "untitled")])
+    assert result.exit_code == 0 and "note:" not in result.stderr, result.output

@@ -54,6 +54,10 @@ def index_command(
     get_task(task)
     if not corpus.exists():
         raise FileNotFoundError(f"corpus not found: {corpus}")
+    if template is None and field == "text" and first_record_has_title(corpus):
+        Console(stderr=True, markup=False).print(
+            "note: the corpus's records have a 'title' that --field text leaves out; the models train and are "
+            "evaluated on '{title} {text}' keys (--template '{title} {text}' embeds it)", highlight=False)
     embedder = Embedder(model, device=device, batch_size=batch_size, query_max_length=max_length,
                         key_max_length=max_length)
     meta = build_index(corpus, out, embedder, task, factory=factory, backend=backend, field=field,
@@ -62,6 +66,19 @@ def index_command(
         f"indexed {meta['count']} documents for task {task} ({meta['dim']}-d, up to "
         f"{meta.get('key_max_length', '?')} tokens each, {backend} {factory}) in {out}"
     )
+
+
+def first_record_has_title(corpus: Path) -> bool:
+    """Whether the corpus's first record carries a non-empty string 'title' (a bad file is left to the build)."""
+    from llm_embedder.io import iter_jsonl
+
+    try:
+        for _, record in iter_jsonl(corpus):
+            title = record.get("title")
+            return isinstance(title, str) and bool(title.strip())
+    except Exception:  # noqa: BLE001 - the build reports a malformed corpus with its line
+        return False
+    return False
 
 
 def parse_filter(filters: list[str] | None) -> dict | None:
