@@ -621,3 +621,21 @@ def test_records_without_answers_are_named_with_the_way_out(suite, tmp_path):
     ])
     with pytest.raises(DataError, match=r"record\(s\) 2 of the split have no 'answers'.*--llm none"):
         run_evaluation(suite, ["qa"], {}, tmp_path / "eval", lm=ContainsAnswerLM())
+
+
+def test_lrlm_prompts_hold_the_retrieved_chunks_in_document_order(tmp_path):
+    """lrlm's prompt put the two chunks retrieved in rank order (the best first, wherever it was in the text); the
+    recipe keeps them in the document's order (order_method=sequential), as augment's lrlm layout does."""
+    history = ["Chunk zero. ", "Chunk one. ", "Chunk two. ", "Chunk three. "]
+    write_jsonl(tmp_path / "lrlm" / "test.jsonl", [
+        {"query": "The query chunk.", "answers": [" The target."], "history": history, "pos_index": [3],
+         "task": "lrlm", "query_id": 0},
+    ])
+    lm = ContainsAnswerLM()
+    run_evaluation(tmp_path, ["lrlm"], {"s": lambda t: FixedRanker("s", [[3, 0, 2, 1]])}, tmp_path / "eval", lm=lm,
+                   baselines=False, generate=False)
+    assert lm.prompts == ["Chunk zero. Chunk three. \nThe query chunk."]
+    lm = ContainsAnswerLM()
+    run_evaluation(tmp_path, ["lrlm"], {"s": lambda t: FixedRanker("s", [[3, 0, 2, 1]])}, tmp_path / "three", lm=lm,
+                   baselines=False, generate=False, prompt_items={"lrlm": 3})
+    assert lm.prompts == ["Chunk zero. Chunk two. Chunk three. \nThe query chunk."]

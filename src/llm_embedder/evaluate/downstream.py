@@ -38,6 +38,9 @@ class DownstreamSpec:
     most_similar_last: bool = False  # ICL puts the best demonstration next to the query
     separator: str = "\n"
     generate: bool = False
+    # the retrieved items in their source's order (lrlm's earlier chunks, as the recipe's order_method=sequential),
+    # not the retrieval's; the evaluation sorts their per-query candidate ids, which are in that order
+    sequential: bool = False
 
 
 # The built-in tasks judged by the LLM. tool and convsearch, without an entry, are judged by retrieval metrics only;
@@ -47,7 +50,9 @@ DOWNSTREAM: dict[str, DownstreamSpec] = {
     "qa": DownstreamSpec(items=3, metric="loglik", most_similar_last=True, generate=True),
     "icl": DownstreamSpec(items=8, metric="loglik", most_similar_last=True),  # the recipe's few-shot 8
     "chat": DownstreamSpec(items=1, metric="perplexity"),
-    "lrlm": DownstreamSpec(items=2, metric="perplexity", separator=""),
+    # the recipe's lrlm prompt: the chunks retrieved, in document order, with no separator (then the template's "\n"
+    # and the query chunk); scaled down from its 8 chunks, each with its continuation, and its 2048-token window
+    "lrlm": DownstreamSpec(items=2, metric="perplexity", separator="", sequential=True),
 }
 
 MAIN_METRIC: dict[str, tuple[str, bool]] = {  # task -> (metric name, higher is better)

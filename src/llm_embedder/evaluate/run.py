@@ -245,7 +245,11 @@ def evaluate_system(
             raise DataError(f"task {data.task}: the LLM metric scores each record's gold answer, and record(s) "
                             f"{', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''} of the split have "
                             f"no 'answers'; give them answers, or {hint}")
-        retrieved = [data.texts(i, ids) for i, ids in enumerate(rankings[:n])]
+        spec = downstream_spec(data.task)
+        shown = rankings[:n]
+        if spec is not None and spec.sequential and data.per_query:  # the prompt's items in their text's order
+            shown = [sorted(ids[:items or spec.items]) for ids in shown]
+        retrieved = [data.texts(i, ids) for i, ids in enumerate(shown)]
         result = downstream_metrics(
             data.task, data.queries[:n], data.answers[:n], retrieved, lm, generate=generate, memo=memo, items=items,
             progress=progress,
@@ -492,8 +496,9 @@ def run_evaluation(
             # 2: LLM metric from the retrieval pass's rankings; 3: corpus slices keep hard negatives; 4: icl prompts
             # hold the top 8 examples (3 held 4); 5: scores independent of the prompts beside them
             # (downstream.eval_batch_tokens); 6: embedders keep embed_max_length tokens (5: 256, whatever the model
-            # was trained at); 7: tool keys are their texts (the name was put before a text that begins with it)
-            "protocol": 7,
+            # was trained at); 7: tool keys are their texts (the name was put before a text that begins with it);
+            # 8: lrlm's chunks in document order (7 put them in rank order)
+            "protocol": 8,
             "embed_max_length": embed_max_length or "saved",
         }
         if embed_fast:  # absent when exact, so results cached before the fast mode existed stay valid

@@ -4,7 +4,8 @@ Candidates are ``pos`` then ``neg`` (or the ``history`` turns, for chat-style re
 template's text before ``{answer}`` with the candidate as ``{key}``; the answer is the record's first
 ``answers`` item (the reference code samples one at random; the first keeps runs reproducible). lrlm needs no
 special case: its template ``{key}\\n{query}{answer}`` puts the candidate chunk, then the query chunk, before
-the target chunk. A prompt that would not fit the LM's window is cut on the candidate (key) side.
+the target chunk (the reference concatenates the tokens; the template joins them with a newline). A prompt
+that would not fit the LM's window is cut on the candidate (key) side.
 """
 
 from __future__ import annotations

@@ -61,6 +61,10 @@ def scale_for_ddp(loss: torch.Tensor) -> torch.Tensor:
     Each rank computes the same global loss L but back-propagates only through its own slice, and DDP
     averages gradients over W ranks, giving ∇L / W. Returning ``W·L − (W−1)·L.detach()`` keeps the value L
     while scaling the gradient by W, so the averaged gradient is exactly ∇L (as on one device).
+
+    The reference code does not scale: its gathered losses (contrastive, stabilized distillation) step with ∇L / W
+    on W processes, its KL loss (not gathered) with the full gradient. Here every loss steps as on one device, so a
+    run on 2 processes trains like one process on the same global batch.
     """
     size = world_size()
     if size == 1:
