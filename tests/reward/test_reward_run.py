@@ -113,6 +113,27 @@ def test_an_llm_fine_tuned_in_place_does_not_pass_for_the_one_that_scored(tiny_l
     assert out.read_bytes() == other.read_bytes()
 
 
+def test_the_same_llm_elsewhere_continues_and_reuses_a_run(tiny_lm_dir, tmp_path):
+    """A run dir copied from another machine was refused ("other settings (llm_path)"): the bundled LLM is converted
+    into each user's own cache, so its path differs while its weights do not. The LLM is known by its weights."""
+    from llm_embedder.llm import CausalLM
+
+    src = write_records(tmp_path / "in.jsonl", n=4)
+    out = tmp_path / "out.jsonl"
+    score_file(src, out, CausalLM(shutil.copytree(tiny_lm_dir, tmp_path / "a" / "llm"), device="cpu"), chunk_pairs=8,
+               show_progress=False)
+    moved = CausalLM(shutil.copytree(tmp_path / "a" / "llm", tmp_path / "b" / "llm"), device="cpu")  # times kept
+    assert score_file(src, out, moved, chunk_pairs=8, show_progress=False).get("already_complete")
+    summary = score_file(src, tmp_path / "again.jsonl", moved, chunk_pairs=8, show_progress=False, reuse=[out])
+    assert summary["reused"] == 4 and summary["reuse_skipped"] == []
+    meta_file = tmp_path / "out.jsonl.meta.json"  # a run that recorded no version is still known by its path
+    meta = json.loads(meta_file.read_text())
+    del meta["settings"]["llm_version"]
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"other settings \(llm_path\)"):
+        score_file(src, out, moved, chunk_pairs=8, show_progress=False)
+
+
 def test_a_run_recorded_before_llm_versions_were_is_continued(tiny_lm, tmp_path):
     src = write_records(tmp_path / "in.jsonl", n=4)
     out = tmp_path / "out.jsonl"

@@ -128,6 +128,10 @@ LATER_SETTINGS = ("llm_version",)
 def changed_settings(old: dict[str, Any], new: dict[str, Any], keys: Sequence[str] | None = None) -> list[str]:
     """The settings (``keys``, or all of both) whose values differ between two runs, sorted."""
     new = as_recorded(new, old, LATER_SETTINGS)
+    if old.get("llm_version") is not None and old.get("llm_version") == new.get("llm_version"):
+        # the LLM is known by its weights (a bundled alias's package, a folder's weight files): where they lie (another
+        # user's model cache, as in a run dir copied from another machine; a folder moved) does not change a score
+        new = {**new, "llm_path": old.get("llm_path")}
     return sorted(k for k in (keys if keys is not None else set(old) | set(new)) if old.get(k) != new.get(k))
 
 
