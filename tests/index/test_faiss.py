@@ -126,3 +126,37 @@ def test_a_saved_index_gets_the_usual_file_permissions(tmp_path: Path) -> None:
     expected = 0o666 & ~current_umask()
     for saved in (path, Path(f"{path}.meta.json")):
         assert os.stat(saved).st_mode & 0o777 == expected, saved  # mkstemp alone gives 0600
+
+
+def test_filtered_search_agrees_with_a_scan_of_the_metadata_through_adds_deletes_and_a_reload(tmp_path: Path) -> None:
+    """Filtered search used to scan every document's metadata per call (~70 ms at 50k documents); it now reads a
+    map of each filtered field's values. The two must agree on every filter, kept up to date by add and delete."""
+    from llm_embedder.index.base import check_filter, matches
+
+    values = ["en", "fr", 1, 1.0, True, False, 0, "1", 2.5, ["en"], None]
+    rng = np.random.default_rng(0)
+
+    def records(n: int) -> list[dict]:
+        return [{"lang": values[rng.integers(len(values))], "n": int(rng.integers(3))} if i % 7 else {"other": 1}
+                for i in range(n)]
+
+    def agrees(index: FaissIndex, metadata: dict[int, dict]) -> None:
+        for flt in ({"lang": "en"}, {"lang": 1}, {"lang": True}, {"lang": [False, "fr"]}, {"lang": "1"},
+                    {"lang": 2.5}, {"lang": "en", "n": [0, 2]}, {"n": 1}, {"missing": 1}, {"lang": "none"}):
+            expected = sorted(i for i, m in metadata.items() if matches(m, check_filter(flt)))
+            _, ids = index.search(unit(1, seed=9), k=len(metadata), filter=flt)
+            assert sorted(int(i) for i in ids[0] if i >= 0) == expected, flt
+
+    index = FaissIndex(DIM, "Flat")
+    first = records(60)
+    index.add(range(60), unit(60), metadata=first)
+    metadata = {i: m for i, m in enumerate(first)}
+    agrees(index, metadata)  # the maps are built here
+    more = records(40)
+    index.add(range(60, 100), unit(40, seed=1), metadata=more)  # and updated here
+    metadata.update({60 + i: m for i, m in enumerate(more)})
+    agrees(index, metadata)
+    index.delete(list(range(0, 100, 3)))
+    metadata = {i: m for i, m in metadata.items() if i % 3}
+    agrees(index, metadata)
+    agrees(FaissIndex.load(index.save(tmp_path / "i.faiss")), metadata)

@@ -30,7 +30,6 @@ from llm_embedder.index.base import (
     check_metadata,
     check_vectors,
     effort_refused,
-    matches,
     order_ties,
 )
 from llm_embedder.io import current_umask
@@ -67,6 +66,7 @@ class FaissIndex:
         self.path = Path(path) if path is not None else None
         self.index = inner if "IDMap" in factory else faiss.IndexIDMap2(inner)
         self.metadata: dict[int, dict] = {}
+        self._postings: dict[str, dict[Any, list[int]]] = {}
         self._max_id = -1
         hnsw = getattr(self._inner(), "hnsw", None)
         if hnsw is not None:  # only matters while adding, so it is set on new indexes only
@@ -175,6 +175,8 @@ class FaissIndex:
             for id_, record in zip(id_array.tolist(), records, strict=True):
                 if record:
                     self.metadata[id_] = record
+                    for field, postings in list(self._postings.items()):
+                        _post(postings, record.get(field), id_)
 
     def delete(self, ids: Sequence[int]) -> int:
         """Remove ids (unknown ids are ignored); returns how many were removed."""
@@ -187,6 +189,7 @@ class FaissIndex:
             raise ValueError(f"the FAISS {self.kind} does not support delete; use Flat or IVF, or rebuild") from None
         for id_ in id_array.tolist():
             self.metadata.pop(id_, None)
+        self._postings = {}  # built again by the next filtered search
         return removed
 
     # -- reading ----------------------------------------------------------------------------------
@@ -211,7 +214,7 @@ class FaissIndex:
             raise EmptyIndexError("the index is empty: add vectors before searching")
         selector = None
         if conditions is not None:
-            allowed = np.array([i for i, m in self.metadata.items() if matches(m, conditions)], dtype=np.int64)
+            allowed = self._allowed_ids(conditions)
             if not allowed.size:
                 return (np.full((len(queries), k), PAD_SCORE, np.float32), np.full((len(queries), k), PAD_ID, np.int64))
             selector = faiss.IDSelectorBatch(allowed)
@@ -222,6 +225,24 @@ class FaissIndex:
         scores[ids < 0] = PAD_SCORE
         order_ties(scores, ids)
         return scores, ids
+
+    def _allowed_ids(self, conditions: dict[str, list[Any]]) -> np.ndarray:
+        """The ids whose metadata match a filter (``base.matches``), sorted, from a map of each filtered field's
+        values to their ids: built at the field's first filter, kept up to date by ``add``. A scan of every
+        document's metadata per search took ~70 ms at 50k documents."""
+        allowed: set[int] | None = None
+        for field, values in conditions.items():
+            postings = self._postings.get(field)
+            if postings is None:
+                postings = {}
+                for id_, record in self.metadata.items():
+                    _post(postings, record.get(field), id_)
+                self._postings[field] = postings
+            ids = {id_ for value in values for id_ in postings.get(value, ())}
+            allowed = ids if allowed is None else allowed & ids
+            if not allowed:
+                break
+        return np.array(sorted(allowed or ()), dtype=np.int64)
 
     def _search_params(self, selector, nprobe: int | None = None, ef_search: int | None = None):
         """Parameters of one search: a filter's ``selector`` (or None) and the search effort, the index's own
@@ -258,8 +279,8 @@ class FaissIndex:
                     "ids_checksum": _ids_checksum(self.ids()),
                     "metadata": {str(k): v for k, v in self.metadata.items()},
                 }
-                with open(sidecar_tmp, "w", encoding="utf-8") as handle:
-                    json.dump(payload, handle, ensure_ascii=False)
+                with open(sidecar_tmp, "w", encoding="utf-8") as handle:  # dumps: json.dump's encoder is ~5x slower
+                    handle.write(json.dumps(payload, ensure_ascii=False))
                 _fsync(sidecar_tmp)
             if sidecar_tmp:
                 os.replace(sidecar_tmp, sidecar)
@@ -293,6 +314,7 @@ class FaissIndex:
         self.path = path
         self.factory = factory or "?"
         self.metadata = {}
+        self._postings = {}
         sidecar = Path(f"{path}.meta.json")
         if sidecar.exists():
             try:
@@ -362,3 +384,11 @@ def _temp_name(path: Path) -> str:
 def _fsync(path: str) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
+
+
+def _post(postings: dict[Any, list[int]], value: Any, id_: int) -> None:
+    """File ``id_`` under ``value`` in a field's map of values to ids. A filter value is a scalar, and equal values
+    hash alike (1, 1.0 and True, as ``in`` compares them), so a value no filter can equal (absent, a list) is left
+    out."""
+    if isinstance(value, str | int | float):
+        postings.setdefault(value, []).append(id_)
