@@ -37,4 +37,4 @@ bench: setup
 	$(BIN)/python benchmarks/run_all.py $(if $(QUICK),--quick,)
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info src/*.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache build dist *.egg-info src/*.egg-info

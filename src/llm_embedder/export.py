@@ -68,6 +68,9 @@ def export_onnx(model: str | Path, out: str | Path, *, quantize: str | None = No
     import torch
     from sentence_transformers import SentenceTransformer
 
+    from llm_embedder.extras import require_extra
+
+    require_extra("onnx", "the ONNX export", ("onnx", "onnxruntime") if quantize else ("onnx",))
     if quantize not in (None, "int8"):
         raise ValueError(f"quantize must be 'int8' or None, got {quantize!r}")
     source = resolve_embedder_path(model)

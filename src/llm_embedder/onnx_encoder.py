@@ -25,6 +25,9 @@ class OnnxEncoder:
     """Encode texts with an exported ONNX model (``precision`` is ``fp32`` or ``int8``)."""
 
     def __init__(self, path: str | Path, precision: str = "fp32", threads: int | None = None) -> None:
+        from llm_embedder.extras import require_extra
+
+        require_extra("onnx", "the ONNX backends", ("onnxruntime",))
         import onnxruntime as ort
         from transformers import AutoTokenizer
 

@@ -47,3 +47,11 @@ def test_a_flag_shows_no_value_type():
     assert "<bool>" not in flag and "JSON lines instead of a table." in flag
     assert "<path>" in next(line for line in lines if "--index" in line)  # options that take a value still show it
     assert "<bool>" not in runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
+
+
+def test_version_prints_the_installed_version() -> None:
+    """There was no --version ("No such option")."""
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout == f"llm-embedder {version('llm-embedder')}\n"

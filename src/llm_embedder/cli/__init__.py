@@ -12,6 +12,7 @@ from llm_embedder.cli import ablate, basic, data, demo, evaluate, export, index,
 from llm_embedder.cli.app import app, arrange_commands
 from llm_embedder.embedder import TaskRedefinedWarning
 from llm_embedder.evaluate.run import CorpusMissingWarning
+from llm_embedder.extras import MissingExtraError, extra_of, install_hint
 from llm_embedder.io import DataError
 from llm_embedder.models import ModelChangedWarning
 from llm_embedder.tasks import UnknownTaskError
@@ -22,7 +23,7 @@ arrange_commands()
 # a path of the wrong kind (a directory given for a file, a file for a folder) is the user's to fix, like a missing one
 USER_ERRORS = (
     DataError, UnknownTaskError, FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError,
-    PermissionError, ValueError,
+    PermissionError, ValueError, MissingExtraError,
 )
 
 
@@ -51,7 +52,14 @@ def main() -> None:
     hf_logging.disable_progress_bar()  # weight-loading bars on every command are noise
     show_user_warnings()
     try:
-        app()
+        try:
+            app()
+        except ModuleNotFoundError as err:  # an optional extra's module, imported where no check came first
+            extra = extra_of(err.name)
+            if extra is None:
+                raise
+            raise MissingExtraError(f"this needs the {extra!r} extra: {install_hint(extra)} (missing: {err.name})"
+                                    ) from None
     except USER_ERRORS as err:
         message = str(err)
         if isinstance(err, UnknownTaskError):  # the commands that take a task take --task-file too

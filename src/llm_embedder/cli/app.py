@@ -44,6 +44,22 @@ app = typer.Typer(
 )
 
 
+def show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"llm-embedder {version('llm-embedder')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True,
+                                 help="Print the installed version and exit."),
+) -> None:
+    """One embedding model for all of an LLM's retrieval needs, trained from the LLM's own feedback."""
+
+
 def arrange_commands() -> None:
     """Put every command in its stage's panel, give each a one-line summary (the first paragraph of its docstring)
     and a help text of whole paragraphs: typer 0.29's rich help keeps a docstring's line breaks, which then wrap

@@ -95,6 +95,9 @@ def serve_command(
 ) -> None:
     """Serve POST /v1/embeddings (OpenAI-compatible, plus `task` and `role`), /v1/search, /v1/augment,
     GET /health, /v1/models and Prometheus /metrics, with dynamic batching of concurrent requests."""
+    from llm_embedder.extras import require_extra
+
+    require_extra("serve", "serve")
     import uvicorn
     from uvicorn.config import LOG_LEVELS
 

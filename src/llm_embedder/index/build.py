@@ -353,7 +353,10 @@ def check_index_settings(embedder: Any, backend: str, factory: str, batch_size: 
     if backend == "faiss":
         FaissIndex(int(embedder.dim), factory).close()  # an empty index: parses the factory string, allocates nothing
     else:  # the build writes a Milvus Lite database; the factory maps to its index or is refused
+        from llm_embedder.extras import require_extra
         from llm_embedder.index.milvus_index import check_milvus_factory
+
+        require_extra("milvus", "the Milvus backend")  # before any document is encoded
 
         check_milvus_factory(factory, int(embedder.dim), lite=True)
 

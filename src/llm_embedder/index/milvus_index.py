@@ -102,12 +102,10 @@ def one_line(message: Any) -> str:
 
 
 def _milvus():
-    try:
-        from pymilvus import DataType, MilvusClient, MilvusException
-    except ImportError:
-        raise ImportError(
-            "the Milvus backend needs `pip install 'llm-embedder[milvus]'` (pymilvus, milvus-lite)"
-        ) from None
+    from llm_embedder.extras import require_extra
+
+    require_extra("milvus", "the Milvus backend", ("pymilvus",))  # a Milvus server needs no milvus-lite
+    from pymilvus import DataType, MilvusClient, MilvusException
     return MilvusClient, DataType, MilvusException
 
 
