@@ -55,3 +55,23 @@ def test_version_prints_the_installed_version() -> None:
 
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.stdout == f"llm-embedder {version('llm-embedder')}\n"
+
+
+def test_a_usage_error_is_one_line_like_every_other_error(tmp_path) -> None:
+    """A bad option value, an unknown option or a missing argument printed typer's five-line boxed panel, where
+    every other bad input prints one `error:` line."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for args, message in ((["encode", "x", "--batch-size", "-1"],
+                           "error: Invalid value for '--batch-size': Input should be greater than or equal to 1 "
+                           "(see 'llm-embedder encode --help')"),
+                          (["score"], "error: Missing argument 'input'. (see 'llm-embedder score --help')")):
+        proc = subprocess.run([sys.executable, "-m", "llm_embedder", *args], capture_output=True, text=True,
+                              cwd=tmp_path, env=env, timeout=120)
+        assert proc.returncode == 2 and proc.stderr.replace("python -m llm_embedder", "llm-embedder") == message + "\n"
+    proc = subprocess.run([sys.executable, "-m", "llm_embedder"], capture_output=True, text=True, cwd=tmp_path,
+                          env=env, timeout=120)
+    assert proc.returncode == 2 and "Usage:" in proc.stdout and proc.stderr == ""  # no arguments: the help alone

@@ -7,6 +7,12 @@ import warnings
 
 from rich.console import Console
 from rich.markup import escape
+from typer import Abort
+
+try:  # typer 0.29 runs its own copy of click: its usage errors are of this class, not click's
+    from typer._click.exceptions import UsageError
+except ImportError:  # a typer on the installed click
+    from click.exceptions import UsageError
 
 from llm_embedder.cli import ablate, basic, data, demo, evaluate, export, index, score, serve, train  # noqa: F401  (registers commands)
 from llm_embedder.cli.app import app, arrange_commands
@@ -53,13 +59,28 @@ def main() -> None:
     show_user_warnings()
     try:
         try:
-            app()
+            code = app(standalone_mode=False)  # usage errors come here, to be printed as the others are
+        except UsageError as err:
+            if type(err).__name__ == "NoArgsIsHelpError":  # the help was printed: nothing is wrong to say
+                sys.exit(err.exit_code)
+            ctx = getattr(err, "ctx", None)
+            see = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            Console(stderr=True).print(f"[bold red]error:[/] {escape(err.format_message())}{escape(see)}",
+                                       highlight=False, soft_wrap=True)
+            sys.exit(err.exit_code)
+        except Abort:  # Ctrl-C while a prompt or the command ran, as typer's own handler says it
+            Console(stderr=True).print("Aborted.", highlight=False)
+            sys.exit(1)
         except ModuleNotFoundError as err:  # an optional extra's module, imported where no check came first
             extra = extra_of(err.name)
             if extra is None:
                 raise
             raise MissingExtraError(f"this needs the {extra!r} extra: {install_hint(extra)} (missing: {err.name})"
                                     ) from None
+        except BrokenPipeError:  # `llm-embedder ... | head`: the reader left, as typer's own handler treats it
+            sys.exit(1)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except USER_ERRORS as err:
         message = str(err)
         if isinstance(err, UnknownTaskError):  # the commands that take a task take --task-file too
