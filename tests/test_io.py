@@ -168,3 +168,13 @@ def test_exclusive_refuses_a_second_holder_until_the_first_is_gone(tmp_path: Pat
     with pytest.raises(ValueError), exclusive(tmp_path / "new" / ".lock", "new"):
         raise ValueError("bad data")
     assert not (tmp_path / "new").exists()
+
+
+def test_an_output_folder_under_a_file_is_refused_naming_the_file(tmp_path):
+    """`data build --out lines.txt/sub` (and index, export) failed with "[Errno 20] Not a directory: ..." once it
+    came to write (export named its own temporary folder); the file in the way is named first now."""
+    from llm_embedder.io import check_output_dir
+
+    (tmp_path / "lines.txt").write_text("x")
+    with pytest.raises(NotADirectoryError, match=r"--out .*lines.txt/sub: .*lines.txt is a file, not a folder"):
+        check_output_dir(tmp_path / "lines.txt" / "sub", (), "a suite")

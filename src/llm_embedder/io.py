@@ -78,6 +78,9 @@ def check_output_dir(path: str | Path, markers: Iterable[str], what: str, option
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{option} {path} is a file; give a folder")
+    blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:  # the folder could not be made (raw "[Errno 20] Not a directory" after the work)
+        raise NotADirectoryError(f"{option} {path}: {blocking} is a file, not a folder")
     if path.is_dir():
         entries = sorted(entry.name for entry in path.iterdir() if not entry.name.startswith("."))
         if entries and not any((path / marker).exists() for marker in markers):

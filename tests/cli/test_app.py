@@ -75,3 +75,14 @@ def test_a_usage_error_is_one_line_like_every_other_error(tmp_path) -> None:
     proc = subprocess.run([sys.executable, "-m", "llm_embedder"], capture_output=True, text=True, cwd=tmp_path,
                           env=env, timeout=120)
     assert proc.returncode == 2 and "Usage:" in proc.stdout and proc.stderr == ""  # no arguments: the help alone
+
+
+def test_an_os_error_python_raised_reads_as_a_sentence(tmp_path) -> None:
+    """`tasks --task-file DIR` printed "error: [Errno 21] Is a directory: 'DIR'"."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "llm_embedder", "tasks", "--task-file", str(tmp_path)],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+    assert proc.returncode == 2 and proc.stderr == f"error: Is a directory: {tmp_path}\n"

@@ -83,6 +83,9 @@ def main() -> None:
             sys.exit(code)
     except USER_ERRORS as err:
         message = str(err)
+        if isinstance(err, OSError) and err.strerror and message.startswith(f"[Errno {err.errno}]"):
+            # raised by Python itself, not by us: "Is a directory: adir", not "[Errno 21] Is a directory: 'adir'"
+            message = f"{err.strerror}: {err.filename}" if err.filename is not None else err.strerror
         if isinstance(err, UnknownTaskError):  # the commands that take a task take --task-file too
             message += " (a task of your own is known from --task-file, or from a model trained with it)"
         text = escape(message)  # a path or text with brackets is not a style tag
