@@ -184,3 +184,10 @@ def test_a_manifest_that_is_no_manifest_is_named(tmp_path: Path, content: str) -
     with pytest.raises(DataError, match=f"^{re.escape(str(tmp_path / 'manifest.json'))}: not a task suite manifest"):
         build_suite(tmp_path, tasks=["tool"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
+
+
+def test_progress_gives_a_task_s_counts_as_words(tmp_path: Path) -> None:
+    """`data build` printed a Python dict per task ("done {'train': 200, 'dev': 50, ...}")."""
+    seen = []
+    build_suite(tmp_path / "suite", size="small", seed=0, tasks=["tool"], progress=lambda t, s: seen.append((t, s)))
+    assert seen[-1][0] == "tool" and re.fullmatch(r"done \(train \d+, dev \d+, test \d+(, \w+ \d+)*\)", seen[-1][1])

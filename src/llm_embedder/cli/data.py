@@ -50,7 +50,8 @@ def build_command(
     start = time.perf_counter()
 
     def progress(name: str, status: str) -> None:
-        console.print(f"[bold]{name}[/]: {status}  [dim]({time.perf_counter() - start:.1f} s)[/]", highlight=False)
+        console.print(f"[bold]{name}[/]: {status}  [dim]({time.perf_counter() - start:.1f} s)[/]", highlight=False,
+                      soft_wrap=True)  # a log's line is not cut at 80 columns
 
     with console.status("building the task suite..."):
         manifest = build_suite(out, size=size, seed=seed, tasks=task, resume=not fresh, progress=progress)

@@ -180,7 +180,8 @@ def build_suite(
         entries[task] = write_task(out, data)
         _write_json(out / "manifest.json", _manifest(cfg, {**done, **entries}, complete=False))
         if progress:
-            progress(task, f"done {entries[task]['counts']}")
+            counts = ", ".join(f"{split} {n}" for split, n in entries[task]["counts"].items())
+            progress(task, f"done ({counts})")
     # tasks of an earlier build with the same settings stay listed (a `--task` build adds to it)
     built = {**done, **entries}
     manifest = _manifest(cfg, {t: built[t] for t in [*TASKS, *sorted(built)] if t in built}, complete=True)
