@@ -78,11 +78,12 @@ class LoggedProgress(Progress):
         self.console.print(self.status_line(task), highlight=False, markup=False, soft_wrap=True)
 
 
-def count_progress(enabled: bool = True) -> LoggedProgress:
-    """The bar of a job that counts items (description, bar, done/total, time left), or plain lines in a log."""
+def count_progress(enabled: bool = True, console: Any = None) -> LoggedProgress:
+    """The bar of a job that counts items (description, bar, done/total, time left), or plain lines in a log;
+    ``console``: where (stdout's by default; stderr's where stdout carries the output)."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
     return LoggedProgress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        disable=not enabled,
+        disable=not enabled, console=console,
     )

@@ -231,3 +231,16 @@ def test_encode_and_index_know_the_tasks_a_saved_model_carries(tiny_embedder_dir
         assert result.exit_code == 0, result.output
     finally:
         unregister_task("legal_cli")
+
+
+def test_encode_shows_its_progress_on_stderr_and_keeps_stdout_for_the_vectors(tiny_embedder_dir):
+    """encode showed no progress below 512 texts (seconds of silence) and, above, sentence-transformers' tqdm bar
+    with carriage returns in a log; it now shows the project's bar, a plain line where stderr is a log."""
+    texts = [f"text number {i}" for i in range(11)]
+    result = runner.invoke(app, ["encode", "--model", str(tiny_embedder_dir), "--batch-size", "2"],
+                           input="\n".join(texts) + "\n")
+    assert result.exit_code == 0, result.output
+    assert "encoding qa queries: 11/11 (100%)" in result.stderr and "Batches" not in result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    expected = Embedder(tiny_embedder_dir, device="cpu").encode_queries(texts, "qa")
+    np.testing.assert_allclose([line["embedding"] for line in lines], expected, atol=1e-6)

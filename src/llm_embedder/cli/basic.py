@@ -6,7 +6,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, TextIO
+from typing import Annotated, Any, TextIO
 
 import typer
 from rich.console import Console
@@ -117,7 +117,7 @@ def encode_command(
     texts = read_texts(input, field)
     embedder = Embedder(model, device=device, batch_size=batch_size, query_max_length=max_length,
                         key_max_length=max_length)
-    vectors = embedder.encode(texts, task, role)
+    vectors = encode_with_progress(embedder, texts, task, role, batch_size)
     if out is None:
         write_embedding_lines(sys.stdout, texts, vectors)
         return
@@ -128,6 +128,24 @@ def encode_command(
         else:
             write_embedding_lines(handle, texts, vectors)
     Console(stderr=True, markup=False).print(f"wrote {len(texts)} x {embedder.dim} vectors to {out}")
+
+
+def encode_with_progress(embedder: Any, texts: list[str], task: str, role: str, batch_size: int) -> Any:
+    """``embedder.encode`` a few batches at a time, under the project's bar on stderr (plain lines in a log), as
+    index, score and train show theirs: sentence-transformers' own bar showed from 512 texts only, and wrote its
+    carriage returns into logs."""
+    import numpy as np
+
+    from llm_embedder.progress import count_progress
+
+    step = batch_size * 4  # each call still sorts its texts by length, as one call over all would
+    parts = []
+    with count_progress(console=Console(stderr=True)) as bar:
+        job = bar.add_task(f"encoding {task} {'queries' if role == 'query' else 'keys'}", total=len(texts))
+        for lo in range(0, len(texts), step):
+            parts.append(embedder.encode(texts[lo:lo + step], task, role, show_progress=False))
+            bar.update(job, completed=min(lo + step, len(texts)))
+    return np.concatenate(parts) if parts else np.zeros((0, embedder.dim), dtype=np.float32)
 
 
 def write_embedding_lines(handle: TextIO, texts: list[str], vectors: Sequence[Sequence[float]]) -> None:
