@@ -639,3 +639,21 @@ def test_lrlm_prompts_hold_the_retrieved_chunks_in_document_order(tmp_path):
     run_evaluation(tmp_path, ["lrlm"], {"s": lambda t: FixedRanker("s", [[3, 0, 2, 1]])}, tmp_path / "three", lm=lm,
                    baselines=False, generate=False, prompt_items={"lrlm": 3})
     assert lm.prompts == ["Chunk zero. Chunk two. Chunk three. \nThe query chunk."]
+
+
+def test_generated_answers_follow_the_progress_in_the_llm_s_own_batches():
+    """qa's greedy answers took minutes on a CPU with the prompts bar standing still at its last prompt."""
+    from llm_embedder.evaluate.downstream import generate_answers
+
+    class BatchLM:
+        def __init__(self):
+            self.batches = []
+
+        def generate(self, prompts, max_new_tokens=16, stop=None, chat=True):
+            self.batches.append(len(prompts))
+            return [p.upper() for p in prompts]
+
+    lm, seen = BatchLM(), []
+    prompts = [f"prompt {i}" for i in range(19)]
+    assert generate_answers(lm, prompts, lambda done, total: seen.append((done, total))) == [p.upper() for p in prompts]
+    assert lm.batches == [8, 8, 3] and seen == [(0, 19), (8, 19), (16, 19), (19, 19)]
