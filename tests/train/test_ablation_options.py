@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from llm_embedder.train import trainer as trainer_module
 from llm_embedder.train.card import read_step_log
 from llm_embedder.train.config import TrainConfig, parse_loss_override, read_config_file
-from llm_embedder.train.examples import load_training_files
+from llm_embedder.train.examples import hard_label_record, load_training_files
 from llm_embedder.train.losses import ContrastiveLoss, KLDistillLoss, StableDistillLoss
 from llm_embedder.train.sampler import mixed_batches
 
@@ -51,14 +51,24 @@ def test_no_instructions_collates_plain_text(data_dir, tmp_path, tiny_embedder_d
 
 
 def test_hard_labels_use_the_labelled_positive_and_the_contrastive_loss(data_dir, tmp_path, tiny_embedder_dir) -> None:
+    """The labelled positive where a record has one, else (as the paper's "w/o LLM reward" row) its top-rated
+    candidate: records without labels (lrlm's, a reference MSC dialogue's) were dropped, so that model never
+    trained on lrlm."""
     chat = data_dir / "chat" / "train.jsonl"
     records = [json.loads(line) for line in chat.read_text().splitlines()]
-    records[0]["pos_index"] = [2]  # one record marks its useful turn; the other 7 have none
+    records[0]["pos_index"] = [2]  # one record marks its useful turn; the other 7 have none, only teacher scores
+    for record in records[1:]:
+        record["teacher_scores"] = [0.1 * i for i in range(len(record["history"]))]  # the last turn rated top
     chat.write_text("".join(json.dumps(r) + "\n" for r in records))
     files = {f.task: f for f in load_training_files([data_dir], 3, 0, hard_labels=True)}
-    assert files["chat"].unlabelled == 7
-    (chat_example,) = files["chat"].examples
-    assert chat_example["keys"][0] == "chat unrelated text 0 1" and "label" not in chat_example
+    assert files["chat"].unlabelled == 0
+    labelled, *top_rated = files["chat"].examples
+    assert labelled["keys"][0] == "chat unrelated text 0 1" and "label" not in labelled
+    assert [e["keys"][0] for e in top_rated] == [records[i]["history"][-1] for i in range(1, 8)]
+    assert hard_label_record({"query": "q", "task": "chat", "history": ["a", "b"]}) is None  # neither: dropped
+    lrlm = hard_label_record({"query": "q", "task": "lrlm", "pos": [], "neg": ["a", "b", "c"],
+                              "teacher_scores": [0.1, 0.9, 0.2]})
+    assert (lrlm["pos"], lrlm["neg"]) == (["b"], ["a", "c"]) and "teacher_scores" not in lrlm
     assert all("label" not in e for e in files["qa"].examples)
     assert all(e["keys"][0] == f"qa relevant passage {i}" for i, e in enumerate(files["qa"].examples))
     default = {f.task: f for f in load_training_files([data_dir], 3, 0)}
@@ -69,7 +79,7 @@ def test_hard_labels_use_the_labelled_positive_and_the_contrastive_loss(data_dir
     assert trainer.loss and all(isinstance(loss, ContrastiveLoss) for loss in trainer.loss.values())
     card = (trainer_module.train(cfg) / "TRAINING_CARD.md").read_text()
     assert "| chat | contrastive | - | first | random |" in card and "hard_labels: true" in card
-    assert "lack of a labelled positive: chat 7" in card
+    assert "lack of a labelled positive" not in card
 
 
 def test_loss_override_picks_plain_kl(data_dir, tmp_path, tiny_embedder_dir) -> None:

@@ -20,8 +20,9 @@ then what training needs (teacher scores for distillation, a negative, one task 
 ``DataError`` naming file:line:field.
 
 Ablations (``TrainConfig``): ``hard_labels`` ignores teacher scores and trains every task contrastively on its
-labelled positive (a history record's first ``pos_index`` turn; a record with no labelled positive is dropped
-and counted); ``loss_override`` swaps a task's loss (e.g. plain KL for qa); examples follow the swapped loss.
+labelled positive (a history record's first ``pos_index`` turn), or on its top-rated candidate where it has none
+(lrlm; a record with neither is dropped and counted); ``loss_override`` swaps a task's loss (e.g. plain KL for
+qa); examples follow the swapped loss.
 """
 
 from __future__ import annotations
@@ -200,17 +201,26 @@ def training_task(task: Task, hard_labels: bool = False, loss_override: dict[str
 
 
 def hard_label_record(record: dict[str, Any]) -> dict[str, Any] | None:
-    """The record without teacher scores, a history's first ``pos_index`` turn as its positive; None if
-    it has no labelled positive."""
+    """The record without teacher scores and with one hard positive: its labelled one (``pos``, a history's first
+    ``pos_index`` turn), else, as the paper's "w/o LLM reward" row takes it, its top-rated candidate (the records
+    without labels: lrlm's chunks, a reference MSC dialogue); None if it has neither."""
+    scores = record.get("teacher_scores")
     record = {k: v for k, v in record.items() if k != "teacher_scores"}
     history = record.pop("history", None)
+    candidates = list(history) if history is not None else [*(record.get("pos") or []), *(record.get("neg") or [])]
     if history is not None:
         marked = [i for i in record.get("pos_index") or [] if isinstance(i, int) and 0 <= i < len(history)]
-        if not marked:
+        record["pos"], record["neg"] = [], candidates
+        if marked:
+            record["pos"] = [history[marked[0]]]
+            record["neg"] = [turn for i, turn in enumerate(history) if i != marked[0]]
+    if not record.get("pos"):
+        if not isinstance(scores, list) or len(scores) != len(candidates) or len(candidates) < 2:
             return None
-        record["pos"] = [history[marked[0]]]
-        record["neg"] = [turn for i, turn in enumerate(history) if i != marked[0]]
-    return record if record.get("pos") else None
+        top = max(range(len(candidates)), key=lambda i: scores[i])  # the first of equal best
+        record["pos"] = [candidates[top]]
+        record["neg"] = [text for i, text in enumerate(candidates) if i != top]
+    return record
 
 
 def load_training_file(
