@@ -415,3 +415,12 @@ def test_the_package_exports_its_public_names_lazily():
             "assert set(llm_embedder.__all__) <= set(dir(llm_embedder))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_counting_a_text_past_the_model_s_length_logs_nothing(tiny_embedder_dir, caplog):
+    """count_tokens(truncate=False) made transformers log "Token indices sequence length is longer than the
+    specified maximum sequence length ... will result in indexing errors": counting such a text is the point."""
+    embedder = Embedder(tiny_embedder_dir, device="cpu")
+    caplog.clear()
+    assert embedder.count_tokens(["word " * 600], "qa", "key", truncate=False) > 600
+    assert "longer than the specified maximum" not in caplog.text

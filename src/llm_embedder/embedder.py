@@ -282,8 +282,9 @@ class Embedder:
                     self._count_base = copy.deepcopy(self.tokenizer)
                 tokenizer = self._count_local.tokenizer = copy.deepcopy(self._count_base)
         max_length = self.query_max_length if role == "query" else self.key_max_length
+        # verbose=False: counting a text past the model's length is asked for, not the mistake HF warns of
         encoded = tokenizer([prompt + t for t in texts], add_special_tokens=True, truncation=truncate,
-                            max_length=max_length if truncate else None)["input_ids"]
+                            max_length=max_length if truncate else None, verbose=False)["input_ids"]
         return int(sum(len(ids) for ids in encoded))
 
     def save(self, path: str | Path, plain_tasks: Collection[str] = ()) -> Path:
