@@ -46,7 +46,9 @@ def score_command(
     fast_mode: Annotated[
         str, typer.Option(help="With --fast: auto (bf16 where the CPU has it, else int8), bf16 or int8.")
     ] = "auto",
-    key_max_tokens: Annotated[int | None, typer.Option(min=1, help="Cut each candidate to this many tokens.")] = None,
+    key_max_tokens: Annotated[int | None, typer.Option(
+        min=1, help="Cut each candidate to this many tokens (the reference: 512; default: only where the prompt "
+                    "would overflow the LLM's window).")] = None,
     chunk_pairs: Annotated[
         int, typer.Option(min=1, help="Pairs per resumable chunk (batches never cross a chunk).")
     ] = 256,
