@@ -14,6 +14,7 @@ import pytest
 import torch
 from test_train import optimizer_state, run, run_cut_at
 from train_fixtures import write_task_file
+from transformers import TrainerCallback
 from typer.testing import CliRunner
 
 from llm_embedder.train import trainer as trainer_module
@@ -204,3 +205,60 @@ def test_unknown_loss_override_task_is_refused(tmp_path: Path, data_dir: Path, t
     assert isinstance(result.exception, ValueError)
     assert str(result.exception).startswith("loss_override: unknown task 'nope'")
     assert not out.exists()
+
+
+class KillAt(TrainerCallback):
+    """Stands for a kill after ``step`` (before its checkpoint, if any, is saved)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise Killed
+
+
+def killed_after(step: int, monkeypatch, out: Path, data: Path, base: Path, **extra) -> None:
+    """``run``, killed after ``step``: what it logged and saved until then stays."""
+    original = trainer_module.build_trainer
+
+    def with_kill(config, files):
+        built = original(config, files)
+        built.add_callback(KillAt(step))
+        return built
+
+    monkeypatch.setattr(trainer_module, "build_trainer", with_kill)
+    try:
+        with pytest.raises(Killed):
+            run(out, data, base, **extra)
+    finally:
+        monkeypatch.setattr(trainer_module, "build_trainer", original)
+
+
+def logged_steps(out: Path) -> list[int]:
+    """Every step record in rank 0's log, as written (repeats kept)."""
+    lines = (out / "logs" / "steps.rank0.jsonl").read_text().splitlines()
+    return [json.loads(line)["step"] for line in lines]
+
+
+def test_step_logs_hold_only_the_steps_of_this_run(tmp_path: Path, data_dir: Path, tiny_embedder_dir: Path,
+                                                   monkeypatch) -> None:
+    """A run from scratch in a folder whose earlier run was killed before any checkpoint starts its step log empty:
+    its card and curves count its own steps only. A resume from checkpoint N drops what the killed run logged past
+    N (those steps are trained again), and a line torn by the kill."""
+    out = tmp_path / "out"
+    killed_after(5, monkeypatch, out, data_dir, tiny_embedder_dir)  # save_steps 7: no checkpoint yet
+    assert logged_steps(out) == [1, 2, 3, 4, 5]
+    run(out, data_dir, tiny_embedder_dir, max_steps=3)
+    assert logged_steps(out) == [1, 2, 3]
+    card = (out / "TRAINING_CARD.md").read_text()
+    assert sum(int(line.split(" | ")[5]) for line in card.splitlines() if line.startswith("| qa | ")
+               or line.startswith("| tool | ") or line.startswith("| chat | ")) == 3
+
+    part = tmp_path / "part"
+    killed_after(8, monkeypatch, part, data_dir, tiny_embedder_dir)  # after the step-7 checkpoint
+    with (part / "logs" / "steps.rank0.jsonl").open("a") as handle:
+        handle.write('{"step": 9, "ra')  # torn by the kill
+    run(part, data_dir, tiny_embedder_dir, resume=True)
+    assert logged_steps(part) == list(range(1, 10))
+

@@ -127,8 +127,7 @@ def _make_trainer_class():
                 }
                 if parts is not None:
                     record["task_losses"] = parts
-                path = self.step_log_dir / f"steps.rank{self.args.process_index}.jsonl"
-                with path.open("a", encoding="utf-8") as handle:
+                with step_log_path(self.step_log_dir, self.args.process_index).open("a", encoding="utf-8") as handle:
                     handle.write(json.dumps(record) + "\n")
             return result
 
@@ -280,6 +279,37 @@ def latest_checkpoint(out: Path, say: bool = True) -> str | None:
     return str(checkpoint) if checkpoint is not None else None
 
 
+def step_log_path(folder: Path, rank: int) -> Path:
+    """Where ``rank`` logs each step's dataset, task and loss (one JSON line per step)."""
+    return folder / f"steps.rank{rank}.jsonl"
+
+
+def start_step_log(folder: Path, rank: int, world_size: int, start_step: int) -> None:
+    """Keep this rank's step log only up to ``start_step`` (the checkpoint resumed from; 0 for a run from scratch).
+
+    A killed run's records past its last checkpoint are of steps this run does again (or, killed before any
+    checkpoint, of a run that never finished); appended to, the log would count them in the card and the curves.
+    Rank 0 also drops the logs of ranks this run lacks. A line torn by a kill is dropped too.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        for path in folder.glob("steps.rank*.jsonl"):
+            if (match := re.fullmatch(r"steps\.rank(\d+)\.jsonl", path.name)) and int(match.group(1)) >= world_size:
+                path.unlink()
+    path = step_log_path(folder, rank)
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if int(json.loads(line)["step"]) <= start_step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    with atomic_write(path) as handle:
+        handle.writelines(kept)
+
+
 def run_inputs(config: TrainConfig, files: list[TrainingFile], world_size: int) -> dict[str, Any]:
     """What a run's checkpoints depend on (``RUN_STAMP``, JSON): the settings --resume may not change, the number
     of processes, and each data and task file (in order) by path and SHA-256, as the demo's stamps name them."""
@@ -403,7 +433,7 @@ def _train(config: TrainConfig, out: Path) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         with atomic_write(out / RUN_STAMP) as handle:  # what later --resume calls compare with
             json.dump(current, handle, indent=2)
-    (out / LOG_DIR).mkdir(parents=True, exist_ok=True)
+    start_step_log(out / LOG_DIR, rank, world_size, state["global_step"] if state else 0)
     if config.resume and resume_from is None:
         log.warning("--resume: no complete checkpoint in %s, starting from scratch", out / CHECKPOINT_DIR)
     started = time.time()
