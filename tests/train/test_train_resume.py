@@ -262,3 +262,19 @@ def test_step_logs_hold_only_the_steps_of_this_run(tmp_path: Path, data_dir: Pat
     run(part, data_dir, tiny_embedder_dir, resume=True)
     assert logged_steps(part) == list(range(1, 10))
 
+
+def test_a_resume_checkpoints_and_logs_at_its_own_intervals(tmp_path: Path, data_dir: Path, tiny_embedder_dir: Path,
+                                                            monkeypatch, caplog) -> None:
+    """--save-steps and logging_steps given anew on --resume take effect (the HF loop kept the checkpoint's), with a
+    line saying so."""
+    part = run_cut_at(4, monkeypatch, tmp_path / "part", data_dir, tiny_embedder_dir, save_steps=2,
+                      save_total_limit=10)
+    assert checkpoint_names(part) == ["checkpoint-2"]
+    caplog.set_level(logging.WARNING, logger="llm_embedder.train.trainer")
+    run(part, data_dir, tiny_embedder_dir, resume=True, save_steps=3, logging_steps=2, save_total_limit=10)
+    assert checkpoint_names(part) == ["checkpoint-2", "checkpoint-3", "checkpoint-6", "checkpoint-9"]
+    state = json.loads((part / "checkpoints" / "checkpoint-9" / "trainer_state.json").read_text())
+    assert (state["save_steps"], state["logging_steps"]) == (3, 2)
+    assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 4, 6, 8]
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("--resume: save_steps")]
+    assert said == ["--resume: save_steps 3 (the checkpoint's 2) from step 2"]

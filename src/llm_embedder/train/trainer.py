@@ -148,7 +148,24 @@ def _make_trainer_class():
                 steps_per_epoch = len(sampler) // sampler.world_size // args.gradient_accumulation_steps
                 sampler.set_epoch(state.global_step // max(steps_per_epoch, 1))
 
+    class ResumedIntervals(TrainerCallback):
+        """Checkpoint and log at this run's ``save_steps`` and ``logging_steps``, also after a resume.
+
+        The HF loop reloads both from the checkpoint's trainer state (warning that the arguments differ) and
+        saves and logs at the interrupted run's intervals; a resume may change them (``RESUME_MAY_CHANGE``).
+        """
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            for name in ("save_steps", "logging_steps"):
+                wanted, recorded = getattr(args, name), getattr(state, name)
+                if wanted != recorded:
+                    if state.is_world_process_zero:
+                        log.warning("--resume: %s %s (the checkpoint's %s) from step %d", name, wanted, recorded,
+                                    state.global_step)
+                    setattr(state, name, wanted)
+
     LLMEmbedderTrainer.EpochSync = EpochSync
+    LLMEmbedderTrainer.ResumedIntervals = ResumedIntervals
     return LLMEmbedderTrainer
 
 
@@ -221,6 +238,7 @@ def build_trainer(config: TrainConfig, files: list[TrainingFile]):
         callbacks=callbacks,
     )
     trainer.add_callback(trainer_class.EpochSync(trainer))
+    trainer.add_callback(trainer_class.ResumedIntervals())
     if plain_progress:  # HF prints every logged loss dict in place of the bar; the lines say it, every 30 s
         from transformers.trainer_callback import PrinterCallback
 
