@@ -111,6 +111,22 @@ def test_training_lowers_the_loss(tmp_path: Path, tiny_embedder_dir: Path) -> No
     assert sum(losses[-4:]) / 4 < 0.8 * sum(losses[:4]) / 4, losses
 
 
+def test_a_diverged_run_stops_naming_the_step_and_saves_no_model(tmp_path: Path, data_dir: Path,
+                                                                 tiny_embedder_dir: Path) -> None:
+    """At lr 1e6 the loss becomes NaN within a few steps (HF's progress shows only finite losses): training stops
+    there with one line naming the step, a user error (exit 2 from the CLI), and no final model is written."""
+    out = tmp_path / "nan"
+    with pytest.raises(trainer_module.TrainingDivergedError,
+                       match=r"^training diverged: the loss became nan at step \d+ \((qa|tool|chat) batch\)") as err:
+        run(out, data_dir, tiny_embedder_dir, lr=1e6, warmup_ratio=0.0)
+    assert isinstance(err.value, ValueError) and "\n" not in str(err.value)
+    logged = read_step_log(out / "logs" / "steps.rank0.jsonl")
+    assert logged[-1]["loss"] != logged[-1]["loss"] and all(s["loss"] == s["loss"] for s in logged[:-1])
+    assert f"at step {logged[-1]['step']} " in str(err.value)
+    assert not (out / "model.safetensors").exists() and not (out / "train_config.json").exists()
+    assert not (out / "TRAINING_CARD.md").exists()
+
+
 def test_bad_input_fails_before_training(tmp_path: Path, data_dir: Path, tiny_embedder_dir: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"query": "q", "task": "qa", "pos": ["p"], "neg": ["n"], "query_id": 0}) + "\n")

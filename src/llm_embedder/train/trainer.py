@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -52,6 +53,10 @@ RUN_STAMP = "run_inputs.json"  # written as a run starts: its settings and data,
 RESUME_MAY_CHANGE = ("out", "resume", "device", "fp16", "cpu_bf16", "gradient_checkpointing", "save_steps",
                      "save_total_limit", "logging_steps")
 BY_CONTENT = ("data", "task_files")  # compared by the files' content (a run folder may move), not by their paths
+
+
+class TrainingDivergedError(ValueError):
+    """The loss became NaN or infinite: the weights are lost, so training stops before any model is saved."""
 
 
 def distributed_env() -> tuple[int, int]:
@@ -129,6 +134,10 @@ def _make_trainer_class():
                     record["task_losses"] = parts
                 with step_log_path(self.step_log_dir, self.args.process_index).open("a", encoding="utf-8") as handle:
                     handle.write(json.dumps(record) + "\n")
+                if not math.isfinite(self.current_loss):  # HF's progress shows only finite losses: stop here
+                    raise TrainingDivergedError(
+                        f"training diverged: the loss became {self.current_loss} at step {record['step']} "
+                        f"({self.current_task} batch); the final model was not saved; train anew with a lower --lr")
             return result
 
     class EpochSync(TrainerCallback):
