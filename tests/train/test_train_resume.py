@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -278,3 +279,45 @@ def test_a_resume_checkpoints_and_logs_at_its_own_intervals(tmp_path: Path, data
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 4, 6, 8]
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("--resume: save_steps")]
     assert said == ["--resume: save_steps 3 (the checkpoint's 2) from step 2"]
+
+
+class Reached(Exception):
+    """Stands for training starting: the resume was accepted."""
+
+
+def test_resume_knows_the_base_by_its_folder_and_weights(tmp_path: Path, data_dir: Path, tiny_embedder_dir: Path,
+                                                         monkeypatch) -> None:
+    """The base is compared by its weight files' version, not as typed: the same folder given as a relative path
+    with a slash, an absolute path or a copy elsewhere (times kept) resumes; the folder with its weights changed
+    is refused, in one line. A run recorded by an earlier version (no version) is compared by the folder named."""
+    base = tmp_path / "models" / "st"
+    shutil.copytree(tiny_embedder_dir, base)
+    part = run_cut_at(4, monkeypatch, tmp_path / "part", data_dir, base, save_steps=2)
+
+    def reached(config, files):
+        raise Reached
+
+    monkeypatch.setattr(trainer_module, "build_trainer", reached)
+    monkeypatch.chdir(tmp_path)
+    copy = shutil.copytree(base, tmp_path / "elsewhere" / "st")
+    for given in ("models/st/", str(base.resolve()), copy):
+        with pytest.raises(Reached):
+            run(part, data_dir, given, resume=True, save_steps=2)
+    stamp = part / "run_inputs.json"
+    recorded = json.loads(stamp.read_text())
+    earlier = {**recorded, "settings": {k: v for k, v in recorded["settings"].items() if k != "base_version"}}
+    stamp.write_text(json.dumps(earlier))
+    with pytest.raises(Reached):
+        run(part, data_dir, "models/st/", resume=True, save_steps=2)
+    with pytest.raises(ValueError, match=r"base .*st \(now .*elsewhere/st\)"):
+        run(part, data_dir, copy, resume=True, save_steps=2)
+
+    stamp.write_text(json.dumps(recorded))
+    weights = base / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    with pytest.raises(ValueError, match=r"base: the weights of models/st/ changed since the run started") as err:
+        run(part, data_dir, "models/st/", resume=True, save_steps=2)
+    assert "\n" not in str(err.value)
+    # a bundled alias is its package's model: reinstalled (new times), it is the same base
+    versions = ({"base": "minilm", "base_version": [["model.safetensors", 1, t]]} for t in (1, 2))
+    assert trainer_module._base_differs(*versions) is None

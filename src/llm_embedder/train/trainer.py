@@ -30,7 +30,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from llm_embedder.io import LOCK_FILE, atomic_write, check_output_dir, exclusive, file_sha256
+from llm_embedder.io import LOCK_FILE, atomic_write, check_output_dir, exclusive, file_sha256, same_file
 from llm_embedder.train.card import CARD_NAME
 from llm_embedder.train.config import TrainConfig
 from llm_embedder.train.examples import TrainingFile, load_training_files
@@ -345,10 +345,12 @@ def run_inputs(config: TrainConfig, files: list[TrainingFile], world_size: int) 
     def stamped(paths: list[str]) -> list[dict[str, str]]:
         return [{"file": path, "sha256": digests.setdefault(path, file_sha256(path))} for path in paths]
 
+    from llm_embedder.models import model_version
+
     settings = {name: value for name, value in config.to_dict().items()
                 if name not in RESUME_MAY_CHANGE + BY_CONTENT}
     return json.loads(json.dumps({  # as read back from the file (tuples as lists)
-        "settings": {**settings, "world_size": world_size},
+        "settings": {**settings, "world_size": world_size, "base_version": model_version(config.base)},
         "data": stamped([str(f.path) for f in files]), "task_files": stamped(list(config.task_files)),
     }))
 
@@ -368,6 +370,38 @@ def _files_differ(name: str, recorded: Any, current: list[dict[str, str]]) -> st
         changed = [c["file"] for r, c in zip(recorded, current, strict=True) if r.get("sha256") != c["sha256"]]
         return f"{name}: content of {', '.join(changed)} changed since the run started"
     return f"{name}: {', '.join(map(str, paths)) or '-'} (now {', '.join(c['file'] for c in current) or '-'})"
+
+
+def _same_base(a: str, b: str) -> bool:
+    """Whether two base arguments name one model folder (``tiny/st``, ``tiny/st/``, its absolute path, a link)."""
+    from llm_embedder.models import resolve_embedder_path
+
+    try:
+        return same_file(resolve_embedder_path(a), resolve_embedder_path(b))
+    except FileNotFoundError:
+        return a == b
+
+
+def _base_differs(recorded: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """How the base model differs from the run's, or None: by its weight files' version (``base_version``) where
+    both record one, so the same folder typed otherwise or moved is the same base and one whose weights changed is
+    not; by the folder it names where the run's record is of an earlier version, which has no version."""
+    from llm_embedder.models import EMBEDDER_ALIASES
+
+    if "base" not in recorded:
+        return None
+    old, new = recorded["base"], current["base"]
+    if old == new and old in EMBEDDER_ALIASES:  # a bundled model's package, reinstalled (new file times)
+        return None
+    old_version, new_version = recorded.get("base_version"), current.get("base_version")
+    if old_version is not None and new_version is not None:
+        if old_version == new_version:
+            return None
+        if _same_base(old, new):
+            return f"base: the weights of {new} changed since the run started"
+    elif _same_base(old, new):
+        return None
+    return f"base {_shown(old)} (now {_shown(new)})"
 
 
 def resume_differences(out: Path, current: dict[str, Any], config: TrainConfig,
@@ -394,8 +428,10 @@ def resume_differences(out: Path, current: dict[str, Any], config: TrainConfig,
         state = checkpoint_state(Path(resume_from)) if resume_from else None
         if state is not None and "max_steps" in state and "max_steps" not in settings:
             where, settings["max_steps"] = Path(resume_from) / TRAINER_STATE, state["max_steps"]
+    base = _base_differs(settings, current["settings"])
+    differ += [base] if base else []
     for name, value in current["settings"].items():
-        if name in settings and settings[name] != value:
+        if name in settings and name not in ("base", "base_version") and settings[name] != value:
             differ.append(f"{name} {_shown(settings[name])} (now {_shown(value)})")
     return differ, str(where)
 
