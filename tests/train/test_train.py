@@ -141,6 +141,31 @@ def test_bad_input_fails_before_training(tmp_path: Path, data_dir: Path, tiny_em
     assert not out.exists()  # nothing started
 
 
+def test_records_all_dropped_by_a_filter_are_named_not_the_batch_size(tmp_path: Path, tiny_embedder_dir: Path,
+                                                                       caplog) -> None:
+    """Every lrlm record below the teacher-score margin is dropped: the error says so (a smaller --batch-size would
+    not help), naming the file and the filter, before anything is written."""
+    from train_fixtures import write_task_file
+
+    data = tmp_path / "lrlm.jsonl"
+    rows = [{"query_id": i, "query": f"chunk {i}", "task": "lrlm", "pos": [], "neg": ["a", "b", "c"],
+             "teacher_scores": [0.0, 0.0, 0.0]} for i in range(8)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    with pytest.raises(ValueError) as err:
+        run(out, data, tiny_embedder_dir)
+    message = str(err.value)
+    assert message == (f"no training examples: every record was dropped: {data}: 8 of 8 records dropped (8 by the "
+                       "lrlm task's teacher_scores_margin 0.1 filter)")
+    assert "--batch-size" not in message and not out.exists()
+    # some examples left, fewer than a batch: the batch size is named, and the drops in the warning
+    write_task_file(tmp_path / "qa.jsonl", "qa", 2, scores=True)
+    with pytest.raises(ValueError, match="lower --batch-size"):
+        trainer_module.train(TrainConfig(data=[str(data), str(tmp_path / "qa.jsonl")], out=str(out),
+                                         base=str(tiny_embedder_dir), **SMALL))
+    assert any("8 of 8 records dropped" in r.getMessage() for r in caplog.records)
+
+
 def test_config_file_mirrors_cli_options(tmp_path: Path) -> None:
     path = tmp_path / "train.yaml"
     path.write_text("max-steps: 7\nbatch_size: 3\nlr: 1.0e-4\ndata: some/dir\n")

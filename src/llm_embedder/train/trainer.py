@@ -64,14 +64,33 @@ def distributed_env() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def dropped(f: TrainingFile) -> str:
+    """Which of a file's records did not become examples, and why (e.g. ``8 of 8 records dropped (8 by the lrlm
+    task's teacher_scores_margin 0.1 filter)``), or '' where none was dropped."""
+    from llm_embedder.tasks import get_task
+
+    task = get_task(f.task)
+    filters = " / ".join(f"{name} {value}" for name in ("teacher_scores_margin", "teacher_scores_min")
+                         if (value := getattr(task, name)) is not None) or "teacher-score"
+    reasons = [(f.filtered, f"by the {f.task} task's {filters} filter"), (f.unlabelled, "for lack of a labelled "
+               "positive (hard labels)"), (f.truncated, f"past the {f.task} task's max_sample_num")]
+    parts = [f"{count} {why}" for count, why in reasons if count]
+    return f"{f.records - len(f.examples)} of {f.records} records dropped ({', '.join(parts)})" if parts else ""
+
+
 def check_batches(files: list[TrainingFile], batch_size: int, world_size: int) -> dict[str, int]:
-    """Global batches per epoch for each dataset; a run with none at all is an error."""
+    """Global batches per epoch for each dataset; a run with none at all is an error, saying whether filters left
+    no examples (a smaller batch would not help) or the batch is larger than the data."""
     global_size = batch_size * world_size
     batches = {f.name: len(f.examples) // global_size for f in files}
     for f in files:
         if batches[f.name] == 0:
-            log.warning("%s: %d examples < one global batch of %d; it will not be trained on",
-                        f.path, len(f.examples), global_size)
+            note = f" ({dropped(f)})" if dropped(f) else ""
+            log.warning("%s: %d examples < one global batch of %d%s; it will not be trained on",
+                        f.path, len(f.examples), global_size, note)
+    if not any(f.examples for f in files):
+        raise ValueError("no training examples: every record was dropped: "
+                         + "; ".join(f"{f.path}: {dropped(f)}" for f in files))
     if not any(batches.values()):
         raise ValueError(
             f"no dataset has a full global batch of {global_size} examples "
