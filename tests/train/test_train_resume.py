@@ -321,3 +321,25 @@ def test_resume_knows_the_base_by_its_folder_and_weights(tmp_path: Path, data_di
     # a bundled alias is its package's model: reinstalled (new times), it is the same base
     versions = ({"base": "minilm", "base_version": [["model.safetensors", 1, t]]} for t in (1, 2))
     assert trainer_module._base_differs(*versions) is None
+
+
+def test_an_unreadable_checkpoint_is_named_in_one_line(tmp_path: Path, data_dir: Path, tiny_embedder_dir: Path,
+                                                       monkeypatch) -> None:
+    """The newest checkpoint's optimizer.pt truncated on disk: --resume says, in one line, which checkpoint cannot be
+    read and to remove it (torch's zip-archive error came with a long traceback); removed, the run resumes from the
+    one before."""
+    settings = dict(save_steps=2, save_total_limit=5)
+    part = run_cut_at(5, monkeypatch, tmp_path / "part", data_dir, tiny_embedder_dir, **settings)
+    newest = part / "checkpoints" / "checkpoint-4"
+    optimizer = newest / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[: optimizer.stat().st_size // 2])
+    with pytest.raises(trainer_module.CheckpointUnreadableError) as err:
+        run(part, data_dir, tiny_embedder_dir, resume=True, **settings)
+    message = str(err.value)
+    assert isinstance(err.value, ValueError) and "\n" not in message and len(message) < 300 + len(str(newest))
+    assert message.startswith(f"--resume: cannot read the optimizer or scheduler state of {newest} (")
+    assert message.endswith("remove that checkpoint folder to resume from the one before it")
+    shutil.rmtree(newest)
+    run(part, data_dir, tiny_embedder_dir, resume=True, **settings)
+    assert "Resumed from `" in (part / "TRAINING_CARD.md").read_text()
+    assert "checkpoint-2" in (part / "TRAINING_CARD.md").read_text()

@@ -26,7 +26,8 @@ import math
 import os
 import re
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,30 @@ BY_CONTENT = ("data", "task_files")  # compared by the files' content (a run fol
 
 class TrainingDivergedError(ValueError):
     """The loss became NaN or infinite: the weights are lost, so training stops before any model is saved."""
+
+
+class CheckpointUnreadableError(ValueError):
+    """A complete-looking checkpoint whose files cannot be read back (truncated or corrupted on disk)."""
+
+
+@contextmanager
+def reading_checkpoint(checkpoint: str | None, what: str) -> Iterator[None]:
+    """Turn a failure to read ``what`` from ``checkpoint`` (a truncated ``optimizer.pt``: torch's long zip-archive
+    error and traceback) into one line naming the checkpoint and saying to remove it; running out of memory is not
+    the file's fault and is raised as it is."""
+    import pickle
+
+    import torch
+
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, KeyError) as err:
+        cause = " ".join(str(err).split()).split(". ")[0][:160] or type(err).__name__  # its first sentence
+        raise CheckpointUnreadableError(
+            f"--resume: cannot read the {what} of {checkpoint} ({cause}); remove that checkpoint folder to resume "
+            "from the one before it") from None
 
 
 def distributed_env() -> tuple[int, int]:
@@ -112,6 +137,23 @@ def _make_trainer_class():
         dataset_tasks: dict[str, str] = {}
         homogeneous: bool = True
         interleave_tasks: bool = True
+
+        # a checkpoint read back on --resume: a file that cannot be read is named in one line
+        def _load_from_checkpoint(self, resume_from_checkpoint, *args):
+            with reading_checkpoint(resume_from_checkpoint, "model"):
+                return super()._load_from_checkpoint(resume_from_checkpoint, *args)
+
+        def _load_optimizer_and_scheduler(self, checkpoint):
+            with reading_checkpoint(checkpoint, "optimizer or scheduler state"):
+                return super()._load_optimizer_and_scheduler(checkpoint)
+
+        def _load_scaler(self, checkpoint):
+            with reading_checkpoint(checkpoint, "fp16 scaler state"):
+                return super()._load_scaler(checkpoint)
+
+        def _load_rng_state(self, checkpoint):
+            with reading_checkpoint(checkpoint, "random number generator state"):
+                return super()._load_rng_state(checkpoint)
 
         def get_multi_dataset_batch_sampler(self, dataset, batch_samplers, generator=None, seed=0):
             sampler_class = HomogeneousBatchSampler if self.homogeneous else MixedBatchSampler
