@@ -44,6 +44,9 @@ def test_config_file_keys_are_the_command_line_options(tmp_path: Path) -> None:
     ("content", "message"),
     [
         ("instructions: true\nno-instructions: true\n", "c.yaml: no-instructions: instructions is given twice"),
+        ("lr: 1e-3\nbatch_size: 2\nlr: 0.5\n", "c.yaml:3:1: cannot parse YAML: 'lr' is given twice (first on line 1)"),
+        ("loss_override: {qa: kl_distill, qa: contrastive}\n",
+         "c.yaml:1:33: cannot parse YAML: 'qa' is given twice (first on line 1)"),
         ("no-lr: 1\n", "c.yaml: unknown option 'no-lr'; known: "),
         ("lr: abc\n", "c.yaml: lr: expected a number, got 'abc'"),
         ("batch_size: two\n", "c.yaml: batch_size: expected a whole number, got 'two'"),

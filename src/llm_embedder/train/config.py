@@ -138,6 +138,30 @@ class TrainConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the last one silently, so a
+    setting written twice in train.yaml would train with whichever came last."""
+
+
+def _unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    first: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *defaults``: its keys may be overridden
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            seen = key in first
+        except TypeError:  # an unhashable key: construct_mapping says so
+            continue
+        if seen:
+            raise yaml.constructor.ConstructorError(problem=f"{key!r} is given twice (first on line {first[key]})",
+                                                    problem_mark=key_node.start_mark)
+        first[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
 # the command line's repeatable options are singular and its ablation switches negative: the same keys in a file
 OPTION_NAMES = {"plain_task": "plain_tasks", "task_file": "task_files"}
 
@@ -150,7 +174,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader) or {}  # a SafeLoader
     except yaml.YAMLError as err:
         raise ValueError(yaml_error(path, err)) from None
     if not isinstance(data, dict):
