@@ -343,3 +343,21 @@ def test_an_unreadable_checkpoint_is_named_in_one_line(tmp_path: Path, data_dir:
     run(part, data_dir, tiny_embedder_dir, resume=True, **settings)
     assert "Resumed from `" in (part / "TRAINING_CARD.md").read_text()
     assert "checkpoint-2" in (part / "TRAINING_CARD.md").read_text()
+
+
+def test_the_cli_names_the_trained_model_only_when_it_wrote_one(tmp_path: Path, data_dir: Path,
+                                                                tiny_embedder_dir: Path) -> None:
+    """'trained model: OUT' follows a run that saved the model, not a --resume of a finished run (which says that
+    nothing is trained or written)."""
+    from llm_embedder.cli.app import app
+
+    out = tmp_path / "done"
+    args = ["train", "--data", str(data_dir), "--out", str(out), "--base", str(tiny_embedder_dir), "--max-steps",
+            "3", "--batch-size", "4", "--group-size", "3", "--save-steps", "3", "--query-max-length", "32",
+            "--key-max-length", "32"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert f"trained model: {out}" in first.output
+    again = CliRunner().invoke(app, [*args, "--resume"])
+    assert again.exit_code == 0, again.output
+    assert "trained model" not in again.output

@@ -74,7 +74,7 @@ def train_command(
     All data is validated before training starts.
     """
     from llm_embedder.train.config import TrainConfig, parse_loss_override
-    from llm_embedder.train.trainer import train
+    from llm_embedder.train.trainer import CONFIG_FILE, train
 
     cfg = TrainConfig.from_sources(
         config, data=[str(p) for p in [*(data or []), *(files or [])]] or None, out=str(out) if out else None,
@@ -87,8 +87,15 @@ def train_command(
         hard_labels=hard_labels, loss_override=parse_loss_override(loss_override) if loss_override else None,
         base_mix=base_mix,
     )
+    config_file = Path(cfg.out) / CONFIG_FILE  # written with the final model
+
+    def written() -> int | None:
+        return config_file.stat().st_mtime_ns if config_file.is_file() else None
+
+    before = written()
     result = train(cfg)
-    typer.echo(f"trained model: {result}")  # (a --resume of a finished run writes nothing and says so above)
+    if written() not in (None, before):  # a --resume of a finished run writes nothing, and says so above
+        typer.echo(f"trained model: {result}")
 
 
 @app.command("mine")
