@@ -68,6 +68,7 @@ def test_train_outputs_and_resume(tmp_path: Path, data_dir: Path, tiny_embedder_
     assert "**Maximum Sequence Length:** 32 tokens" in (full / "README.md").read_text()
     card = (full / "TRAINING_CARD.md").read_text()
     assert "stable_distill" in card and "kl_distill" in card and "contrastive" in card
+    assert "mixed precision off (fp32)" in card and "fp16 True" not in card  # CPU: fp16 (the default) is off
     assert (full / "loss_curves.png").stat().st_size > 1000
     assert (full / "checkpoints" / "checkpoint-9").is_dir()
     from llm_embedder.embedder import Embedder

@@ -108,8 +108,8 @@ def write_training_card(out: Path, config, files, batches: dict[str, int], extra
         f"lr {config.lr}, warm-up ratio {config.warmup_ratio}, weight decay {config.weight_decay} (AdamW, linear "
         f"decay), batch {config.batch_size} queries per process, group size {config.group_size} (1 positive + "
         f"{config.group_size - 1} negatives), τ {config.temperature}, max length {config.query_max_length} (query) / "
-        f"{config.key_max_length} (key), seed {config.seed}, fp16 {config.fp16} (CUDA only), "
-        f"CPU bf16 {config.cpu_bf16}, self-paced lr {config.self_paced}."
+        f"{config.key_max_length} (key), seed {config.seed}, mixed precision {extra.get('precision', 'unknown')}, "
+        f"self-paced lr {config.self_paced}."
         + (f" Saved weights: {1 - config.base_mix:g} x trained + {config.base_mix:g} x `{config.base}` (base_mix)."
            if config.base_mix else ""), "",
         f"Ablation settings: instructions: {str(config.instructions).lower()}, homogeneous: "

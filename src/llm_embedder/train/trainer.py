@@ -586,6 +586,12 @@ def _train(config: TrainConfig, out: Path) -> Path:
     return out
 
 
+def precision(args) -> str:
+    """The mixed precision the steps ran in, as the card says it (``fp16`` is asked for by default but takes effect
+    on CUDA only, ``cpu_bf16`` on a CPU with bf16 matmuls only)."""
+    return "fp16 (CUDA)" if args.fp16 else "bf16 (CPU)" if args.bf16 else "off (fp32)"
+
+
 def save_outputs(trainer, config: TrainConfig, files, batches: dict[str, int], world_size: int,
                  seconds: float, resumed_from: str | None) -> None:
     """Model with every task's prompts (via ``Embedder.save``), the training card and loss curves."""
@@ -604,5 +610,5 @@ def save_outputs(trainer, config: TrainConfig, files, batches: dict[str, int], w
              key_max_length=config.key_max_length).save(out, plain_tasks=config.trained_plain())
     config.save(out / CONFIG_FILE)
     extra: dict[str, Any] = {"world_size": world_size, "seconds": seconds, "resumed_from": resumed_from,
-                             "global_step": trainer.state.global_step}
+                             "global_step": trainer.state.global_step, "precision": precision(trainer.args)}
     write_training_card(out, config, files, batches, extra)
