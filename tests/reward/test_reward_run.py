@@ -335,3 +335,24 @@ def test_a_malformed_reuse_file_names_its_line(tiny_lm, tmp_path):
     with pytest.raises(DataError, match="old.jsonl:5"):
         score_file(src, tmp_path / "out.jsonl", tiny_lm, chunk_pairs=8, show_progress=False, reuse=[old])
     assert not (tmp_path / "out.jsonl").exists()  # refused before anything was written
+
+
+def test_cli_fast_mode_implies_fast_and_a_bad_one_is_refused_before_the_llm_loads(tiny_lm_dir, tmp_path, monkeypatch):
+    from llm_embedder.cli import app
+
+    src = write_records(tmp_path / "in.jsonl", n=2)
+    out = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(app, ["score", str(src), "-o", str(out), "--llm", str(tiny_lm_dir), "--device", "cpu",
+                                      "--fast-mode", "int8"])  # no --fast: the mode asked for is the mode run
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out.jsonl.meta.json").read_text())["settings"]["llm"].endswith("+int8")
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the LLM was loaded")
+
+    monkeypatch.setattr("llm_embedder.llm.CausalLM", no_load)
+    for args, message in ((["--no-fast", "--fast-mode", "int8"], "--fast-mode asks for the fast mode that --no-fast"),
+                          (["--fast-mode", "int4"], "--fast-mode must be one of auto, bf16, int8; got 'int4'")):
+        result = CliRunner().invoke(app, ["score", str(src), "-o", str(tmp_path / "o2.jsonl"), "--llm",
+                                          str(tiny_lm_dir), *args])
+        assert isinstance(result.exception, ValueError) and message in str(result.exception), result.output

@@ -26,6 +26,19 @@ def _init_distributed() -> bool:
     return False
 
 
+def pick_fast_option(fast: bool | None, fast_mode: str | None) -> str | None:
+    """The CausalLM fast mode that --fast and --fast-mode ask for (None: exact); a mode implies --fast."""
+    from llm_embedder.llm.fast import FAST_MODES
+
+    if fast_mode is None:
+        return "auto" if fast else None
+    if fast_mode not in FAST_MODES:
+        raise ValueError(f"--fast-mode must be one of {', '.join(FAST_MODES)}; got {fast_mode!r}")
+    if fast is False:
+        raise ValueError("--fast-mode asks for the fast mode that --no-fast turns off; drop one of them")
+    return fast_mode
+
+
 @app.command("score")
 def score_command(
     input: Annotated[Path, typer.Argument(help="Task records (JSONL): query, pos/neg or history, answers, task.")],
@@ -40,12 +53,15 @@ def score_command(
         int, typer.Option(min=0, help="Rank-aware reward from N LLM samples per record (0: likelihood reward).")
     ] = 0,
     fast: Annotated[
-        bool,
-        typer.Option(help="CPU fast mode (approximate scores; check with benchmarks/bench_reward.py --fast)."),
-    ] = False,
+        bool | None,
+        typer.Option("--fast/--no-fast",
+                     help="CPU fast mode (approximate scores; check with benchmarks/bench_reward.py --fast)."),
+    ] = None,
     fast_mode: Annotated[
-        str, typer.Option(help="With --fast: auto (bf16 where the CPU has it, else int8), bf16 or int8.")
-    ] = "auto",
+        str | None,
+        typer.Option(help="The fast mode, and implies --fast: auto (bf16 where the CPU has it, else int8), bf16 or "
+                          "int8 (--fast alone: auto)."),
+    ] = None,
     key_max_tokens: Annotated[int | None, typer.Option(
         min=1, help="Cut each candidate to this many tokens (the reference: 512; default: only where the prompt "
                     "would overflow the LLM's window).")] = None,
@@ -74,6 +90,7 @@ def score_command(
     from llm_embedder.reward.run import dist_info
 
     register_task_files(task_file)
+    fast_mode = pick_fast_option(fast, fast_mode)
     if not input.exists():
         raise FileNotFoundError(f"input file not found: {input}")
     for path in reuse or []:  # a mistyped name would only be "not reused", after the LLM loads
@@ -84,7 +101,7 @@ def score_command(
     if device is None and distributed and torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     try:
-        lm = CausalLM(llm, device=device, fast=fast_mode if fast else None)
+        lm = CausalLM(llm, device=device, fast=fast_mode)
         summary = score_file(
             input, out, lm, batch_tokens=batch_tokens, default_task=task, rank_aware=rank_aware,
             key_max_tokens=key_max_tokens, chunk_pairs=chunk_pairs, overwrite=overwrite, reuse=reuse,
