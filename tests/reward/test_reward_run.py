@@ -356,3 +356,38 @@ def test_cli_fast_mode_implies_fast_and_a_bad_one_is_refused_before_the_llm_load
         result = CliRunner().invoke(app, ["score", str(src), "-o", str(tmp_path / "o2.jsonl"), "--llm",
                                           str(tiny_lm_dir), *args])
         assert isinstance(result.exception, ValueError) and message in str(result.exception), result.output
+
+
+def test_cli_names_each_bad_record_once_and_a_bad_task_option_as_itself(tiny_lm_dir, tmp_path):
+    from llm_embedder.cli import app
+    from llm_embedder.tasks import UnknownTaskError
+
+    notask = tmp_path / "notask.jsonl"
+    notask.write_text("".join(json.dumps({"query": "q", "pos": ["p"], "neg": ["n"], "answers": ["a"], "query_id": i})
+                              + "\n" for i in range(3)))
+    out = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(app, ["score", str(notask), "-o", str(out), "--llm", str(tiny_lm_dir)])
+    message = str(result.exception)
+    assert isinstance(result.exception, DataError) and "3 problem(s) in" in message, message
+    assert message.count("notask.jsonl:1") == 1 and "notask.jsonl:1:task: missing field (set it in the record or " \
+                                                    "pass --task)" in message, message
+    # a record with no answer and a bad pos: each field once, the answer's problem kept
+    notask.write_text(json.dumps({"task": "qa", "query": "q", "pos": [1], "neg": ["n"], "query_id": 0}) + "\n"
+                      + json.dumps({"task": "qa", "query": "q", "pos": ["p"], "neg": ["n"], "query_id": 1}) + "\n")
+    result = CliRunner().invoke(app, ["score", str(notask), "-o", str(out), "--llm", str(tiny_lm_dir)])
+    message = str(result.exception)
+    assert "2 problem(s) in" in message and "notask.jsonl:1:pos: item 0 must be a string" in message, message
+    assert "notask.jsonl:2: field 'answers' is missing" in message, message
+    result = CliRunner().invoke(app, ["score", str(notask), "-o", str(out), "--llm", str(tiny_lm_dir), "--task",
+                                      "nope"])
+    assert isinstance(result.exception, UnknownTaskError), result.output
+    assert "unknown task 'nope'" in str(result.exception) and "notask.jsonl" not in str(result.exception)
+    assert not out.exists()
+
+
+def test_score_file_refuses_an_unknown_default_task_as_itself(tiny_lm, tmp_path):
+    from llm_embedder.tasks import UnknownTaskError
+
+    src = write_records(tmp_path / "in.jsonl", n=2)
+    with pytest.raises(UnknownTaskError, match="unknown task 'nope'"):
+        score_file(src, tmp_path / "out.jsonl", tiny_lm, default_task="nope", show_progress=False)

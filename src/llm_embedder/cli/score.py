@@ -88,8 +88,11 @@ def score_command(
     from llm_embedder.llm import CausalLM
     from llm_embedder.reward import score_file
     from llm_embedder.reward.run import dist_info
+    from llm_embedder.tasks import get_task
 
     register_task_files(task_file)
+    if task is not None:
+        get_task(task)  # a bad --task is the option's fault, not every record's
     fast_mode = pick_fast_option(fast, fast_mode)
     if not input.exists():
         raise FileNotFoundError(f"input file not found: {input}")

@@ -30,12 +30,20 @@ class RecordPairs:
     truncated: int = 0
 
 
+class RecordError(DataError):
+    """A record that scoring cannot use; ``line`` and ``field`` say where (the message names them too)."""
+
+    def __init__(self, where: str, line: int, field: str, message: str):
+        super().__init__(f"{where}: {message}")
+        self.line, self.field = line, field
+
+
 def split_template(template: str) -> str:
     """The part of a reward template before ``{answer}`` (text after the answer cannot change its score)."""
     return template.partition("{answer}")[0]
 
 
-def record_candidates(record: dict[str, Any], where: str) -> list[str]:
+def record_candidates(record: dict[str, Any], where: str, line: int = 0) -> list[str]:
     """pos + neg, or the history turns when the record has a non-empty ``history``."""
     if record.get("history"):
         names = ["history"]
@@ -45,30 +53,46 @@ def record_candidates(record: dict[str, Any], where: str) -> list[str]:
     for name in names:
         value = record.get(name) or []
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise DataError(f"{where}: field {name!r} must be a list of strings")
+            raise RecordError(where, line, name, f"field {name!r} must be a list of strings")
         candidates.extend(value)
     return candidates
 
 
-def record_task(record: dict[str, Any], default_task: str | None, where: str) -> Task:
+def record_task(record: dict[str, Any], default_task: str | None, where: str, line: int = 0) -> Task:
     name = record.get("task", default_task)
     if name is None:
-        raise DataError(f"{where}: field 'task' is missing (set it in the record or pass --task)")
+        raise RecordError(where, line, "task", "field 'task' is missing (set it in the record or pass --task)")
     try:
         return get_task(name)
     except UnknownTaskError as err:
-        raise DataError(f"{where}: field 'task': {err}") from None
+        raise RecordError(where, line, "task", f"field 'task': {err}") from None
 
 
-def record_answer(record: dict[str, Any], where: str) -> str:
+def record_answer(record: dict[str, Any], where: str, line: int = 0) -> str:
     answers = record.get("answers")
     if isinstance(answers, str):
         answers = [answers]
     if not answers:
-        raise DataError(f"{where}: field 'answers' is missing or empty; the reward template scores an answer")
+        raise RecordError(where, line, "answers",
+                          "field 'answers' is missing or empty; the reward template scores an answer")
     if not isinstance(answers, list) or not isinstance(answers[0], str) or not answers[0].strip():
-        raise DataError(f"{where}: field 'answers' must be a list of non-empty strings")
+        raise RecordError(where, line, "answers", "field 'answers' must be a list of non-empty strings")
     return answers[0]
+
+
+def unscorable(record: dict[str, Any], line: int, source: str, default_task: str | None = None) -> RecordError | None:
+    """What keeps one record from being scored (the first of its task, query, candidates, answer), or None: the
+    checks of ``build_record_pairs``, without a tokenizer."""
+    where = f"{source}:{line}"
+    try:
+        record_task(record, default_task, where, line)
+        if not isinstance(record.get("query"), str):
+            raise RecordError(where, line, "query", "field 'query' must be a string")
+        if record_candidates(record, where, line):
+            record_answer(record, where, line)
+    except RecordError as err:
+        return err
+    return None
 
 
 class KeyFitter:
@@ -113,15 +137,16 @@ def build_record_pairs(
 ) -> RecordPairs:
     """Validate one record and build its (prompt, answer) pairs; errors name ``source:line`` and the field."""
     where = f"{source}:{line}"
-    task = record_task(record, default_task, where)
-    query = record.get("query")
-    if not isinstance(query, str):
-        raise DataError(f"{where}: field 'query' must be a string")
-    candidates = record_candidates(record, where)
+    problem = unscorable(record, line, source, default_task)
+    if problem is not None:
+        raise problem
+    task = record_task(record, default_task, where, line)
+    query = record["query"]
+    candidates = record_candidates(record, where, line)
     pairs = RecordPairs(line=line, task=task, query=query, answer="")
     if not candidates:
         return pairs
-    pairs.answer = record_answer(record, where)
+    pairs.answer = record_answer(record, where, line)
     prefix = split_template(task.reward_template)
     for key in candidates:
         prompt, cut = fitter.fit(prefix, key, query, pairs.answer)

@@ -23,11 +23,12 @@ import json
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from llm_embedder import __version__
-from llm_embedder.data.validate import raise_problems, validate_records
+from llm_embedder.data.validate import Problem, raise_problems, validate_records
 from llm_embedder.io import (
     DataError,
     as_recorded,
@@ -37,7 +38,7 @@ from llm_embedder.io import (
     file_sha256,
     iter_jsonl,
 )
-from llm_embedder.reward.records import KeyFitter, RecordPairs, pair_all
+from llm_embedder.reward.records import KeyFitter, RecordPairs, build_all, unscorable
 from llm_embedder.reward.scorer import ScoreStats, score_pairsets, with_scores
 
 
@@ -193,6 +194,36 @@ def check_previous(out: Path, settings: dict[str, Any], overwrite: bool) -> dict
     return meta
 
 
+def check_input(in_path: str | Path, default_task: str | None = None) -> list[tuple[int, dict[str, Any]]]:
+    """The (line, record) pairs of IN; refuses, naming each problem once, what training will refuse (query ids,
+    list fields, indices: ``data check``'s rules, with ``default_task`` filled in) and what scoring cannot use
+    (a record with candidates and no answer). A ``default_task`` that is no task is refused first, as itself."""
+    from llm_embedder.tasks import get_task
+
+    if default_task is not None:
+        get_task(default_task)  # not "field 'task'" of every record
+    source = str(in_path)
+    numbered = list(iter_jsonl(in_path))
+    if not numbered:
+        raise DataError(f"{in_path}: no records to score")
+    # each record as training will read it, without the teacher_scores this run replaces (stale ones may be NaN)
+    filled = [(line, {**{k: v for k, v in r.items() if k != "teacher_scores"},
+                      **({"task": default_task} if default_task and "task" not in r else {})}) for line, r in numbered]
+    problems: list[tuple[int, Problem | str]] = []
+    for problem in validate_records(filled, source):
+        if (problem.field, problem.message) == ("task", "missing field"):
+            problem = replace(problem, message="missing field (set it in the record or pass --task)")
+        problems.append((problem.line, problem))
+    reported = {(line, problem.field) for line, problem in problems if isinstance(problem, Problem)}
+    for line, record in numbered:  # and what scoring needs beyond (an answer), where that field was not named yet
+        why = unscorable(record, line, source, default_task)
+        if why is not None and (why.line, why.field) not in reported:
+            problems.append((line, str(why)))
+    problems.sort(key=lambda item: item[0])  # in line order; stable, so a line keeps its fields' order
+    raise_problems([problem for _, problem in problems], source)
+    return numbered
+
+
 def score_file(
     in_path: str | Path,
     out_path: str | Path,
@@ -243,16 +274,9 @@ def _score_file(
     in_path, out = Path(in_path), Path(out_path)
     check_output_file(out, inputs=[in_path])  # --overwrite would delete the input
     rank, world = dist_info()
-    numbered = list(iter_jsonl(in_path))
-    if not numbered:
-        raise DataError(f"{in_path}: no records to score")
+    numbered = check_input(in_path, default_task)
     fitter = KeyFitter(lm.tokenizer, lm.max_length, key_max_tokens)
-    # what training will check too (query ids, list fields, indices): refused now, not after hours of scoring
-    # each record as training will read it, without the teacher_scores this run replaces (stale ones may be NaN)
-    filled = [(line, {**{k: v for k, v in r.items() if k != "teacher_scores"},
-                      **({"task": default_task} if default_task and "task" not in r else {})}) for line, r in numbered]
-    pairsets, unscorable = pair_all(numbered, str(in_path), fitter, default_task)  # and what scoring needs (answers)
-    raise_problems([*validate_records(filled, str(in_path)), *unscorable], str(in_path))
+    pairsets = build_all(numbered, str(in_path), fitter, default_task)
     stats = ScoreStats()
     stats.add(pairsets)
     batch_tokens = batch_tokens or lm.batch_tokens
