@@ -259,3 +259,22 @@ def test_prompt_items_given_twice_or_without_an_llm_is_refused(qa_suite, tmp_pat
                                       "--out", str(tmp_path / "out")])
     assert "--prompt-items sets what the LLM's prompt holds, and --llm none gives no LLM" in str(result.exception)
     assert not (tmp_path / "out").exists()
+
+
+def test_base_none_leaves_out_the_base_rows_and_nothing_to_evaluate_is_refused(qa_suite, tiny_embedder_dir, tmp_path):
+    """--base none was refused as a missing model folder (--base '' was the way), and with no system, no base and
+    --no-baselines the command wrote an empty table."""
+    from typer.testing import CliRunner
+
+    from llm_embedder.cli import app
+
+    command = ["evaluate", "--data", str(qa_suite), "--llm", "none", "--no-baselines"]
+    result = CliRunner().invoke(app, [*command, "--base", "none", "--model", f"tiny={tiny_embedder_dir}", "--out",
+                                      str(tmp_path / "one")])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads((tmp_path / "one" / "results.json").read_text())["qa"]) == {"tiny"}
+    for no_base in ("none", ""):
+        result = CliRunner().invoke(app, [*command, "--base", no_base, "--out", str(tmp_path / "two")])
+        assert isinstance(result.exception, ValueError), result.output
+        assert str(result.exception).startswith("nothing to evaluate: --base none and --no-baselines leave no rows")
+    assert not (tmp_path / "two").exists()

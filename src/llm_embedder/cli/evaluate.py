@@ -74,7 +74,8 @@ def parse_prompt_items(specs: list[str]) -> dict[str, int]:
 def evaluate_command(
     data: Annotated[Path, typer.Option(help="Task-suite directory (DIR/<task>/test.jsonl, corpus.jsonl).")],
     model: Annotated[list[str] | None, typer.Option(help="NAME=PATH of an embedder (repeatable).")] = None,
-    base: Annotated[str | None, typer.Option(help="Base embedder evaluated with and without instructions.")] = "minilm",
+    base: Annotated[str | None, typer.Option(
+        help="Base embedder evaluated with and without instructions; none: no base rows.")] = "minilm",
     tasks: Annotated[list[str] | None, typer.Option("--task", help=(
         "Tasks to evaluate (default: every task with a <task>/<split>.jsonl in DIR, a user task among them; a user "
         "task is known from --task-file or from a --model or --base trained with it)."))] = None,
@@ -129,6 +130,11 @@ def evaluate_command(
     if not task_names:
         raise FileNotFoundError(f"no <task>/{split}.jsonl under {data}")
     specs = parse_model_specs(model or [])
+    if base is not None and base.strip().lower() in ("", "none"):
+        base = None  # as --llm none
+    if not specs and not base and not baselines and not gold and not teacher:
+        raise ValueError("nothing to evaluate: --base none and --no-baselines leave no rows; give --model NAME=PATH, "
+                         "a --base, or drop --no-baselines")
     # the user tasks of a task file and those the models carry (trained with --task-file) are known before the
     # task names are checked, as encode, index, search and serve know them
     register_task_files(task_file)
