@@ -70,3 +70,32 @@ def test_bad_port_and_log_level_are_refused_before_the_model_loads(monkeypatch) 
     assert str(result.exception).startswith(f"cannot listen on 127.0.0.1:{port}: ")
     result = CliRunner().invoke(app, ["serve", "--host", "999.1.1.1"])
     assert isinstance(result.exception, ValueError) and "--host '999.1.1.1' does not resolve" in str(result.exception)
+
+
+def test_port_0_prints_the_port_the_os_chose_and_serves_there(tiny_embedder_dir, tmp_path) -> None:
+    """It printed 'on http://127.0.0.1:0' while uvicorn listened on another port."""
+    import os
+    import re
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    log_path = tmp_path / "server.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "llm_embedder", "serve", "--model", str(tiny_embedder_dir),
+                                    "--port", "0", "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT,
+                                   env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (match := re.search(r"serving model '\w+' \(dim \d+\) on (http://127\.0\.0\.1:(\d+))\n",
+                                      log_path.read_text())):
+            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        assert int(match.group(2)) != 0, log_path.read_text()
+        assert httpx.get(f"{match.group(1)}/health", timeout=10).status_code == 200  # it listens where it says
+    finally:
+        process.terminate()
+        process.wait(timeout=20)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -57,6 +58,20 @@ def check_listenable(host: str, port: int) -> None:
             raise ValueError(f"cannot listen on {host}:{port}: {err.strerror}") from None
 
 
+def listening_urls(servers: list) -> list[str]:
+    """The http:// address of every socket the asyncio servers listen on: the port the OS chose for --port 0."""
+    import socket
+
+    urls = []
+    for server in servers:
+        for sock in server.sockets or []:
+            host, port = sock.getsockname()[:2]
+            url = f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
+            if url not in urls:
+                urls.append(url)
+    return urls
+
+
 @app.command("serve")
 def serve_command(
     model: ModelOption = "minilm",
@@ -64,7 +79,9 @@ def serve_command(
         list[str] | None, typer.Option("--index", help="NAME=DIR of a saved index; repeat for several.")
     ] = None,
     host: Annotated[str, typer.Option(help="Address to bind; loopback unless you mean to expose it.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: any free one).")] = 8000,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="TCP port (0: a free one, printed once it listens).")
+    ] = 8000,
     api_key: Annotated[
         str | None,
         typer.Option(envvar="LLM_EMBEDDER_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1/* routes."),
@@ -131,6 +148,22 @@ def serve_command(
         max_batch_tokens=max_batch_tokens, max_batch_requests=max_batch_requests, max_wait_ms=max_wait_ms,
         max_k=max_k,
     )
-    console.print(f"serving model {settings.model_id!r} (dim {embedder.dim}) on http://{host}:{port}", markup=False)
-    uvicorn.run(create_app(embedder, retrievers, settings), host=host, port=port, log_level=log_level,
-                access_log=log_level == "debug")
+    config = uvicorn.Config(create_app(embedder, retrievers, settings), host=host, port=port, log_level=log_level,
+                            access_log=log_level == "debug")
+
+    class AnnouncingServer(uvicorn.Server):
+        """Says where it serves once it listens: the port the OS chose for --port 0, each address of a host name."""
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:
+                console.print(f"serving model {settings.model_id!r} (dim {embedder.dim}) on "
+                              + ", ".join(listening_urls(self.servers)), markup=False, soft_wrap=True)
+
+    server = AnnouncingServer(config)
+    try:  # as uvicorn.run
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    if not server.started:
+        sys.exit(3)  # uvicorn's STARTUP_FAILURE; it has logged why
