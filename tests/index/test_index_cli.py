@@ -429,3 +429,12 @@ def test_index_notes_a_title_that_the_default_field_leaves_out(tiny_embedder_dir
     untitled.write_text('{"text": "a"}\n{"text": "b"}\n')
     result = runner.invoke(app, [*base[:4], str(untitled), *base[5:], "--out", str(tmp_path / "untitled")])
     assert result.exit_code == 0 and "note:" not in result.stderr, result.output
+
+
+def test_augment_refuses_k_without_an_index() -> None:
+    """-k without --index was ignored silently (the items are the --item ones)."""
+    result = runner.invoke(app, ["augment", "q", "--task", "qa", "--item", "x", "-k", "5"])
+    assert isinstance(result.exception, ValueError), result.output
+    assert str(result.exception).startswith("-k is how many items to retrieve with --index, and no --index is given")
+    result = runner.invoke(app, ["augment", "q", "--task", "qa", "--item", "x"])
+    assert result.exit_code == 0 and result.stdout.startswith("Knowledge: x"), result.output

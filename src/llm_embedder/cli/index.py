@@ -212,7 +212,7 @@ def augment_command(
     task: Annotated[str, typer.Option(help="Prompt layout / retrieval task.")] = "qa",
     index: Annotated[Path | None, typer.Option("--index", "-i", help="Retrieve the items from this index.")] = None,
     item: Annotated[list[str] | None, typer.Option("--item", help="A retrieved item, best first (repeat).")] = None,
-    k: Annotated[int, typer.Option("-k", help="Items to retrieve with --index.")] = 3,
+    k: Annotated[int | None, typer.Option("-k", help="Items to retrieve with --index (default 3).")] = None,
     budget: Annotated[int, typer.Option(help="Token budget of the whole prompt.")] = 1024,
     tokenizer: Annotated[
         str | None, typer.Option(help="Count tokens with this LM (a HF directory or 'smollm2'); default approximate.")
@@ -227,6 +227,9 @@ def augment_command(
     from llm_embedder.tasks import get_task
 
     register_task_files(task_file)
+    if index is None and k is not None:  # it used to be ignored silently
+        raise ValueError("-k is how many items to retrieve with --index, and no --index is given: it would have no "
+                         "effect (give the items with --item, or an --index to retrieve them from)")
     if index is not None:
         register_index_tasks(index, model)
     elif model is not None:
@@ -247,7 +250,7 @@ def augment_command(
     positions = None
     if index is not None:
         retriever = open_retriever(index, model, task)
-        hits = retriever.search(query, k=k)[0]
+        hits = retriever.search(query, k=3 if k is None else k)[0]
         retriever.close()
         items += [h.text for h in hits]
         # chunks of a ChunkMemory index keep their place in the text: lrlm lays them out in that order
