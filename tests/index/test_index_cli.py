@@ -438,3 +438,21 @@ def test_augment_refuses_k_without_an_index() -> None:
     assert str(result.exception).startswith("-k is how many items to retrieve with --index, and no --index is given")
     result = runner.invoke(app, ["augment", "q", "--task", "qa", "--item", "x"])
     assert result.exit_code == 0 and result.stdout.startswith("Knowledge: x"), result.output
+
+
+def test_a_bad_k_or_filter_is_refused_before_the_index_and_model_load(tmp_path: Path, monkeypatch) -> None:
+    """search -k -3 and --filter abc, augment -k 0, failed only once the model had loaded."""
+    from llm_embedder.retriever import Retriever
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the index and its model were loaded")
+
+    monkeypatch.setattr(Retriever, "load", no_load)
+    for args in (["search", "q", "--index", str(tmp_path), "-k", "-3"],
+                 ["search", "q", "--index", str(tmp_path), "-k", "0"],
+                 ["augment", "q", "--index", str(tmp_path), "-k", "0"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and "Invalid value for '-k'" in result.output, (args, result.output)
+    result = runner.invoke(app, ["search", "q", "--index", str(tmp_path), "--filter", "abc"])
+    assert isinstance(result.exception, ValueError), result.output
+    assert str(result.exception) == "--filter must look like field=value, got 'abc'"

@@ -154,7 +154,7 @@ def open_retriever(index: Path, model: str | None, task: str | None):
 def search_command(
     index: IndexOption,
     queries: Annotated[list[str] | None, typer.Argument(help="One or more query texts.")] = None,
-    k: Annotated[int, typer.Option("-k", help="Hits per query.")] = 10,
+    k: Annotated[int, typer.Option("-k", min=1, help="Hits per query.")] = 10,
     model: Annotated[str | None, typer.Option(help="Embedder (default: the one named in the index).")] = None,
     task: Annotated[
         str | None, typer.Option(help="Expected task (an error if the index was built for another).")
@@ -186,8 +186,9 @@ def search_command(
         queries += read_texts(queries_file, None, noun="query", use="search", lines_only=True)
     if not queries:
         raise ValueError("no query: give one or more as arguments, or --queries FILE")
+    filters = parse_filter(filter)  # a malformed one is refused before the model loads
     retriever = open_retriever(index, model, task)
-    results = retriever.search(queries, k=k, filter=parse_filter(filter), nprobe=nprobe, ef_search=ef_search)
+    results = retriever.search(queries, k=k, filter=filters, nprobe=nprobe, ef_search=ef_search)
     console = Console(markup=False)  # documents are text: "list[int]" is not a style tag
     for query, hits in zip(queries, results, strict=True):
         if json_out:
@@ -212,7 +213,7 @@ def augment_command(
     task: Annotated[str, typer.Option(help="Prompt layout / retrieval task.")] = "qa",
     index: Annotated[Path | None, typer.Option("--index", "-i", help="Retrieve the items from this index.")] = None,
     item: Annotated[list[str] | None, typer.Option("--item", help="A retrieved item, best first (repeat).")] = None,
-    k: Annotated[int | None, typer.Option("-k", help="Items to retrieve with --index (default 3).")] = None,
+    k: Annotated[int | None, typer.Option("-k", min=1, help="Items to retrieve with --index (default 3).")] = None,
     budget: Annotated[int, typer.Option(help="Token budget of the whole prompt.")] = 1024,
     tokenizer: Annotated[
         str | None, typer.Option(help="Count tokens with this LM (a HF directory or 'smollm2'); default approximate.")
