@@ -391,3 +391,22 @@ def test_score_file_refuses_an_unknown_default_task_as_itself(tiny_lm, tmp_path)
     src = write_records(tmp_path / "in.jsonl", n=2)
     with pytest.raises(UnknownTaskError, match="unknown task 'nope'"):
         score_file(src, tmp_path / "out.jsonl", tiny_lm, default_task="nope", show_progress=False)
+
+
+def test_cli_refuses_bad_records_before_the_llm_loads(tiny_lm_dir, tmp_path, monkeypatch):
+    """A malformed line or a record without an answer was refused only once the LLM had loaded (15 s for SmolLM2)."""
+    from llm_embedder.cli import app
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the LLM was loaded")
+
+    monkeypatch.setattr("llm_embedder.llm.CausalLM", no_load)
+    bad = tmp_path / "bad.jsonl"
+    good = {"task": "qa", "query": "q", "pos": ["p"], "neg": ["n"], "answers": ["a"], "query_id": 0}
+    for text, message in ((json.dumps(good) + "\n{not json\n", "bad.jsonl:2"),
+                          (json.dumps({**good, "answers": []}) + "\n", "bad.jsonl:1: field 'answers' is missing")):
+        bad.write_text(text)
+        result = CliRunner().invoke(app, ["score", str(bad), "-o", str(tmp_path / "out.jsonl"), "--llm",
+                                          str(tiny_lm_dir)])
+        assert isinstance(result.exception, DataError) and message in str(result.exception), result.exception
+    assert not (tmp_path / "out.jsonl").exists()

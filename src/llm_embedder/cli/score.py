@@ -104,9 +104,9 @@ def score_command(
     if device is None and distributed and torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     try:
-        lm = CausalLM(llm, device=device, fast=fast_mode)
-        summary = score_file(
-            input, out, lm, batch_tokens=batch_tokens, default_task=task, rank_aware=rank_aware,
+        summary = score_file(  # the LLM loads once the records are checked: a bad one is refused in seconds
+            input, out, lambda: CausalLM(llm, device=device, fast=fast_mode), batch_tokens=batch_tokens,
+            default_task=task, rank_aware=rank_aware,
             key_max_tokens=key_max_tokens, chunk_pairs=chunk_pairs, overwrite=overwrite, reuse=reuse,
         )
     finally:

@@ -240,6 +240,8 @@ def score_file(
 ) -> dict[str, Any]:
     """Write ``teacher_scores`` for every record of IN to OUT (see the module docstring); returns the summary.
 
+    ``lm``: the CausalLM, or a function of no arguments that loads it, called once the input has been checked.
+
     ``reuse``: earlier outputs whose scores are taken for the records they hold (files scored otherwise are
     skipped, and the summary's ``reuse_skipped`` says why).
     """
@@ -275,6 +277,8 @@ def _score_file(
     check_output_file(out, inputs=[in_path])  # --overwrite would delete the input
     rank, world = dist_info()
     numbered = check_input(in_path, default_task)
+    if callable(lm):  # a loader: a bad input costs no model load
+        lm = lm()
     fitter = KeyFitter(lm.tokenizer, lm.max_length, key_max_tokens)
     pairsets = build_all(numbered, str(in_path), fitter, default_task)
     stats = ScoreStats()
