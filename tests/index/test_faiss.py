@@ -31,12 +31,29 @@ def test_factories_find_exact_match(factory: str, tmp_path: Path) -> None:
 
 
 def test_bad_factory_and_too_little_training() -> None:
-    with pytest.raises(ValueError, match="invalid FAISS factory"):
+    # FAISS's words, without its C++ signature, source file and line ("Error in std::unique_ptr<faiss::Index> ...")
+    with pytest.raises(ValueError) as err:
         FaissIndex(DIM, "NotAnIndex")
+    assert str(err.value) == "invalid FAISS factory string 'NotAnIndex': could not parse index string NotAnIndex"
+    with pytest.raises(ValueError) as err:
+        FaissIndex(DIM, "IVF10,PQ")
+    assert str(err.value) == "invalid FAISS factory string 'IVF10,PQ': could not parse code description PQ in IVF10,PQ"
     index = FaissIndex(DIM, "IVF64,Flat")
-    with pytest.raises(ValueError, match="could not be trained on 10 vectors"):
+    with pytest.raises(ValueError, match="could not be trained on 10 vectors") as err:
         index.add(range(10), unit(10))
+    assert "(Number of training points (10) should be at least as large as number of clusters (64))" in str(err.value)
     assert index.count == 0
+
+
+def test_an_unreadable_index_file_says_why_in_faiss_words(tmp_path) -> None:
+    from llm_embedder.index.base import IndexFormatError
+
+    path = tmp_path / "i.faiss"
+    path.write_bytes(b"garbage" * 10)
+    with pytest.raises(IndexFormatError) as err:
+        FaissIndex.load(path)
+    assert str(err.value).endswith('not a readable FAISS index (truncated or corrupt?): Index type 0x62726167 ("garb") '
+                                   "not recognized"), str(err.value)
 
 
 def test_hnsw_delete_is_a_clear_error() -> None:

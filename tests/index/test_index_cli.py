@@ -456,3 +456,22 @@ def test_a_bad_k_or_filter_is_refused_before_the_index_and_model_load(tmp_path: 
     result = runner.invoke(app, ["search", "q", "--index", str(tmp_path), "--filter", "abc"])
     assert isinstance(result.exception, ValueError), result.output
     assert str(result.exception) == "--filter must look like field=value, got 'abc'"
+
+
+
+def test_index_refuses_bad_arguments_without_the_title_note_or_faiss_internals(tiny_embedder_dir: Path,
+                                                                                 tmp_path: Path) -> None:
+    """The title note came before errors about other arguments, and a bad --factory showed FAISS's C++ signature."""
+    corpus = write_corpus(tmp_path / "corpus.jsonl")  # its records have titles: the note's case
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    base = ["index", "--task", "qa", "--corpus", str(corpus), "--model", str(tiny_embedder_dir)]
+    for args, message in (
+        (["--out", str(a_file)], "a_file"),
+        (["--out", str(tmp_path / "idx"), "--backend", "nope"], "backend must be faiss or milvus, got 'nope'"),
+        (["--out", str(tmp_path / "idx"), "--factory", "Bogus"],
+         "invalid FAISS factory string 'Bogus': could not parse index string Bogus"),
+    ):
+        result = runner.invoke(app, [*base, *args])
+        assert result.exception is not None and message in str(result.exception), (args, result.output)
+        assert "note:" not in result.stderr and "Error in" not in str(result.exception), (args, result.stderr)

@@ -54,14 +54,17 @@ def index_command(
     get_task(task)
     if not corpus.exists():
         raise FileNotFoundError(f"corpus not found: {corpus}")
-    if template is None and field == "text" and first_record_has_title(corpus):
-        Console(stderr=True, markup=False).print(
-            "note: the corpus's records have a 'title' that --field text leaves out; the models train and are "
-            "evaluated on '{title} {text}' keys (--template '{title} {text}' embeds it)", highlight=False)
+
+    def note_title() -> None:  # once the arguments are known good: not before an error about another one
+        if template is None and field == "text" and first_record_has_title(corpus):
+            Console(stderr=True, markup=False).print(
+                "note: the corpus's records have a 'title' that --field text leaves out; the models train and are "
+                "evaluated on '{title} {text}' keys (--template '{title} {text}' embeds it)", highlight=False)
+
     embedder = Embedder(model, device=device, batch_size=batch_size, query_max_length=max_length,
                         key_max_length=max_length)
-    meta = build_index(corpus, out, embedder, task, factory=factory, backend=backend, field=field,
-                       template=template, batch_size=batch_size, filter_fields=filter_field or ())
+    meta = build_index(corpus, out, embedder, task, factory=factory, backend=backend, field=field, template=template,
+                       batch_size=batch_size, filter_fields=filter_field or (), on_encode=note_title)
     Console(stderr=True, markup=False).print(
         f"indexed {meta['count']} documents for task {task} ({meta['dim']}-d, up to "
         f"{meta.get('key_max_length', '?')} tokens each, {backend} {factory}) in {out}"

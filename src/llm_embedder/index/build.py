@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -395,6 +395,7 @@ def build_index(
     filter_fields: Iterable[str] = (),
     progress: bool = True,
     option: str = "--out",
+    on_encode: Callable[[], None] | None = None,
 ) -> dict:
     """Encode a corpus for ``task`` into ``out_dir`` and index it; re-running continues an interrupted build.
 
@@ -405,7 +406,8 @@ def build_index(
     task, instructions, document tokens, corpus, factory) is refused rather than mixed. A corpus file is known
     by path, size and time, and where those differ by its documents (touched, copied or moved, it is the same
     corpus); in-memory documents by content (``documents_fingerprint``). ``option`` names
-    ``out_dir`` in messages.
+    ``out_dir`` in messages. ``on_encode`` is called once every check has passed, before the documents are encoded
+    (not for a finished build, which is returned as it is).
     """
     from llm_embedder.tasks import get_task
 
@@ -496,6 +498,8 @@ def build_index(
             write_progress(out_dir, state)
         # the documents are counted: a factory that cannot be trained on them is refused before they are encoded
         check_trainable(factory, int(embedder.dim), state["count"])
+        if on_encode is not None:
+            on_encode()
         encode_rows(embedder, task, out_dir, state, batch_size, progress)
         index_file, stored = build_vector_index(out_dir, state, backend, factory, tuple(filter_fields))
         # the fields some document holds: a filter on another one (a typo, under "*") is refused, not empty

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -50,6 +51,14 @@ def _ids_checksum(ids: np.ndarray) -> str:
     return f"{len(ids)}:{int(ids.sum()) & 0xFFFFFFFFFFFF}:{mixed}"
 
 
+def faiss_reason(err: Exception) -> str:
+    """FAISS's own words from one of its C++ errors, without the function signature, source file and line before
+    them ("Error in std::unique_ptr<faiss::Index> faiss::...(int, ...) at .../index_factory.cpp:1228: ...")."""
+    text = str(err).strip().splitlines()[-1].strip()
+    text = re.sub(r"^Error in .*? at \S+:\d+: ", "", text)
+    return re.sub(r"^Error: '.*?' failed: ", "", text)
+
+
 class FaissIndex:
     """A FAISS index behind the ``VectorIndex`` contract (see ``llm_embedder.index.base``)."""
 
@@ -61,7 +70,7 @@ class FaissIndex:
         try:
             inner = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as err:
-            raise ValueError(f"invalid FAISS factory string {factory!r}: {str(err).splitlines()[-1]}") from None
+            raise ValueError(f"invalid FAISS factory string {factory!r}: {faiss_reason(err)}") from None
         self.factory = factory
         self.path = Path(path) if path is not None else None
         self.index = inner if "IDMap" in factory else faiss.IndexIDMap2(inner)
@@ -147,7 +156,7 @@ class FaissIndex:
         except RuntimeError as err:
             raise ValueError(
                 f"FAISS factory {self.factory!r} could not be trained on {len(sample)} vectors "
-                f"({str(err).splitlines()[-1].strip()}); give more vectors or a smaller factory (e.g. Flat)"
+                f"({faiss_reason(err)}); give more vectors or a smaller factory (e.g. Flat)"
             ) from None
 
     def add(
@@ -307,7 +316,7 @@ class FaissIndex:
             index = faiss.read_index(str(path))
         except RuntimeError as err:
             raise IndexFormatError(
-                f"{path}: not a readable FAISS index (truncated or corrupt?): {str(err).splitlines()[-1].strip()}"
+                f"{path}: not a readable FAISS index (truncated or corrupt?): {faiss_reason(err)}"
             ) from None
         self = cls.__new__(cls)
         self.index = index
