@@ -79,8 +79,7 @@ def main() -> None:
                                     ) from None
         except BrokenPipeError:  # `llm-embedder ... | head`: the reader left, as typer's own handler treats it
             sys.exit(1)
-        if isinstance(code, int) and code:
-            sys.exit(code)
+        sys.exit(code if isinstance(code, int) else 0)  # as typer's standalone mode ends, a success included
     except USER_ERRORS as err:
         message = str(err)
         if isinstance(err, OSError) and err.strerror and message.startswith(f"[Errno {err.errno}]"):
