@@ -65,10 +65,16 @@ def check_output_file(path: str | Path, option: str = "--out", inputs: Iterable[
         if same_file(path, source):
             raise FileExistsError(f"{option} {path} is the input file {source}; give another path (writing it "
                                   "would replace the input)")
+    refuse_under_a_file(path, option)
+    return path
+
+
+def refuse_under_a_file(path: Path, option: str) -> None:
+    """Refuse a path that cannot be made because a folder above it is a file (Python's raw "[Errno 20] Not a
+    directory" would come only once the job came to write)."""
     blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
     if blocking is not None:
         raise NotADirectoryError(f"{option} {path}: {blocking} is a file, not a folder")
-    return path
 
 
 def check_output_dir(path: str | Path, markers: Iterable[str], what: str, option: str = "--out") -> Path:
@@ -78,9 +84,7 @@ def check_output_dir(path: str | Path, markers: Iterable[str], what: str, option
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{option} {path} is a file; give a folder")
-    blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
-    if blocking is not None:  # the folder could not be made (raw "[Errno 20] Not a directory" after the work)
-        raise NotADirectoryError(f"{option} {path}: {blocking} is a file, not a folder")
+    refuse_under_a_file(path, option)
     if path.is_dir():
         entries = sorted(entry.name for entry in path.iterdir() if not entry.name.startswith("."))
         if entries and not any((path / marker).exists() for marker in markers):
