@@ -165,12 +165,12 @@ def memo_logprobs(
     return np.asarray([memo[pair] for pair in pairs], dtype=np.float64)
 
 
-GENERATE_BATCH = 8  # CausalLM.generate's own batch: the same batches, so the same answers, with progress between
-
-
 def generate_answers(lm: Any, prompts: Sequence[str], progress: Callable[[int, int], None] | None = None) -> list[str]:
     """Greedy answers (up to 16 tokens, to the first newline), a batch at a time so that ``progress(done, total)``
-    follows them: on a CPU they take minutes, which showed as a bar standing still at its last prompt."""
+    follows them: on a CPU they take minutes, which showed as a bar standing still at its last prompt. The batches
+    are CausalLM.generate's own (``GENERATE_BATCH``), so the answers are those of one call over all prompts."""
+    from llm_embedder.llm.model import GENERATE_BATCH
+
     outputs: list[str] = []
     if progress is not None:
         progress(0, len(prompts))

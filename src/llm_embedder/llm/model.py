@@ -15,6 +15,7 @@ from llm_embedder.llm.scoring import bucketed_logprob, encode_pairs
 # padded tokens per forward pass when scoring, unless the caller says otherwise
 CUDA_BATCH_TOKENS = 16384
 CPU_BATCH_TOKENS = 1024
+GENERATE_BATCH = 8  # prompts per generate() batch
 
 
 class CausalLM:
@@ -108,7 +109,7 @@ class CausalLM:
         max_new_tokens: int = 32,
         stop: list[str] | None = None,
         chat: bool = True,
-        batch_size: int = 8,
+        batch_size: int = GENERATE_BATCH,
         **sampling: Any,
     ) -> list[str]:
         """Greedy continuations (cut before the first stop string), through the chat template when there is one.
