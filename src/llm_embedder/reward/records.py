@@ -80,16 +80,24 @@ def record_answer(record: dict[str, Any], where: str, line: int = 0) -> str:
     return answers[0]
 
 
+def scorable_parts(record: dict[str, Any], line: int, source: str,
+                   default_task: str | None = None) -> tuple[Task, str, list[str], str]:
+    """A record's task, query, candidates and answer ('' without candidates), checked; ``RecordError`` names the
+    first of them that is wrong."""
+    where = f"{source}:{line}"
+    task = record_task(record, default_task, where, line)
+    query = record.get("query")
+    if not isinstance(query, str):
+        raise RecordError(where, line, "query", "field 'query' must be a string")
+    candidates = record_candidates(record, where, line)
+    return task, query, candidates, record_answer(record, where, line) if candidates else ""
+
+
 def unscorable(record: dict[str, Any], line: int, source: str, default_task: str | None = None) -> RecordError | None:
     """What keeps one record from being scored (the first of its task, query, candidates, answer), or None: the
     checks of ``build_record_pairs``, without a tokenizer."""
-    where = f"{source}:{line}"
     try:
-        record_task(record, default_task, where, line)
-        if not isinstance(record.get("query"), str):
-            raise RecordError(where, line, "query", "field 'query' must be a string")
-        if record_candidates(record, where, line):
-            record_answer(record, where, line)
+        scorable_parts(record, line, source, default_task)
     except RecordError as err:
         return err
     return None
@@ -136,17 +144,10 @@ def build_record_pairs(
     default_task: str | None = None,
 ) -> RecordPairs:
     """Validate one record and build its (prompt, answer) pairs; errors name ``source:line`` and the field."""
-    where = f"{source}:{line}"
-    problem = unscorable(record, line, source, default_task)
-    if problem is not None:
-        raise problem
-    task = record_task(record, default_task, where, line)
-    query = record["query"]
-    candidates = record_candidates(record, where, line)
-    pairs = RecordPairs(line=line, task=task, query=query, answer="")
+    task, query, candidates, answer = scorable_parts(record, line, source, default_task)
+    pairs = RecordPairs(line=line, task=task, query=query, answer=answer)
     if not candidates:
         return pairs
-    pairs.answer = record_answer(record, where, line)
     prefix = split_template(task.reward_template)
     for key in candidates:
         prompt, cut = fitter.fit(prefix, key, query, pairs.answer)
