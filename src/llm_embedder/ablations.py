@@ -275,5 +275,5 @@ def run_ablations(run_dir: str | Path = "runs/demo", out: str | Path | None = No
 
     for line in compare(results, load_results(out, PER_QUERY_FILE)):
         console.print(line, highlight=False)
-    console.print("plots: " + ", ".join(str(p) for p in plots), markup=False)
+    console.print("plots: " + ", ".join(str(p) for p in plots), markup=False, soft_wrap=True)
     return results

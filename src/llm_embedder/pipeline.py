@@ -324,7 +324,7 @@ class Pipeline:
         self.step("1/5 task suite (small, from installed packages)")
         manifest = build_suite(self.data_dir, size="small", seed=self.cfg.seed)
         tasks = [t for t in manifest["tasks"] if (self.data_dir / t / "train.jsonl").exists()]
-        self.console.print(f"tasks: {', '.join(tasks)} -> {self.data_dir}", markup=False)
+        self.console.print(f"tasks: {', '.join(tasks)} -> {self.data_dir}", markup=False, soft_wrap=True)
         return tasks
 
     def score(self, tasks: list[str]) -> dict[str, Path]:
@@ -350,7 +350,7 @@ class Pipeline:
             state = "cached" if summary.get("already_complete") else f"{summary.get('seconds', 0):.0f} s"
             if summary.get("reused"):
                 state += f", {summary['reused']} of them re-used from an earlier subset"
-            self.console.print(f"{task}: {summary.get('scored', '?')} records scored ({state})")
+            self.console.print(f"{task}: {summary.get('scored', '?')} records scored ({state})", soft_wrap=True)
             files[task] = scored
         return files
 
@@ -533,7 +533,7 @@ class Pipeline:
         plots = write_report(results, eval_dir)
         summary = (eval_dir / "results.md").read_text(encoding="utf-8").split("###")[0]
         self.console.print(summary, soft_wrap=True, highlight=False)
-        self.console.print("plots: " + ", ".join(str(p) for p in plots), markup=False)
+        self.console.print("plots: " + ", ".join(str(p) for p in plots), markup=False, soft_wrap=True)
         return results
 
 
@@ -708,7 +708,7 @@ def run_pipeline(out: str | Path = "runs/demo", quick: bool = False, base: str =
 
     for line in verdict(results, load_results(pipeline.eval_dir, PER_QUERY_FILE), pipeline.training_seeds()):
         pipeline.console.print(line)
-    pipeline.console.print("time per stage: " + clock.summary())
+    pipeline.console.print("time per stage: " + clock.summary(), soft_wrap=True)
     return results
 
 

@@ -127,7 +127,7 @@ def encode_command(
             np.save(handle, vectors)
         else:
             write_embedding_lines(handle, texts, vectors)
-    Console(stderr=True, markup=False).print(f"wrote {len(texts)} x {embedder.dim} vectors to {out}")
+    Console(stderr=True, markup=False).print(f"wrote {len(texts)} x {embedder.dim} vectors to {out}", soft_wrap=True)
 
 
 def encode_with_progress(embedder: Any, texts: list[str], task: str, role: str, batch_size: int) -> Any:

@@ -63,7 +63,7 @@ def build_command(
         table.add_row(name, *(f"{counts[k]:,}" if k in counts else "-" for k in ("train", "dev", "test", "corpus")))
     console.print(table)
     console.print(f"data card: {out / 'DATA_CARD.md'}; manifest: {out / 'manifest.json'}; "
-                  f"{time.perf_counter() - start:.1f} s", highlight=False, markup=False)
+                  f"{time.perf_counter() - start:.1f} s", highlight=False, markup=False, soft_wrap=True)
 
 
 @data_app.command("check")

@@ -166,4 +166,5 @@ def evaluate_command(
     plots = write_report(results, out)
     console = Console(markup=False)  # system names and paths are text, not style tags
     console.print((out / "results.md").read_text(encoding="utf-8").split("###")[0], soft_wrap=True, highlight=False)
-    console.print(f"results: {out / 'results.json'}, {out / 'results.md'}; plots: " + ", ".join(map(str, plots)))
+    console.print(f"results: {out / 'results.json'}, {out / 'results.md'}; plots: " + ", ".join(map(str, plots)),
+                  soft_wrap=True)

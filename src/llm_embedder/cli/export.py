@@ -29,4 +29,4 @@ def export_command(
 
     path = export_onnx(model, out, quantize=quantize, overwrite=overwrite)
     kind = "fp32 + int8" if quantize else "fp32"
-    Console(markup=False).print(f"exported {model} -> {path} ({kind})", highlight=False)
+    Console(markup=False).print(f"exported {model} -> {path} ({kind})", highlight=False, soft_wrap=True)

@@ -59,7 +59,8 @@ def index_command(
         if template is None and field == "text" and first_record_has_title(corpus):
             Console(stderr=True, markup=False).print(
                 "note: the corpus's records have a 'title' that --field text leaves out; the models train and are "
-                "evaluated on '{title} {text}' keys (--template '{title} {text}' embeds it)", highlight=False)
+                "evaluated on '{title} {text}' keys (--template '{title} {text}' embeds it)",
+                highlight=False, soft_wrap=True)
 
     embedder = Embedder(model, device=device, batch_size=batch_size, query_max_length=max_length,
                         key_max_length=max_length)
@@ -67,7 +68,7 @@ def index_command(
                        batch_size=batch_size, filter_fields=filter_field or (), on_encode=note_title)
     Console(stderr=True, markup=False).print(
         f"indexed {meta['count']} documents for task {task} ({meta['dim']}-d, up to "
-        f"{meta.get('key_max_length', '?')} tokens each, {backend} {factory}) in {out}"
+        f"{meta.get('key_max_length', '?')} tokens each, {backend} {factory}) in {out}", soft_wrap=True
     )
 
 
@@ -264,5 +265,5 @@ def augment_command(
     if len(kept) < len(items):
         left = ", ".join(str(i + 1) for i in range(len(items)) if i not in kept)
         Console(stderr=True, markup=False).print(f"left out for the budget of {budget} tokens: item(s) {left} of "
-                                                 f"{len(items)}", highlight=False)
+                                                 f"{len(items)}", highlight=False, soft_wrap=True)
     print(prompt)

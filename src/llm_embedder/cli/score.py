@@ -120,5 +120,5 @@ def score_command(
             f"{summary['truncated_prompts']} prompts truncated on the candidate side"
             + (f"; {summary['reused']} records took their scores from --reuse" if summary.get("reused") else "")
             + "".join(f"; not reused: {why}" for why in summary.get("reuse_skipped", [])),
-            highlight=False, markup=False,  # "[already complete]" is text, not a style tag
+            highlight=False, markup=False, soft_wrap=True,  # "[already complete]" is text, not a style tag
         )

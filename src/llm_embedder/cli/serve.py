@@ -142,7 +142,7 @@ def serve_command(
 
         for name, directory in index_dirs.items():
             retrievers[name] = Retriever.load(directory, embedder=embedder)
-            console.print(f"index {name}: {directory} (task {retrievers[name].task})", markup=False)
+            console.print(f"index {name}: {directory} (task {retrievers[name].task})", markup=False, soft_wrap=True)
     settings = ServeSettings(
         model_id=model_name or Path(str(model)).name, api_key=api_key, max_inputs=max_inputs, max_chars=max_chars,
         max_batch_tokens=max_batch_tokens, max_batch_requests=max_batch_requests, max_wait_ms=max_wait_ms,

@@ -41,11 +41,11 @@ def train_once(out: Path, inputs: dict[str, Any], train_fn: Callable[[bool], Any
 
     trained, started = out / TRAINED_STAMP, out / STARTED_STAMP
     if read_stamp(trained) == inputs:
-        console.print(f"{out}: already trained on these inputs")
+        console.print(f"{out}: already trained on these inputs", soft_wrap=True)
         return False
     checkpoint = latest_checkpoint(out, say=False) if read_stamp(started) == inputs else None
     if checkpoint is not None:
-        console.print(f"{out}: resuming from {Path(checkpoint).name}")
+        console.print(f"{out}: resuming from {Path(checkpoint).name}", soft_wrap=True)
     else:
         shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
