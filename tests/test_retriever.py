@@ -613,6 +613,25 @@ def test_search_takes_the_search_effort(tiny_embedder, tmp_path: Path) -> None:
         retriever.search([None], k=3, ef_search=-1)  # before the query is looked at
 
 
+def test_search_vectors_equals_search_of_the_encoded_queries(tiny_embedder, tmp_path: Path) -> None:
+    """search_vectors (the server's path, its queries encoded in batches of its own) gives search's hits, and checks
+    what search checks: k, the filter's fields, the effort, and the vectors' dimension."""
+    retriever = Retriever.build(tiny_embedder, "qa", DOCS, out_dir=tmp_path / "idx")
+    queries = ["Paris tower", "highest mountain"]
+    vectors = tiny_embedder.encode_queries(queries, "qa")
+    assert retriever.search_vectors(vectors, k=3) == retriever.search(queries, k=3)
+    assert retriever.search_vectors(vectors, k=4, filter={"lang": "fr"}) == retriever.search(
+        queries, k=4, filter={"lang": "fr"})
+    with pytest.raises(ValueError, match="no document in the index has that field"):
+        retriever.search_vectors(vectors, k=3, filter={"langue": "fr"})
+    with pytest.raises(ValueError, match="k must be"):
+        retriever.search_vectors(vectors, k=0)
+    with pytest.raises(ValueError, match="ef_search"):
+        retriever.search_vectors(vectors, k=3, ef_search=8)
+    with pytest.raises(ValueError, match="query vectors"):
+        retriever.search_vectors(vectors[:, :5], k=3)
+
+
 @pytest.mark.parametrize(("queries", "message"), [
     ({"who wrote Hamlet?", "capital of France"}, "got a set"),  # was searched in the set's arbitrary order
     ({"who wrote Hamlet?": 1}, "got a dict"),  # was searched by its keys

@@ -287,7 +287,23 @@ class Retriever:
         self.check_filter_fields(filter)
         texts = text_list(queries, "queries")  # a set, a dict or bytes refused as encode refuses them
         check_queries(texts)
-        vectors = self.embedder.encode_queries(texts, self.task)
+        return self._hits(self.embedder.encode_queries(texts, self.task), k, filter, effort)
+
+    def search_vectors(
+        self, vectors: np.ndarray, k: int = 10, filter: Mapping[str, Any] | None = None, *,
+        nprobe: int | None = None, ef_search: int | None = None,
+    ) -> list[list[Hit]]:
+        """``search`` for queries already encoded, one row each, as ``embedder.encode_queries(texts, self.task)``
+        encodes them: for a caller that encodes queries in batches of its own (the server merges concurrent
+        requests' queries into one model call)."""
+        check_k(k)
+        effort = check_effort(nprobe, ef_search)
+        self.check_filter_fields(filter)
+        return self._hits(vectors, k, filter, effort)  # the index checks the vectors' shape and dimension
+
+    def _hits(self, vectors: np.ndarray, k: int, filter: Mapping[str, Any] | None,
+              effort: dict[str, int]) -> list[list[Hit]]:
+        """The index's top-k per query vector, as hits with their documents."""
         with self.lock:  # an add between the index and the documents would hit an id the documents lack
             scores, ids = self.index.search(vectors, k, filter=filter, **effort)
             rows = []
