@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 
 from llm_embedder.serve import ServeSettings, create_app
@@ -73,3 +74,46 @@ def test_an_error_quoting_a_lone_surrogate_is_still_answered() -> None:
 
     response = error_response(ApiError(400, "filter on '\ud800', which the index does not store", param="\ud800"))
     assert response.status_code == 400 and b"\\\\ud800" in response.body
+
+
+class CountingEmbedder:
+    """A real embedder that records every ``encode`` call made through it: the server's model calls."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.calls: list[tuple[list[str], str, str]] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def encode(self, texts: list[str], task: str, role: str, **kwargs: object) -> np.ndarray:
+        self.calls.append((list(texts), task, role))
+        return self.inner.encode(texts, task, role, **kwargs)
+
+
+def test_concurrent_searches_are_encoded_together_and_other_embedders_alone(tiny_embedder) -> None:
+    """Searches of an index on the server's embedder share model calls; an index built with another embedder
+    object (create_app from Python) still encodes its own queries, with its own model."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from llm_embedder.retriever import Retriever
+
+    docs = ["Paris is the capital of France.", "Berlin is the capital of Germany.", "Plants turn light into sugar.",
+            "Rome is in Italy."]
+    counting = CountingEmbedder(tiny_embedder)
+    shared = Retriever.build(counting, "qa", docs)
+    own = Retriever.build(tiny_embedder, "chat", docs)
+    app = create_app(counting, {"docs": shared, "own": own}, ServeSettings(model_id="tiny", max_wait_ms=200))
+    queries = [f"question {i} about capitals" + " and more" * i for i in range(8)]
+    bodies = [{"index": "docs", "query": q, "k": 2} for q in queries] + [{"index": "own", "query": "Rome", "k": 2}]
+    with TestClient(app) as client, ThreadPoolExecutor(len(bodies)) as pool:
+        responses = list(pool.map(lambda body: client.post("/v1/search", json=body), bodies))
+    assert [r.status_code for r in responses] == [200] * len(bodies), [r.text for r in responses]
+    for body, response in zip(bodies, responses, strict=True):
+        want = (shared if body["index"] == "docs" else own).search(body["query"], k=2)[0]  # alone, unbatched
+        hits = response.json()["data"][0]["hits"]
+        assert [h["id"] for h in hits] == [h.id for h in want]
+        assert [h["score"] for h in hits] == pytest.approx([h.score for h in want], abs=1e-5)
+    assert all(task == "qa" and role == "query" for _, task, role in counting.calls)
+    assert sorted(text for texts, _, _ in counting.calls for text in texts) == sorted(queries)  # chat's not here
+    assert 1 <= len(counting.calls) < len(queries), f"{len(queries)} searches took {len(counting.calls)} model calls"

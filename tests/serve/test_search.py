@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import httpx
@@ -152,3 +153,89 @@ def test_server_at_the_index_document_length(start_server, tiny_embedder_dir, tm
         assert response.status_code == 200, response.text
         expected = Retriever.load(tmp_path / "idx", short).search(long_doc, k=3)[0]
         assert [h["id"] for h in response.json()["data"][0]["hits"]] == [h.id for h in expected]
+
+
+@pytest.fixture(scope="module")
+def chat_index_dir(tiny_embedder, tmp_path_factory):
+    from llm_embedder.retriever import Retriever
+
+    out = tmp_path_factory.mktemp("serve_chat_index") / "turns"
+    Retriever.build(tiny_embedder, "chat", DOCS, out_dir=out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def batching_server(start_server, tiny_embedder_dir, index_dir, chat_index_dir, tmp_path_factory) -> Iterator:
+    """Two indexes of different tasks (qa, chat) and a 50 ms batching window, so concurrent requests merge."""
+    log_path = tmp_path_factory.mktemp("serve_batching") / "server.log"
+    with start_server(tiny_embedder_dir, log_path, "--index", f"docs={index_dir}", "--index",
+                      f"turns={chat_index_dir}", "--max-wait-ms", "50", api_key=None) as server:
+        yield server
+
+
+SEARCH_QUERIES = ["capital of France", "how do plants make energy", "a tower in Paris", "Italy", "Spain's capital",
+                  "German city"]
+
+
+def concurrent_bodies(clients: int) -> list[tuple[str, dict]]:
+    """Search requests of both indexes (some of two queries, some filtered, k from 1 to 4) and two augments."""
+    bodies: list[tuple[str, dict]] = []
+    for i in range(clients):
+        query: str | list[str] = SEARCH_QUERIES[i % len(SEARCH_QUERIES)]
+        if i % 3 == 0:
+            query = [query, SEARCH_QUERIES[(i + 1) % len(SEARCH_QUERIES)]]
+        body = {"index": "docs" if i % 2 else "turns", "query": query, "k": 1 + i % 4}
+        if i % 4 == 1:
+            body["filter"] = {"lang": "en"}
+        bodies.append(("/v1/search", body))
+    bodies += [("/v1/augment", {"index": "docs", "query": "What is the capital of France?", "k": 2}),
+               ("/v1/augment", {"task": "chat", "query": "Tell me about Rome", "k": 2})]
+    return bodies
+
+
+async def post_all(server, bodies: list[tuple[str, dict]]) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=len(bodies))
+    async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as client:
+        await asyncio.gather(*(client.get("/health") for _ in bodies))  # open the connections first
+        return await asyncio.gather(*(client.post(path, json=body) for path, body in bodies))
+
+
+def test_concurrent_searches_share_model_batches(batching_server, tiny_embedder, index_dir, chat_index_dir) -> None:
+    """Concurrent /v1/search and /v1/augment requests are encoded in fewer model batches than requests (both tasks
+    among them, each with its own instruction), and every request gets the hits the Retriever gives it alone."""
+    from llm_embedder.retriever import Retriever
+
+    server = batching_server
+    bodies = concurrent_bodies(16)
+    before = server.metrics()
+    responses = asyncio.run(post_all(server, bodies))
+    after = server.metrics()
+    assert [r.status_code for r in responses] == [200] * len(bodies), [r.text for r in responses]
+
+    retrievers = {name: Retriever.load(path, embedder=tiny_embedder)
+                  for name, path in (("docs", index_dir), ("turns", chat_index_dir))}
+    queries = 0
+    for (path, body), response in zip(bodies, responses, strict=True):
+        name = body.get("index") or "turns"
+        texts = body["query"] if isinstance(body["query"], list) else [body["query"]]
+        queries += len(texts)
+        expected = retrievers[name].search(texts, k=body["k"], filter=body.get("filter"))  # alone, unbatched
+        got = ([[h for h in result["hits"]] for result in response.json()["data"]] if path == "/v1/search"
+               else [response.json()["hits"]])
+        for hits, want in zip(got, expected, strict=True):
+            if path == "/v1/search":
+                assert [h["id"] for h in hits] == [h.id for h in want]
+            else:  # the prompt keeps the hits that fit its budget, best first
+                assert [h["id"] for h in hits] == [h.id for h in want][: len(hits)]
+            assert [h["score"] for h in hits] == pytest.approx([h.score for h in want][: len(hits)], abs=1e-5)
+
+    def delta(name: str, **labels: str) -> float:
+        return server.metric(after, name, **labels) - server.metric(before, name, **labels)
+
+    assert delta("llm_embedder_embedded_texts_total") == queries  # every query went through the batcher
+    assert delta("llm_embedder_batch_requests_sum") == len(bodies)
+    batches = delta("llm_embedder_batch_requests_count")
+    assert 1 <= batches < len(bodies), f"{len(bodies)} requests took {batches} model batches"
+    merged = batches - delta("llm_embedder_batch_requests_bucket", le="1.0")
+    assert merged >= 1, "no model batch merged two search requests"
+

@@ -1,7 +1,8 @@
 """The FastAPI app: OpenAI-compatible ``/v1/embeddings`` plus ``/v1/search`` and ``/v1/augment`` over indexes.
 
-``create_app(embedder, retrievers, settings)`` wires one ``Embedder`` behind a dynamic ``Batcher``; every
-route answers errors in OpenAI's shape; ``GET /metrics`` is Prometheus, ``GET /health`` says what is served.
+``create_app(embedder, retrievers, settings)`` wires one ``Embedder`` behind a dynamic ``Batcher``, which encodes
+the texts of ``/v1/embeddings`` and the queries of ``/v1/search`` and ``/v1/augment`` alike; every route answers errors
+in OpenAI's shape; ``GET /metrics`` is Prometheus, ``GET /health`` says what is served.
 """
 
 from __future__ import annotations
@@ -124,6 +125,25 @@ def shorten(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
     return cut / np.where(norms > 0, norms, 1.0)
 
 
+async def count_tokens(state: ServeState, texts: list[str], task: str, role: str) -> int:
+    """Tokens the model sees for ``texts`` (the batcher's bound and the usage figure); a big request is counted on
+    a worker thread, off the event loop."""
+    if sum(len(t) for t in texts) > INLINE_TOKENIZE_CHARS:
+        return await asyncio.to_thread(state.embedder.count_tokens, texts, task, role)
+    return state.embedder.count_tokens(texts, task, role)
+
+
+def search_failed(err: Exception, filter: dict[str, Any] | None) -> ApiError:
+    """A retriever's refusal (a filter on a field the index lacks, an empty index ...) as a 400."""
+    return ApiError(400, f"search failed: {err}", param="filter" if filter else None, code="invalid_value")
+
+
+def batches_queries(state: ServeState, retriever: Any) -> bool:
+    """Whether the server's batcher may encode this retriever's queries: only with the embedder the retriever
+    was built for (the CLI loads every index with the server's one); any other retriever encodes its own."""
+    return getattr(retriever, "embedder", None) is state.embedder and hasattr(retriever, "search_vectors")
+
+
 def hit_dict(hit: Any) -> dict[str, Any]:
     return {"id": int(hit.id), "score": float(hit.score), "text": hit.text, "metadata": dict(hit.metadata or {})}
 
@@ -178,10 +198,7 @@ def build_router() -> APIRouter:
         if body.dimensions is not None and body.dimensions > dim:
             raise ApiError(400, f"dimensions must be between 1 and {dim} for this model, got {body.dimensions}",
                            param="dimensions", code="invalid_value")
-        if sum(len(t) for t in texts) > INLINE_TOKENIZE_CHARS:
-            tokens = await asyncio.to_thread(state.embedder.count_tokens, texts, task, body.role)
-        else:
-            tokens = state.embedder.count_tokens(texts, task, body.role)
+        tokens = await count_tokens(state, texts, task, body.role)
         vectors = shorten(await state.batcher.embed(texts, task, body.role, tokens), body.dimensions)
         data = [
             {"object": "embedding", "index": i, "embedding": emb}
@@ -212,14 +229,26 @@ def build_router() -> APIRouter:
 
     async def search_hits(state: ServeState, retriever: Any, queries: list[str], k: int,
                           filter: dict[str, Any] | None) -> list[list[Any]]:
+        """Hits per query: the queries are encoded in the batcher's shared model batches, then the index is
+        searched for this request alone (its own k and filter) on the model thread, between batches."""
         if k > state.settings.max_k:
             raise ApiError(400, f"k must be at most {state.settings.max_k}, got {k}", param="k", code="invalid_value")
         check_not_blank(queries, "query")  # "" is refused by the schema, "  " here
+        if not batches_queries(state, retriever):
+            search = partial(retriever.search, queries, k=k, filter=filter)
+        else:  # the queries join the dynamic batches of /v1/embeddings; FAISS then searches this request's rows
+            try:
+                retriever.check_filter_fields(filter)  # a bad filter is refused before it costs a model call
+            except (ValueError, KeyError, TypeError) as err:
+                raise search_failed(err, filter) from None
+            task = retriever.task  # the instruction, role and max length retriever.search encodes with
+            tokens = await count_tokens(state, queries, task, "query")
+            vectors = await state.batcher.embed(queries, task, "query", tokens)
+            search = partial(retriever.search_vectors, vectors, k=k, filter=filter)
         try:
-            return await state.batcher.run(partial(retriever.search, queries, k=k, filter=filter))
+            return await state.batcher.run(search)
         except (ValueError, KeyError, TypeError) as err:
-            param = "filter" if filter else None
-            raise ApiError(400, f"search failed: {err}", param=param, code="invalid_value") from None
+            raise search_failed(err, filter) from None
 
     @router.post("/v1/search", response_model=SearchResponse, responses=ERROR_RESPONSES)
     async def search(body: SearchRequest, request: Request) -> Response:

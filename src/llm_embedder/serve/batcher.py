@@ -1,8 +1,8 @@
 """Dynamic batching: requests that arrive together share one model call.
 
-Every embedding request is queued with its token count. One background task takes the oldest request and
-gathers more until the batch would exceed ``max_batch_tokens`` or ``max_batch_requests``, or until
-``max_wait_ms`` after the oldest request arrived; so a lone request waits only a few milliseconds, while under
+Every embedding request (the inputs of ``/v1/embeddings``, the queries of ``/v1/search`` and ``/v1/augment``) is
+queued with its token count. One background task takes the oldest request and gathers more until the batch would
+exceed ``max_batch_tokens`` or ``max_batch_requests``, or until ``max_wait_ms`` after the oldest request arrived; so a lone request waits only a few milliseconds, while under
 load (the model busy with the previous batch) the queue fills and batches grow on their own. A batch runs on a
 single model thread, one call per (task, role) group, so each text gets exactly its own instruction.
 ``max_batch_requests=1`` turns batching off (one request per model call), for comparison.
@@ -108,7 +108,7 @@ class Batcher:
         return await future
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run other model work (a retriever's search) on the model thread, between batches."""
+        """Run other model work (a retriever's index search) on the model thread, between batches."""
         if self._executor is None:
             raise RuntimeError("Batcher.start() was not called")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

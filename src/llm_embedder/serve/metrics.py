@@ -29,8 +29,14 @@ class ServeMetrics:
             f"{PREFIX}_request_latency_seconds", "Time from request received to response sent, by route.",
             ["route"], buckets=LATENCY_BUCKETS, registry=self.registry,
         )
-        self.texts = Counter(f"{PREFIX}_embedded_texts", "Texts embedded.", registry=self.registry)
-        self.tokens = Counter(f"{PREFIX}_prompt_tokens", "Prompt tokens embedded.", registry=self.registry)
+        self.texts = Counter(
+            f"{PREFIX}_embedded_texts", "Texts embedded: /v1/embeddings inputs and /v1/search, /v1/augment queries.",
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            f"{PREFIX}_prompt_tokens", "Prompt tokens embedded, of those texts (instructions included).",
+            registry=self.registry,
+        )
         self.batch_requests = Histogram(
             f"{PREFIX}_batch_requests", "Requests merged into one model batch (dynamic batching).",
             buckets=BATCH_REQUEST_BUCKETS, registry=self.registry,
