@@ -1,11 +1,13 @@
 """Serving throughput: dynamic batching vs one-request-at-a-time encoding, same model, same load, same run.
 
-Starts `llm-embedder serve` twice on loopback (default flags, and `--max-batch-requests 1`), then drives each
-with N concurrent clients (asyncio + httpx), one text per request, bounded by a request count and a time
-limit per mode. The modes take turns: the budget is split into ``--rounds`` rounds (default 2), the order
-rotating each round (batched, one-at-a-time; then one-at-a-time, batched; ...), so a co-tenant's load falls on
-both alike; a mode's figures are summed over its rounds. Prints requests/s, p50/p99 latency, errors and the
-mean batch size the server reports, and the throughput ratio last. Exit code 1 if any request failed.
+Builds a small qa index of the bundled demo passages, starts `llm-embedder serve --index docs=...` twice on
+loopback (default flags, and `--max-batch-requests 1`), then drives each with N concurrent clients (asyncio +
+httpx), one text per request, on each route of ``--routes``: `/v1/embeddings` (the text as input) and
+`/v1/search` (the text as one query, k 5), bounded by a request count and a time limit per mode and route. The
+modes take turns: the budget is split into ``--rounds`` rounds (default 2), the order rotating each round (batched,
+one-at-a-time; then one-at-a-time, batched; ...), so a co-tenant's load falls on both alike; a mode's figures are
+summed over its rounds. Prints requests/s, p50/p99 latency, errors and the mean batch size the server reports, and
+one throughput ratio per route last. Exit code 1 if any request failed.
 
     python benchmarks/bench_serve.py               # MiniLM, 32 clients
     python benchmarks/bench_serve.py --quick       # under a minute
@@ -37,6 +39,8 @@ from _common import positive_float, positive_int  # noqa: E402
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 MODES = {"batched": [], "one-at-a-time": ["--max-batch-requests", "1"]}
+ROUTES = ("embeddings", "search")
+SEARCH_K = 5
 
 
 @dataclass
@@ -66,6 +70,13 @@ class Result:
         return float(np.percentile(self.latencies, q) * 1000) if self.latencies else float("nan")
 
 
+def request_body(route: str, text: str, model_id: str) -> dict:
+    """One request of ``route`` for ``text``: its embedding, or its hits in the benchmark's index."""
+    if route == "search":
+        return {"index": "docs", "query": text, "k": SEARCH_K}
+    return {"input": text, "model": model_id}
+
+
 def throughput_ratio(batched: Result, single: Result) -> str:
     """The ratio as printed; where no one-at-a-time request succeeded there is none (the exit code says why)."""
     if single.throughput <= 0:
@@ -90,6 +101,22 @@ def texts() -> list[str]:
                 if isinstance(text, str) and text.strip():
                     out.append(text[:500])
     return out or [f"sentence number {i} about something" for i in range(100)]
+
+
+def passages() -> list[str]:
+    """Every passage (key) of the bundled demo corpus, all tasks: the documents of the searched index."""
+    corpus = json.loads(resources.files("llm_embedder").joinpath("resources/demo_corpus.json").read_text("utf-8"))
+    return [key for task in corpus.values() for key in task.get("keys", []) if isinstance(key, str) and key.strip()]
+
+
+def build_index(model: str, out: Path) -> int:
+    """A flat qa index of the demo passages in ``out`` (encoded here, as `llm-embedder index` would); its size."""
+    from llm_embedder.embedder import Embedder
+    from llm_embedder.retriever import Retriever
+
+    docs = passages()
+    Retriever.build(Embedder(model, device="cpu"), "qa", docs, out_dir=out)
+    return len(docs)
 
 
 def tiny_model_dir(work: Path) -> Path:
@@ -135,7 +162,7 @@ def batch_totals(url: str) -> tuple[float, float]:
 
 
 async def load(url: str, model_id: str, pool: list[str], clients: int, requests: int, seconds: float,
-               mode: str, warm: bool = True) -> Result:
+               mode: str, warm: bool = True, route: str = "embeddings") -> Result:
     latencies: list[float] = []
     errors = 0
     issued = 0
@@ -143,7 +170,7 @@ async def load(url: str, model_id: str, pool: list[str], clients: int, requests:
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
         await asyncio.gather(*(client.get("/health") for _ in range(clients)))  # warm connections
         for _ in range(2 if warm else 0):  # warm the model (first calls are slow)
-            await asyncio.gather(*(client.post("/v1/embeddings", json={"input": t, "model": model_id})
+            await asyncio.gather(*(client.post(f"/v1/{route}", json=request_body(route, t, model_id))
                                    for t in pool[:clients]))
         batched_before = batch_totals(url)
         start = time.perf_counter()
@@ -156,7 +183,7 @@ async def load(url: str, model_id: str, pool: list[str], clients: int, requests:
                 issued += 1
                 t0 = time.perf_counter()
                 try:
-                    response = await client.post("/v1/embeddings", json={"input": text, "model": model_id})
+                    response = await client.post(f"/v1/{route}", json=request_body(route, text, model_id))
                     ok = response.status_code == 200 and len(response.json()["data"]) == 1
                 except httpx.HTTPError:
                     ok = False
@@ -177,13 +204,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="minilm", help="minilm, tiny, or a sentence-transformers directory")
     parser.add_argument("--clients", type=positive_int, default=32)
     parser.add_argument("--requests", type=positive_int, default=None,
-                        help="requests per mode, all rounds together (default 3000, quick 600)")
+                        help="requests per mode and route, all rounds together (default 3000, quick 600)")
     parser.add_argument("--seconds", type=positive_float, default=None,
-                        help="time limit per mode, all rounds together (default 60, quick 12)")
+                        help="time limit per mode and route, all rounds together (default 60, quick 12)")
     parser.add_argument("--rounds", type=positive_int, default=2,
                         help="rounds the modes take turns in, each with an equal share of the budget (default 2)")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch threads per server (serve --threads); 1 suits a busy shared CPU")
+    parser.add_argument("--routes", nargs="+", choices=ROUTES, default=list(ROUTES),
+                        help="routes to load, each with the whole budget (default: embeddings search)")
     parser.add_argument("--quick", action="store_true", help="a smaller run, under a minute")
     args = parser.parse_args(argv)
     requests = args.requests if args.requests is not None else (600 if args.quick else 3000)
@@ -192,44 +221,52 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--requests ({requests}) must be at least --rounds ({args.rounds}): each round needs one")
     shares = [requests // args.rounds + (1 if r < requests % args.rounds else 0) for r in range(args.rounds)]
     pool = texts()
+    routes = list(dict.fromkeys(args.routes))
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench_serve_") as tmp:
         work = Path(tmp)
         model = str(tiny_model_dir(work)) if args.model == "tiny" else args.model
         model_id = Path(model).name
+        n_docs = build_index(model, work / "index")
+        index = ["--index", f"docs={work / 'index'}"]
         servers = {
-            mode: start(model, extra, work / f"{i}.log", args.threads) for i, (mode, extra) in enumerate(MODES.items())
+            mode: start(model, [*extra, *index], work / f"{i}.log", args.threads)
+            for i, (mode, extra) in enumerate(MODES.items())
         }
         try:
             for i, (process, url) in enumerate(servers.values()):
                 wait_ready(process, url, work / f"{i}.log")
-            totals: dict[str, Result] = {}
+            totals: dict[tuple[str, str], Result] = {}
             modes = list(servers)
             for r, share in enumerate(shares):
                 for mode in modes[r % len(modes):] + modes[: r % len(modes)]:
                     url = servers[mode][1]
-                    part = asyncio.run(load(url, model_id, pool, args.clients, share, seconds / args.rounds, mode,
-                                            warm=r == 0))
-                    totals[mode] = totals[mode] + part if mode in totals else part
-            results = [totals[mode] for mode in modes]
+                    for route in routes:
+                        part = asyncio.run(load(url, model_id, pool, args.clients, share, seconds / args.rounds,
+                                                mode, warm=r == 0, route=route))
+                        key = (route, mode)
+                        totals[key] = totals[key] + part if key in totals else part
         finally:
             for process, _ in servers.values():
                 process.terminate()
             for process, _ in servers.values():
                 process.wait(timeout=30)
-    print(f"model {args.model}, {args.clients} concurrent clients, 1 text per request, loopback, "
-          f"{os.cpu_count()} CPUs, torch threads {args.threads or 'default'}; load average before the run "
-          f"{load_before:.1f} (a shared CPU makes figures vary from run to run); {args.rounds} interleaved "
-          f"rounds per mode, summed")
+    print(f"model {args.model}, {args.clients} concurrent clients, 1 text per request (search: 1 query, k "
+          f"{SEARCH_K}, flat qa index of {n_docs} passages), loopback, {os.cpu_count()} CPUs, torch threads "
+          f"{args.threads or 'default'}; load average before the run {load_before:.1f} (a shared CPU makes figures "
+          f"vary from run to run); {args.rounds} interleaved rounds per mode, summed")
     print("batch = mean requests per model batch during the timed run")
-    print(f"{'mode':<15}{'requests':>9}{'errors':>8}{'seconds':>9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
-          f"{'batch':>8}")
-    for r in results:
-        print(f"{r.mode:<15}{r.requests:>9}{r.errors:>8}{r.seconds:>9.1f}{r.throughput:>9.1f}"
+    print(f"{'route':<16}{'mode':<15}{'requests':>9}{'errors':>8}{'seconds':>9}{'req/s':>9}{'p50 ms':>9}"
+          f"{'p99 ms':>9}{'batch':>8}")
+    for route, mode in ((route, mode) for route in routes for mode in MODES):
+        r = totals[(route, mode)]
+        print(f"{'/v1/' + route:<16}{r.mode:<15}{r.requests:>9}{r.errors:>8}{r.seconds:>9.1f}{r.throughput:>9.1f}"
               f"{r.percentile(50):>9.1f}{r.percentile(99):>9.1f}{r.mean_batch:>8.1f}")
-    errors = sum(r.errors for r in results)
+    errors = sum(r.errors for r in totals.values())
     print(f"errors: {errors}")
-    print(f"throughput ratio, dynamic batching / one-at-a-time: {throughput_ratio(results[0], results[1])}")
+    for route in routes:
+        ratio = throughput_ratio(totals[(route, modes[0])], totals[(route, modes[1])])
+        print(f"/v1/{route} throughput ratio, dynamic batching / one-at-a-time: {ratio}")
     return 1 if errors else 0
 
 
