@@ -2,9 +2,10 @@
 
 Every embedding request (the inputs of ``/v1/embeddings``, the queries of ``/v1/search`` and ``/v1/augment``) is
 queued with its token count. One background task takes the oldest request and gathers more until the batch would
-exceed ``max_batch_tokens`` or ``max_batch_requests``, or until ``max_wait_ms`` after the oldest request arrived; so a lone request waits only a few milliseconds, while under
-load (the model busy with the previous batch) the queue fills and batches grow on their own. A batch runs on a
-single model thread, one call per (task, role) group, so each text gets exactly its own instruction.
+exceed ``max_batch_tokens`` or ``max_batch_requests``, or until ``max_wait_ms`` after the oldest request arrived;
+so a lone request waits only a few milliseconds, while under load (the model busy with the previous batch) the
+queue fills and batches grow on their own. A batch runs on a single model thread, one call per (task, role) group,
+so each text gets exactly its own instruction.
 ``max_batch_requests=1`` turns batching off (one request per model call), for comparison.
 """
 
