@@ -166,10 +166,10 @@ def chat_index_dir(tiny_embedder, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def batching_server(start_server, tiny_embedder_dir, index_dir, chat_index_dir, tmp_path_factory) -> Iterator:
-    """Two indexes of different tasks (qa, chat) and a 50 ms batching window, so concurrent requests merge."""
+    """Two indexes of different tasks (qa, chat) and a 200 ms batching window (merges on a loaded box)."""
     log_path = tmp_path_factory.mktemp("serve_batching") / "server.log"
     with start_server(tiny_embedder_dir, log_path, "--index", f"docs={index_dir}", "--index",
-                      f"turns={chat_index_dir}", "--max-wait-ms", "50", api_key=None) as server:
+                      f"turns={chat_index_dir}", "--max-wait-ms", "200", api_key=None) as server:
         yield server
 
 
