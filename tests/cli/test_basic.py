@@ -68,6 +68,29 @@ def test_encode_out_makes_its_folder_and_refuses_a_directory(tiny_embedder_dir, 
     assert isinstance(result.exception, FileExistsError) and lines.read_text() == '{"text": "first"}\n'
 
 
+def test_encode_refuses_an_existing_out_before_the_model_loads_unless_overwrite(tiny_embedder_dir, tmp_path,
+                                                                                monkeypatch):
+    """encode replaced an existing --out without a word, where `data import` refuses unless given --overwrite."""
+    source = tmp_path / "texts.txt"
+    source.write_text("first line\n")
+    out = tmp_path / "vectors.npy"
+    out.write_bytes(b"earlier vectors")
+    args = ["encode", str(source), "--model", str(tiny_embedder_dir), "--out", str(out)]
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model loaded before --out was checked")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Embedder, "__init__", no_loading)
+        result = runner.invoke(app, args)
+    assert isinstance(result.exception, FileExistsError), result.output
+    assert str(result.exception) == f"--out {out} exists; give --overwrite to replace it"
+    assert out.read_bytes() == b"earlier vectors"
+    result = runner.invoke(app, [*args, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert np.load(out).shape[0] == 1
+
+
 @pytest.mark.parametrize("suffix", [".npy", ".jsonl"])
 def test_encode_out_is_replaced_only_once_written(tiny_embedder_dir, tmp_path, monkeypatch, suffix):
     """--out was written in place: a run that died while writing left a truncated file, and the earlier good output
@@ -80,6 +103,7 @@ def test_encode_out_is_replaced_only_once_written(tiny_embedder_dir, tmp_path, m
     args = ["encode", str(source), "--model", str(tiny_embedder_dir), "--out", str(out)]
     assert runner.invoke(app, args).exit_code == 0
     good = out.read_bytes()
+    args.append("--overwrite")
     real_save, real_dumps = np.save, json.dumps
     written = []  # what the dying run wrote before it died
 

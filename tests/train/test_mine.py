@@ -285,7 +285,7 @@ def test_records_left_with_fewer_than_top_k_negatives_are_reported(tmp_path: Pat
         warnings.simplefilter("always")
         show_user_warnings()
         result = CliRunner().invoke(app, ["mine", "--model", str(tiny_embedder_dir), "--data", str(data), "--corpus",
-                                          str(corpus), "--out", str(out), "--top-k", "8"])
+                                          str(corpus), "--out", str(out), "--top-k", "8", "--overwrite"])
     assert result.exit_code == 0, result.output
     assert (f"warning: 3 of 3 records got fewer than 8 negatives ({data}:1 has 7, {data}:2 has 7, {data}:3 has 7)"
             in " ".join(result.output.split()))

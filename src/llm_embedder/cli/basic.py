@@ -24,6 +24,12 @@ MaxLengthOption = Annotated[int | None, typer.Option(
     help="Tokens of a query or key the model keeps (default: its saved length; 256 for minilm).")]
 
 
+def refuse_existing(out: Path, overwrite: bool, option: str = "--out") -> None:
+    """Refuse to replace an existing output file unless ``--overwrite`` is given (as `data import` does)."""
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{option} {out} exists; give --overwrite to replace it")
+
+
 def register_task_files(task_files: list[Path] | None) -> None:
     from llm_embedder.tasks import register_tasks_from_file
 
@@ -98,6 +104,7 @@ def encode_command(
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per model batch.")] = 64,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present).")] = None,
     max_length: MaxLengthOption = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
     task_file: TaskFileOption = None,
 ) -> None:
     """Embed texts for a task and role; writes a .npy matrix or JSONL lines with an `embedding` field."""
@@ -112,8 +119,9 @@ def encode_command(
     get_task(task).instruction(role)  # fail fast on a bad task or role, before loading the model
     if out is not None and out.suffix not in (".npy", ".jsonl"):
         raise ValueError(f"--out must end in .npy or .jsonl, got {out}")
-    if out is not None:
-        check_output_file(out, inputs=[input] if input is not None else [])  # before the model loads
+    if out is not None:  # before the model loads
+        check_output_file(out, inputs=[input] if input is not None else [])
+        refuse_existing(out, overwrite)
     texts = read_texts(input, field)
     embedder = Embedder(model, device=device, batch_size=batch_size, query_max_length=max_length,
                         key_max_length=max_length)

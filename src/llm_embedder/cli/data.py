@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from llm_embedder.cli.app import app
-from llm_embedder.cli.basic import TaskFileOption, register_task_files
+from llm_embedder.cli.basic import TaskFileOption, refuse_existing, register_task_files
 
 data_app = typer.Typer(
     help="Build the offline six-task suite from installed packages, validate task data files, and import the "
@@ -195,8 +195,7 @@ def import_command(
         outputs.append(("--corpus-out", corpus_target))
     for option, path in outputs:
         check_output_file(path, option, inputs)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{option} {path} exists; give --overwrite to replace it")
+        refuse_existing(path, overwrite, option)
     if len(outputs) == 2 and outputs[0][1].resolve() == outputs[1][1].resolve():
         raise ValueError(f"--out and --corpus-out are both {out}")
     corpus_records = None

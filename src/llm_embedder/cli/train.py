@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from llm_embedder.cli.app import app
-from llm_embedder.cli.basic import TaskFileOption, register_task_files
+from llm_embedder.cli.basic import TaskFileOption, refuse_existing, register_task_files
 from llm_embedder.train.config import MAX_SEED
 
 
@@ -109,11 +109,15 @@ def mine_command(
     filter_answers: Annotated[bool, typer.Option("--filter-answers", help="Drop answer-bearing passages.")] = False,
     key_template: Annotated[str | None, typer.Option("--key-template", help="e.g. '{title} {text}'.")] = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu or cuda.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
     task_file: TaskFileOption = None,
 ) -> None:
     """Mine hard negatives with a dense retriever, excluding positives (and optionally answer-bearing passages)."""
+    from llm_embedder.io import check_output_file
     from llm_embedder.train.mine import mine_negatives
 
+    check_output_file(out, inputs=[data, corpus])  # a folder or an input is named as such, not as "exists"
+    refuse_existing(out, overwrite)  # before the model loads
     register_task_files(task_file)  # a custom task's records can be mined (a model's own tasks: mine_negatives)
     count = mine_negatives(model, data, corpus, out, top_k=top_k, filter_answers=filter_answers,
                            key_template=key_template, device=device)
