@@ -268,3 +268,47 @@ def test_encode_shows_its_progress_on_stderr_and_keeps_stdout_for_the_vectors(ti
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     expected = Embedder(tiny_embedder_dir, device="cpu").encode_queries(texts, "qa")
     np.testing.assert_allclose([line["embedding"] for line in lines], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["data", "build", "--size", "medium"], "--size must be one of small, full, got 'medium'"),
+        (["export", "--model", "{model}", "--out", "{tmp}/e", "--quantize", "int4"],
+         "--quantize must be int8, got 'int4'"),
+        (["index", "--task", "qa", "--corpus", "{tmp}/c.jsonl", "--out", "{tmp}/i", "--model", "{model}",
+          "--backend", "faiss2"], "--backend must be one of faiss, milvus, got 'faiss2'"),
+        (["demo", "--split", "train"], "--split must be one of test, dev, got 'train'"),
+        (["ablate", "--split", "train"], "--split must be one of test, dev, got 'train'"),
+        (["encode", "{tmp}/t.txt", "--model", "{model}", "--role", "doc"],
+         "--role must be one of query, key, got 'doc'"),
+        *[([*command, "--model", "{model}", "--max-length", "1000"],
+           "--max-length 1000 is more than model {model} can encode: 512 positions (max_position_embeddings of its "
+           "config); give at most 512")
+          for command in (["encode", "{tmp}/t.txt"], ["index", "--task", "qa", "--corpus", "{tmp}/c.jsonl", "--out",
+                                                       "{tmp}/i"], ["serve"])],
+        (["evaluate", "--data", "{tmp}/suite", "--out", "{tmp}/eval", "--model", "m={model}", "--base", "none",
+          "--llm", "none", "--max-length", "1000"],
+         "--max-length 1000 is more than model {model} can encode: 512 positions (max_position_embeddings of its "
+         "config); give at most 512"),
+    ],
+)
+def test_errors_name_the_option_not_the_library_parameter(tiny_embedder_dir, tmp_path, monkeypatch, args, message):
+    """The library's checks named its parameters (size must be one of ('small', 'full'), backend must be ...,
+    max length 1000 (query_max_length) ..., the last ones once the model had loaded): the command names its
+    option, before any model loads."""
+    (tmp_path / "t.txt").write_text("a text\n")
+    (tmp_path / "c.jsonl").write_text('{"text": "a document"}\n')
+    (tmp_path / "suite" / "qa").mkdir(parents=True)
+    (tmp_path / "suite" / "qa" / "test.jsonl").write_text('{"query": "q", "pos": ["a document"], "task": "qa"}\n')
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model loaded before the options were checked")
+
+    monkeypatch.setattr(Embedder, "__init__", no_loading)
+    monkeypatch.chdir(tmp_path)
+    fill = {"tmp": str(tmp_path), "model": str(tiny_embedder_dir)}
+    result = runner.invoke(app, [arg.format(**fill) for arg in args])
+    assert isinstance(result.exception, ValueError), result.output
+    assert str(result.exception) == message.format(**fill)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl", "suite", "t.txt"]  # nothing written

@@ -468,7 +468,7 @@ def test_index_refuses_bad_arguments_without_the_title_note_or_faiss_internals(t
     base = ["index", "--task", "qa", "--corpus", str(corpus), "--model", str(tiny_embedder_dir)]
     for args, message in (
         (["--out", str(a_file)], "a_file"),
-        (["--out", str(tmp_path / "idx"), "--backend", "nope"], "backend must be faiss or milvus, got 'nope'"),
+        (["--out", str(tmp_path / "idx"), "--backend", "nope"], "--backend must be one of faiss, milvus, got 'nope'"),
         (["--out", str(tmp_path / "idx"), "--factory", "Bogus"],
          "invalid FAISS factory string 'Bogus': could not parse index string Bogus"),
     ):

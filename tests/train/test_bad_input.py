@@ -227,5 +227,5 @@ def test_max_length_beyond_the_base_positions_fails_before_data(tmp_path: Path, 
         capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "400"},
     )
     assert result.returncode == 2
-    assert result.stderr.strip() == ("error: query_max_length 1000 is more than model minilm can encode: 512 "
+    assert result.stderr.strip() == ("error: --query-max-length 1000 is more than model minilm can encode: 512 "
                                      "positions (max_position_embeddings of its config); give at most 512")

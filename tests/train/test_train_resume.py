@@ -204,7 +204,7 @@ def test_unknown_loss_override_task_is_refused(tmp_path: Path, data_dir: Path, t
     result = CliRunner().invoke(app, ["train", "--data", str(data_dir), "--out", str(out), "--base",
                                       str(tiny_embedder_dir), "--loss-override", "nope=kl_distill"])
     assert isinstance(result.exception, ValueError)
-    assert str(result.exception).startswith("loss_override: unknown task 'nope'")
+    assert str(result.exception).startswith("--loss-override: unknown task 'nope'")
     assert not out.exists()
 
 

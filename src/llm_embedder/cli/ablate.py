@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from llm_embedder.cli.app import app
+from llm_embedder.cli.basic import check_choice
 
 
 @app.command("ablate")
@@ -30,4 +31,5 @@ def ablate_command(
     """
     from llm_embedder.ablations import run_ablations
 
+    check_choice("--split", split, ("test", "dev"))
     run_ablations(run, out, quick=quick, base=base, llm=llm, split=split)

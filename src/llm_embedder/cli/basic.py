@@ -24,6 +24,23 @@ MaxLengthOption = Annotated[int | None, typer.Option(
     help="Tokens of a query or key the model keeps (default: its saved length; 256 for minilm).")]
 
 
+def check_choice(option: str, value: str, choices: Sequence[str]) -> None:
+    """Refuse a value not among ``choices`` naming the option, before the library refuses it naming its parameter
+    (``--size must be one of small, full, got 'medium'``, not ``size must be one of ('small', 'full')``)."""
+    if value not in choices:
+        allowed = choices[0] if len(choices) == 1 else f"one of {', '.join(choices)}"
+        raise ValueError(f"{option} must be {allowed}, got {value!r}")
+
+
+def check_max_length(model: str, max_length: int | None) -> None:
+    """Refuse a --max-length beyond the model's positions before it loads (the model would name its parameter,
+    query_max_length, once loaded)."""
+    if max_length is not None:
+        from llm_embedder.models import check_max_lengths
+
+        check_max_lengths(model, {"--max-length": max_length})
+
+
 def refuse_existing(out: Path, overwrite: bool, option: str = "--out") -> None:
     """Refuse to replace an existing output file unless ``--overwrite`` is given (as `data import` does)."""
     if out.exists() and not overwrite:
@@ -112,11 +129,13 @@ def encode_command(
 
     from llm_embedder.embedder import Embedder, register_model_tasks
     from llm_embedder.io import atomic_write, check_output_file
-    from llm_embedder.tasks import get_task
+    from llm_embedder.tasks import ROLES, get_task
 
     register_task_files(task_file)
     register_model_tasks(model)  # a task the model was trained with is known before the model loads
-    get_task(task).instruction(role)  # fail fast on a bad task or role, before loading the model
+    get_task(task)  # fail fast on a bad task or role, before loading the model
+    check_choice("--role", role, ROLES)
+    check_max_length(model, max_length)
     if out is not None and out.suffix not in (".npy", ".jsonl"):
         raise ValueError(f"--out must end in .npy or .jsonl, got {out}")
     if out is not None:  # before the model loads

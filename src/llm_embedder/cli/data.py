@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from llm_embedder.cli.app import app
-from llm_embedder.cli.basic import TaskFileOption, refuse_existing, register_task_files
+from llm_embedder.cli.basic import TaskFileOption, check_choice, refuse_existing, register_task_files
 
 data_app = typer.Typer(
     help="Build the offline six-task suite from installed packages, validate task data files, and import the "
@@ -44,8 +44,10 @@ def build_command(
 
     An interrupted build resumes: tasks already finished with the same size and seed are kept.
     """
+    from llm_embedder.data.common import SIZES
     from llm_embedder.data.suite import build_suite
 
+    check_choice("--size", size, SIZES)
     console = Console()
     start = time.perf_counter()
 
@@ -173,8 +175,7 @@ def import_command(
     )
     from llm_embedder.io import check_output_file, write_jsonl
 
-    if fmt not in IMPORT_FORMATS:
-        raise ValueError(f"--format must be one of {', '.join(IMPORT_FORMATS)}, got {fmt!r}")
+    check_choice("--format", fmt, IMPORT_FORMATS)
     for option, value in (("--corpus", corpus if fmt != "flag" else None),
                           ("--corpus-out", corpus_out if fmt not in ("beir", "flag") else None)):
         if value is not None:

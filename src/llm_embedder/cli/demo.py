@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from llm_embedder.cli.app import app
+from llm_embedder.cli.basic import check_choice
 
 
 @app.command("demo")
@@ -30,6 +31,7 @@ def demo_command(
     from llm_embedder.demo import run_demo
     from llm_embedder.pipeline import PipelineConfig, run_pipeline
 
+    check_choice("--split", split, ("test", "dev"))
     if search_only:
         given = {"--out": out != Path("runs/demo"), "--quick": quick, "--llm": llm != "smollm2",
                  "--split": split != "test", "--set": bool(setting)}

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from llm_embedder.cli.app import app
+from llm_embedder.cli.basic import check_choice
 
 
 @app.command("export")
@@ -27,6 +28,8 @@ def export_command(
     """
     from llm_embedder.export import export_onnx
 
+    if quantize is not None:
+        check_choice("--quantize", quantize, ("int8",))
     path = export_onnx(model, out, quantize=quantize, overwrite=overwrite)
     kind = "fp32 + int8" if quantize else "fp32"
     Console(markup=False).print(f"exported {model} -> {path} ({kind})", highlight=False, soft_wrap=True)

@@ -10,7 +10,14 @@ import typer
 from rich.console import Console
 
 from llm_embedder.cli.app import app
-from llm_embedder.cli.basic import MaxLengthOption, ModelOption, TaskFileOption, register_task_files
+from llm_embedder.cli.basic import (
+    MaxLengthOption,
+    ModelOption,
+    TaskFileOption,
+    check_choice,
+    check_max_length,
+    register_task_files,
+)
 
 IndexOption = Annotated[Path, typer.Option("--index", "-i", help="Index directory written by `llm-embedder index`.")]
 
@@ -52,6 +59,8 @@ def index_command(
     register_task_files(task_file)
     register_model_tasks(model)  # a task the model was trained with is known before the model loads
     get_task(task)
+    check_choice("--backend", backend, ("faiss", "milvus"))  # before the model loads, as the next ones
+    check_max_length(model, max_length)
     if not corpus.exists():
         raise FileNotFoundError(f"corpus not found: {corpus}")
 

@@ -12,7 +12,14 @@ from rich.console import Console
 from rich.markup import escape
 
 from llm_embedder.cli.app import app
-from llm_embedder.cli.basic import MaxLengthOption, ModelOption, TaskFileOption, register_task_files
+from llm_embedder.cli.basic import (
+    MaxLengthOption,
+    ModelOption,
+    TaskFileOption,
+    check_choice,
+    check_max_length,
+    register_task_files,
+)
 
 
 def parse_indexes(specs: list[str] | None) -> dict[str, Path]:
@@ -121,8 +128,8 @@ def serve_command(
     from llm_embedder.embedder import Embedder
     from llm_embedder.serve import ServeSettings, create_app
 
-    if log_level not in LOG_LEVELS:  # uvicorn would fail on it only after the model and indexes are loaded
-        raise ValueError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+    check_choice("--log-level", log_level, list(LOG_LEVELS))  # uvicorn would fail on it only once all is loaded
+    check_max_length(model, max_length)
     register_task_files(task_file)
     index_dirs = parse_indexes(index)
     check_listenable(host, port)

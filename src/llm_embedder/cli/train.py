@@ -76,17 +76,25 @@ def train_command(
     from llm_embedder.train.config import TrainConfig, parse_loss_override
     from llm_embedder.train.trainer import CONFIG_FILE, train
 
-    cfg = TrainConfig.from_sources(
-        config, data=[str(p) for p in [*(data or []), *(files or [])]] or None, out=str(out) if out else None,
+    given = dict(  # the command line's settings (None: not given), to be named by their options when refused
+        data=[str(p) for p in [*(data or []), *(files or [])]] or None, out=str(out) if out else None,
         base=base, max_steps=max_steps,
         batch_size=batch_size, group_size=group_size, lr=lr, temperature=temperature, query_max_length=query_max_length,
         key_max_length=key_max_length, save_steps=save_steps, seed=seed, self_paced=self_paced, cpu_bf16=cpu_bf16,
         task_files=[str(p) for p in task_file] if task_file else None, device=device, resume=resume or None,
         instructions=instructions, plain_tasks=plain_task or None, homogeneous=homogeneous,
-        interleave_tasks=interleave_tasks,
-        hard_labels=hard_labels, loss_override=parse_loss_override(loss_override) if loss_override else None,
+        interleave_tasks=interleave_tasks, hard_labels=hard_labels,
+        loss_override=parse_loss_override(loss_override, "--loss-override") if loss_override else None,
         base_mix=base_mix,
     )
+    check_given_settings(given)
+    cfg = TrainConfig.from_sources(config, **given)
+    check_given_tasks(cfg, plain_task or [], list(given["loss_override"] or {}))
+    lengths = {option_of(name): given[name] for name in ("query_max_length", "key_max_length") if given[name]}
+    if lengths:  # beyond the base model's positions: named by the option here, by the setting in train.yaml
+        from llm_embedder.models import check_max_lengths
+
+        check_max_lengths(cfg.base, lengths)
     config_file = Path(cfg.out) / CONFIG_FILE  # written with the final model
 
     def written() -> int | None:
@@ -96,6 +104,46 @@ def train_command(
     result = train(cfg)
     if written() not in (None, before):  # a --resume of a finished run writes nothing, and says so above
         typer.echo(f"trained model: {result}")
+
+
+def option_of(setting: str) -> str:
+    """The train option that gives a TrainConfig setting: ``lr`` -> ``--lr``, ``plain_tasks`` -> ``--plain-task``."""
+    from llm_embedder.train.config import OPTION_NAMES
+
+    options = {name: option for option, name in OPTION_NAMES.items()}
+    return "--" + options.get(setting, setting).replace("_", "-")
+
+
+def check_given_settings(given: dict) -> None:
+    """Check the settings given on the command line as TrainConfig would, naming the option (``--lr: must be
+    greater than 0, got 0.0``), not the setting (``lr: ...``, as a train.yaml key is named with its file)."""
+    from llm_embedder.train.config import check_value
+
+    for name, value in given.items():
+        if value is not None:
+            try:
+                check_value(name, value)
+            except ValueError as err:
+                raise ValueError(f"{option_of(name)}: {err}") from None
+    if given["self_paced"] and given["homogeneous"] is False:
+        raise ValueError("--self-paced needs homogeneous batches (one task per step); drop --no-homogeneous")
+
+
+def check_given_tasks(cfg, plain_tasks: list[str], overridden: list[str]) -> None:
+    """Refuse an unknown task that --plain-task or --loss-override names, naming the option (the trainer names
+    the setting, for a train.yaml); the task files are registered first, as the trainer does."""
+    if not plain_tasks and not overridden:
+        return
+    from llm_embedder.tasks import UnknownTaskError, get_task, register_tasks_from_file
+
+    for path in cfg.task_files:
+        register_tasks_from_file(path)
+    for option, tasks in (("--plain-task", plain_tasks), ("--loss-override", overridden)):
+        for task in tasks:
+            try:
+                get_task(task)
+            except UnknownTaskError as err:
+                raise ValueError(f"{option}: {err}") from None
 
 
 @app.command("mine")

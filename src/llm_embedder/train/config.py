@@ -272,12 +272,13 @@ def check_value(name: str, value: Any, from_file: bool = False) -> Any:
     return value
 
 
-def parse_loss_override(items: list[str]) -> dict[str, str]:
-    """``["qa=kl_distill", ...]`` -> ``{"qa": "kl_distill"}`` (what ``--loss-override`` takes)."""
+def parse_loss_override(items: list[str], label: str = "loss override") -> dict[str, str]:
+    """``["qa=kl_distill", ...]`` -> ``{"qa": "kl_distill"}`` (what ``--loss-override`` takes); ``label`` names
+    the items in a message (the command line: ``--loss-override``)."""
     out = {}
     for item in items:
         task, sep, loss = str(item).partition("=")
         if not sep or not task.strip() or not loss.strip():
-            raise ValueError(f"loss override {item!r}: expected TASK=LOSS, e.g. qa=kl_distill")
+            raise ValueError(f"{label} {item!r}: expected TASK=LOSS, e.g. qa=kl_distill")
         out[task.strip()] = loss.strip()
     return out
