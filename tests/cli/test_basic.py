@@ -312,3 +312,19 @@ def test_errors_name_the_option_not_the_library_parameter(tiny_embedder_dir, tmp
     assert isinstance(result.exception, ValueError), result.output
     assert str(result.exception) == message.format(**fill)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl", "suite", "t.txt"]  # nothing written
+
+
+def test_device_is_worded_once_for_every_command():
+    """--device's help was worded five ways (``cpu or cuda.`` on mine, without the default or cuda:N)."""
+    import typer
+
+    group = typer.main.get_command(app)
+    commands = {}
+    for name, command in group.commands.items():
+        for sub_name, sub in getattr(command, "commands", {name: command}).items():
+            commands[sub_name if sub is not command else name] = sub
+    helps = {name: param.help for name, command in commands.items() for param in command.params
+             if param.name == "device"}
+    assert set(helps) == {"encode", "index", "score", "serve", "evaluate", "train", "mine"}
+    assert len(set(helps.values())) == 1, helps
+    assert set(helps.values()) == {"cpu, cuda, cuda:N or mps (default: cuda if present, else cpu)."}

@@ -19,6 +19,9 @@ ModelOption = Annotated[str, typer.Option("--model", "-m", help="Sentence-transf
 TaskFileOption = Annotated[
     list[Path] | None, typer.Option("--task-file", help="YAML/JSON file of extra tasks to register first.")
 ]
+# every command that runs a model takes --device, worded once (models.DEVICE_HINT names the same devices)
+DEVICE_HELP = "cpu, cuda, cuda:N or mps (default: cuda if present, else cpu)."
+DeviceOption = Annotated[str | None, typer.Option("--device", help=DEVICE_HELP)]
 MaxLengthOption = Annotated[int | None, typer.Option(
     "--max-length", min=1,
     help="Tokens of a query or key the model keeps (default: its saved length; 256 for minilm).")]
@@ -119,7 +122,7 @@ def encode_command(
     field: Annotated[str | None, typer.Option(help="JSONL field holding the text (default 'text').")] = None,
     out: Annotated[Path | None, typer.Option(help="OUT.npy or OUT.jsonl; JSONL to stdout if absent.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per model batch.")] = 64,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present).")] = None,
+    device: DeviceOption = None,
     max_length: MaxLengthOption = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
     task_file: TaskFileOption = None,

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from llm_embedder.cli.app import app
-from llm_embedder.cli.basic import TaskFileOption, register_task_files
+from llm_embedder.cli.basic import DeviceOption, TaskFileOption, register_task_files
 
 
 def parse_model_specs(specs: list[str]) -> dict[str, str]:
@@ -100,7 +100,7 @@ def evaluate_command(
     prompt_items: Annotated[list[str] | None, typer.Option(
         help="TASK=N: N retrieved items in that task's LLM prompt instead of its default (repeatable; qa 3, icl 8, "
              "chat 1, lrlm 2, a user task with answers 3).")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if present).")] = None,
+    device: DeviceOption = None,
     fast: Annotated[bool, typer.Option(
         help="CPU fast mode: bf16 Linear layers in the embedders and the LLM (approximate; for CPUs with "
              "AVX512-BF16 or AMX).")] = False,

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from llm_embedder.cli.app import app
 from llm_embedder.cli.basic import (
+    DeviceOption,
     MaxLengthOption,
     ModelOption,
     TaskFileOption,
@@ -40,7 +41,7 @@ def index_command(
     batch_size: Annotated[
         int, typer.Option(min=1, help="Texts per encoding batch (progress is saved after each).")
     ] = 256,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda ... (default: cuda if present).")] = None,
+    device: DeviceOption = None,
     max_length: MaxLengthOption = None,
     task_file: TaskFileOption = None,
 ) -> None:

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from llm_embedder.cli.app import app
-from llm_embedder.cli.basic import TaskFileOption, register_task_files
+from llm_embedder.cli.basic import DeviceOption, TaskFileOption, register_task_files
 from llm_embedder.io import check_output_file, require_file
 
 
@@ -68,7 +68,7 @@ def score_command(
     chunk_pairs: Annotated[
         int, typer.Option(min=1, help="Pairs per resumable chunk (batches never cross a chunk).")
     ] = 256,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present).")] = None,
+    device: DeviceOption = None,
     overwrite: Annotated[bool, typer.Option(help="Start afresh instead of resuming an existing OUT.")] = False,
     reuse: Annotated[
         list[Path] | None,

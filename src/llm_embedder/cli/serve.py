@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from llm_embedder.cli.app import app
 from llm_embedder.cli.basic import (
+    DeviceOption,
     MaxLengthOption,
     ModelOption,
     TaskFileOption,
@@ -106,7 +107,7 @@ def serve_command(
         float, typer.Option(min=0.0, help="How long a lone request waits for company before it runs.")
     ] = 5.0,
     max_k: Annotated[int, typer.Option(min=1, help="Largest k accepted by /v1/search and /v1/augment.")] = 1000,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present).")] = None,
+    device: DeviceOption = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass inside one batch.")] = 64,
     threads: Annotated[
         int | None, typer.Option(min=1, help="CPU threads of the model (torch); 1 suits a busy or shared CPU.")

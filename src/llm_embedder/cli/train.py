@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from llm_embedder.cli.app import app
-from llm_embedder.cli.basic import TaskFileOption, refuse_existing, register_task_files
+from llm_embedder.cli.basic import DeviceOption, TaskFileOption, refuse_existing, register_task_files
 from llm_embedder.train.config import MAX_SEED
 
 
@@ -44,7 +44,7 @@ def train_command(
                                                   help="bf16 mixed precision on a CPU with bf16 matmuls "
                                                   "(AVX512-BF16/AMX): ~1.6x faster steps.")] = None,
     task_file: Annotated[list[Path] | None, typer.Option("--task-file", help="Extra task definitions.")] = None,
-    device: Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda if present).")] = None,
+    device: DeviceOption = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in OUT.")] = False,
     instructions: Annotated[bool | None, typer.Option("--instructions/--no-instructions",
                                                       help="Ablation (--no-instructions): train every task "
@@ -156,7 +156,7 @@ def mine_command(
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Negatives kept per query (100).")] = 100,
     filter_answers: Annotated[bool, typer.Option("--filter-answers", help="Drop answer-bearing passages.")] = False,
     key_template: Annotated[str | None, typer.Option("--key-template", help="e.g. '{title} {text}'.")] = None,
-    device: Annotated[str | None, typer.Option("--device", help="cpu or cuda.")] = None,
+    device: DeviceOption = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
     task_file: TaskFileOption = None,
 ) -> None:
