@@ -86,3 +86,23 @@ def test_an_os_error_python_raised_reads_as_a_sentence(tmp_path) -> None:
     proc = subprocess.run([sys.executable, "-m", "llm_embedder", "tasks", "--task-file", str(tmp_path)],
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
     assert proc.returncode == 2 and proc.stderr == f"error: Is a directory: {tmp_path}\n"
+
+
+def test_every_out_and_model_option_has_its_short_flag():
+    """-o and -m were on some commands only (export, data, score; encode's -m but not its -o)."""
+    import typer
+
+    group = typer.main.get_command(app)
+    commands = {}
+    for name, command in group.commands.items():
+        for sub_name, sub in getattr(command, "commands", {name: command}).items():
+            commands[f"{name} {sub_name}" if sub is not command else name] = sub
+    short = {"--out": "-o", "--model": "-m"}
+    missing = [f"{name} {option}" for name, command in commands.items() for param in command.params
+               for option, flag in short.items() if option in param.opts and flag not in param.opts]
+    assert missing == []
+    used = {flag: sorted(name for name, command in commands.items() for param in command.params if flag in param.opts)
+            for flag in short.values()}
+    assert used == {"-o": ["ablate", "data build", "data import", "demo", "encode", "evaluate", "export", "index",
+                           "mine", "score", "train"],
+                    "-m": ["augment", "encode", "evaluate", "export", "index", "mine", "search", "serve"]}

@@ -15,7 +15,7 @@ from llm_embedder.cli.basic import check_choice
 def ablate_command(
     run: Annotated[Path, typer.Option("--run", help="Demo run directory (made by `llm-embedder demo`); one "
                                       "without a demo run is an error unless --quick.")] = Path("runs/demo"),
-    out: Annotated[Path | None, typer.Option("--out", help="Output dir (default RUN/ablations).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output dir (default RUN/ablations).")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="If RUN holds no demo run yet, make the quick one "
                                         "there first (about 5 minutes on 2 CPU cores).")] = False,
     base: Annotated[str, typer.Option(help="Base embedder, only used if --quick makes the demo run.")] = "minilm",

@@ -120,7 +120,9 @@ def encode_command(
     role: Annotated[str, typer.Option(help="query or key.")] = "query",
     model: ModelOption = "minilm",
     field: Annotated[str | None, typer.Option(help="JSONL field holding the text (default 'text').")] = None,
-    out: Annotated[Path | None, typer.Option(help="OUT.npy or OUT.jsonl; JSONL to stdout if absent.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="OUT.npy or OUT.jsonl; JSONL to stdout if absent.")
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per model batch.")] = 64,
     device: DeviceOption = None,
     max_length: MaxLengthOption = None,

@@ -73,14 +73,18 @@ def parse_prompt_items(specs: list[str]) -> dict[str, int]:
 @app.command("evaluate")
 def evaluate_command(
     data: Annotated[Path, typer.Option(help="Task-suite directory (DIR/<task>/test.jsonl, corpus.jsonl).")],
-    model: Annotated[list[str] | None, typer.Option(help="NAME=PATH of an embedder (repeatable).")] = None,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="NAME=PATH of an embedder (repeatable).")
+    ] = None,
     base: Annotated[str | None, typer.Option(
         help="Base embedder evaluated with and without instructions; none: no base rows.")] = "minilm",
     tasks: Annotated[list[str] | None, typer.Option("--task", help=(
         "Tasks to evaluate (default: every task with a <task>/<split>.jsonl in DIR, a user task among them; a user "
         "task is known from --task-file or from a --model or --base trained with it)."))] = None,
     llm: Annotated[str | None, typer.Option(help="LLM for downstream metrics: smollm2, a HF dir, none.")] = "smollm2",
-    out: Annotated[Path, typer.Option(help="Run directory for results.json, results.md, plots/.")] = Path("runs/eval"),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Run directory for results.json, results.md, plots/.")
+    ] = Path("runs/eval"),
     split: Annotated[str, typer.Option(help="Split to evaluate (tune on dev, report test).")] = "test",
     max_queries: Annotated[int | None, typer.Option(
         min=1, help="Evaluate at most this many queries per task.")] = None,

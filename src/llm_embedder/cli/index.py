@@ -27,7 +27,7 @@ IndexOption = Annotated[Path, typer.Option("--index", "-i", help="Index director
 def index_command(
     task: Annotated[str, typer.Option(help="Task whose key instruction encodes the corpus (qa, tool, ...).")],
     corpus: Annotated[Path, typer.Option(help="Corpus JSONL: one object per line with 'text' (and 'id', 'title').")],
-    out: Annotated[Path, typer.Option(help="Index directory (re-running the same command resumes).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Index directory (re-running the same command resumes).")],
     model: ModelOption = "minilm",
     factory: Annotated[str, typer.Option(help="FAISS factory string: Flat, HNSW32, IVF1024,PQ32 ...")] = "Flat",
     backend: Annotated[str, typer.Option(help="faiss (in-process) or milvus (a Milvus Lite file in OUT).")] = "faiss",
@@ -169,7 +169,9 @@ def search_command(
     index: IndexOption,
     queries: Annotated[list[str] | None, typer.Argument(help="One or more query texts.")] = None,
     k: Annotated[int, typer.Option("-k", min=1, help="Hits per query.")] = 10,
-    model: Annotated[str | None, typer.Option(help="Embedder (default: the one named in the index).")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Embedder (default: the one named in the index).")
+    ] = None,
     task: Annotated[
         str | None, typer.Option(help="Expected task (an error if the index was built for another).")
     ] = None,
@@ -233,8 +235,8 @@ def augment_command(
         str | None, typer.Option(help="Count tokens with this LM (a HF directory or 'smollm2'); default approximate.")
     ] = None,
     model: Annotated[str | None, typer.Option(
-        help="Embedder for --index (default: the index's); with --item alone, the model whose tasks (and their "
-             "prompt layouts) to know.")] = None,
+        "--model", "-m", help="Embedder for --index (default: the index's); with --item alone, the model whose tasks "
+                              "(and their prompt layouts) to know.")] = None,
     task_file: TaskFileOption = None,
 ) -> None:
     """Print the LLM prompt for a query with retrieved items laid out as the task expects (recipe §3)."""

@@ -18,7 +18,7 @@ def train_command(
                                                        show_default=False)] = None,
     data: Annotated[list[Path] | None, typer.Option("--data", help="Training JSONL files, or dirs holding "
                                                     "<task>/train.jsonl. A file given twice is up-weighted.")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Output dir: model, card, checkpoints/.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output dir: model, card, checkpoints/.")] = None,
     base: Annotated[str | None, typer.Option("--base", help="Base model dir or alias (default minilm).")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="train.yaml; keys mirror these options.")] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", min=1,
@@ -152,7 +152,7 @@ def mine_command(
     data: Annotated[Path, typer.Option("--data", help="Task JSONL file (query, query_id, pos, task ...), checked "
                                        "as `data check` checks it; no chat (history) records.")],
     corpus: Annotated[Path, typer.Option("--corpus", help="Corpus JSONL ({text} or {title,text} or {contents}).")],
-    out: Annotated[Path, typer.Option("--out", help="Output JSONL with mined `neg`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output JSONL with mined `neg`.")],
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Negatives kept per query (100).")] = 100,
     filter_answers: Annotated[bool, typer.Option("--filter-answers", help="Drop answer-bearing passages.")] = False,
     key_template: Annotated[str | None, typer.Option("--key-template", help="e.g. '{title} {text}'.")] = None,
