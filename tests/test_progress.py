@@ -55,3 +55,20 @@ def test_a_restarted_task_and_one_without_a_total_are_logged():
         progress.update(prompts, completed=4)
     got = [line.split(",")[0] for line in buffer.getvalue().splitlines() if line.startswith("LLM prompts:")]
     assert got == ["LLM prompts: 3 done", "LLM prompts: 2/2 (100%)", "LLM prompts: 0/4 (0%)", "LLM prompts: 4/4 (100%)"]
+
+
+def test_log_start_says_when_a_task_starts_and_where_a_restarted_one_starts_again():
+    """A job done in one step (a small corpus in one batch) said nothing in a log until it ended."""
+    buffer = io.StringIO()
+    with LoggedProgress(console=Console(file=buffer, width=120), log_every=3600, log_start=True) as progress:
+        task = progress.add_task("scoring", total=10)
+        assert lines(buffer) == ["scoring: 0/10 (0%), 0:00"]
+        progress.update(task, completed=10)
+        progress.update(task, completed=4, total=8)  # restarted (as evaluate's bar for its next system)
+        progress.update(task, completed=8)
+        waiting = progress.add_task("scoring", total=10, start=False)
+        assert len(lines(buffer)) == 4  # not before it starts
+        progress.start_task(waiting)
+    assert [line.split(",")[0] for line in lines(buffer)] == [
+        "scoring: 0/10 (0%)", "scoring: 10/10 (100%)", "scoring: 4/8 (50%)", "scoring: 8/8 (100%)",
+        "scoring: 0/10 (0%)"]

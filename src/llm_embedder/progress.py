@@ -25,16 +25,32 @@ def format_duration(seconds: float) -> str:
 
 
 class LoggedProgress(Progress):
-    """``rich.progress.Progress`` that also writes plain progress lines when its console is not a terminal."""
+    """``rich.progress.Progress`` that also writes plain progress lines when its console is not a terminal.
 
-    def __init__(self, *columns: Any, log_every: float = LOG_EVERY, **kwargs: Any) -> None:
+    ``log_start``: a task's first line comes as it starts (``encoding qa keys: 0/200 (0%), 0:00``), not
+    ``log_every`` later: a short job done in one step (a small corpus in one batch) would otherwise say nothing
+    until it ends."""
+
+    def __init__(self, *columns: Any, log_every: float = LOG_EVERY, log_start: bool = False, **kwargs: Any) -> None:
         super().__init__(*columns, **kwargs)
         self.log_every = log_every
+        self.log_start = log_start
         self._last_logged: dict[TaskID, float] = {}
         # decided once: where the output is not a terminal the lines stand in for the bars
         self.plain_lines = not (self.disable or self.console.is_terminal or self.console.is_jupyter)
         if self.plain_lines:
             self.live.transient = True  # rich would print every bar once more at the end; the lines said it
+
+    def add_task(self, *args: Any, **kwargs: Any) -> TaskID:
+        task_id = super().add_task(*args, **kwargs)
+        if self.log_start:
+            self._log(task_id)
+        return task_id
+
+    def start_task(self, task_id: TaskID) -> None:
+        super().start_task(task_id)
+        if self.log_start:
+            self._log(task_id)
 
     def update(self, task_id: TaskID, **kwargs: Any) -> None:
         super().update(task_id, **kwargs)
@@ -64,8 +80,11 @@ class LoggedProgress(Progress):
             return
         now, done = time.monotonic(), float("inf")
         last = self._last_logged.get(task_id)
-        if last is None or (last == done and not task.finished):  # (re)started: the first line comes later
+        if last is None or (last == done and not task.finished):  # (re)started: the first line comes later,
             self._last_logged[task_id] = last = now
+            if self.log_start and not task.finished:  # or now where the job asks for it
+                self._print(task)
+                return
         if task.finished:
             if last != done:
                 self._print(task)
@@ -78,12 +97,13 @@ class LoggedProgress(Progress):
         self.console.print(self.status_line(task), highlight=False, markup=False, soft_wrap=True)
 
 
-def count_progress(enabled: bool = True, console: Any = None) -> LoggedProgress:
+def count_progress(enabled: bool = True, console: Any = None, log_start: bool = False) -> LoggedProgress:
     """The bar of a job that counts items (description, bar, done/total, time left), or plain lines in a log;
-    ``console``: where (stdout's by default; stderr's where stdout carries the output)."""
+    ``console``: where (stdout's by default; stderr's where stdout carries the output); ``log_start``: a log's
+    first line as each task starts (``LoggedProgress``)."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
     return LoggedProgress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        disable=not enabled, console=console,
+        disable=not enabled, console=console, log_start=log_start,
     )

@@ -265,6 +265,7 @@ def test_encode_shows_its_progress_on_stderr_and_keeps_stdout_for_the_vectors(ti
                            input="\n".join(texts) + "\n")
     assert result.exit_code == 0, result.output
     assert "encoding qa queries: 11/11 (100%)" in result.stderr and "Batches" not in result.stderr
+    assert "encoding qa queries: 0/11 (0%)" in result.stderr  # as it starts, before its first 8 texts
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     expected = Embedder(tiny_embedder_dir, device="cpu").encode_queries(texts, "qa")
     np.testing.assert_allclose([line["embedding"] for line in lines], expected, atol=1e-6)

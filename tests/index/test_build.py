@@ -469,3 +469,20 @@ def test_an_integer_outside_int64_in_a_filter_field_is_refused_before_encoding(t
     assert calls == []
     # a field not stored for filtering is only kept in docs.jsonl, which holds any JSON number
     assert build_index(corpus, tmp_path / "idx", tiny_embedder, "qa", backend=backend, progress=False)["count"] == 2
+
+
+def test_a_corpus_within_one_batch_says_it_started_encoding(tiny_embedder, tmp_path: Path, capsys,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A corpus of one batch said nothing in a log until its one batch was encoded (the first plain line came
+    log_every seconds in, or at the end): it now says it started, with its count, as encode does."""
+    said = []  # what the log held when the batch was encoded
+    real_encode = tiny_embedder.encode_keys
+
+    def encode_keys(*args, **kwargs):
+        said.append(capsys.readouterr().out)
+        return real_encode(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_embedder, "encode_keys", encode_keys)
+    build_index(write_corpus(tmp_path / "c.jsonl", 5), tmp_path / "idx", tiny_embedder, "qa", batch_size=8)
+    assert len(said) == 1 and "encoding qa keys: 0/5 (0%)" in said[0]
+    assert "encoding qa keys: 5/5 (100%)" in capsys.readouterr().out

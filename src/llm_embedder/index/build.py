@@ -251,7 +251,9 @@ def encode_rows(embedder: Any, task: str, out_dir: Path, state: dict, batch_size
             handle.truncate(count * dim * 4)
     start = state["rows_done"]
     offsets = np.memmap(out_dir / OFFSETS_FILE, dtype=np.int64, mode="r")
-    with (out_dir / DOCS_FILE).open("rb") as docs, path.open("r+b") as vectors, count_progress(progress) as bar:
+    # a log says the encoding started: a corpus of one batch would say nothing else until it was encoded
+    bar_or_lines = count_progress(progress, log_start=True)
+    with (out_dir / DOCS_FILE).open("rb") as docs, path.open("r+b") as vectors, bar_or_lines as bar:
         job = bar.add_task(f"encoding {task} keys", total=count, completed=start)
         if start < count:
             docs.seek(int(offsets[start]))
