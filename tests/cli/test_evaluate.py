@@ -278,3 +278,26 @@ def test_base_none_leaves_out_the_base_rows_and_nothing_to_evaluate_is_refused(q
         assert isinstance(result.exception, ValueError), result.output
         assert str(result.exception).startswith("nothing to evaluate: --base none and --no-baselines leave no rows")
     assert not (tmp_path / "two").exists()
+
+
+@pytest.mark.parametrize(("device", "where"), [(None, "and without --device this machine's CUDA is used"),
+                                               ("cuda", "not --device cuda")])
+def test_fast_on_cuda_is_refused_before_anything_runs(qa_suite, tiny_embedder_dir, tmp_path, monkeypatch, device,
+                                                      where):
+    """evaluate --fast on a CUDA machine ran the baselines, then an embedder refused fast='bf16' naming its
+    parameter. A CUDA device is pretended, as the device checks' tests do."""
+    import torch
+    from typer.testing import CliRunner
+
+    from llm_embedder.cli import app
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["evaluate", "--data", str(qa_suite), "--model", f"tiny={tiny_embedder_dir}",
+                                      "--llm", "none", "--out", str(out), "--fast",
+                                      *(["--device", device] if device else [])])
+    assert isinstance(result.exception, ValueError), result.output
+    assert str(result.exception) == (f"--fast is for CPU, {where} (on CUDA the embedders run in fp16 and the LLM "
+                                     "in bf16 already): drop --fast, or give --device cpu")
+    assert not out.exists()

@@ -179,3 +179,19 @@ def test_llm_version_names_the_bundled_package_or_follows_a_folder_s_weights(tin
     weights = copy / "model.safetensors"
     weights.write_bytes(weights.read_bytes() + b" ")  # rewritten in place: another size and time
     assert llm_version(copy) != before
+
+
+def test_a_fast_mode_on_cuda_is_refused_before_any_weights_load(tiny_lm_dir, monkeypatch):
+    """The fast mode was checked only once the weights had loaded (and moved to the GPU)."""
+    from llm_embedder.llm import model as model_module
+    from llm_embedder.llm.model import CausalLM
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was located or loaded before the fast mode was checked")
+
+    monkeypatch.setattr(model_module, "resolve_llm_path", no_loading)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError) as err:
+        CausalLM(tiny_lm_dir, device="cuda", fast="auto")
+    assert str(err.value) == "the fast modes are for CPU; on cuda the model already runs in bf16"

@@ -35,6 +35,19 @@ def check_choice(option: str, value: str, choices: Sequence[str]) -> None:
         raise ValueError(f"{option} must be {allowed}, got {value!r}")
 
 
+def check_cpu_only(device: str | None, option: str, why: str) -> None:
+    """Refuse an option for the CPU alone (a fast mode) where the models will run elsewhere: --device, or CUDA
+    where this machine has it. ``why`` says what that device does instead."""
+    import torch
+
+    from llm_embedder.models import check_device
+
+    kind = torch.device(check_device(device) or ("cuda" if torch.cuda.is_available() else "cpu")).type
+    if kind != "cpu":
+        where = f"not --device {device}" if device else "and without --device this machine's CUDA is used"
+        raise ValueError(f"{option} is for CPU, {where} ({why}): drop {option}, or give --device cpu")
+
+
 def check_max_length(model: str, max_length: int | None) -> None:
     """Refuse a --max-length beyond the model's positions before it loads (the model would name its parameter,
     query_max_length, once loaded)."""

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from llm_embedder.cli.app import app
-from llm_embedder.cli.basic import DeviceOption, TaskFileOption, register_task_files
+from llm_embedder.cli.basic import DeviceOption, TaskFileOption, check_cpu_only, register_task_files
 
 
 def parse_model_specs(specs: list[str]) -> dict[str, str]:
@@ -124,6 +124,8 @@ def evaluate_command(
     from llm_embedder.tasks import UnknownTaskError, get_task
 
     check_device(device)  # before the baselines run: embedders are built lazily
+    if fast:  # likewise (the embedders refused it naming their parameter, fast='bf16', once they were built)
+        check_cpu_only(device, "--fast", "on CUDA the embedders run in fp16 and the LLM in bf16 already")
     # a folder of other files (a task's data, a model) is refused: results, plots and caches would land among them
     check_output_dir(out, (RESULTS_FILE, SETTINGS_FILE, PER_QUERY_FILE, "results.md", "plots"), "evaluation results")
     if data.is_file():

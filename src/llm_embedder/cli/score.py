@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from llm_embedder.cli.app import app
-from llm_embedder.cli.basic import DeviceOption, TaskFileOption, register_task_files
+from llm_embedder.cli.basic import DeviceOption, TaskFileOption, check_cpu_only, register_task_files
 from llm_embedder.io import check_output_file, require_file
 
 
@@ -93,7 +93,10 @@ def score_command(
     register_task_files(task_file)
     if task is not None:
         get_task(task)  # a bad --task is the option's fault, not every record's
+    option = "--fast-mode" if fast_mode is not None else "--fast"
     fast_mode = pick_fast_option(fast, fast_mode)
+    if fast_mode is not None:  # before the records are read and the LLM loads (it refused only once loaded)
+        check_cpu_only(device, option, "on CUDA the LLM already runs in bf16")
     if not input.exists():
         raise FileNotFoundError(f"input file not found: {input}")
     for path in reuse or []:  # a mistyped name would only be "not reused", after the LLM loads

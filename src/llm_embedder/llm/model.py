@@ -39,8 +39,10 @@ class CausalLM:
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        # device and dtype first: a bad one fails before the bundled alias is converted (which loads weights)
+        # device, dtype and fast mode first: a bad one fails before the bundled alias is converted (which loads
+        # weights), and before the weights load (a fast mode on CUDA was refused only once they had)
         self.device, self.dtype = pick_device_dtype(device, dtype)
+        self.fast = pick_fast_mode(fast, self.device)
         self.path = resolve_llm_path(model)
         self.name = str(model) if str(model) in LLM_ALIASES else self.path.name
         self.version = llm_version(model)  # what the weights are: cached scores follow them
@@ -48,7 +50,6 @@ class CausalLM:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(str(self.path), dtype=self.dtype).to(self.device).eval()
-        self.fast = pick_fast_mode(fast, self.device)
         if self.fast == "int8":
             self.model = quantize_int8(self.model)
         elif self.fast == "bf16":
