@@ -177,3 +177,27 @@ def test_filtered_search_agrees_with_a_scan_of_the_metadata_through_adds_deletes
     metadata = {i: m for i, m in metadata.items() if i % 3}
     agrees(index, metadata)
     agrees(FaissIndex.load(index.save(tmp_path / "i.faiss")), metadata)
+
+
+@pytest.mark.parametrize(("factory", "replayable"), [
+    ("Flat", True), ("SQ8", True), ("SQfp16", True), ("IDMap,Flat", True), ("IDMap2,SQ8", True),
+    ("PQ4", False), ("IVF4,Flat", False), ("PCA8,Flat", False), ("HNSW8", False), ("NSG8,Flat", False),
+    ("Flat,RFlat", False),
+])
+def test_an_index_says_whether_its_adds_replay(factory: str, replayable: bool) -> None:
+    """An index directory adds the vectors past its index file's checkpoint again at load, in other batches: it may
+    do so where that builds the same index bit for bit (checked here, batches of 7 against one of 290, which FAISS
+    computes with BLAS), not for a graph's links nor where a matrix product rounds otherwise in another batch."""
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((300, 16)).astype(np.float32)
+    whole, batched = FaissIndex(16, factory), FaissIndex(16, factory)
+    assert whole.replayable is replayable
+    if not replayable:
+        return
+    for index in (whole, batched):
+        index.train(data)
+        index.add(np.arange(10), data[:10])
+    whole.add(np.arange(10, 300), data[10:])
+    for start in range(10, 300, 7):
+        batched.add(np.arange(start, min(start + 7, 300)), data[start : start + 7])
+    assert bytes(faiss.serialize_index(whole.index)) == bytes(faiss.serialize_index(batched.index))

@@ -116,6 +116,15 @@ class FaissIndex:
         return np.sort(ids[ids >= start]).tolist()
 
     @property
+    def replayable(self) -> bool:
+        """Whether adding vectors in other batches gives the same index, bit for bit, so that an index directory may
+        add its latest vectors again from its embeddings file instead of saving the index per add: Flat and SQ,
+        which store each vector, or each component, alone. Not a graph (HNSW, NSG: a batch is linked among itself),
+        nor a kind that computes a vector's code or list with a matrix product (IVF, PQ, PCA, OPQ): FAISS uses BLAS
+        for a batch of 20 or more, and its rounding differs (1 vector in 200k went to another IVF list)."""
+        return _replayable(self.index)
+
+    @property
     def kind(self) -> str:
         """The index in words for messages: its factory string, or where that is unknown (an index file read
         without it) the FAISS class of the inner index, e.g. ``index IndexHNSWFlat``."""
@@ -381,6 +390,14 @@ def _training_needs(index: Any, needs: list[tuple[int, str]]) -> bool:
     if ivf is not None:
         return isinstance(index, faiss.IndexIVFFlat | faiss.IndexIVFScalarQuantizer)
     return isinstance(index, faiss.IndexScalarQuantizer | faiss.IndexFlat)
+
+
+def _replayable(index: Any) -> bool:
+    """See ``FaissIndex.replayable``: known kinds only, anything else is taken as batch-dependent."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexIDMap | faiss.IndexIDMap2):
+        return _replayable(index.index)
+    return isinstance(index, faiss.IndexFlat | faiss.IndexScalarQuantizer)
 
 
 def _temp_name(path: Path) -> str:
