@@ -431,24 +431,32 @@ def fail(monkeypatch: pytest.MonkeyPatch, target: object, name: str, after: bool
 
 
 def injected_failures(retriever: Retriever) -> list[tuple[object, str, bool]]:
-    """Each write of an add, failing before or after it wrote (the index's own add: after it inserted)."""
+    """Each write of an add, failing before or after it wrote (the index's own add: after it inserted). An add to a
+    FAISS index that replays its adds does not save the index file; an HNSW index's add does, and an add whose save
+    wrote the file is kept (see test_a_killed_add_whose_vectors_an_hnsw_index_saved_is_kept)."""
     import llm_embedder.retriever as module
     from llm_embedder.retriever import DocStore
 
     index = type(retriever.index)
-    return [(DocStore, "append", False), (DocStore, "append", True), (index, "add", True), (index, "save", False),
-            (index, "save", True), (module, "atomic_write", False)]
+    if retriever.index.backend == "milvus":
+        last = [(index, "save", False), (index, "save", True), (module, "atomic_write", False)]
+    elif retriever._journaled():
+        last = [(module, "atomic_write", False)]
+    else:
+        last = [(index, "save", False)]
+    return [(DocStore, "append", False), (DocStore, "append", True), (module, "_append_rows", False),
+            (module, "_append_rows", True), (index, "add", True), *last]
 
 
-@pytest.mark.parametrize("backend", ["faiss", "milvus"])
+@pytest.mark.parametrize(("backend", "factory"), [("faiss", "Flat"), ("faiss", "HNSW8"), ("milvus", "Flat")])
 def test_an_add_that_fails_midway_is_rolled_back(tiny_embedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 backend: str) -> None:
+                                                 backend: str, factory: str) -> None:
     """An add that failed after its vectors went into the index (a full disk writing docs.jsonl) left the index
     broken for good: id 2 in the index (Milvus: stored; FAISS: in the object) without a document, so every search
     reaching it raised IndexError and every later add 'ids already in the index: [2]'. Now documents go first,
     vectors after, meta.json last, and a failure anywhere takes the add back."""
     out = tmp_path / "idx"
-    retriever = Retriever.build(tiny_embedder, "qa", DOCS, out_dir=out, backend=backend)
+    retriever = Retriever.build(tiny_embedder, "qa", DOCS, out_dir=out, backend=backend, factory=factory)
     for target, name, after in injected_failures(retriever):
         before = directory_files(out)
         with monkeypatch.context() as patch:
@@ -494,10 +502,13 @@ def killed_add(monkeypatch: pytest.MonkeyPatch, retriever: Retriever, target: ob
 def test_what_a_killed_add_left_is_rolled_back_by_load(tiny_embedder, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
     """Killed between its writes, an add left documents past meta.json's count (load: "docs.jsonl has 6 documents,
-    meta.json says 4") or vectors without documents (search: IndexError). Load now rolls it back, and says so."""
+    meta.json says 4") or vectors without documents (search: IndexError). Load now rolls it back, and says so. (A
+    FAISS add writes the embeddings file, not the index file; Milvus saves its index.)"""
+    import llm_embedder.retriever as module
     from llm_embedder.retriever import DocStore, IndexRepairedWarning
 
-    for step, (target, name) in enumerate([(DocStore, "append"), ("index", "add"), ("index", "save")]):
+    last = (module, "_append_rows") if backend == "faiss" else ("index", "save")
+    for step, (target, name) in enumerate([(DocStore, "append"), ("index", "add"), last]):
         out = tmp_path / f"idx{step}"
         built = Retriever.build(tiny_embedder, "qa", DOCS, out_dir=out, backend=backend)
         before = directory_files(out)
@@ -705,3 +716,227 @@ def test_a_load_never_rolls_back_an_add_committed_while_it_loads(tiny_embedder, 
     again = Retriever.load(out, tiny_embedder)
     assert len(again.docs) == len(DOCS) + 1 == json.loads((out / "meta.json").read_text())["count"]
     again.close()
+
+
+QUERIES = ["Eiffel Tower", "the highest mountain", "Pastry number 3", "a programming language"]
+
+
+def hits_of(retriever: Retriever, queries: list[str], k: int = 10, **options) -> list[list[tuple[int, float, str]]]:
+    """Each query's hits as (id, score, text): what two indexes must agree on to give the same results."""
+    return [[(h.id, h.score, h.text) for h in row] for row in retriever.search(queries, k=k, **options)]
+
+
+def file_identity(path: Path) -> tuple[int, int, int]:
+    """A file's inode, size and modification time: all equal, it was not written again."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def test_an_add_or_delete_does_not_write_the_index_file(tiny_embedder, tmp_path: Path) -> None:
+    """Each add saved the whole FAISS index and its metadata sidecar again (468 ms per one-document add at 50k
+    documents: O(N) per add), so a persistent memory slowed with every turn; so did each delete. Now they go to the
+    journals (the embeddings file, deleted.ids) and meta.json, and the index file is a checkpoint: ``save`` writes it,
+    so does ``close`` (a ``with`` block); a reload reads the rest from the journals and gives the same hits."""
+    from llm_embedder.index import FaissIndex
+
+    out = tmp_path / "idx"
+    retriever = Retriever.build(tiny_embedder, "qa", DOCS, out_dir=out)
+    files = {name: file_identity(out / name) for name in ("index.faiss", "index.faiss.meta.json")}
+    for i in range(5):
+        assert retriever.add([{"text": f"Pastry number {i}.", "lang": "en"}]) == [4 + i]
+    assert retriever.delete([0, 6]) == 2
+    assert {name: file_identity(out / name) for name in files} == files
+    assert json.loads((out / "meta.json").read_text())["count"] == 9
+    reopened = Retriever.load(out, tiny_embedder)
+    assert reopened.documents() == retriever.documents() and len(reopened) == 7
+    assert hits_of(reopened, QUERIES) == hits_of(retriever, QUERIES)
+    assert hits_of(reopened, QUERIES, filter={"lang": "en"}) == hits_of(retriever, QUERIES, filter={"lang": "en"})
+    retriever.save()  # the index file holds them all now, for a reader of the file alone
+    saved = FaissIndex.load(out / "index.faiss")
+    assert sorted(saved.ids().tolist()) == [1, 2, 3, 4, 5, 7, 8] and sorted(saved.metadata) == [1, 2, 3, 4, 5, 7, 8]
+    with Retriever.load(out, tiny_embedder) as writer:
+        writer.add(["Plum cake."])
+    assert FaissIndex.load(out / "index.faiss").count == 8  # saved on leaving the block
+    stale, other = Retriever.load(out, tiny_embedder), Retriever.load(out, tiny_embedder)
+    stale.add(["Apple pie."])
+    Retriever.load(out, tiny_embedder).add(["Cherry pie."])
+    index_file = file_identity(out / "index.faiss")
+    stale.close()  # another object wrote since: it leaves the saving alone, without an error
+    other.close()  # it added nothing: nothing to save
+    assert file_identity(out / "index.faiss") == index_file
+    final = Retriever.load(out, tiny_embedder)
+    assert [doc["text"] for _, doc in final.documents()][-3:] == ["Plum cake.", "Apple pie.", "Cherry pie."]
+
+
+@pytest.mark.parametrize("factory", ["Flat", "SQ8", "IVF2,Flat"])
+def test_a_reload_after_many_small_adds_gives_the_same_hits(tiny_embedder, tmp_path: Path, factory: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Behaviour kept: after one-document adds, some of them in a checkpoint of the index file and the rest read back
+    from the embeddings file, a reload gives the in-memory index's hits, scores and filtered hits. The index starts
+    empty: SQ8 and IVF are trained by the first add, which saves the index file with it (IVF: every add does)."""
+    import llm_embedder.retriever as module
+
+    monkeypatch.setattr(module, "CHECKPOINT_ROWS", 4, raising=False)  # checkpoints between the adds, a tail after
+    out = tmp_path / "idx"
+    retriever = Retriever.build(tiny_embedder, "qa", [], out_dir=out, factory=factory)
+    retriever.add(DOCS)
+    for i in range(11):
+        retriever.add([{"text": f"Pastry number {i}.", "lang": "fr" if i % 3 else "en"}])
+    reopened = Retriever.load(out, tiny_embedder)
+    assert len(reopened) == 15 and reopened.documents() == retriever.documents()
+    assert hits_of(reopened, QUERIES) == hits_of(retriever, QUERIES)
+    assert hits_of(reopened, QUERIES, filter={"lang": "fr"}) == hits_of(retriever, QUERIES, filter={"lang": "fr"})
+    meta = json.loads((out / "meta.json").read_text())
+    if getattr(retriever, "_journaled", lambda: False)():  # checkpoints came, and a tail is read from the embeddings
+        assert 4 < meta["index_rows"] < 15
+    else:  # IVF: the index file is saved with every add, as before (its adds do not replay bit for bit)
+        assert meta.get("index_rows", 15) == 15
+
+
+def test_deletes_and_adds_are_read_back_after_a_reload(tiny_embedder, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Behaviour kept: ids deleted from the index file's checkpoint and from the adds past it, before and after a
+    checkpoint, stay deleted after a reload (replaying the embeddings file must not bring them back), and adds go
+    on after them."""
+    import llm_embedder.retriever as module
+
+    monkeypatch.setattr(module, "CHECKPOINT_ROWS", 6, raising=False)
+    out = tmp_path / "idx"
+    retriever = Retriever.build(tiny_embedder, "qa", DOCS, out_dir=out)
+    for i in range(3):
+        retriever.add([f"Pastry number {i}."])
+    assert retriever.delete([1, 5]) == 2  # one in the index file, one in the embeddings file only
+    retriever.add(["Pastry number 3."])  # 4 adds and 2 deletes since the build: a checkpoint
+    retriever.add(["Pastry number 4."])
+    assert retriever.delete([8, 2, 99]) == 2  # after it: one from the checkpoint, one past it (99: unknown)
+    reopened = Retriever.load(out, tiny_embedder)
+    assert [i for i, _ in reopened.documents()] == [0, 3, 4, 6, 7] == [i for i, _ in retriever.documents()]
+    assert hits_of(reopened, QUERIES) == hits_of(retriever, QUERIES)
+    assert reopened.add(["Plum cake."]) == [9] and reopened.delete([0]) == 1
+    again = Retriever.load(out, tiny_embedder)
+    assert [i for i, _ in again.documents()] == [3, 4, 6, 7, 9]
+    assert hits_of(again, QUERIES) == hits_of(reopened, QUERIES)
+
+
+@pytest.mark.parametrize("step", ["append", "_append_rows", "add"])
+def test_an_add_killed_after_adds_the_index_file_lacks_keeps_them(tiny_embedder, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch, step: str) -> None:
+    """The journals ahead of the index file: adds and a delete committed since it was saved are read back, and an
+    add killed after them (after each of its writes before meta.json) is rolled back by load."""
+    import llm_embedder.retriever as module
+    from llm_embedder.retriever import DocStore, IndexRepairedWarning
+
+    out = tmp_path / "idx"
+    built = Retriever.build(tiny_embedder, "qa", DOCS, out_dir=out)
+    built.add(["Plum cake."])
+    built.add([{"text": "Pastry number 3.", "lang": "en"}])
+    built.delete([1])
+    expected, before = hits_of(built, QUERIES), directory_files(out)
+    killed_add(monkeypatch, built, {"append": DocStore, "_append_rows": module, "add": type(built.index)}[step], step)
+    with pytest.warns(IndexRepairedWarning, match=r"rolled back an add that did not finish: 2 document\(s\)"):
+        reopened = Retriever.load(out, tiny_embedder)
+    assert directory_files(out) == before and len(reopened) == 5 and len(reopened.docs) == 6
+    assert hits_of(reopened, QUERIES) == expected
+    assert reopened.add(["Cherry pie."]) == [6]
+
+
+def test_a_save_killed_before_meta_json_recorded_it_adds_nothing_twice(tiny_embedder, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The index file ahead of meta.json: a save killed after writing the file, before recording in meta.json what it
+    holds, leaves a file holding adds and deletes that meta.json says are past it. Load adds none of them again
+    ('ids already in the index') and brings no deleted one back."""
+    import warnings
+
+    import llm_embedder.retriever as module
+    from llm_embedder.index import FaissIndex
+
+    out = tmp_path / "idx"
+    built = Retriever.build(tiny_embedder, "qa", DOCS, out_dir=out)
+    for i in range(3):
+        built.add([{"text": f"Pastry number {i}.", "lang": "en"}])
+    built.delete([1, 5])
+    expected, meta = hits_of(built, QUERIES), (out / "meta.json").read_text()
+
+    class Killed(BaseException):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(module, "atomic_write", killed)
+        with pytest.raises(Killed):
+            built.save()
+    assert (out / "meta.json").read_text() == meta and json.loads(meta)["index_rows"] == 4
+    assert sorted(FaissIndex.load(out / "index.faiss").ids().tolist()) == [0, 2, 3, 4, 6]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to repair
+        reopened = Retriever.load(out, tiny_embedder)
+    assert [i for i, _ in reopened.documents()] == [0, 2, 3, 4, 6] and hits_of(reopened, QUERIES) == expected
+    assert reopened.add(["Plum cake."]) == [7]
+    assert [i for i, _ in Retriever.load(out, tiny_embedder).documents()] == [0, 2, 3, 4, 6, 7]
+
+
+def test_a_delete_killed_before_meta_json_is_rolled_back_by_load(tiny_embedder, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delete writes its ids to deleted.ids, then meta.json: killed between the two it did not happen, and load
+    cuts the journal back (its ids are still found)."""
+    import llm_embedder.retriever as module
+    from llm_embedder.retriever import IndexRepairedWarning
+
+    out = tmp_path / "idx"
+    built = Retriever.build(tiny_embedder, "qa", DOCS, out_dir=out)
+    built.add(["Plum cake."])
+
+    class Killed(BaseException):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(module, "atomic_write", killed)
+        patch.setattr(Retriever, "_undo", lambda *args: None)
+        with pytest.raises(Killed):
+            built.delete([0, 4])
+    assert (out / "deleted.ids").stat().st_size == 16
+    with pytest.warns(IndexRepairedWarning, match=r"rolled back a delete that did not finish: 2 id\(s\) past the 0 "):
+        reopened = Retriever.load(out, tiny_embedder)
+    assert [i for i, _ in reopened.documents()] == [0, 1, 2, 3, 4] and (out / "deleted.ids").stat().st_size == 0
+    assert reopened.delete([4]) == 1
+    assert [i for i, _ in Retriever.load(out, tiny_embedder).documents()] == [0, 1, 2, 3]
+
+
+def test_a_delete_that_fails_is_taken_back(tiny_embedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delete failing as it writes (a full disk) leaves the index and deleted.ids as they were."""
+    import llm_embedder.retriever as module
+
+    out = tmp_path / "idx"
+    retriever = Retriever.build(tiny_embedder, "qa", DOCS, out_dir=out)
+    with monkeypatch.context() as patch:
+        fail(patch, module, "atomic_write")
+        with pytest.raises(OSError, match="No space left on device"):
+            retriever.delete([2])
+    assert [i for i, _ in retriever.documents()] == [0, 1, 2, 3] and not (out / "deleted.ids").stat().st_size
+    assert retriever.delete([2]) == 1
+    assert [i for i, _ in Retriever.load(out, tiny_embedder).documents()] == [0, 1, 3]
+
+
+def test_an_add_whose_index_file_cannot_be_saved_is_kept_with_a_warning(tiny_embedder, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint failing after a committed add (a full disk) is a warning: the add is in (meta.json counts it, the
+    embeddings file holds it), the old index file stays whole, and the next add saves it."""
+    import llm_embedder.retriever as module
+    from llm_embedder.index import FaissIndex
+    from llm_embedder.retriever import IndexCheckpointWarning
+
+    monkeypatch.setattr(module, "CHECKPOINT_ROWS", 1)  # every add saves the index file
+    out = tmp_path / "idx"
+    retriever = Retriever.build(tiny_embedder, "qa", DOCS, out_dir=out)
+    with monkeypatch.context() as patch:
+        fail(patch, FaissIndex, "save")
+        with pytest.warns(IndexCheckpointWarning, match="could not save the index file"):
+            assert retriever.add(["Plum cake."]) == [4]
+    assert FaissIndex.load(out / "index.faiss").count == 4 and len(Retriever.load(out, tiny_embedder)) == 5
+    assert retriever.add(["Cherry pie."]) == [5] and FaissIndex.load(out / "index.faiss").count == 6
+    assert hits_of(Retriever.load(out, tiny_embedder), QUERIES) == hits_of(retriever, QUERIES)

@@ -17,12 +17,14 @@ import numpy as np
 from llm_embedder.embedder import text_list
 from llm_embedder.index.base import IndexFormatError, VectorIndex, check_effort, check_filter, check_k
 from llm_embedder.index.build import (
+    DELETED_FILE,
     DOCS_FILE,
     EMBEDDINGS_FILE,
     FAISS_FILE,
     META_FILE,
     MILVUS_FILE,
     OFFSETS_FILE,
+    READ_BLOCK,
     build_index,
     doc_line,
     filterable,
@@ -30,8 +32,16 @@ from llm_embedder.index.build import (
     iter_records,
     key_max_length,
 )
-from llm_embedder.io import LOCK_FILE, atomic_write, exclusive
+from llm_embedder.io import LOCK_FILE, RunInProgressError, atomic_write, exclusive
 from llm_embedder.models import EMBEDDER_ALIASES, ModelChangedWarning, model_version
+
+# An index directory's FAISS file is a checkpoint, written again once the rows added and ids deleted since the last
+# one reach CHECKPOINT_ROWS and CHECKPOINT_SHARE of the documents: a checkpoint writes every vector, so spaced out in
+# proportion to the index it costs an add O(its own size) on average, where a save per add cost O(index). Until
+# then the embeddings file and the deletion journal hold them, and Retriever.load adds them to what the file holds.
+CHECKPOINT_ROWS = 1024
+CHECKPOINT_SHARE = 0.1
+ID_BYTES = np.dtype(np.int64).itemsize
 
 
 @dataclass
@@ -166,6 +176,12 @@ class Retriever:
     One object is safe to share between threads: ``add``, ``delete``, ``search`` and ``documents`` take turns on
     ``lock`` (encoding runs outside it). Writers of an index directory hold its lock file while they write, and
     an object refuses to write (``IndexChangedError``) once another has changed the directory since it read it.
+
+    In an index directory of a FAISS index whose adds replay bit for bit (``FaissIndex.replayable``: Flat, SQ), an
+    add appends to the embeddings file and a delete to deleted.ids, and each commits with meta.json; the index file
+    is a checkpoint, written when enough has changed since the last one, by ``save`` and by ``close`` (also on
+    leaving a ``with`` block), and ``load`` adds what came after it. Other indexes (HNSW, IVF, PQ; Milvus) save the
+    index with every add and delete.
     """
 
     def __init__(
@@ -181,6 +197,7 @@ class Retriever:
         self.lock = threading.RLock()  # reentrant: a store holds it around its own bookkeeping and the add
         self._disk = _disk_state(out_dir, index.backend) if out_dir is not None else None
         self._broken: str | None = None  # why this object no longer writes (a failed add it could not undo)
+        self._unsaved = False  # this object committed adds or deletes that the index file does not hold yet
 
     def __len__(self) -> int:
         return self.index.count
@@ -254,7 +271,12 @@ class Retriever:
             raise IndexFormatError(f"{index_dir}: {DOCS_FILE} has {len(docs)} documents, meta.json says {count}")
         # documents past meta.json's count, and vectors past them: an add that did not finish (killed), or one a
         # writer is making now; they are not read, and rolled back under the directory's lock
-        retriever = cls(embedder, task, index, DocStore(index_dir, count), index_dir, {**meta, "count": count})
+        meta, docs = {**meta, "count": count}, DocStore(index_dir, count)
+        if meta.get("backend", "faiss") == "faiss":
+            # a directory without them (a build's, an earlier version's) has its index file saved with every change
+            meta = {"deleted": 0, "index_rows": count, "index_deleted": meta.get("deleted", 0), **meta}
+            catch_up(index, index_dir, meta, docs)  # the adds and deletes committed since the index file was saved
+        retriever = cls(embedder, task, index, docs, index_dir, meta)
         retriever._disk = disk
         retriever._settle_on_load()
         return retriever
@@ -340,8 +362,9 @@ class Retriever:
             )
 
     def add(self, documents: Sequence[str | dict] | Path) -> list[int]:
-        """Encode and index more documents (as ``build`` takes them); returns their ids (saved at once for an index
-        directory, whose embeddings file grows with them, so it keeps one row per document)."""
+        """Encode and index more documents (as ``build`` takes them); returns their ids. In an index directory they
+        are saved at once: the embeddings file grows with them (one row per document) and meta.json counts them;
+        the index file is saved with them only where it cannot replay them (see ``Retriever``) or they train it."""
         docs = normalise_documents(documents)
         if not docs:
             return []
@@ -356,27 +379,78 @@ class Retriever:
             meta = {**self.meta, "count": start + len(docs)}
             if metadata and isinstance(meta.get("stored_fields"), list):
                 meta["stored_fields"] = sorted({*meta["stored_fields"], *(k for m in metadata for k in m)})
+            journaled = self._journaled()  # before the add, which trains an untrained index
             try:
                 # documents first, vectors after, meta.json last: an add is in once meta.json counts it, and one
                 # that fails (or is killed) is rolled back to the documents meta.json counts (see _settle)
                 self.docs.append(docs, lines)
                 if self.out_dir is not None:
-                    with (self.out_dir / EMBEDDINGS_FILE).open("ab") as handle:
-                        handle.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+                    _append_rows(self.out_dir / EMBEDDINGS_FILE, vectors)
                 self.index.add(ids, vectors, metadata)
                 if self.out_dir is not None:
-                    self.index.save(self.out_dir / index_file(self.index.backend))
+                    if not journaled:  # saved with its vectors: HNSW, IVF, PQ, an index this add trained, Milvus
+                        self.index.save(self.out_dir / index_file(self.index.backend))
+                        if self.index.backend == "faiss":
+                            meta["index_rows"], meta["index_deleted"] = meta["count"], meta.get("deleted", 0)
                     with atomic_write(self.out_dir / META_FILE) as handle:
                         json.dump(meta, handle, indent=2)
             except BaseException as err:
                 self._undo(start, err)
                 raise
             self.meta = meta
+            self._unsaved = journaled  # an add saved with its vectors saved the rest too
+            if journaled:
+                self._checkpoint_if_due()
         return ids
 
+    def _journaled(self) -> bool:
+        """Whether a change to this index directory goes to its journals alone (the embeddings file, deleted.ids),
+        the index file being a checkpoint: a FAISS index, trained, whose adds replay (``FaissIndex.replayable``)."""
+        return (self.out_dir is not None and self.index.backend == "faiss" and self.index.is_trained
+                and self.index.replayable)
+
+    def _pending(self) -> int:
+        """The rows added and ids deleted since the index file's checkpoint (as meta.json records it)."""
+        count, deleted = int(self.meta["count"]), int(self.meta.get("deleted", 0))
+        return count - int(self.meta.get("index_rows", count)) + deleted - int(self.meta.get("index_deleted", 0))
+
+    def _checkpoint_if_due(self) -> None:
+        """After a committed add or delete, with the locks held: save the index file once enough is pending. A
+        failure is a warning, not the caller's error: what was committed is in the journals (the next load reads
+        it from there), and the previous checkpoint stays whole (the save replaces it atomically)."""
+        if self._pending() < max(CHECKPOINT_ROWS, CHECKPOINT_SHARE * int(self.meta["count"])):
+            return
+        try:
+            self._checkpoint()
+        except Exception as err:  # noqa: BLE001 - see the docstring
+            warnings.warn(f"{self.out_dir}: could not save the index file ({err}); what was added or deleted is "
+                          "kept in the embeddings file and deleted.ids, and read from them when it is loaded",
+                          IndexCheckpointWarning, stacklevel=3)
+
+    def _checkpoint(self) -> None:
+        """With the locks held: save the FAISS index file, then record in meta.json what it holds. Killed between
+        the two, the file holds more than meta.json says, which ``catch_up`` allows for."""
+        self.index.save(self.out_dir / FAISS_FILE)
+        meta = {**self.meta, "index_rows": int(self.meta["count"]), "index_deleted": int(self.meta.get("deleted", 0))}
+        with atomic_write(self.out_dir / META_FILE) as handle:
+            json.dump(meta, handle, indent=2)
+        self.meta = meta
+        self._unsaved = False
+
+    def save(self) -> None:
+        """Save an index directory's FAISS index file now if adds or deletes since its last save are in the journals
+        only (nothing to do in memory or for Milvus, which save at once). Then ``index.faiss`` holds every document
+        meta.json counts, for a reader that opens the file alone (``open_index``); ``load`` needs no save."""
+        if self.out_dir is None or self.index.backend != "faiss":
+            return
+        with self.lock, self._writing():
+            if self._unsaved or self._pending():
+                self._checkpoint()
+
     def _undo(self, start: int, err: BaseException) -> None:
-        """Take a failed add back: the index, documents and embeddings as they were with ``start`` documents.
-        Where that fails too, this object refuses to write again (``Retriever.load`` repairs the directory)."""
+        """Take a failed add (or delete) back: the index, documents, embeddings and deletions as meta.json counts
+        them (``start`` documents). Where that fails too, this object refuses to write again (``Retriever.load``
+        repairs the directory)."""
         try:
             if self.out_dir is None:
                 stray = self.index.held_from(start)
@@ -384,10 +458,12 @@ class Retriever:
                     self.index.delete(stray)  # a FAISS index that cannot delete (HNSW) refuses: broken below
                 self.docs.truncate(start)
                 return
-            if self.index.backend == "faiss":  # the vectors saved before this add (it saves last but meta.json)
+            if self.index.backend == "faiss":  # the index file and the journals as meta.json counts them
                 from llm_embedder.index.faiss_index import FaissIndex
 
-                self.index = FaissIndex.load(self.out_dir / FAISS_FILE, factory=self.meta.get("factory"))
+                index = FaissIndex.load(self.out_dir / FAISS_FILE, factory=self.meta.get("factory"))
+                catch_up(index, self.out_dir, self.meta, DocStore(self.out_dir, int(self.meta["count"])))
+                self.index = index
             done = self._settle()
             self._disk = _disk_state(self.out_dir, self.index.backend)
             if done and "kept" in done:
@@ -399,16 +475,17 @@ class Retriever:
             err.add_note(self._broken)
 
     def _leftovers(self) -> tuple[list[int], int] | None:
-        """What an index directory holds past the documents meta.json counts, None if nothing: the index's ids
-        from that count on, and the document rows on disk."""
+        """What an index directory holds past the documents and deletions meta.json counts, None if nothing: the
+        index's ids from that count on, and the document rows on disk."""
         count, out = int(self.meta["count"]), self.out_dir
-        rows = (out / OFFSETS_FILE).stat().st_size // np.dtype(np.int64).itemsize
+        rows = (out / OFFSETS_FILE).stat().st_size // ID_BYTES
         stray = self.index.held_from(count)
         embeddings = out / EMBEDDINGS_FILE
         row_bytes = int(self.meta["dim"]) * np.dtype(np.float32).itemsize
         longer = (embeddings.exists() and embeddings.stat().st_size > count * row_bytes) or \
-            (out / OFFSETS_FILE).stat().st_size % np.dtype(np.int64).itemsize or \
-            (out / DOCS_FILE).stat().st_size > DocStore(out, count).end()
+            (out / OFFSETS_FILE).stat().st_size % ID_BYTES or \
+            (out / DOCS_FILE).stat().st_size > DocStore(out, count).end() or \
+            _size(out / DELETED_FILE) > int(self.meta.get("deleted", 0)) * ID_BYTES
         return (stray, rows) if stray or rows > count or longer else None
 
     def _settle(self) -> str | None:
@@ -420,8 +497,9 @@ class Retriever:
         leftovers = self._leftovers()
         if leftovers is None:
             return None
-        committed = json.loads((self.out_dir / META_FILE).read_text(encoding="utf-8")).get("count")
-        if committed != self.meta["count"]:  # another writer committed since this object read meta.json: not ours
+        committed = json.loads((self.out_dir / META_FILE).read_text(encoding="utf-8"))
+        if committed.get("count") != self.meta["count"] or committed.get("deleted", 0) != self.meta.get("deleted", 0):
+            # another writer committed since this object read meta.json: not ours
             raise IndexChangedError(f"the index {self.out_dir} changed since it was opened (another writer?); "
                                     "open it again")
         stray, rows = leftovers
@@ -440,19 +518,30 @@ class Retriever:
                         "rebuild the index") from None
                 return self._keep(count, rows)
         added = rows - count
+        deleted = int(self.meta.get("deleted", 0))
+        journal = _size(out / DELETED_FILE) // ID_BYTES - deleted
         self.docs = DocStore(out)
         self.docs.truncate(count)  # cutting files back needs no space: before the index's save, which does
         _shrink(embeddings, count * row_bytes)
+        _shrink(out / DELETED_FILE, deleted * ID_BYTES)  # a delete that did not finish (its ids are still held)
         if stray:
             self.index.save(out / index_file(self.index.backend))
-        return (f"rolled back an add that did not finish: {max(added, 0)} document(s) and {len(stray)} vector(s) "
-                f"past the {count} documents meta.json counts were removed")
+        done = []
+        if added > 0 or stray or not journal:
+            done.append(f"rolled back an add that did not finish: {max(added, 0)} document(s) and {len(stray)} "
+                        f"vector(s) past the {count} documents meta.json counts were removed")
+        if journal:
+            done.append(f"rolled back a delete that did not finish: {journal} id(s) past the {deleted} deletions "
+                        "meta.json counts were removed from deleted.ids")
+        return "; ".join(done)
 
     def _keep(self, count: int, rows: int) -> str:
         """Count the documents ``count..rows`` in (their vectors are all in the index; see ``_settle``)."""
         out = self.out_dir
         docs = DocStore(out, rows)
         meta = {**self.meta, "count": rows}
+        if self.index.backend == "faiss":  # the index file holds them all: it was saved with them
+            meta["index_rows"], meta["index_deleted"] = rows, meta.get("deleted", 0)
         fields = meta.get("filter_fields") or []
         if fields and isinstance(meta.get("stored_fields"), list):
             added = [filterable(doc, fields) for doc in docs.get(range(count, rows))]
@@ -475,11 +564,32 @@ class Retriever:
             return list(zip(ids, self.docs.get(ids), strict=True))
 
     def delete(self, ids: Sequence[int]) -> int:
-        """Remove documents from the index (their text stays in docs.jsonl); returns how many were removed."""
+        """Remove documents from the index (their text stays in docs.jsonl); returns how many were removed. In an
+        index directory of a FAISS index the removed ids go to the deletion journal, deleted.ids, and meta.json
+        counts them (the index file is a checkpoint, see ``Retriever``); Milvus saves its index."""
         with self.lock, self._writing():
-            removed = self.index.delete(ids)
-            if self.out_dir is not None:
-                self.index.save(self.out_dir / index_file(self.index.backend))
+            if not self._journaled():
+                removed = self.index.delete(ids)
+                if self.out_dir is not None:
+                    self.index.save(self.out_dir / index_file(self.index.backend))
+                return removed
+            id_array = np.asarray(ids, dtype=np.int64).reshape(-1)
+            held = self.index.held(id_array)
+            removed = self.index.delete(id_array)  # one that cannot delete refuses here, before anything is written
+            if not held:
+                return removed
+            deleted = int(self.meta.get("deleted", 0))
+            meta = {**self.meta, "deleted": deleted + len(held)}
+            try:  # the ids first, meta.json last: a delete is in once meta.json counts it (as an add)
+                with (self.out_dir / DELETED_FILE).open("ab") as handle:
+                    handle.write(np.asarray(held, dtype=np.int64).tobytes())
+                with atomic_write(self.out_dir / META_FILE) as handle:
+                    json.dump(meta, handle, indent=2)
+            except BaseException as err:
+                self._undo(len(self.docs), err)
+                raise
+            self.meta, self._unsaved = meta, True
+            self._checkpoint_if_due()
         return removed
 
     @contextmanager
@@ -500,11 +610,31 @@ class Retriever:
             done = self._settle()  # what a killed add left (seen at load while another writer held the lock)
             if done:
                 warnings.warn(f"{self.out_dir}: {done}", IndexRepairedWarning, stacklevel=4)
-            yield
-            self._disk = _disk_state(self.out_dir, self.index.backend)
+            try:
+                yield
+            finally:  # what changed since the check above is this object's own doing (failed writes included)
+                self._disk = _disk_state(self.out_dir, self.index.backend)
 
     def close(self) -> None:
-        self.index.close()
+        """Save the index file where this object's adds or deletes are in the journals only (``save``), then
+        release the index. Another writer at work, or one that wrote since, leaves the saving to it: what this
+        object committed is in the journals either way, and ``load`` reads it from there."""
+        try:
+            if self._unsaved and not self._broken:
+                self.save()
+        except (IndexChangedError, RunInProgressError):
+            pass
+        except OSError as err:
+            warnings.warn(f"{self.out_dir}: could not save the index file ({err}); what was added or deleted is "
+                          "kept in the embeddings file and deleted.ids", IndexCheckpointWarning, stacklevel=2)
+        finally:
+            self.index.close()
+
+    def __enter__(self) -> Retriever:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 class IndexChangedError(RuntimeError):
@@ -514,6 +644,75 @@ class IndexChangedError(RuntimeError):
 
 class IndexRepairedWarning(UserWarning):
     """An index directory held what an add that did not finish left behind; it was rolled back (or kept)."""
+
+
+class IndexCheckpointWarning(UserWarning):
+    """An index directory's FAISS file could not be saved after a committed add or delete (a full disk): the change
+    is kept in the journals, and read from them at load."""
+
+
+def catch_up(index: Any, out_dir: Path, meta: dict, docs: DocStore) -> None:
+    """Bring a FAISS index read from an index directory's file up to what ``meta`` (its meta.json) commits: add the
+    embedding rows past those the file holds (``index_rows``; all of them before that was recorded), less the
+    deleted ids, and remove the deleted ids it still holds (deleted.ids, the first ``deleted``).
+
+    Ids the file holds already are not added again, and a deleted one never: a file saved after meta.json was read
+    (by a writer at work, or one killed before it recorded the save) holds more than ``index_rows`` says."""
+    count = int(meta["count"])
+    start = min(int(meta.get("index_rows", count)), count)
+    deleted = read_deleted(out_dir, int(meta.get("deleted", 0)))
+    if start < count:
+        rows = np.setdiff1d(np.arange(start, count, dtype=np.int64), index.held_from(start))
+        _add_rows(index, out_dir, np.setdiff1d(rows, deleted), meta, docs)
+    if deleted.size:
+        gone = index.held(deleted)
+        if gone:
+            index.delete(gone)
+
+
+def _add_rows(index: Any, out_dir: Path, rows: np.ndarray, meta: dict, docs: DocStore) -> None:
+    """Add the embedding rows ``rows`` (sorted ids) to ``index``, with the filter fields of their documents, in
+    blocks read from the embeddings file."""
+    if not rows.size:
+        return
+    dim = int(meta["dim"])
+    path = out_dir / EMBEDDINGS_FILE
+    held = _size(path) // (dim * np.dtype(np.float32).itemsize)
+    if held <= rows[-1]:
+        raise IndexFormatError(f"{out_dir}: {EMBEDDINGS_FILE} holds {held} vectors, meta.json counts {meta['count']} "
+                               "documents")
+    fields = meta.get("filter_fields", [])
+    for first in range(0, len(rows), READ_BLOCK):
+        ids = rows[first : first + READ_BLOCK]
+        lo, hi = int(ids[0]), int(ids[-1]) + 1
+        block = np.fromfile(path, dtype=np.float32, count=(hi - lo) * dim, offset=lo * dim * 4).reshape(hi - lo, dim)
+        metadata = [filterable(doc, fields) for doc in docs.get(ids.tolist())] if fields else None
+        index.add(ids, np.ascontiguousarray(block[ids - lo]), metadata, copy=False)
+
+
+def read_deleted(out_dir: Path, count: int) -> np.ndarray:
+    """The first ``count`` ids of an index directory's deletion journal (those meta.json counts)."""
+    path = out_dir / DELETED_FILE
+    if count <= 0:
+        return np.zeros(0, dtype=np.int64)
+    ids = np.fromfile(path, dtype=np.int64, count=count) if path.exists() else np.zeros(0, dtype=np.int64)
+    if len(ids) < count:
+        raise IndexFormatError(f"{out_dir}: {DELETED_FILE} holds {len(ids)} deleted ids, meta.json counts {count}")
+    return ids
+
+
+def _append_rows(path: Path, vectors: np.ndarray) -> None:
+    """Append float32 rows to an index directory's embeddings file (the journal of its adds)."""
+    with path.open("ab") as handle:
+        handle.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+
+
+def _size(path: Path) -> int:
+    """A file's size, 0 where there is none."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def index_file(backend: str) -> str:

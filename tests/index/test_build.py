@@ -424,6 +424,24 @@ def test_another_factory_or_backend_rebuilds_the_index_from_the_vectors_encoded(
     assert Retriever.load(out, tiny_embedder).index.count == 25  # left as it was
 
 
+@pytest.mark.parametrize("change", ["add", "delete"])
+def test_another_factory_is_refused_after_a_faiss_add_or_delete(tiny_embedder, tmp_path: Path, change: str) -> None:
+    """Behaviour kept: an add or a delete changed the index file, which told a build with another factory that the
+    folder holds more than its build wrote. Now they go to the journals (the embeddings file, deleted.ids) and the
+    index file stays as it was; the build still refuses, and rebuilding would have dropped the add or brought the
+    deleted document back."""
+    from llm_embedder.retriever import Retriever
+
+    corpus, out = write_corpus(tmp_path / "c.jsonl", 12), tmp_path / "idx"
+    build_index(corpus, out, tiny_embedder, "qa", progress=False)
+    retriever = Retriever.load(out, tiny_embedder)
+    retriever.add(["one more document"]) if change == "add" else retriever.delete([3])
+    with pytest.raises(ValueError, match="different factory, changed since it was built"):
+        build_index(corpus, out, tiny_embedder, "qa", factory="HNSW8", progress=False)
+    held = [i for i, _ in Retriever.load(out, tiny_embedder).documents()]
+    assert held == (list(range(13)) if change == "add" else [i for i in range(12) if i != 3])
+
+
 @pytest.mark.parametrize(("factory", "message"), [
     ("Bogus12", "the Milvus backend has no index for the factory 'Bogus12'; it takes Flat, HNSW<M>"),
     ("IVF1024,PQ32", "Milvus Lite does not build IVF_PQ"),

@@ -7,8 +7,13 @@ Layout of an index directory::
     embeddings.memmap   float32 (count, dim) key vectors
     progress.json       how far the build got (rows encoded); lets a re-run continue
     index.faiss         or index.db + index.milvus.json for Milvus (index.faiss.meta.json: the stored filter fields)
+    deleted.ids         int64 ids ``Retriever.delete`` removed from a FAISS index (none after a build)
     meta.json           model, model path, task, instruction hash, document tokens, dim, count, factory, backend
                         (written last)
+
+``Retriever.add`` appends to docs.jsonl, docs.offsets and embeddings.memmap and ``delete`` to deleted.ids, then
+commits with meta.json; index.faiss is a checkpoint written now and then, and ``meta.json``'s ``index_rows`` and
+``index_deleted`` say how many embedding rows and deletions it holds at least (``Retriever.load`` adds the rest).
 
 Peak memory does not grow with the corpus: records are streamed, one batch of texts is in memory.
 """
@@ -46,6 +51,7 @@ DOCS_FILE = "docs.jsonl"
 OFFSETS_FILE = "docs.offsets"
 EMBEDDINGS_FILE = "embeddings.memmap"
 FAISS_FILE = "index.faiss"
+DELETED_FILE = "deleted.ids"
 MILVUS_DB = "index.db"
 MILVUS_FILE = "index.milvus.json"
 # Rows per add to an HNSW or Milvus index (65536 x 384 float32 = 96 MB): HNSW inserts a batch in level order,
@@ -484,7 +490,7 @@ def build_index(
                                  f"cannot be built again from what the build wrote; use another {option} or delete it")
             check_trainable(factory, int(embedder.dim), int(state.get("count", 0)))  # before the old index goes
             (out_dir / META_FILE).unlink(missing_ok=True)  # first: a folder with meta.json is a finished build
-            for name in (FAISS_FILE, FAISS_FILE + ".meta.json", MILVUS_FILE):
+            for name in (FAISS_FILE, FAISS_FILE + ".meta.json", MILVUS_FILE, DELETED_FILE):
                 (out_dir / name).unlink(missing_ok=True)
             shutil.rmtree(out_dir / MILVUS_DB, ignore_errors=True)
             state = {**state, "settings": {**state["settings"], **{k: settings[k] for k in reindex}}, "done": False}
@@ -493,6 +499,7 @@ def build_index(
             return json.loads((out_dir / META_FILE).read_text(encoding="utf-8"))
         if state is None or not state.get("docs_done"):
             (out_dir / META_FILE).unlink(missing_ok=True)
+            (out_dir / DELETED_FILE).unlink(missing_ok=True)  # deletions of an earlier build's ids
             # (an in-memory Retriever may start empty)
             count, content = write_docs(corpus, out_dir, field, template, filter_fields, allow_empty=in_memory)
             state = {"settings": settings, "corpus": content if in_memory else fingerprint, "docs_done": True,
@@ -515,14 +522,17 @@ def build_index(
 
 
 def built_files(out_dir: Path, backend: str) -> dict | None:
-    """The identity of a finished build's document offsets and index file (size; inode, size, time): a later
-    ``Retriever.add`` or ``delete`` changes both, and a build with another factory then refuses to build the index
-    again from the build's own documents and vectors, which would drop what was added and bring back what was
-    deleted."""
+    """The identity of a finished build's document offsets and index file (size; inode, size, time), and the size of
+    its deletion journal once there is one: a later ``Retriever.add`` changes the offsets, a ``delete`` the index
+    (Milvus) or the journal (FAISS), and a build with another factory then refuses to build the index again from the
+    build's own documents and vectors, which would drop what was added and bring back what was deleted."""
     index = out_dir / (MILVUS_FILE if backend == "milvus" else FAISS_FILE)
     try:
         stat = index.stat()
         offsets = (out_dir / OFFSETS_FILE).stat().st_size
     except FileNotFoundError:
         return None
-    return {"offsets_size": offsets, "index": [stat.st_ino, stat.st_size, stat.st_mtime_ns]}
+    built = {"offsets_size": offsets, "index": [stat.st_ino, stat.st_size, stat.st_mtime_ns]}
+    if (out_dir / DELETED_FILE).exists():  # not recorded by a build (it has none): a journal means a delete since
+        built["deleted_size"] = (out_dir / DELETED_FILE).stat().st_size
+    return built
