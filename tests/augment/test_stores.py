@@ -442,3 +442,31 @@ def test_toolbox_unregisters_a_tool(tiny_embedder, tmp_path: Path) -> None:
     assert list(reopened.tools) == ["send_email"]
     reopened.register(get_weather)  # the name is free again
     assert sorted(t.name for t in reopened.retrieve("weather", k=3)) == ["get_weather", "send_email"]
+
+
+def test_conversation_memory_reopened_after_turns_added_one_at_a_time(tiny_embedder, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A memory adds its turns one at a time, and each add saved the whole FAISS index file again (O(turns) per
+    turn: a persistent memory slowed with every turn). Now a turn goes to the index directory's journals, the index
+    file is saved now and then; reopened, the memory holds the same turns, forgotten ones left out, and retrieves
+    the same ones with the same scores."""
+    import llm_embedder.retriever as module
+
+    monkeypatch.setattr(module, "CHECKPOINT_ROWS", 5, raising=False)  # saved twice below, with turns after
+    out = tmp_path / "chat"
+    memory = ConversationMemory(tiny_embedder, min_score=-1.0, index_dir=out)
+    stat = (out / "index.faiss").stat()
+    for i in range(3):
+        memory.add_turn(f"question {i} about the weather", f"answer {i}: sunny")
+    assert (out / "index.faiss").stat().st_mtime_ns == stat.st_mtime_ns
+    assert (out / "index.faiss").stat().st_ino == stat.st_ino
+    for i in range(3, 12):
+        memory.add_turn(f"question {i} about {'cats' if i % 2 else 'trains'}", f"answer {i}")
+    assert memory.forget([2, 9]) == 2
+    memory.add_turn("what is my name?", "Ada")
+    reopened = ConversationMemory(tiny_embedder, min_score=-1.0, index_dir=out)
+    assert reopened.turns == memory.turns and reopened._numbers == memory._numbers
+    for query in ("cats", "the weather", "my name"):
+        assert [(h.id, h.score, h.text) for h in reopened.retrieve(query, k=3)] == \
+            [(h.id, h.score, h.text) for h in memory.retrieve(query, k=3)]
+    assert reopened.add_turn("and yours?", "none") == 13
