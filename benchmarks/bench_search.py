@@ -4,8 +4,11 @@ Data: a normalised Gaussian mixture (1024 clusters); inside a cluster the spread
 subspace plus a little isotropic noise, because real text embeddings have low intrinsic dimension (isotropic
 clusters are a worst case where HNSW needs a far larger efSearch). Queries are fresh draws from the same
 mixture. Ground truth: exact inner-product top-10 (batched flat search). Single-query latency is measured on
-one thread as process CPU time per query, so a busy co-tenant does not inflate it; build time is wall. Last, a
-filtered search on 50k of the vectors (flat) against FAISS given the allowed ids beforehand.
+one thread as process CPU time per query, so a busy co-tenant does not inflate it; build time is wall. Then a
+filtered search on 50k of the vectors (flat) against FAISS given the allowed ids beforehand. Last, a one-document
+``Retriever.add`` to a flat index directory of min(N, 50k) documents against one of 1k (wall time, interleaved
+rounds; flat in N is 1x) and against the index save each add made before (``FaissIndex.save``, sidecar included),
+plus the checkpoint that now saves the index every 10% of documents, and a load replaying the adds since it.
 An index's memory is its serialized size (the bytes ``faiss.write_index`` writes: the vectors or codes, the
 graph and the ids, counted without keeping them), which does not depend on what the allocator reuses, as an RSS
 difference does; ``peak_rss_mb`` is the process's peak.
@@ -18,13 +21,15 @@ from __future__ import annotations
 import argparse
 import resource
 import sys
+import tempfile
 import time
+import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from _common import int_at_least, machine_info, positive_int, ratio, write_json  # noqa: E402
+from _common import int_at_least, machine_info, positive_int, ratio, time_interleaved, write_json  # noqa: E402
 
 DIM = 384
 CLUSTERS = 1024
@@ -172,6 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["chosen"] = good[0] if good else None
     print(f"  smallest efSearch meeting recall@10 >= 0.95 and >= 50x: {results['chosen']}")
     results["filtered"] = filtered_search(data[:50_000], queries[:20])
+    results["add"] = incremental_add(min(n, 50_000), rounds=20)
     results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     write_json(args.json, results)
     return results
@@ -205,6 +211,69 @@ def filtered_search(data: np.ndarray, queries: np.ndarray, rounds: int = 3) -> d
            "ratio_to_prebuilt": ratio(ours, raw)}
     print(f"  filtered search (1 of 30 values, {n} docs): {row['ms_per_query']} ms/query, "
           f"{row['ratio_to_prebuilt']}x FAISS with a selector made beforehand", flush=True)
+    return row
+
+
+class RandomKeys:
+    """A stand-in embedder for the add benchmark: a fixed random unit vector per text (the benchmark times an index
+    directory's writes, not a model)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.name, self.path, self.dim, self.key_max_length = "random-keys", str(folder), DIM, None
+
+    def instruction(self, task: str, side: str) -> str:
+        return ""
+
+    def encode_keys(self, texts: list[str], task: str, **options) -> np.ndarray:
+        rng = np.random.default_rng(zlib.crc32("\n".join(texts).encode()))
+        vectors = rng.standard_normal((len(texts), DIM), dtype=np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def incremental_add(big: int, rounds: int) -> dict:
+    """One-document ``Retriever.add`` calls (ConversationMemory's way: text and a turn number, a filter field) on a
+    flat index directory of ``big`` documents and on one of ``small`` (1k, or big/10 when smaller), in interleaved
+    rounds of wall time, against ``FaissIndex.save`` of the big index (what each add wrote before it was journaled).
+    Then the checkpoint a big index's adds now pay every CHECKPOINT_SHARE of documents, and its load with the
+    longest tail before one against its load once saved."""
+    import llm_embedder.retriever as module
+    from llm_embedder.retriever import Retriever
+
+    small = min(1_000, max(10, big // 10))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        embedder = RandomKeys(root)
+        made = {size: Retriever.build(embedder, "chat", [{"text": f"turn {i}", "turn": i} for i in range(size)],
+                                      out_dir=root / f"idx{size}", batch_size=4096) for size in (small, big)}
+        turns = iter(range(big, big + 10 * rounds + 10))
+
+        def add(retriever: Retriever):
+            return lambda: retriever.add([{"text": f"turn {(t := next(turns))}", "turn": t}])
+
+        timed = time_interleaved({"small": add(made[small]), "big": add(made[big]),
+                                  "save": lambda: made[big].index.save(root / "copy.faiss")}, rounds)
+        every = int(max(module.CHECKPOINT_ROWS, module.CHECKPOINT_SHARE * big))
+        start = time.perf_counter()
+        made[big].save()
+        checkpoint = time.perf_counter() - start
+        made[big].add([{"text": f"tail {i}", "turn": -1 - i} for i in range(every - 1)])  # just short of one
+        loads = time_interleaved({"tail": lambda: Retriever.load(root / f"idx{big}", embedder)}, 2, warm=False)
+        made[big].save()
+        loads.update(time_interleaved({"saved": lambda: Retriever.load(root / f"idx{big}", embedder)}, 2, warm=False))
+    row = {"docs": big, "small_docs": small, "rounds": rounds,
+           "add_ms": round(timed["big"]["best_s"] * 1000, 3), "add_small_ms": round(timed["small"]["best_s"] * 1000, 3),
+           "add_median_ms": round(timed["big"]["median_s"] * 1000, 3),
+           "save_per_add_ms": round(timed["save"]["best_s"] * 1000, 3),
+           "ratio_to_small": ratio(timed["big"]["best_s"], timed["small"]["best_s"]),
+           "save_per_add_to_add": ratio(timed["save"]["best_s"], timed["big"]["best_s"]),
+           "checkpoint_ms": round(checkpoint * 1000, 1), "checkpoint_every": every,
+           "checkpoint_ms_per_add": round(checkpoint * 1000 / every, 3),
+           "load_with_tail_s": loads["tail"]["best_s"], "load_saved_s": loads["saved"]["best_s"]}
+    print(f"  add of 1 document to an index directory: {row['add_ms']} ms at {big} documents, {row['add_small_ms']} "
+          f"ms at {small} ({row['ratio_to_small']}x); the save each add made before: {row['save_per_add_ms']} ms "
+          f"({row['save_per_add_to_add']}x the add); a checkpoint {row['checkpoint_ms']} ms every {every} adds "
+          f"({row['checkpoint_ms_per_add']} ms an add); load {row['load_with_tail_s']} s with {every - 1} adds past "
+          f"the checkpoint, {row['load_saved_s']} s saved", flush=True)
     return row
 
 
