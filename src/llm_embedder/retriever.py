@@ -490,7 +490,8 @@ class Retriever:
 
     def _settle(self) -> str | None:
         """With the directory's lock held: roll back an add that did not finish (documents, embedding rows and
-        vectors past the documents meta.json counts); returns what was done, in words, or None.
+        vectors past the documents meta.json counts) or a delete (ids in deleted.ids past those meta.json counts);
+        returns what was done, in words, or None.
 
         An add whose vectors are all in a FAISS index that cannot delete them (HNSW), with its documents and
         embeddings written, is kept instead: only meta.json's count was missing."""
