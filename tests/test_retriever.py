@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -940,3 +941,24 @@ def test_an_add_whose_index_file_cannot_be_saved_is_kept_with_a_warning(tiny_emb
     assert FaissIndex.load(out / "index.faiss").count == 4 and len(Retriever.load(out, tiny_embedder)) == 5
     assert retriever.add(["Cherry pie."]) == [5] and FaissIndex.load(out / "index.faiss").count == 6
     assert hits_of(Retriever.load(out, tiny_embedder), QUERIES) == hits_of(retriever, QUERIES)
+
+
+def test_open_index_warns_where_the_index_file_lacks_journaled_changes(tiny_embedder, tmp_path: Path) -> None:
+    """``open_index`` on an index directory's index.faiss read the checkpoint alone and silently missed the adds and
+    deletes since it (only the journals hold them): it warns, naming them and ``Retriever.load``, until ``save``."""
+    from llm_embedder.index import open_index
+    from llm_embedder.index.base import IndexFileBehindWarning
+
+    out = tmp_path / "idx"
+    retriever = Retriever.build(tiny_embedder, "qa", DOCS, out_dir=out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert open_index(out / "index.faiss").count == 4  # a build's file holds everything: no warning
+    retriever.add(["Plum cake.", "Apple pie."])
+    retriever.delete([0])
+    with pytest.warns(IndexFileBehindWarning, match=r"lacks 2 added and 1 deleted .*Retriever\.load"):
+        assert open_index(out / "index.faiss").count == 4
+    retriever.save()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert open_index(out / "index.faiss").count == 5

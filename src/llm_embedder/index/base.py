@@ -213,6 +213,29 @@ def is_milvus_uri(uri_or_path: str | Path) -> bool:
     return text.startswith(MILVUS_SCHEMES) or text.endswith(".db") or text.endswith(".milvus.json")
 
 
+class IndexFileBehindWarning(UserWarning):
+    """An index directory's FAISS file read alone lacks adds or deletes its journals hold (``Retriever.load`` reads
+    them; ``Retriever.save`` writes them into the file)."""
+
+
+def warn_if_behind(path: Path) -> None:
+    """Warn where ``path`` is the FAISS file of an index directory whose meta.json commits adds or deletes that the
+    file, a checkpoint, does not hold yet: read alone it would silently miss them."""
+    import json
+    import warnings
+
+    try:
+        meta = json.loads((path.parent / "meta.json").read_text(encoding="utf-8"))
+        count, deleted = int(meta["count"]), int(meta.get("deleted", 0))
+        behind = (count - int(meta.get("index_rows", count)), deleted - int(meta.get("index_deleted", deleted)))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # not an index directory's file
+        return
+    if path.name == "index.faiss" and (behind[0] > 0 or behind[1] > 0):
+        warnings.warn(f"{path} lacks {behind[0]} added and {behind[1]} deleted document(s) that {path.parent} holds "
+                      "in its journals: open the folder with Retriever.load, or call its save() first",
+                      IndexFileBehindWarning, stacklevel=3)
+
+
 def open_index(uri_or_path: str | Path, dim: int | None = None, factory: str = "Flat", **kwargs: Any) -> VectorIndex:
     """Open an existing index or create an empty one, picking the backend from the URI or path.
 
@@ -238,6 +261,7 @@ def open_index(uri_or_path: str | Path, dim: int | None = None, factory: str = "
             raise ValueError(f"{path} is a directory; pass the index file (e.g. {path / 'index.faiss'})")
         if path.exists():
             index = FaissIndex.load(path)
+            warn_if_behind(path)
         else:
             if dim is None:
                 raise ValueError(f"{path} does not exist; pass dim to create a new index")
