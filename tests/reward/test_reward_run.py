@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from llm_embedder.io import DataError
 from llm_embedder.reward import ScoreStats, score_file, score_records
-from llm_embedder.reward.run import count_done
+from llm_embedder.reward.run import count_done, merge_parts, part_path
 
 
 class Interrupted(RuntimeError):
@@ -186,6 +186,26 @@ def test_count_done_drops_a_partial_last_line(tmp_path):
     path = tmp_path / "x.jsonl"
     path.write_text('{"a": 1}\n{"b": 2}\n{"c": ')
     assert count_done(path) == 2 and path.read_text() == '{"a": 1}\n{"b": 2}\n'
+
+
+def test_merge_parts_splits_at_newlines_only_and_keeps_parts_that_do_not_add_up(tmp_path):
+    out = tmp_path / "out.jsonl"
+    recs = [{"i": i, "text": f"a{sep}b"} for i, sep in enumerate(["\u2028", "\u2029", "\u0085", "\x1c", "\r", "\f"])]
+    lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in recs]
+    chunks = [[0, 1], [2], [3], [4, 5]]  # rank 0 wrote chunks 0 and 2, rank 1 chunks 1 and 3
+    part_path(out, 0, 2).write_bytes((lines[0] + lines[1] + lines[3]).encode())
+    part_path(out, 1, 2).write_bytes((lines[2] + lines[4] + lines[5]).encode())
+    merge_parts(out, chunks, 2)
+    assert out.read_bytes() == "".join(lines).encode()
+    assert not list(tmp_path.glob("*.part"))
+
+    out.unlink()
+    part_path(out, 0, 2).write_bytes((lines[0] + lines[1]).encode())  # one record short
+    part_path(out, 1, 2).write_bytes((lines[2] + lines[4] + lines[5]).encode())
+    with pytest.raises(RuntimeError, match=r"rank0-of-2\.part holds 2 lines but rank 0 wrote 3 records"):
+        merge_parts(out, chunks, 2)
+    assert not out.exists()
+    assert part_path(out, 0, 2).exists() and part_path(out, 1, 2).exists()
 
 
 def test_cli_scores_a_file_and_reports_bad_input(tiny_lm_dir, tmp_path):

@@ -368,16 +368,31 @@ def _score_file(
 
 
 def merge_parts(out: Path, chunks: list[list[int]], world: int) -> None:
-    """Interleave the ranks' part files back into input order (chunk k came from rank k % world)."""
-    parts = [part_path(out, r, world).read_text(encoding="utf-8").splitlines(keepends=True) for r in range(world)]
+    """Interleave the ranks' part files back into input order (chunk k came from rank k % world).
+
+    Records are split at b"\\n" only: ``json.dumps(ensure_ascii=False)`` leaves U+2028, U+2029 and U+0085 unescaped
+    inside a record, and ``str.splitlines`` would break there. A part that does not hold exactly the records its
+    rank wrote is refused, and every part is kept, so that nothing is lost.
+    """
+    parts = []
+    for r in range(world):
+        data = part_path(out, r, world).read_bytes()
+        pieces = data.split(b"\n")
+        partial = pieces.pop()  # b"" after a final newline, else an unterminated line, which the check refuses
+        lines = [piece + b"\n" for piece in pieces]
+        held = len(lines) + bool(partial)
+        expected = sum(len(chunk) for k, chunk in enumerate(chunks) if k % world == r)
+        if held != expected:
+            raise RuntimeError(
+                f"{part_path(out, r, world)} holds {held} lines but rank {r} wrote {expected} records; "
+                "the part files are kept, nothing was merged"
+            )
+        parts.append(lines)
     cursors = [0] * world
-    with atomic_write(out) as handle:
+    with atomic_write(out, "wb") as handle:
         for k, chunk in enumerate(chunks):
             r = k % world
-            lines = parts[r][cursors[r] : cursors[r] + len(chunk)]
-            if len(lines) != len(chunk):
-                raise RuntimeError(f"{part_path(out, r, world)} is short of chunk {k}; rerun to resume it")
-            handle.writelines(lines)
+            handle.writelines(parts[r][cursors[r] : cursors[r] + len(chunk)])
             cursors[r] += len(chunk)
     for r in range(world):
         part_path(out, r, world).unlink()

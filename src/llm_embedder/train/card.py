@@ -18,7 +18,7 @@ def read_step_log(path: Path) -> list[dict[str, Any]]:
     """One record per step (the last one written wins: a resumed run re-does steps after its checkpoint)."""
     by_step: dict[int, dict[str, Any]] = {}
     if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_text(encoding="utf-8").split("\n"):
             if line.strip():
                 record = json.loads(line)
                 by_step[int(record["step"])] = record

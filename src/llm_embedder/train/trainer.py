@@ -388,7 +388,7 @@ def start_step_log(folder: Path, rank: int, world_size: int, start_step: int) ->
     if not path.exists():
         return
     kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8").split("\n"):
         try:
             if int(json.loads(line)["step"]) <= start_step:
                 kept.append(line + "\n")
