@@ -31,6 +31,17 @@ def evaluate(suite, out, tiny_embedder_dir, tiny_lm_dir, *extra):
                    "--llm", str(tiny_lm_dir), "--no-generate", "--no-baselines", "--out", str(out), *extra)
 
 
+def test_a_corpus_without_a_text_string_is_one_error_line_naming_it(qa_suite, tiny_embedder_dir, tmp_path):
+    with (qa_suite / "qa" / "corpus.jsonl").open("a") as handle:
+        handle.write('{"title": "only title"}\n')
+    result = run_cli("evaluate", "--data", str(qa_suite), "--model", f"tiny={tiny_embedder_dir}", "--base", "",
+                     "--llm", "none", "--no-baselines", "--out", str(tmp_path / "out"), "--device", "cpu")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "KeyError" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {qa_suite / 'qa' / 'corpus.jsonl'}:4:text: missing or not a string (and no `contents` string)")
+
+
 def test_prompt_items_sets_how_many_items_the_llm_sees(qa_suite, tiny_embedder_dir, tiny_lm_dir, tmp_path):
     one = evaluate(qa_suite, tmp_path / "one", tiny_embedder_dir, tiny_lm_dir, "--prompt-items", "qa=1")
     assert one.returncode == 0, one.stderr

@@ -66,6 +66,21 @@ def test_a_corpus_of_flagembedding_contents_is_read(suite):
     assert load_task_data(suite, "qa").candidates == ["Jupiter\nthe largest planet", "Paris", "Nile"]
 
 
+@pytest.mark.parametrize(("line", "message"), [
+    ('{"title": "only title"}', r"corpus.jsonl:4:text: missing or not a string"),
+    ('{"text": 5}', r"corpus.jsonl:4:text: missing or not a string"),
+    ('{"title": "t", "text": null}', r"corpus.jsonl:4:text: missing or not a string"),
+    ('{"text": ""}', r"corpus.jsonl:4:text: empty, and no title"),
+    ('{"title": NaN, "text": "x"}', r"corpus.jsonl:4:title: must be a string"),
+])
+def test_a_corpus_line_that_fails_data_check_is_refused_naming_it(suite, line, message):
+    """It failed as a KeyError or TypeError naming no line, or was embedded as "t None", "nan x" or the instruction."""
+    with (suite / "qa" / "corpus.jsonl").open("a") as handle:
+        handle.write(line + "\n")
+    with pytest.raises(DataError, match=message):
+        load_task_data(suite, "qa")
+
+
 def test_bad_gold_index_names_file_and_line(suite):
     write_jsonl(suite / "qa" / "test.jsonl", [{"query": "q", "pos_index": [7], "answers": ["a"]}])
     with pytest.raises(DataError, match=r"test.jsonl:1:pos_index: index 7 out of corpus range"):

@@ -138,6 +138,15 @@ def check_split(numbered: list[tuple[int, dict[str, Any]]], path: Path, task: st
     raise_problems(validate_records(views, str(path), corpus_size), str(path))
 
 
+def check_corpus(path: Path) -> None:
+    """Refuse a corpus.jsonl that data check would refuse (a line without a ``text`` or ``contents`` string, an empty
+    text without a title, a title that is no string, an ``id`` out of line order, a bad line), naming each problem's
+    FILE:LINE:field."""
+    from llm_embedder.data.validate import raise_problems, validate_corpus_file
+
+    raise_problems(validate_corpus_file(path), str(path))
+
+
 def load_task_data(
     data_dir: str | Path, task: str, split: str = "test", max_queries: int | None = None,
     max_corpus: int | None = None, max_candidates: int | None = None,
@@ -154,7 +163,10 @@ def load_task_data(
     if not path.exists():
         raise FileNotFoundError(f"no {split} split for task {task!r}: {path} (run `llm-embedder data build`)")
     corpus_path = task_dir / "corpus.jsonl"
-    corpus = [corpus_text(doc) for doc in read_jsonl(corpus_path)] if corpus_path.exists() else None
+    corpus = None
+    if corpus_path.exists():
+        check_corpus(corpus_path)  # a document with no text string failed as a KeyError or was embedded as "t None"
+        corpus = [corpus_text(doc) for doc in read_jsonl(corpus_path)]
     numbered = list(iter_jsonl(path))  # read once: checked whole, the first max_queries evaluated
     # a query that is no text, or a pos_index outside the corpus, is among the problems it names
     check_split(numbered, path, task, None if corpus is None else len(corpus))
