@@ -303,7 +303,12 @@ def test_a_build_refused_for_its_data_runs_again_with_the_data_fixed(tiny_embedd
         corpus.write_text(text)
         with pytest.raises(DataError, match=message):
             build_index(corpus, out, tiny_embedder, "qa", filter_fields=["lang"], progress=False)
-        assert list(out.iterdir()) == []
+        assert not out.exists()  # the folder the build made is removed again
+    out.mkdir()  # one that was there before the refused build stays, empty
+    corpus.write_text("\n\n")
+    with pytest.raises(DataError, match="no documents to index"):
+        build_index(corpus, out, tiny_embedder, "qa", progress=False)
+    assert list(out.iterdir()) == []
     assert build_index(write_corpus(corpus, 3), out, tiny_embedder, "qa", progress=False)["count"] == 3
     # a build cut between moving its document files in place and recording its progress is taken again
     cut = tmp_path / "cut"
@@ -319,7 +324,7 @@ def test_a_text_of_only_whitespace_is_refused(tiny_embedder, tmp_path: Path) -> 
     corpus.write_text('{"text": "ok"}\n{"text": " \\t "}\n')
     with pytest.raises(DataError, match=r"bad.jsonl:2: field 'text' holds only whitespace$"):
         build_index(corpus, tmp_path / "idx", tiny_embedder, "qa", progress=False)
-    assert list((tmp_path / "idx").iterdir()) == []
+    assert not (tmp_path / "idx").exists()
     with pytest.raises(DataError, match=r"documents\[1\]: field 'text' holds only whitespace$"):
         build_index(["ok", "\n  "], tmp_path / "idx2", tiny_embedder, "qa", progress=False)
 

@@ -228,7 +228,7 @@ def test_an_index_refused_for_an_empty_corpus_runs_again_with_the_corpus_fixed(t
     corpus.write_text("\n\n")
     args = ["index", "--task", "qa", "--corpus", str(corpus), "--out", str(out), "--model", str(tiny_embedder_dir)]
     result = runner.invoke(app, args)
-    assert "empty.jsonl: no documents to index" in str(result.exception) and list(out.iterdir()) == []
+    assert "empty.jsonl: no documents to index" in str(result.exception) and not out.exists()
     write_corpus(corpus)
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.exception

@@ -427,9 +427,10 @@ def build_index(
     # docs.offsets too: a build cut after moving its document files in place, before recording its progress
     markers = (PROGRESS_FILE, OFFSETS_FILE, DOCS_FILE + ".tmp", OFFSETS_FILE + ".tmp")
     out_dir = check_output_dir(out_dir, markers, "an index build", option)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # a second build into the same folder (the command started again while it runs) is refused
+    # a second build into the same folder (the command started again while it runs) is refused; the lock makes the
+    # folder, and removes it again if a refused build leaves it empty (one made before it is kept)
     with exclusive(out_dir / LOCK_FILE, f"the index build {out_dir}"):
+        out_dir.mkdir(parents=True, exist_ok=True)  # where the OS has no flock, exclusive makes nothing
         settings = {
             "model": embedder.name, "model_path": str(Path(embedder.path).resolve()), "task": task,
             "instruction_hash": instruction_hash(embedder, task), "key_max_length": key_max_length(embedder),
