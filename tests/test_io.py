@@ -178,3 +178,22 @@ def test_an_output_folder_under_a_file_is_refused_naming_the_file(tmp_path):
     (tmp_path / "lines.txt").write_text("x")
     with pytest.raises(NotADirectoryError, match=r"--out .*lines.txt/sub: .*lines.txt is a file, not a folder"):
         check_output_dir(tmp_path / "lines.txt" / "sub", (), "a suite")
+
+
+def test_a_line_nested_too_deeply_is_that_line_s_problem(tmp_path: Path) -> None:
+    """Python's parser raised RecursionError, a traceback; data check stopped there too."""
+    path = tmp_path / "deep.jsonl"
+    path.write_text('{"a": 1}\n{"a": ' + "[" * 100_000 + "]" * 100_000 + '}\n{"a": 3}\n')
+    with pytest.raises(JsonlError) as err:
+        list(iter_jsonl(path))
+    assert str(err.value) == f"{path}:2: nested too deeply"
+    bad: list[JsonlError] = []
+    assert [line for line, _ in iter_jsonl(path, on_error=bad.append)] == [1, 3]
+    assert [str(e) for e in bad] == [f"{path}:2: nested too deeply"]
+
+
+def test_too_deep_line_skips_brackets_in_strings() -> None:
+    from llm_embedder.io import too_deep_line
+
+    assert too_deep_line('{"a": "' + "[" * 1000 + '"}\n') is None
+    assert too_deep_line("a: it's\nb: " + "[" * 1000 + "]" * 1000 + "\n") == 2

@@ -321,3 +321,14 @@ def test_a_task_file_cannot_replace_a_builtin_layout(tmp_path):
     with pytest.raises(ValueError, match="task 'qa' is built in: a task file cannot replace its layout"):
         register_tasks_from_file(path, overwrite=True)
     assert LAYOUTS["qa"] == qa_layout
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_a_task_file_nested_too_deeply_names_the_file_and_line(tmp_path, suffix):
+    """The parsers raised RecursionError: a traceback, naming nothing."""
+    path = tmp_path / f"deep{suffix}"
+    deep = "[" * 100_000 + "]" * 100_000
+    path.write_text(f'{{"name": "x",\n "scenario": {deep}}}\n' if suffix == ".json" else f"name: x\nscenario: {deep}\n")
+    with pytest.raises(ValueError) as err:
+        register_tasks_from_file(path)
+    assert str(err.value) == f"{path}:2: nested too deeply"

@@ -128,6 +128,45 @@ def iter_jsonl(
         yield from parse_jsonl_lines(handle, str(path), on_error, unique_keys)
 
 
+TOO_DEEP = "nested too deeply"
+MAX_DEPTH = 500  # brackets deep a line may go before ``too_deep_line`` names it (Python's parsers stop near 1000)
+
+
+def too_deep_line(text: str) -> int | None:
+    """The line of ``text`` (JSON, or YAML's flow style) where brackets outside quoted strings first go more than
+    MAX_DEPTH deep, for a parser's RecursionError, which names no place; None where they never do."""
+    depth, line, quote, escaped, previous = 0, 1, "", False, "\n"
+    for char in text:
+        if char == "\n":
+            line += 1
+        if quote:
+            if escaped:
+                escaped = False
+            elif char == "\\" and quote == '"':
+                escaped = True
+            elif char == quote:
+                quote = ""
+        elif char in "\"'" and previous in " \t\n[{,:":  # a quoted string starts (not it's, inside a word)
+            quote = char
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return line
+        elif char in "]}":
+            depth -= 1
+        previous = char
+    return None
+
+
+def parse_limit(path: str | Path, text: str, err: BaseException) -> str | None:
+    """``FILE:LINE: nested too deeply`` for a RecursionError of parsing a whole file's ``text`` (just ``FILE:``
+    where the line is not found), None for another error."""
+    if isinstance(err, RecursionError):
+        line = too_deep_line(text)
+        return f"{path}:{line}: {TOO_DEEP}" if line else f"{path}: {TOO_DEEP}"
+    return None
+
+
 class _DuplicateKey(Exception):
     """A key an object of one line gives twice (raised by ``_unique_keys``)."""
 
@@ -159,6 +198,8 @@ def parse_jsonl_line(line: str | bytes, source: str, line_no: int,
     except _DuplicateKey as err:
         key = str(err.args[0])
         raise JsonlError(source, line_no, key, f"duplicate key {key!r} (JSON keeps only its last value)") from None
+    except RecursionError:  # Python's parser recurses per bracket: a line of ~1000 nested lists or objects
+        raise JsonlError(source, line_no, "json", TOO_DEEP) from None
     if not isinstance(record, dict):
         raise JsonlError(source, line_no, "json", f"expected a JSON object, got {type(record).__name__}")
     return record

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from llm_embedder.io import check_template, decode_line, yaml_error
+from llm_embedder.io import check_template, decode_line, parse_limit, yaml_error
 
 LOSSES = ("contrastive", "kl_distill", "stable_distill")
 POSITIVE_SELECTIONS = ("first", "random", "teacher", "teacher-pos")
@@ -239,6 +239,8 @@ def register_tasks_from_file(path: str | Path, *, overwrite: bool = False) -> li
         raise ValueError(f"{path}: cannot parse task file: {err}") from None
     except yaml.YAMLError as err:
         raise ValueError(yaml_error(path, err, "task file")) from None
+    except RecursionError as err:
+        raise ValueError(parse_limit(path, text, err)) from None
     if isinstance(data, dict) and "tasks" in data:
         data = data["tasks"]
     elif isinstance(data, dict) and "name" in data:

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from llm_embedder.io import yaml_error
+from llm_embedder.io import parse_limit, yaml_error
 
 LOSSES = ("contrastive", "kl_distill", "stable_distill")
 MAX_SEED = 2**32 - 1  # numpy's and the HF trainer's seed range
@@ -173,10 +173,13 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader) or {}  # a SafeLoader
+        data = yaml.load(text, Loader=UniqueKeyLoader) or {}  # a SafeLoader
     except yaml.YAMLError as err:
         raise ValueError(yaml_error(path, err)) from None
+    except RecursionError as err:
+        raise ValueError(parse_limit(path, text, err)) from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of option: value")
     known = {f.name for f in fields(TrainConfig)}
