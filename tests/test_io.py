@@ -197,3 +197,14 @@ def test_too_deep_line_skips_brackets_in_strings() -> None:
 
     assert too_deep_line('{"a": "' + "[" * 1000 + '"}\n') is None
     assert too_deep_line("a: it's\nb: " + "[" * 1000 + "]" * 1000 + "\n") == 2
+
+
+def test_an_integer_of_too_many_digits_names_the_line(tmp_path: Path) -> None:
+    """Python's int() limit raised a plain ValueError naming no file or line; data check stopped there."""
+    path = tmp_path / "big.jsonl"
+    path.write_text('{"a": 1}\n{"a": ' + "9" * 5000 + '}\n{"a": 3}\n')
+    with pytest.raises(JsonlError) as err:
+        list(iter_jsonl(path))
+    assert str(err.value) == f"{path}:2: integer too large (more than 4300 digits)"
+    bad: list[JsonlError] = []
+    assert [line for line, _ in iter_jsonl(path, on_error=bad.append)] == [1, 3]

@@ -332,3 +332,13 @@ def test_a_task_file_nested_too_deeply_names_the_file_and_line(tmp_path, suffix)
     with pytest.raises(ValueError) as err:
         register_tasks_from_file(path)
     assert str(err.value) == f"{path}:2: nested too deeply"
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_a_task_file_integer_of_too_many_digits_names_the_file_and_line(tmp_path, suffix):
+    path = tmp_path / f"big{suffix}"
+    big = "9" * 5000
+    path.write_text(f'{{"name": "x",\n "n_neg": {big}}}\n' if suffix == ".json" else f"name: x\nn_neg: {big}\n")
+    with pytest.raises(ValueError) as err:
+        register_tasks_from_file(path)
+    assert str(err.value) == f"{path}:2: integer too large (more than 4300 digits)"

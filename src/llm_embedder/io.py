@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -158,13 +160,28 @@ def too_deep_line(text: str) -> int | None:
     return None
 
 
+def is_digit_limit(err: BaseException) -> bool:
+    """Whether ``err`` is Python's refusal of an integer of more than ``sys.get_int_max_str_digits()`` digits (a
+    plain ValueError, raised from inside json.loads, PyYAML or int(), naming no place)."""
+    return isinstance(err, ValueError) and "integer string conversion" in str(err)
+
+
+def too_many_digits() -> str:
+    return f"integer too large (more than {sys.get_int_max_str_digits()} digits)"
+
+
 def parse_limit(path: str | Path, text: str, err: BaseException) -> str | None:
-    """``FILE:LINE: nested too deeply`` for a RecursionError of parsing a whole file's ``text`` (just ``FILE:``
-    where the line is not found), None for another error."""
+    """``FILE:LINE: nested too deeply`` for a RecursionError of parsing a whole file's ``text``, ``FILE:LINE:
+    integer too large`` for Python's refusal of a number of too many digits (just ``FILE:`` where the line is
+    not found), None for another error."""
     if isinstance(err, RecursionError):
-        line = too_deep_line(text)
-        return f"{path}:{line}: {TOO_DEEP}" if line else f"{path}: {TOO_DEEP}"
-    return None
+        line, reason = too_deep_line(text), TOO_DEEP
+    elif is_digit_limit(err):
+        found = re.search(rf"\d{{{sys.get_int_max_str_digits() + 1},}}", text)
+        line, reason = (text.count("\n", 0, found.start()) + 1 if found else None), too_many_digits()
+    else:
+        return None
+    return f"{path}:{line}: {reason}" if line else f"{path}: {reason}"
 
 
 class _DuplicateKey(Exception):
@@ -200,6 +217,10 @@ def parse_jsonl_line(line: str | bytes, source: str, line_no: int,
         raise JsonlError(source, line_no, key, f"duplicate key {key!r} (JSON keeps only its last value)") from None
     except RecursionError:  # Python's parser recurses per bracket: a line of ~1000 nested lists or objects
         raise JsonlError(source, line_no, "json", TOO_DEEP) from None
+    except ValueError as err:  # Python's int() refuses more than 4300 digits with a plain ValueError
+        if not is_digit_limit(err):
+            raise
+        raise JsonlError(source, line_no, "json", too_many_digits()) from None
     if not isinstance(record, dict):
         raise JsonlError(source, line_no, "json", f"expected a JSON object, got {type(record).__name__}")
     return record

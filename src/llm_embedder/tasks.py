@@ -239,8 +239,8 @@ def register_tasks_from_file(path: str | Path, *, overwrite: bool = False) -> li
         raise ValueError(f"{path}: cannot parse task file: {err}") from None
     except yaml.YAMLError as err:
         raise ValueError(yaml_error(path, err, "task file")) from None
-    except RecursionError as err:
-        raise ValueError(parse_limit(path, text, err)) from None
+    except (RecursionError, ValueError) as err:  # nested too deeply, or an integer of too many digits
+        raise ValueError(parse_limit(path, text, err) or f"{path}: cannot parse task file: {err}") from None
     if isinstance(data, dict) and "tasks" in data:
         data = data["tasks"]
     elif isinstance(data, dict) and "name" in data:

@@ -98,3 +98,12 @@ def test_popqa_errors_name_file_line_field(tmp_path: Path) -> None:
     data = jsonl(tmp_path / "p.jsonl", [{"question": "Who?", "possible_answers": []}])
     with pytest.raises(DataError, match=r"p\.jsonl:1:possible_answers: must be a non-empty list"):
         load_popqa(data)
+
+
+def test_popqa_integer_of_too_many_digits_names_file_line_field(tmp_path: Path) -> None:
+    """int() of the s_pop cell raised a plain ValueError, naming no file or line."""
+    tsv = tmp_path / "popQA.tsv"
+    tsv.write_text('question\tpossible_answers\ts_pop\nWho?\t["A"]\t1\nWho else?\t["B"]\t' + "9" * 5000 + "\n")
+    with pytest.raises(DataError) as err:
+        load_popqa(tsv)
+    assert str(err.value) == f"{tsv}:3:s_pop: integer too large (more than 4300 digits)"

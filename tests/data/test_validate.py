@@ -49,6 +49,7 @@ def test_valid_records_pass(tmp_path: Path) -> None:
         ({"teacher_scores": [1.0, 2.0]}, "teacher_scores"),
         ({"teacher_scores": [1.0, math.nan, 0.0]}, "teacher_scores"),
         ({"teacher_scores": [1.0, math.inf, 0.0]}, "teacher_scores"),
+        ({"teacher_scores": [10**400, 0.0, 0.0]}, "teacher_scores"),  # beyond a float: OverflowError before
         ({"pos_index": [5]}, "pos_index"),
         ({"neg_index": [-1, 0]}, "neg_index"),
         ({"answers": "a"}, "answers"),

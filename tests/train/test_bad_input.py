@@ -58,6 +58,7 @@ def test_config_file_keys_are_the_command_line_options(tmp_path: Path) -> None:
         ("lr: true\n", "c.yaml: lr: expected a number, got True"),
         ("base: [a, b]\n", "c.yaml: base: expected a string, got ['a', 'b']"),
         ("lr: 1\ndata: " + "[" * 100_000 + "]" * 100_000 + "\n", "c.yaml:2: nested too deeply"),
+        ("lr: 1\nmax_steps: " + "9" * 5000 + "\n", "c.yaml:2: integer too large (more than 4300 digits)"),
     ],
 )
 def test_bad_config_values_name_the_file_and_key(tmp_path: Path, content: str, message: str) -> None:

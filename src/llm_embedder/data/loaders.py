@@ -18,7 +18,7 @@ from typing import Any
 
 from llm_embedder.data.common import Record
 from llm_embedder.data.validate import raise_problems, validate_records
-from llm_embedder.io import DataError, check_template, iter_jsonl, require_file
+from llm_embedder.io import DataError, check_template, is_digit_limit, iter_jsonl, require_file, too_many_digits
 
 
 class _Fields(dict):
@@ -350,9 +350,17 @@ def _answers(value: Any, where: str) -> list[str]:
     return value
 
 
-def _number(value: Any) -> Any:
-    """A numeric TSV cell (prop_id, s_pop) as an int; anything else as it is."""
-    return int(value) if isinstance(value, str) and value.strip().lstrip("-").isdigit() else value
+def _number(value: Any, where: str) -> Any:
+    """A numeric TSV cell (prop_id, s_pop) as an int; anything else as it is. ``where`` (file:line:field) names
+    an integer of more digits than Python converts."""
+    if not (isinstance(value, str) and value.strip().lstrip("-").isdigit()):
+        return value
+    try:
+        return int(value)
+    except ValueError as err:
+        if not is_digit_limit(err):
+            raise
+        raise DataError(f"{where}: {too_many_digits()}") from None
 
 
 def _popqa_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -371,7 +379,8 @@ def _popqa_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         if len(row) != len(header):
             raise DataError(f"{path}:{line}: {len(row)} columns, the header has {len(header)}")
         cells = zip(header, row, strict=True)
-        yield line, {name: _number(cell) if name in ("prop_id", "s_pop") else cell for name, cell in cells}
+        yield line, {name: _number(cell, f"{path}:{line}:{name}") if name in ("prop_id", "s_pop") else cell
+                     for name, cell in cells}
 
 
 def load_popqa(path: str | Path, task: str = "qa") -> list[Record]:

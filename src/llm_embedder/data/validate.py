@@ -43,6 +43,14 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _finite(value: int | float) -> bool:
+    """Whether a number is finite as a float (an int too large for one, 1e400 as an int, is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def missing_positive(task: Task, n_pos: int) -> str | None:
     """Why a record with ``n_pos`` positives cannot train ``task`` (one that picks its positive from ``pos``), or
     None: the rule ``train`` applies, shared with ``data check``."""
@@ -150,8 +158,8 @@ def validate_record(record: dict[str, Any], source: str, line: int, corpus_size:
         if len(scores) != expected:
             what = "len(history)" if chat else "len(pos)+len(neg)"
             bad(field, f"has {len(scores)} scores, expected {what} = {expected}")
-        if any(not math.isfinite(s) for s in scores):
-            bad(field, "contains NaN or infinite scores")
+        if any(not _finite(s) for s in scores):
+            bad(field, "contains NaN, infinite or out-of-range scores")
     return problems
 
 

@@ -178,8 +178,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         data = yaml.load(text, Loader=UniqueKeyLoader) or {}  # a SafeLoader
     except yaml.YAMLError as err:
         raise ValueError(yaml_error(path, err)) from None
-    except RecursionError as err:
-        raise ValueError(parse_limit(path, text, err)) from None
+    except (RecursionError, ValueError) as err:  # nested too deeply, or an integer of too many digits
+        raise ValueError(parse_limit(path, text, err) or f"{path}: {err}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of option: value")
     known = {f.name for f in fields(TrainConfig)}
