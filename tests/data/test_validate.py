@@ -50,6 +50,8 @@ def test_valid_records_pass(tmp_path: Path) -> None:
         ({"teacher_scores": [1.0, math.nan, 0.0]}, "teacher_scores"),
         ({"teacher_scores": [1.0, math.inf, 0.0]}, "teacher_scores"),
         ({"teacher_scores": [10**400, 0.0, 0.0]}, "teacher_scores"),  # beyond a float: OverflowError before
+        ({"teacher_scores": [1e39, 0.0, 0.0]}, "teacher_scores"),  # inf as float32: train "diverged"
+        ({"teacher_scores": [-1e308, 0.0, 0.0]}, "teacher_scores"),
         ({"pos_index": [5]}, "pos_index"),
         ({"neg_index": [-1, 0]}, "neg_index"),
         ({"answers": "a"}, "answers"),
@@ -167,3 +169,12 @@ def test_directory_or_missing_corpus_is_named(tmp_path: Path) -> None:
         corpus_size_of(tmp_path / "nope.jsonl", "--corpus")
     with pytest.raises(IsADirectoryError, match=r"^--corpus: \S+ is a directory"):
         corpus_size_of(tmp_path, "--corpus")
+
+
+def test_teacher_scores_beyond_float32_are_refused_saying_so(tmp_path: Path) -> None:
+    """1e39 passed data check, then train's float32 labels made it inf and training "diverged", blaming --lr."""
+    path = write(tmp_path / "s.jsonl", [{**good(0), "teacher_scores": [1e39, 0.1, 0.2]},
+                                        {**good(1), "teacher_scores": [3.4e38, 0.1, 0.2]}])
+    assert [str(p) for p in validate_file(path)] == [
+        f"{path}:1:teacher_scores: contains NaN, infinite or out-of-range scores (train reads them as float32: "
+        "|score| <= 3.4e38)"]

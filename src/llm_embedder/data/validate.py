@@ -43,10 +43,14 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # train's labels are float32: a score beyond becomes inf, the loss NaN
+
+
 def _finite(value: int | float) -> bool:
-    """Whether a number is finite as a float (an int too large for one, 1e400 as an int, is not)."""
+    """Whether a number is finite as a float32, the type train's labels have (an int too large for any float,
+    1e39, -1e308 and NaN are not)."""
     try:
-        return math.isfinite(value)
+        return math.isfinite(value) and abs(value) <= FLOAT32_MAX
     except OverflowError:
         return False
 
@@ -159,7 +163,8 @@ def validate_record(record: dict[str, Any], source: str, line: int, corpus_size:
             what = "len(history)" if chat else "len(pos)+len(neg)"
             bad(field, f"has {len(scores)} scores, expected {what} = {expected}")
         if any(not _finite(s) for s in scores):
-            bad(field, "contains NaN, infinite or out-of-range scores")
+            bad(field, "contains NaN, infinite or out-of-range scores (train reads them as float32: |score| <= "
+                       "3.4e38)")
     return problems
 
 
