@@ -208,3 +208,22 @@ def test_an_integer_of_too_many_digits_names_the_line(tmp_path: Path) -> None:
     assert str(err.value) == f"{path}:2: integer too large (more than 4300 digits)"
     bad: list[JsonlError] = []
     assert [line for line, _ in iter_jsonl(path, on_error=bad.append)] == [1, 3]
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_refused_naming_the_field(tmp_path: Path, literal: str) -> None:
+    """Python's json read them; written back out (an import, an index's docs.jsonl) they were no JSON."""
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"a": 1}\n{"text": "t", "meta": {"n": [1, ' + literal + ']}}\n')
+    with pytest.raises(JsonlError) as err:
+        list(iter_jsonl(path))
+    assert str(err.value) == (f"{path}:2: {literal} is not JSON in field 'meta' (numbers must be finite; write null "
+                              "or leave the field out)")
+    assert err.value.field == "meta"
+
+
+def test_nan_teacher_scores_are_read_for_score_to_replace(tmp_path: Path) -> None:
+    """score writes the scores the LLM gives, NaN too, and replaces stale ones; data check refuses them itself."""
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"query": "q", "teacher_scores": [NaN, Infinity]}\n')
+    assert [str(s) for s in read_jsonl(path)[0]["teacher_scores"]] == ["nan", "inf"]

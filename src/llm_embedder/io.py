@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import sys
@@ -201,15 +202,23 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def parse_jsonl_line(line: str | bytes, source: str, line_no: int,
                      unique_keys: bool = False) -> dict[str, Any] | None:
     """One JSONL line as a record (None when blank); raises JsonlError naming the source and line. With
-    ``unique_keys`` a key given twice in an object is an error (a validator's choice: it costs parsing time)."""
+    ``unique_keys`` a key given twice in an object is an error (a validator's choice: it costs parsing time).
+    NaN, Infinity and -Infinity, which Python's json reads but JSON has not, are refused naming the field, except
+    in NAN_FIELDS (teacher_scores)."""
     if isinstance(line, bytes):
         line = decode_line(line, source, line_no)
     elif line_no == 1:
         line = line.removeprefix("\ufeff")
     if not line.strip():
         return None
+    literals: list[str] = []  # NaN, Infinity, -Infinity: Python's json reads them, JSON has no such numbers
+
+    def constant(name: str) -> float:
+        literals.append(name)
+        return float(name)
+
     try:
-        record = json.loads(line, object_pairs_hook=_unique_keys) if unique_keys else json.loads(line)
+        record = json.loads(line, object_pairs_hook=_unique_keys if unique_keys else None, parse_constant=constant)
     except json.JSONDecodeError as err:
         raise JsonlError(source, line_no, "json", f"malformed JSON: {err.msg} (column {err.colno})") from None
     except _DuplicateKey as err:
@@ -223,7 +232,30 @@ def parse_jsonl_line(line: str | bytes, source: str, line_no: int,
         raise JsonlError(source, line_no, "json", too_many_digits()) from None
     if not isinstance(record, dict):
         raise JsonlError(source, line_no, "json", f"expected a JSON object, got {type(record).__name__}")
+    if literals:
+        for key, value in record.items():
+            try:
+                literal = None if key in NAN_FIELDS else _non_finite(value)
+            except RecursionError:
+                raise JsonlError(source, line_no, "json", TOO_DEEP) from None
+            if literal is not None:
+                raise JsonlError(source, line_no, key, f"{literal} is not JSON in field {key!r} (numbers must be "
+                                 "finite; write null or leave the field out)")
     return record
+
+
+NAN_FIELDS = ("teacher_scores",)  # score writes what the LLM gives (NaN too) and replaces stale ones; data check
+# and train refuse non-finite scores there with their own message
+
+
+def _non_finite(value: Any) -> str | None:
+    """The JSON-like literal (NaN, Infinity, -Infinity) of the first non-finite float in ``value``, else None."""
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return None
+        return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return next((found for found in map(_non_finite, items) if found is not None), None)
 
 
 def parse_jsonl_lines(

@@ -107,3 +107,19 @@ def test_popqa_integer_of_too_many_digits_names_file_line_field(tmp_path: Path) 
     with pytest.raises(DataError) as err:
         load_popqa(tsv)
     assert str(err.value) == f"{tsv}:3:s_pop: integer too large (more than 4300 digits)"
+
+
+def test_popqa_and_mmlu_non_finite_numbers_name_file_line_field(tmp_path: Path) -> None:
+    """They were imported and written out as NaN, Infinity (no JSON) or the answer text "nan"."""
+    tsv = tmp_path / "popQA.tsv"
+    tsv.write_text('question\tpossible_answers\tprop_id\ts_pop\nWho?\t["A"]\t22\tnan\n')
+    with pytest.raises(DataError, match=r"popQA\.tsv:2:s_pop: expected an integer, got 'nan'$"):
+        load_popqa(tsv)
+    data = tmp_path / "popqa.jsonl"
+    data.write_text('{"question": "q?", "possible_answers": ["a"], "prop_id": NaN, "s_pop": Infinity}\n')
+    with pytest.raises(DataError, match=r"popqa\.jsonl:1: NaN is not JSON in field 'prop_id'"):
+        load_popqa(data)
+    mmlu = tmp_path / "mmlu.jsonl"
+    mmlu.write_text('{"question": "q?", "choices": [1.5, NaN, "x"], "answer": 1}\n')
+    with pytest.raises(DataError, match=r"mmlu\.jsonl:1: NaN is not JSON in field 'choices'"):
+        load_mmlu(mmlu)

@@ -509,3 +509,12 @@ def test_a_corpus_within_one_batch_says_it_started_encoding(tiny_embedder, tmp_p
     build_index(write_corpus(tmp_path / "c.jsonl", 5), tmp_path / "idx", tiny_embedder, "qa", batch_size=8)
     assert len(said) == 1 and "encoding qa keys: 0/5 (0%)" in said[0]
     assert "encoding qa keys: 5/5 (100%)" in capsys.readouterr().out
+
+
+def test_a_document_holding_nan_is_refused_naming_its_field() -> None:
+    """json.dumps wrote NaN into docs.jsonl: search --json printed no JSON and the server answered 500."""
+    from llm_embedder.index.build import doc_line
+
+    with pytest.raises(DataError, match=r"^documents\[3\]: field 'n' holds NaN or infinity, which JSON cannot store"):
+        doc_line({"text": "t", "n": [1.0, float("inf")]}, "documents[3]")
+    assert doc_line({"text": "t", "n": 1.5}, "documents[3]") == b'{"text": "t", "n": 1.5}\n'

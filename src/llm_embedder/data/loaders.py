@@ -351,10 +351,12 @@ def _answers(value: Any, where: str) -> list[str]:
 
 
 def _number(value: Any, where: str) -> Any:
-    """A numeric TSV cell (prop_id, s_pop) as an int; anything else as it is. ``where`` (file:line:field) names
-    an integer of more digits than Python converts."""
-    if not (isinstance(value, str) and value.strip().lstrip("-").isdigit()):
+    """A numeric TSV cell (prop_id, s_pop) as an int (an empty one as it is); ``where`` (file:line:field) names
+    a cell that is no integer ("nan", "inf") or one of more digits than Python converts."""
+    if not isinstance(value, str) or not value.strip():
         return value
+    if not value.strip().lstrip("-").isdigit():  # "nan", "inf", "1.5": PopQA's ids and popularities are counts
+        raise DataError(f"{where}: expected an integer, got {value.strip()!r}")
     try:
         return int(value)
     except ValueError as err:

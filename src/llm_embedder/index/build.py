@@ -111,15 +111,19 @@ def iter_records(corpus: str | Path | Iterable[str | dict]) -> Iterator[tuple[st
 
 
 def doc_line(doc: dict, where: str) -> bytes:
-    """A document as its docs.jsonl line. A value JSON cannot store (a date, a set) is refused naming its field,
-    so that callers can check a batch before writing any of it."""
+    """A document as its docs.jsonl line. A value JSON cannot store (a date, a set, NaN or infinity: written as
+    Python's NaN it made search's output no JSON and the server's answer a 500) is refused naming its field, so
+    that callers can check a batch before writing any of it."""
     try:
-        return (json.dumps(doc, ensure_ascii=False) + "\n").encode("utf-8")
-    except (TypeError, ValueError) as err:  # ValueError: a circular reference, a lone surrogate
+        return (json.dumps(doc, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+    except (TypeError, ValueError) as err:  # ValueError: a circular reference, a lone surrogate, NaN
         for key, value in doc.items():
             try:
-                json.dumps(value, ensure_ascii=False).encode("utf-8")
-            except (TypeError, ValueError):
+                json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+            except (TypeError, ValueError) as bad:
+                if "JSON compliant" in str(bad):
+                    raise DataError(f"{where}: field {key!r} holds NaN or infinity, which JSON cannot store (give "
+                                    "a finite number, or null)") from None
                 raise DataError(f"{where}: field {key!r} cannot be stored as JSON (a {type(value).__name__}; give it "
                                 "as a string, number, boolean, list or dict)") from None
         raise DataError(f"{where}: the document cannot be stored as JSON ({err})") from None
