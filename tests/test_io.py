@@ -227,3 +227,22 @@ def test_nan_teacher_scores_are_read_for_score_to_replace(tmp_path: Path) -> Non
     path = tmp_path / "x.jsonl"
     path.write_text('{"query": "q", "teacher_scores": [NaN, Infinity]}\n')
     assert [str(s) for s in read_jsonl(path)[0]["teacher_scores"]] == ["nan", "inf"]
+
+
+def test_every_reader_refuses_a_key_given_twice(tmp_path: Path) -> None:
+    """Only data check and train refused it; score, import, index, mine, evaluate and encode kept the last."""
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"query": "q one", "pos": ["a"], "query": "q two"}\n')
+    with pytest.raises(JsonlError) as err:
+        read_jsonl(path)
+    assert str(err.value) == f"{path}:1: duplicate key 'query' (JSON keeps only its last value)"
+    with pytest.raises(JsonlError):
+        list(parse_jsonl_lines(['{"a": {"b": 1, "b": 2}}'], "lines"))
+
+
+def test_json_document_names_the_line_of_a_repeated_key() -> None:
+    from llm_embedder.io import json_document
+
+    with pytest.raises(DataError) as err:
+        json_document('{"name": "x",\n "loss": "contrastive",\n "loss": "kl_distill"}\n', "t.json")
+    assert str(err.value) == "t.json:3: duplicate key 'loss' (JSON keeps only its last value)"

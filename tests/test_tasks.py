@@ -342,3 +342,21 @@ def test_a_task_file_integer_of_too_many_digits_names_the_file_and_line(tmp_path
     with pytest.raises(ValueError) as err:
         register_tasks_from_file(path)
     assert str(err.value) == f"{path}:2: integer too large (more than 4300 digits)"
+
+
+@pytest.mark.parametrize(("suffix", "message"), [
+    (".yaml", "t.yaml:5:1: cannot parse task file: 'loss' is given twice (first on line 4)"),
+    (".json", "t.json:5: duplicate key 'loss' (JSON keeps only its last value)"),
+])
+def test_a_key_given_twice_in_a_task_file_is_refused(tmp_path, suffix, message):
+    """yaml.safe_load and json.loads kept the last, so the task registered with kl_distill without a word."""
+    path = tmp_path / f"t{suffix}"
+    if suffix == ".yaml":
+        path.write_text("name: dup\nquery_instruction: a\nkey_instruction: b\nloss: contrastive\nloss: kl_distill\n")
+    else:
+        path.write_text('{"name": "dup",\n "query_instruction": "a",\n "key_instruction": "b",\n'
+                        ' "loss": "contrastive",\n "loss": "kl_distill"}\n')
+    with pytest.raises(ValueError) as err:
+        register_tasks_from_file(path)
+    assert str(err.value) == f"{tmp_path}/{message}"
+    assert "dup" not in list_tasks()

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 
 class DataError(ValueError):
     """Bad input data; the message names the file, line and field."""
@@ -119,12 +121,13 @@ def iter_text_lines(path: str | Path, option: str | None = None) -> Iterator[str
 
 def iter_jsonl(
     path: str | Path, *, option: str | None = None, on_error: Callable[[JsonlError], None] | None = None,
-    unique_keys: bool = False,
+    unique_keys: bool = True,
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """Stream (line number, record) for each non-blank line; a bad line raises JsonlError naming file and line.
 
     ``option`` names the command-line option the path came from in errors; with ``on_error`` bad lines are
-    passed to it and skipped instead; ``unique_keys`` makes a key given twice in a line a bad line.
+    passed to it and skipped instead; a key given twice in a line makes it a bad line (json.loads keeps the last
+    silently) unless ``unique_keys`` is False.
     """
     path = require_file(path, option)
     with path.open("rb") as handle:  # bytes, decoded per line: bad UTF-8 gets a file:line error, memory stays flat
@@ -199,10 +202,23 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return record
 
 
+def json_document(text: str, source: str | Path) -> Any:
+    """A whole JSON file's ``text`` parsed, refusing a key given twice in an object (json.loads keeps the last
+    silently) as ``FILE:LINE: duplicate key``, the line being the key's second occurrence where it is found."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as err:
+        key = str(err.args[0])
+        found = list(re.finditer(re.escape(json.dumps(key)) + r"\s*:", text))
+        where = f"{source}:{text.count(chr(10), 0, found[1].start()) + 1}" if len(found) > 1 else str(source)
+        raise DataError(f"{where}: duplicate key {key!r} (JSON keeps only its last value)") from None
+
+
 def parse_jsonl_line(line: str | bytes, source: str, line_no: int,
-                     unique_keys: bool = False) -> dict[str, Any] | None:
+                     unique_keys: bool = True) -> dict[str, Any] | None:
     """One JSONL line as a record (None when blank); raises JsonlError naming the source and line. With
-    ``unique_keys`` a key given twice in an object is an error (a validator's choice: it costs parsing time).
+    ``unique_keys`` (the default: every reader refuses what data check refuses) a key given twice in an object is
+    an error.
     NaN, Infinity and -Infinity, which Python's json reads but JSON has not, are refused naming the field, except
     in NAN_FIELDS (teacher_scores)."""
     if isinstance(line, bytes):
@@ -260,7 +276,7 @@ def _non_finite(value: Any) -> str | None:
 
 def parse_jsonl_lines(
     lines: Iterable[str | bytes], source: str, on_error: Callable[[JsonlError], None] | None = None,
-    unique_keys: bool = False,
+    unique_keys: bool = True,
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, record) for each non-blank line (text or UTF-8 bytes); bad lines raise, or go to ``on_error``."""
     for line_no, line in enumerate(lines, start=1):
@@ -402,6 +418,31 @@ def fill_template(template: str, record: dict[str, Any], where: str, option: str
         raise DataError(f"{where}: missing field {err.args[0]!r} used by {option} {template!r}") from None
     except (ValueError, TypeError) as err:  # a format spec that does not fit the value, e.g. {text:d}
         raise DataError(f"{where}: {option} {template!r}: {err}") from None
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the last one silently, so a
+    setting written twice in train.yaml or a task file would be used with whichever came last."""
+
+
+def _unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    first: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *defaults``: its keys may be overridden
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            seen = key in first
+        except TypeError:  # an unhashable key: construct_mapping says so
+            continue
+        if seen:
+            raise yaml.constructor.ConstructorError(problem=f"{key!r} is given twice (first on line {first[key]})",
+                                                    problem_mark=key_node.start_mark)
+        first[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
 def yaml_error(path: str | Path, err: Exception, what: str = "YAML") -> str:

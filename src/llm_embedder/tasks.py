@@ -19,7 +19,15 @@ from typing import Any
 
 import yaml
 
-from llm_embedder.io import check_template, decode_line, parse_limit, yaml_error
+from llm_embedder.io import (
+    DataError,
+    UniqueKeyLoader,
+    check_template,
+    decode_line,
+    json_document,
+    parse_limit,
+    yaml_error,
+)
 
 LOSSES = ("contrastive", "kl_distill", "stable_distill")
 POSITIVE_SELECTIONS = ("first", "random", "teacher", "teacher-pos")
@@ -234,11 +242,13 @@ def register_tasks_from_file(path: str | Path, *, overwrite: bool = False) -> li
     text = "".join(decode_line(raw, str(path), line_no)
                    for line_no, raw in enumerate(path.read_bytes().splitlines(keepends=True), start=1))
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        data = json_document(text, path) if path.suffix == ".json" else yaml.load(text, Loader=UniqueKeyLoader)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: cannot parse task file: {err}") from None
     except yaml.YAMLError as err:
         raise ValueError(yaml_error(path, err, "task file")) from None
+    except DataError:  # a key given twice, named with its file and line
+        raise
     except (RecursionError, ValueError) as err:  # nested too deeply, or an integer of too many digits
         raise ValueError(parse_limit(path, text, err) or f"{path}: cannot parse task file: {err}") from None
     if isinstance(data, dict) and "tasks" in data:

@@ -123,3 +123,11 @@ def test_popqa_and_mmlu_non_finite_numbers_name_file_line_field(tmp_path: Path) 
     mmlu.write_text('{"question": "q?", "choices": [1.5, NaN, "x"], "answer": 1}\n')
     with pytest.raises(DataError, match=r"mmlu\.jsonl:1: NaN is not JSON in field 'choices'"):
         load_mmlu(mmlu)
+
+
+def test_popqa_header_naming_a_column_twice_is_refused(tmp_path: Path) -> None:
+    """The row became a dict: the second question column was imported without a word."""
+    tsv = tmp_path / "popQA.tsv"
+    tsv.write_text('question\tquestion\tpossible_answers\nWho?\tWhat?\t["A"]\n')
+    with pytest.raises(DataError, match=r"popQA\.tsv:1: the header names column 'question' twice$"):
+        load_popqa(tsv)

@@ -374,6 +374,9 @@ def _popqa_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     for line, row in _read_table(path, "\t" if suffix == ".tsv" else ","):
         if header is None:
             header = [cell.strip() for cell in row]
+            repeated = next((name for i, name in enumerate(header) if name and name in header[:i]), None)
+            if repeated is not None:  # a dict of the row would keep only its last column, silently
+                raise DataError(f"{path}:{line}: the header names column {repeated!r} twice")
             missing = [name for name in ("question", "possible_answers") if name not in header]
             if missing:
                 raise DataError(f"{path}:{line}: header lacks {', '.join(missing)} (got {', '.join(header)})")

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from llm_embedder.io import parse_limit, yaml_error
+from llm_embedder.io import UniqueKeyLoader, parse_limit, yaml_error
 
 LOSSES = ("contrastive", "kl_distill", "stable_distill")
 MAX_SEED = 2**32 - 1  # numpy's and the HF trainer's seed range
@@ -138,29 +138,6 @@ class TrainConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
 
 
-class UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the last one silently, so a
-    setting written twice in train.yaml would train with whichever came last."""
-
-
-def _unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    first: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *defaults``: its keys may be overridden
-            continue
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            seen = key in first
-        except TypeError:  # an unhashable key: construct_mapping says so
-            continue
-        if seen:
-            raise yaml.constructor.ConstructorError(problem=f"{key!r} is given twice (first on line {first[key]})",
-                                                    problem_mark=key_node.start_mark)
-        first[key] = key_node.start_mark.line + 1
-    return loader.construct_mapping(node, deep=deep)
-
-
-UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 # the command line's repeatable options are singular and its ablation switches negative: the same keys in a file
 OPTION_NAMES = {"plain_task": "plain_tasks", "task_file": "task_files"}
