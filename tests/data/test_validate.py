@@ -178,3 +178,16 @@ def test_teacher_scores_beyond_float32_are_refused_saying_so(tmp_path: Path) -> 
     assert [str(p) for p in validate_file(path)] == [
         f"{path}:1:teacher_scores: contains NaN, infinite or out-of-range scores (train reads them as float32: "
         "|score| <= 3.4e38)"]
+
+
+def test_corpus_size_counts_entries_as_the_readers_do(tmp_path: Path) -> None:
+    """Lines blank once decoded (a BOM alone on line 1, a no-break space, U+3000) were counted as entries, so data
+    check accepted a pos_index that evaluate then refused as out of range."""
+    folder = tmp_path / "qa"
+    folder.mkdir()
+    corpus = folder / "corpus.jsonl"
+    corpus.write_bytes(b'\xef\xbb\xbf\n{"text": "doc a"}\n\xc2\xa0\n{"text": "doc b"}\n\xe3\x80\x80\r\n')
+    assert corpus_size_of(corpus) == 2
+    test = write(folder / "test.jsonl", [{"query": "q one", "task": "qa", "query_id": 0, "pos_index": [2]}])
+    assert [str(p) for p in validate_file(test, evaluation=True)] == [
+        f"{test}:1:pos_index: index 2 out of corpus range of size 2"]

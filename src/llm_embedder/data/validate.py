@@ -205,9 +205,13 @@ def validate_records(
 
 
 def corpus_size_of(path: str | Path, option: str | None = None) -> int:
-    """Number of entries of a corpus.jsonl (non-blank lines); ``option`` names where the path came from in errors."""
-    with require_file(path, option).open("rb") as handle:  # bytes: counting needs no decoding
-        return sum(1 for line in handle if line.strip())
+    """Number of entries of a corpus.jsonl: its lines that are not blank as every reader decodes them (a BOM on line
+    1 dropped; a line of only a BOM, a no-break space or U+3000 is blank), bad UTF-8 ones included; ``option``
+    names where the path came from in errors."""
+    with require_file(path, option).open("rb") as handle:
+        return sum(1 for line_no, raw in enumerate(handle, start=1)
+                   if (raw[3:] if line_no == 1 and raw.startswith(b"\xef\xbb\xbf") else raw)
+                   .decode("utf-8", errors="replace").strip())  # a bad byte (U+FFFD) is no blank: a bad entry
 
 
 def _bad_line(problems: list[Problem]) -> Callable[[JsonlError], None]:
