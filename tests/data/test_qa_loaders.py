@@ -131,3 +131,12 @@ def test_popqa_header_naming_a_column_twice_is_refused(tmp_path: Path) -> None:
     tsv.write_text('question\tquestion\tpossible_answers\nWho?\tWhat?\t["A"]\n')
     with pytest.raises(DataError, match=r"popQA\.tsv:1: the header names column 'question' twice$"):
         load_popqa(tsv)
+
+
+def test_mmlu_csv_with_bad_utf8_names_the_real_line(tmp_path: Path) -> None:
+    """The text layer decodes ahead of the csv reader: it said "after line 0" for a bad byte on line 7."""
+    path = tmp_path / "math_test.csv"
+    path.write_bytes(b"".join(b"What is %d?,1,2,3,4,B\n" % i for i in range(6)) + b"What is caf\xe9?,1,2,3,4,B\n")
+    with pytest.raises(DataError) as err:
+        load_mmlu(path)
+    assert str(err.value) == f"{path}:7: not valid UTF-8 (byte 0xe9 at column 12)"

@@ -18,7 +18,15 @@ from typing import Any
 
 from llm_embedder.data.common import Record
 from llm_embedder.data.validate import raise_problems, validate_records
-from llm_embedder.io import DataError, check_template, is_digit_limit, iter_jsonl, require_file, too_many_digits
+from llm_embedder.io import (
+    DataError,
+    check_template,
+    decode_line,
+    is_digit_limit,
+    iter_jsonl,
+    require_file,
+    too_many_digits,
+)
 
 
 class _Fields(dict):
@@ -138,6 +146,13 @@ def load_flag_jsonl(
     return [record for _, record in records]
 
 
+def _first_bad_utf8(path: Path) -> None:
+    """Raise ``FILE:LINE: not valid UTF-8 (byte .. at column ..)`` for the first line of ``path`` that is not UTF-8."""
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            decode_line(raw, str(path), line_no)
+
+
 def _read_table(path: Path, delimiter: str) -> Iterator[tuple[int, list[str]]]:
     """(first line, row) for each non-empty row of a CSV/TSV file; a BOM is dropped, bad UTF-8 names the file."""
     with path.open(encoding="utf-8-sig", newline="") as handle:
@@ -148,8 +163,9 @@ def _read_table(path: Path, delimiter: str) -> Iterator[tuple[int, list[str]]]:
                 row = next(reader)
             except StopIteration:
                 return
-            except UnicodeDecodeError as err:
-                raise DataError(f"{path}: not valid UTF-8 after line {reader.line_num} ({err.reason})") from None
+            except UnicodeDecodeError as err:  # the text layer decodes ahead of the rows: find the line in the bytes
+                _first_bad_utf8(path)
+                raise DataError(f"{path}: not valid UTF-8 ({err.reason})") from None
             except csv.Error as err:
                 raise DataError(f"{path}:{start}: {err}") from None
             if any(cell.strip() for cell in row):
