@@ -360,3 +360,12 @@ def test_a_key_given_twice_in_a_task_file_is_refused(tmp_path, suffix, message):
         register_tasks_from_file(path)
     assert str(err.value) == f"{tmp_path}/{message}"
     assert "dup" not in list_tasks()
+
+
+def test_a_nul_byte_in_a_task_file_names_its_line_and_column(tmp_path):
+    """PyYAML's ReaderError has no mark: it said 'in "<unicode string>", position 33'."""
+    path = tmp_path / "t.yaml"
+    path.write_text("name: x\nquery_instruction: a\x00\nkey_instruction: b\n")
+    with pytest.raises(ValueError) as err:
+        register_tasks_from_file(path)
+    assert str(err.value) == f"{path}:2:21: cannot parse task file: NUL not allowed in YAML"

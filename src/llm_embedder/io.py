@@ -445,9 +445,17 @@ def _unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode, deep: bool 
 UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
-def yaml_error(path: str | Path, err: Exception, what: str = "YAML") -> str:
+def yaml_error(path: str | Path, err: Exception, what: str = "YAML", text: str | None = None) -> str:
     """One line for a YAML parse error: ``FILE:LINE:COLUMN: cannot parse WHAT: problem`` (PyYAML's own message
-    spans several lines and names "<unicode string>" instead of the file)."""
+    spans several lines and names "<unicode string>" instead of the file). A character YAML refuses (NUL, a
+    control character) has only a position into ``text``, the parsed text, which gives its line and column."""
+    if isinstance(err, yaml.reader.ReaderError) and text is not None and isinstance(err.character, int):
+        line = text.count("\n", 0, err.position) + 1
+        column = err.position - (text.rfind("\n", 0, err.position) + 1) + 1
+        code = err.character  # a code point (a byte for bytes input, never given here)
+        name = "NUL" if code == 0 else f"control character #x{code:04x}" if code < 0x20 or 0x7f <= code < 0xa0 \
+            else f"character #x{code:04x}"
+        return f"{path}:{line}:{column}: cannot parse {what}: {name} not allowed in YAML"
     mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
     if mark is None or not problem:
         return f"{path}: cannot parse {what}: {' '.join(str(err).split())}"

@@ -246,7 +246,7 @@ def register_tasks_from_file(path: str | Path, *, overwrite: bool = False) -> li
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: cannot parse task file: {err}") from None
     except yaml.YAMLError as err:
-        raise ValueError(yaml_error(path, err, "task file")) from None
+        raise ValueError(yaml_error(path, err, "task file", text)) from None
     except DataError:  # a key given twice, named with its file and line
         raise
     except (RecursionError, ValueError) as err:  # nested too deeply, or an integer of too many digits

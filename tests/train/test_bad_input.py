@@ -59,6 +59,7 @@ def test_config_file_keys_are_the_command_line_options(tmp_path: Path) -> None:
         ("base: [a, b]\n", "c.yaml: base: expected a string, got ['a', 'b']"),
         ("lr: 1\ndata: " + "[" * 100_000 + "]" * 100_000 + "\n", "c.yaml:2: nested too deeply"),
         ("lr: 1\nmax_steps: " + "9" * 5000 + "\n", "c.yaml:2: integer too large (more than 4300 digits)"),
+        ("lr: 1\nbase: a\x00b\n", "c.yaml:2:8: cannot parse YAML: NUL not allowed in YAML"),
     ],
 )
 def test_bad_config_values_name_the_file_and_key(tmp_path: Path, content: str, message: str) -> None:
@@ -231,3 +232,12 @@ def test_max_length_beyond_the_base_positions_fails_before_data(tmp_path: Path, 
     assert result.returncode == 2
     assert result.stderr.strip() == ("error: --query-max-length 1000 is more than model minilm can encode: 512 "
                                      "positions (max_position_embeddings of its config); give at most 512")
+
+
+def test_a_config_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    """read_text's UnicodeDecodeError reached the command line without the file or line."""
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"max_steps: 1\nbatch_size: 2\nout: caf\xe9\n")
+    with pytest.raises(ValueError) as err:
+        read_config_file(path)
+    assert str(err.value) == f"{path}:3: not valid UTF-8 (byte 0xe9 at column 9)"

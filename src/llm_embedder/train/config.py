@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from llm_embedder.io import UniqueKeyLoader, parse_limit, yaml_error
+from llm_embedder.io import UniqueKeyLoader, decode_line, parse_limit, yaml_error
 
 LOSSES = ("contrastive", "kl_distill", "stable_distill")
 MAX_SEED = 2**32 - 1  # numpy's and the HF trainer's seed range
@@ -150,11 +150,13 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    # decoded per line: bad UTF-8 names the file and line (read_text named neither); a BOM on line 1 is dropped
+    text = "".join(decode_line(raw, str(path), line_no)
+                   for line_no, raw in enumerate(path.read_bytes().splitlines(keepends=True), start=1))
     try:
         data = yaml.load(text, Loader=UniqueKeyLoader) or {}  # a SafeLoader
     except yaml.YAMLError as err:
-        raise ValueError(yaml_error(path, err)) from None
+        raise ValueError(yaml_error(path, err, text=text)) from None
     except (RecursionError, ValueError) as err:  # nested too deeply, or an integer of too many digits
         raise ValueError(parse_limit(path, text, err) or f"{path}: {err}") from None
     if not isinstance(data, dict):
