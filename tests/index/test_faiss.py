@@ -145,7 +145,10 @@ def test_a_saved_index_gets_the_usual_file_permissions(tmp_path: Path) -> None:
         assert os.stat(saved).st_mode & 0o777 == expected, saved  # mkstemp alone gives 0600
 
 
-def test_filtered_search_agrees_with_a_scan_of_the_metadata_through_adds_deletes_and_a_reload(tmp_path: Path) -> None:
+@pytest.mark.parametrize("factory", ["Flat", "IVF4,Flat"])
+def test_filtered_search_agrees_with_a_scan_of_the_metadata_through_adds_deletes_and_a_reload(
+    factory: str, tmp_path: Path
+) -> None:
     """Filtered search used to scan every document's metadata per call (~70 ms at 50k documents); it now reads a
     map of each filtered field's values. The two must agree on every filter, kept up to date by add and delete."""
     from llm_embedder.index.base import check_filter, matches
@@ -164,7 +167,7 @@ def test_filtered_search_agrees_with_a_scan_of_the_metadata_through_adds_deletes
             _, ids = index.search(unit(1, seed=9), k=len(metadata), filter=flt)
             assert sorted(int(i) for i in ids[0] if i >= 0) == expected, flt
 
-    index = FaissIndex(DIM, "Flat")
+    index = FaissIndex(DIM, factory)  # IVF: 4 lists, all searched (nprobe 16 is capped at 4)
     first = records(60)
     index.add(range(60), unit(60), metadata=first)
     metadata = {i: m for i, m in enumerate(first)}
@@ -175,6 +178,11 @@ def test_filtered_search_agrees_with_a_scan_of_the_metadata_through_adds_deletes
     agrees(index, metadata)
     index.delete(list(range(0, 100, 3)))
     metadata = {i: m for i, m in metadata.items() if i % 3}
+    agrees(index, metadata)
+    agrees(FaissIndex.load(index.save(tmp_path / "i.faiss")), metadata)
+    last = records(40)
+    index.add(range(100, 140), unit(40, seed=2), metadata=last)  # IVF in an id map: shifted ids from here on
+    metadata.update({100 + i: m for i, m in enumerate(last)})
     agrees(index, metadata)
     agrees(FaissIndex.load(index.save(tmp_path / "i.faiss")), metadata)
 
@@ -201,3 +209,112 @@ def test_an_index_says_whether_its_adds_replay(factory: str, replayable: bool) -
     for start in range(10, 300, 7):
         batched.add(np.arange(start, min(start + 7, 300)), data[start : start + 7])
     assert bytes(faiss.serialize_index(whole.index)) == bytes(faiss.serialize_index(batched.index))
+
+
+def test_ivf_search_after_a_delete_and_an_add_names_the_vector_found() -> None:
+    """IVF was wrapped in IndexIDMap2, whose remove_ids compacts its id map as if the IVF renumbered its vectors
+    0..n-1 (Flat does, IVF does not): after a delete the ids came out shifted, vector 10 was found as id 13."""
+    x = unit(400)
+    index = FaissIndex(DIM, "IVF4,Flat")
+    index.add(list(range(300)), x[:300])
+    index.delete([5, 6, 7])
+    index.add(list(range(300, 400)), x[300:])
+    _, ids = index.search(x[10:11], 1, nprobe=4)
+    assert ids[0].tolist() == [10]
+
+
+@pytest.mark.parametrize("factory", ["IVF4,Flat", "IVF4,SQ8", "PCA8,IVF4,Flat", "OPQ4,IVF4,Flat", "IDMap2,IVF4,Flat"])
+def test_ivf_ids_survive_deletes_adds_and_a_reload(factory: str, tmp_path: Path) -> None:
+    """Each vector is found under its own id after deletes and adds (IVF, SQ, behind PCA or OPQ, and an explicit
+    IDMap2, which the IVF's own ids replace); ids(), held and held_from know what was deleted; a save and load
+    gives the same results."""
+    x = unit(400)
+    index = FaissIndex(DIM, factory)
+    index.add(range(300), x[:300])
+    deleted = [5, 6, 7, *range(100, 150), 299]
+    assert index.delete(deleted) == len(deleted)
+    assert index.delete([5, 1000]) == 0
+    index.add(range(300, 400), x[300:])
+    kept = sorted(set(range(400)) - set(deleted))
+    assert index.count == len(kept)
+    assert np.sort(index.ids()).tolist() == kept
+    assert index.held([4, 5, 6, 150, 299, 300, 1000]) == [4, 150, 300]
+    assert index.held_from(290) == [*range(290, 299), *range(300, 400)]
+    with pytest.raises(ValueError, match=r"ids already in the index: \[4\]"):
+        index.add([4, 5], x[4:6])  # 5 was deleted, 4 was not
+    scores, ids = index.search(x[kept], 5, nprobe=4)
+    assert not np.isin(ids, deleted).any()
+    reference = FaissIndex(DIM, factory)  # the same training, only the kept vectors ever added
+    reference.train(x[:300])
+    reference.add(kept, x[kept])
+    assert ids[:, 0].tolist() == reference.search(x[kept], 1, nprobe=4)[1][:, 0].tolist()
+    if "PCA" not in factory:  # PCA to half the dimensions finds another vector first at times
+        assert ids[:, 0].tolist() == kept
+    assert not isinstance(index.index, faiss.IndexIDMap | faiss.IndexIDMap2)  # the IVF holds the ids
+    again = FaissIndex.load(index.save(tmp_path / "i.faiss"))
+    assert not isinstance(again.index, faiss.IndexIDMap | faiss.IndexIDMap2)
+    assert np.sort(again.ids()).tolist() == kept
+    assert again.held_from(290) == index.held_from(290)
+    scores_again, ids_again = again.search(x[kept], 5, nprobe=4)
+    assert ids_again.tolist() == ids.tolist()
+    np.testing.assert_array_equal(scores_again, scores)
+    again.delete([300, 301])
+    again.add([300, 5], x[[300, 5]])
+    assert np.sort(again.ids()).tolist() == sorted({*kept, 5} - {301})
+    assert again.search(x[kept[:20]], 1, nprobe=4)[1][:, 0].tolist() == ids[:20, 0].tolist()
+
+
+def _old_format(path: Path, delete: list[int] | None, metadata: bool) -> np.ndarray:
+    """An IVF index file as the version before wrote it: the IVF in an IndexIDMap2 holding caller ids 1000..1299
+    (positions 0..299 in the IVF), with a metadata sidecar; ``delete`` removes ids as its delete did."""
+    x = unit(300)
+    fresh = FaissIndex(DIM, "IVF4,Flat")
+    inner = faiss.index_factory(DIM, "IVF4,Flat", faiss.METRIC_INNER_PRODUCT)
+    fresh.index = faiss.IndexIDMap2(inner)
+    fresh.index.train(x)
+    fresh.add(range(1000, 1300), x, metadata=[{"n": i % 3} for i in range(300)] if metadata else None)
+    if delete:
+        fresh.index.remove_ids(faiss.IDSelectorBatch(np.asarray(delete, dtype=np.int64)))
+        for id_ in delete:
+            fresh.metadata.pop(id_, None)
+    fresh.save(path)
+    assert isinstance(faiss.read_index(str(path)), faiss.IndexIDMap2)
+    return x
+
+
+def test_an_old_ivf_file_without_a_delete_is_converted_and_deletes_right(tmp_path: Path) -> None:
+    """An IVF saved in an IndexIDMap2 whose IVF still numbers its vectors 0..n-1 (no delete yet): its lists' ids
+    become the caller ids on load, so deletes and adds work from then on."""
+    path = tmp_path / "i.faiss"
+    x = _old_format(path, None, metadata=True)
+    index = FaissIndex.load(path)  # the sidecar's id checksum still matches
+    assert np.sort(index.ids()).tolist() == list(range(1000, 1300))
+    assert index.search(x[:50], 1, nprobe=4)[1][:, 0].tolist() == list(range(1000, 1050))
+    index.delete([1005, 1006, 1007])
+    index.add(range(2000, 2010), unit(10, seed=3))
+    assert index.search(x[10:50], 1, nprobe=4)[1][:, 0].tolist() == list(range(1010, 1050))
+    assert isinstance(index.index, faiss.IndexIVFFlat)
+    _, ids = index.search(x[:3], 300, filter={"n": 0}, nprobe=4)
+    assert sorted(i for i in ids[0].tolist() if i >= 0) == [i for i in range(1000, 1300, 3) if i != 1006]
+    again = FaissIndex.load(index.save(path))
+    assert again.search(x[10:50], 1, nprobe=4)[1][:, 0].tolist() == list(range(1010, 1050))
+
+
+def test_an_old_ivf_file_after_a_delete_refuses_to_change_and_to_read_out_of_its_map(tmp_path: Path) -> None:
+    """After a delete by the version before, the id map and the IVF's ids disagree: which caller id a vector had
+    cannot be told. The index still loads (with a warning) and searches as before, but refuses add and delete,
+    naming the file to rebuild, and a hit past the id map's end (FAISS read it out of bounds) is an error."""
+    path = tmp_path / "i.faiss"
+    x = _old_format(path, [1005, 1006, 1007], metadata=False)
+    with pytest.warns(UserWarning, match="rebuild"):
+        index = FaissIndex.load(path)
+    assert isinstance(index.index, faiss.IndexIDMap2)
+    assert index.count == 297
+    with pytest.raises(ValueError, match=f"^cannot delete: {path}: .*rebuild the index"):
+        index.delete([1010])
+    with pytest.raises(ValueError, match=f"^cannot add: {path}: .*rebuild the index"):
+        index.add([5000], unit(1))
+    assert index.count == 297
+    assert index.search(x[:2], 1, nprobe=4)[1][:, 0].tolist() == [1000, 1001]  # before the deleted positions
+    with pytest.raises(IndexFormatError, match="rebuild"):
+        index.search(x[298:300], 1, nprobe=4)  # IVF positions 298 and 299, past the 297 ids left in the map

@@ -1,8 +1,13 @@
 """FAISS in-process index: any factory string, inner product on normalised vectors, atomic saves.
 
-The FAISS index is wrapped in ``IndexIDMap2`` so caller ids work (and ``delete`` where the inner index
-supports removal: Flat, IVF*; not HNSW). Metadata for filtering lives in a ``<path>.meta.json`` sidecar,
-written only when there is metadata. Saving writes temporary files in the target folder and renames them
+Caller ids: an IVF index (``IVFx,Flat``, ``IVFx,SQ8``, ``IVFx,PQy``, also behind a PCA or OPQ pre-transform)
+stores them itself, in its inverted lists; any other index is wrapped in ``IndexIDMap2``. An IVF must not be wrapped:
+``IndexIDMap::remove_ids`` compacts its id map as if the inner index renumbered its vectors 0..n-1 after a delete, as
+Flat does, but IVF keeps its own ids, so every search after a delete returned shifted ids. An index file written
+before (IVF in ``IndexIDMap2``) is converted when loaded if it never had a delete; one that had is searched as it
+was, and refuses ``add`` and ``delete`` (rebuild it). ``delete`` works where the index supports removal (Flat, SQ,
+IVF*; not HNSW). Metadata for filtering lives in a ``<path>.meta.json`` sidecar, written only when there is
+metadata. Saving writes temporary files in the target folder and renames them
 over the old ones (``os.replace``), so a crash mid-save leaves the previous index readable.
 """
 
@@ -12,6 +17,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -73,10 +79,14 @@ class FaissIndex:
             raise ValueError(f"invalid FAISS factory string {factory!r}: {faiss_reason(err)}") from None
         self.factory = factory
         self.path = Path(path) if path is not None else None
-        self.index = inner if "IDMap" in factory else faiss.IndexIDMap2(inner)
+        self.index = inner if "IDMap" in factory or _native_ivf(inner) else faiss.IndexIDMap2(inner)
         self.metadata: dict[int, dict] = {}
         self._postings: dict[str, dict[Any, list[int]]] = {}
         self._max_id = -1
+        self._ids_cache: np.ndarray | None = None
+        self._stale: str | None = None
+        self._holder: Any = None
+        self._adopt()  # an explicit "IDMap,IVF..." factory: its IVF holds the ids too
         hnsw = getattr(self._inner(), "hnsw", None)
         if hnsw is not None:  # only matters while adding, so it is set on new indexes only
             hnsw.efConstruction = max(hnsw.efConstruction, DEFAULT_EF_CONSTRUCTION)
@@ -99,10 +109,16 @@ class FaissIndex:
         return bool(self.index.is_trained)
 
     def ids(self) -> np.ndarray:
-        """All ids in the index (int64)."""
+        """All ids in the index (int64): an id map's, an IVF's inverted lists' (read once per change, kept)."""
         if hasattr(self.index, "id_map"):
             return faiss.vector_to_array(self.index.id_map).astype(np.int64)
-        return np.arange(self.count, dtype=np.int64)
+        ivf = faiss.try_extract_index_ivf(self.index)
+        if ivf is None:
+            return np.arange(self.count, dtype=np.int64)
+        if self._ids_cache is None:
+            self._ids_cache = _list_ids(ivf)
+            self._ids_cache.flags.writeable = False  # shared by every caller until the next add or delete
+        return self._ids_cache
 
     def held(self, ids: Sequence[int] | np.ndarray) -> list[int]:
         """Which of ``ids`` the index holds, sorted."""
@@ -133,7 +149,51 @@ class FaissIndex:
         return f"index {type(self._inner()).__name__}"
 
     def _inner(self):
-        return faiss.downcast_index(self.index.index) if hasattr(self.index, "index") else self.index
+        """The index behind an id map (an IVF, holding its ids itself, is not behind one)."""
+        if isinstance(self.index, faiss.IndexIDMap | faiss.IndexIDMap2):
+            return faiss.downcast_index(self.index.index)
+        return self.index
+
+    def _adopt(self) -> None:
+        """Take an IVF out of the id map around it (an index file written before IVF held its ids, or an explicit
+        ``IDMap`` factory): its lists' ids, the id map's positions, become the caller ids they map to. Where a
+        delete has shifted the id map (the lists' ids are not 0..n-1), or the lists cannot be rewritten, the index
+        stays as it is and ``_stale`` says why ``add`` and ``delete`` refuse."""
+        if not isinstance(self.index, faiss.IndexIDMap | faiss.IndexIDMap2):
+            return
+        inner = faiss.downcast_index(self.index.index)
+        if not _native_ivf(inner):
+            return
+        ivf = faiss.try_extract_index_ivf(inner)
+        where = f"{self.path}" if self.path is not None else "this index"
+        lists = faiss.downcast_InvertedLists(ivf.invlists)
+        if not isinstance(lists, faiss.ArrayInvertedLists | faiss.BlockInvertedLists) or ivf.direct_map.type != 0:
+            self._stale = (f"{where}: an IVF index in an id map whose lists cannot be rewritten to hold the ids; "
+                           "rebuild the index to add or delete")
+            return
+        positions = _list_ids(ivf)
+        id_map = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        if len(positions) != len(id_map) or not np.array_equal(np.sort(positions), np.arange(len(id_map))):
+            self._stale = (f"{where}: an IVF index saved by an older version after a delete, which shifted its ids "
+                           "(searches may name other documents than those found); rebuild the index")
+            return
+        for list_no in range(ivf.nlist):
+            size = lists.list_size(list_no)
+            if size:
+                pointer = lists.get_ids(list_no)
+                view = faiss.rev_swig_ptr(pointer, size)  # the list's own memory: rewritten in place
+                view[:] = id_map[view]
+                lists.release_ids(list_no, pointer)
+        # the map owns the IVF (its proxy from downcast_index cannot: SWIG finds no destructor for it, and its
+        # type breaks for the rest of the process), so it is kept, emptied, and frees the IVF with this object
+        holder = self.index
+        holder.id_map.clear()
+        holder.ntotal = 0
+        if isinstance(holder, faiss.IndexIDMap2):
+            holder.construct_rev_map()  # empties it
+        self._holder = holder
+        self.index = inner
+        self._ids_cache = None
 
     def _tune(self) -> None:
         """Search-time defaults that keep ANN recall reasonable (IVF nprobe, HNSW efSearch)."""
@@ -181,12 +241,15 @@ class FaissIndex:
         records = check_metadata(metadata, len(array))
         if not len(array):
             return
+        if self._stale:
+            raise ValueError(f"cannot add: {self._stale}")
         if id_array.min() <= self._max_id:  # only non-increasing ids can collide
             existing = np.intersect1d(id_array, self.ids())
             if existing.size:
                 raise ValueError(f"ids already in the index: {existing[:10].tolist()}")
         if not self.is_trained:
             self.train(array)
+        self._ids_cache = None
         self.index.add_with_ids(array, id_array)
         self._max_id = max(self._max_id, int(id_array.max()))
         if records is not None:
@@ -201,6 +264,9 @@ class FaissIndex:
         id_array = np.unique(np.asarray(ids, dtype=np.int64))
         if not id_array.size:
             return 0
+        if self._stale:
+            raise ValueError(f"cannot delete: {self._stale}")
+        self._ids_cache = None
         try:
             removed = int(self.index.remove_ids(faiss.IDSelectorBatch(id_array)))
         except RuntimeError:
@@ -236,13 +302,32 @@ class FaissIndex:
             if not allowed.size:
                 return (np.full((len(queries), k), PAD_SCORE, np.float32), np.full((len(queries), k), PAD_ID, np.int64))
             selector = faiss.IDSelectorBatch(allowed)
-        params = self._search_params(selector, **effort) if selector is not None or effort else None
-        scores, ids = self.index.search(queries, k, params=params) if params else self.index.search(queries, k)
+        if self._stale:
+            scores, ids = self._search_stale(queries, k, selector, allowed if selector is not None else None, effort)
+        else:
+            params = self._search_params(selector, **effort) if selector is not None or effort else None
+            scores, ids = self.index.search(queries, k, params=params) if params else self.index.search(queries, k)
         scores = scores.astype(np.float32)
         ids = ids.astype(np.int64)
         scores[ids < 0] = PAD_SCORE
         order_ties(scores, ids)
         return scores, ids
+
+    def _search_stale(
+        self, queries: np.ndarray, k: int, selector: Any, allowed: np.ndarray | None, effort: dict[str, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Search an id-mapped IVF that ``_adopt`` left as it was: its inner index, mapping its ids through the id
+        map here, as ``IndexIDMap`` would, but refusing an id past the map's end (which ``IndexIDMap`` reads out of
+        bounds: the map shrank with a delete, the IVF's ids did not)."""
+        id_map = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        if selector is not None:  # the caller ids allowed, as the positions in the map that hold them
+            selector = faiss.IDSelectorBatch(np.flatnonzero(np.isin(id_map, allowed)).astype(np.int64))
+        params = self._search_params(selector, **effort) if selector is not None or effort else None
+        inner = self.index.index
+        scores, positions = inner.search(queries, k, params=params) if params else inner.search(queries, k)
+        if positions.max(initial=-1) >= len(id_map):
+            raise IndexFormatError(self._stale)
+        return scores, np.where(positions < 0, positions, id_map[np.maximum(positions, 0)])
 
     def _allowed_ids(self, conditions: dict[str, list[Any]]) -> np.ndarray:
         """The ids whose metadata match a filter (``base.matches``), sorted, from a map of each filtered field's
@@ -333,6 +418,12 @@ class FaissIndex:
         self.factory = factory or "?"
         self.metadata = {}
         self._postings = {}
+        self._ids_cache = None
+        self._stale = None
+        self._holder = None
+        self._adopt()  # an IVF written in an id map by an older version
+        if self._stale:
+            warnings.warn(self._stale, stacklevel=2)
         sidecar = Path(f"{path}.meta.json")
         if sidecar.exists():
             try:
@@ -390,6 +481,29 @@ def _training_needs(index: Any, needs: list[tuple[int, str]]) -> bool:
     if ivf is not None:
         return isinstance(index, faiss.IndexIVFFlat | faiss.IndexIVFScalarQuantizer)
     return isinstance(index, faiss.IndexScalarQuantizer | faiss.IndexFlat)
+
+
+def _native_ivf(index: Any) -> bool:
+    """Whether ``index`` is an IVF, or one behind pre-transforms (PCA, OPQ), which store caller ids themselves
+    (``add_with_ids``, ``remove_ids`` and a search's selector work on them), so it needs no id map. Not an IVF inside
+    anything else (``IndexRefine`` has no ``add_with_ids``)."""
+    index = faiss.downcast_index(index)
+    while isinstance(index, faiss.IndexPreTransform):
+        index = faiss.downcast_index(index.index)
+    return isinstance(index, faiss.IndexIVF)
+
+
+def _list_ids(ivf: Any) -> np.ndarray:
+    """The ids an IVF's inverted lists hold, list by list (int64)."""
+    lists = ivf.invlists
+    parts = [np.empty(0, np.int64)]
+    for list_no in range(ivf.nlist):
+        size = lists.list_size(list_no)
+        if size:
+            pointer = lists.get_ids(list_no)
+            parts.append(faiss.rev_swig_ptr(pointer, size).astype(np.int64))  # a copy
+            lists.release_ids(list_no, pointer)
+    return np.concatenate(parts)
 
 
 def _replayable(index: Any) -> bool:
