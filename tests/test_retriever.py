@@ -962,3 +962,49 @@ def test_open_index_warns_where_the_index_file_lacks_journaled_changes(tiny_embe
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert open_index(out / "index.faiss").count == 5
+
+
+def test_an_ivf_index_directory_finds_the_right_documents_after_deletes_adds_and_a_reload(tiny_embedder,
+                                                                                         tmp_path: Path) -> None:
+    """An IVF index was wrapped in IndexIDMap2, whose delete shifted the ids of every later hit: an IVF directory
+    (all lists searched, so exact) must agree with an in-memory Flat index through deletes, adds and a reload."""
+    docs = [{"text": f"Pastry number {i}.", "lang": "fr" if i % 3 else "en"} for i in range(40)]
+    ivf = Retriever.build(tiny_embedder, "qa", docs, out_dir=tmp_path / "idx", factory="IVF2,Flat")
+    flat = Retriever.build(tiny_embedder, "qa", docs)
+    for retriever in (ivf, flat):
+        assert retriever.delete([1, 2, 3, 20]) == 4
+        assert retriever.add([{"text": f"Cake number {i}.", "lang": "fr"} for i in range(5)]) == [40, 41, 42, 43, 44]
+        assert retriever.delete([41, 2]) == 1
+    reopened = Retriever.load(tmp_path / "idx", tiny_embedder)
+    queries = ["Pastry number 7", "Pastry number 30", "Cake number 3", "Pastry number 2", "Cake number 1"]
+    for retriever in (ivf, reopened):
+        assert [i for i, _ in retriever.documents()] == [i for i, _ in flat.documents()]
+        for options in ({}, {"filter": {"lang": "fr"}}):
+            got, want = hits_of(retriever, queries, k=8, nprobe=2, **options), hits_of(flat, queries, k=8, **options)
+            assert [[(i, text) for i, _, text in row] for row in got] == [[(i, t) for i, _, t in row] for row in want]
+            np.testing.assert_allclose([[s for _, s, _ in row] for row in got],
+                                       [[s for _, s, _ in row] for row in want], rtol=1e-5)
+
+
+def test_an_ivf_index_directory_deleted_from_by_the_old_code_refuses_to_change(tiny_embedder, tmp_path: Path) -> None:
+    """An index file in which the old code's delete shifted the ids (IVF in IndexIDMap2) loads with a warning and
+    refuses a delete and an add, naming the file to rebuild, and the directory keeps its documents."""
+    import faiss
+
+    out = tmp_path / "idx"
+    Retriever.build(tiny_embedder, "qa", [f"Pastry number {i}." for i in range(40)], out_dir=out, factory="IVF2,Flat")
+    vectors = np.fromfile(out / "embeddings.memmap", dtype=np.float32).reshape(40, -1)
+    old = faiss.IndexIDMap2(faiss.index_factory(vectors.shape[1], "IVF2,Flat", faiss.METRIC_INNER_PRODUCT))
+    old.train(vectors)
+    old.add_with_ids(vectors, np.arange(40, dtype=np.int64))
+    old.remove_ids(faiss.IDSelectorBatch(np.array([3, 4], dtype=np.int64)))  # as Retriever.delete did, then saved
+    faiss.write_index(old, str(out / "index.faiss"))
+    with pytest.warns(UserWarning, match="rebuild the index"):
+        retriever = Retriever.load(out, tiny_embedder)
+    with pytest.raises(ValueError, match=f"cannot delete: {out / 'index.faiss'}: .*rebuild the index"):
+        retriever.delete([5])
+    with (pytest.warns(UserWarning, match="rebuild the index"),  # the add's undo loads the index file again
+          pytest.raises(ValueError, match=f"cannot add: {out / 'index.faiss'}: .*rebuild the index")):
+        retriever.add(["Cake."])
+    with pytest.warns(UserWarning, match="rebuild the index"):
+        assert len(Retriever.load(out, tiny_embedder).docs) == 40  # the add was rolled back
