@@ -7,8 +7,8 @@ Flat does, but IVF keeps its own ids, so every search after a delete returned sh
 before (IVF in ``IndexIDMap2``) is converted when loaded if it never had a delete; one that had is searched as it
 was, and refuses ``add`` and ``delete`` (rebuild it). ``delete`` works where the index supports removal (Flat, SQ,
 IVF*; not HNSW). Metadata for filtering lives in a ``<path>.meta.json`` sidecar, written only when there is
-metadata. Saving writes temporary files in the target folder and renames them
-over the old ones (``os.replace``), so a crash mid-save leaves the previous index readable.
+metadata. Saving writes temporary files in the target folder and renames them over the old ones (``os.replace``), so
+a crash mid-save leaves the previous index readable.
 """
 
 from __future__ import annotations
