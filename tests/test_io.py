@@ -12,6 +12,7 @@ from llm_embedder.io import (
     JsonlError,
     check_output_file,
     check_template,
+    finite_json,
     iter_jsonl,
     iter_text_lines,
     parse_jsonl_lines,
@@ -246,3 +247,19 @@ def test_json_document_names_the_line_of_a_repeated_key() -> None:
     with pytest.raises(DataError) as err:
         json_document('{"name": "x",\n "loss": "contrastive",\n "loss": "kl_distill"}\n', "t.json")
     assert str(err.value) == "t.json:3: duplicate key 'loss' (JSON keeps only its last value)"
+
+
+def test_a_gzip_file_is_named_as_compressed_not_as_bad_utf8(tmp_path: Path) -> None:
+    """A .jsonl.gz was refused as "not valid UTF-8 (byte 0x8b ...)", which hid what to do: decompress it."""
+    import gzip
+
+    path = tmp_path / "train.jsonl.gz"
+    path.write_bytes(gzip.compress(b'{"query": "q"}\n'))
+    with pytest.raises(JsonlError, match=r"train\.jsonl\.gz:1: a gzip-compressed file; decompress it first"):
+        list(iter_jsonl(path))
+
+
+def test_finite_json_turns_non_finite_floats_into_null() -> None:
+    value = {"a": float("nan"), "b": [1.5, float("inf"), {"c": -float("inf")}], "d": "NaN", "e": 2}
+    assert finite_json(value) == {"a": None, "b": [1.5, None, {"c": None}], "d": "NaN", "e": 2}
+    json.dumps(finite_json(value), allow_nan=False)  # valid JSON

@@ -99,6 +99,22 @@ def check_output_dir(path: str | Path, markers: Iterable[str], what: str, option
     return path
 
 
+def finite_json(value: Any) -> Any:
+    """``value`` with every NaN or infinite float as null, for JSON output (a server response, `search --json`): JSON
+    has no such numbers, and an index built before they were refused can hold them in a document's fields (the
+    server answered such a hit with a 500, `search --json` printed NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [finite_json(item) for item in value]
+    return value
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
 def decode_line(raw: bytes, source: str, line_no: int) -> str:
     """One line's bytes as text; bad UTF-8 names the file, line, byte and column. A BOM on line 1 is dropped."""
     if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
@@ -106,6 +122,9 @@ def decode_line(raw: bytes, source: str, line_no: int) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
+        if line_no == 1 and raw.startswith(GZIP_MAGIC):
+            raise JsonlError(source, line_no, "encoding", "a gzip-compressed file; decompress it first (gunzip), "
+                             "compressed input is not read") from None
         column = len(raw[: err.start].decode("utf-8")) + 1  # in characters, as an editor counts
         reason = f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {column})"
         raise JsonlError(source, line_no, "encoding", reason) from None

@@ -117,3 +117,19 @@ def test_concurrent_searches_are_encoded_together_and_other_embedders_alone(tiny
     assert all(task == "qa" and role == "query" for _, task, role in counting.calls)
     assert sorted(text for texts, _, _ in counting.calls for text in texts) == sorted(queries)  # chat's not here
     assert 1 <= len(counting.calls) < len(queries), f"{len(queries)} searches took {len(counting.calls)} model calls"
+
+
+def test_a_document_field_holding_nan_is_answered_as_null_not_a_500(tiny_embedder) -> None:
+    """An index built before NaN was refused can hold it in a document's fields; a search whose hits included that
+    document failed with 500 "Out of range float values are not JSON compliant"."""
+    from llm_embedder.retriever import Retriever
+
+    docs = [{"text": "Paris is the capital of France.", "n": float("nan")}, {"text": "Rome is in Italy.", "n": 1.5}]
+    app = create_app(tiny_embedder, {"docs": Retriever.build(tiny_embedder, "qa", docs)}, ServeSettings(model_id="t"))
+    with TestClient(app) as client:
+        for path, body in (("/v1/search", {"index": "docs", "query": "capital", "k": 2}),
+                           ("/v1/augment", {"index": "docs", "query": "capital", "k": 2})):
+            response = client.post(path, json=body)
+            assert response.status_code == 200, response.text
+            hits = response.json()["data"][0]["hits"] if path == "/v1/search" else response.json()["hits"]
+            assert sorted((h["metadata"].get("n") is None) for h in hits) == [False, True]

@@ -193,6 +193,7 @@ def search_command(
     from rich.table import Table
 
     from llm_embedder.cli.basic import read_texts
+    from llm_embedder.io import finite_json
     from llm_embedder.retriever import check_queries
 
     register_task_files(task_file)  # an index of a task from a task file needs its instructions
@@ -209,7 +210,7 @@ def search_command(
     for query, hits in zip(queries, results, strict=True):
         if json_out:
             rows = [{"id": h.id, "score": round(h.score, 6), "text": h.text, "metadata": h.metadata} for h in hits]
-            print(json.dumps({"query": query, "hits": rows}, ensure_ascii=False))
+            print(json.dumps(finite_json({"query": query, "hits": rows}), ensure_ascii=False))
             continue
         table = Table(title=f"{retriever.task}: {query}", title_justify="left")
         # id: the document's number in the index; corpus id: the corpus's own "id" field, where it has one

@@ -20,6 +20,7 @@ import numpy as np
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from llm_embedder.io import finite_json
 from llm_embedder.serve.batcher import Batcher
 from llm_embedder.serve.errors import ApiError, install_error_handlers
 from llm_embedder.serve.metrics import ServeMetrics
@@ -145,7 +146,8 @@ def batches_queries(state: ServeState, retriever: Any) -> bool:
 
 
 def hit_dict(hit: Any) -> dict[str, Any]:
-    return {"id": int(hit.id), "score": float(hit.score), "text": hit.text, "metadata": dict(hit.metadata or {})}
+    return {"id": int(hit.id), "score": float(hit.score), "text": hit.text,
+            "metadata": finite_json(dict(hit.metadata or {}))}
 
 
 def build_router() -> APIRouter:
