@@ -470,3 +470,23 @@ def test_conversation_memory_reopened_after_turns_added_one_at_a_time(tiny_embed
         assert [(h.id, h.score, h.text) for h in reopened.retrieve(query, k=3)] == \
             [(h.id, h.score, h.text) for h in memory.retrieve(query, k=3)]
     assert reopened.add_turn("and yours?", "none") == 13
+
+
+def test_a_store_saves_its_index_file_on_close_or_leaving_with(tiny_embedder, tmp_path: Path) -> None:
+    """A store on an index_dir had no close(): the turns since the last checkpoint stayed in the journals only, and
+    every load read them again from there. ``save``, ``close`` and a ``with`` block write the index file now."""
+    import json
+
+    out = tmp_path / "chat"
+    with ConversationMemory(tiny_embedder, index_dir=out) as memory:
+        memory.add_turn("what is my name?", "Ada")
+        meta = json.loads((out / "meta.json").read_text())
+        assert meta["index_rows"] < meta["count"]  # in the journals only, until the block ends
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["index_rows"] == meta["count"] == 1
+    base = KnowledgeBase(tiny_embedder, ["Paris is in France."], index_dir=tmp_path / "kb")
+    base.add(["Rome is in Italy."])
+    base.save()
+    meta = json.loads((tmp_path / "kb" / "meta.json").read_text())
+    assert meta["index_rows"] == meta["count"] == 2
+    base.close()

@@ -42,6 +42,21 @@ class _Store:
     def __len__(self) -> int:
         return len(self.retriever)
 
+    def save(self) -> None:
+        """Write the store's index file now (``Retriever.save``): a store on an ``index_dir`` journals its adds, and
+        the file, a checkpoint, catches up every 10% of documents; ``load`` reads the rest from the journals."""
+        self.retriever.save()
+
+    def close(self) -> None:
+        """Save what the index file lacks and release the index (``Retriever.close``); also on leaving ``with``."""
+        self.retriever.close()
+
+    def __enter__(self) -> _Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def _add_missing(self, documents: Sequence[str | dict]) -> list[int]:
         """Add the documents the index does not hold yet, so that reopening a store with the documents it was
         built from does not index them twice (each held copy matches one given document, so repeats count)."""
