@@ -78,6 +78,14 @@ def test_beir_errors(tmp_path: Path) -> None:
         load_beir(folder, split="dev")
 
 
+@pytest.mark.parametrize("score", ["nan", "inf", "-inf"])
+def test_beir_qrels_score_must_be_finite(tmp_path: Path, score: str) -> None:
+    """float() reads "nan" and "inf": a nan score read as not relevant, an inf one as relevant, silently."""
+    folder = beir(tmp_path / "b", f"query-id\tcorpus-id\tscore\nq1\td2\t1\nq2\td1\t{score}\n")
+    with pytest.raises(DataError, match=rf"test\.tsv:3:score: not a finite number: '{score}'"):
+        load_beir(folder)
+
+
 def test_format_key_treats_null_as_empty(tmp_path: Path) -> None:
     """A null title was formatted as the text "None": keys read "None Rome, ..."."""
     assert format_key({"title": None, "text": "x"}) == "x"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -219,11 +220,14 @@ def load_beir(
         if doc_id not in doc_ids:
             raise DataError(f"{qrels_path}:{line}:corpus-id: unknown document {doc_id!r}")
         try:
-            relevant.setdefault(query_id, [])
-            if float(score) > 0 and doc_ids[doc_id] not in relevant[query_id]:
-                relevant[query_id].append(doc_ids[doc_id])
+            value = float(score)
         except ValueError:
             raise DataError(f"{qrels_path}:{line}:score: not a number: {score!r}") from None
+        if not math.isfinite(value):  # float() reads "nan" and "inf": nan > 0 is False, so it read as not relevant
+            raise DataError(f"{qrels_path}:{line}:score: not a finite number: {score!r}")
+        relevant.setdefault(query_id, [])
+        if value > 0 and doc_ids[doc_id] not in relevant[query_id]:
+            relevant[query_id].append(doc_ids[doc_id])
     if not relevant:
         raise DataError(f"{qrels_path}: no records (no query-id, corpus-id, score rows)")
     records: list[tuple[int, Record]] = []
