@@ -672,3 +672,18 @@ def test_generated_answers_follow_the_progress_in_the_llm_s_own_batches():
     prompts = [f"prompt {i}" for i in range(19)]
     assert generate_answers(lm, prompts, lambda done, total: seen.append((done, total))) == [p.upper() for p in prompts]
     assert lm.batches == [8, 8, 3] and seen == [(0, 19), (8, 19), (16, 19), (19, 19)]
+
+
+def test_every_task_s_data_is_checked_before_any_task_is_evaluated(suite, tmp_path):
+    """A bad corpus of a later task was found only once the earlier tasks were evaluated (hours, on a real run)."""
+    write_jsonl(suite / "zz_bad" / "test.jsonl", [{"query": "q", "pos_index": [0], "task": "qa", "query_id": 0}])
+    write_jsonl(suite / "zz_bad" / "corpus.jsonl", [{"title": "only a title"}])
+    calls = []
+
+    def system(task):
+        calls.append(task)
+        return FixedRanker("wrong", [[0, 1, 2], [0, 1, 2]])
+
+    with pytest.raises(DataError, match=r"zz_bad/corpus\.jsonl:1:text"):
+        run_evaluation(suite, ["qa", "zz_bad"], {"wrong": system}, tmp_path / "eval", baselines=False)
+    assert calls == []  # qa was not evaluated first

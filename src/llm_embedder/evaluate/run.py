@@ -538,6 +538,10 @@ def run_evaluation(
         results = load_results(out_dir)
         per_query = load_results(out_dir, PER_QUERY_FILE)
         order: dict[str, list[str]] = {}  # per task, the systems in the order asked for
+        limits = dict(max_corpus=max_corpus, max_candidates=max_candidates)
+        # every task's files read and checked before any task is evaluated: a bad corpus or split of the last task
+        # fails in seconds, not once the others are done (they are let go of as each task ends)
+        datasets = {task: load_task_data(data_dir, task, split, max_queries, **limits) for task in tasks}
         with LoggedProgress() as progress:
             bar = progress.add_task("evaluating", total=len(tasks))
             # the LLM's prompts of the system in hand: its minutes (lrlm's long chunks, the teacher row) show as they go
@@ -546,8 +550,7 @@ def run_evaluation(
             def prompts_done(done: int, total: int) -> None:
                 progress.update(prompts_bar, completed=done, total=total, visible=True)
             for task in tasks:
-                limits = dict(max_corpus=max_corpus, max_candidates=max_candidates)
-                data = load_task_data(data_dir, task, split, max_queries, **limits)
+                data = datasets.pop(task)
                 user_task = is_user_task(task)
                 llm_metric = lm is not None and judged_by_llm(data) and not (user_task and max_llm_queries == 0)
                 if not any(data.golds) and not llm_metric:
