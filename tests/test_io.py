@@ -263,3 +263,11 @@ def test_finite_json_turns_non_finite_floats_into_null() -> None:
     value = {"a": float("nan"), "b": [1.5, float("inf"), {"c": -float("inf")}], "d": "NaN", "e": 2}
     assert finite_json(value) == {"a": None, "b": [1.5, None, {"c": None}], "d": "NaN", "e": 2}
     json.dumps(finite_json(value), allow_nan=False)  # valid JSON
+
+
+def test_a_file_with_cr_only_line_endings_is_named_as_such(tmp_path: Path) -> None:
+    """A file whose lines end in CR alone read as one line: "malformed JSON: Extra data (column 16)", no more."""
+    path = tmp_path / "old_mac.jsonl"
+    path.write_bytes(b'{"query": "a"}\r{"query": "b"}\r')
+    with pytest.raises(JsonlError, match=r"old_mac\.jsonl:1: .*Extra data.*lines end in CR alone: convert them"):
+        list(iter_jsonl(path))

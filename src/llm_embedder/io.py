@@ -255,7 +255,10 @@ def parse_jsonl_line(line: str | bytes, source: str, line_no: int,
     try:
         record = json.loads(line, object_pairs_hook=_unique_keys if unique_keys else None, parse_constant=constant)
     except json.JSONDecodeError as err:
-        raise JsonlError(source, line_no, "json", f"malformed JSON: {err.msg} (column {err.colno})") from None
+        hint = ""
+        if "\r" in line.rstrip("\r\n"):  # a file whose lines end in CR alone (classic Mac) reads as one line
+            hint = "; the file's lines end in CR alone: convert them to LF (or CRLF) line endings"
+        raise JsonlError(source, line_no, "json", f"malformed JSON: {err.msg} (column {err.colno}){hint}") from None
     except _DuplicateKey as err:
         key = str(err.args[0])
         raise JsonlError(source, line_no, key, f"duplicate key {key!r} (JSON keeps only its last value)") from None

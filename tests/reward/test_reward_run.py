@@ -202,10 +202,14 @@ def test_merge_parts_splits_at_newlines_only_and_keeps_parts_that_do_not_add_up(
     out.unlink()
     part_path(out, 0, 2).write_bytes((lines[0] + lines[1]).encode())  # one record short
     part_path(out, 1, 2).write_bytes((lines[2] + lines[4] + lines[5]).encode())
-    with pytest.raises(RuntimeError, match=r"rank0-of-2\.part holds 2 lines but rank 0 wrote 3 records"):
+    with pytest.raises(RuntimeError, match=r"rank0-of-2\.part holds 2 lines but rank 0 wrote 3 records.*run the "
+                                           r"same command again to score the rest"):
         merge_parts(out, chunks, 2)
     assert not out.exists()
     assert part_path(out, 0, 2).exists() and part_path(out, 1, 2).exists()
+    part_path(out, 0, 2).write_bytes((lines[0] + lines[1] + lines[3] + lines[3]).encode())  # one line too many
+    with pytest.raises(RuntimeError, match=r"holds 4 lines but rank 0 wrote 3 records.*delete that part"):
+        merge_parts(out, chunks, 2)
 
 
 def test_cli_scores_a_file_and_reports_bad_input(tiny_lm_dir, tmp_path):

@@ -383,9 +383,11 @@ def merge_parts(out: Path, chunks: list[list[int]], world: int) -> None:
         held = len(lines) + bool(partial)
         expected = sum(len(chunk) for k, chunk in enumerate(chunks) if k % world == r)
         if held != expected:
+            todo = ("run the same command again to score the rest" if held < expected else
+                    "delete that part and run the same command again (its rank scores its records anew)")
             raise RuntimeError(
                 f"{part_path(out, r, world)} holds {held} lines but rank {r} wrote {expected} records; "
-                "the part files are kept, nothing was merged"
+                f"the part files are kept, nothing was merged: {todo}"
             )
         parts.append(lines)
     cursors = [0] * world
