@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_fixtures import trainers_changed
 from transformers import TrainerCallback
 
 from llm_embedder.train import trainer as trainer_module
@@ -39,18 +40,8 @@ def run(out: Path, data: Path, base: Path, **extra) -> Path:
 
 def run_cut_at(step: int, monkeypatch, out: Path, data: Path, base: Path, **extra) -> Path:
     """``run``, killed after ``step`` as if interrupted (the last checkpoint before it is kept)."""
-    original = trainer_module.build_trainer
-
-    def with_stop(config, files):
-        built = original(config, files)
-        built.add_callback(StopAt(step))
-        return built
-
-    monkeypatch.setattr(trainer_module, "build_trainer", with_stop)
-    try:
+    with trainers_changed(monkeypatch, lambda built: built.add_callback(StopAt(step))):
         return run(out, data, base, **extra)
-    finally:
-        monkeypatch.setattr(trainer_module, "build_trainer", original)
 
 
 def optimizer_state(checkpoint: Path) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_train import optimizer_state, run, run_cut_at
-from train_fixtures import write_task_file
+from train_fixtures import trainers_changed, write_task_file
 from transformers import TrainerCallback
 from typer.testing import CliRunner
 
@@ -43,10 +43,7 @@ def losses(out: Path) -> list[float]:
 
 def killed_while_saving(step: int, monkeypatch, out: Path, data: Path, base: Path, **extra) -> None:
     """``run``, killed while it saved the checkpoint of ``step``: its model is written, the rest is not."""
-    original = trainer_module.build_trainer
-
-    def with_kill(config, files):
-        built = original(config, files)
+    def cut_save(built) -> None:
         save = built._save_optimizer_and_scheduler
 
         def cut(output_dir):
@@ -55,14 +52,9 @@ def killed_while_saving(step: int, monkeypatch, out: Path, data: Path, base: Pat
             save(output_dir)
 
         built._save_optimizer_and_scheduler = cut
-        return built
 
-    monkeypatch.setattr(trainer_module, "build_trainer", with_kill)
-    try:
-        with pytest.raises(Killed):
-            run(out, data, base, **extra)
-    finally:
-        monkeypatch.setattr(trainer_module, "build_trainer", original)
+    with trainers_changed(monkeypatch, cut_save), pytest.raises(Killed):
+        run(out, data, base, **extra)
 
 
 def test_resume_skips_a_checkpoint_cut_off_while_saved(tmp_path: Path, data_dir: Path, tiny_embedder_dir: Path,
@@ -221,19 +213,8 @@ class KillAt(TrainerCallback):
 
 def killed_after(step: int, monkeypatch, out: Path, data: Path, base: Path, **extra) -> None:
     """``run``, killed after ``step``: what it logged and saved until then stays."""
-    original = trainer_module.build_trainer
-
-    def with_kill(config, files):
-        built = original(config, files)
-        built.add_callback(KillAt(step))
-        return built
-
-    monkeypatch.setattr(trainer_module, "build_trainer", with_kill)
-    try:
-        with pytest.raises(Killed):
-            run(out, data, base, **extra)
-    finally:
-        monkeypatch.setattr(trainer_module, "build_trainer", original)
+    with trainers_changed(monkeypatch, lambda built: built.add_callback(KillAt(step))), pytest.raises(Killed):
+        run(out, data, base, **extra)
 
 
 def logged_steps(out: Path) -> list[int]:
