@@ -480,13 +480,19 @@ def test_an_add_that_fails_midway_is_rolled_back(tiny_embedder, tmp_path: Path, 
     reopened.close()
 
 
+class Killed(BaseException):
+    """Stands for the process being killed (not an Exception: nothing catches it on the way out)."""
+
+
+def killed(*args, **kwargs):
+    """A function that kills the process where it is put."""
+    raise Killed
+
+
 def killed_add(monkeypatch: pytest.MonkeyPatch, retriever: Retriever, target: object, name: str) -> None:
     """An add that stops for good after ``target.name`` did its work, as a killed process does: nothing is undone
     and the object is not used again."""
     original = getattr(target, name)
-
-    class Killed(BaseException):
-        pass
 
     def work_then_die(*args, **kwargs):
         original(*args, **kwargs)
@@ -858,12 +864,6 @@ def test_a_save_killed_before_meta_json_recorded_it_adds_nothing_twice(tiny_embe
     built.delete([1, 5])
     expected, meta = hits_of(built, QUERIES), (out / "meta.json").read_text()
 
-    class Killed(BaseException):
-        pass
-
-    def killed(*args, **kwargs):
-        raise Killed
-
     with monkeypatch.context() as patch:
         patch.setattr(module, "atomic_write", killed)
         with pytest.raises(Killed):
@@ -888,12 +888,6 @@ def test_a_delete_killed_before_meta_json_is_rolled_back_by_load(tiny_embedder, 
     out = tmp_path / "idx"
     built = Retriever.build(tiny_embedder, "qa", DOCS, out_dir=out)
     built.add(["Plum cake."])
-
-    class Killed(BaseException):
-        pass
-
-    def killed(*args, **kwargs):
-        raise Killed
 
     with monkeypatch.context() as patch:
         patch.setattr(module, "atomic_write", killed)
