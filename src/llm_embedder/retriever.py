@@ -15,7 +15,14 @@ from typing import Any
 import numpy as np
 
 from llm_embedder.embedder import text_list
-from llm_embedder.index.base import IndexFormatError, VectorIndex, check_effort, check_filter, check_k
+from llm_embedder.index.base import (
+    IndexFormatError,
+    VectorIndex,
+    behind_checkpoint,
+    check_effort,
+    check_filter,
+    check_k,
+)
 from llm_embedder.index.build import (
     DELETED_FILE,
     DOCS_FILE,
@@ -411,8 +418,7 @@ class Retriever:
 
     def _pending(self) -> int:
         """The rows added and ids deleted since the index file's checkpoint (as meta.json records it)."""
-        count, deleted = int(self.meta["count"]), int(self.meta.get("deleted", 0))
-        return count - int(self.meta.get("index_rows", count)) + deleted - int(self.meta.get("index_deleted", 0))
+        return sum(behind_checkpoint(self.meta))
 
     def _checkpoint_if_due(self) -> None:
         """After a committed add or delete, with the locks held: save the index file once enough is pending. A

@@ -218,6 +218,14 @@ class IndexFileBehindWarning(UserWarning):
     them; ``Retriever.save`` writes them into the file)."""
 
 
+def behind_checkpoint(meta: Mapping[str, Any]) -> tuple[int, int]:
+    """The rows added and the ids deleted that an index directory's meta.json commits beyond what its FAISS file, a
+    checkpoint, holds (``index_rows``, ``index_deleted``; a meta.json without them has the file saved with every
+    change, so nothing is behind)."""
+    count, deleted = int(meta["count"]), int(meta.get("deleted", 0))
+    return count - int(meta.get("index_rows", count)), deleted - int(meta.get("index_deleted", deleted))
+
+
 def warn_if_behind(path: Path) -> None:
     """Warn where ``path`` is the FAISS file of an index directory whose meta.json commits adds or deletes that the
     file, a checkpoint, does not hold yet: read alone it would silently miss them."""
@@ -225,9 +233,7 @@ def warn_if_behind(path: Path) -> None:
     import warnings
 
     try:
-        meta = json.loads((path.parent / "meta.json").read_text(encoding="utf-8"))
-        count, deleted = int(meta["count"]), int(meta.get("deleted", 0))
-        behind = (count - int(meta.get("index_rows", count)), deleted - int(meta.get("index_deleted", deleted)))
+        behind = behind_checkpoint(json.loads((path.parent / "meta.json").read_text(encoding="utf-8")))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):  # not an index directory's file
         return
     if path.name == "index.faiss" and (behind[0] > 0 or behind[1] > 0):
