@@ -9,7 +9,13 @@ from typing import Annotated
 import typer
 
 from llm_embedder.cli.app import app
-from llm_embedder.cli.basic import DeviceOption, TaskFileOption, check_cpu_only, register_task_files
+from llm_embedder.cli.basic import (
+    DeviceOption,
+    TaskFileOption,
+    check_cpu_only,
+    check_max_length,
+    register_task_files,
+)
 
 
 def parse_model_specs(specs: list[str]) -> dict[str, str]:
@@ -152,14 +158,11 @@ def evaluate_command(
             raise ValueError(f"{err} (a user task is known from --task-file, or from a --model or --base trained "
                              "with it)") from None
     items = parse_prompt_items(prompt_items or [])
-    if max_length is not None:  # beyond a model's positions: refused here naming the option, not once it loads
-        from llm_embedder.models import check_max_lengths
-
-        for path in [*specs.values(), *([base] if base else [])]:
-            try:
-                check_max_lengths(path.replace("{task}", task_names[0]), {"--max-length": max_length})
-            except FileNotFoundError:  # a missing model is left to fail where it loads
-                pass
+    for path in [*specs.values(), *([base] if base else [])]:  # beyond a model's positions: named by the option here
+        try:
+            check_max_length(path.replace("{task}", task_names[0]), max_length)
+        except FileNotFoundError:  # a missing model is left to fail where it loads
+            pass
     embed_fast = "bf16" if fast else None
     systems = dense_systems(specs, base, device, fast=embed_fast, max_length=max_length)
     if teacher and (not llm or llm == "none"):
