@@ -130,6 +130,13 @@ def decode_line(raw: bytes, source: str, line_no: int) -> str:
         raise JsonlError(source, line_no, "encoding", reason) from None
 
 
+def read_text(path: Path) -> str:
+    """A UTF-8 file's whole text, decoded line by line so that bad UTF-8 names the file and line (``read_text``
+    names neither); a BOM on line 1 is dropped."""
+    return "".join(decode_line(raw, str(path), line_no)
+                   for line_no, raw in enumerate(path.read_bytes().splitlines(keepends=True), start=1))
+
+
 def iter_text_lines(path: str | Path, option: str | None = None) -> Iterator[str]:
     """Stream a UTF-8 text file's lines, without line endings; bad UTF-8 names the file and line."""
     path = require_file(path, option)

@@ -23,9 +23,9 @@ from llm_embedder.io import (
     DataError,
     UniqueKeyLoader,
     check_template,
-    decode_line,
     json_document,
     parse_limit,
+    read_text,
     yaml_error,
 )
 
@@ -238,9 +238,7 @@ def register_tasks_from_file(path: str | Path, *, overwrite: bool = False) -> li
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"task file not found: {path}")
-    # decoded per line: bad UTF-8 names the file and line (read_text named neither); a BOM on line 1 is dropped
-    text = "".join(decode_line(raw, str(path), line_no)
-                   for line_no, raw in enumerate(path.read_bytes().splitlines(keepends=True), start=1))
+    text = read_text(path)  # bad UTF-8 names the file and line
     try:
         data = json_document(text, path) if path.suffix == ".json" else yaml.load(text, Loader=UniqueKeyLoader)
     except json.JSONDecodeError as err:

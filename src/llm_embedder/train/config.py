@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from llm_embedder.io import UniqueKeyLoader, decode_line, parse_limit, yaml_error
+from llm_embedder.io import UniqueKeyLoader, parse_limit, read_text, yaml_error
 
 LOSSES = ("contrastive", "kl_distill", "stable_distill")
 MAX_SEED = 2**32 - 1  # numpy's and the HF trainer's seed range
@@ -138,7 +138,6 @@ class TrainConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
 
 
-
 # the command line's repeatable options are singular and its ablation switches negative: the same keys in a file
 OPTION_NAMES = {"plain_task": "plain_tasks", "task_file": "task_files"}
 
@@ -150,9 +149,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"config file not found: {path}")
-    # decoded per line: bad UTF-8 names the file and line (read_text named neither); a BOM on line 1 is dropped
-    text = "".join(decode_line(raw, str(path), line_no)
-                   for line_no, raw in enumerate(path.read_bytes().splitlines(keepends=True), start=1))
+    text = read_text(path)  # bad UTF-8 names the file and line
     try:
         data = yaml.load(text, Loader=UniqueKeyLoader) or {}  # a SafeLoader
     except yaml.YAMLError as err:
