@@ -219,15 +219,18 @@ def _bad_line(problems: list[Problem]) -> Callable[[JsonlError], None]:
     return lambda err: problems.append(Problem(err.source, err.line, err.field, err.reason))
 
 
-def validate_corpus_file(path: str | Path) -> list[Problem]:
+def validate_corpus_file(path: str | Path, records: list[dict[str, Any]] | None = None) -> list[Problem]:
     """A corpus: each line has ``text`` (a string, not empty unless there is a ``title``) or, in FlagEmbedding's icl
-    form, a non-empty ``contents`` string instead, and ``id`` equals its position when present."""
+    form, a non-empty ``contents`` string instead, and ``id`` equals its position when present. ``records``: a list
+    the file's records are appended to, for a caller that reads the corpus as it is checked (one pass, not two)."""
     problems: list[Problem] = []
     bad: list[Problem] = []
     n_records = 0
     for line, record in iter_jsonl(path, on_error=_bad_line(bad), unique_keys=True):
         position = n_records + len(bad)  # entries count non-blank lines, bad ones included (as corpus_size_of)
         n_records += 1
+        if records is not None:
+            records.append(record)
         if "text" not in record and isinstance(record.get("contents"), str):  # FlagEmbedding's icl form
             if not record["contents"].strip():
                 problems.append(Problem(str(path), line, "contents", "empty"))

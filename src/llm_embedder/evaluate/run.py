@@ -47,7 +47,6 @@ from llm_embedder.io import (
     exclusive,
     file_sha256,
     iter_jsonl,
-    read_jsonl,
 )
 from llm_embedder.models import ModelChangedWarning
 from llm_embedder.progress import LoggedProgress
@@ -138,13 +137,15 @@ def check_split(numbered: list[tuple[int, dict[str, Any]]], path: Path, task: st
     raise_problems(validate_records(views, str(path), corpus_size), str(path))
 
 
-def check_corpus(path: Path) -> None:
-    """Refuse a corpus.jsonl that data check would refuse (a line without a ``text`` or ``contents`` string, an empty
-    text without a title, a title that is no string, an ``id`` out of line order, a bad line), naming each problem's
-    FILE:LINE:field."""
+def check_corpus(path: Path) -> list[dict[str, Any]]:
+    """A corpus.jsonl's records, read as it is checked; refused where data check would refuse it (a line without a
+    ``text`` or ``contents`` string, an empty text without a title, a title that is no string, an ``id`` out of line
+    order, a bad line), naming each problem's FILE:LINE:field."""
     from llm_embedder.data.validate import raise_problems, validate_corpus_file
 
-    raise_problems(validate_corpus_file(path), str(path))
+    records: list[dict[str, Any]] = []
+    raise_problems(validate_corpus_file(path, records), str(path))
+    return records
 
 
 def load_task_data(
@@ -165,8 +166,8 @@ def load_task_data(
     corpus_path = task_dir / "corpus.jsonl"
     corpus = None
     if corpus_path.exists():
-        check_corpus(corpus_path)  # a document with no text string failed as a KeyError or was embedded as "t None"
-        corpus = [corpus_text(doc) for doc in read_jsonl(corpus_path)]
+        # checked: a document with no text string failed as a KeyError or was embedded as "t None"
+        corpus = [corpus_text(doc) for doc in check_corpus(corpus_path)]
     numbered = list(iter_jsonl(path))  # read once: checked whole, the first max_queries evaluated
     # a query that is no text, or a pos_index outside the corpus, is among the problems it names
     check_split(numbered, path, task, None if corpus is None else len(corpus))
