@@ -96,6 +96,30 @@ def test_a_filter_of_mixed_value_types_matches_any_of_them(backend: str, tmp_pat
     index.close()
 
 
+def test_a_filter_tells_a_bool_from_a_number(backend: str, tmp_path: Path) -> None:
+    """True == 1 in Python (and in Milvus Lite's filters): a bool filter value matches only a bool, a number only a
+    number (1 and 1.0 alike, as JSON has it), also where the documents of the other type score higher."""
+    index = make(backend, tmp_path)
+    values = [True, 1, 1.0, False, 0, 0.0, "true", "1", 2]
+    ones = 20  # documents whose flag is 1, each the query itself, so that every one outscores the bools
+    query = unit(1, seed=5)
+    vectors = np.concatenate([unit(len(values), seed=6), np.repeat(query, ones, axis=0)])
+    index.add(range(len(vectors)), vectors, [{"flag": v} for v in values] + [{"flag": 1}] * ones)
+    later = list(range(len(values), len(vectors)))
+
+    def found(value: object, k: int = len(vectors)) -> list[int]:
+        _, ids = index.search(query, k=k, filter={"flag": value})
+        return sorted(i for i in ids[0].tolist() if i >= 0)
+
+    assert found(True) == [0] and found(True, k=1) == [0]
+    assert found(False) == [3] and found(False, k=1) == [3]
+    assert found(1) == [1, 2, *later] and found(1.0) == found(1)
+    assert found(0) == [4, 5] and found(0.0) == [4, 5]
+    assert found([True, 2], k=2) == [0, 8]
+    assert found("true") == [6] and found("1") == [7]
+    index.close()
+
+
 def test_delete(backend: str, tmp_path: Path) -> None:
     index = make(backend, tmp_path)
     vectors = unit(6)

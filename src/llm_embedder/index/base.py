@@ -8,7 +8,8 @@ Contract (every backend, tested by one parametrized suite):
   (``k`` larger than the index, or a filter), the row is **padded** with id ``-1`` and score ``-inf``;
 * searching an empty index raises ``EmptyIndexError``;
 * ``filter`` is a mapping ``{field: value}`` or ``{field: [v1, v2]}`` over the metadata given to ``add``;
-  all fields must match (AND), a list means any of its values (IN).
+  all fields must match (AND), a list means any of its values (IN); values compare as JSON's do (``value_key``):
+  ``true`` matches only ``true``, never the number 1, and ``1`` matches 1 and 1.0.
 """
 
 from __future__ import annotations
@@ -178,8 +179,16 @@ def check_filter(filter: Mapping[str, Any] | None) -> dict[str, list[Any]] | Non
     return out
 
 
+def value_key(value: Any) -> Any:
+    """A stored or filter value as filters compare it, as JSON has it: a bool equals only a bool (Python takes True
+    for 1 and False for 0), a number a number of the same value (1 and 1.0), a string the same text. Equal keys hash
+    alike, so a map of values can be keyed by it."""
+    return (bool, value) if isinstance(value, bool) else value
+
+
 def matches(metadata: Mapping[str, Any], filter: dict[str, list[Any]]) -> bool:
-    return all(metadata.get(field) in values for field, values in filter.items())
+    """Whether a document's metadata pass a filter from ``check_filter``, values compared by ``value_key``."""
+    return all(any(value_key(metadata.get(field)) == value_key(v) for v in values) for field, values in filter.items())
 
 
 def pad_results(rows: list[list[tuple[float, int]]], k: int) -> tuple[np.ndarray, np.ndarray]:

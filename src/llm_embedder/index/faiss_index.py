@@ -38,6 +38,7 @@ from llm_embedder.index.base import (
     check_vectors,
     effort_refused,
     order_ties,
+    value_key,
 )
 from llm_embedder.io import current_umask
 
@@ -341,7 +342,7 @@ class FaissIndex:
                 for id_, record in self.metadata.items():
                     _post(postings, record.get(field), id_)
                 self._postings[field] = postings
-            ids = {id_ for value in values for id_ in postings.get(value, ())}
+            ids = {id_ for value in values for id_ in postings.get(value_key(value), ())}
             allowed = ids if allowed is None else allowed & ids
             if not allowed:
                 break
@@ -527,8 +528,8 @@ def _fsync(path: str) -> None:
 
 
 def _post(postings: dict[Any, list[int]], value: Any, id_: int) -> None:
-    """File ``id_`` under ``value`` in a field's map of values to ids. A filter value is a scalar, and equal values
-    hash alike (1, 1.0 and True, as ``in`` compares them), so a value no filter can equal (absent, a list) is left
-    out."""
+    """File ``id_`` under ``value`` in a field's map of values to ids, keyed by ``value_key`` (1 and 1.0 under one
+    key, True under its own: keyed by the value alone, True and 1 hash alike and a filter for one found the other). A
+    filter value is a scalar, so a value no filter can equal (absent, a list) is left out."""
     if isinstance(value, str | int | float):
-        postings.setdefault(value, []).append(id_)
+        postings.setdefault(value_key(value), []).append(id_)

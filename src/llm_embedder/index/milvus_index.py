@@ -32,6 +32,7 @@ from llm_embedder.index.base import (
     check_metadata,
     check_vectors,
     effort_refused,
+    matches,
     pad_results,
 )
 from llm_embedder.io import atomic_write
@@ -376,12 +377,29 @@ class MilvusIndex:
         expr = ""
         if conditions:
             expr = " and ".join(milvus_condition(field, values) for field, values in conditions.items())
-        limit = search_limit(k, count, is_lite(self.uri))
-        result = self._call(
-            self.client.search, self.collection, data=queries.tolist(), limit=limit, filter=expr,
-            output_fields=["id"], search_params=_search_params(index_type, effort, limit, kind),
-        )
-        rows = [[(float(hit["distance"]), int(hit["id"])) for hit in hits] for hits in result]
+        lite = is_lite(self.uri)
+        limit = search_limit(k, count, lite)
+        # Milvus Lite compares a JSON field's true with 1 and false with 0 as equal (a Milvus server reads each as its
+        # own type): where a filter holds a bool or a number, each hit's fields are checked by base.matches, and a
+        # query left short of k by the hits dropped searches again for more
+        strict = conditions if conditions and any(not isinstance(v, str) for vs in conditions.values() for v in vs) \
+            else None
+        fields = ["id", *sorted(strict or ())]
+        rows: list[list[tuple[float, int]]] = [[] for _ in range(len(queries))]
+        pending = list(range(len(queries)))
+        while pending:
+            result = self._call(
+                self.client.search, self.collection, data=queries[pending].tolist(), limit=limit, filter=expr,
+                output_fields=fields, search_params=_search_params(index_type, effort, limit, kind),
+            )
+            short = []
+            for i, hits in zip(pending, result, strict=True):
+                rows[i] = [(float(hit["distance"]), int(hit["id"])) for hit in hits
+                           if strict is None or matches(hit["entity"], strict)]
+                if len(rows[i]) < k and len(hits) == limit:  # hits dropped, and more may match
+                    short.append(i)
+            wider = min(limit * 4, count if lite else min(count, MAX_LIMIT))
+            pending, limit = (short, wider) if wider > limit else ([], limit)
         return pad_results(rows, k)
 
     def _index_type(self) -> str:
