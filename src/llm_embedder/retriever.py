@@ -330,20 +330,99 @@ class Retriever:
         self.check_filter_fields(filter)
         return self._hits(vectors, k, filter, effort)  # the index checks the vectors' shape and dimension
 
-    def _hits(self, vectors: np.ndarray, k: int, filter: Mapping[str, Any] | None,
-              effort: dict[str, int]) -> list[list[Hit]]:
-        """The index's top-k per query vector, as hits with their documents."""
+    def search_vectors_many(
+        self, requests: Sequence[tuple[np.ndarray, Mapping[str, Any]]]
+    ) -> list[list[list[Hit]] | Exception]:
+        """``search_vectors`` for several requests at once, each a pair (its query vectors, its keyword arguments of
+        ``search_vectors``: ``k``, ``filter``, ``nprobe``, ``ef_search``): per request its hits, or the exception
+        ``search_vectors`` raises for it alone, returned (this raises nothing), so one bad request fails alone.
+
+        Where the index allows it (``FaissIndex.shared_search``; not Milvus), requests with the same filter and
+        search effort are searched in one index call, their rows together: with the largest ``k`` among them, each
+        row then cut to its own, where the index's top k are the first k of a larger search (Flat, SQ, PQ, IVF),
+        else one call per ``k``. A request with a row cut between hits of equal score is searched again alone:
+        which of them a search of its own k keeps is the index's choice. So each request gets the hits it gets
+        alone, up to the rounding of FAISS's batched matrix products (which a request of 20 queries or more gets
+        alone too). The server searches the requests that share a model batch so."""
+        results: list[Any] = [None] * len(requests)
+        shared = getattr(self.index, "shared_search", None)  # "any k", "same k", or None: each request alone
+        groups: dict[Any, list[tuple[int, np.ndarray, int]]] = {}
+        for i, (vectors, options) in enumerate(requests):
+            key, rows, k = self._search_group(vectors, options, shared), vectors, 0
+            if key is None:
+                key = ("alone", i)  # search_vectors says what is wrong with it, or takes it (a 1-D row, say)
+            else:
+                rows, k = np.asarray(vectors, dtype=np.float32), int(options.get("k", 10))
+            groups.setdefault(key, []).append((i, rows, k))
+        alone: list[int] = []
+        for members in groups.values():
+            if len(members) == 1:
+                alone.append(members[0][0])
+                continue
+            options = requests[members[0][0]][1]  # the group's filter and effort (each request's k is in members)
+            cuts = [k for _, rows, k in members for _ in range(len(rows))]
+            try:
+                self.check_filter_fields(options.get("filter"))
+                hits = self._hits(np.concatenate([rows for _, rows, _ in members]), max(cuts), options.get("filter"),
+                                  check_effort(options.get("nprobe"), options.get("ef_search")), cuts)
+            except Exception:  # noqa: BLE001 - each request is searched alone below, and fails with its own error
+                alone.extend(i for i, _, _ in members)
+                continue
+            start = 0
+            for i, rows, _ in members:
+                own = hits[start : start + len(rows)]
+                start += len(rows)
+                if any(row is None for row in own):
+                    alone.append(i)
+                else:
+                    results[i] = own
+        for i in sorted(alone):
+            vectors, options = requests[i]
+            try:
+                results[i] = self.search_vectors(vectors, **options)
+            except Exception as err:  # noqa: BLE001 - returned: this request's failure, not the others'
+                results[i] = err
+        return results
+
+    def _search_group(self, vectors: Any, options: Any, shared: str | None) -> Any:
+        """The key of the requests that may share a search with this one (vectors, search_vectors's keyword
+        arguments) in ``search_vectors_many``: its filter, its effort, and its k unless any k may share (``shared``,
+        the index's ``shared_search``); None where it is searched alone."""
+        try:
+            if shared is None or set(options) - {"k", "filter", "nprobe", "ef_search"}:
+                return None
+            k = check_k(options.get("k", 10))
+            effort = check_effort(options.get("nprobe"), options.get("ef_search"))
+            rows = np.asarray(vectors, dtype=np.float32)
+            if rows.ndim != 2 or rows.shape[1] != self.index.dim or not len(rows):
+                return None
+            return _filter_key(options.get("filter")), tuple(sorted(effort.items())), None if shared == "any k" else k
+        except (ValueError, TypeError, AttributeError):
+            return None
+
+    def _hits(self, vectors: np.ndarray, k: int, filter: Mapping[str, Any] | None, effort: dict[str, int],
+              cuts: Sequence[int] | None = None) -> list[list[Hit]]:
+        """The index's top-k per query vector, as hits with their documents. ``cuts``: per row, how many of the
+        ``k`` found to keep (rows of several requests searched together); a row whose cut falls between two hits of
+        equal score is None."""
         with self.lock:  # an add between the index and the documents would hit an id the documents lack
             scores, ids = self.index.search(vectors, k, filter=filter, **effort)
             rows = []
             known = len(self.docs)  # an id past the documents is an add not finished (see _settle): left out
-            for row_scores, row_ids in zip(scores, ids, strict=True):
+            for r, (row_scores, row_ids) in enumerate(zip(scores, ids, strict=True)):
+                if cuts is not None:  # before the unknown ids are left out, as a search of the row's own k would
+                    cut = cuts[r]
+                    if cut < k and row_ids[cut] >= 0 and row_scores[cut] == row_scores[cut - 1]:
+                        rows.append(None)
+                        continue
+                    row_scores, row_ids = row_scores[:cut], row_ids[:cut]
                 keep = [(float(s), int(i)) for s, i in zip(row_scores, row_ids, strict=True) if 0 <= i < known]
                 rows.append((keep, self.docs.get(i for _, i in keep)))
         return [
+            None if row is None else
             [Hit(id=i, score=s, text=doc["text"], metadata={k2: v for k2, v in doc.items() if k2 != "text"})
-             for (s, i), doc in zip(keep, docs, strict=True)]
-            for keep, docs in rows
+             for (s, i), doc in zip(row[0], row[1], strict=True)]
+            for row in rows
         ]
 
     def check_filter_fields(self, filter: Mapping[str, Any] | None) -> None:
@@ -642,6 +721,16 @@ class Retriever:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _filter_key(filter: Mapping[str, Any] | None) -> Any:
+    """A filter as a hashable key, equal for filters that select alike: fields in any order, each value with its
+    type (``1``, ``1.0`` and ``True`` are equal in Python, not to every backend); a bad filter raises as
+    ``check_filter`` does."""
+    conditions = check_filter(filter)
+    if conditions is None:
+        return None
+    return tuple(sorted((field, tuple((type(v).__name__, v) for v in values)) for field, values in conditions.items()))
 
 
 class IndexChangedError(RuntimeError):

@@ -49,6 +49,10 @@ DEFAULT_NPROBE = 16
 # single-query speed of exact search, so 128 is the default (raise it further for more recall).
 DEFAULT_EF_SEARCH = 128
 DEFAULT_EF_CONSTRUCTION = 80
+# the FAISS classes whose top k are the first k of a search with a larger k (see FaissIndex.shared_search): exact types,
+# a subclass (IndexIVFFastScan of IndexIVF, IndexIVFPQR of IndexIVFPQ) may search otherwise
+_NESTED_TOP_K = (faiss.IndexFlat, faiss.IndexFlatIP, faiss.IndexFlatL2, faiss.IndexScalarQuantizer, faiss.IndexPQ,
+                 faiss.IndexIVFFlat, faiss.IndexIVFScalarQuantizer, faiss.IndexIVFPQ)
 
 
 def _ids_checksum(ids: np.ndarray) -> str:
@@ -140,6 +144,21 @@ class FaissIndex:
         nor a kind that computes a vector's code or list with a matrix product (IVF, PQ, PCA, OPQ): FAISS uses BLAS
         for a batch of 20 or more, and its rounding differs (1 vector in 200k went to another IVF list)."""
         return _replayable(self.index)
+
+    @property
+    def shared_search(self) -> str:
+        """Which searches of several requests may be one search of their rows together (``Retriever.
+        search_vectors_many``): a row's hits never depend on the other rows (beyond the rounding of a batched matrix
+        product, which FAISS uses for 20 queries or more), so those of one filter and search effort may share a
+        search: ``"any k"`` where the top k are the first k of a search of a larger k (searched with the largest,
+        each row cut to its own): an exhaustive scan (Flat, SQ, PQ) or an IVF of one (the lists probed do not depend
+        on k), behind pre-transforms or not; ``"same k"`` for any other kind: HNSW widens its candidate list to k
+        (efSearch = max(ef_search, k)), a refine stage reranks k_factor * k candidates, fast-scan codes' result
+        handlers depend on k, and other kinds are unchecked."""
+        index = faiss.downcast_index(self._inner())
+        while isinstance(index, faiss.IndexPreTransform):
+            index = faiss.downcast_index(index.index)
+        return "any k" if type(index) in _NESTED_TOP_K else "same k"
 
     @property
     def kind(self) -> str:

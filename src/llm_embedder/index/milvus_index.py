@@ -217,6 +217,9 @@ class MilvusIndex:
     """A Milvus collection behind the ``VectorIndex`` contract (see ``llm_embedder.index.base``)."""
 
     backend = "milvus"
+    # no search of several requests together (see FaissIndex.shared_search): a row's scores depend, at float
+    # rounding, on the other rows of its search (a document and its duplicate came in either order)
+    shared_search = None
 
     def __init__(
         self, uri: str | Path, dim: int | None = None, *, collection: str = DEFAULT_COLLECTION,
