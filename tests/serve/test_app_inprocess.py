@@ -119,6 +119,39 @@ def test_concurrent_searches_are_encoded_together_and_other_embedders_alone(tiny
     assert 1 <= len(counting.calls) < len(queries), f"{len(queries)} searches took {len(counting.calls)} model calls"
 
 
+def test_concurrent_searches_share_index_searches(tiny_embedder) -> None:
+    """Concurrent /v1/search and /v1/augment requests of one index encoded in one model batch are searched together
+    (one index search per filter, each request cut to its own k), and each gets the hits it gets alone; a request
+    with a filter on a field no document has still gets its own 400."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from llm_embedder.retriever import Retriever
+
+    docs = [{"text": f"Document {i} about {topic}.", "lang": "en" if i % 2 else "fr"}
+            for i, topic in enumerate(["Paris", "Berlin", "rivers", "Rome", "music", "the sea", "bread", "stars"])]
+    retriever = Retriever.build(tiny_embedder, "qa", docs)
+    searches: list[int] = []
+    search = retriever.index.search
+    retriever.index.search = lambda vectors, *a, **kw: (searches.append(len(vectors)), search(vectors, *a, **kw))[1]
+    app = create_app(tiny_embedder, {"docs": retriever}, ServeSettings(model_id="tiny", max_wait_ms=300))
+    bodies = [("/v1/search", {"index": "docs", "query": [f"query {i}"] * (1 + i % 2), "k": 1 + i % 4,
+                              **({"filter": {"lang": "en"}} if i % 3 == 0 else {})}) for i in range(9)]
+    bodies += [("/v1/augment", {"index": "docs", "query": "about rivers", "k": 2}),
+               ("/v1/search", {"index": "docs", "query": "x", "k": 2, "filter": {"colour": "red"}})]
+    with TestClient(app) as client, ThreadPoolExecutor(len(bodies)) as pool:
+        responses = list(pool.map(lambda body: client.post(body[0], json=body[1]), bodies))
+    assert [r.status_code for r in responses] == [200] * (len(bodies) - 1) + [400], [r.text for r in responses]
+    assert responses[-1].json()["error"]["param"] == "filter"
+    assert len(searches) < len(bodies) - 1, f"{len(bodies) - 1} requests took {len(searches)} index searches"
+    assert max(searches) > 2  # a search of more than one request's rows
+    for (path, body), response in zip(bodies[:-1], responses[:-1], strict=True):
+        want = retriever.search(body["query"], k=body["k"], filter=body.get("filter"))  # alone, unbatched
+        got = [r["hits"] for r in response.json()["data"]] if path == "/v1/search" else [response.json()["hits"]]
+        for hits, want_hits in zip(got, want, strict=True):
+            assert [h["id"] for h in hits] == [h.id for h in want_hits][: len(hits) if path == "/v1/augment" else None]
+            assert [h["score"] for h in hits] == pytest.approx([h.score for h in want_hits][: len(hits)], abs=1e-5)
+
+
 def test_a_document_field_holding_nan_is_answered_as_null_not_a_500(tiny_embedder) -> None:
     """An index built before NaN was refused can hold it in a document's fields; a search whose hits included that
     document failed with 500 "Out of range float values are not JSON compliant"."""

@@ -173,3 +173,68 @@ def test_invalid_settings_and_use_before_start() -> None:
         Batcher(FakeModel(), max_batch_tokens=0)
     with pytest.raises(RuntimeError, match="start"):
         run(Batcher(FakeModel()).embed(["x"], "qa", "query", 1))
+
+
+class Step:
+    """A step after encoding (``embed_then``): records its calls and threads; an arg "bad" gets an exception back, an
+    arg "raise" makes the whole call raise, "short" makes it return one result too few."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.calls: list[list[object]] = []
+        self.threads: set[str] = set()
+
+    def __call__(self, pairs):
+        self.threads.add(threading.current_thread().name)
+        self.calls.append([arg for _, arg in pairs])
+        args = [arg for _, arg in pairs]
+        if "raise" in args:
+            raise RuntimeError(f"{self.name} failed")
+        out = [ValueError(f"bad {self.name}") if arg == "bad" else (self.name, arg, vectors[:, 0].tolist())
+               for vectors, arg in pairs]
+        return out[:-1] if "short" in args else out
+
+
+def test_embed_then_runs_each_step_once_for_the_requests_of_a_batch() -> None:
+    """The requests of one batch that give one step are handed to it in one call on the model thread, each getting
+    its own result (an exception returned for one is returned to it, not raised); plain embeds get vectors."""
+    model, first, second = FakeModel(), Step("first"), Step("second")
+
+    async def body(b: Batcher):
+        return await asyncio.gather(
+            b.embed_then(["a"], "qa", "query", 1, first, 1), b.embed_then(["bb", "ccc"], "qa", "query", 2, first, 2),
+            b.embed_then(["dddd"], "qa", "query", 1, second, 3), b.embed(["eeeee"], "qa", "query", 1),
+            b.embed_then(["ff"], "chat", "query", 1, first, "bad"))
+
+    out, batches = run(_with_batcher(model, body, max_wait_ms=50))
+    assert batches == [(5, 6, 6)] and len(model.calls) == 2  # qa and chat: two model calls
+    assert first.calls == [[1, 2, "bad"]] and second.calls == [[3]]  # one call each, after both groups
+    assert out[0] == ("first", 1, [1.0]) and out[1] == ("first", 2, [2.0, 3.0]) and out[2] == ("second", 3, [4.0])
+    assert isinstance(out[3], np.ndarray) and out[3][:, 0].tolist() == [5.0]
+    assert isinstance(out[4], ValueError) and str(out[4]) == "bad first"
+    assert all(name.startswith("llm-embedder-model") for name in first.threads | second.threads)
+
+
+def test_a_failing_step_fails_only_its_requests_and_the_loop_goes_on() -> None:
+    model, failing, short, fine = FakeModel(), Step("failing"), Step("short"), Step("fine")
+
+    async def body(b: Batcher):
+        out = await asyncio.gather(
+            b.embed_then(["a"], "qa", "query", 1, failing, "raise"), b.embed_then(["b"], "qa", "query", 1, failing, 2),
+            b.embed_then(["c"], "qa", "query", 1, short, "short"), b.embed_then(["d"], "qa", "query", 1, fine, 4),
+            return_exceptions=True)
+        return out, await b.embed_then(["later"], "qa", "query", 1, failing, 5)
+
+    (out, after), _ = run(_with_batcher(model, body, max_wait_ms=50))
+    assert [type(r) for r in out[:3]] == [RuntimeError] * 3
+    assert str(out[0]) == str(out[1]) == "failing failed" and "returned 0 results for 1 requests" in str(out[2])
+    assert out[3] == ("fine", 4, [1.0]) and after == ("failing", 5, [5.0])
+    with pytest.raises(TypeError, match="unhashable"):
+        run(_with_batcher(model, lambda b: b.embed_then(["x"], "qa", "query", 1, UnhashableStep(), 0)))
+
+
+class UnhashableStep:
+    __hash__ = None
+
+    def __call__(self, pairs):
+        return [None for _ in pairs]

@@ -142,7 +142,7 @@ def search_failed(err: Exception, filter: dict[str, Any] | None) -> ApiError:
 def batches_queries(state: ServeState, retriever: Any) -> bool:
     """Whether the server's batcher may encode this retriever's queries: only with the embedder the retriever
     was built for (the CLI loads every index with the server's one); any other retriever encodes its own."""
-    return getattr(retriever, "embedder", None) is state.embedder and hasattr(retriever, "search_vectors")
+    return getattr(retriever, "embedder", None) is state.embedder and hasattr(retriever, "search_vectors_many")
 
 
 def hit_dict(hit: Any) -> dict[str, Any]:
@@ -232,25 +232,30 @@ def build_router() -> APIRouter:
     async def search_hits(state: ServeState, retriever: Any, queries: list[str], k: int,
                           filter: dict[str, Any] | None) -> list[list[Any]]:
         """Hits per query: the queries are encoded in the batcher's shared model batches, then the index is
-        searched for this request alone (its own k and filter) on the model thread, between batches."""
+        searched on the model thread for the requests of the batch together (``Retriever.search_vectors_many``: one
+        search for those of equal filter, each with its own k)."""
         if k > state.settings.max_k:
             raise ApiError(400, f"k must be at most {state.settings.max_k}, got {k}", param="k", code="invalid_value")
         check_not_blank(queries, "query")  # "" is refused by the schema, "  " here
         if not batches_queries(state, retriever):
-            search = partial(retriever.search, queries, k=k, filter=filter)
-        else:  # the queries join the dynamic batches of /v1/embeddings; FAISS then searches this request's rows
             try:
-                retriever.check_filter_fields(filter)  # a bad filter is refused before it costs a model call
+                return await state.batcher.run(partial(retriever.search, queries, k=k, filter=filter))
             except (ValueError, KeyError, TypeError) as err:
                 raise search_failed(err, filter) from None
-            task = retriever.task  # the instruction, role and max length retriever.search encodes with
-            tokens = await count_tokens(state, queries, task, "query")
-            vectors = await state.batcher.embed(queries, task, "query", tokens)
-            search = partial(retriever.search_vectors, vectors, k=k, filter=filter)
+        # the queries join the dynamic batches of /v1/embeddings, and the index search the batch's other searches
         try:
-            return await state.batcher.run(search)
+            retriever.check_filter_fields(filter)  # a bad filter is refused before it costs a model call
         except (ValueError, KeyError, TypeError) as err:
             raise search_failed(err, filter) from None
+        task = retriever.task  # the instruction, role and max length retriever.search encodes with
+        tokens = await count_tokens(state, queries, task, "query")
+        hits = await state.batcher.embed_then(queries, task, "query", tokens, retriever.search_vectors_many,
+                                              {"k": k, "filter": filter})
+        if isinstance(hits, ValueError | KeyError | TypeError):  # this request's search failed (returned, not raised)
+            raise search_failed(hits, filter) from None
+        if isinstance(hits, Exception):
+            raise hits
+        return hits
 
     @router.post("/v1/search", response_model=SearchResponse, responses=ERROR_RESPONSES)
     async def search(body: SearchRequest, request: Request) -> Response:

@@ -5,7 +5,8 @@ queued with its token count. One background task takes the oldest request and ga
 exceed ``max_batch_tokens`` or ``max_batch_requests``, or until ``max_wait_ms`` after the oldest request arrived;
 so a lone request waits only a few milliseconds, while under load (the model busy with the previous batch) the
 queue fills and batches grow on their own. A batch runs on a single model thread, one call per (task, role) group,
-so each text gets exactly its own instruction.
+so each text gets exactly its own instruction. A request may name a step to run on its vectors there (``embed_then``:
+the index search of ``/v1/search``): the requests of a batch that name the same step are handed to it in one call.
 ``max_batch_requests=1`` turns batching off (one request per model call), for comparison.
 """
 
@@ -22,6 +23,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 EncodeFn = Callable[[list[str], str, str], np.ndarray]
+ThenFn = Callable[[list[tuple[np.ndarray, Any]]], list[Any]]  # [(vectors, arg) per request] -> a result per request
 BatchObserver = Callable[[int, int, int, float], None]  # (requests, texts, tokens, seconds)
 T = TypeVar("T")
 
@@ -38,6 +40,8 @@ class _Item:
     tokens: int
     future: asyncio.Future
     arrived: float = field(default_factory=time.monotonic)
+    then: ThenFn | None = None
+    arg: Any = None
 
 
 class Batcher:
@@ -99,14 +103,27 @@ class Batcher:
 
     async def embed(self, texts: list[str], task: str, role: str, tokens: int) -> np.ndarray:
         """Vectors of ``texts`` (one request), computed in whatever batch it lands in."""
+        return await self._queue(texts, task, role, tokens)
+
+    async def _queue(self, texts: list[str], task: str, role: str, tokens: int, then: ThenFn | None = None,
+                     arg: Any = None) -> Any:
         if self._task is None or self._wakeup is None:
             raise RuntimeError("Batcher.start() was not called")
         if len(self._items) >= self.max_queue:
             raise QueueFullError(f"{len(self._items)} requests already waiting; retry later")
         future = asyncio.get_running_loop().create_future()
-        self._items.append(_Item(list(texts), task, role, max(int(tokens), 1), future))
+        self._items.append(_Item(list(texts), task, role, max(int(tokens), 1), future, then=then, arg=arg))
         self._wakeup.set()
         return await future
+
+    async def embed_then(self, texts: list[str], task: str, role: str, tokens: int, then: ThenFn, arg: Any) -> Any:
+        """What ``then`` makes of the vectors of ``texts`` (one request) and ``arg``: it runs on the model thread
+        once the request's batch is encoded, in one call for every request of the batch given an equal ``then``
+        (one retriever's bound ``search_vectors_many``, say), as ``then([(vectors, arg), ...])``, which returns a
+        result per request, in order. An exception ``then`` returns for a request is returned here, not raised:
+        the caller tells it from a failure of the model, which is raised, as is one that ``then`` raises."""
+        hash(then)  # the batch's requests are grouped by it: an unhashable one is refused here, not in the loop
+        return await self._queue(texts, task, role, tokens, then, arg)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run other model work (a retriever's index search) on the model thread, between batches."""
@@ -161,6 +178,7 @@ class Batcher:
             groups.setdefault((item.task, item.role), []).append(item)
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
+        steps: dict[ThenFn, list[tuple[_Item, np.ndarray]]] = {}
         for (task, role), items in groups.items():
             texts = [text for item in items for text in item.texts]
             try:
@@ -173,9 +191,31 @@ class Batcher:
             offset = 0
             for item in items:
                 n = len(item.texts)
-                if not item.future.done():
+                if item.then is not None:
+                    steps.setdefault(item.then, []).append((item, vectors[offset : offset + n]))
+                elif not item.future.done():
                     item.future.set_result(vectors[offset : offset + n])
                 offset += n
-        if self.on_batch is not None:
+        if self.on_batch is not None:  # the model's time: the steps after it are not counted
             n_texts = sum(len(item.texts) for item in batch)
             self.on_batch(len(batch), n_texts, tokens, time.perf_counter() - start)
+        for then, members in steps.items():
+            await self._then(then, [(item, vectors) for item, vectors in members if not item.future.done()])
+
+    async def _then(self, then: ThenFn, members: list[tuple[_Item, np.ndarray]]) -> None:
+        """One call of ``then`` for the requests of a batch that gave it, each given its own result."""
+        if not members:  # every client gone
+            return
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._executor, then, [(vectors, item.arg) for item, vectors in members])
+            if len(results) != len(members):
+                raise RuntimeError(f"{then!r} returned {len(results)} results for {len(members)} requests")
+        except Exception as err:  # fails these requests, never the loop
+            for item, _ in members:
+                if not item.future.done():
+                    item.future.set_exception(err)
+            return
+        for (item, _), result in zip(members, results, strict=True):
+            if not item.future.done():
+                item.future.set_result(result)
