@@ -5,10 +5,12 @@ subspace plus a little isotropic noise, because real text embeddings have low in
 clusters are a worst case where HNSW needs a far larger efSearch). Queries are fresh draws from the same
 mixture. Ground truth: exact inner-product top-10 (batched flat search). Single-query latency is measured on
 one thread as process CPU time per query, so a busy co-tenant does not inflate it; build time is wall. Then a
-filtered search on 50k of the vectors (flat) against FAISS given the allowed ids beforehand. Last, a one-document
+filtered search on 50k of the vectors (flat) against FAISS given the allowed ids beforehand. Then a one-document
 ``Retriever.add`` to a flat index directory of min(N, 50k) documents against one of 1k (wall time, interleaved
 rounds; flat in N is 1x) and against the index save each add made before (``FaissIndex.save``, sidecar included),
-plus the checkpoint that now saves the index every 10% of documents, and a load replaying the adds since it.
+plus the checkpoint that now saves the index every 10% of documents, and a load replaying the adds since it. Last,
+the index search of 32 concurrent requests that the server encodes in one model batch: searched together
+(``Retriever.search_vectors_many``, serve's path) against one search per request (its path before), same process.
 An index's memory is its serialized size (the bytes ``faiss.write_index`` writes: the vectors or codes, the
 graph and the ids, counted without keeping them), which does not depend on what the allocator reuses, as an RSS
 difference does; ``peak_rss_mb`` is the process's peak.
@@ -178,6 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  smallest efSearch meeting recall@10 >= 0.95 and >= 50x: {results['chosen']}")
     results["filtered"] = filtered_search(data[:50_000], queries[:20])
     results["add"] = incremental_add(min(n, 50_000), rounds=20)
+    results["batched_requests"] = batched_requests(min(n, 50_000), queries, rounds=3 if args.quick else 10)
     results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     write_json(args.json, results)
     return results
@@ -275,6 +278,40 @@ def incremental_add(big: int, rounds: int) -> dict:
           f"({row['checkpoint_ms_per_add']} ms an add); load {row['load_with_tail_s']} s with {every - 1} adds past "
           f"the checkpoint, {row['load_saved_s']} s saved", flush=True)
     return row
+
+
+def batched_requests(n: int, queries: np.ndarray, rounds: int, requests: int = 32) -> dict:
+    """The server's index search of a model batch's ``requests`` (one query each, k 5 or 10, no filter): one
+    ``Retriever.search_vectors_many`` call (what serve does now) against ``search_vectors`` per request (what it did
+    before), on a Retriever of ``n`` documents, flat and HNSW32 (whose requests share a search per k), in
+    interleaved rounds; wall time with FAISS's threads, and process CPU time (work, whatever the threads)."""
+    from llm_embedder.retriever import Retriever
+
+    rows = queries[:requests] if len(queries) >= requests else np.resize(queries, (requests, DIM))
+    batch = [(rows[i : i + 1], {"k": 5 if i % 2 else 10}) for i in range(requests)]
+    out: dict = {"docs": n, "requests": requests, "rounds": rounds}
+    with tempfile.TemporaryDirectory() as tmp:
+        embedder = RandomKeys(Path(tmp))
+        docs = [f"document {i}" for i in range(n)]
+        for factory in ("Flat", "HNSW32"):
+            retriever = Retriever.build(embedder, "qa", docs, factory=factory, batch_size=4096)
+            one_by_one = [retriever.search_vectors(v, **options) for v, options in batch]
+            together = retriever.search_vectors_many(batch)
+            same = [[[h.id for h in row] for row in r] for r in together] == [
+                [[h.id for h in row] for row in r] for r in one_by_one]
+            timed = time_interleaved({
+                "per_request": lambda r=retriever: [r.search_vectors(v, **options) for v, options in batch],
+                "batched": lambda r=retriever: r.search_vectors_many(batch)}, rounds)
+            row = {"per_request_ms": round(timed["per_request"]["best_s"] * 1000, 2),
+                   "batched_ms": round(timed["batched"]["best_s"] * 1000, 2),
+                   "wall_ratio": ratio(timed["per_request"]["best_s"], timed["batched"]["best_s"]),
+                   "cpu_ratio": ratio(timed["per_request"]["cpu_s"], timed["batched"]["cpu_s"]), "same_hits": same}
+            out[factory] = row
+            print(f"  index search of {requests} concurrent requests (1 query, k 5/10) on {factory}, {n} docs: "
+                  f"{row['batched_ms']} ms in one search_vectors_many, {row['per_request_ms']} ms one request at a "
+                  f"time; ratio {row['wall_ratio']}x wall, {row['cpu_ratio']}x CPU; same hits: {same}", flush=True)
+            del retriever
+    return out
 
 
 def exact_topk(data: np.ndarray, queries: np.ndarray) -> np.ndarray:
