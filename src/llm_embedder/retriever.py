@@ -401,7 +401,7 @@ class Retriever:
             return None
 
     def _hits(self, vectors: np.ndarray, k: int, filter: Mapping[str, Any] | None, effort: dict[str, int],
-              cuts: Sequence[int] | None = None) -> list[list[Hit]]:
+              cuts: Sequence[int] | None = None) -> list[list[Hit] | None]:
         """The index's top-k per query vector, as hits with their documents. ``cuts``: per row, how many of the
         ``k`` found to keep (rows of several requests searched together); a row whose cut falls between two hits of
         equal score is None."""
