@@ -88,6 +88,18 @@ def test_filter(backend: str, tmp_path: Path) -> None:
     index.close()
 
 
+def test_an_empty_filter_is_no_filter_and_an_empty_value_list_is_refused(backend: str, tmp_path: Path) -> None:
+    index = make(backend, tmp_path)
+    index.add(range(6), unit(6), [{"lang": "en"}] * 6)
+    _, unfiltered = index.search(unit(6)[:2], k=4)
+    _, ids = index.search(unit(6)[:2], k=4, filter={})  # no condition: every document, as without a filter
+    assert ids.tolist() == unfiltered.tolist()
+    for empty in ([], (), set()):
+        with pytest.raises(ValueError, match="'lang' is given no value"):
+            index.search(unit(1), k=1, filter={"lang": empty})
+    index.close()
+
+
 def test_a_filter_of_mixed_value_types_matches_any_of_them(backend: str, tmp_path: Path) -> None:
     index = make(backend, tmp_path)
     index.add(range(4), unit(4), [{"code": "1990"}, {"code": 1990}, {"code": "x"}, {"code": 1991}])

@@ -160,7 +160,9 @@ def check_filter_fields(fields: Iterable[str]) -> list[str]:
 
 
 def check_filter(filter: Mapping[str, Any] | None) -> dict[str, list[Any]] | None:
-    """Normalise a filter to ``{field: [allowed values]}``; field names must be identifiers."""
+    """Normalise a filter to ``{field: [allowed values]}``; field names must be identifiers. An empty mapping has
+    no condition, so it is no filter (None); a field given no value (an empty list) could match nothing, and is
+    refused as a mistake."""
     if filter is None:
         return None
     if not isinstance(filter, Mapping):
@@ -170,13 +172,15 @@ def check_filter(filter: Mapping[str, Any] | None) -> dict[str, list[Any]] | Non
         if not is_filter_field(field):
             raise ValueError(f"filter field {field!r} must be an identifier other than {RESERVED_FIELDS}")
         values = list(value) if isinstance(value, list | tuple | set) else [value]
+        if not values:
+            raise ValueError(f"filter field {field!r} is given no value (an empty list): give one or more values")
         for v in values:
             if not isinstance(v, str | int | float | bool):
                 raise ValueError(f"filter value for {field!r} must be str, int, float or bool, got {v!r}")
             if isinstance(v, int) and not -(2**63) <= v < 2**63:  # no index stores one (see build.filterable)
                 raise ValueError(f"filter value for {field!r} is outside the 64-bit integer range: {v}")
         out[field] = values
-    return out
+    return out or None
 
 
 def value_key(value: Any) -> Any:
