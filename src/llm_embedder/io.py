@@ -439,8 +439,26 @@ def check_template(template: str, option: str) -> list[str]:
     return fields
 
 
+def check_template_values(template: str, record: dict[str, Any], where: str, option: str) -> None:
+    """Refuse a list or an object in a field ``template`` names: ``str.format`` would write it as Python's repr
+    (``['Paris', 'France']``) into the text. The error names ``where`` (file:line), the field and ``option``."""
+    import string
+
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError:  # bad syntax: check_template names it, and format fails on it
+        return
+    for _, name, _, _ in parsed:
+        value = record.get(name) if name else None
+        if isinstance(value, list | dict):
+            raise DataError(f"{where}:{name}: must be a string or a number, got {type(value).__name__} ({option} "
+                            f"{template!r} names it)")
+
+
 def fill_template(template: str, record: dict[str, Any], where: str, option: str) -> str:
-    """``template`` over ``record``'s fields (None as ""); errors name ``where`` (file:line) and ``option``."""
+    """``template`` over ``record``'s fields (None as ""; a list or an object refused); errors name ``where``
+    (file:line) and ``option``."""
+    check_template_values(template, record, where, option)
     try:
         return template.format(**{k: ("" if v is None else v) for k, v in record.items()})
     except KeyError as err:

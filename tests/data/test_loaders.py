@@ -86,6 +86,38 @@ def test_beir_qrels_score_must_be_finite(tmp_path: Path, score: str) -> None:
         load_beir(folder)
 
 
+@pytest.mark.parametrize(("title", "kind"), [(["Paris", "France"], "list"), (7, "int"), ({"en": "Paris"}, "dict")])
+def test_beir_title_that_is_no_string_is_refused(tmp_path: Path, title: object, kind: str) -> None:
+    """It was written into the corpus and the positives as Python's repr: "['Paris', 'France'] capital of France"."""
+    folder = beir(tmp_path / "b", "q1\td2\t1\nq2\td1\t1\n")
+    jsonl(folder / "corpus.jsonl", [{"_id": "d1", "title": title, "text": "capital of France"},
+                                    {"_id": "d2", "title": "", "text": "Rome is in Italy"}])
+    with pytest.raises(DataError, match=rf"corpus\.jsonl:1:title: must be a string, got {kind}"):
+        load_beir(folder)
+    jsonl(folder / "corpus.jsonl", [{"_id": "d1", "title": None, "text": "capital of France"},
+                                    {"_id": "d2", "title": "", "text": "Rome is in Italy"}])
+    assert load_beir(folder)[1][0]["title"] == ""  # a null title is no title, as before
+
+
+@pytest.mark.parametrize(("entry", "field", "kind"), [
+    ({"title": ["Paris"], "text": "capital of France"}, "title", "list"),
+    ({"title": "Paris", "text": ["capital of France"]}, "text", "list"),
+    ({"title": 7, "text": "capital of France"}, "title", "int"),
+])
+def test_flag_corpus_field_that_is_no_string_is_refused(tmp_path: Path, entry: dict, field: str, kind: str) -> None:
+    corpus = jsonl(tmp_path / "corpus.json", [CORPUS[1], entry])
+    data = jsonl(tmp_path / "test.json", [{"query": "france?", "task": "qa", "pos_index": [1]}])
+    with pytest.raises(DataError, match=rf"corpus\.json:2:{field}: must be a string, got {kind}"):
+        load_flag_jsonl(data, corpus=corpus)
+
+
+def test_a_key_template_field_holding_a_list_is_refused(tmp_path: Path) -> None:
+    corpus = [{"id": 0, "title": "Paris", "text": "capital", "tags": ["a", "b"]}]
+    data = jsonl(tmp_path / "test.json", [{"query": "france?", "task": "qa", "pos_index": [0]}])
+    with pytest.raises(DataError, match=r"corpus entry 0 \(used by .*\):tags: must be a string or a number, got list"):
+        load_flag_jsonl(data, corpus=corpus, key_template="{text} {tags}")
+
+
 def test_format_key_treats_null_as_empty(tmp_path: Path) -> None:
     """A null title was formatted as the text "None": keys read "None Rome, ..."."""
     assert format_key({"title": None, "text": "x"}) == "x"

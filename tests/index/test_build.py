@@ -173,6 +173,9 @@ def test_bad_corpus_names_file_line_field(tiny_embedder, tmp_path: Path) -> None
     assert not (tmp_path / "idx8").exists()
     with pytest.raises(DataError, match=r"bad.jsonl:1: the template '\{text:d\}': Unknown format code 'd'"):
         build_index(corpus, tmp_path / "idx9", tiny_embedder, "qa", template="{text:d}", progress=False)
+    corpus.write_text('{"text": "ok", "title": "A"}\n{"text": "fine", "title": ["B", "C"]}\n')  # was "['B', 'C'] fine"
+    with pytest.raises(DataError, match=r"bad.jsonl:2:title: must be a string or a number, got list \(the template"):
+        build_index(corpus, tmp_path / "idx10", tiny_embedder, "qa", template="{title} {text}", progress=False)
     corpus.write_text('{"text": "ok", "title": "A"}\n{"text": "fine", "title": "B"}\n')
     with pytest.raises(DataError, match=r"filter field 'country': no document has it"):
         build_index(corpus, tmp_path / "idx11", tiny_embedder, "qa", filter_fields=["title", "country"],

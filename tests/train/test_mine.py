@@ -11,7 +11,7 @@ import pytest
 
 from llm_embedder.data.validate import validate_file
 from llm_embedder.io import DataError, read_jsonl
-from llm_embedder.train.mine import FewNegativesWarning, mine_negatives, select_negatives
+from llm_embedder.train.mine import FewNegativesWarning, corpus_texts, mine_negatives, select_negatives
 
 
 def test_select_negatives_excludes_positives_and_answers() -> None:
@@ -83,6 +83,30 @@ def test_mine_refuses_an_empty_corpus_text(tmp_path: Path, tiny_embedder_dir: Pa
     with pytest.raises(DataError, match=r"qa.jsonl: no records to mine negatives for"):
         mine_negatives(str(tiny_embedder_dir), data, corpus, tmp_path / "out.jsonl")
     assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize(("entry", "template", "message"), [
+    ({"title": ["Paris", "France"], "text": "capital"}, None, r"corpus.jsonl:2:title: must be a string, got list"),
+    ({"title": 7, "text": "capital"}, None, r"corpus.jsonl:2:title: must be a string, got int"),
+    ({"title": "Paris", "text": ["capital"]}, None, r"corpus.jsonl:2:text: must be a string, got list"),
+    ({"contents": {"a": 1}}, None, r"corpus.jsonl:2:contents: must be a string, got dict"),
+    ({"title": ["Paris"], "text": "capital"}, "{title} {text}",
+     r"corpus.jsonl:2:title: must be a string or a number, got list \(the key template '\{title\} \{text\}'"),
+])
+def test_a_corpus_field_that_is_no_text_is_refused(tmp_path: Path, entry: dict, template: str | None,
+                                                   message: str) -> None:
+    """A list title was formatted into the passage as Python's repr: "['Paris', 'France'] capital"."""
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(json.dumps({"title": "Rome", "text": "capital of Italy"}) + "\n" + json.dumps(entry) + "\n")
+    with pytest.raises(DataError, match=message):
+        corpus_texts(corpus, template)
+
+
+def test_a_null_corpus_title_is_no_title(tmp_path: Path) -> None:
+    """It was formatted as the word "None" ("None Rome"), where the key template and the imports read it as empty."""
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(json.dumps({"title": None, "text": "Rome"}) + "\n")
+    assert corpus_texts(corpus) == corpus_texts(corpus, "{title} {text}") == ["Rome"]
 
 
 class Interrupt(Exception):

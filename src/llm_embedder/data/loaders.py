@@ -22,6 +22,7 @@ from llm_embedder.data.validate import raise_problems, validate_records
 from llm_embedder.io import (
     DataError,
     check_template,
+    check_template_values,
     decode_line,
     is_digit_limit,
     iter_jsonl,
@@ -54,7 +55,9 @@ def _check_key_template(template: str, corpus: list[Record]) -> None:
 
 
 def _key(entry: Record, template: str, where: str) -> str:
-    """``format_key`` of one corpus entry; an empty key or a format spec that does not fit names ``where``."""
+    """``format_key`` of one corpus entry; an empty key, a list or an object in a field it names, or a format spec
+    that does not fit names ``where``."""
+    check_template_values(template, entry, where, "key_template")
     try:
         key = format_key(entry, template)
     except (ValueError, TypeError) as err:  # e.g. {text:d}
@@ -64,11 +67,17 @@ def _key(entry: Record, template: str, where: str) -> str:
     return key
 
 
+TEXT_FIELDS = ("title", "text", "contents")  # what a corpus entry's key is made of: each a string where given
+
+
 def _load_corpus_lines(path: str | Path) -> tuple[list[Record], list[int]]:
     corpus, lines = [], []
     for position, (line, record) in enumerate(iter_jsonl(path)):
         if not any(isinstance(record.get(f), str) for f in ("text", "contents", "title")):
             raise DataError(f"{path}:{line}:text: corpus entry has no text, contents or title")
+        for field in TEXT_FIELDS:  # null is empty, as format_key reads it; a list was keyed as its repr
+            if record.get(field) is not None and not isinstance(record[field], str):
+                raise DataError(f"{path}:{line}:{field}: must be a string, got {type(record[field]).__name__}")
         entry = dict(record)
         if "id" in entry and entry["id"] != position:
             entry["source_id"] = entry["id"]
@@ -202,7 +211,10 @@ def load_beir(
     docs, doc_ids = _read_beir_jsonl(corpus_path, "corpus")
     corpus: list[Record] = []
     for line, record in docs:
-        title = str(record.get("title") or "")
+        title = record.get("title")
+        if title is not None and not isinstance(title, str):  # str() wrote a list as its repr into every key
+            raise DataError(f"{corpus_path}:{line}:title: must be a string, got {type(title).__name__}")
+        title = title or ""
         if not record["text"].strip() and not title.strip():
             raise DataError(f"{corpus_path}:{line}:text: empty, and no title")
         corpus.append({"id": len(corpus), "title": title, "text": record["text"], "doc_id": str(record["_id"])})

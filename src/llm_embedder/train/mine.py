@@ -36,28 +36,36 @@ WORK_SUFFIX = ".work"  # OUT.work/<task>/: the corpus vectors, kept until OUT is
 WORK_STAMP = "mine_inputs.json"  # in OUT.work: the corpus, template and model its vectors come from
 
 
+def _string(record: dict[str, Any], field: str, where: str) -> str:
+    """``record[field]``, refused unless a string (a list was formatted into the passage as its repr)."""
+    value = record[field]
+    if not isinstance(value, str):
+        raise DataError(f"{where}:{field}: must be a string, got {type(value).__name__}")
+    return value
+
+
 def corpus_texts(path: str | Path, key_template: str | None = None) -> list[str]:
-    """Corpus passages: ``key_template`` over each record's fields, or text / title+text / contents."""
+    """Corpus passages: ``key_template`` over each record's fields, or text / title+text / contents (a null title
+    is none, as the key template reads it); a field that is no string is refused, naming FILE:LINE:field."""
     texts = []
     if key_template:
         check_template(key_template, "the key template")
     for line_no, record in iter_jsonl(path):
+        where = f"{path}:{line_no}"
         try:
             if key_template:
-                text = fill_template(key_template, record, f"{path}:{line_no}", "the key template")
+                text = fill_template(key_template, record, where, "the key template")
             elif "contents" in record:
-                text = record["contents"]
-            elif "title" in record and "text" in record:
-                text = f"{record['title']} {record['text']}"
+                text = _string(record, "contents", where)
+            elif record.get("title") is not None and "text" in record:
+                text = f"{_string(record, 'title', where)} {_string(record, 'text', where)}"
             else:
-                text = record["text"]
+                text = _string(record, "text", where)
         except KeyError as err:
-            raise DataError(f"{path}:{line_no}:{err.args[0]}: missing corpus field") from None
-        if not isinstance(text, str):
-            raise DataError(f"{path}:{line_no}: corpus text must be a string")
+            raise DataError(f"{where}:{err.args[0]}: missing corpus field") from None
         if not text.strip():  # embedded as the instruction alone, it would be near every query: a negative for all
             how = f"the key template {key_template!r} gives" if key_template else "the record has"
-            raise DataError(f"{path}:{line_no}: {how} an empty text; give each passage a text")
+            raise DataError(f"{where}: {how} an empty text; give each passage a text")
         texts.append(text.strip())
     if not texts:
         raise DataError(f"{path}: empty corpus")
