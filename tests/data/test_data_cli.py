@@ -295,6 +295,37 @@ def test_import_beir_never_replaces_its_own_corpus(
     assert not (beir / "test.jsonl").exists()
 
 
+def test_import_beir_leaves_out_queries_without_a_relevant_document(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A query whose qrels are all 0 was written with an empty pos: train and mine refused the file (no positive),
+    and neither BEIR's evaluation nor evaluate's metrics score a query without a relevant document."""
+    beir = tmp_path / "scifact"
+    (beir / "qrels").mkdir(parents=True)
+    (beir / "corpus.jsonl").write_text(json.dumps({"_id": "d1", "title": "Paris", "text": "capital of France"}) + "\n"
+                                       + json.dumps({"_id": "d2", "title": "Rome", "text": "capital of Italy"}) + "\n")
+    (beir / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": f"query {q}?"}) + "\n"
+                                                for q in ("q1", "q2", "q3")))
+    (beir / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td1\t0\nq2\td2\t0\n"
+                                              "q3\td2\t2\n")
+    out = tmp_path / "out" / "qa" / "train.jsonl"
+    code, output = run_main(monkeypatch, capsys, "data", "import", "--format", "beir", str(beir), "--split", "train",
+                            "--out", str(out))
+    assert code == 0, output
+    assert re.search(r"warning: .*train\.tsv: left out 1 of 3 queries .*no relevant document.*'q2' \(line 3\)",
+                     " ".join(output.split())), output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["source_id"], r["query_id"], r["pos_index"]) for r in records] == [("q1", 0, [0]), ("q3", 1, [1])]
+    assert "wrote 2 records" in output
+    check = runner.invoke(app, ["data", "check", str(out), str(out.parent / "corpus.jsonl")])
+    assert check.exit_code == 0, check.output  # fit to train on: every record has a positive
+    (beir / "qrels" / "train.tsv").write_text("q2\td1\t0\nq2\td2\t0\n")
+    code, output = run_main(monkeypatch, capsys, "data", "import", "--format", "beir", str(beir), "--split", "train",
+                            "--out", str(out), "--overwrite")
+    assert code == 2 and "train.tsv: no query has a relevant document (a score above 0)" in " ".join(output.split())
+    assert len(out.read_text().splitlines()) == 2  # nothing written over the good file
+
+
 def test_import_reads_one_mmlu_split_and_never_writes_over_what_it_reads(tmp_path: Path) -> None:
     """A folder's dev and val CSVs were merged into the test records, and --out naming one of its CSVs replaced it."""
     folder = tmp_path / "mmlu"

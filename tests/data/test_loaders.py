@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_embedder.data.loaders import format_key, load_beir, load_corpus, load_flag_jsonl
+from llm_embedder.data.loaders import NoRelevantWarning, format_key, load_beir, load_corpus, load_flag_jsonl
 from llm_embedder.io import DataError
 
 
@@ -68,6 +68,18 @@ def test_beir_folder(tmp_path: Path) -> None:
     assert [(r["query"], r["pos_index"], r["source_id"]) for r in records] == [
         ("where is rome?", [1], "q1"), ("france?", [0], "q2")]
     assert records[1]["pos"] == ["Paris capital of France"] and records[0]["pos"] == ["Rome is in Italy"]
+
+
+def test_beir_queries_with_no_relevant_document_are_left_out_and_counted(tmp_path: Path) -> None:
+    """They were written with an empty pos, as records no task can use: BEIR's evaluation leaves them out."""
+    qrels = "q1\td2\t1\n" + "".join(f"q{i}\td1\t0\n" for i in range(2, 10))
+    folder = beir(tmp_path / "b", qrels)
+    jsonl(folder / "queries.jsonl", [{"_id": f"q{i}", "text": f"query {i}"} for i in range(1, 10)])
+    with pytest.warns(NoRelevantWarning, match=r"test\.tsv: left out 8 of 9 queries that have no relevant document "
+                                               r".*'q2' \(line 2\), .*'q6' \(line 6\), and 3 more;"):
+        records, corpus = load_beir(folder)
+    assert [(r["source_id"], r["query_id"], r["pos_index"]) for r in records] == [("q1", 0, [1])]
+    assert len(corpus) == 2  # the corpus is whole: its ids are the records' pos_index
 
 
 def test_beir_errors(tmp_path: Path) -> None:

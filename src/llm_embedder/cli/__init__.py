@@ -16,6 +16,7 @@ except ImportError:  # a typer on the installed click
 
 from llm_embedder.cli import ablate, basic, data, demo, evaluate, export, index, score, serve, train  # noqa: F401  (registers commands)
 from llm_embedder.cli.app import app, arrange_commands
+from llm_embedder.data.loaders import NoRelevantWarning
 from llm_embedder.embedder import TaskRedefinedWarning
 from llm_embedder.evaluate.run import CorpusMissingWarning
 from llm_embedder.extras import MissingExtraError, extra_of, install_hint
@@ -34,7 +35,8 @@ USER_ERRORS = (
 
 
 # warnings meant for the user, printed as one line like the errors (not Python's file:line and source line)
-USER_WARNINGS = (ModelChangedWarning, FewNegativesWarning, TaskRedefinedWarning, CorpusMissingWarning)
+USER_WARNINGS = (ModelChangedWarning, FewNegativesWarning, TaskRedefinedWarning, CorpusMissingWarning,
+                 NoRelevantWarning)
 
 
 def show_user_warnings() -> None:

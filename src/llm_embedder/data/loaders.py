@@ -3,7 +3,8 @@
 - FlagEmbedding JSONL (recipe §2.8): train/eval records, optionally with a corpus whose keys are built with a
   key template ("{title} {text}" by default); ``qid`` is accepted for ``query_id``; the task is read from the
   first record when a record lacks it.
-- BEIR folders: ``corpus.jsonl`` (_id, title, text), ``queries.jsonl`` (_id, text), ``qrels/<split>.tsv``.
+- BEIR folders: ``corpus.jsonl`` (_id, title, text), ``queries.jsonl`` (_id, text), ``qrels/<split>.tsv`` (a query
+  with no relevant document is left out, with a warning).
 - MMLU-style and PopQA-style question files (``load_mmlu``, ``load_popqa``): qa evaluation records (query,
   answers, no candidates: retrieval comes from a corpus at evaluation time).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -198,10 +200,28 @@ def _read_beir_jsonl(path: Path, what: str) -> tuple[list[tuple[int, dict[str, A
     return rows, positions
 
 
+class NoRelevantWarning(UserWarning):
+    """A BEIR import left out queries whose qrels judge no document relevant (every score 0 or less)."""
+
+
+MAX_UNJUDGED_LISTED = 5  # queries named in the NoRelevantWarning; the rest are counted
+
+
+def _warn_unjudged(unjudged: list[str], total: int, first_line: dict[str, int], qrels_path: Path) -> None:
+    listed = ", ".join(f"{query_id!r} (line {first_line[query_id]})" for query_id in unjudged[:MAX_UNJUDGED_LISTED])
+    more = f", and {len(unjudged) - MAX_UNJUDGED_LISTED} more" if len(unjudged) > MAX_UNJUDGED_LISTED else ""
+    warnings.warn(f"{qrels_path}: left out {len(unjudged)} of {total} queries that have no relevant document (every "
+                  f"score 0 or less): {listed}{more}; BEIR's evaluation scores no such query, and train and mine "
+                  "refuse a record with no positive", NoRelevantWarning, stacklevel=3)  # at the call of load_beir
+
+
 def load_beir(
     folder: str | Path, split: str = "test", task: str = "qa", key_template: str = "{title} {text}"
 ) -> tuple[list[Record], list[Record]]:
-    """A BEIR folder as (records, corpus): one record per query with qrels, positives = docs with score > 0."""
+    """A BEIR folder as (records, corpus): one record per query with qrels, positives = docs with score > 0.
+
+    A query whose qrels judge no document relevant (every score 0 or less) is left out, as BEIR's evaluation leaves
+    it out, with a ``NoRelevantWarning`` naming it; with none relevant for any query the folder is refused."""
     folder = Path(folder)
     qrels_path = folder / "qrels" / f"{split}.tsv"
     if not qrels_path.exists():
@@ -221,6 +241,7 @@ def load_beir(
     _check_key_template(key_template, corpus)
     queries, query_ids = _read_beir_jsonl(queries_path, "query")
     relevant: dict[str, list[int]] = {}
+    first_line: dict[str, int] = {}  # the qrels line a query first appears on, to name it
     for line, row in _read_table(qrels_path, "\t"):
         if line == 1 and row[0] == "query-id":
             continue
@@ -237,13 +258,21 @@ def load_beir(
             raise DataError(f"{qrels_path}:{line}:score: not a number: {score!r}") from None
         if not math.isfinite(value):  # float() reads "nan" and "inf": nan > 0 is False, so it read as not relevant
             raise DataError(f"{qrels_path}:{line}:score: not a finite number: {score!r}")
-        relevant.setdefault(query_id, [])
+        if query_id not in relevant:
+            relevant[query_id], first_line[query_id] = [], line
         if value > 0 and doc_ids[doc_id] not in relevant[query_id]:
             relevant[query_id].append(doc_ids[doc_id])
     if not relevant:
         raise DataError(f"{qrels_path}: no records (no query-id, corpus-id, score rows)")
+    unjudged = [query_id for query_id, ids in relevant.items() if not ids]
+    if len(unjudged) == len(relevant):
+        raise DataError(f"{qrels_path}: no query has a relevant document (a score above 0); every score is 0 or less")
+    if unjudged:
+        _warn_unjudged(unjudged, len(relevant), first_line, qrels_path)
     records: list[tuple[int, Record]] = []
     for source_id, ids in relevant.items():
+        if not ids:
+            continue
         line, query = queries[query_ids[source_id]]
         if not query["text"].strip():
             raise DataError(f"{queries_path}:{line}:text: empty query (_id {source_id!r})")
