@@ -29,9 +29,19 @@ def test_instruction_changes_the_vector_and_roles_differ(tiny_embedder_dir):
 
 def test_empty_inputs(tiny_embedder):
     assert tiny_embedder.encode_keys([], "tool").shape == (0, tiny_embedder.dim)
-    vector = tiny_embedder.encode_keys([""], "tool")
-    assert vector.shape == (1, tiny_embedder.dim) and np.isfinite(vector).all()
     assert tiny_embedder.encode_queries("a single string", "qa").shape == (1, tiny_embedder.dim)
+
+
+@pytest.mark.parametrize(("texts", "message"), [
+    ([""], r"texts\[0\] is empty"),
+    (["a question", "another", " \n\t"], r"texts\[2\] holds only whitespace"),
+    ("", r"texts\[0\] is empty"),
+])
+def test_an_empty_text_is_refused_naming_its_position(tiny_embedder, texts, message):
+    """It was embedded as the instruction alone: a vector near every query (or key), returned without a word."""
+    for role in ("query", "key"):
+        with pytest.raises(ValueError, match=message):
+            tiny_embedder.encode(texts, "qa", role)
 
 
 def test_convert_to_tensor_gives_the_same_vectors_as_a_float32_tensor(tiny_embedder):
@@ -109,7 +119,7 @@ def test_saved_prompts_round_trip_through_sentence_transformers(tiny_embedder, t
         out = tiny_embedder.save(tmp_path / "model")
         plain = SentenceTransformer(str(out), device="cpu")
         assert set(plain.prompts) >= {f"{t}.{r}" for t in list_tasks() for r in ("query", "key")}
-        texts = ["a question about planets", ""]
+        texts = ["a question about planets", "x"]  # an empty text is refused (it is the instruction alone)
         for task in list_tasks():
             ours = tiny_embedder.encode_queries(texts, task)
             theirs = plain.encode(texts, prompt_name=f"{task}.query", normalize_embeddings=True)

@@ -40,6 +40,15 @@ def check_texts(texts: Sequence[str] | str) -> list[str]:
     return texts
 
 
+def check_not_blank(texts: list[str]) -> None:
+    """Refuse an empty text, or one of only whitespace, naming its position: it would be embedded as the instruction
+    alone, a vector near every text of the other role, returned as if it meant something."""
+    for i, text in enumerate(texts):
+        if not text.strip():
+            what = "holds only whitespace" if text else "is empty"
+            raise ValueError(f"texts[{i}] {what}: it would be embedded as the instruction alone; give each a text")
+
+
 def text_list(texts: Sequence[str] | str, what: str = "texts") -> list[str]:
     """A string or a sequence of texts as a list (its items unchecked). A dict or a set is refused: a dict would give
     its keys, a set an arbitrary order that the results could not be matched back to; bytes would be read as ints.
@@ -216,9 +225,11 @@ class Embedder:
         """Encode texts of one role (``query`` or ``key``) with the task's instruction.
 
         A float32 numpy array, or with ``convert_to_tensor`` a float32 torch tensor left on the model's device
-        (so a GPU caller computes scores there without a round trip through host memory).
+        (so a GPU caller computes scores there without a round trip through host memory). An empty text, or one of
+        only whitespace, is refused (a ValueError naming it, ``texts[3] is empty``).
         """
         texts = check_texts(texts)
+        check_not_blank(texts)
         if batch_size is not None:
             batch_size = positive_int(batch_size, "batch_size")
         prompt = self.instruction(task, role)

@@ -101,8 +101,10 @@ def test_records_without_file_and_corpus_file(tmp_path: Path) -> None:
     assert fields(validate_records([good(0), good(1, query="")], "mem")) == [(2, "query")]
     corpus = write(tmp_path / "corpus.jsonl", [{"id": 0, "text": "a"}, {"id": 5, "text": "b"}, {"id": 2}])
     assert fields(validate_file(corpus)) == [(2, "id"), (3, "text")]
-    corpus = write(tmp_path / "corpus.jsonl", [{"text": "", "title": "Title only"}, {"text": ""}])
-    assert [(p.line, p.field, p.message) for p in validate_file(corpus)] == [(2, "text", "empty, and no title")]
+    corpus = write(tmp_path / "corpus.jsonl", [{"text": "", "title": "Title only"}, {"text": ""}, {"text": " \n"},
+                                               {"text": "", "title": "  "}])  # blank keys: the instruction alone
+    assert [(p.line, p.field, p.message) for p in validate_file(corpus)] == [
+        (line, "text", "empty, and no title") for line in (2, 3, 4)]
 
 
 def test_malformed_json_is_a_problem_not_a_crash(tmp_path: Path) -> None:

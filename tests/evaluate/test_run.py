@@ -71,6 +71,8 @@ def test_a_corpus_of_flagembedding_contents_is_read(suite):
     ('{"text": 5}', r"corpus.jsonl:4:text: missing or not a string"),
     ('{"title": "t", "text": null}', r"corpus.jsonl:4:text: missing or not a string"),
     ('{"text": ""}', r"corpus.jsonl:4:text: empty, and no title"),
+    ('{"text": "  "}', r"corpus.jsonl:4:text: empty, and no title"),  # embedded as the instruction alone
+    ('{"title": " ", "text": ""}', r"corpus.jsonl:4:text: empty, and no title"),
     ('{"title": NaN, "text": "x"}', r"corpus.jsonl:4:title: NaN is not JSON in field 'title'"),
 ])
 def test_a_corpus_line_that_fails_data_check_is_refused_naming_it(suite, line, message):

@@ -19,6 +19,9 @@ CASES = [
     ("token ids", b'{"input": [1, 2, 3], "model": "M"}', 400, "input", "token-id arrays"),
     ("empty list", b'{"input": [], "model": "M"}', 400, "input", "empty list"),
     ("empty string", b'{"input": "", "model": "M"}', 400, "input", "empty string"),
+    # a blank text was embedded as the instruction alone (the library now refuses it: a 500 without this check)
+    ("blank string", b'{"input": " ", "model": "M"}', 400, "input", "input is blank; give the text to embed"),
+    ("blank item", b'{"input": ["ok", "\\n\\t"], "model": "M"}', 400, "input[1]", "input[1] is blank"),
     ("lone surrogate", b'{"input": "a\\ud800b", "model": "M"}', 400, "input", "not valid Unicode"),
     ("lone surrogate item", b'{"input": ["ok", "\\udfff"], "model": "M"}', 400, "input[1]", "input[1] is not valid"),
     ("bad role", b'{"input": "x", "model": "M", "role": "doc"}', 400, "role", "'query' or 'key'"),

@@ -220,9 +220,10 @@ def _bad_line(problems: list[Problem]) -> Callable[[JsonlError], None]:
 
 
 def validate_corpus_file(path: str | Path, records: list[dict[str, Any]] | None = None) -> list[Problem]:
-    """A corpus: each line has ``text`` (a string, not empty unless there is a ``title``) or, in FlagEmbedding's icl
-    form, a non-empty ``contents`` string instead, and ``id`` equals its position when present. ``records``: a list
-    the file's records are appended to, for a caller that reads the corpus as it is checked (one pass, not two)."""
+    """A corpus: each line has ``text`` (a string, not blank unless there is a ``title`` that is not) or, in
+    FlagEmbedding's icl form, a non-empty ``contents`` string instead, and ``id`` equals its position when present.
+    ``records``: a list the file's records are appended to, for a caller that reads the corpus as it is checked (one
+    pass, not two)."""
     problems: list[Problem] = []
     bad: list[Problem] = []
     n_records = 0
@@ -236,7 +237,8 @@ def validate_corpus_file(path: str | Path, records: list[dict[str, Any]] | None 
                 problems.append(Problem(str(path), line, "contents", "empty"))
         elif not isinstance(record.get("text"), str):
             problems.append(Problem(str(path), line, "text", "missing or not a string (and no `contents` string)"))
-        elif not record["text"] and not record.get("title"):  # BEIR-style title-only documents are fine
+        elif not record["text"].strip() and not (isinstance(record.get("title"), str) and record["title"].strip()):
+            # BEIR-style title-only documents are fine; a blank key would be embedded as the instruction alone
             problems.append(Problem(str(path), line, "text", "empty, and no title"))
         if "id" in record and record["id"] != position:
             problems.append(Problem(str(path), line, "id", f"expected {position} (= line order), got {record['id']!r}"))

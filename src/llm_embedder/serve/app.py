@@ -100,13 +100,14 @@ def check_texts(texts: list[str], settings: ServeSettings, param: str) -> None:
             )
 
 
-def check_not_blank(texts: list[str], param: str) -> None:
-    """400 for a text of only whitespace: as a query it would be the instruction alone and find the documents
-    nearest to nothing. Named like the other checks: ``query``, or ``query[i]`` counted from 0 in a list."""
+def check_not_blank(texts: list[str], param: str, use: str = "search for") -> None:
+    """400 for a text of only whitespace: it would be the instruction alone (a query finding the documents nearest to
+    nothing, an embedding near every text), and the embedder refuses it. Named like the other checks: ``query``, or
+    ``query[i]`` counted from 0 in a list; ``use`` words what the text is for."""
     for i, text in enumerate(texts):
         if not text.strip():
             where = param if len(texts) == 1 else f"{param}[{i}]"
-            raise ApiError(400, f"{where} is blank; give the text to search for", param=where, code="invalid_value")
+            raise ApiError(400, f"{where} is blank; give the text to {use}", param=where, code="invalid_value")
 
 
 def encode_vectors(vectors: np.ndarray, encoding_format: str) -> list[list[float]] | list[str]:
@@ -196,6 +197,7 @@ def build_router() -> APIRouter:
         task = check_task(body.task)
         texts = body.texts()
         check_texts(texts, state.settings, "input")
+        check_not_blank(texts, "input", "embed")  # "" is refused by the schema, "  " here
         dim = state.embedder.dim
         if body.dimensions is not None and body.dimensions > dim:
             raise ApiError(400, f"dimensions must be between 1 and {dim} for this model, got {body.dimensions}",
