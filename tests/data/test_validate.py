@@ -105,6 +105,10 @@ def test_records_without_file_and_corpus_file(tmp_path: Path) -> None:
                                                {"text": "", "title": "  "}])  # blank keys: the instruction alone
     assert [(p.line, p.field, p.message) for p in validate_file(corpus)] == [
         (line, "text", "empty, and no title") for line in (2, 3, 4)]
+    # a null title is no title, as evaluate, mine and the key templates read it; a list is refused
+    corpus = write(tmp_path / "corpus.jsonl", [{"text": "a", "title": None}, {"text": "b", "title": ["x"]},
+                                               {"text": "", "title": None}])
+    assert [(p.line, p.field) for p in validate_file(corpus)] == [(2, "title"), (3, "text")]
 
 
 def test_malformed_json_is_a_problem_not_a_crash(tmp_path: Path) -> None:

@@ -242,8 +242,8 @@ def validate_corpus_file(path: str | Path, records: list[dict[str, Any]] | None 
             problems.append(Problem(str(path), line, "text", "empty, and no title"))
         if "id" in record and record["id"] != position:
             problems.append(Problem(str(path), line, "id", f"expected {position} (= line order), got {record['id']!r}"))
-        if "title" in record and not isinstance(record["title"], str):
-            problems.append(Problem(str(path), line, "title", "must be a string"))
+        if record.get("title") is not None and not isinstance(record["title"], str):  # null: no title, as read
+            problems.append(Problem(str(path), line, "title", "must be a string (or null for none)"))
     return _in_line_order(problems, bad, str(path), n_records)
 
 
