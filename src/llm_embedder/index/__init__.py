@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from llm_embedder.index.base import EmptyIndexError, IndexFormatError, VectorIndex, open_index
+from llm_embedder.index.base import EmptyIndexError, IndexFormatError, KLimitError, VectorIndex, open_index
 from llm_embedder.index.faiss_index import FaissIndex
 
 if TYPE_CHECKING:
     from llm_embedder.index.milvus_index import MilvusIndex
 
-__all__ = ["EmptyIndexError", "FaissIndex", "IndexFormatError", "MilvusIndex", "VectorIndex", "open_index"]
+__all__ = [
+    "EmptyIndexError", "FaissIndex", "IndexFormatError", "KLimitError", "MilvusIndex", "VectorIndex", "open_index",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -34,6 +34,10 @@ class EmptyIndexError(ValueError):
     """A search was run on an index that holds no vectors."""
 
 
+class KLimitError(ValueError):
+    """A search asked for more hits per query (``k``) than the backend can return (a Milvus server's cap)."""
+
+
 @runtime_checkable
 class VectorIndex(Protocol):
     """What the retriever and the server need from a vector index."""

@@ -25,6 +25,7 @@ from llm_embedder.index.base import (
     MILVUS_SCHEMES,
     EmptyIndexError,
     IndexFormatError,
+    KLimitError,
     check_effort,
     check_filter,
     check_ids,
@@ -146,12 +147,13 @@ def is_lite(uri: str | Path) -> bool:
 
 
 def search_limit(k: int, count: int, lite: bool) -> int:
-    """The hits to ask Milvus for: all ``k`` (no more than the index holds). A Milvus server returns at most
-    MAX_LIMIT, so a larger ``k`` on an index holding more is refused, not padded as if no more matched; Milvus Lite
-    returns all ``k``, as FAISS does."""
+    """The hits to ask Milvus for when ``k`` is above MAX_LIMIT (the only ``k`` that needs the index's count): all
+    ``k``, no more than the index holds (Milvus Lite sets aside room for every hit asked for). A Milvus server
+    returns at most MAX_LIMIT, so a larger ``k`` on an index holding more is refused (``KLimitError``), not padded as
+    if no more matched; Milvus Lite returns all ``k``, as FAISS does."""
     if not lite and k > MAX_LIMIT and count > MAX_LIMIT:
-        raise ValueError(f"k={k}: a Milvus server returns at most {MAX_LIMIT} hits per query and the index holds "
-                         f"{count} vectors; ask for k <= {MAX_LIMIT}")
+        raise KLimitError(f"k={k}: a Milvus server returns at most {MAX_LIMIT} hits per query and the index holds "
+                          f"{count} vectors; ask for k <= {MAX_LIMIT}")
     return min(k, count)
 
 
@@ -374,14 +376,20 @@ class MilvusIndex:
         effort = check_effort(nprobe, ef_search)
         index_type, kind = self._index_type(), f"Milvus index {self.factory!r}"
         _search_params(index_type, effort, 1, kind)  # a setting the index has no use for: refused first
-        count = self.count
+        lite = is_lite(self.uri)
+        # no count(*) query per search (it can cost more than the search): Milvus returns what the index holds up
+        # to the limit asked, so only a k above MAX_LIMIT needs the count first (a server's cap; Lite sets aside
+        # room for every hit asked for), and an answer without a single hit tells an empty index from a filter
+        # that matched nothing by a count then. A count can be stale (another process adding): a row that fills
+        # its limit and is still short of k searches again, wider, rather than being padded as if no more matched
+        count = self.count if k > MAX_LIMIT else None
         if count == 0:
             raise EmptyIndexError("the index is empty: add vectors before searching")
+        limit = k if count is None else search_limit(k, count, lite)
+        ceiling = None if lite else MAX_LIMIT
         expr = ""
         if conditions:
             expr = " and ".join(milvus_condition(field, values) for field, values in conditions.items())
-        lite = is_lite(self.uri)
-        limit = search_limit(k, count, lite)
         # Milvus Lite compares a JSON field's true with 1 and false with 0 as equal (a Milvus server reads each as its
         # own type): where a filter holds a bool or a number, each hit's fields are checked by base.matches, and a
         # query left short of k by the hits dropped searches again for more
@@ -390,6 +398,7 @@ class MilvusIndex:
         fields = ["id", *sorted(strict or ())]
         rows: list[list[tuple[float, int]]] = [[] for _ in range(len(queries))]
         pending = list(range(len(queries)))
+        found = False  # any hit at all: the index is not empty
         while pending:
             result = self._call(
                 self.client.search, self.collection, data=queries[pending].tolist(), limit=limit, filter=expr,
@@ -397,12 +406,19 @@ class MilvusIndex:
             )
             short = []
             for i, hits in zip(pending, result, strict=True):
+                found = found or len(hits) > 0
                 rows[i] = [(float(hit["distance"]), int(hit["id"])) for hit in hits
                            if strict is None or matches(hit["entity"], strict)]
-                if len(rows[i]) < k and len(hits) == limit:  # hits dropped, and more may match
+                if len(rows[i]) < k and len(hits) == limit:  # hits dropped, or a stale count: more may match
                     short.append(i)
-            wider = min(limit * 4, count if lite else min(count, MAX_LIMIT))
+            wider = limit * 4 if strict else min(limit * 4, k)  # a row keeps at most k of what it finds
+            if ceiling is not None:
+                wider = min(wider, ceiling)
+                if short and wider == limit and k > limit:  # at the server's cap: refused if the index holds more
+                    search_limit(k, self.count, lite)
             pending, limit = (short, wider) if wider > limit else ([], limit)
+        if not found and self.count == 0:  # no hit: an empty index, or a filter that matched nothing
+            raise EmptyIndexError("the index is empty: add vectors before searching")
         return pad_results(rows, k)
 
     def _index_type(self) -> str:
