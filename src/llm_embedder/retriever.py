@@ -16,6 +16,7 @@ import numpy as np
 
 from llm_embedder.embedder import text_list
 from llm_embedder.index.base import (
+    FilterError,
     IndexFormatError,
     VectorIndex,
     behind_checkpoint,
@@ -436,13 +437,13 @@ class Retriever:
             held = self.meta.get("stored_fields")
             missing = [field for field in filter if held is not None and field not in held]
             if missing:
-                raise ValueError(f"filter on {', '.join(map(repr, missing))}, but no document in the index has "
+                raise FilterError(f"filter on {', '.join(map(repr, missing))}, but no document in the index has "
                                  f"that field; the fields are: {', '.join(held) or 'none'}")
             return
         missing = [field for field in filter if field not in stored]
         if missing:
             kept = ", ".join(stored) if stored else "none"
-            raise ValueError(
+            raise FilterError(
                 f"filter on {', '.join(map(repr, missing))}, but the index stores only these fields for filtering: "
                 f"{kept}; build it with --filter-field {missing[0]} (Python: filter_fields=[{missing[0]!r}])"
             )

@@ -166,3 +166,77 @@ def test_a_document_field_holding_nan_is_answered_as_null_not_a_500(tiny_embedde
             assert response.status_code == 200, response.text
             hits = response.json()["data"][0]["hits"] if path == "/v1/search" else response.json()["hits"]
             assert sorted((h["metadata"].get("n") is None) for h in hits) == [False, True]
+
+
+class NanEmbedder(CountingEmbedder):
+    """A real embedder whose query vectors turn NaN while ``nan`` is set: a model gone wrong (a server fault)."""
+
+    nan = False
+
+    def encode(self, texts: list[str], task: str, role: str, **kwargs: object) -> np.ndarray:
+        vectors = super().encode(texts, task, role, **kwargs)
+        return np.full_like(vectors, np.nan) if self.nan and role == "query" else vectors
+
+    def encode_queries(self, texts: list[str], task: str = "qa", **kwargs: object) -> np.ndarray:
+        return self.encode(texts, task, "query", **kwargs)
+
+
+def search_error(client: TestClient, path: str, body: dict) -> tuple[int, dict]:
+    response = client.post(path, json=body)
+    return response.status_code, response.json().get("error", {})
+
+
+DOCS = [{"text": f"Document {i} about capitals.", "lang": "en" if i % 2 else "fr"} for i in range(6)]
+ROUTES = ("/v1/search", "/v1/augment")
+
+
+def test_nan_query_vectors_from_the_model_are_a_500_not_a_filter_fault(tiny_embedder) -> None:
+    """A model returning NaN query vectors was answered 400 "search failed: query vectors contain NaN", labelled
+    param "filter" when a filter was sent: a server fault, answered 500 whatever the request held."""
+    from llm_embedder.retriever import Retriever
+
+    model = NanEmbedder(tiny_embedder)
+    batched = Retriever.build(model, "qa", DOCS)  # the server's embedder: its queries go through the batcher
+    alone = Retriever.build(NanEmbedder(tiny_embedder), "qa", DOCS)  # another one: encodes its own queries
+    alone.embedder.nan = model.nan = True
+    app = create_app(model, {"docs": batched, "alone": alone}, ServeSettings(model_id="t", max_wait_ms=1))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for path in ROUTES:
+            for name in ("docs", "alone"):
+                for extra in ({}, {"filter": {"lang": "en"}}):
+                    status, error = search_error(client, path, {"index": name, "query": "capital", "k": 2, **extra})
+                    assert status == 500, (path, name, extra, error)
+                    assert error["param"] is None and error["type"] == "server_error", error
+                    assert "NaN" in error["message"]
+        model.nan = alone.embedder.nan = False
+        assert client.post("/v1/search", json={"index": "docs", "query": "capital"}).status_code == 200
+
+
+def test_search_errors_name_the_right_param(tiny_embedder, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Milvus server's refusal of k above its cap and an empty index were labelled param "filter" whenever a
+    filter was sent: k names k, an empty index names no param, a filter fault still names the filter."""
+    from llm_embedder.index import milvus_index
+    from llm_embedder.retriever import Retriever
+
+    capped = Retriever.build(tiny_embedder, "qa", DOCS, tmp_path / "capped", backend="milvus")
+    monkeypatch.setattr(milvus_index, "MAX_LIMIT", 2)  # the server's cap (16384), made small enough to reach
+    monkeypatch.setattr(milvus_index, "is_lite", lambda uri: False)  # Milvus Lite searched as a server would be
+    emptied = Retriever.build(tiny_embedder, "qa", DOCS)
+    emptied.delete(range(len(DOCS)))
+    app = create_app(tiny_embedder, {"capped": capped, "emptied": emptied}, ServeSettings(model_id="t"))
+    with TestClient(app) as client:
+        for path in ROUTES:
+            for extra in ({}, {"filter": {"lang": "en"}}):
+                status, error = search_error(client, path, {"index": "capped", "query": "capital", "k": 3, **extra})
+                assert (status, error["param"]) == (400, "k"), error
+                assert "a Milvus server returns at most 2 hits per query" in error["message"]
+                status, error = search_error(client, path, {"index": "emptied", "query": "capital", **extra})
+                assert (status, error["param"], error["code"]) == (400, None, "empty_index"), error
+                assert "the index is empty" in error["message"]
+            status, error = search_error(client, path, {"index": "capped", "query": "capital",
+                                                        "filter": {"topic": "x"}})
+            assert (status, error["param"]) == (400, "filter"), error
+        ok = client.post("/v1/search", json={"index": "capped", "query": "capital", "k": 2, "filter": {"lang": "en"}})
+        assert ok.status_code == 200 and len(ok.json()["data"][0]["hits"]) == 2
+    monkeypatch.undo()  # closed as the Milvus Lite database it is
+    capped.index.close()

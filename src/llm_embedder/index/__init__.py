@@ -4,14 +4,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from llm_embedder.index.base import EmptyIndexError, IndexFormatError, KLimitError, VectorIndex, open_index
+from llm_embedder.index.base import (
+    EmptyIndexError,
+    FilterError,
+    IndexFormatError,
+    KLimitError,
+    NonFiniteVectorsError,
+    VectorIndex,
+    open_index,
+)
 from llm_embedder.index.faiss_index import FaissIndex
 
 if TYPE_CHECKING:
     from llm_embedder.index.milvus_index import MilvusIndex
 
 __all__ = [
-    "EmptyIndexError", "FaissIndex", "IndexFormatError", "KLimitError", "MilvusIndex", "VectorIndex", "open_index",
+    "EmptyIndexError", "FaissIndex", "FilterError", "IndexFormatError", "KLimitError", "MilvusIndex",
+    "NonFiniteVectorsError", "VectorIndex", "open_index",
 ]
 
 

@@ -38,6 +38,14 @@ class KLimitError(ValueError):
     """A search asked for more hits per query (``k``) than the backend can return (a Milvus server's cap)."""
 
 
+class FilterError(ValueError):
+    """A search filter that cannot be used: not a mapping, a bad field name or value, a field the index lacks."""
+
+
+class NonFiniteVectorsError(ValueError):
+    """Vectors given to an index hold NaN or infinite values."""
+
+
 @runtime_checkable
 class VectorIndex(Protocol):
     """What the retriever and the server need from a vector index."""
@@ -82,7 +90,7 @@ def check_vectors(vectors: Any, dim: int, what: str = "vectors", *, copy: bool =
     if array.shape[1] != dim:
         raise ValueError(f"{what} have dimension {array.shape[1]}, but the index has dimension {dim}")
     if not np.isfinite(array).all():
-        raise ValueError(f"{what} contain NaN or infinite values")
+        raise NonFiniteVectorsError(f"{what} contain NaN or infinite values")
     if copy or not (array.flags.c_contiguous and array.flags.writeable):
         array = np.array(array, dtype=np.float32, order="C", copy=True)
     norms = np.linalg.norm(array, axis=1, keepdims=True)
@@ -170,19 +178,19 @@ def check_filter(filter: Mapping[str, Any] | None) -> dict[str, list[Any]] | Non
     if filter is None:
         return None
     if not isinstance(filter, Mapping):
-        raise ValueError(f"filter must be a mapping {{field: value or [values]}}, got {type(filter).__name__}")
+        raise FilterError(f"filter must be a mapping {{field: value or [values]}}, got {type(filter).__name__}")
     out = {}
     for field, value in filter.items():
         if not is_filter_field(field):
-            raise ValueError(f"filter field {field!r} must be an identifier other than {RESERVED_FIELDS}")
+            raise FilterError(f"filter field {field!r} must be an identifier other than {RESERVED_FIELDS}")
         values = list(value) if isinstance(value, list | tuple | set) else [value]
         if not values:
             raise ValueError(f"filter field {field!r} is given no value (an empty list): give one or more values")
         for v in values:
             if not isinstance(v, str | int | float | bool):
-                raise ValueError(f"filter value for {field!r} must be str, int, float or bool, got {v!r}")
+                raise FilterError(f"filter value for {field!r} must be str, int, float or bool, got {v!r}")
             if isinstance(v, int) and not -(2**63) <= v < 2**63:  # no index stores one (see build.filterable)
-                raise ValueError(f"filter value for {field!r} is outside the 64-bit integer range: {v}")
+                raise FilterError(f"filter value for {field!r} is outside the 64-bit integer range: {v}")
         out[field] = values
     return out or None
 

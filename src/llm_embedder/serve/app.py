@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ import numpy as np
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from llm_embedder.index.base import EmptyIndexError, FilterError, KLimitError, NonFiniteVectorsError
 from llm_embedder.io import finite_json
 from llm_embedder.serve.batcher import Batcher
 from llm_embedder.serve.errors import ApiError, install_error_handlers
@@ -36,9 +38,10 @@ from llm_embedder.serve.schemas import (
 )
 from llm_embedder.tasks import UnknownTaskError, get_task, list_tasks
 
+log = logging.getLogger("llm_embedder.serve")
 INLINE_TOKENIZE_CHARS = 20_000  # count tokens of bigger requests on a worker thread, off the event loop
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 503)
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 500, 503)
 }
 
 
@@ -135,9 +138,17 @@ async def count_tokens(state: ServeState, texts: list[str], task: str, role: str
     return state.embedder.count_tokens(texts, task, role)
 
 
-def search_failed(err: Exception, filter: dict[str, Any] | None) -> ApiError:
-    """A retriever's refusal (a filter on a field the index lacks, an empty index ...) as a 400."""
-    return ApiError(400, f"search failed: {err}", param="filter" if filter else None, code="invalid_value")
+def search_failed(err: Exception) -> ApiError:
+    """A search's failure as the error to answer, naming the parameter at fault: a filter fault (a field the
+    index lacks, a bad value) ``filter``, a k above what the index can return (a Milvus server's cap) ``k``, an
+    empty index none; query vectors holding NaN come from the model, a server fault (500)."""
+    if isinstance(err, NonFiniteVectorsError):
+        log.error("the model returned query vectors holding NaN or infinite values: %s", err)
+        return ApiError(500, f"search failed: the model's {err}", code="internal_error")
+    if isinstance(err, EmptyIndexError):
+        return ApiError(400, f"search failed: {err}", code="empty_index")
+    param = "filter" if isinstance(err, FilterError) else "k" if isinstance(err, KLimitError) else None
+    return ApiError(400, f"search failed: {err}", param=param, code="invalid_value")
 
 
 def batches_queries(state: ServeState, retriever: Any) -> bool:
@@ -243,18 +254,18 @@ def build_router() -> APIRouter:
             try:
                 return await state.batcher.run(partial(retriever.search, queries, k=k, filter=filter))
             except (ValueError, KeyError, TypeError) as err:
-                raise search_failed(err, filter) from None
+                raise search_failed(err) from None
         # the queries join the dynamic batches of /v1/embeddings, and the index search the batch's other searches
         try:
             retriever.check_filter_fields(filter)  # a bad filter is refused before it costs a model call
         except (ValueError, KeyError, TypeError) as err:
-            raise search_failed(err, filter) from None
+            raise search_failed(err) from None
         task = retriever.task  # the instruction, role and max length retriever.search encodes with
         tokens = await count_tokens(state, queries, task, "query")
         hits = await state.batcher.embed_then(queries, task, "query", tokens, retriever.search_vectors_many,
                                               {"k": k, "filter": filter})
         if isinstance(hits, ValueError | KeyError | TypeError):  # this request's search failed (returned, not raised)
-            raise search_failed(hits, filter) from None
+            raise search_failed(hits) from None
         if isinstance(hits, Exception):
             raise hits
         return hits
