@@ -35,6 +35,7 @@ from _common import RESULTS_DIR, machine_info, write_json  # noqa: E402
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "encode": ("bench_encode.py", [], ["--quick"]),
     "search": ("bench_search.py", [], ["--quick"]),
+    "milvus_search": ("bench_milvus_search.py", [], ["--quick"]),
     "index_memory": ("bench_index_memory.py", [], ["--quick"]),
     "reward": ("bench_reward.py", [], ["--quick", "--queries", "2", "--candidates", "3"]),
     "serve": ("bench_serve.py", [], ["--quick", "--requests", "200", "--seconds", "5", "--clients", "8"]),
