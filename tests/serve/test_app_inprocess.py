@@ -236,6 +236,8 @@ def test_search_errors_name_the_right_param(tiny_embedder, tmp_path, monkeypatch
             status, error = search_error(client, path, {"index": "capped", "query": "capital",
                                                         "filter": {"topic": "x"}})
             assert (status, error["param"]) == (400, "filter"), error
+            status, error = search_error(client, path, {"index": "capped", "query": "capital", "filter": {"lang": []}})
+            assert (status, error["param"]) == (400, "filter") and "given no value" in error["message"], error
         ok = client.post("/v1/search", json={"index": "capped", "query": "capital", "k": 2, "filter": {"lang": "en"}})
         assert ok.status_code == 200 and len(ok.json()["data"][0]["hits"]) == 2
     monkeypatch.undo()  # closed as the Milvus Lite database it is

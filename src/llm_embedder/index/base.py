@@ -185,7 +185,7 @@ def check_filter(filter: Mapping[str, Any] | None) -> dict[str, list[Any]] | Non
             raise FilterError(f"filter field {field!r} must be an identifier other than {RESERVED_FIELDS}")
         values = list(value) if isinstance(value, list | tuple | set) else [value]
         if not values:
-            raise ValueError(f"filter field {field!r} is given no value (an empty list): give one or more values")
+            raise FilterError(f"filter field {field!r} is given no value (an empty list): give one or more values")
         for v in values:
             if not isinstance(v, str | int | float | bool):
                 raise FilterError(f"filter value for {field!r} must be str, int, float or bool, got {v!r}")
