@@ -140,3 +140,20 @@ def test_mmlu_csv_with_bad_utf8_names_the_real_line(tmp_path: Path) -> None:
     with pytest.raises(DataError) as err:
         load_mmlu(path)
     assert str(err.value) == f"{path}:7: not valid UTF-8 (byte 0xe9 at column 12)"
+
+
+def test_mmlu_csv_files_are_found_whatever_the_case_of_their_extension(tmp_path: Path) -> None:
+    """A folder's ``<subject>_test.CSV`` files were not found (``holds no *.csv files``), or, beside ``.csv`` ones,
+    left out silently; a single ``.CSV`` file was read as CSV already."""
+    folder = tmp_path / "test"
+    folder.mkdir()
+    (folder / "astronomy_test.CSV").write_text("Which planet is largest?,Mars,Jupiter,Venus,Earth,B\n")
+    (folder / "anatomy_test.Csv").write_text("Which organ pumps blood?,Heart,Lung,Liver,Skin,A\n")
+    (folder / "virology_test.csv").write_text("What causes flu?,A virus,A bacterium,A fungus,A prion,A\n")
+    (folder / "astronomy_dev.CSV").write_text("Smallest planet?,Mars,Jupiter,Venus,Mercury,D\n")
+    records = load_mmlu(folder)
+    assert [(r["subject"], r["answers"]) for r in records] == [
+        ("anatomy", ["Heart"]), ("astronomy", ["Jupiter"]), ("virology", ["A virus"])]
+    assert [r["query"] for r in load_mmlu(folder, split="dev")] == ["Smallest planet?"]
+    (alone,) = load_mmlu(folder / "astronomy_test.CSV")
+    assert (alone["subject"], alone["answers"]) == ("astronomy", ["Jupiter"])

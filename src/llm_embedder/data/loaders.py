@@ -342,9 +342,9 @@ def _mmlu_rows(path: Path) -> Iterator[tuple[int, tuple[str, list[str], int, str
 
 
 def mmlu_files(path: Path, split: str = "test") -> list[Path]:
-    """The CSV files a folder of MMLU's release holds for ``split`` (``<subject>_<split>.csv``): one split only, so
-    that dev or val questions do not end up among the test ones."""
-    files = sorted(p for p in path.glob("*.csv") if p.is_file())
+    """The CSV files a folder of MMLU's release holds for ``split`` (``<subject>_<split>.csv``, the extension in any
+    case, as a single file's): one split only, so that dev or val questions do not end up among the test ones."""
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".csv" and p.is_file())
     if not files:
         raise FileNotFoundError(f"{path} holds no *.csv files (expected MMLU's <subject>_test.csv files)")
     chosen = [p for p in files if p.stem.endswith(f"_{split}")]
