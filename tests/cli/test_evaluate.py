@@ -312,3 +312,35 @@ def test_fast_on_cuda_is_refused_before_anything_runs(qa_suite, tiny_embedder_di
     assert str(result.exception) == (f"--fast is for CPU, {where} (on CUDA the embedders run in fp16 and the LLM "
                                      "in bf16 already): drop --fast, or give --device cpu")
     assert not out.exists()
+
+
+def test_a_bad_split_or_corpus_is_refused_before_the_llm_or_any_model_loads(qa_suite, tiny_embedder_dir, tmp_path,
+                                                                            monkeypatch):
+    """evaluate loaded the LLM (SmolLM2: seconds to minutes), then found a bad corpus or split of --data."""
+    from typer.testing import CliRunner
+
+    from llm_embedder.cli import app
+    from llm_embedder.embedder import Embedder
+    from llm_embedder.io import DataError
+    from llm_embedder.llm import CausalLM
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the LLM or an embedder loaded before the data was checked")
+
+    monkeypatch.setattr(CausalLM, "__init__", no_loading)
+    monkeypatch.setattr(Embedder, "__init__", no_loading)
+    corpus, split = qa_suite / "qa" / "corpus.jsonl", qa_suite / "qa" / "test.jsonl"
+    out = tmp_path / "out"
+    args = ["evaluate", "--data", str(qa_suite), "--model", f"tiny={tiny_embedder_dir}", "--base", "none",
+            "--llm", "smollm2", "--out", str(out)]
+    with corpus.open("a") as handle:
+        handle.write('{"title": "only title"}\n')
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, DataError), result.output
+    assert str(result.exception) == f"{corpus}:4:text: missing or not a string (and no `contents` string)"
+    write_jsonl(corpus, [{"id": 0, "text": "Jupiter is the largest planet."}])
+    write_jsonl(split, [{"query": "which is the largest planet", "answers": ["Jupiter"], "pos_index": [5]}])
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, DataError), result.output
+    assert str(result.exception).startswith(f"{split}:1:pos_index"), str(result.exception)
+    assert not out.exists()  # nothing written either

@@ -169,13 +169,14 @@ def evaluate_command(
         raise ValueError("--teacher ranks candidates with the LLM: give --llm")
     if items and (not llm or llm == "none"):
         raise ValueError("--prompt-items sets what the LLM's prompt holds, and --llm none gives no LLM: give --llm")
-    lm = None
+    load_lm = None
     if llm and llm != "none":
-        from llm_embedder.llm import CausalLM
+        def load_lm():  # once run_evaluation has checked every task's split and corpus: a bad one fails in seconds
+            from llm_embedder.llm import CausalLM
 
-        lm = CausalLM(llm, device=device, fast=embed_fast)
+            return CausalLM(llm, device=device, fast=embed_fast)
     results = run_evaluation(
-        data, task_names, systems, out, lm=lm, baselines=baselines, gold=gold, teacher=teacher, split=split,
+        data, task_names, systems, out, load_lm=load_lm, baselines=baselines, gold=gold, teacher=teacher, split=split,
         max_queries=max_queries, max_llm_queries=max_llm_queries, max_corpus=max_corpus, max_candidates=max_candidates,
         generate=generate, prompt_items=items, embed_fast=embed_fast, embed_max_length=max_length,
         versions=system_versions(specs, base, task_names), model_paths=recorded_paths(specs, base),

@@ -449,6 +449,7 @@ def run_evaluation(
     out_dir: str | Path,
     *,
     lm=None,
+    load_lm: Callable[[], Any] | None = None,
     baselines: bool = True,
     gold: bool = False,
     teacher: bool = False,
@@ -481,7 +482,9 @@ def run_evaluation(
     measured with another version, or an unknown one, is measured again, so a model retrained in place is not
     reported stale. ``model_paths`` (system -> its model's folder) is recorded, so that a later call showing this
     system from the cache (``cached_others``) leaves its results out once that folder holds other weights
-    (``forget_changed_others``, with a ``ModelChangedWarning``)."""
+    (``forget_changed_others``, with a ``ModelChangedWarning``). ``load_lm``, in place of ``lm``, loads the LLM once
+    every task's split and corpus is read and checked: a bad data folder is refused in seconds, not after a slow
+    LLM load."""
     check_prompt_items(prompt_items or {})
     check_run_arguments(tasks, systems, max_queries=max_queries, max_llm_queries=max_llm_queries,
                         max_corpus=max_corpus, max_candidates=max_candidates)
@@ -492,8 +495,17 @@ def run_evaluation(
     taken = [name for name in systems if baselines and name in baseline_rows]
     if taken:  # it was never evaluated: the baseline's cached row stood in for it
         raise ValueError(f"a system is named {taken[0]!r}, the name of a baseline row: rename it")
-    if teacher and lm is None:
+    if lm is not None and load_lm is not None:
+        raise ValueError("give the LLM (lm) or a function that loads it (load_lm), not both")
+    if teacher and lm is None and load_lm is None:
         raise ValueError("the teacher row needs the LLM (lm)")
+    limits = dict(max_corpus=max_corpus, max_candidates=max_candidates)
+    # every task's files read and checked before the LLM loads and any task is evaluated: a bad corpus or split of
+    # the last task fails in seconds, not once the LLM has loaded and the others are done (they are let go of as each
+    # task ends); and before anything is written to out_dir
+    datasets = {task: load_task_data(data_dir, task, split, max_queries, **limits) for task in tasks}
+    if load_lm is not None:
+        lm = load_lm()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # a second evaluation into the same folder (one started again while it runs) is refused: both would
@@ -539,10 +551,6 @@ def run_evaluation(
         results = load_results(out_dir)
         per_query = load_results(out_dir, PER_QUERY_FILE)
         order: dict[str, list[str]] = {}  # per task, the systems in the order asked for
-        limits = dict(max_corpus=max_corpus, max_candidates=max_candidates)
-        # every task's files read and checked before any task is evaluated: a bad corpus or split of the last task
-        # fails in seconds, not once the others are done (they are let go of as each task ends)
-        datasets = {task: load_task_data(data_dir, task, split, max_queries, **limits) for task in tasks}
         with LoggedProgress() as progress:
             bar = progress.add_task("evaluating", total=len(tasks))
             # the LLM's prompts of the system in hand: its minutes (lrlm's long chunks, the teacher row) show as they go
