@@ -80,6 +80,46 @@ def check_max_lengths(model: str | Path, lengths: dict[str, int]) -> None:
                              f"(max_position_embeddings of its config); give at most {limit}")
 
 
+def config_embedding_dim(path: str | Path) -> int | None:
+    """The dimension of a model folder's vectors, read from its modules' configs without loading weights, as
+    ``SentenceTransformer.get_embedding_dimension`` finds it in the loaded modules: that of the last module that has
+    one (a Dense layer's ``out_features``, the pooling's, which puts its modes side by side, the transformer's hidden
+    size; Normalize keeps it). None where the configs do not tell (a module of another kind, a config missing):
+    the caller checks it once the model has loaded."""
+    import json
+    import warnings
+
+    path = Path(path)
+    try:
+        modules = path / "modules.json"
+        entries = json.loads(modules.read_text(encoding="utf-8")) if modules.is_file() else [
+            {"type": "Transformer", "path": ""}]  # a plain transformers folder: SentenceTransformer mean-pools it
+        for entry in reversed(entries):
+            kind = str(entry["type"]).rsplit(".", 1)[-1]
+            folder = path / str(entry.get("path") or "")
+            if kind == "Normalize":
+                continue
+            if kind == "Dense":
+                return int(json.loads((folder / "config.json").read_text(encoding="utf-8"))["out_features"])
+            if kind == "Pooling":  # its own class reads its config (the modes, in any release's keys)
+                from sentence_transformers.util import import_from_string
+
+                with warnings.catch_warnings():  # sentence_transformers.models.Pooling is a deprecated path
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    pooling = import_from_string(str(entry["type"])) if "." in str(entry["type"]) else None
+                if pooling is None:
+                    return None
+                return int(pooling.load(str(folder)).get_embedding_dimension())
+            if kind == "Transformer":
+                from transformers import AutoConfig
+
+                return int(AutoConfig.from_pretrained(str(folder), local_files_only=True).hidden_size)
+            return None
+    except Exception:  # noqa: BLE001 - a config this cannot read: the loaded model says
+        return None
+    return None
+
+
 class ModelChangedWarning(UserWarning):
     """A model's weight files changed since something was built from it (an index's vectors): retrained in place?"""
 

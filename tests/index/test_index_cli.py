@@ -475,3 +475,50 @@ def test_index_refuses_bad_arguments_without_the_title_note_or_faiss_internals(t
         result = runner.invoke(app, [*base, *args])
         assert result.exception is not None and message in str(result.exception), (args, result.output)
         assert "note:" not in result.stderr and "Error in" not in str(result.exception), (args, result.stderr)
+
+
+def test_a_bad_factory_is_refused_before_the_model_loads(tiny_embedder_dir: Path, tmp_path: Path,
+                                                         monkeypatch) -> None:
+    """index --factory BAD was refused once the model had loaded (the factory was checked against its loaded
+    dimension). The dimension is read from the model's configs: a factory the tiny model's 32 dimensions refuse
+    (PQ64) is refused as early, and one they take (PQ32, PQ16) is not."""
+    from llm_embedder.embedder import Embedder
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model loaded")
+
+    monkeypatch.setattr(Embedder, "__init__", no_loading)
+    corpus = write_corpus(tmp_path / "corpus.jsonl")
+    args = ["index", "--task", "qa", "--corpus", str(corpus), "--out", str(tmp_path / "idx"), "--model",
+            str(tiny_embedder_dir)]
+    for factory in ("BAD", "PQ64", "IVF4,Flat,Junk"):
+        result = runner.invoke(app, [*args, "--factory", factory])
+        assert isinstance(result.exception, ValueError), (factory, result.output)
+        assert str(result.exception).startswith(f"invalid FAISS factory string {factory!r}: "), result.exception
+    for factory in ("PQ32", "PQ16", "HNSW32", "Flat"):  # valid for 32 dimensions: on to loading the model
+        result = runner.invoke(app, [*args, "--factory", factory])
+        assert str(result.exception) == "the model loaded", (factory, result.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.jsonl"]  # nothing written
+
+
+def test_the_dimension_is_read_from_the_model_configs_as_the_loaded_model_gives_it(tiny_embedder_dir: Path,
+                                                                                  tmp_path: Path) -> None:
+    """A Dense layer after the pooling, or pooling modes put side by side, change the dimension: the configs say
+    what the loaded model does; a module of a kind the configs do not tell about gives None (checked once loaded)."""
+    from sentence_transformers import SentenceTransformer, models
+
+    from llm_embedder.embedder import Embedder
+    from llm_embedder.models import config_embedding_dim
+
+    assert config_embedding_dim(tiny_embedder_dir) == Embedder(tiny_embedder_dir, device="cpu").dim == 32
+    transformer = models.Transformer(str(tiny_embedder_dir))
+    for name, modules in (
+            ("dense", [transformer, models.Pooling(32, pooling_mode="mean"), models.Dense(32, 24), models.Normalize()]),
+            ("two_modes", [transformer, models.Pooling(32, pooling_mode=["cls", "mean"])])):
+        folder = tmp_path / name
+        SentenceTransformer(modules=modules, device="cpu").save(str(folder))
+        assert config_embedding_dim(folder) == Embedder(folder, device="cpu").dim, name
+    modules = json.loads((tmp_path / "dense" / "modules.json").read_text())
+    modules[2]["type"] = "my_package.MyProjection"
+    (tmp_path / "dense" / "modules.json").write_text(json.dumps(modules))
+    assert config_embedding_dim(tmp_path / "dense") is None

@@ -54,7 +54,8 @@ def index_command(
     tokens.
     """
     from llm_embedder.embedder import Embedder, register_model_tasks
-    from llm_embedder.index.build import build_index
+    from llm_embedder.index.build import build_index, check_factory
+    from llm_embedder.models import config_embedding_dim, resolve_embedder_path
     from llm_embedder.tasks import get_task
 
     register_task_files(task_file)
@@ -62,6 +63,9 @@ def index_command(
     get_task(task)
     check_choice("--backend", backend, ("faiss", "milvus"))  # before the model loads, as the next ones
     check_max_length(model, max_length)
+    dim = config_embedding_dim(resolve_embedder_path(model))
+    if dim is not None:  # a bad --factory is refused before the model loads (where the configs say, else once loaded)
+        check_factory(factory, backend, dim)
     if not corpus.exists():
         raise FileNotFoundError(f"corpus not found: {corpus}")
 

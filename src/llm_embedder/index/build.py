@@ -356,21 +356,28 @@ def corpus_change(corpus: Any, recorded: Any) -> str:
 
 def check_index_settings(embedder: Any, backend: str, factory: str, batch_size: int) -> None:
     """Refuse a bad backend, factory string or batch size before any document is encoded."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_factory(factory, backend, int(embedder.dim))
+
+
+def check_factory(factory: str, backend: str, dim: int) -> None:
+    """Refuse a backend, or a factory string for vectors of ``dim`` (``PQ32`` needs a multiple of 32), that the
+    build would refuse; the command line checks it with the dimension the model's configs give, before it loads
+    (``models.config_embedding_dim``)."""
     from llm_embedder.index.faiss_index import FaissIndex
 
     if backend not in ("faiss", "milvus"):
         raise ValueError(f"backend must be faiss or milvus, got {backend!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if backend == "faiss":
-        FaissIndex(int(embedder.dim), factory).close()  # an empty index: parses the factory string, allocates nothing
+        FaissIndex(dim, factory).close()  # an empty index: parses the factory string, allocates nothing
     else:  # the build writes a Milvus Lite database; the factory maps to its index or is refused
         from llm_embedder.extras import require_extra
         from llm_embedder.index.milvus_index import check_milvus_factory
 
         require_extra("milvus", "the Milvus backend")  # before any document is encoded
 
-        check_milvus_factory(factory, int(embedder.dim), lite=True)
+        check_milvus_factory(factory, dim, lite=True)
 
 
 def check_trainable(factory: str, dim: int, count: int) -> None:
