@@ -241,3 +241,53 @@ def test_a_config_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError) as err:
         read_config_file(path)
     assert str(err.value) == f"{path}:3: not valid UTF-8 (byte 0xe9 at column 9)"
+
+
+HUGE = "1234567890123456789012345678901234567890"  # 40 digits
+
+
+@pytest.mark.parametrize("name", ["max_steps", "batch_size", "group_size", "save_steps", "logging_steps",
+                                  "save_total_limit", "self_paced_interval", "query_max_length"])
+def test_a_whole_number_setting_has_an_upper_bound(tmp_path: Path, name: str) -> None:
+    """A 40-digit max_steps was taken: training ran, its progress line saying ~1e35 hours left."""
+    with pytest.raises(ValueError) as err:
+        TrainConfig(**{name: int(HUGE)})
+    assert str(err.value) == f"{name}: must be at most 2**31 - 1, got {HUGE}"
+    path = tmp_path / "c.yaml"
+    path.write_text(f"lr: 1\n{name}: {HUGE}\n")
+    with pytest.raises(ValueError) as err:
+        read_config_file(path)
+    assert str(err.value) == f"{path}: {name}: must be at most 2**31 - 1, got {HUGE}"
+    assert TrainConfig(**{name: 2**31 - 1}).__dict__[name] == 2**31 - 1
+
+
+def test_whole_number_options_are_bounded_before_anything_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                ) -> None:
+    """--max-steps and every other whole-number option took 40 digits (search -k failed once the model had loaded,
+    'Maximum allowed dimension exceeded'); each is refused naming the option."""
+    from llm_embedder.embedder import Embedder
+    from llm_embedder.retriever import Retriever
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model loaded")
+
+    monkeypatch.setattr(Embedder, "__init__", no_loading)
+    monkeypatch.setattr(Retriever, "load", no_loading)
+    commands = {
+        "train": ["train", "--data", str(tmp_path), "--out", str(tmp_path / "out")],
+        "encode": ["encode", str(tmp_path / "t.txt")],
+        "index": ["index", "--task", "qa", "--corpus", str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "i")],
+        "search": ["search", "q", "--index", str(tmp_path / "i")],
+        "mine": ["mine", "-m", "minilm", "--data", str(tmp_path / "d.jsonl"), "--corpus", str(tmp_path / "c.jsonl"),
+                 "--out", str(tmp_path / "o.jsonl")],
+        "evaluate": ["evaluate", "--data", str(tmp_path)],
+    }
+    for command, option in [("train", "--max-steps"), ("train", "--batch-size"), ("train", "--group-size"),
+                            ("train", "--save-steps"), ("train", "--query-max-length"), ("encode", "--batch-size"),
+                            ("encode", "--max-length"), ("index", "--batch-size"), ("search", "-k"),
+                            ("search", "--nprobe"), ("mine", "--top-k"), ("evaluate", "--max-queries")]:
+        result = runner.invoke(app, [*commands[command], option, HUGE], env={"COLUMNS": "400"})
+        assert result.exit_code == 2, (command, option, result.output)
+        assert f"Invalid value for '{option}': Input should be less than or equal to 2147483647" in result.output, (
+            command, result.output)
+    assert list(tmp_path.iterdir()) == []

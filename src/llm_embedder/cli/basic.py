@@ -14,6 +14,7 @@ from rich.table import Table
 
 from llm_embedder.cli.app import app
 from llm_embedder.io import DataError, decode_line, iter_text_lines, parse_jsonl_lines
+from llm_embedder.train.config import MAX_COUNT  # every whole-number option's bound, as train.yaml's settings'
 
 ModelOption = Annotated[str, typer.Option("--model", "-m", help="Sentence-transformers directory or alias (minilm).")]
 TaskFileOption = Annotated[
@@ -23,7 +24,7 @@ TaskFileOption = Annotated[
 DEVICE_HELP = "cpu, cuda, cuda:N or mps (default: cuda if present, else cpu)."
 DeviceOption = Annotated[str | None, typer.Option("--device", help=DEVICE_HELP)]
 MaxLengthOption = Annotated[int | None, typer.Option(
-    "--max-length", min=1,
+    "--max-length", min=1, max=MAX_COUNT,
     help="Tokens of a query or key the model keeps (default: its saved length; 256 for minilm).")]
 
 
@@ -136,7 +137,7 @@ def encode_command(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="OUT.npy or OUT.jsonl; JSONL to stdout if absent.")
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Texts per model batch.")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, max=MAX_COUNT, help="Texts per model batch.")] = 64,
     device: DeviceOption = None,
     max_length: MaxLengthOption = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,

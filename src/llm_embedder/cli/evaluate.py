@@ -10,6 +10,7 @@ import typer
 
 from llm_embedder.cli.app import app
 from llm_embedder.cli.basic import (
+    MAX_COUNT,
     DeviceOption,
     TaskFileOption,
     check_cpu_only,
@@ -93,13 +94,13 @@ def evaluate_command(
     ] = Path("runs/eval"),
     split: Annotated[str, typer.Option(help="Split to evaluate (tune on dev, report test).")] = "test",
     max_queries: Annotated[int | None, typer.Option(
-        min=1, help="Evaluate at most this many queries per task.")] = None,
+        min=1, max=MAX_COUNT, help="Evaluate at most this many queries per task.")] = None,
     max_llm_queries: Annotated[int | None, typer.Option(
-        min=0, help="At most this many queries per task to the LLM.")] = None,
+        min=0, max=MAX_COUNT, help="At most this many queries per task to the LLM.")] = None,
     max_corpus: Annotated[int | None, typer.Option(
-        min=1, help="Search all gold docs plus a fixed sample, this many.")] = None,
+        min=1, max=MAX_COUNT, help="Search all gold docs plus a fixed sample, this many.")] = None,
     max_candidates: Annotated[int | None, typer.Option(
-        min=1, help="Per-query candidates kept: gold + most recent.")] = None,
+        min=1, max=MAX_COUNT, help="Per-query candidates kept: gold + most recent.")] = None,
     baselines: Annotated[bool, typer.Option(help="Include none/random/recency/BM25 baselines.")] = True,
     gold: Annotated[bool, typer.Option(
         help="Add a 'gold' row: the labelled items first, then BM25's (every labelled item found).")] = False,
@@ -115,8 +116,9 @@ def evaluate_command(
         help="CPU fast mode: bf16 Linear layers in the embedders and the LLM (approximate; for CPUs with "
              "AVX512-BF16 or AMX).")] = False,
     max_length: Annotated[int | None, typer.Option(
-        min=1, help="Tokens every embedder keeps of a query or key (default: each model's saved length, the "
-                    "training length for a model llm-embedder train wrote).")] = None,
+        min=1, max=MAX_COUNT,
+        help="Tokens every embedder keeps of a query or key (default: each model's saved length, the "
+             "training length for a model llm-embedder train wrote).")] = None,
     task_file: TaskFileOption = None,
 ) -> None:
     """Evaluate embedders and baselines on the task suite; writes JSON, a markdown table and PNG plots."""

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from llm_embedder.cli.app import app
 from llm_embedder.cli.basic import (
+    MAX_COUNT,
     DeviceOption,
     MaxLengthOption,
     ModelOption,
@@ -39,7 +40,7 @@ def index_command(
         list[str] | None, typer.Option("--filter-field", help="Field stored in the index for --filter (repeat).")
     ] = None,
     batch_size: Annotated[
-        int, typer.Option(min=1, help="Texts per encoding batch (progress is saved after each).")
+        int, typer.Option(min=1, max=MAX_COUNT, help="Texts per encoding batch (progress is saved after each).")
     ] = 256,
     device: DeviceOption = None,
     max_length: MaxLengthOption = None,
@@ -172,7 +173,7 @@ def open_retriever(index: Path, model: str | None, task: str | None):
 def search_command(
     index: IndexOption,
     queries: Annotated[list[str] | None, typer.Argument(help="One or more query texts.")] = None,
-    k: Annotated[int, typer.Option("-k", min=1, help="Hits per query.")] = 10,
+    k: Annotated[int, typer.Option("-k", min=1, max=MAX_COUNT, help="Hits per query.")] = 10,
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Embedder (default: the one named in the index).")
     ] = None,
@@ -182,9 +183,11 @@ def search_command(
     filter: FilterOption = None,
     json_out: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
     nprobe: Annotated[int | None, typer.Option(
-        min=1, help="IVF index: lists searched (default 16 on FAISS); more finds more of the true top k.")] = None,
+        min=1, max=MAX_COUNT,
+        help="IVF index: lists searched (default 16 on FAISS); more finds more of the true top k.")] = None,
     ef_search: Annotated[int | None, typer.Option(
-        min=1, help="HNSW index: candidates kept (default 128 on FAISS); more finds more of the true top k.")] = None,
+        min=1, max=MAX_COUNT,
+        help="HNSW index: candidates kept (default 128 on FAISS); more finds more of the true top k.")] = None,
     queries_file: Annotated[Path | None, typer.Option(
         "--queries", help="File of queries, one per line ('-': stdin); after any given as arguments.")] = None,
     task_file: TaskFileOption = None,
@@ -234,7 +237,8 @@ def augment_command(
     task: Annotated[str, typer.Option(help="Prompt layout / retrieval task.")] = "qa",
     index: Annotated[Path | None, typer.Option("--index", "-i", help="Retrieve the items from this index.")] = None,
     item: Annotated[list[str] | None, typer.Option("--item", help="A retrieved item, best first (repeat).")] = None,
-    k: Annotated[int | None, typer.Option("-k", min=1, help="Items to retrieve with --index (default 3).")] = None,
+    k: Annotated[int | None, typer.Option("-k", min=1, max=MAX_COUNT,
+                                          help="Items to retrieve with --index (default 3).")] = None,
     budget: Annotated[int, typer.Option(help="Token budget of the whole prompt.")] = 1024,
     tokenizer: Annotated[
         str | None, typer.Option(help="Count tokens with this LM (a HF directory or 'smollm2'); default approximate.")

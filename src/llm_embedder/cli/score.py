@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from llm_embedder.cli.app import app
-from llm_embedder.cli.basic import DeviceOption, TaskFileOption, check_cpu_only, register_task_files
+from llm_embedder.cli.basic import MAX_COUNT, DeviceOption, TaskFileOption, check_cpu_only, register_task_files
 from llm_embedder.io import check_output_file, require_file
 
 
@@ -45,12 +45,14 @@ def score_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output JSONL: the records with teacher_scores.")],
     llm: Annotated[str, typer.Option(help="Causal LM: a Hugging Face directory or the alias smollm2.")] = "smollm2",
     batch_tokens: Annotated[
-        int | None, typer.Option(min=1, help="Padded tokens per forward pass (default 1024 on CPU, 16384 on CUDA).")
+        int | None, typer.Option(min=1, max=MAX_COUNT,
+                                 help="Padded tokens per forward pass (default 1024 on CPU, 16384 on CUDA).")
     ] = None,
     task: Annotated[str | None, typer.Option(help="Task for records without a 'task' field.")] = None,
     task_file: TaskFileOption = None,
     rank_aware: Annotated[
-        int, typer.Option(min=0, help="Rank-aware reward from N LLM samples per record (0: likelihood reward).")
+        int, typer.Option(min=0, max=MAX_COUNT,
+                          help="Rank-aware reward from N LLM samples per record (0: likelihood reward).")
     ] = 0,
     fast: Annotated[
         bool | None,
@@ -63,10 +65,11 @@ def score_command(
                           "int8 (--fast alone: auto)."),
     ] = None,
     key_max_tokens: Annotated[int | None, typer.Option(
-        min=1, help="Cut each candidate to this many tokens (the reference: 512; default: only where the prompt "
-                    "would overflow the LLM's window).")] = None,
+        min=1, max=MAX_COUNT,
+        help="Cut each candidate to this many tokens (the reference: 512; default: only where the prompt "
+             "would overflow the LLM's window).")] = None,
     chunk_pairs: Annotated[
-        int, typer.Option(min=1, help="Pairs per resumable chunk (batches never cross a chunk).")
+        int, typer.Option(min=1, max=MAX_COUNT, help="Pairs per resumable chunk (batches never cross a chunk).")
     ] = 256,
     device: DeviceOption = None,
     overwrite: Annotated[bool, typer.Option(help="Start afresh instead of resuming an existing OUT.")] = False,

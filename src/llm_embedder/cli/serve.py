@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from llm_embedder.cli.app import app
 from llm_embedder.cli.basic import (
+    MAX_COUNT,
     DeviceOption,
     MaxLengthOption,
     ModelOption,
@@ -97,20 +98,27 @@ def serve_command(
     model_name: Annotated[
         str | None, typer.Option(help="Model id clients send as `model` (default: the --model value's name).")
     ] = None,
-    max_inputs: Annotated[int, typer.Option(min=1, help="Most texts in one request (413 above).")] = 2048,
-    max_chars: Annotated[int, typer.Option(min=1, help="Most characters in one text (413 above).")] = 16_384,
-    max_batch_tokens: Annotated[int, typer.Option(min=1, help="Token bound of one dynamic model batch.")] = 8192,
+    max_inputs: Annotated[int, typer.Option(min=1, max=MAX_COUNT,
+                                            help="Most texts in one request (413 above).")] = 2048,
+    max_chars: Annotated[int, typer.Option(min=1, max=MAX_COUNT,
+                                           help="Most characters in one text (413 above).")] = 16_384,
+    max_batch_tokens: Annotated[int, typer.Option(min=1, max=MAX_COUNT,
+                                                  help="Token bound of one dynamic model batch.")] = 8192,
     max_batch_requests: Annotated[
-        int, typer.Option(min=1, help="Requests merged into one model batch; 1 disables dynamic batching.")
+        int, typer.Option(min=1, max=MAX_COUNT,
+                          help="Requests merged into one model batch; 1 disables dynamic batching.")
     ] = 256,
     max_wait_ms: Annotated[
         float, typer.Option(min=0.0, help="How long a lone request waits for company before it runs.")
     ] = 5.0,
-    max_k: Annotated[int, typer.Option(min=1, help="Largest k accepted by /v1/search and /v1/augment.")] = 1000,
+    max_k: Annotated[int, typer.Option(min=1, max=MAX_COUNT,
+                                       help="Largest k accepted by /v1/search and /v1/augment.")] = 1000,
     device: DeviceOption = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass inside one batch.")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, max=MAX_COUNT,
+                                            help="Texts per forward pass inside one batch.")] = 64,
     threads: Annotated[
-        int | None, typer.Option(min=1, help="CPU threads of the model (torch); 1 suits a busy or shared CPU.")
+        int | None, typer.Option(min=1, max=MAX_COUNT,
+                                 help="CPU threads of the model (torch); 1 suits a busy or shared CPU.")
     ] = None,
     log_level: Annotated[
         str, typer.Option(help="uvicorn log level: critical, error, warning, info, debug, trace.")

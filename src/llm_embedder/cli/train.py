@@ -9,7 +9,7 @@ import typer
 
 from llm_embedder.cli.app import app
 from llm_embedder.cli.basic import DeviceOption, TaskFileOption, refuse_existing, register_task_files
-from llm_embedder.train.config import MAX_SEED
+from llm_embedder.train.config import MAX_COUNT, MAX_SEED
 
 
 @app.command("train")
@@ -21,20 +21,21 @@ def train_command(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output dir: model, card, checkpoints/.")] = None,
     base: Annotated[str | None, typer.Option("--base", help="Base model dir or alias (default minilm).")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="train.yaml; keys mirror these options.")] = None,
-    max_steps: Annotated[int | None, typer.Option("--max-steps", min=1,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, max=MAX_COUNT,
                                                   help="Optimizer steps (default 10000).")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, max=MAX_COUNT,
                                                    help="Queries per process (default 100).")] = None,
-    group_size: Annotated[int | None, typer.Option("--group-size", min=2,
+    group_size: Annotated[int | None, typer.Option("--group-size", min=2, max=MAX_COUNT,
                                                    help="Keys per query: 1 pos + negs (8).")] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Learning rate (default 5e-6, the paper's).")] = None,
     temperature: Annotated[float | None, typer.Option(
         "--temperature", help="τ of every loss (default 0.01, the paper's, for bge; the demo trains MiniLM at "
         "0.05, chosen on the dev split).")] = None,
-    query_max_length: Annotated[int | None, typer.Option("--query-max-length", min=1,
+    query_max_length: Annotated[int | None, typer.Option("--query-max-length", min=1, max=MAX_COUNT,
                                                          help="Query tokens (256).")] = None,
-    key_max_length: Annotated[int | None, typer.Option("--key-max-length", min=1, help="Key tokens (256).")] = None,
-    save_steps: Annotated[int | None, typer.Option("--save-steps", min=1,
+    key_max_length: Annotated[int | None, typer.Option("--key-max-length", min=1, max=MAX_COUNT,
+                                                       help="Key tokens (256).")] = None,
+    save_steps: Annotated[int | None, typer.Option("--save-steps", min=1, max=MAX_COUNT,
                                                    help="Checkpoint every N steps (1000).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", min=0, max=MAX_SEED,
                                              help="Seed for sampling and selection (42).")] = None,
@@ -153,7 +154,7 @@ def mine_command(
                                        "as `data check` checks it; no chat (history) records.")],
     corpus: Annotated[Path, typer.Option("--corpus", help="Corpus JSONL ({text} or {title,text} or {contents}).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output JSONL with mined `neg`.")],
-    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Negatives kept per query (100).")] = 100,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, max=MAX_COUNT, help="Negatives kept per query (100).")] = 100,
     filter_answers: Annotated[bool, typer.Option("--filter-answers", help="Drop answer-bearing passages.")] = False,
     key_template: Annotated[str | None, typer.Option("--key-template", help="e.g. '{title} {text}'.")] = None,
     device: DeviceOption = None,

@@ -20,6 +20,9 @@ from llm_embedder.io import UniqueKeyLoader, parse_limit, read_text, yaml_error
 
 LOSSES = ("contrastive", "kl_distill", "stable_distill")
 MAX_SEED = 2**32 - 1  # numpy's and the HF trainer's seed range
+# the most a whole-number setting or option may be (a step count, a batch, a length): 40 digits of --max-steps were
+# taken, and trained with ~1e35 hours left; what an int32 holds, well beyond any real run, as torch and FAISS take them
+MAX_COUNT = 2**31 - 1
 
 # the numeric options and their lower bounds: (kind, minimum, whether the minimum itself is allowed)
 NUMBERS: dict[str, tuple[type, float, bool]] = {
@@ -213,6 +216,8 @@ def check_value(name: str, value: Any, from_file: bool = False) -> Any:
             raise ValueError(f"must be {'at least' if inclusive else 'greater than'} {low}{note}, got {value!r}")
         if name == "seed" and number > MAX_SEED:
             raise ValueError(f"must be at most 2**32 - 1, got {value!r}")
+        if kind is int and name != "seed" and number > MAX_COUNT:
+            raise ValueError(f"must be at most 2**31 - 1, got {value!r}")
         if name in RATIOS and number >= 1:
             raise ValueError(f"must be in [0, 1), got {value!r}")
         return number
