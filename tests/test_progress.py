@@ -72,3 +72,21 @@ def test_log_start_says_when_a_task_starts_and_where_a_restarted_one_starts_agai
     assert [line.split(",")[0] for line in lines(buffer)] == [
         "scoring: 0/10 (0%)", "scoring: 10/10 (100%)", "scoring: 4/8 (50%)", "scoring: 8/8 (100%)",
         "scoring: 0/10 (0%)"]
+
+
+def test_progress_goes_to_stderr_unless_told_otherwise(capsys):
+    """index's, score's and evaluate's bars (and evaluate's notes beside them) went to stdout, encode's and train's to
+    stderr: stdout is left to what a command outputs (evaluate's table, search --json's lines)."""
+    from llm_embedder.progress import count_progress
+
+    with count_progress(log_start=True) as bar:
+        job = bar.add_task("encoding qa keys", total=2)
+        bar.update(job, completed=2)
+    with LoggedProgress(log_every=3600) as progress:
+        task = progress.add_task("evaluating", total=1)
+        progress.console.print("task qa: nothing to measure")
+        progress.advance(task)
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "encoding qa keys: 0/2 (0%)" in err and "encoding qa keys: 2/2 (100%)" in err
+    assert "evaluating: 1/1 (100%)" in err and "task qa: nothing to measure" in err

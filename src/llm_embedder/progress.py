@@ -1,6 +1,7 @@
 """Progress bars for long jobs: a live bar in a terminal, and a plain line now and then where there is none.
 
-Rich draws nothing while its output is not a terminal (``make demo > demo.log``, ``nohup``, a CI log) and prints
+Bars go to stderr: stdout is left to a command's output (evaluate's table, search --json, encode's vectors).
+Rich draws nothing while its output is not a terminal (``make demo > demo.log 2>&1``, ``nohup``, a CI log) and prints
 the bars once at the end, so a 10-minute scoring run would show no sign of life there. ``LoggedProgress`` is a
 rich ``Progress`` that, in that case, prints each visible task's state as one line every ``log_every`` seconds
 and when it finishes, instead of the bars.
@@ -25,13 +26,18 @@ def format_duration(seconds: float) -> str:
 
 
 class LoggedProgress(Progress):
-    """``rich.progress.Progress`` that also writes plain progress lines when its console is not a terminal.
+    """``rich.progress.Progress`` that also writes plain progress lines when its console is not a terminal. Its
+    console is stderr's unless one is given (rich's default is stdout's, which a command's output shares).
 
     ``log_start``: a task's first line comes as it starts (``encoding qa keys: 0/200 (0%), 0:00``), not
     ``log_every`` later: a short job done in one step (a small corpus in one batch) would otherwise say nothing
     until it ends."""
 
     def __init__(self, *columns: Any, log_every: float = LOG_EVERY, log_start: bool = False, **kwargs: Any) -> None:
+        if kwargs.get("console") is None:  # stderr, as tqdm and training's lines: stdout is the command's output
+            from rich.console import Console
+
+            kwargs["console"] = Console(stderr=True)
         super().__init__(*columns, **kwargs)
         self.log_every = log_every
         self.log_start = log_start
@@ -99,8 +105,8 @@ class LoggedProgress(Progress):
 
 def count_progress(enabled: bool = True, console: Any = None, log_start: bool = False) -> LoggedProgress:
     """The bar of a job that counts items (description, bar, done/total, time left), or plain lines in a log;
-    ``console``: where (stdout's by default; stderr's where stdout carries the output); ``log_start``: a log's
-    first line as each task starts (``LoggedProgress``)."""
+    ``console``: where (stderr's by default, as ``LoggedProgress``); ``log_start``: a log's first line as each task
+    starts."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
     return LoggedProgress(

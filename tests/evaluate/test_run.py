@@ -607,7 +607,7 @@ def test_a_task_with_nothing_to_measure_says_so_and_reports(suite, tiny_embedder
     write_jsonl(suite / "qa" / "test.jsonl", [{"query": "which is the largest planet", "answers": ["Jupiter"]}])
     out = tmp_path / "eval"
     results = run_evaluation(suite, ["qa"], {"tiny": lambda task: DenseRanker(tiny_embedder)}, out, baselines=False)
-    assert "task qa: nothing to measure" in capsys.readouterr().out.replace("\n", "")
+    assert "task qa: nothing to measure" in capsys.readouterr().err.replace("\n", "")  # beside the bar, on stderr
     write_report(results, out)
     assert "nothing measured" in (out / "results.md").read_text()
 

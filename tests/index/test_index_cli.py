@@ -522,3 +522,13 @@ def test_the_dimension_is_read_from_the_model_configs_as_the_loaded_model_gives_
     modules[2]["type"] = "my_package.MyProjection"
     (tmp_path / "dense" / "modules.json").write_text(json.dumps(modules))
     assert config_embedding_dim(tmp_path / "dense") is None
+
+
+def test_index_shows_its_progress_on_stderr(tiny_embedder_dir: Path, tmp_path: Path) -> None:
+    """index's bar went to stdout, its last line ('indexed ...') to stderr, encode's bar to stderr."""
+    corpus = write_corpus(tmp_path / "corpus.jsonl")
+    result = runner.invoke(app, ["index", "--task", "qa", "--corpus", str(corpus), "--out", str(tmp_path / "idx"),
+                                 "--model", str(tiny_embedder_dir), "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert "encoding qa keys: 9/9 (100%)" in result.stderr and "indexed 9 documents" in result.stderr
+    assert result.stdout == ""

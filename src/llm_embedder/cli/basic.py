@@ -186,7 +186,7 @@ def encode_with_progress(embedder: Any, texts: list[str], task: str, role: str, 
 
     step = batch_size * 4  # each call still sorts its texts by length, as one call over all would
     parts = []
-    with count_progress(console=Console(stderr=True), log_start=True) as bar:
+    with count_progress(log_start=True) as bar:  # on stderr
         job = bar.add_task(f"encoding {task} {'queries' if role == 'query' else 'keys'}", total=len(texts))
         for lo in range(0, len(texts), step):
             parts.append(embedder.encode(texts[lo:lo + step], task, role, show_progress=False))
