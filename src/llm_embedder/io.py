@@ -147,17 +147,26 @@ def iter_text_lines(path: str | Path, option: str | None = None) -> Iterator[str
 
 def iter_jsonl(
     path: str | Path, *, option: str | None = None, on_error: Callable[[JsonlError], None] | None = None,
-    unique_keys: bool = True,
+    unique_keys: bool = True, on_read: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """Stream (line number, record) for each non-blank line; a bad line raises JsonlError naming file and line.
 
     ``option`` names the command-line option the path came from in errors; with ``on_error`` bad lines are
     passed to it and skipped instead; a key given twice in a line makes it a bad line (json.loads keeps the last
-    silently) unless ``unique_keys`` is False.
+    silently) unless ``unique_keys`` is False; ``on_read`` is told the bytes of each line as it is read (a
+    progress bar).
     """
     path = require_file(path, option)
     with path.open("rb") as handle:  # bytes, decoded per line: bad UTF-8 gets a file:line error, memory stays flat
-        yield from parse_jsonl_lines(handle, str(path), on_error, unique_keys)
+        lines = handle if on_read is None else reported_lines(handle, on_read)
+        yield from parse_jsonl_lines(lines, str(path), on_error, unique_keys)
+
+
+def reported_lines(lines: Iterable[bytes], on_read: Callable[[int], None]) -> Iterator[bytes]:
+    """``lines`` as they are, telling ``on_read`` the bytes of each."""
+    for line in lines:
+        on_read(len(line))
+        yield line
 
 
 TOO_DEEP = "nested too deeply"

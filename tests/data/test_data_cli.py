@@ -359,3 +359,29 @@ def test_import_refuses_a_flag_file_of_two_tasks(tmp_path: Path) -> None:
                       + json.dumps({"query": "q2", "pos": ["c"], "neg": ["d"], "task": "chat"}) + "\n")
     result = runner.invoke(app, ["data", "import", "--format", "flag", str(source), "--out", str(out)])
     assert result.exit_code != 0 and "2:task: 'chat' differs from the file's task" in str(result.exception)
+
+
+def test_import_shows_its_progress_on_stderr(tmp_path: Path) -> None:
+    """data import said nothing until it was done, however long the files it read: it shows the bytes it has read of
+    its input files, then the records it has written, as index and encode show theirs (plain lines in a log)."""
+    flag, corpus = tmp_path / "flag.jsonl", tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"title": f"T{i}", "text": f"document {i}"}) + "\n" for i in range(5)))
+    flag.write_text("".join(json.dumps({"query": f"q{i}", "task": "qa", "pos_index": [i]}) + "\n" for i in range(3)))
+    read = flag.stat().st_size + 2 * corpus.stat().st_size  # the corpus is read for the keys, then to be written
+    out = tmp_path / "qa" / "test.jsonl"
+    result = runner.invoke(app, ["data", "import", "--format", "flag", str(flag), "--corpus", str(corpus), "--out",
+                                 str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"reading flag.jsonl (flag, bytes): 0/{read} (0%)" in result.stderr
+    assert f"reading flag.jsonl (flag, bytes): {read}/{read} (100%)" in result.stderr
+    assert "writing test.jsonl: 3/3 (100%)" in result.stderr and "writing corpus.jsonl: 5/5 (100%)" in result.stderr
+    assert "reading" not in result.stdout and f"wrote 3 records to {out}" in result.stdout.replace("\n", "")
+    folder = tmp_path / "mmlu"
+    folder.mkdir()
+    for subject in ("astronomy", "virology"):
+        (folder / f"{subject}_test.csv").write_text("Which planet is largest?,Mars,Jupiter,Venus,Earth,B\n")
+    (folder / "astronomy_dev.csv").write_text("Smallest planet?,Mars,Jupiter,Venus,Mercury,D\n")  # not read
+    result = runner.invoke(app, ["data", "import", "--format", "mmlu", str(folder), "--out", str(tmp_path / "m.jsonl")])
+    assert result.exit_code == 0, result.output
+    read = 2 * len("Which planet is largest?,Mars,Jupiter,Venus,Earth,B\n")
+    assert f"reading mmlu (mmlu, bytes): {read}/{read} (100%)" in result.stderr, result.stderr

@@ -157,3 +157,32 @@ def test_mmlu_csv_files_are_found_whatever_the_case_of_their_extension(tmp_path:
     assert [r["query"] for r in load_mmlu(folder, split="dev")] == ["Smallest planet?"]
     (alone,) = load_mmlu(folder / "astronomy_test.CSV")
     assert (alone["subject"], alone["answers"]) == ("astronomy", ["Jupiter"])
+
+
+def test_every_loader_tells_the_bytes_it_reads(tmp_path: Path) -> None:
+    """``on_read`` (data import's progress bar) is told each line's bytes: all of every file read, no more."""
+    from llm_embedder.data.loaders import load_beir, load_flag_jsonl
+
+    said: list[int] = []
+    mmlu = tmp_path / "astronomy_test.csv"
+    mmlu.write_text("Which planet is largest?,Mars,Jupiter,Venus,Ërde,B\n", encoding="utf-8")
+    load_mmlu(mmlu, on_read=said.append)
+    assert sum(said) == mmlu.stat().st_size
+    said.clear()
+    popqa = tmp_path / "popQA.tsv"
+    popqa.write_text('question\tpossible_answers\nWho?\t["A", "B"]\n')
+    load_popqa(popqa, on_read=said.append)
+    assert sum(said) == popqa.stat().st_size
+    said.clear()
+    corpus = jsonl(tmp_path / "corpus.jsonl", [{"title": "T", "text": "a text"}, {"text": "another"}])
+    flag = jsonl(tmp_path / "flag.jsonl", [{"query": "q", "task": "qa", "pos_index": [1]}])
+    load_flag_jsonl(flag, corpus=corpus, on_read=said.append)
+    assert sum(said) == flag.stat().st_size + corpus.stat().st_size
+    said.clear()
+    beir = tmp_path / "beir"
+    files = [jsonl(beir / "corpus.jsonl", [{"_id": "d1", "title": "Paris", "text": "capital of France"}]),
+             jsonl(beir / "queries.jsonl", [{"_id": "q1", "text": "france?"}]), beir / "qrels" / "test.tsv"]
+    files[2].parent.mkdir()
+    files[2].write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    load_beir(beir, on_read=said.append)
+    assert sum(said) == sum(f.stat().st_size for f in files)

@@ -4,6 +4,7 @@ the paper's own data formats (FlagEmbedding, BEIR, MMLU, PopQA) into task data."
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -174,6 +175,7 @@ def import_command(
         mmlu_files,
     )
     from llm_embedder.io import check_output_file, write_jsonl
+    from llm_embedder.progress import count_progress
 
     check_choice("--format", fmt, IMPORT_FORMATS)
     for option, value in (("--corpus", corpus if fmt != "flag" else None),
@@ -199,23 +201,52 @@ def import_command(
         refuse_existing(path, overwrite, option)
     if len(outputs) == 2 and outputs[0][1].resolve() == outputs[1][1].resolve():
         raise ValueError(f"--out and --corpus-out are both {out}")
+    # the files read, as the loader reads them: a flag --corpus that is written too is read again for that
+    read = [corpus, source] if fmt == "flag" and corpus is not None else [p for p in inputs if p.is_file()]
+    read += [corpus] if fmt == "flag" and len(outputs) == 2 else []
     corpus_records = None
-    if fmt == "flag":
-        records = load_flag_jsonl(source, corpus=corpus, key_template=key_template, task=task)
-        if len(outputs) == 2:
-            corpus_records = load_corpus(corpus)
-    elif fmt == "beir":
-        records, corpus_records = load_beir(source, split=split, task=task or "qa", key_template=key_template)
-    elif fmt == "mmlu":
-        records = load_mmlu(source, task=task or "qa", split=split)
-    else:
-        records = load_popqa(source, task=task or "qa")
     console = Console(markup=False, highlight=False)
-    write_jsonl(out, records)
+    # bytes read, then records written, on stderr as index's and encode's bars (plain lines in a log)
+    with count_progress(log_start=True) as bar:
+        total = sum(p.stat().st_size for p in read if p.is_file())
+        reading = bar.add_task(f"reading {source.name} ({fmt}, bytes)", total=total)
+        unshown = 0
+
+        def on_read(size: int) -> None:  # the bar moves a megabyte at a time: a line at a time cost seconds a GB
+            nonlocal unshown
+            unshown += size
+            if unshown >= 1 << 20:
+                bar.advance(reading, unshown)
+                unshown = 0
+
+        if fmt == "flag":
+            records = load_flag_jsonl(source, corpus=corpus, key_template=key_template, task=task, on_read=on_read)
+            if len(outputs) == 2:
+                corpus_records = load_corpus(corpus, on_read=on_read)
+        elif fmt == "beir":
+            records, corpus_records = load_beir(source, split=split, task=task or "qa", key_template=key_template,
+                                                on_read=on_read)
+        elif fmt == "mmlu":
+            records = load_mmlu(source, task=task or "qa", split=split, on_read=on_read)
+        else:
+            records = load_popqa(source, task=task or "qa", on_read=on_read)
+        bar.update(reading, completed=total)  # the last part of a megabyte (and a BOM, which a CSV reader drops)
+        written = [(out, records)] + ([(outputs[1][1], corpus_records)] if corpus_records is not None else [])
+        for path, rows in written:
+            writing = bar.add_task(f"writing {path.name}", total=len(rows))
+            write_jsonl(path, counted(rows, lambda n, job=writing: bar.advance(job, n)))
+            bar.update(writing, completed=len(rows))
     console.print(f"wrote {len(records):,} records to {out}", soft_wrap=True)
     if corpus_records is not None:
-        write_jsonl(outputs[1][1], corpus_records)
         console.print(f"wrote {len(corpus_records):,} corpus entries to {outputs[1][1]}", soft_wrap=True)
+
+
+def counted(rows: list, advance: Callable[[int], None], step: int = 10_000) -> Iterator:
+    """``rows`` as they are, calling ``advance(n)`` every ``step`` of them (a progress bar's)."""
+    for i, row in enumerate(rows, start=1):
+        yield row
+        if i % step == 0:
+            advance(step)
 
 
 def folder_hint(folder: Path, shown: int = 6) -> str:

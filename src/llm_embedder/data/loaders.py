@@ -15,7 +15,7 @@ import csv
 import json
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,9 @@ from llm_embedder.io import (
     require_file,
     too_many_digits,
 )
+
+# told the bytes of each line read from an input file, as it is read (``data import``'s progress bar)
+OnRead = Callable[[int], None] | None
 
 
 class _Fields(dict):
@@ -72,9 +75,9 @@ def _key(entry: Record, template: str, where: str) -> str:
 TEXT_FIELDS = ("title", "text", "contents")  # what a corpus entry's key is made of: each a string where given
 
 
-def _load_corpus_lines(path: str | Path) -> tuple[list[Record], list[int]]:
+def _load_corpus_lines(path: str | Path, on_read: OnRead = None) -> tuple[list[Record], list[int]]:
     corpus, lines = [], []
-    for position, (line, record) in enumerate(iter_jsonl(path)):
+    for position, (line, record) in enumerate(iter_jsonl(path, on_read=on_read)):
         if not any(isinstance(record.get(f), str) for f in ("text", "contents", "title")):
             raise DataError(f"{path}:{line}:text: corpus entry has no text, contents or title")
         for field in TEXT_FIELDS:  # null is empty, as format_key reads it; a list was keyed as its repr
@@ -91,9 +94,10 @@ def _load_corpus_lines(path: str | Path) -> tuple[list[Record], list[int]]:
     return corpus, lines
 
 
-def load_corpus(path: str | Path) -> list[Record]:
-    """A JSONL corpus; entry i is line i (an ``id`` field, if any, is kept as ``source_id`` when it differs)."""
-    return _load_corpus_lines(path)[0]
+def load_corpus(path: str | Path, on_read: OnRead = None) -> list[Record]:
+    """A JSONL corpus; entry i is line i (an ``id`` field, if any, is kept as ``source_id`` when it differs).
+    ``on_read``, as every loader's here, is told the bytes of each line read (a progress bar)."""
+    return _load_corpus_lines(path, on_read)[0]
 
 
 def load_flag_jsonl(
@@ -101,13 +105,14 @@ def load_flag_jsonl(
     corpus: list[Record] | str | Path | None = None,
     key_template: str = "{title} {text}",
     task: str | None = None,
+    on_read: OnRead = None,
 ) -> list[Record]:
     """FlagEmbedding train/eval records with pos/neg texts filled from ``*_index`` via the corpus, validated."""
     corpus_lines: list[int] | None = None
     corpus_name = "corpus"
     if corpus is not None and not isinstance(corpus, list):
         corpus_name = str(corpus)
-        corpus, corpus_lines = _load_corpus_lines(corpus)
+        corpus, corpus_lines = _load_corpus_lines(corpus, on_read)
     if corpus is not None:
         _check_key_template(key_template, corpus)
     keys: dict[int, str] = {}
@@ -120,7 +125,7 @@ def load_flag_jsonl(
 
     records: list[tuple[int, Record]] = []
     default_task = task
-    for line, raw in iter_jsonl(path):
+    for line, raw in iter_jsonl(path, on_read=on_read):
         record = dict(raw)
         if "query_id" not in record and "qid" in record:
             record["query_id"] = record.pop("qid")
@@ -165,10 +170,11 @@ def _first_bad_utf8(path: Path) -> None:
             decode_line(raw, str(path), line_no)
 
 
-def _read_table(path: Path, delimiter: str) -> Iterator[tuple[int, list[str]]]:
+def _read_table(path: Path, delimiter: str, on_read: OnRead = None) -> Iterator[tuple[int, list[str]]]:
     """(first line, row) for each non-empty row of a CSV/TSV file; a BOM is dropped, bad UTF-8 names the file."""
     with path.open(encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle, delimiter=delimiter)
+        lines = handle if on_read is None else (on_read(len(line.encode("utf-8"))) or line for line in handle)
+        reader = csv.reader(lines, delimiter=delimiter)
         while True:
             start = reader.line_num + 1
             try:
@@ -184,11 +190,12 @@ def _read_table(path: Path, delimiter: str) -> Iterator[tuple[int, list[str]]]:
                 yield start, row
 
 
-def _read_beir_jsonl(path: Path, what: str) -> tuple[list[tuple[int, dict[str, Any]]], dict[str, int]]:
+def _read_beir_jsonl(path: Path, what: str, on_read: OnRead = None
+                     ) -> tuple[list[tuple[int, dict[str, Any]]], dict[str, int]]:
     """The lines of a BEIR corpus/queries file, with the position of each ``_id``; a repeated ``_id`` is refused."""
     rows: list[tuple[int, dict[str, Any]]] = []
     positions: dict[str, int] = {}
-    for line, record in iter_jsonl(path):
+    for line, record in iter_jsonl(path, on_read=on_read):
         if "_id" not in record or not isinstance(record.get("text"), str):
             raise DataError(f"{path}:{line}:_id/text: BEIR {what} lines need _id and text")
         source_id = str(record["_id"])
@@ -216,7 +223,8 @@ def _warn_unjudged(unjudged: list[str], total: int, first_line: dict[str, int], 
 
 
 def load_beir(
-    folder: str | Path, split: str = "test", task: str = "qa", key_template: str = "{title} {text}"
+    folder: str | Path, split: str = "test", task: str = "qa", key_template: str = "{title} {text}",
+    on_read: OnRead = None,
 ) -> tuple[list[Record], list[Record]]:
     """A BEIR folder as (records, corpus): one record per query with qrels, positives = docs with score > 0.
 
@@ -228,7 +236,7 @@ def load_beir(
         raise FileNotFoundError(f"BEIR qrels not found: {qrels_path}")
     check_template(key_template, "key_template")
     corpus_path, queries_path = folder / "corpus.jsonl", folder / "queries.jsonl"
-    docs, doc_ids = _read_beir_jsonl(corpus_path, "corpus")
+    docs, doc_ids = _read_beir_jsonl(corpus_path, "corpus", on_read)
     corpus: list[Record] = []
     for line, record in docs:
         title = record.get("title")
@@ -239,10 +247,10 @@ def load_beir(
             raise DataError(f"{corpus_path}:{line}:text: empty, and no title")
         corpus.append({"id": len(corpus), "title": title, "text": record["text"], "doc_id": str(record["_id"])})
     _check_key_template(key_template, corpus)
-    queries, query_ids = _read_beir_jsonl(queries_path, "query")
+    queries, query_ids = _read_beir_jsonl(queries_path, "query", on_read)
     relevant: dict[str, list[int]] = {}
     first_line: dict[str, int] = {}  # the qrels line a query first appears on, to name it
-    for line, row in _read_table(qrels_path, "\t"):
+    for line, row in _read_table(qrels_path, "\t", on_read):
         if line == 1 and row[0] == "query-id":
             continue
         if len(row) < 3:
@@ -323,10 +331,10 @@ def _mmlu_record(
     return question, choices, index, subject
 
 
-def _mmlu_rows(path: Path) -> Iterator[tuple[int, tuple[str, list[str], int, str | None]]]:
+def _mmlu_rows(path: Path, on_read: OnRead = None) -> Iterator[tuple[int, tuple[str, list[str], int, str | None]]]:
     if path.suffix.lower() == ".csv":
         subject = _mmlu_subject(path)
-        for line, row in _read_table(path, ","):
+        for line, row in _read_table(path, ",", on_read):
             if line == 1 and [c.strip().lower() for c in row] in (
                     ["question", "a", "b", "c", "d", "answer"], ["input", "a", "b", "c", "d", "target"]):
                 continue  # a header row (the CSV release has none; some copies add one)
@@ -334,7 +342,7 @@ def _mmlu_rows(path: Path) -> Iterator[tuple[int, tuple[str, list[str], int, str
                 raise DataError(f"{path}:{line}: expected 6 columns (question, A, B, C, D, answer), got {len(row)}")
             yield line, _mmlu_record(row[0], row[1:5], row[5], subject, f"{path}:{line}")
         return
-    for line, record in iter_jsonl(path):
+    for line, record in iter_jsonl(path, on_read=on_read):
         question = record.get("query", record.get("question"))
         parts = _mmlu_record(question, record.get("choices"), record.get("answer"), record.get("subject"),
                              f"{path}:{line}")
@@ -355,7 +363,7 @@ def mmlu_files(path: Path, split: str = "test") -> list[Path]:
     return chosen
 
 
-def load_mmlu(path: str | Path, task: str = "qa", split: str = "test") -> list[Record]:
+def load_mmlu(path: str | Path, task: str = "qa", split: str = "test", on_read: OnRead = None) -> list[Record]:
     """MMLU-style multiple-choice questions as qa evaluation records, validated.
 
     Accepted forms:
@@ -382,7 +390,7 @@ def load_mmlu(path: str | Path, task: str = "qa", split: str = "test") -> list[R
     problems = []
     for file in files:
         in_file: list[tuple[int, Record]] = []
-        for line, (question, choices, index, subject) in _mmlu_rows(file):
+        for line, (question, choices, index, subject) in _mmlu_rows(file, on_read):
             record: Record = {"query": question, "task": task, "query_id": len(records), "pos": [], "neg": [],
                               "answers": [choices[index]], "choices": choices, "answer_index": index}
             if subject is not None:
@@ -426,13 +434,13 @@ def _number(value: Any, where: str) -> Any:
         raise DataError(f"{where}: {too_many_digits()}") from None
 
 
-def _popqa_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _popqa_rows(path: Path, on_read: OnRead = None) -> Iterator[tuple[int, dict[str, Any]]]:
     suffix = path.suffix.lower()
     if suffix not in (".tsv", ".csv"):
-        yield from iter_jsonl(path)
+        yield from iter_jsonl(path, on_read=on_read)
         return
     header: list[str] | None = None
-    for line, row in _read_table(path, "\t" if suffix == ".tsv" else ","):
+    for line, row in _read_table(path, "\t" if suffix == ".tsv" else ",", on_read):
         if header is None:
             header = [cell.strip() for cell in row]
             repeated = next((name for i, name in enumerate(header) if name and name in header[:i]), None)
@@ -449,7 +457,7 @@ def _popqa_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                      for name, cell in cells}
 
 
-def load_popqa(path: str | Path, task: str = "qa") -> list[Record]:
+def load_popqa(path: str | Path, task: str = "qa", on_read: OnRead = None) -> list[Record]:
     """PopQA-style questions as qa evaluation records, validated.
 
     Accepted forms: the TSV release (``popQA.tsv``, tab-separated with a header) or a CSV with the same header,
@@ -462,7 +470,7 @@ def load_popqa(path: str | Path, task: str = "qa") -> list[Record]:
     """
     path = require_file(path)
     records: list[tuple[int, Record]] = []
-    for line, row in _popqa_rows(path):
+    for line, row in _popqa_rows(path, on_read):
         where = f"{path}:{line}"
         question = row.get("question", row.get("query"))
         if not isinstance(question, str) or not question.strip():
