@@ -568,7 +568,7 @@ def test_a_user_task_without_answers_gets_retrieval_metrics_and_a_line_saying_so
     results = run_evaluation(suite, ["legal_run"], {"m": lambda t: FixedRanker("m", [[1, 0, 2]] * 2)},
                              tmp_path / "eval", lm=ContainsAnswerLM(), generate=False)
     assert list(results["legal_run"]) == ["random", "bm25", "m"] and "gold_loglik" not in results["legal_run"]["m"]
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # beside the progress bar, on stderr
     assert "task legal_run: its records have no 'answers', so it gets retrieval metrics only" in out
 
 

@@ -505,13 +505,13 @@ def test_a_corpus_within_one_batch_says_it_started_encoding(tiny_embedder, tmp_p
     real_encode = tiny_embedder.encode_keys
 
     def encode_keys(*args, **kwargs):
-        said.append(capsys.readouterr().out)
+        said.append(capsys.readouterr().err)
         return real_encode(*args, **kwargs)
 
     monkeypatch.setattr(tiny_embedder, "encode_keys", encode_keys)
     build_index(write_corpus(tmp_path / "c.jsonl", 5), tmp_path / "idx", tiny_embedder, "qa", batch_size=8)
     assert len(said) == 1 and "encoding qa keys: 0/5 (0%)" in said[0]
-    assert "encoding qa keys: 5/5 (100%)" in capsys.readouterr().out
+    assert "encoding qa keys: 5/5 (100%)" in capsys.readouterr().err
 
 
 def test_a_document_holding_nan_is_refused_naming_its_field() -> None:
