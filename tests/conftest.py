@@ -109,3 +109,34 @@ def tiny_lm(tiny_lm_dir: Path):
     from llm_embedder.llm import CausalLM
 
     return CausalLM(tiny_lm_dir, device="cpu")
+
+
+@pytest.fixture
+def milvus_server(tmp_path: Path):
+    """A real Milvus gRPC server on loopback (``milvus-lite server``), as ``(uri, process)``: a test may stop the
+    process to see what a client does when its server goes away. Stopped at the end in any case."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = Path(sys.executable).parent / "milvus-lite"
+    process = subprocess.Popen([str(server), "server", "--data-dir", str(tmp_path / "milvus-data"), "--host",
+                                "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"milvus-lite server did not start (exit code {process.poll()})") from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}", process
+    finally:
+        process.kill()
+        process.wait()

@@ -468,3 +468,20 @@ def test_a_milvus_server_caps_k_without_a_count_per_search(tmp_path: Path, monke
     with pytest.raises(milvus_index.KLimitError, match="k=8: .* the index holds 10 vectors; ask for k <= 5"):
         index.search(vectors[0], k=8)
     index.close()
+
+
+def test_a_milvus_server_gone_is_an_unavailable_error_of_one_line(milvus_server, capfd: pytest.CaptureFixture) -> None:
+    """A Milvus server that stops answering was a plain ValueError (a server answered it 400, as if the request were
+    at fault) with pymilvus's "Connection recovery failed" traceback on stderr: now an IndexUnavailableError."""
+    from llm_embedder.index import IndexUnavailableError
+
+    uri, process = milvus_server
+    index = open_index(uri, DIM)
+    index.add(range(5), unit(5))
+    assert index.search(unit(5)[:1], k=3)[1][0, 0] == 0
+    process.kill()
+    process.wait()
+    capfd.readouterr()
+    with pytest.raises(IndexUnavailableError, match=f"Milvus \\({uri}\\): .*unavailable"):
+        index.search(unit(5)[:1], k=3)
+    assert "Traceback" not in capfd.readouterr().err

@@ -242,3 +242,30 @@ def test_search_errors_name_the_right_param(tiny_embedder, tmp_path, monkeypatch
         assert ok.status_code == 200 and len(ok.json()["data"][0]["hits"]) == 2
     monkeypatch.undo()  # closed as the Milvus Lite database it is
     capped.index.close()
+
+
+def test_a_milvus_server_gone_answers_503_and_the_server_keeps_serving(tiny_embedder, milvus_server) -> None:
+    """A search of an index on a Milvus server that stopped answering was a 400 ("Milvus (uri): Fail connecting
+    ...", as if the request were at fault): the backend is down, 503 index_unavailable, and the other indexes and
+    routes still answer."""
+    from llm_embedder.index import open_index
+    from llm_embedder.retriever import Retriever
+
+    uri, process = milvus_server
+    on_server = Retriever.build(tiny_embedder, "qa", DOCS)
+    on_server.index = open_index(uri, tiny_embedder.dim)  # the same documents, their vectors on the server
+    on_server.index.add(range(len(DOCS)), tiny_embedder.encode_keys([d["text"] for d in DOCS], "qa"),
+                        [{"lang": d["lang"]} for d in DOCS])
+    local = Retriever.build(tiny_embedder, "qa", DOCS)
+    app = create_app(tiny_embedder, {"remote": on_server, "local": local}, ServeSettings(model_id="t", max_wait_ms=1))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        hits = client.post("/v1/search", json={"index": "remote", "query": "capital", "k": 2})
+        assert hits.status_code == 200 and len(hits.json()["data"][0]["hits"]) == 2, hits.text
+        process.kill()
+        process.wait()
+        for path in ROUTES:
+            for extra in ({}, {"filter": {"lang": "en"}}):
+                status, error = search_error(client, path, {"index": "remote", "query": "capital", "k": 2, **extra})
+                assert (status, error["code"], error["param"]) == (503, "index_unavailable", None), error
+                assert "unavailable" in error["message"] and uri in error["message"]
+        assert client.post("/v1/search", json={"index": "local", "query": "capital"}).status_code == 200

@@ -8,6 +8,7 @@ from llm_embedder.index.base import (
     EmptyIndexError,
     FilterError,
     IndexFormatError,
+    IndexUnavailableError,
     KLimitError,
     NonFiniteVectorsError,
     VectorIndex,
@@ -19,8 +20,8 @@ if TYPE_CHECKING:
     from llm_embedder.index.milvus_index import MilvusIndex
 
 __all__ = [
-    "EmptyIndexError", "FaissIndex", "FilterError", "IndexFormatError", "KLimitError", "MilvusIndex",
-    "NonFiniteVectorsError", "VectorIndex", "open_index",
+    "EmptyIndexError", "FaissIndex", "FilterError", "IndexFormatError", "IndexUnavailableError", "KLimitError",
+    "MilvusIndex", "NonFiniteVectorsError", "VectorIndex", "open_index",
 ]
 
 

@@ -46,6 +46,11 @@ class NonFiniteVectorsError(ValueError):
     """Vectors given to an index hold NaN or infinite values."""
 
 
+class IndexUnavailableError(ValueError):
+    """The index's backend cannot be reached (a Milvus server stopped, a Lite database another process holds): the
+    request was not refused, and may succeed later."""
+
+
 @runtime_checkable
 class VectorIndex(Protocol):
     """What the retriever and the server need from a vector index."""

@@ -25,6 +25,7 @@ from llm_embedder.index.base import (
     MILVUS_SCHEMES,
     EmptyIndexError,
     IndexFormatError,
+    IndexUnavailableError,
     KLimitError,
     check_effort,
     check_filter,
@@ -45,13 +46,14 @@ _LITE_LOCK = threading.Lock()
 MAX_LIMIT = 16384  # a Milvus server caps topk, and offset + limit (so paging cannot pass it); Lite does not
 BATCH = 1000  # rows per insert / ids per lookup
 DEFAULT_COLLECTION = "llm_embedder"
-# the loggers that print a traceback for a failure they also raise: pymilvus's RPC error log, milvus-lite's
-# "Failed to start MilvusLite server" (a database another process holds)
-QUIET_LOGGERS = ("pymilvus.decorators", "milvus_lite.server_manager")
+# the loggers that print a traceback for a failure they also raise: pymilvus's RPC error log, its "Connection
+# recovery failed" (a server gone), milvus-lite's "Failed to start MilvusLite server" (a database another process holds)
+QUIET_LOGGERS = ("pymilvus.decorators", "pymilvus.client.connection_manager", "milvus_lite.server_manager")
+CONNECT_FAILED = 2  # pymilvus's Status.CONNECT_FAILED: the code of its error for a server it cannot reach
 MILVUS_FORMS = "Flat, HNSW<M>, HNSW<M>,Flat, HNSW<M>,SQ8, IVF<nlist>,Flat, IVF<nlist>,SQ8"
 
 
-class MilvusUnavailableError(ValueError):
+class MilvusUnavailableError(IndexUnavailableError):
     """Milvus cannot be reached at a URI, or a Milvus Lite database is held by another process."""
 
 
@@ -71,6 +73,25 @@ class _DropReported(logging.Filter):
             return True
         caught.append(error)
         return False
+
+
+def _unreachable(error: BaseException) -> bool:
+    """Whether a pymilvus error says the server could not be reached (pymilvus's connect-failed code, or gRPC's
+    UNAVAILABLE under it), not that it refused the request."""
+    seen: set[int] = set()  # an error's context chain can loop back on itself
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if type(current).__name__ == "MilvusUnavailableException":
+            return True
+        code = getattr(current, "code", None)
+        if isinstance(code, int) and not isinstance(code, bool) and code == CONNECT_FAILED:
+            return True
+        if type(current).__module__.startswith("grpc") and callable(code):  # a grpc.RpcError: code() is its status
+            if getattr(code(), "name", None) == "UNAVAILABLE":
+                return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _is_milvus_error(error: BaseException) -> bool:
@@ -282,12 +303,17 @@ class MilvusIndex:
                     "running, and the URI right?") from None
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run a client call; a Milvus failure is a ValueError of one line (pymilvus's traceback log dropped)."""
+        """Run a client call; a Milvus failure is a ValueError of one line (pymilvus's traceback log dropped), a
+        ``MilvusUnavailableError`` where the server no longer answers (stopped, or the network down), which a caller
+        may retry later: the server answers it 503, not 400 as for a request Milvus refuses."""
         with reported():
             try:
                 return fn(*args, **kwargs)
             except self._error as err:
-                raise ValueError(f"Milvus ({self.uri}): {one_line(getattr(err, 'message', err))}") from None
+                message = f"Milvus ({self.uri}): {one_line(getattr(err, 'message', err))}"
+                if _unreachable(err):
+                    raise MilvusUnavailableError(message) from None
+                raise ValueError(message) from None
 
     @property
     def dim(self) -> int:

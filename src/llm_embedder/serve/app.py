@@ -21,7 +21,13 @@ import numpy as np
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from llm_embedder.index.base import EmptyIndexError, FilterError, KLimitError, NonFiniteVectorsError
+from llm_embedder.index.base import (
+    EmptyIndexError,
+    FilterError,
+    IndexUnavailableError,
+    KLimitError,
+    NonFiniteVectorsError,
+)
 from llm_embedder.io import finite_json
 from llm_embedder.serve.batcher import Batcher
 from llm_embedder.serve.errors import ApiError, install_error_handlers
@@ -141,10 +147,14 @@ async def count_tokens(state: ServeState, texts: list[str], task: str, role: str
 def search_failed(err: Exception) -> ApiError:
     """A search's failure as the error to answer, naming the parameter at fault: a filter fault (a field the
     index lacks, a bad value) ``filter``, a k above what the index can return (a Milvus server's cap) ``k``, an
-    empty index none; query vectors holding NaN come from the model, a server fault (500)."""
+    empty index none; query vectors holding NaN come from the model, a server fault (500); a backend that does not
+    answer (a Milvus server stopped) is unavailable (503), for the client to retry."""
     if isinstance(err, NonFiniteVectorsError):
         log.error("the model returned query vectors holding NaN or infinite values: %s", err)
         return ApiError(500, f"search failed: the model's {err}", code="internal_error")
+    if isinstance(err, IndexUnavailableError):  # the backend (a Milvus server) is down: the client may retry later
+        log.error("search failed: %s", err)
+        return ApiError(503, f"search failed: the index is unavailable: {err}", code="index_unavailable")
     if isinstance(err, EmptyIndexError):
         return ApiError(400, f"search failed: {err}", code="empty_index")
     param = "filter" if isinstance(err, FilterError) else "k" if isinstance(err, KLimitError) else None
