@@ -1002,3 +1002,24 @@ def test_an_ivf_index_directory_deleted_from_by_the_old_code_refuses_to_change(t
         retriever.add(["Cake."])
     with pytest.warns(UserWarning, match="rebuild the index"):
         assert len(Retriever.load(out, tiny_embedder).docs) == 40  # the add was rolled back
+
+
+def test_a_k_above_the_documents_searches_the_index_for_no_more_than_they_are(tiny_embedder) -> None:
+    """A huge k (``search -k 2147483647``, a server's --max-k) was passed to FAISS as it was, which sized its result
+    arrays by it: a C++ bad_alloc abort, or gigabytes for k = 1e8 on 60 documents. The index is asked for at most
+    as many hits as there are documents; the hits are the same."""
+    retriever = Retriever.build(tiny_embedder, "qa", [f"doc {i}" for i in range(6)])
+    asked, search = [], retriever.index.search
+
+    def spy(vectors, k, **kwargs):
+        asked.append(k)
+        if k > 1000:  # FAISS would abort the test run
+            raise AssertionError(f"the index was asked for {k} hits")
+        return search(vectors, k, **kwargs)
+
+    retriever.index.search = spy
+    huge = retriever.search(["doc 1"], k=2**31 - 1)[0]
+    assert asked == [6] and [hit.id for hit in huge] == [hit.id for hit in retriever.search(["doc 1"], k=6)[0]]
+    many = retriever.search_vectors_many([(tiny_embedder.encode_queries(["doc 2"], "qa"), {"k": 2**31 - 1}),
+                                          (tiny_embedder.encode_queries(["doc 3"], "qa"), {"k": 2})])
+    assert max(asked[2:]) == 6 and [len(rows[0]) for rows in many] == [6, 2]

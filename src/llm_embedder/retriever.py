@@ -407,6 +407,9 @@ class Retriever:
         ``k`` found to keep (rows of several requests searched together); a row whose cut falls between two hits of
         equal score is None."""
         with self.lock:  # an add between the index and the documents would hit an id the documents lack
+            most = max(len(self.docs), 1)  # no row holds more hits than there are documents
+            if k > most:  # a huge k (-k 2147483647) sized FAISS's result arrays by itself: a C++ abort
+                k, cuts = most, None if cuts is None else [min(cut, most) for cut in cuts]
             scores, ids = self.index.search(vectors, k, filter=filter, **effort)
             rows = []
             known = len(self.docs)  # an id past the documents is an add not finished (see _settle): left out
