@@ -94,6 +94,9 @@ def test_an_empty_filter_is_no_filter_and_an_empty_value_list_is_refused(backend
     _, unfiltered = index.search(unit(6)[:2], k=4)
     _, ids = index.search(unit(6)[:2], k=4, filter={})  # no condition: every document, as without a filter
     assert ids.tolist() == unfiltered.tolist()
+    for number in (float("nan"), float("inf"), -float("inf")):  # NaN matched nothing, 1e999 neither, silently
+        with pytest.raises(ValueError, match="'lang' must be a finite number"):
+            index.search(unit(1), k=1, filter={"lang": number})
     for empty in ([], (), set()):
         with pytest.raises(ValueError, match="'lang' is given no value"):
             index.search(unit(1), k=1, filter={"lang": empty})

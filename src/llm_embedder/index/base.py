@@ -14,6 +14,7 @@ Contract (every backend, tested by one parametrized suite):
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -194,6 +195,8 @@ def check_filter(filter: Mapping[str, Any] | None) -> dict[str, list[Any]] | Non
         for v in values:
             if not isinstance(v, str | int | float | bool):
                 raise FilterError(f"filter value for {field!r} must be str, int, float or bool, got {v!r}")
+            if isinstance(v, float) and not math.isfinite(v):  # NaN equals nothing, and no index stores inf
+                raise FilterError(f"filter value for {field!r} must be a finite number, got {v!r}")
             if isinstance(v, int) and not -(2**63) <= v < 2**63:  # no index stores one (see build.filterable)
                 raise FilterError(f"filter value for {field!r} is outside the 64-bit integer range: {v}")
         out[field] = values
