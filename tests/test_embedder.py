@@ -35,6 +35,7 @@ def test_empty_inputs(tiny_embedder):
 @pytest.mark.parametrize(("texts", "message"), [
     ([""], r"texts\[0\] is empty"),
     (["a question", "another", " \n\t"], r"texts\[2\] holds only whitespace"),
+    (["ok", "\u200b \ufeff"], r"texts\[1\] holds only invisible characters \(U\+200B, U\+FEFF\)"),
     ("", r"texts\[0\] is empty"),
 ])
 def test_an_empty_text_is_refused_naming_its_position(tiny_embedder, texts, message):

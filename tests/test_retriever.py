@@ -39,9 +39,13 @@ def test_in_memory_build_search_add(tiny_embedder) -> None:
         retriever.add(["fine", {"text": "", "lang": "de"}])
     with pytest.raises(ValueError, match=r"documents\[1\]: a document's 'text' holds only whitespace"):
         retriever.add(["fine", "   "])
+    with pytest.raises(ValueError, match=r"documents\[0\]: a document's 'text' holds only invisible characters"):
+        retriever.add(["\u200b"])  # a zero-width space: the tokenizer drops it, leaving the instruction alone
     assert len(retriever) == 6  # nothing of a refused batch was added
     with pytest.raises(ValueError, match=r"query 2 is empty; give the text to search for"):
         retriever.search(["Paris", "  "])  # it would return the documents nearest to the instruction alone
+    with pytest.raises(ValueError, match=r"query 1 is empty"):
+        retriever.search(["\u200d\u200b"])
     with pytest.raises(TypeError, match=r"query 1 is a NoneType, not a string"):
         retriever.search([None])
 
@@ -1004,10 +1008,10 @@ def test_an_ivf_index_directory_deleted_from_by_the_old_code_refuses_to_change(t
         assert len(Retriever.load(out, tiny_embedder).docs) == 40  # the add was rolled back
 
 
-def test_a_k_above_the_documents_searches_the_index_for_no_more_than_they_are(tiny_embedder) -> None:
+def test_a_huge_k_searches_the_index_for_no_more_than_it_holds(tiny_embedder) -> None:
     """A huge k (``search -k 2147483647``, a server's --max-k) was passed to FAISS as it was, which sized its result
     arrays by it: a C++ bad_alloc abort, or gigabytes for k = 1e8 on 60 documents. The index is asked for at most
-    as many hits as there are documents; the hits are the same."""
+    as many hits as it holds; the hits are the same."""
     retriever = Retriever.build(tiny_embedder, "qa", [f"doc {i}" for i in range(6)])
     asked, search = [], retriever.index.search
 
@@ -1023,3 +1027,4 @@ def test_a_k_above_the_documents_searches_the_index_for_no_more_than_they_are(ti
     many = retriever.search_vectors_many([(tiny_embedder.encode_queries(["doc 2"], "qa"), {"k": 2**31 - 1}),
                                           (tiny_embedder.encode_queries(["doc 3"], "qa"), {"k": 2})])
     assert max(asked[2:]) == 6 and [len(rows[0]) for rows in many] == [6, 2]
+    assert len(retriever.search(["doc 1"], k=10)[0]) == 6 and asked[-1] == 10  # a k of usual size goes as it is

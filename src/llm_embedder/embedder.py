@@ -41,11 +41,13 @@ def check_texts(texts: Sequence[str] | str) -> list[str]:
 
 
 def check_not_blank(texts: list[str]) -> None:
-    """Refuse an empty text, or one of only whitespace, naming its position: it would be embedded as the instruction
-    alone, a vector near every text of the other role, returned as if it meant something."""
+    """Refuse an empty text, or one of only whitespace or invisible characters (``io.blank_kind``), naming its
+    position: it would be embedded as the instruction alone, a vector near every text of the other role, returned as
+    if it meant something."""
+    from llm_embedder.io import blank_kind
+
     for i, text in enumerate(texts):
-        if not text.strip():
-            what = "holds only whitespace" if text else "is empty"
+        if what := blank_kind(text):
             raise ValueError(f"texts[{i}] {what}: it would be embedded as the instruction alone; give each a text")
 
 

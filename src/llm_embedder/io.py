@@ -9,6 +9,7 @@ import os
 import re
 import sys
 import tempfile
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -516,3 +517,17 @@ def yaml_error(path: str | Path, err: Exception, what: str = "YAML", text: str |
     if mark is None or not problem:
         return f"{path}: cannot parse {what}: {' '.join(str(err).split())}"
     return f"{path}:{mark.line + 1}:{mark.column + 1}: cannot parse {what}: {problem}"
+
+
+def blank_kind(text: str) -> str | None:
+    """How a text has nothing to embed, for a message (``is empty``, ``holds only whitespace``, ``holds only
+    invisible characters (U+200B)``: format characters such as zero-width spaces, which tokenizers drop), or None
+    for a text that has something. Embedded, such a text is the instruction alone: a vector near everything."""
+    if not text:
+        return "is empty"
+    if not text.strip():
+        return "holds only whitespace"
+    if all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in text):  # stops at the first visible one
+        codes = sorted({f"U+{ord(ch):04X}" for ch in text if not ch.isspace()})
+        return f"holds only invisible characters ({', '.join(codes[:3])})"
+    return None

@@ -40,7 +40,7 @@ from llm_embedder.index.build import (
     iter_records,
     key_max_length,
 )
-from llm_embedder.io import LOCK_FILE, RunInProgressError, atomic_write, exclusive
+from llm_embedder.io import LOCK_FILE, RunInProgressError, atomic_write, blank_kind, exclusive
 from llm_embedder.models import EMBEDDER_ALIASES, ModelChangedWarning, model_version
 
 # An index directory's FAISS file is a checkpoint, written again once the rows added and ids deleted since the last
@@ -168,8 +168,7 @@ def normalise_documents(documents: Sequence[str | dict] | Path) -> list[dict]:
     for where, record in iter_records(documents):
         if not isinstance(record.get("text"), str):
             raise ValueError(f"{where}: a document needs a string 'text' field")
-        if not record["text"].strip():  # embedded as the instruction alone, it would sit near every query
-            what = "holds only whitespace" if record["text"] else "is empty"
+        if what := blank_kind(record["text"]):  # embedded as the instruction alone, it would sit near every query
             raise ValueError(f"{where}: a document's 'text' {what}")
         docs.append(dict(record))
     return docs
@@ -407,8 +406,8 @@ class Retriever:
         ``k`` found to keep (rows of several requests searched together); a row whose cut falls between two hits of
         equal score is None."""
         with self.lock:  # an add between the index and the documents would hit an id the documents lack
-            most = max(len(self.docs), 1)  # no row holds more hits than there are documents
-            if k > most:  # a huge k (-k 2147483647) sized FAISS's result arrays by itself: a C++ abort
+            if k > max(len(self.docs), HUGE_K):  # -k 2147483647 sized FAISS's result arrays by itself: a C++ abort
+                most = max(len(self.docs), self.index.count, 1)  # no row holds more hits than the index holds
                 k, cuts = most, None if cuts is None else [min(cut, most) for cut in cuts]
             scores, ids = self.index.search(vectors, k, filter=filter, **effort)
             rows = []
@@ -727,6 +726,12 @@ class Retriever:
         self.close()
 
 
+# a k above this and above the documents is cut to what the index holds (a count, which costs a Milvus query: the
+# index may hold vectors of an add not yet committed, so the documents' count is not enough); below it, the padded
+# result arrays are small
+HUGE_K = 16384
+
+
 def _filter_key(filter: Mapping[str, Any] | None) -> Any:
     """A filter as a hashable key, equal for filters that select alike: fields in any order, each value with its
     type (``1``, ``1.0`` and ``True`` are equal in Python, not to every backend); a bad filter raises as
@@ -842,7 +847,7 @@ def check_queries(queries: Sequence[str]) -> None:
     for i, query in enumerate(queries):
         if not isinstance(query, str):
             raise TypeError(f"query {i + 1} is a {type(query).__name__}, not a string")
-        if not query.strip():
+        if blank_kind(query):
             raise ValueError(f"query {i + 1} is empty; give the text to search for")
 
 

@@ -330,6 +330,8 @@ def test_a_text_of_only_whitespace_is_refused(tiny_embedder, tmp_path: Path) -> 
     assert not (tmp_path / "idx").exists()
     with pytest.raises(DataError, match=r"documents\[1\]: field 'text' holds only whitespace$"):
         build_index(["ok", "\n  "], tmp_path / "idx2", tiny_embedder, "qa", progress=False)
+    with pytest.raises(DataError, match=r"documents\[0\]: field 'text' holds only invisible characters \(U\+200B\)"):
+        build_index(["\u200b"], tmp_path / "idx3", tiny_embedder, "qa", progress=False)
 
 
 def test_a_build_into_a_folder_another_build_is_writing_is_refused(tiny_embedder, tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ CASES = [
     # a blank text was embedded as the instruction alone (the library now refuses it: a 500 without this check)
     ("blank string", b'{"input": " ", "model": "M"}', 400, "input", "input is blank; give the text to embed"),
     ("blank item", b'{"input": ["ok", "\\n\\t"], "model": "M"}', 400, "input[1]", "input[1] is blank"),
+    ("invisible item", b'{"input": ["ok", "\\u200b"], "model": "M"}', 400, "input[1]", "input[1] is blank"),
     ("lone surrogate", b'{"input": "a\\ud800b", "model": "M"}', 400, "input", "not valid Unicode"),
     ("lone surrogate item", b'{"input": ["ok", "\\udfff"], "model": "M"}', 400, "input[1]", "input[1] is not valid"),
     ("bad role", b'{"input": "x", "model": "M", "role": "doc"}', 400, "role", "'query' or 'key'"),

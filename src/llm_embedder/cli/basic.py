@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from llm_embedder.cli.app import app
-from llm_embedder.io import DataError, decode_line, iter_text_lines, parse_jsonl_lines
+from llm_embedder.io import DataError, blank_kind, decode_line, iter_text_lines, parse_jsonl_lines
 from llm_embedder.train.config import MAX_COUNT  # every whole-number option's bound, as train.yaml's settings'
 
 ModelOption = Annotated[str, typer.Option("--model", "-m", help="Sentence-transformers directory or alias (minilm).")]
@@ -117,8 +117,7 @@ def read_texts(source: Path | None, field: str | None, noun: str = "text", use: 
                 raise DataError(f"{name}:{line_no}: missing field {field!r}")
             if not isinstance(record[field], str):
                 raise DataError(f"{name}:{line_no}: field {field!r} must be a string")
-            if not record[field].strip():
-                what = "holds only whitespace" if record[field] else "is empty"
+            if what := blank_kind(record[field]):
                 raise DataError(f"{name}:{line_no}: field {field!r} {what}")
             texts.append(record[field])
     if not texts:

@@ -36,6 +36,7 @@ from llm_embedder.io import (
     DataError,
     as_recorded,
     atomic_write,
+    blank_kind,
     check_output_dir,
     check_template,
     exclusive,
@@ -87,10 +88,9 @@ def compose_text(record: dict, field: str, template: str | None, where: str) -> 
         raise DataError(f"{where}: missing field {field!r}")
     if not isinstance(record[field], str):
         raise DataError(f"{where}: field {field!r} must be a string, got {type(record[field]).__name__}")
-    if not record[field].strip():  # it would be embedded as the instruction alone, a vector near every query
+    if what := blank_kind(record[field]):  # it would be embedded as the instruction alone, a vector near every query
         others = set(record) - {field, "id"}
         hint = " (a --template such as '{title} {text}' can join other fields)" if others else ""
-        what = "holds only whitespace" if record[field] else "is empty"
         raise DataError(f"{where}: field {field!r} {what}{hint}")
     return record[field]
 

@@ -28,7 +28,7 @@ from llm_embedder.index.base import (
     KLimitError,
     NonFiniteVectorsError,
 )
-from llm_embedder.io import finite_json
+from llm_embedder.io import blank_kind, finite_json
 from llm_embedder.serve.batcher import Batcher
 from llm_embedder.serve.errors import ApiError, install_error_handlers
 from llm_embedder.serve.metrics import ServeMetrics
@@ -110,11 +110,11 @@ def check_texts(texts: list[str], settings: ServeSettings, param: str) -> None:
 
 
 def check_not_blank(texts: list[str], param: str, use: str = "search for") -> None:
-    """400 for a text of only whitespace: it would be the instruction alone (a query finding the documents nearest to
-    nothing, an embedding near every text), and the embedder refuses it. Named like the other checks: ``query``, or
-    ``query[i]`` counted from 0 in a list; ``use`` words what the text is for."""
+    """400 for a text of only whitespace or invisible characters: it would be the instruction alone (a query
+    finding the documents nearest to nothing, an embedding near every text), and the embedder refuses it. Named like
+    the other checks: ``query``, or ``query[i]`` counted from 0 in a list; ``use`` words what the text is for."""
     for i, text in enumerate(texts):
-        if not text.strip():
+        if blank_kind(text):
             where = param if len(texts) == 1 else f"{param}[{i}]"
             raise ApiError(400, f"{where} is blank; give the text to {use}", param=where, code="invalid_value")
 
