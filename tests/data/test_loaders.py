@@ -226,3 +226,22 @@ def test_empty_inputs_are_errors(tmp_path: Path) -> None:
         with pytest.raises(DataError, match=r"test\.tsv: no records"):
             load_beir(folder)
 
+
+
+def test_beir_null_text_is_empty_and_a_list_text_is_named(tmp_path: Path) -> None:
+    """A null text was refused as "_id/text: BEIR corpus lines need _id and text", where the README reads a null
+    one as empty (a title-only passage); a list was refused the same way, naming neither field nor type."""
+    folder = beir(tmp_path / "b", "q1\td2\t1\nq2\td1\t1\n")
+    jsonl(folder / "corpus.jsonl", [{"_id": "d1", "title": "Paris", "text": None},
+                                    {"_id": "d2", "title": "", "text": "Rome is in Italy"}])
+    assert load_beir(folder)[1][0]["text"] == "" and load_beir(folder)[0][1]["pos"] == ["Paris"]
+    jsonl(folder / "corpus.jsonl", [{"_id": "d1", "title": "Paris", "text": ["capital"]}])
+    with pytest.raises(DataError, match=r"corpus\.jsonl:1:text: must be a string, got list"):
+        load_beir(folder)
+    jsonl(folder / "corpus.jsonl", [{"title": "Paris", "text": "capital"}])
+    with pytest.raises(DataError, match=r"corpus\.jsonl:1:_id: missing"):
+        load_beir(folder)
+    jsonl(folder / "queries.jsonl", [{"_id": "q1", "text": None}, {"_id": "q2", "text": "france?"}])
+    jsonl(folder / "corpus.jsonl", [{"_id": "d1", "title": "Paris", "text": "x"}, {"_id": "d2", "text": "y"}])
+    with pytest.raises(DataError, match=r"queries\.jsonl:1:text: empty query"):
+        load_beir(folder)

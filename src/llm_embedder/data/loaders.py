@@ -196,8 +196,14 @@ def _read_beir_jsonl(path: Path, what: str, on_read: OnRead = None
     rows: list[tuple[int, dict[str, Any]]] = []
     positions: dict[str, int] = {}
     for line, record in iter_jsonl(path, on_read=on_read):
-        if "_id" not in record or not isinstance(record.get("text"), str):
-            raise DataError(f"{path}:{line}:_id/text: BEIR {what} lines need _id and text")
+        if "_id" not in record:
+            raise DataError(f"{path}:{line}:_id: missing (BEIR {what} lines need _id and text)")
+        if "text" not in record:
+            raise DataError(f"{path}:{line}:text: missing (BEIR {what} lines need _id and text)")
+        if record["text"] is None:  # a null text is empty, as a null title is: a title-only passage, an empty query
+            record = {**record, "text": ""}
+        if not isinstance(record["text"], str):
+            raise DataError(f"{path}:{line}:text: must be a string, got {type(record['text']).__name__}")
         source_id = str(record["_id"])
         if source_id in positions:
             first = rows[positions[source_id]][0]
