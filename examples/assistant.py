@@ -145,6 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.turns is not None:
         for user in args.turns:
             print(f"you> {user}")  # before reply(), which prints the tool calls it makes
+            if not user.strip():  # the stores refuse a blank query; the interactive loop ends at an empty line
+                print("assistant> (a blank turn: skipped)")
+                continue
             print(f"assistant> {reply(user)}")
         return
     while user := input("you> ").strip():

@@ -67,6 +67,16 @@ def test_conversation_memory_relevance_and_recency(tiny_embedder) -> None:
     assert prompt == "Speaker 1: My favourite food is pizza.\nSpeaker 2: Yum.\nSpeaker 1: cat\nSpeaker 2:"
 
 
+def test_conversation_memory_refuses_a_blank_query_however_many_turns(tiny_embedder) -> None:
+    """A blank query returned the recent turns while the memory held k turns or fewer, and raised once it held
+    more: refused alike in both cases."""
+    memory = ConversationMemory(tiny_embedder, min_score=-1.0)
+    for held in range(3):
+        with pytest.raises(ValueError, match="query 1 is empty"):
+            memory.retrieve("  ", k=1)
+        memory.add_turn(f"turn {held}", "ok")
+
+
 def test_chunk_text_is_lossless_and_token_sized(tiny_embedder) -> None:
     tok = tiny_embedder.tokenizer
     text = " ".join(f"Sentence {i} talks about topic {i % 5}." for i in range(40))

@@ -21,7 +21,7 @@ from typing import Any
 
 from llm_embedder.augment.prompt import augment, get_layout, token_counter
 from llm_embedder.index.base import check_k
-from llm_embedder.retriever import Hit, Retriever, normalise_documents, refuse_a_string
+from llm_embedder.retriever import Hit, Retriever, check_queries, normalise_documents, refuse_a_string
 
 
 class _Store:
@@ -173,8 +173,10 @@ class ConversationMemory(_Store):
                     metadata={"turn": self._numbers[i], "recency": True}) for i in range(first, len(self.turns))]
 
     def retrieve(self, query: str, k: int = 1) -> list[Hit]:
-        """The ``k`` most relevant past turns, or the ``k`` most recent when nothing is relevant enough."""
+        """The ``k`` most relevant past turns, or the ``k`` most recent when nothing is relevant enough. A blank query
+        is refused, however many turns there are (it passed while they were ``k`` or fewer)."""
         check_k(k)
+        check_queries([query])
         if len(self.turns) <= k:
             return self.recent(k)
         relevant = [hit for hit in self._search(query, k) if hit.score >= self.min_score]
