@@ -250,7 +250,7 @@ def test_import_each_format(tmp_path: Path) -> None:
     assert json.loads(out.read_text())["pos"] == ["Paris capital of France"]
     # its corpus lands beside it, where evaluate looks (without it each query was ranked among its own texts)
     written = [json.loads(line) for line in (out.parent / "corpus.jsonl").read_text().splitlines()]
-    assert [d["text"] for d in written] == ["capital of France"] and "wrote 1 corpus entries" in result.output
+    assert [d["text"] for d in written] == ["capital of France"] and "wrote 1 corpus entry" in result.output
     assert runner.invoke(app, ["data", "check", str(out), str(out.parent / "corpus.jsonl")]).exit_code == 0
     again = runner.invoke(app, ["data", "import", "--format", "flag", str(flag), "--corpus",
                                 str(out.parent / "corpus.jsonl"), "--out", str(out), "--overwrite"])
@@ -270,7 +270,7 @@ def test_import_refuses_to_overwrite_and_bad_input(
     assert out.read_text() == "keep me\n"
     code, output = run_main(monkeypatch, capsys, "data", "import", "--format", "popqa", str(popqa), "--out", str(out),
                             "--overwrite")
-    assert code == 0 and "wrote 1 records" in output and json.loads(out.read_text())["answers"] == ["A"]
+    assert code == 0 and "wrote 1 record to" in output and json.loads(out.read_text())["answers"] == ["A"]
     popqa.write_text("question\tpossible_answers\nWho?\tA\n")
     code, output = run_main(monkeypatch, capsys, "data", "import", "--format", "popqa", str(popqa), "--out", str(out),
                             "--overwrite")

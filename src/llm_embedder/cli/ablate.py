@@ -17,7 +17,7 @@ def ablate_command(
                                       "without a demo run is an error unless --quick.")] = Path("runs/demo"),
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output dir (default RUN/ablations).")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="If RUN holds no demo run yet, make the quick one "
-                                        "there first (about 5 minutes on 2 CPU cores).")] = False,
+                                        "there first (under 5 minutes on 2 CPU cores).")] = False,
     base: Annotated[str, typer.Option(help="Base embedder, only used if --quick makes the demo run.")] = "minilm",
     llm: Annotated[str, typer.Option(help="LLM for the downstream metrics (the demo's).")] = "smollm2",
     split: Annotated[str, typer.Option(help="Evaluation split: test, or dev for tuning (default out "

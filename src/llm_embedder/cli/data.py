@@ -236,9 +236,10 @@ def import_command(
             writing = bar.add_task(f"writing {path.name}", total=len(rows))
             write_jsonl(path, counted(rows, lambda n, job=writing: bar.advance(job, n)))
             bar.update(writing, completed=len(rows))
-    console.print(f"wrote {len(records):,} records to {out}", soft_wrap=True)
+    console.print(f"wrote {plural(len(records), 'record')} to {out}", soft_wrap=True)
     if corpus_records is not None:
-        console.print(f"wrote {len(corpus_records):,} corpus entries to {outputs[1][1]}", soft_wrap=True)
+        console.print(f"wrote {plural(len(corpus_records), 'corpus entry', 'corpus entries')} to {outputs[1][1]}",
+                      soft_wrap=True)
 
 
 def counted(rows: list, advance: Callable[[int], None], step: int = 10_000) -> Iterator:
@@ -258,3 +259,9 @@ def folder_hint(folder: Path, shown: int = 6) -> str:
         return f" (its task folders hold JSONL files: check them with `data check {folder}/*/*.jsonl`)"
     listed = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
     return f" (it holds {listed}: check them with `data check {folder}/*.jsonl`)"
+
+
+def plural(count: int, one: str, many: str | None = None) -> str:
+    """``1 record``, ``2 records`` (``many``: the plural where it is not ``one`` + s), the count with thousands
+    separators."""
+    return f"{count:,} {one if count == 1 else many or one + 's'}"

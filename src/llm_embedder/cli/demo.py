@@ -15,7 +15,7 @@ from llm_embedder.cli.basic import check_choice
 def demo_command(
     out: Annotated[Path, typer.Option(
         "--out", "-o", help="Run directory (data, scores, models, eval); re-runs resume.")] = Path("runs/demo"),
-    quick: Annotated[bool, typer.Option(help="A smaller run (about 5 minutes on 2 CPU cores).")] = False,
+    quick: Annotated[bool, typer.Option(help="A smaller run (under 5 minutes on 2 CPU cores).")] = False,
     base: Annotated[str, typer.Option(help="Base embedder to fine-tune.")] = "minilm",
     llm: Annotated[str, typer.Option(help="LLM that gives the reward and the downstream metrics.")] = "smollm2",
     split: Annotated[str, typer.Option(help="Evaluation split: test (the report) or dev (for tuning).")] = "test",
