@@ -106,3 +106,14 @@ def test_every_out_and_model_option_has_its_short_flag():
     assert used == {"-o": ["ablate", "data build", "data import", "demo", "encode", "evaluate", "export", "index",
                            "mine", "score", "train"],
                     "-m": ["augment", "encode", "evaluate", "export", "index", "mine", "search", "serve"]}
+
+
+def test_the_count_cap_is_not_shown_as_a_range_but_still_refuses():
+    """Every whole-number option is capped at 2**31 - 1 (a 40-digit --max-steps trained for ~1e35 hours); its help
+    read [1<=x<=2147483647], split over two lines at 80 columns. It shows the lower bound alone."""
+    for command in ("train", "evaluate", "score", "search"):
+        help_text = runner.invoke(app, [command, "--help"], env={"COLUMNS": "80"}).output
+        assert "2147483647" not in help_text and "21474836" not in help_text, command
+    assert "[x>=1]" in runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
+    refused = runner.invoke(app, ["train", "--max-steps", str(2**31)])
+    assert refused.exit_code == 2 and "2147483647" in refused.output

@@ -8,6 +8,8 @@ import click
 import typer
 from typer.core import TyperGroup, TyperOption
 
+from llm_embedder.train.config import MAX_COUNT
+
 # ``--help`` lists the commands by stage, each in the order the data flows through it
 STAGES = {
     "Build and train": ("data", "score", "mine", "train", "evaluate", "demo", "ablate"),
@@ -24,6 +26,19 @@ def _flag_shows_no_type(self: TyperOption, ctx: click.Context) -> str | None:
 
 _option_type = TyperOption.display_type_rich
 TyperOption.display_type_rich = _flag_shows_no_type  # type: ignore[method-assign]
+
+
+def _range_without_the_count_cap(self: TyperOption) -> str | None:
+    """An option whose only upper bound is ``MAX_COUNT`` (every whole-number option's, against 40-digit values) shows
+    its lower bound alone (``[x>=1]``): ``[1<=x<=2147483647]`` was split over two lines at 80 columns. A value above
+    the cap is still refused, naming it."""
+    if self.max == MAX_COUNT and self.min is not None:
+        return f"x>={self.min}"
+    return _number_range(self)
+
+
+_number_range = TyperOption._get_number_range_help_str
+TyperOption._get_number_range_help_str = _range_without_the_count_cap  # type: ignore[method-assign]
 
 
 class StageOrderedGroup(TyperGroup):
