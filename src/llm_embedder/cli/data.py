@@ -202,13 +202,12 @@ def import_command(
     if len(outputs) == 2 and outputs[0][1].resolve() == outputs[1][1].resolve():
         raise ValueError(f"--out and --corpus-out are both {out}")
     # the files read, as the loader reads them: a flag --corpus that is written too is read again for that
-    read = [corpus, source] if fmt == "flag" and corpus is not None else [p for p in inputs if p.is_file()]
-    read += [corpus] if fmt == "flag" and len(outputs) == 2 else []
+    read = [p for p in inputs if p.is_file()] + ([corpus] if fmt == "flag" and len(outputs) == 2 else [])
     corpus_records = None
     console = Console(markup=False, highlight=False)
     # bytes read, then records written, on stderr as index's and encode's bars (plain lines in a log)
     with count_progress(log_start=True) as bar:
-        total = sum(p.stat().st_size for p in read if p.is_file())
+        total = sum(p.stat().st_size for p in read if p.is_file())  # a missing one is the loader's to name
         reading = bar.add_task(f"reading {source.name} ({fmt}, bytes)", total=total)
         unshown = 0
 
