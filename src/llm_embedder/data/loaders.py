@@ -75,14 +75,21 @@ def _key(entry: Record, template: str, where: str) -> str:
 TEXT_FIELDS = ("title", "text", "contents")  # what a corpus entry's key is made of: each a string where given
 
 
+def _optional_string(value: Any, where: str, field: str) -> str | None:
+    """``value`` of a field that may be absent or null, else must be a string (a list was written into keys as its
+    repr); refused naming ``where`` (file:line) and the field."""
+    if value is not None and not isinstance(value, str):
+        raise DataError(f"{where}:{field}: must be a string, got {type(value).__name__}")
+    return value
+
+
 def _load_corpus_lines(path: str | Path, on_read: OnRead = None) -> tuple[list[Record], list[int]]:
     corpus, lines = [], []
     for position, (line, record) in enumerate(iter_jsonl(path, on_read=on_read)):
         if not any(isinstance(record.get(f), str) for f in ("text", "contents", "title")):
             raise DataError(f"{path}:{line}:text: corpus entry has no text, contents or title")
-        for field in TEXT_FIELDS:  # null is empty, as format_key reads it; a list was keyed as its repr
-            if record.get(field) is not None and not isinstance(record[field], str):
-                raise DataError(f"{path}:{line}:{field}: must be a string, got {type(record[field]).__name__}")
+        for field in TEXT_FIELDS:  # null is empty, as format_key reads it
+            _optional_string(record.get(field), f"{path}:{line}", field)
         entry = dict(record)
         if "id" in entry and entry["id"] != position:
             entry["source_id"] = entry["id"]
@@ -202,8 +209,7 @@ def _read_beir_jsonl(path: Path, what: str, on_read: OnRead = None
             raise DataError(f"{path}:{line}:text: missing (BEIR {what} lines need _id and text)")
         if record["text"] is None:  # a null text is empty, as a null title is: a title-only passage, an empty query
             record = {**record, "text": ""}
-        if not isinstance(record["text"], str):
-            raise DataError(f"{path}:{line}:text: must be a string, got {type(record['text']).__name__}")
+        _optional_string(record["text"], f"{path}:{line}", "text")
         source_id = str(record["_id"])
         if source_id in positions:
             first = rows[positions[source_id]][0]
@@ -245,10 +251,7 @@ def load_beir(
     docs, doc_ids = _read_beir_jsonl(corpus_path, "corpus", on_read)
     corpus: list[Record] = []
     for line, record in docs:
-        title = record.get("title")
-        if title is not None and not isinstance(title, str):  # str() wrote a list as its repr into every key
-            raise DataError(f"{corpus_path}:{line}:title: must be a string, got {type(title).__name__}")
-        title = title or ""
+        title = _optional_string(record.get("title"), f"{corpus_path}:{line}", "title") or ""
         if not record["text"].strip() and not title.strip():
             raise DataError(f"{corpus_path}:{line}:text: empty, and no title")
         corpus.append({"id": len(corpus), "title": title, "text": record["text"], "doc_id": str(record["_id"])})
@@ -332,8 +335,7 @@ def _mmlu_record(
                         f"got {answer!r}")
     if not choices[index].strip():
         raise DataError(f"{where}:choices: the correct option {MMLU_OPTIONS[index]} is empty")
-    if subject is not None and not isinstance(subject, str):
-        raise DataError(f"{where}:subject: must be a string, got {type(subject).__name__}")
+    _optional_string(subject, where, "subject")
     return question, choices, index, subject
 
 
